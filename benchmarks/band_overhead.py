@@ -1,0 +1,87 @@
+"""Training throughput of `all` against band policies, side by side in one run.
+
+    python benchmarks/band_overhead.py                 # the default scale of config.yaml
+    python benchmarks/band_overhead.py --steps 40 --policies all 'keep[95,100)' 'keep[0,95)'
+
+Steps of the policies are interleaved (A, B, C, A, B, C, ...) on identical
+models and batches so that machine noise hits all of them alike; the median
+step time gives images/s, and each policy's ratio to `all` is printed.  Also
+prints the cost of the selection alone (the policy call on a [B, K] matrix).
+The target (issue 2): a band costs at most 10% over `all` on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from negatives.augment import MoCoV2Augment
+from negatives.moco import MoCo
+from negatives.policies import Candidates, parse_policy
+from negatives.train import PretrainSettings, _build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "config.yaml"))
+    p.add_argument("--policies", nargs="+", default=["all", "keep[95,100)", "keep[0,95)", "drop[99.9,100)"])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1)
+    args = p.parse_args()
+
+    cfg = yaml.safe_load(open(args.config))
+    s = PretrainSettings.from_dict(cfg["pretrain"])
+    torch.set_num_threads(s.threads)
+    b, k = s.batch_size, s.queue_size
+    print(f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {args.image_size}px x{args.channels}, "
+          f"threads {s.threads}, torch {torch.__version__}")
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (b, args.channels, args.image_size, args.image_size), dtype=torch.uint8, generator=g)
+    labels, idx = torch.zeros(b, dtype=torch.long), torch.arange(b)
+    aug = MoCoV2Augment(args.image_size, args.channels, [0.5] * args.channels, [0.25] * args.channels)
+    runs = {}
+    for name in args.policies:
+        model = MoCo(_build(s, args.channels, 0), s.dim, k, s.momentum, 0.2, parse_policy(name),
+                     generator=torch.Generator().manual_seed(1)).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9)
+        runs[name] = (model, opt, [])
+
+    for step in range(args.warmup + args.steps):
+        for name, (model, opt, times) in runs.items():
+            torch.manual_seed(step)
+            t0 = time.perf_counter()
+            x_q = aug(images).contiguous(memory_format=torch.channels_last)
+            x_k = aug(images).contiguous(memory_format=torch.channels_last)
+            loss, _ = model(x_q, x_k, labels, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step >= args.warmup:
+                times.append(time.perf_counter() - t0)
+
+    sim = torch.rand(b, k, generator=g) * 2 - 1
+    base = statistics.median(runs[args.policies[0]][2])
+    print(f"\n{'policy':<18}{'images/s':>10}{'step ms':>10}{'vs ' + args.policies[0]:>12}{'selection ms':>15}")
+    for name, (model, _, times) in runs.items():
+        med = statistics.median(times)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            model.policy(sim, Candidates(), 0.5)
+        sel = (time.perf_counter() - t0) / 20 * 1e3
+        print(f"{name:<18}{b / med:>10.0f}{med * 1e3:>10.1f}{med / base:>11.3f}x{sel:>15.2f}")
+    worst = max(statistics.median(t) for _, _, t in runs.values()) / base
+    print(f"\nworst overhead over {args.policies[0]}: {100 * (worst - 1):+.1f}% (target: at most +10% on CPU)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""``python -m negatives <command>``: what the workflow's rules call, and how a
+user runs one piece by hand.  See docs/INTERFACES.md for the contract."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_prepare(a) -> None:
+    from .data import prepare
+
+    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, a.download)
+    _log(f"wrote {path}")
+
+
+def cmd_pretrain(a) -> None:
+    from .train import pretrain
+
+    path = pretrain(a.data, a.method, a.policy, a.temperature, a.seed, a.settings, a.out, log=_log)
+    _log(f"wrote {path}")
+
+
+def cmd_init(a) -> None:
+    from .train import init_checkpoint
+
+    _log(f"wrote {init_checkpoint(a.data, a.method, a.seed, a.settings, a.out)}")
+
+
+def cmd_evaluate(a) -> None:
+    from .evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(a.checkpoint, a.data, a.settings, a.out)
+    _log(json.dumps(result))
+
+
+def cmd_figure(a) -> None:
+    from . import figures
+
+    figures.build(a.name, a.probes, a.out, a.config_json)
+    _log(f"wrote {a.out}.{{pdf,png,csv}}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="negatives", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("prepare", help="read a dataset from disk into results/data/NAME")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--root", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--train-images", type=int, default=0)
+    q.add_argument("--test-images", type=int, default=0)
+    q.add_argument("--download", action="store_true")
+    q.set_defaults(func=cmd_prepare)
+
+    for name, func, help_ in (("pretrain", cmd_pretrain, "pretrain one run"),
+                              ("init", cmd_init, "write the random-init encoder of a seed")):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("--data", required=True)
+        q.add_argument("--method", default="moco")
+        if name == "pretrain":
+            q.add_argument("--policy", required=True)
+            q.add_argument("--temperature", type=float, required=True)
+        q.add_argument("--seed", type=int, required=True)
+        q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
+        q.add_argument("--out", required=True, help="run directory")
+        q.set_defaults(func=func)
+
+    q = sub.add_parser("evaluate", help="linear probe, few-label probe and kNN of a checkpoint")
+    q.add_argument("--data", required=True)
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--settings", type=_json, default={}, help="JSON of the config's evaluate section")
+    q.add_argument("--out", required=True, help="probe.json")
+    q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("figure", help="draw one figure from probe.json files")
+    q.add_argument("name")
+    q.add_argument("--probes", nargs="+", required=True)
+    q.add_argument("--config-json", type=_json, default={})
+    q.add_argument("--out", required=True, help="output prefix (writes .pdf, .png, .csv)")
+    q.set_defaults(func=cmd_figure)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""MoCo v2 (Chen et al. 2020) with a pluggable negative policy.
+
+The pieces, in the order of one training step::
+
+    q = normalize(f_q(x_q))                       [B, D]   query embeddings
+    k = normalize(f_k(x_k))  (no grad)            [B, D]   positive keys
+    l_pos = q . k                                 [B]
+    sim   = q . queue^T                           [B, K]   difficulty of each negative
+    keep  = policy(sim, queue candidates)         [B, K]   which negatives count
+    loss  = info_nce(l_pos, sim, keep, tau)
+    momentum_update(f_q -> f_k, m);  queue.enqueue(k, labels, indices)
+
+Labels in the queue are read only by oracle policies and the analyses, never
+by the loss of a label-free run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .policies import All, Candidates, NegativePolicy
+
+__all__ = ["KeyQueue", "info_nce", "momentum_update", "MoCo"]
+
+
+class KeyQueue(nn.Module):
+    """FIFO queue of K keys from earlier batches, with each key's label and
+    dataset index.
+
+    keys:    ``[K, D]`` float, L2-normalised (random unit vectors at start)
+    labels:  ``[K]`` int64, -1 for the random start-up keys
+    indices: ``[K]`` int64, -1 for the random start-up keys
+    ptr:     position of the oldest key (the next to be overwritten)
+
+    :meth:`ordered` returns the keys oldest first.  K must be a multiple of
+    the batch size, as in the reference implementation, so a batch never
+    wraps around the end.
+    """
+
+    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
+        self.register_buffer("keys", keys)
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("indices", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor, indices: Tensor) -> None:
+        """Replace the ``B`` oldest entries by ``keys [B, D]`` (and their
+        ``labels [B]``, ``indices [B]``)."""
+        b = keys.shape[0]
+        if self.size % b != 0:
+            raise ValueError(f"queue size {self.size} must be a multiple of the batch size {b}")
+        p = int(self.ptr)
+        self.keys[p : p + b] = keys.detach().to(self.keys.dtype)
+        self.labels[p : p + b] = labels
+        self.indices[p : p + b] = indices
+        self.ptr.fill_((p + b) % self.size)
+
+    def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(keys [K, D], labels [K], indices [K])`` oldest first."""
+        p = int(self.ptr)
+        order = torch.cat([torch.arange(p, self.size), torch.arange(0, p)]).to(self.keys.device)
+        return self.keys[order], self.labels[order], self.indices[order]
+
+    def candidates(self) -> Candidates:
+        return Candidates(labels=self.labels, indices=self.indices)
+
+
+def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float) -> Tensor:
+    """Mean InfoNCE over the batch.
+
+    ``L = -log( exp(l_pos/τ) / (exp(l_pos/τ) + Σ_{i kept} exp(sim_i/τ)) )``
+
+    l_pos: ``[B]`` query-positive cosine; sim: ``[B, K]`` query-negative
+    cosine; keep: ``[B, K]`` bool or None (all kept). Removed negatives are
+    absent from the denominator (``mode: drop``).
+    """
+    neg = sim / temperature
+    if keep is not None:
+        neg = neg.masked_fill(~keep, float("-inf"))
+    logits = torch.cat([l_pos.unsqueeze(1) / temperature, neg], dim=1)
+    # positive is column 0; logsumexp ignores the -inf of removed negatives
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+@torch.no_grad()
+def momentum_update(query_encoder: nn.Module, key_encoder: nn.Module, m: float) -> None:
+    """``θ_k <- m θ_k + (1 - m) θ_q`` for every parameter; buffers (BN
+    running statistics) are copied as in the reference implementation's
+    parameters-only update, i.e. left to the key encoder's own forward."""
+    for pq, pk in zip(query_encoder.parameters(), key_encoder.parameters()):
+        pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+
+
+class MoCo(nn.Module):
+    """MoCo v2: a query encoder, its momentum copy, and the key queue.
+
+    ``encoder`` maps images ``[B, C, H, W]`` to contrastive-space outputs
+    ``[B, D]`` (backbone + MLP head); it is normalised here.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int,
+        queue_size: int,
+        momentum: float = 0.99,
+        temperature: float = 0.2,
+        policy: NegativePolicy | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.queue = KeyQueue(queue_size, dim, generator=generator)
+        self.momentum = momentum
+        self.temperature = temperature
+        self.policy = policy or All()
+
+    def forward(self, x_q: Tensor, x_k: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
+        """One MoCo step's loss; also enqueues the batch's keys.
+
+        x_q, x_k: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``.
+        Returns ``(loss, stats)`` with stats a dict of floats-as-tensors.
+        """
+        q = F.normalize(self.encoder_q(x_q), dim=1)
+        with torch.no_grad():
+            momentum_update(self.encoder_q, self.encoder_k, self.momentum)
+            k = F.normalize(self.encoder_k(x_k), dim=1)
+        l_pos = (q * k).sum(dim=1)
+        # a copy: the queue is updated in place below, before backward
+        sim = q @ self.queue.keys.clone().T.to(q.dtype)
+        with torch.no_grad():
+            selection = self.policy(sim.detach(), self.queue.candidates(), progress)
+        loss = info_nce(l_pos, sim, selection.keep, self.temperature)
+        self.queue.enqueue(k, labels, indices)
+        kept = sim.shape[1] if selection.keep is None else selection.keep.sum(1).float().mean()
+        return loss, {"l_pos": l_pos.detach().mean(), "kept": torch.as_tensor(kept, dtype=torch.float)}

@@ -1,0 +1,263 @@
+"""The pretraining loop: seeding, the MoCo v2 step, the cosine schedule,
+atomic checkpoints every epoch with resume, and a refusal to go on with a
+non-finite loss.
+
+Determinism: the model is initialised from ``seed``; every epoch reseeds the
+global generator (used by the batched augmentation) and the data order from
+``(seed, epoch)``, so a run resumed from the checkpoint of epoch ``e`` does
+exactly what the uninterrupted run did from epoch ``e`` on (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .augment import MoCoV2Augment
+from .data import load_prepared
+from .models import build_encoder
+from .moco import MoCo
+from .policies import parse_policy
+
+__all__ = ["PretrainSettings", "pretrain", "init_checkpoint", "load_encoder", "resolve_device", "epoch_seed"]
+
+
+@dataclass
+class PretrainSettings:
+    """The config's ``pretrain`` section (see config.yaml for the meaning)."""
+
+    backbone: str = "small-cnn"
+    width: int = 16
+    dim: int = 64
+    hidden_dim: int | None = None
+    epochs: int = 20
+    batch_size: int = 256
+    queue_size: int = 4096
+    momentum: float = 0.99
+    lr: float = 0.06
+    weight_decay: float = 5e-4
+    sgd_momentum: float = 0.9
+    bn_splits: int = 4
+    mode: str = "drop"
+    threads: int = 1
+    device: str = "auto"
+    crop_scale_min: float = 0.2
+    blur: bool = True
+    knn_monitor: int = 2000        # images of the train/test split used by the per-epoch kNN monitor (0: off)
+    max_steps: int = 0             # stop after this many steps in total (0: no limit; for tests)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainSettings":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown pretrain settings {sorted(unknown)}; allowed: {sorted(names)}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of run ``seed`` (epoch -1: initialisation)."""
+    return (seed * 1_000_003 + epoch + 1) % (2**63)
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """MoCo's per-epoch cosine schedule: ``base * 0.5 * (1 + cos(pi e / E))``."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _build(settings: PretrainSettings, in_channels: int, seed: int):
+    torch.manual_seed(epoch_seed(seed, -1))
+    return build_encoder(settings.backbone, in_channels, dim=settings.dim, hidden_dim=settings.hidden_dim,
+                         num_splits=settings.bn_splits, width=settings.width)
+
+
+def _meta(data: dict, method: str, policy: str | None, temperature: float | None, seed: int,
+          settings: PretrainSettings, epochs: int, uses_labels: bool) -> dict:
+    return {
+        "dataset": data["dataset"], "method": method, "policy": policy, "temperature": temperature,
+        "seed": seed, "uses_labels": uses_labels, "epochs": epochs, "settings": asdict(settings),
+        "in_channels": int(data["train_images"].shape[1]),
+    }
+
+
+def load_encoder(path: str | os.PathLike):
+    """``checkpoint.pt -> (Encoder, meta)``: the query encoder, in eval mode, on CPU."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    meta = ckpt["meta"]
+    s = PretrainSettings.from_dict(meta["settings"])
+    enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
+                        num_splits=s.bn_splits, width=s.width)
+    enc.load_state_dict(ckpt["encoder"])
+    return enc.eval(), meta
+
+
+def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) -> Path:
+    """Write the untrained encoder of run ``seed`` (the random-init reference)."""
+    s = PretrainSettings.from_dict(settings)
+    data = load_prepared(data_path)
+    enc = _build(s, int(data["train_images"].shape[1]), seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _meta(data, method, "random-init", None, seed, s, 0, False)
+    path = out / "checkpoint.pt"
+    _atomic_save({"meta": meta, "encoder": enc.state_dict()}, path)
+    return path
+
+
+class _KnnMonitor:
+    """kNN accuracy on a fixed slice of the data (cheap, once an epoch)."""
+
+    def __init__(self, data: dict, n: int, device):
+        self.n = n
+        if n <= 0:
+            return
+        self.xtr, self.ytr = data["train_images"][:n], data["train_labels"][:n]
+        self.xte, self.yte = data["test_images"][:n], data["test_labels"][:n]
+        self.mean, self.std = data["mean"], data["std"]
+        self.num_classes = len(data["classes"])
+
+    def __call__(self, encoder) -> float:
+        if self.n <= 0:
+            return float("nan")
+        from .evaluate import extract_features, knn_classify, topk_accuracy
+
+        was_training = encoder.training
+        ftr = extract_features(encoder, self.xtr, self.mean, self.std)
+        fte = extract_features(encoder, self.xte, self.mean, self.std)
+        encoder.train(was_training)
+        scores = knn_classify(ftr, self.ytr, fte, self.num_classes, k=200, temperature=0.1)
+        return float(topk_accuracy(scores, self.yte, ks=(1,))[1])
+
+
+def pretrain(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
+             out_dir, log=print) -> Path:
+    """Pretrain one run; writes ``out_dir/checkpoint.pt`` and ``out_dir/train_log.csv``.
+
+    Resumes from ``out_dir/last.pt`` when a previous attempt left one.
+    Raises ``FileExistsError`` when the run is already finished.
+    """
+    if method != "moco":
+        raise ValueError(f"unknown method {method!r}; allowed: moco")
+    s = PretrainSettings.from_dict(settings)
+    if s.mode != "drop":
+        raise ValueError(f"pretrain.mode {s.mode!r} is not implemented; allowed: drop")
+    pol = parse_policy(policy)
+    out = Path(out_dir)
+    final = out / "checkpoint.pt"
+    if final.exists():
+        raise FileExistsError(f"{final} exists: the run is finished; delete it to train again")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(s.threads)
+    device = resolve_device(s.device)
+
+    data = load_prepared(data_path)
+    images = data["train_images"].to(device)
+    labels = data["train_labels"].to(device)
+    n, c, h, w = images.shape
+    if s.batch_size > n:
+        raise ValueError(f"pretrain.batch_size {s.batch_size} is larger than the {n} training images")
+    channels_last = torch.channels_last
+
+    encoder = _build(s, c, seed)
+    model = MoCo(encoder, s.dim, s.queue_size, s.momentum, temperature, pol,
+                 generator=torch.Generator().manual_seed(epoch_seed(seed, -2))).to(device)
+    model = model.to(memory_format=channels_last)
+    aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
+    meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
+
+    start_epoch, rows = 0, []
+    last = out / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["meta"] != meta:
+            raise ValueError(f"{last} belongs to a different configuration; move it away to start afresh")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, rows = state["epoch"], state["log"]
+        log(f"resuming from {last} at epoch {start_epoch}")
+
+    monitor = _KnnMonitor(data, s.knn_monitor, device)
+    steps_per_epoch = n // s.batch_size
+    total_steps = steps_per_epoch * s.epochs
+    step = start_epoch * steps_per_epoch
+    def autocast():
+        # bf16 on GPUs; full precision on CPU (bf16 conv on CPU is slower here)
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    for epoch in range(start_epoch, s.epochs):
+        lr = cosine_lr(s.lr, epoch, s.epochs)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(epoch_seed(seed, epoch))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch))).to(device)
+        model.train()
+        t0, loss_sum, kept_sum, done = time.perf_counter(), torch.zeros((), device=device), 0.0, 0
+        for i in range(steps_per_epoch):
+            if s.max_steps and step >= s.max_steps:
+                break
+            idx = order[i * s.batch_size : (i + 1) * s.batch_size]
+            x = images[idx]
+            x_q = aug(x).contiguous(memory_format=channels_last)
+            x_k = aug(x).contiguous(memory_format=channels_last)
+            with autocast():
+                loss, stats = model(x_q, x_k, labels[idx], idx, progress=step / max(1, total_steps))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
+                    f"({last if last.exists() else 'none'}) is left intact"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            kept_sum += float(stats["kept"])
+            done += 1
+            step += 1
+        elapsed = time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1, "loss": float(loss_sum) / max(1, done), "lr": lr,
+            "knn_top1": monitor(model.encoder_q), "images_per_s": done * s.batch_size / max(elapsed, 1e-9),
+            "negatives_kept": kept_sum / max(1, done), "seconds": elapsed,
+        }
+        rows.append(row)
+        _atomic_save({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "epoch": epoch + 1, "log": rows}, last)
+        log("epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
+            "negatives {negatives_kept:.0f}".format(**row))
+        if s.max_steps and step >= s.max_steps:
+            break
+
+    _write_log(rows, out / "train_log.csv")
+    _atomic_save({"meta": meta, "encoder": model.encoder_q.state_dict(), "model": model.state_dict(),
+                  "log": rows}, final)
+    last.unlink(missing_ok=True)
+    return final
+
+
+def _write_log(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
+        wr.writeheader()
+        wr.writerows(rows)
+    os.replace(tmp, path)

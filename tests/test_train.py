@@ -1,0 +1,138 @@
+"""The training loop: determinism, resume, refusals, the prepared format."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from negatives.data import check_root, prepare, read_idx
+from negatives.train import init_checkpoint, load_encoder, pretrain
+
+SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32,
+                bn_splits=2, knn_monitor=0, threads=1)
+
+
+def write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def make_fashion_root(root, n_train=64, n_test=32, seed=0):
+    """A tiny Fashion-MNIST directory in the exact IDX format."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, size=(n, 28, 28))
+        images[:, :, :14] //= (labels[:, None, None] + 1)  # a little class structure
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    root = make_fashion_root(tmp_path_factory.mktemp("fmnist"))
+    return prepare("fashion-mnist", root, tmp_path_factory.mktemp("prepared"))
+
+
+def test_idx_round_trip_and_prepared_format(tmp_path, data_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "x.gz", arr)
+    assert np.array_equal(read_idx(tmp_path / "x.gz"), arr)
+    d = torch.load(data_path, weights_only=False)
+    assert d["train_images"].dtype == torch.uint8 and d["train_images"].shape == (64, 1, 28, 28)
+    assert d["test_labels"].tolist() == [i % 10 for i in range(32)]
+    assert len(d["classes"]) == 10 and len(d["mean"]) == 1
+    tsv = (data_path.parent / "classes.tsv").read_text().splitlines()
+    assert tsv[0] == "index\tname\tsynset" and len(tsv) == 11
+
+
+def test_truncated_idx_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "bad.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, 5, 28, 28) + b"\0" * 100)
+    with pytest.raises(ValueError, match="bad.gz.*truncated"):
+        read_idx(path)
+
+
+def test_missing_data_directory_says_what_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        check_root("fashion-mnist", tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="t10k-labels"):
+        check_root("fashion-mnist", tmp_path / "half")
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["encoder"]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, data_path):
+    a = pretrain(data_path, "moco", "keep[50,100)", 0.2, 3, SETTINGS, tmp_path / "a", log=lambda m: None)
+    b = pretrain(data_path, "moco", "keep[50,100)", 0.2, 3, SETTINGS, tmp_path / "b", log=lambda m: None)
+    c = pretrain(data_path, "moco", "keep[50,100)", 0.2, 4, SETTINGS, tmp_path / "c", log=lambda m: None)
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    log = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,loss,lr,knn_top1,images_per_s") and len(log) == 3
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path, data_path):
+    settings = {**SETTINGS, "epochs": 3}
+    full = pretrain(data_path, "moco", "drop[90,100)", 0.2, 0, settings, tmp_path / "full", log=lambda m: None)
+
+    def kill_after_epoch_1(msg):
+        if msg.startswith("epoch   1"):
+            raise Killed  # the process dies right after epoch 1's checkpoint is on disk
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        pretrain(data_path, "moco", "drop[90,100)", 0.2, 0, settings, run, log=kill_after_epoch_1)
+    assert (run / "last.pt").exists() and not (run / "checkpoint.pt").exists()
+    logs = []
+    resumed = pretrain(data_path, "moco", "drop[90,100)", 0.2, 0, settings, run, log=logs.append)
+    assert logs[0].startswith("resuming") and "epoch 1" in logs[0]
+    wf, wr = _weights(full), _weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert not (run / "last.pt").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, data_path):
+    def kill(msg):
+        raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(data_path, "moco", "all", 0.2, 0, SETTINGS, tmp_path, log=kill)
+    with pytest.raises(ValueError, match="different configuration"):
+        pretrain(data_path, "moco", "all", 0.1, 0, SETTINGS, tmp_path, log=lambda m: None)
+
+
+def test_finished_run_is_not_overwritten(tmp_path, data_path):
+    pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "epochs": 1}, tmp_path, log=lambda m: None)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError):
+        pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "epochs": 1}, tmp_path, log=lambda m: None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, data_path):
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "lr": float("inf")}, tmp_path, log=lambda m: None)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_random_init_checkpoint_loads_as_encoder(tmp_path, data_path):
+    path = init_checkpoint(data_path, "moco", 5, SETTINGS, tmp_path)
+    enc, meta = load_encoder(path)
+    assert meta["policy"] == "random-init" and meta["epochs"] == 0 and meta["seed"] == 5
+    assert enc.represent(torch.zeros(2, 1, 28, 28)).shape == (2, 16)
