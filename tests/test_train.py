@@ -10,34 +10,15 @@ import torch
 from negatives.data import check_root, prepare, read_idx
 from negatives.train import init_checkpoint, load_encoder, pretrain
 
+from conftest import write_idx
+
 SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32,
                 bn_splits=2, knn_monitor=0, threads=1)
 
 
-def write_idx(path, array):
-    array = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-def make_fashion_root(root, n_train=64, n_test=32, seed=0):
-    """A tiny Fashion-MNIST directory in the exact IDX format."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 256, size=(n, 28, 28))
-        images[:, :, :14] //= (labels[:, None, None] + 1)  # a little class structure
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
 @pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    root = make_fashion_root(tmp_path_factory.mktemp("fmnist"))
-    return prepare("fashion-mnist", root, tmp_path_factory.mktemp("prepared"))
+def data_path(fashion_root, tmp_path_factory):
+    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
 
 
 def test_idx_round_trip_and_prepared_format(tmp_path, data_path):

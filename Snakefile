@@ -1,0 +1,53 @@
+# Rebuilds Cai et al. 2020, "Are all negatives created equal in contrastive
+# instance discrimination?".  `snakemake --profile profiles/local` builds every
+# figure; `snakemake fig2` builds one.  The science is in src/negatives; the
+# rules only call `python -m negatives ...` (docs/INTERFACES.md).
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# the workflow and its jobs use this checkout's library, installed or not
+# (a conda env from envs/ holds only the dependencies)
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+shell.prefix(f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
+
+from negatives.config import ConfigError, check_config
+
+
+configfile: "config.yaml"
+
+
+# the whole config is checked once, before any job starts
+validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    check_config(config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset=NAME,
+    method=NAME,
+    policy=NAME,
+    seed=SEED,
+    temperature=TEMPERATURE,
+
+
+rule all:
+    default_target: True
+    input:
+        [path for figure in grid.FIGURES for path in figure_outputs(figure)],
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"

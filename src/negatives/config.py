@@ -1,0 +1,120 @@
+"""Deep checks of the workflow config, run once before any job starts.
+
+``workflow/schemas/config.schema.yaml`` checks keys, types and ranges; this
+module checks what a JSON schema cannot: policy strings, relations between
+keys, the dataset registry and the data directory.  Every error names the key
+and what is allowed.  :func:`check_config` also checks the types of the keys
+it reads, so it gives a clear error when called without the schema.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+from .policies import PolicyError, parse_policy
+
+__all__ = ["ConfigError", "check_config"]
+
+
+class ConfigError(ValueError):
+    """A config value that is wrong; the message names the key."""
+
+
+def _get(cfg: dict, key: str, kind: type | tuple[type, ...]):
+    """``cfg`` at dotted ``key``, which must exist and be of type ``kind``."""
+    value = cfg
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"{key}: missing")
+        value = value[part]
+    _check_type(key, value, kind)
+    return value
+
+
+def _check_type(key: str, value, kind) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to Python, never to a config
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join("number" if k is Real else k.__name__ for k in kinds)
+        raise ConfigError(f"{key}: must be {names}, got {value!r}")
+
+
+def _check_dataset(cfg: dict) -> None:
+    from .data import DATASETS, check_root  # lazily: torch/numpy only when needed
+
+    allowed = ", ".join(DATASETS)
+    datasets = _get(cfg, "datasets", dict)
+    for name in datasets:
+        if name not in DATASETS:
+            raise ConfigError(f"datasets.{name}: unknown dataset {name!r}; allowed: {allowed}")
+    name = _get(cfg, "dataset", str)
+    if name not in DATASETS:
+        raise ConfigError(f"dataset: unknown dataset {name!r}; allowed: {allowed}")
+    if name not in datasets:
+        raise ConfigError(f"dataset: {name!r} has no entry under datasets (has: {', '.join(datasets) or 'none'})")
+    root = _get(cfg, f"datasets.{name}.root", str)
+    if not datasets[name].get("download", False):
+        try:
+            check_root(name, root)
+        except FileNotFoundError as e:
+            raise ConfigError(f"datasets.{name}.root: {e}") from None
+
+
+def _check_pretrain(cfg: dict) -> None:
+    batch = _get(cfg, "pretrain.batch_size", int)
+    queue = _get(cfg, "pretrain.queue_size", int)
+    splits = _get(cfg, "pretrain.bn_splits", int)
+    if batch < 1:
+        raise ConfigError(f"pretrain.batch_size: must be at least 1, got {batch}")
+    if queue < batch or queue % batch:
+        raise ConfigError(
+            f"pretrain.queue_size: {queue} must be a multiple of pretrain.batch_size ({batch}) "
+            f"and at least as large; allowed: {batch}, {2 * batch}, {3 * batch}, ..."
+        )
+    if splits < 1 or batch % splits:
+        raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
+
+
+def _check_temperatures(cfg: dict) -> None:
+    temps = _get(cfg, "temperatures", list)
+    if not temps:
+        raise ConfigError("temperatures: must list at least one temperature")
+    for i, t in enumerate(temps):
+        key = f"temperatures[{i}]"
+        _check_type(key, t, Real)
+        if not t > 0:
+            raise ConfigError(f"{key}: must be a positive number, got {t}")
+        # the run folder is t{t:g}; it must name the temperature exactly
+        if float(format(t, "g")) != t:
+            raise ConfigError(f"{key}: {t} has more than 6 significant digits (run folders are named t{t:g})")
+
+
+def _walk_policies(value, key: str, in_list: bool = False):
+    """Every (key, value) under ``figures`` that must be a policy string: each
+    string, and each item of a list (lists there are lists of policies)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk_policies(v, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk_policies(v, f"{key}[{i}]", in_list=True)
+    elif isinstance(value, str) or in_list:
+        yield key, value
+
+
+def _check_figures(cfg: dict) -> None:
+    for key, text in _walk_policies(_get(cfg, "figures", dict), "figures"):
+        try:
+            parse_policy(text)
+        except PolicyError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
+def check_config(cfg: dict) -> None:
+    """Raise :class:`ConfigError` naming the key on the first problem found."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config: must be a mapping, got {type(cfg).__name__}")
+    _check_figures(cfg)
+    _check_temperatures(cfg)
+    _check_pretrain(cfg)
+    _check_dataset(cfg)

@@ -1,0 +1,90 @@
+"""Which runs each figure needs, computed in one place from the config.
+
+The workflow (``workflow/rules/common.smk``) asks this module for the files a
+figure target plots, so ``snakemake fig2`` builds exactly the runs fig2 uses,
+and two figures that share a run share its files.  Paths follow
+docs/INTERFACES.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .policies import parse_policy
+
+__all__ = ["FIGURES", "Run", "figure_policies", "runs_for", "random_init_seeds",
+           "random_init_dir", "figure_probes", "figure_outputs"]
+
+#: figure -> the policy strings it trains, read from ``cfg["figures"][figure]``;
+#: adding a figure here adds it to ``FIGURES`` and to ``rule all``
+_POLICIES = {
+    "fig2": lambda fig: ["all", *fig["segments"], *fig["easiest"]],
+}
+
+#: every figure target the project builds so far (``rule all`` builds them all)
+FIGURES = tuple(_POLICIES)
+
+#: file types every figure writes beside each other
+FIGURE_EXTENSIONS = ("pdf", "png", "csv")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pretraining run; ``policy`` is the canonical policy name."""
+
+    dataset: str
+    method: str
+    policy: str
+    temperature: float
+    seed: int
+
+    def dir(self, results: str = "results") -> str:
+        return f"{results}/{self.dataset}/{self.method}/{self.policy}/t{self.temperature:g}/seed{self.seed}"
+
+
+def _check_figure(figure: str) -> None:
+    if figure not in FIGURES:
+        raise ValueError(f"unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
+
+
+def figure_policies(cfg: dict, figure: str) -> list[str]:
+    """Canonical names of the policies a figure trains, baseline first, no duplicates."""
+    _check_figure(figure)
+    texts = _POLICIES[figure](cfg["figures"][figure])
+    names = (parse_policy(t).name for t in texts)
+    return list(dict.fromkeys(names))
+
+
+def runs_for(cfg: dict, figure: str) -> list[Run]:
+    """Every training run a figure plots: each policy at each temperature and seed."""
+    return [
+        Run(cfg["dataset"], cfg["method"], policy, float(t), int(seed))
+        for policy in figure_policies(cfg, figure)
+        for t in cfg["temperatures"]
+        for seed in cfg["seeds"]
+    ]
+
+
+def random_init_seeds(cfg: dict) -> list[int]:
+    """Seeds of the untrained reference encoders (one per training seed)."""
+    return [int(s) for s in cfg["seeds"]]
+
+
+def random_init_dir(cfg: dict, seed: int, results: str | None = None) -> str:
+    results = cfg.get("results", "results") if results is None else results
+    return f"{results}/{cfg['dataset']}/{cfg['method']}/random-init/seed{seed}"
+
+
+def figure_probes(cfg: dict, figure: str) -> list[str]:
+    """Paths of every probe.json a figure plots: training runs, then random init."""
+    results = cfg.get("results", "results")
+    trained = [f"{run.dir(results)}/probe.json" for run in runs_for(cfg, figure)]
+    untrained = [f"{random_init_dir(cfg, s, results)}/probe.json" for s in random_init_seeds(cfg)]
+    return trained + untrained
+
+
+def figure_outputs(cfg: dict, figure: str) -> list[str]:
+    """The files a figure target writes: ``results/figures/{figure}.{pdf,png,csv}``."""
+    _check_figure(figure)
+    results = cfg.get("results", "results")
+    return [f"{results}/figures/{figure}.{ext}" for ext in FIGURE_EXTENSIONS]

@@ -1,0 +1,177 @@
+"""negatives.config.check_config and the config schema: every bad value gives
+an error that names its key (and the allowed values) before any job starts."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from negatives.config import ConfigError, check_config
+
+from conftest import fake_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+@pytest.fixture
+def cfg(tmp_path):
+    """The default config, with the data root pointing at a fake dataset."""
+    c = yaml.safe_load((ROOT / "config.yaml").read_text())
+    c["datasets"]["fashion-mnist"]["root"] = str(fake_fashion_mnist(tmp_path / "fmnist"))
+    return c
+
+
+def test_default_config_passes(cfg):
+    check_config(cfg)
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def _set(key):
+    """A mutator setting the dotted ``key`` (``a.b[1]``) to a value."""
+
+    def mutate(c, value):
+        *parents, last = key.replace("[", ".[").split(".")
+        for p in parents:
+            c = c[int(p[1:-1])] if p.startswith("[") else c[p]
+        if last.startswith("["):
+            c[int(last[1:-1])] = value
+        else:
+            c[last] = value
+
+    return mutate
+
+
+BAD = [
+    # (key, value, substrings of the message)
+    ("figures.fig2.segments[0]", "bogus", ["figures.fig2.segments[0]", "unknown policy", "keep[a,b)"]),
+    ("figures.fig2.segments[1]", "keep[95,101)", ["figures.fig2.segments[1]", "[0, 100]"]),
+    ("figures.fig2.easiest[0]", "keep[-5,90)", ["figures.fig2.easiest[0]"]),
+    ("figures.fig2.easiest[1]", "keep[50,50)", ["figures.fig2.easiest[1]", "a < b"]),
+    ("figures.fig2.easiest[1]", "drop[60,40)", ["figures.fig2.easiest[1]", "a < b"]),
+    ("figures.fig2.segments[2]", 95, ["figures.fig2.segments[2]", "must be a string"]),
+    ("pretrain.queue_size", 128, ["pretrain.queue_size", "pretrain.batch_size", "256, 512"]),
+    ("pretrain.queue_size", 4000, ["pretrain.queue_size", "multiple"]),
+    ("pretrain.batch_size", "256", ["pretrain.batch_size", "must be int"]),
+    ("pretrain.bn_splits", 3, ["pretrain.bn_splits", "divide"]),
+    ("temperatures[0]", 0, ["temperatures[0]", "positive"]),
+    ("temperatures[0]", -0.1, ["temperatures[0]", "positive"]),
+    ("temperatures[0]", True, ["temperatures[0]", "must be number"]),
+    ("temperatures[0]", 0.1234567, ["temperatures[0]", "significant digits"]),
+    ("temperatures", [], ["temperatures", "at least one"]),
+    ("dataset", "cifar11", ["dataset", "unknown dataset 'cifar11'", "allowed: fashion-mnist"]),
+    ("datasets.fashion-mnist.root", "/nonexistent/fmnist", ["datasets.fashion-mnist.root", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize("key,value,needles", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_value_names_key(cfg, key, value, needles):
+    if isinstance(value, list):
+        cfg[key] = value
+    else:
+        _set(key)(cfg, value)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    message = str(err.value)
+    assert message.startswith(key.split("[")[0]), message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_second_temperature_is_named(cfg):
+    cfg["temperatures"] = [0.2, -1.0]
+    with pytest.raises(ConfigError, match=r"^temperatures\[1\]"):
+        check_config(cfg)
+
+
+def test_unknown_dataset_under_datasets(cfg):
+    cfg["datasets"]["mnist-3d"] = {"root": "/x", "download": True, "train_images": 0, "test_images": 0}
+    with pytest.raises(ConfigError, match=r"^datasets\.mnist-3d: unknown dataset .*allowed: fashion-mnist"):
+        check_config(cfg)
+
+
+def test_dataset_without_an_entry(cfg, monkeypatch):
+    import negatives.data
+
+    monkeypatch.setitem(negatives.data.DATASETS, "cifar10", (None, None))
+    cfg["dataset"] = "cifar10"
+    with pytest.raises(ConfigError, match=r"^dataset: 'cifar10' has no entry under datasets \(has: fashion-mnist\)"):
+        check_config(cfg)
+
+
+def test_data_directory_lacking_files(cfg):
+    root = Path(cfg["datasets"]["fashion-mnist"]["root"])
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ConfigError, match=r"^datasets\.fashion-mnist\.root: .*t10k-labels-idx1-ubyte"):
+        check_config(cfg)
+
+
+def test_missing_data_directory_is_fine_when_downloading(cfg, tmp_path):
+    cfg["datasets"]["fashion-mnist"].update(root=str(tmp_path / "later"), download=True)
+    check_config(cfg)
+
+
+def test_missing_key_is_named(cfg):
+    del cfg["pretrain"]["queue_size"]
+    with pytest.raises(ConfigError, match=r"^pretrain\.queue_size: missing"):
+        check_config(cfg)
+
+
+def test_numbers_in_figures_are_not_policies(cfg):
+    cfg["figures"]["fig2"]["queries"] = 2000  # a number setting, not a policy
+    check_config(cfg)
+
+
+# ------------------------------------------------------------------- schema
+
+
+def _validate(c):
+    validate(c, str(SCHEMA))  # fills defaults in place
+    return c
+
+
+def test_schema_accepts_default_config():
+    _validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+
+
+def test_schema_defaults_are_config_yaml():
+    """A config naming only its dataset gets exactly config.yaml's values."""
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    minimal = {"dataset": default["dataset"], "datasets": copy.deepcopy(default["datasets"])}
+    assert _validate(minimal) == default
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"pretrain": {"backbone": "vgg16"}},
+        {"pretrain": {"device": "tpu"}},
+        {"pretrain": {"mode": "shuffle"}},
+        {"pretrain": {"epochs": 0}},
+        {"pretrain": {"learning_rate": 0.1}},  # unknown key
+        {"evaluate": {"probe": "slow"}},
+        {"method": "byol"},
+        {"seeds": [0, 0]},
+        {"temperatures": [0.0]},
+        {"figures": {"fig9": {}}},
+        {"datasets": {"fashion-mnist": {"root": "/x", "train_images": -1}}},
+        {"colour": "blue"},
+    ],
+    ids=repr,
+)
+def test_schema_rejects(patch):
+    c = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(c.get(key), dict):
+            c[key].update(value)
+        else:
+            c[key] = value
+    with pytest.raises(WorkflowError, match="Error validating config file"):
+        _validate(c)

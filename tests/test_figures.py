@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from negatives.figures import build, fig2, load_probes, summarize
+
+SEGMENTS = ["keep[90,95)", "keep[95,100)", "keep[85,90)"]  # deliberately not hardest-first
+EASIEST = ["keep[0,95)", "keep[0,90)"]
+METRICS = [f"{e}_{k}" for e in ("linear", "fewshot", "knn") for k in ("top1", "top5")]
+
+
+def _probe(policy, temperature, seed, rng):
+    p = {"dataset": "fashion-mnist", "method": "moco", "policy": policy, "temperature": temperature, "seed": seed,
+         "uses_labels": False, "epochs": 0 if policy == "random-init" else 20,
+         "fewshot_labels_per_class": 10, "fewshot_draws": 5}
+    p.update({m: float(rng.uniform(40, 99)) for m in METRICS})
+    return p
+
+
+@pytest.fixture
+def probe_files(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    runs = [(p, 0.2) for p in ["all", *SEGMENTS, *EASIEST, "drop[99,100)"]] + [("random-init", None)]
+    for policy, t in runs:
+        for seed in range(3):
+            path = tmp_path / "probes" / f"{policy}-{seed}.json"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(_probe(policy, t, seed, rng)))
+            paths.append(path)
+    return paths
+
+
+def test_load_probes_one_row_per_file(probe_files):
+    df = load_probes(probe_files)
+    assert len(df) == len(probe_files)
+    assert df.loc[df.policy == "random-init", "temperature"].isna().all()
+    assert df["linear_top1"].dtype == float
+
+
+def test_summarize_keeps_nan_std_for_one_seed(probe_files):
+    df = load_probes(probe_files)
+    one = df[(df.policy == "all") & (df.seed == 0)]
+    s = summarize(one, ["linear_top1"])
+    assert s.n.tolist() == [1] and np.isnan(s["std"].iloc[0])
+    with pytest.raises(ValueError, match="duplicate"):
+        summarize(pd.concat([one, one]), ["linear_top1"])
+
+
+def test_fig2_writes_files_and_csv_matches_pandas(probe_files, tmp_path):
+    df = load_probes(probe_files)
+    out = tmp_path / "figs" / "fig2"
+    table = fig2(df, out, SEGMENTS, EASIEST)
+    for ext in ("pdf", "png", "csv"):
+        assert (tmp_path / "figs" / f"fig2.{ext}").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["fig2.csv", "fig2.pdf", "fig2.png"]
+
+    csv = pd.read_csv(f"{out}.csv")
+    assert len(csv) == len(table)
+    # x order: segments hardest first, easiest x increasing, then the references
+    a = csv[(csv.panel == "a") & (csv.evaluation == "linear")]
+    assert a.x.tolist() == ["95-100%", "90-95%", "85-90%", "baseline", "random init"]
+    c = csv[(csv.panel == "c") & (csv.evaluation == "knn")]
+    assert c.x.tolist() == ["0-90%", "0-95%", "baseline", "random init"]
+    assert set(csv.panel) == set("abcd") and set(csv.evaluation) == {"linear", "fewshot", "knn"}
+    assert "drop[99,100)" not in set(csv.policy)
+    assert (csv.metric.str.endswith("top1") == csv.panel.isin(["a", "c"])).all()
+
+    # every row equals pandas' mean / std (ddof=1) over the three seeds of the input probes
+    for r in csv.itertuples():
+        vals = df.loc[df.policy == r.policy, r.metric]
+        assert r.n == 3 == len(vals)
+        assert r.mean == pytest.approx(vals.mean(), rel=1e-12)
+        assert r.std == pytest.approx(vals.std(ddof=1), rel=1e-12)
+
+
+def test_fig2_names_missing_policies(probe_files, tmp_path):
+    df = load_probes(probe_files)
+    df = df[~df.policy.isin(["keep[85,90)", "random-init"])]
+    with pytest.raises(ValueError, match=r"keep\[85,90\).*random-init"):
+        fig2(df, tmp_path / "fig2", SEGMENTS, EASIEST)
+    assert not list(tmp_path.glob("fig2*"))
+
+
+def test_fig2_several_temperatures_and_no_top5(probe_files, tmp_path):
+    df = load_probes(probe_files)
+    hot = df[df.policy != "random-init"].assign(temperature=0.07)
+    df = pd.concat([df, hot], ignore_index=True)
+    df[[m for m in METRICS if m.endswith("top5")]] = np.nan  # a dataset with <= 5 classes
+    table = fig2(df, tmp_path / "fig2", SEGMENTS, EASIEST)
+    a = table[(table.panel == "a") & (table.evaluation == "linear")]
+    assert sorted(a.temperature.dropna().unique()) == [0.07, 0.2]
+    assert table.loc[table.panel.isin(["b", "d"]), "n"].eq(0).all()
+    with pytest.raises(ValueError, match=r"keep\[0,90\) \(t=0.07\)"):
+        fig2(df[~((df.policy == "keep[0,90)") & (df.temperature == 0.07))], tmp_path / "x", SEGMENTS, EASIEST)
+
+
+def test_fig2_rejects_non_keep_policies(probe_files, tmp_path):
+    with pytest.raises(ValueError, match="keep"):
+        fig2(load_probes(probe_files), tmp_path / "fig2", ["drop[99,100)"], EASIEST)
+    with pytest.raises(ValueError, match="easiest"):
+        fig2(load_probes(probe_files), tmp_path / "fig2", SEGMENTS, ["keep[5,95)"])
+
+
+def test_build_dispatches_with_config_section(probe_files, tmp_path):
+    cfg = {"figures": {"fig2": {"segments": SEGMENTS, "easiest": EASIEST}}}
+    table = build("fig2", [str(p) for p in probe_files], str(tmp_path / "fig2"), cfg)
+    assert (tmp_path / "fig2.png").exists() and len(table) == len(pd.read_csv(tmp_path / "fig2.csv"))
+    with pytest.raises(ValueError, match="unknown figure 'fig9'; allowed: fig2"):
+        build("fig9", probe_files, tmp_path / "x", cfg)
+    with pytest.raises(KeyError, match="figures.fig2"):
+        build("fig2", probe_files, tmp_path / "x", {})

@@ -1,0 +1,187 @@
+"""The Snakemake layer: the jobs a dry run plans, errors before any job, lint,
+and negatives.grid (which runs each figure needs)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
+import pytest
+import yaml
+
+from negatives import grid
+from negatives.policies import PolicyError
+
+from conftest import fake_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "Snakefile"
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def test_fig2_runs_every_policy_temperature_and_seed():
+    cfg = default_config()
+    cfg["temperatures"] = [0.07, 0.2]
+    runs = grid.runs_for(cfg, "fig2")
+    fig = cfg["figures"]["fig2"]
+    n_policies = 1 + len(fig["segments"]) + len(fig["easiest"])
+    assert len(runs) == len(set(runs)) == n_policies * 2 * len(cfg["seeds"])
+    assert {r.policy for r in runs} == {"all", *fig["segments"], *fig["easiest"]}
+    assert {r.temperature for r in runs} == {0.07, 0.2}
+
+
+def test_policies_are_canonical_and_deduplicated():
+    cfg = default_config()
+    cfg["figures"]["fig2"] = {"segments": ["keep[95, 100)", "keep[95.0,100)"], "easiest": ["keep[95,100)", " all "]}
+    assert grid.figure_policies(cfg, "fig2") == ["all", "keep[95,100)"]
+
+
+def test_bad_policy_raises():
+    cfg = default_config()
+    cfg["figures"]["fig2"]["easiest"] = ["keep[0,101)"]
+    with pytest.raises(PolicyError):
+        grid.runs_for(cfg, "fig2")
+
+
+def test_run_dir_and_probe_paths():
+    run = grid.Run("fashion-mnist", "moco", "keep[95,100)", 0.07, 2)
+    assert run.dir("out") == "out/fashion-mnist/moco/keep[95,100)/t0.07/seed2"
+    cfg = default_config()
+    probes = grid.figure_probes(cfg, "fig2")
+    assert len(probes) == len(set(probes)) == len(grid.runs_for(cfg, "fig2")) + len(grid.random_init_seeds(cfg))
+    assert "results/fashion-mnist/moco/all/t0.2/seed0/probe.json" in probes
+    assert "results/fashion-mnist/moco/random-init/seed0/probe.json" in probes
+    assert grid.figure_outputs(cfg, "fig2") == [f"results/figures/fig2.{e}" for e in ("pdf", "png", "csv")]
+
+
+def test_unknown_figure():
+    with pytest.raises(ValueError, match="allowed: fig2"):
+        grid.runs_for(default_config(), "fig99")
+
+
+def test_fig2_caption_renders():
+    """The report caption is a jinja template over snakemake.config."""
+    cfg = default_config()
+    text = (ROOT / "workflow" / "report" / "fig2.rst").read_text()
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    out = env.from_string(text).render(snakemake=SimpleNamespace(config=cfg))
+    assert cfg["dataset"] in out and cfg["pretrain"]["backbone"] in out
+    assert f"**{cfg['pretrain']['epochs']}** epochs" in out
+
+
+# ------------------------------------------------------------- dry runs
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A working directory with the default config.yaml and an override that
+    points the dataset root at a tiny fake Fashion-MNIST."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    root = fake_fashion_mnist(tmp_path / "fmnist")
+    override = {"datasets": {"fashion-mnist": {"root": str(root)}}}
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+    """``snakemake -s Snakefile -d workdir --configfile override.yaml [extra] args``."""
+    configfiles = [str(workdir / "override.yaml")]
+    if config is not None:
+        (workdir / "extra.yaml").write_text(yaml.safe_dump(config))
+        configfiles.append(str(workdir / "extra.yaml"))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
+           "--configfile", *configfiles, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def job_counts(out: str) -> Counter:
+    """The ``job count`` table of a dry run."""
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)})
+
+
+def expected_jobs(cfg: dict, figures) -> Counter:
+    """What a dry run must plan, computed from the config."""
+    trained, probes = set(), set()
+    for figure in figures:
+        trained.update(grid.runs_for(cfg, figure))
+        probes.update(grid.figure_probes(cfg, figure))
+    random_init = {p for p in probes if "/random-init/" in p}
+    assert len(random_init) == len(cfg["seeds"])
+    counts = Counter(prepare=1, pretrain=len(trained), random_init=len(random_init), evaluate=len(probes))
+    counts.update({figure: 1 for figure in figures})
+    return counts
+
+
+def test_dry_run_all_plans_every_figure(workdir):
+    """The default target, through the local profile."""
+    res = snakemake(workdir, "-n", "--profile", str(ROOT / "profiles" / "local"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    expected = expected_jobs(default_config(), grid.FIGURES) + Counter(all=1)
+    assert job_counts(res.stdout + res.stderr) == expected
+    # the default config: 6 policies x 1 temperature x 3 seeds, + 3 random-init
+    assert expected["pretrain"] == 18 and expected["evaluate"] == 21
+
+
+def test_dry_run_fig2_and_its_commands(workdir):
+    res = snakemake(workdir, "-n", "-p", "fig2")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert job_counts(out) == expected_jobs(default_config(), ["fig2"])
+    # the command lines of docs/INTERFACES.md
+    assert "python -m negatives prepare --dataset fashion-mnist --root " in out
+    assert "--policy 'keep[95,100)' --temperature 0.2 --seed 0 --settings '{" in out
+    assert "--out 'results/fashion-mnist/moco/keep[95,100)/t0.2/seed0'" in out
+    assert "python -m negatives init --data results/data/fashion-mnist/data.pt --method moco --seed 1" in out
+    assert "--out results/fashion-mnist/moco/random-init/seed1/probe.json" in out
+    assert "python -m negatives figure fig2 --config-json '{" in out
+    assert "--out results/figures/fig2 >" in out
+
+
+def test_dry_run_follows_the_config(workdir):
+    """Two temperatures and two seeds: the plan grows with the grid."""
+    res = snakemake(workdir, "-n", "fig2", config={"temperatures": [0.1, 0.2], "seeds": [0, 1]})
+    assert res.returncode == 0, res.stdout + res.stderr
+    cfg = default_config()
+    cfg.update(temperatures=[0.1, 0.2], seeds=[0, 1])
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts == expected_jobs(cfg, ["fig2"])
+    assert counts["pretrain"] == 6 * 2 * 2
+
+
+# every bad value is tested on check_config directly in test_config.py;
+# these go through `snakemake -n` end to end
+BAD_THROUGH_SNAKEMAKE = [
+    ({"figures": {"fig2": {"segments": ["keep[95,100)", "hardest-5"]}}}, "figures.fig2.segments[1]: unknown policy"),
+    ({"pretrain": {"queue_size": 100}}, "pretrain.queue_size"),
+    ({"datasets": {"fashion-mnist": {"root": "/nonexistent/fmnist"}}}, "datasets.fashion-mnist.root"),
+]
+
+
+@pytest.mark.parametrize("bad,needle", BAD_THROUGH_SNAKEMAKE, ids=[n for _, n in BAD_THROUGH_SNAKEMAKE])
+def test_bad_config_fails_before_any_job(workdir, bad, needle):
+    res = snakemake(workdir, "-n", config=bad)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert needle in out, out
+    assert "Job stats" not in out and "Building DAG" not in out, out
+
+
+def test_lint_is_clean(workdir):
+    res = snakemake(workdir, "--lint")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "Lints for" not in out, out
+    assert "Congratulations, your workflow is in a good condition" in out, out

@@ -1,0 +1,34 @@
+# Helpers shared by the rules. Which runs a figure needs is decided in one
+# place, negatives.grid; the rules only turn its answers into file names.
+import json
+
+from negatives import grid
+
+R = config["results"]  # results root (docs/INTERFACES.md: results/...)
+
+# wildcard values (policy names like "keep[95,100)" contain no "/")
+NAME = r"[^/]+"
+SEED = r"\d+"
+TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
+
+
+def settings(section):
+    """The JSON the library gets as --settings: one config section."""
+    return json.dumps(config[section], sort_keys=True)
+
+
+def dataset_option(key):
+    """Params function: config.datasets[{dataset}][key]."""
+    return lambda wildcards: config["datasets"][wildcards.dataset][key]
+
+
+# one job on a GPU when the config asks for CUDA; "auto" and "cpu" ask for none
+GPUS = 1 if config["pretrain"]["device"] == "cuda" else 0
+
+
+def figure_outputs(figure):
+    return grid.figure_outputs(config, figure)
+
+
+def figure_probes(figure):
+    return grid.figure_probes(config, figure)

@@ -1,0 +1,21 @@
+rule prepare:
+    output:
+        data=f"{R}/data/{{dataset}}/data.pt",
+        classes=f"{R}/data/{{dataset}}/classes.tsv",
+    params:
+        root=dataset_option("root"),
+        train_images=dataset_option("train_images"),
+        test_images=dataset_option("test_images"),
+        download=lambda wildcards: "--download" if config["datasets"][wildcards.dataset]["download"] else "",
+        out=subpath(output.data, parent=True),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/data/{dataset}/prepare.log",
+    conda:
+        "../../envs/negatives.yaml"
+    shell:
+        "python -m negatives prepare --dataset {wildcards.dataset:q} --root {params.root:q}"
+        " --out {params.out:q} --train-images {params.train_images} --test-images {params.test_images}"
+        " {params.download} > {log:q} 2>&1"

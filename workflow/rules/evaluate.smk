@@ -1,0 +1,25 @@
+# one rule for trained runs ({policy}/t{temperature}/seed{seed}) and
+# untrained ones (random-init/seed{seed}): {run} is the part between the
+# method and probe.json
+rule evaluate:
+    input:
+        data=f"{R}/data/{{dataset}}/data.pt",
+        checkpoint=f"{R}/{{dataset}}/{{method}}/{{run}}/checkpoint.pt",
+    output:
+        probe=f"{R}/{{dataset}}/{{method}}/{{run}}/probe.json",
+    wildcard_constraints:
+        run=f"random-init/seed{SEED}|{NAME}/t{TEMPERATURE}/seed{SEED}",
+    params:
+        settings=settings("evaluate"),
+    threads: config["evaluate"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=GPUS,
+    log:
+        "logs/{dataset}/{method}/{run}/evaluate.log",
+    conda:
+        "../../envs/negatives.yaml"
+    shell:
+        "python -m negatives evaluate --data {input.data:q} --checkpoint {input.checkpoint:q}"
+        " --settings {params.settings:q} --out {output.probe:q} > {log:q} 2>&1"

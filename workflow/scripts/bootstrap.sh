@@ -1,0 +1,188 @@
+# shellcheck shell=bash
+# Set-up shared by ./run.sh and ./test.sh (sourced, under `set -euo pipefail`).
+#
+#   bootstrap run|test
+#
+# 1. a virtual environment at ${NEGATIVES_VENV:-<repo>/.venv} (python3 -m venv;
+#    as root with apt-get, Debian's python3-venv is installed when venv is missing);
+# 2. `pip install -e '.[test]'` into it, only when pyproject.toml, the checkout
+#    or the Python changed since the last install (a stamp file in the venv);
+# 3. the data: Debian's dataset-fashion-mnist, wordnet-base and
+#    wordnet-sense-index, installed with apt-get when missing and we are root;
+#    otherwise, for `run`, torchvision's download of Fashion-MNIST (a config
+#    override) and NLTK's of WordNet (NEGATIVES_DOWNLOAD=1).
+# Then the venv's bin/ is first on PATH, so rules find its python.
+#
+# Knobs: NEGATIVES_VENV (venv path), NEGATIVES_PYTHON (interpreter that makes
+# it, default python3), NEGATIVES_PIP_ARGS (extra `pip install` arguments,
+# e.g. "--index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch).
+# After it, NEGATIVES_SNAKEMAKE_ARGS holds the extra snakemake arguments.
+
+NEGATIVES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+NEGATIVES_VENV="${NEGATIVES_VENV:-$NEGATIVES_ROOT/.venv}"
+NEGATIVES_CACHE="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/negatives"
+NEGATIVES_SNAKEMAKE_ARGS=()
+
+_NEG_PY="${NEGATIVES_PYTHON:-python3}"
+_NEG_FMNIST=/usr/share/datasets/fashion-mnist
+_NEG_WORDNET=/usr/share/wordnet
+_NEG_HINT="install Debian packages dataset-fashion-mnist wordnet-base wordnet-sense-index (as root), or allow internet access for torchvision/NLTK downloads"
+_NEG_APT_UPDATED=0
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+_neg_can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+# apt-get install, after one `apt-get update` per run; fails softly (returns 1).
+_neg_apt_install() {
+    say "installing Debian packages: $* (apt-get, as root)"
+    if [ "$_NEG_APT_UPDATED" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || return 1
+        _NEG_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
+# ------------------------------------------------------------------- python
+
+_neg_check_python() {
+    command -v "$_NEG_PY" >/dev/null 2>&1 \
+        || die "$_NEG_PY not found: install Python 3.11 or newer (Debian: apt-get install python3 python3-venv)"
+    "$_NEG_PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$("$_NEG_PY" -V 2>&1) is too old: negatives needs Python 3.11 or newer (set NEGATIVES_PYTHON to one)"
+}
+
+_neg_venv_works() {
+    [ -f "$NEGATIVES_VENV/pyvenv.cfg" ] && "$NEGATIVES_VENV/bin/python" -c '' >/dev/null 2>&1
+}
+
+_neg_make_venv() {
+    say "creating the virtual environment $NEGATIVES_VENV ($_NEG_PY -m venv)"
+    if "$_NEG_PY" -m venv "$NEGATIVES_VENV"; then
+        return 0
+    fi
+    rm -rf "$NEGATIVES_VENV"  # a half-made one: python but no pip
+    if _neg_can_apt; then
+        # Debian's python3 ships venv and ensurepip in a separate package
+        _neg_apt_install python3-venv || die "could not install Debian's python3-venv; install it (as root), then rerun"
+        "$_NEG_PY" -m venv "$NEGATIVES_VENV" || die "$_NEG_PY -m venv failed even with python3-venv installed"
+    else
+        die "$_NEG_PY -m venv failed: install Debian package python3-venv (as root: apt-get install python3-venv), then rerun"
+    fi
+}
+
+_neg_ensure_venv() {
+    if _neg_venv_works; then
+        return 0
+    fi
+    if [ -e "$NEGATIVES_VENV" ]; then
+        if [ -f "$NEGATIVES_VENV/pyvenv.cfg" ]; then
+            say "removing the broken virtual environment $NEGATIVES_VENV"
+            rm -rf "$NEGATIVES_VENV"
+        elif [ -n "$(ls -A "$NEGATIVES_VENV" 2>/dev/null)" ]; then
+            die "$NEGATIVES_VENV exists and is not a virtual environment (set NEGATIVES_VENV elsewhere)"
+        fi
+    fi
+    _neg_make_venv
+}
+
+# What the installed environment was made from: when it changes, reinstall.
+_neg_stamp() {
+    "$NEGATIVES_VENV/bin/python" - "$NEGATIVES_ROOT" "${NEGATIVES_PIP_ARGS:-}" <<'PY'
+import hashlib, sys
+root, pip_args = sys.argv[1], sys.argv[2]
+h = hashlib.sha256(open(f"{root}/pyproject.toml", "rb").read()).hexdigest()
+print(f"pyproject.toml sha256 {h}\ncheckout {root}\npython {sys.version.split()[0]}\npip args {pip_args}")
+PY
+}
+
+_neg_ensure_installed() {
+    local stamp_file="$NEGATIVES_VENV/.negatives-installed" want
+    want="$(_neg_stamp)"
+    if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ]; then
+        return 0
+    fi
+    rm -f "$stamp_file"
+    # shellcheck disable=SC2086  # NEGATIVES_PIP_ARGS is a list of words
+    say "installing negatives and its dependencies into $NEGATIVES_VENV: pip install ${NEGATIVES_PIP_ARGS:-}${NEGATIVES_PIP_ARGS:+ }-e '.[test]' (torch, torchvision, snakemake, pytest, ...)"
+    local start=$SECONDS
+    # pip's notes about local index folders it skips are noise; everything else passes
+    # shellcheck disable=SC2086
+    if ! PIP_NO_INPUT=1 "$NEGATIVES_VENV/bin/python" -m pip install ${NEGATIVES_PIP_ARGS:-} -e "${NEGATIVES_ROOT}[test]" 2>&1 \
+        | sed -u '/^WARNING: Location .* is ignored: it is neither a file nor a directory\.$/d' >&2; then
+        die "pip install -e '.[test]' failed (see above); it needs PyPI (or a mirror set in pip's config) to be reachable"
+    fi
+    printf '%s\n' "$want" >"$stamp_file"
+    say "installed in $((SECONDS - start)) s"
+}
+
+# --------------------------------------------------------------------- data
+
+_neg_fmnist_ok() {
+    local f
+    for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+        [ -f "$_NEG_FMNIST/$f.gz" ] || [ -f "$_NEG_FMNIST/$f" ] || return 1
+    done
+}
+
+_neg_wordnet_base_ok() {
+    local f
+    for f in data.adj data.adv data.noun data.verb index.adj index.adv index.noun index.verb \
+             adj.exc adv.exc noun.exc verb.exc cntlist.rev; do
+        [ -f "$_NEG_WORDNET/$f" ] || return 1
+    done
+}
+
+_neg_wordnet_sense_ok() { [ -f "$_NEG_WORDNET/index.sense" ]; }
+
+_neg_missing_packages() {
+    local missing=()
+    _neg_fmnist_ok || missing+=(dataset-fashion-mnist)
+    _neg_wordnet_base_ok || missing+=(wordnet-base)
+    _neg_wordnet_sense_ok || missing+=(wordnet-sense-index)
+    printf '%s\n' "${missing[@]+"${missing[@]}"}"
+}
+
+_neg_ensure_data() {
+    local mode="$1" missing
+    missing="$(_neg_missing_packages | xargs)"
+    [ -z "$missing" ] && return 0
+    if _neg_can_apt; then
+        # shellcheck disable=SC2086
+        _neg_apt_install $missing || say "apt-get could not install $missing; falling back to downloads"
+        missing="$(_neg_missing_packages | xargs)"
+        [ -z "$missing" ] && return 0
+    else
+        say "Debian packages $missing are not installed, and installing them needs root and apt-get"
+    fi
+    if [ "$mode" = test ]; then
+        say "the tests that read them are skipped; to run them, install Debian packages $missing (as root)"
+        return 0
+    fi
+    if ! _neg_fmnist_ok; then
+        local root="$NEGATIVES_CACHE/fashion-mnist" override="$NEGATIVES_CACHE/download.yaml"
+        mkdir -p "$NEGATIVES_CACHE"
+        printf '# written by workflow/scripts/bootstrap.sh: %s lacks Fashion-MNIST\ndatasets:\n  fashion-mnist:\n    root: "%s"\n    download: true\n' \
+            "$_NEG_FMNIST" "$root" >"$override"
+        NEGATIVES_SNAKEMAKE_ARGS+=("--configfile=$override")  # "=": the arguments after it stay targets
+        say "Fashion-MNIST: torchvision downloads it into $root (snakemake --configfile $override); if that fails: $_NEG_HINT"
+    fi
+    if ! { _neg_wordnet_base_ok && _neg_wordnet_sense_ok; }; then
+        export NEGATIVES_DOWNLOAD=1
+        say "WordNet: NLTK downloads it (nltk.download('wordnet')) unless NLTK already has it; if that fails: $_NEG_HINT"
+    fi
+}
+
+# --------------------------------------------------------------------- main
+
+bootstrap() {
+    local mode="${1:?bootstrap run|test}"
+    _neg_check_python
+    _neg_ensure_venv
+    _neg_ensure_installed
+    _neg_ensure_data "$mode"
+    export VIRTUAL_ENV="$NEGATIVES_VENV"
+    export PATH="$NEGATIVES_VENV/bin:$PATH"
+    cd "$NEGATIVES_ROOT" || die "cannot cd to $NEGATIVES_ROOT"
+}
