@@ -209,7 +209,10 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
             check_root(name, root)
         except FileNotFoundError:
             root.mkdir(parents=True, exist_ok=True)
-            downloader(root)
+            try:
+                downloader(root)
+            except Exception as e:
+                raise RuntimeError(f"downloading {name} into {root} failed ({e}); {_how_to_get(name)}") from e
     raw = reader(root)
     tr = balanced_subset(raw.train_labels, train_images, seed=0)
     te = balanced_subset(raw.test_labels, test_images, seed=1)

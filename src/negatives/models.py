@@ -32,22 +32,22 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         s = self.num_splits
         if not self.training or s == 1:
             return super().forward(x)
-        n, c, h, w = x.shape
-        if n % s:
-            raise ValueError(f"batch of {n} cannot be split into {s} batch-norm splits")
-        mean = self.running_mean.repeat(s)
-        var = self.running_var.repeat(s)
-        # [n, c, h, w] -> [n/s, s*c, h, w]: split j becomes channels j*c..(j+1)*c
-        y = x.view(s, n // s, c, h, w).transpose(0, 1).reshape(n // s, s * c, h, w)
-        y = F.batch_norm(
-            y, mean, var, self.weight.repeat(s), self.bias.repeat(s),
-            training=True, momentum=self.momentum, eps=self.eps,
-        )
-        with torch.no_grad():
-            self.running_mean.copy_(mean.view(s, c).mean(0))
-            self.running_var.copy_(var.view(s, c).mean(0))
+        if x.shape[0] % s:
+            raise ValueError(f"batch of {x.shape[0]} cannot be split into {s} batch-norm splits")
+        # each split is normalised by its own statistics; chunks along the
+        # batch keep the memory format (channels_last stays fast on CPU)
+        outs, means, vars_ = [], [], []
+        for chunk in x.chunk(s):
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias,
+                                     training=True, momentum=self.momentum, eps=self.eps))
+            means.append(mean)
+            vars_.append(var)
+        with torch.no_grad():  # running statistics: the average of the splits' updates
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(vars_).mean(0))
             self.num_batches_tracked.add_(1)
-        return y.view(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        return torch.cat(outs)
 
 
 def _norm(num_splits: int):

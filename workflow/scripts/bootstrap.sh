@@ -15,19 +15,27 @@
 #
 # Knobs: NEGATIVES_VENV (venv path), NEGATIVES_PYTHON (interpreter that makes
 # it, default python3), NEGATIVES_PIP_ARGS (extra `pip install` arguments,
-# e.g. "--index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch).
-# After it, NEGATIVES_SNAKEMAKE_ARGS holds the extra snakemake arguments.
+# e.g. "--extra-index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch).
+# After it, NEGATIVES_SNAKEMAKE_ARGS holds the extra snakemake arguments and
+# NEGATIVES_DOWNLOADS is 1 when the jobs will download data.
 
 NEGATIVES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 NEGATIVES_VENV="${NEGATIVES_VENV:-$NEGATIVES_ROOT/.venv}"
 NEGATIVES_CACHE="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/negatives"
 NEGATIVES_SNAKEMAKE_ARGS=()
+NEGATIVES_DOWNLOADS=0  # 1 when the data will be downloaded by the jobs
 
 _NEG_PY="${NEGATIVES_PYTHON:-python3}"
 _NEG_FMNIST=/usr/share/datasets/fashion-mnist
 _NEG_WORDNET=/usr/share/wordnet
 _NEG_HINT="install Debian packages dataset-fashion-mnist wordnet-base wordnet-sense-index (as root), or allow internet access for torchvision/NLTK downloads"
 _NEG_APT_UPDATED=0
+
+# For run.sh: a failed workflow that relied on downloads ends with what to install.
+neg_download_failure_note() {
+    [ "$NEGATIVES_DOWNLOADS" = 1 ] || return 0
+    say "the workflow failed, and it relied on downloads (see the job logs above); if a download failed: $_NEG_HINT"
+}
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -104,11 +112,15 @@ _neg_ensure_installed() {
         return 0
     fi
     rm -f "$stamp_file"
-    # shellcheck disable=SC2086  # NEGATIVES_PIP_ARGS is a list of words
+    if ! "$NEGATIVES_VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        say "the virtual environment $NEGATIVES_VENV has no pip (half-made?): making it again"
+        rm -rf "$NEGATIVES_VENV"
+        _neg_make_venv
+    fi
     say "installing negatives and its dependencies into $NEGATIVES_VENV: pip install ${NEGATIVES_PIP_ARGS:-}${NEGATIVES_PIP_ARGS:+ }-e '.[test]' (torch, torchvision, snakemake, pytest, ...)"
     local start=$SECONDS
     # pip's notes about local index folders it skips are noise; everything else passes
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2086  # NEGATIVES_PIP_ARGS is a list of words
     if ! PIP_NO_INPUT=1 "$NEGATIVES_VENV/bin/python" -m pip install ${NEGATIVES_PIP_ARGS:-} -e "${NEGATIVES_ROOT}[test]" 2>&1 \
         | sed -u '/^WARNING: Location .* is ignored: it is neither a file nor a directory\.$/d' >&2; then
         die "pip install -e '.[test]' failed (see above); it needs PyPI (or a mirror set in pip's config) to be reachable"
@@ -160,6 +172,7 @@ _neg_ensure_data() {
         say "the tests that read them are skipped; to run them, install Debian packages $missing (as root)"
         return 0
     fi
+    NEGATIVES_DOWNLOADS=1
     if ! _neg_fmnist_ok; then
         local root="$NEGATIVES_CACHE/fashion-mnist" override="$NEGATIVES_CACHE/download.yaml"
         mkdir -p "$NEGATIVES_CACHE"
