@@ -125,3 +125,23 @@ def test_split_batchnorm_normalises_each_split_separately():
     assert torch.allclose(bn.running_mean, (m0 + m1) / 2, atol=1e-5)
     bn.eval()
     assert torch.allclose(bn(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False), atol=1e-6)
+
+
+def test_gathered_band_and_masked_band_give_the_same_loss_and_gradient():
+    """A keep band reaches the loss as [B, n] positions; a mask of the same
+    negatives must give the same loss and the same gradient."""
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    queue = F.normalize(torch.randn(100, 8, generator=g), dim=1)
+    l_pos = torch.rand(6, generator=g)
+    sel = Band("keep", 90, 95)(q @ queue.T, None)
+    assert sel.index is not None and sel.index.shape == (6, 5)
+    grads = []
+    for use_index in (True, False):
+        s = (q @ queue.T).requires_grad_(True)
+        neg = s.gather(1, sel.index) if use_index else s
+        loss = info_nce(l_pos, neg, None if use_index else sel.mask(s.shape), 0.1)
+        loss.backward()
+        grads.append((loss.detach(), s.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)

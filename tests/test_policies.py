@@ -24,8 +24,8 @@ def test_band_keeps_exactly_round_kw_negatives_per_query(k, band):
     a, b = band
     g = torch.Generator().manual_seed(k)
     sim = torch.rand(7, k, generator=g) * 2 - 1
-    keep = Band("keep", a, b)(sim, NO_INFO).keep
-    drop = Band("drop", a, b)(sim, NO_INFO).keep
+    keep = Band("keep", a, b)(sim, NO_INFO).mask(sim.shape)
+    drop = Band("drop", a, b)(sim, NO_INFO).mask(sim.shape)
     n = math.floor(k * (b - a) / 100 + 0.5)
     assert keep.dtype == torch.bool and keep.shape == sim.shape
     assert (keep.sum(1) == n).all()
@@ -38,7 +38,7 @@ def test_band_keeps_the_right_ranks(band):
     a, b = band
     k = 2000  # k*a/100 and k*b/100 are whole: the band is exactly a <= 100 r / k < b
     sim = torch.randn(5, k, generator=torch.Generator().manual_seed(1))
-    keep = Band("keep", a, b)(sim, NO_INFO).keep
+    keep = Band("keep", a, b)(sim, NO_INFO).mask(sim.shape)
     pct = 100.0 * _ranks(sim).double() / k
     expected = (pct >= a - 1e-9) & (pct < b - 1e-9)
     assert torch.equal(keep, expected)
@@ -46,17 +46,17 @@ def test_band_keeps_the_right_ranks(band):
 
 def test_hardest_band_holds_the_largest_similarities():
     sim = torch.tensor([[0.1, 0.9, -0.5, 0.3, 0.95, 0.0, -0.9, 0.2, 0.5, 0.6]])
-    keep = Band("keep", 80, 100)(sim, NO_INFO).keep
+    keep = Band("keep", 80, 100)(sim, NO_INFO).mask(sim.shape)
     assert keep[0].nonzero().flatten().tolist() == [1, 4]
-    easy = Band("keep", 0, 20)(sim, NO_INFO).keep
+    easy = Band("keep", 0, 20)(sim, NO_INFO).mask(sim.shape)
     assert easy[0].nonzero().flatten().tolist() == [2, 6]
-    middle = Band("keep", 40, 60)(sim, NO_INFO).keep  # ranks 4, 5 -> values 0.2, 0.3
+    middle = Band("keep", 40, 60)(sim, NO_INFO).mask(sim.shape)  # ranks 4, 5 -> values 0.2, 0.3
     assert middle[0].nonzero().flatten().tolist() == [3, 7]
 
 
 def test_band_is_per_query():
     sim = torch.tensor([[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]])
-    keep = Band("keep", 75, 100)(sim, NO_INFO).keep
+    keep = Band("keep", 75, 100)(sim, NO_INFO).mask(sim.shape)
     assert keep.tolist() == [[False, False, False, True], [True, False, False, False]]
 
 
@@ -64,11 +64,11 @@ def test_band_is_per_query():
 def test_ties_keep_exact_counts_deterministically(band):
     sim = torch.zeros(3, 40)
     sim[:, ::2] = 0.5
-    keep = Band("keep", *band)(sim, NO_INFO).keep
+    keep = Band("keep", *band)(sim, NO_INFO).mask(sim.shape)
     assert (keep.sum(1) == round(40 * (band[1] - band[0]) / 100)).all()
-    assert torch.equal(keep, Band("keep", *band)(sim.clone(), NO_INFO).keep)
+    assert torch.equal(keep, Band("keep", *band)(sim.clone(), NO_INFO).mask(sim.shape))
     constant = torch.ones(2, 40)  # every candidate tied
-    assert (Band("keep", *band)(constant, NO_INFO).keep.sum(1) == round(40 * (band[1] - band[0]) / 100)).all()
+    assert (Band("keep", *band)(constant, NO_INFO).mask(constant.shape).sum(1) == round(40 * (band[1] - band[0]) / 100)).all()
 
 
 def test_band_ranks_formula():
@@ -80,7 +80,7 @@ def test_band_ranks_formula():
 
 
 def test_all_keeps_everything():
-    assert All()(torch.randn(2, 5), NO_INFO).keep is None
+    assert All()(torch.randn(2, 5), NO_INFO).mask((2, 5)) is None
 
 
 @pytest.mark.parametrize(

@@ -79,13 +79,32 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Selection:
-    """What the loss needs from a policy.
+    """What the loss needs from a policy: at most one of
 
-    keep: ``[B, K]`` bool, True for a negative the query's loss sees;
-          ``None`` keeps every negative.
+    keep:  ``[B, K]`` bool, True for a negative the query's loss sees;
+    index: ``[B, n]`` int64, the positions of the n negatives each query
+           sees (policies that keep the same count for every query: the loss
+           then works on ``[B, n]`` instead of ``[B, K]``).
+
+    Neither: every negative is kept.
     """
 
     keep: Tensor | None = None
+    index: Tensor | None = None
+
+    def mask(self, shape: tuple[int, int], device=None) -> Tensor | None:
+        """The selection as a ``[B, K]`` bool mask (None: all kept)."""
+        if self.index is not None:
+            m = torch.zeros(shape, dtype=torch.bool, device=self.index.device)
+            return m.scatter_(1, self.index, True)
+        return self.keep
+
+    def kept_per_query(self, num_candidates: int) -> float:
+        if self.index is not None:
+            return float(self.index.shape[1])
+        if self.keep is not None:
+            return float(self.keep.sum(1).float().mean())
+        return float(num_candidates)
 
 
 class NegativePolicy:
@@ -125,8 +144,9 @@ def band_ranks(num_candidates: int, lo_pct: float, hi_pct: float) -> tuple[int, 
     return lo, lo + n
 
 
-def _rank_window_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
-    """``[B, K]`` bool mask of the ranks ``[lo, hi)`` of every row of ``sim``.
+def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
+    """The ranks ``[lo, hi)`` of every row of ``sim``, as ``(index [B, hi-lo], None)``
+    or, when the complement is cheaper to find, ``(None, mask [B, K])``.
 
     Never a full double argsort: partial selections (``topk``) of whichever
     is smallest -- the band counted from the hardest end (``K - lo``
@@ -136,26 +156,30 @@ def _rank_window_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
     """
     b, k = sim.shape
     if hi <= lo:
-        return torch.zeros((b, k), dtype=torch.bool, device=sim.device)
+        return sim.new_zeros((b, 0), dtype=torch.long), None
     from_top, from_bottom, outside = k - lo, hi, (k - hi) + lo
     if outside < min(from_top, from_bottom):
         mask = torch.ones((b, k), dtype=torch.bool, device=sim.device)
         if k - hi:
-            mask.scatter_(1, torch.topk(sim, k - hi, dim=1, largest=True).indices, False)
+            mask.scatter_(1, torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices, False)
         if lo:
             rest = sim.masked_fill(~mask, float("inf"))
-            mask.scatter_(1, torch.topk(rest, lo, dim=1, largest=False).indices, False)
-        return mask
-    mask = torch.zeros((b, k), dtype=torch.bool, device=sim.device)
+            mask.scatter_(1, torch.topk(rest, lo, dim=1, largest=False, sorted=False).indices, False)
+        return None, mask
     if from_top <= from_bottom:
-        # the (K - lo) hardest, hardest first; the first (K - hi) are above the band
-        idx = torch.topk(sim, from_top, dim=1, largest=True, sorted=True).indices
-        band = idx[:, k - hi :]
-    else:
-        # the hi easiest, easiest first; the first lo are below the band
-        idx = torch.topk(sim, from_bottom, dim=1, largest=False, sorted=True).indices
-        band = idx[:, lo:]
-    return mask.scatter_(1, band, True)
+        # the (K - lo) hardest, hardest first; the first (K - hi) are above the
+        # band (no order needed when the band reaches the hardest)
+        idx = torch.topk(sim, from_top, dim=1, largest=True, sorted=hi < k).indices
+        return idx[:, k - hi :], None
+    # the hi easiest, easiest first; the first lo are below the band
+    idx = torch.topk(sim, from_bottom, dim=1, largest=False, sorted=lo > 0).indices
+    return idx[:, lo:], None
+
+
+def _rank_window_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
+    """``[B, K]`` bool mask of the ranks ``[lo, hi)`` of every row of ``sim``."""
+    index, mask = _rank_window(sim, lo, hi)
+    return mask if index is None else Selection(index=index).mask(sim.shape)
 
 
 class Band(NegativePolicy):
@@ -179,8 +203,10 @@ class Band(NegativePolicy):
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         lo, hi = self.ranks(sim.shape[1])
-        in_band = _rank_window_mask(sim, lo, hi)
-        return Selection(keep=in_band if self.action == "keep" else ~in_band)
+        if self.action == "keep":
+            index, mask = _rank_window(sim, lo, hi)
+            return Selection(keep=mask, index=index)
+        return Selection(keep=~_rank_window_mask(sim, lo, hi))
 
 
 # --------------------------------------------------------------------------
