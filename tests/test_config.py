@@ -68,6 +68,13 @@ BAD = [
     ("temperatures", [], ["temperatures", "at least one"]),
     ("dataset", "cifar11", ["dataset", "unknown dataset 'cifar11'", "allowed: fashion-mnist"]),
     ("datasets.fashion-mnist.root", "/nonexistent/fmnist", ["datasets.fashion-mnist.root", "does not exist"]),
+    ("analysis.queries", 9000, ["analysis.queries", "10000 training images", "datasets.fashion-mnist.train_images"]),
+    ("analysis.negatives", "2000", ["analysis.negatives", "must be int"]),
+    ("figures.fig4.hard_cut", 99.99, ["figures.fig4.hard_cut", "leaves 0 of the 2000 negatives", "hard"]),
+    ("figures.fig4.hard_cut", "95", ["figures.fig4.hard_cut", "must be number"]),  # not taken for a policy
+    ("figures.fig6.hard_cut", 100, ["figures.fig6.hard_cut", "(0, 100)"]),
+    ("figures.fig5.inset_percentile", 0.01, ["figures.fig5.inset_percentile", "allowed: 0.05 to 10"]),
+    ("figures.fig5.inset_percentile", 20, ["figures.fig5.inset_percentile", "allowed: 0.05 to 10"]),
 ]
 
 
@@ -129,6 +136,13 @@ def test_numbers_in_figures_are_not_policies(cfg):
     check_config(cfg)
 
 
+def test_analysis_fits_the_whole_split(cfg):
+    """train_images 0 (all): the analysis cannot be checked against it here."""
+    cfg["datasets"]["fashion-mnist"]["train_images"] = 0
+    cfg["analysis"].update(queries=50_000, negatives=50_000)
+    check_config(cfg)
+
+
 # ------------------------------------------------------------------- schema
 
 
@@ -161,6 +175,12 @@ def test_schema_defaults_are_config_yaml():
         {"seeds": [0, 0]},
         {"temperatures": [0.0]},
         {"figures": {"fig9": {}}},
+        {"analysis": {"queries": 0}},
+        {"analysis": {"threads": 2}},  # unknown key
+        {"figures": {"fig4": {"hard_cut": 100}}},
+        {"figures": {"fig5": {"inset_percentile": 0}}},
+        {"figures": {"fig6": {"null_seed": -1}}},
+        {"figures": {"tables_a4_a6": {"rows": 0}}},
         {"datasets": {"fashion-mnist": {"root": "/x", "train_images": -1}}},
         {"colour": "blue"},
     ],
@@ -174,4 +194,13 @@ def test_schema_rejects(patch):
         else:
             c[key] = value
     with pytest.raises(WorkflowError, match="Error validating config file"):
+        _validate(c)
+
+
+@pytest.mark.parametrize("section,key,value", [("analysis", "negatives", 0), ("fig4", "hard_cut", 0),
+                                               ("fig6", "hard_cut", 100.5), ("tables_a4_a6", "rows", 1.5)])
+def test_schema_error_names_the_key(section, key, value):
+    c = yaml.safe_load((ROOT / "config.yaml").read_text())
+    (c if section == "analysis" else c["figures"])[section][key] = value
+    with pytest.raises(WorkflowError, match=f"'{section}'.*'{key}'"):
         _validate(c)

@@ -1,5 +1,6 @@
 """A tiny real run of the workflow: a few hundred images, a few steps, two
-seeds; `snakemake fig2` must produce Figure 2's files from real jobs."""
+seeds; `snakemake fig2 fig4 fig5 fig6 tables_a4_a6` must produce Figure 2's
+and the Section 4 analyses' files from real jobs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from negatives.grid import ANALYSES
+
 from conftest import ROOT, fake_fashion_mnist
 
 
@@ -23,14 +26,15 @@ def tiny_config(tmp_path):
     cfg["pretrain"].update(epochs=1, batch_size=32, queue_size=128, width=4, dim=16, knn_monitor=100)
     cfg["evaluate"].update(fewshot_labels_per_class=2, knn_k=20)
     cfg["figures"]["fig2"] = {"segments": ["keep[95,100)", "keep[90,95)"], "easiest": ["keep[0,95)"]}
+    cfg["analysis"].update(queries=100, negatives=120)
     return cfg
 
 
-def test_tiny_workflow_builds_fig2(tmp_path):
+def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     cfg = tiny_config(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", "fig2"]
+           "--cores", "2", "fig2", *ANALYSES]
     # the jobs call `python`: the interpreter running the tests
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -49,6 +53,19 @@ def test_tiny_workflow_builds_fig2(tmp_path):
     assert list(log["epoch"]) == [1] and log["negatives_kept"].iloc[0] == round(128 * 5 / 100)
     probe = json.loads((run / "probe.json").read_text())
     assert probe["policy"] == "keep[95,100)" and probe["seed"] == 1 and 0 <= probe["knn_top1"] <= 100
+
+    # the Section 4 analyses: the baseline runs, 100 queries x 120 negatives each
+    pairs = pd.read_parquet(tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed1" / "analysis"
+                            / "pairs.parquet")
+    assert len(pairs) == 100 * 120
+    for name in ANALYSES:
+        for ext in ("pdf", "png", "csv"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 0
+    fig4 = pd.read_csv(figures / "fig4.csv")
+    assert set(fig4.group) == {"hardest 5%", "easiest 95%"} and (fig4.n == 2).all() and fig4.p_value.notna().all()
+    tables = pd.read_csv(figures / "tables_a4_a6.csv")
+    assert set(tables.name_a) <= {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                  "Sneaker", "Bag", "Ankle boot"}
 
     # a second invocation has nothing to do: nothing computed is redone
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, timeout=300, env=env)

@@ -6,6 +6,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nltk = pytest.importorskip("nltk")
@@ -189,3 +190,93 @@ def test_falls_back_to_nltk_data(no_nltk_data, prepared, tmp_path, zipped):
     assert "nltk" in (out / ".complete").read_text()
     for name in ("lexnames", "data.noun", "index.sense"):
         assert (out / name).read_bytes() == (prepared / name).read_bytes()
+
+
+# --------------------------------------------------------------- similarity
+
+CLASSES = {  # torchvision's `classes`, in order
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "stl10": ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"],
+}
+
+
+def _rows(name):
+    return [line.split("\t") for line in (RESOURCES / f"{name}.tsv").read_text().splitlines()[1:] if line.strip()]
+
+
+def test_new_class_maps_list_torchvisions_classes():
+    for name, classes in CLASSES.items():
+        assert [r[1] for r in _rows(name)] == classes, name
+    c100 = [r[1] for r in _rows("cifar100")]
+    assert len(c100) == 100 == len(set(c100)) and c100 == sorted(c100)  # CIFAR-100's fine labels are alphabetical
+    assert c100[:10] == ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle",
+                         "bicycle", "bottle"]
+    assert c100[-3:] == ["wolf", "woman", "worm"]
+    assert len({r[2] for r in _rows("cifar100")}) == 100          # no two classes share a synset
+
+
+def test_lch_depth_dog_and_cat_meet_at_carnivore(wn):
+    carnivore = wn.synset("carnivore.n.01")
+    assert wnmod.lch_depth("dog.n.01", "cat.n.01", wn) == carnivore.max_depth() == 11
+    assert wnmod.lch_depth(wn.synset("cat.n.01"), wn.synset("dog.n.01")) == 11
+    assert wnmod.lch_depth("dog.n.01", "dog.n.01", wn) == wn.synset("dog.n.01").max_depth() == 13
+    # longest path, not shortest: dog.n.01 is 8 edges below entity on its shortest path
+    assert wn.synset("dog.n.01").min_depth() == 8
+    assert wnmod.lch_depth("dog.n.01", "airplane.n.01", wn) == wn.synset("whole.n.02").max_depth()
+
+
+def test_similarity_matrix_matches_per_pair_lookups(wn):
+    for name in ("cifar10", "stl10", "fashion-mnist", "cifar100"):
+        names = [r[2] for r in _rows(name)]
+        if name == "cifar100":
+            names = names[::7]  # 15 classes from across the list
+        m = wnmod.similarity_matrix(names, wn)
+        assert m.shape == (len(names), len(names)) and np.issubdtype(m.dtype, np.integer)
+        assert (m == m.T).all()
+        ref = np.array([[wnmod.lch_depth(a, b, wn) for b in names] for a in names])
+        assert np.array_equal(m, ref), name
+
+
+def test_cifar_synsets_mean_the_classes(wn):
+    c10 = {r[1]: wn.synset(r[2]) for r in _rows("cifar10")}
+    names = list(c10)
+    m = wnmod.similarity_matrix([c10[n].name() for n in names], wn)
+    at = {n: i for i, n in enumerate(names)}
+    assert m[at["cat"], at["dog"]] == 11                          # carnivore.n.01
+    assert m[at["automobile"], at["truck"]] == wn.synset("motor_vehicle.n.01").max_depth()
+    assert m[at["cat"], at["dog"]] > m[at["cat"], at["frog"]] > m[at["cat"], at["ship"]]
+    c100 = {r[1]: wn.synset(r[2]) for r in _rows("cifar100")}
+    superclasses = {  # CIFAR-100 superclasses whose members WordNet also puts under one hypernym
+        "carnivore.n.01": "bear leopard lion tiger wolf", "person.n.01": "baby boy girl man woman",
+        "tree.n.01": "maple_tree oak_tree palm_tree pine_tree willow_tree",
+        "reptile.n.01": "crocodile dinosaur lizard snake turtle", "furniture.n.01": "bed chair couch table wardrobe",
+        "produce.n.01": "apple mushroom orange pear sweet_pepper", "invertebrate.n.01": "crab lobster snail spider worm",
+        "fish.n.01": "flatfish ray shark trout",
+    }
+    for hypernym, members in superclasses.items():
+        h = wn.synset(hypernym)
+        for cls in members.split():
+            assert h in c100[cls].closure(lambda s: s.hypernyms()), (cls, hypernym)
+    assert c100["aquarium_fish"] == wn.synset("fish.n.01")       # many species: the class is "fish"
+
+
+def test_similarity_tsv_round_trip_through_the_cli(prepared, tmp_path, monkeypatch):
+    from negatives.cli import main
+
+    monkeypatch.setattr(wnmod, "load_wordnet", lambda *a, **k: wnmod._load(str(prepared.resolve())))
+    out = tmp_path / "data" / "wordnet_similarity.tsv"
+    main(["similarity", "--classes", str(RESOURCES / "cifar10.tsv"), "--out", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t") == ["class", *CLASSES["cifar10"]] and len(lines) == 11
+    names, m = wnmod.read_similarity(out)
+    assert names == CLASSES["cifar10"]
+    wn = wnmod.load_wordnet()
+    assert np.array_equal(m, wnmod.similarity_matrix([r[2] for r in _rows("cifar10")], wn))
+    assert m[3, 5] == 11 and not out.with_name(out.name + ".tmp").exists()
+
+
+def test_similarity_rejects_bad_synsets(wn, tmp_path):
+    tsv = tmp_path / "classes.tsv"
+    tsv.write_text("index\tname\tsynset\n0\tdog\tdog.n.01\n1\tnothing\tnosuch.n.01\n")
+    with pytest.raises(ValueError, match="nosuch.n.01"):
+        wnmod.write_similarity(tsv, tmp_path / "sim.tsv", wn=wn)

@@ -3,6 +3,7 @@ and negatives.grid (which runs each figure needs)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -66,19 +67,55 @@ def test_run_dir_and_probe_paths():
     assert grid.figure_outputs(cfg, "fig2") == [f"results/figures/fig2.{e}" for e in ("pdf", "png", "csv")]
 
 
+def test_analysis_figures_use_the_baseline_runs():
+    cfg = default_config()
+    cfg.update(temperatures=[0.07, 0.2], seeds=[0, 1])
+    for figure in grid.ANALYSES:
+        runs = grid.runs_for(cfg, figure)
+        assert {(r.policy, r.temperature, r.seed) for r in runs} == {
+            ("all", t, s) for t in (0.07, 0.2) for s in (0, 1)}
+        pairs = grid.figure_pairs(cfg, figure)
+        assert pairs == [f"{r.dir()}/analysis/pairs.parquet" for r in runs]
+        extra = ["results/data/fashion-mnist/wordnet_similarity.tsv"] if figure == "tables_a4_a6" else []
+        assert grid.figure_inputs(cfg, figure) == pairs + extra
+        with pytest.raises(ValueError, match="not from probes"):
+            grid.figure_probes(cfg, figure)
+    assert "results/fashion-mnist/moco/all/t0.07/seed1/analysis/pairs.parquet" in grid.figure_pairs(cfg, "fig4")
+    assert grid.figure_inputs(cfg, "fig2") == grid.figure_probes(cfg, "fig2")
+    with pytest.raises(ValueError, match="not from analyses"):
+        grid.figure_pairs(cfg, "fig2")
+    assert set(grid.ANALYSES) <= set(grid.FIGURES)
+
+
 def test_unknown_figure():
     with pytest.raises(ValueError, match="allowed: fig2"):
         grid.runs_for(default_config(), "fig99")
 
 
+def render_caption(figure: str, cfg: dict) -> str:
+    text = (ROOT / "workflow" / "report" / f"{figure}.rst").read_text()
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return env.from_string(text).render(snakemake=SimpleNamespace(config=cfg))
+
+
 def test_fig2_caption_renders():
     """The report caption is a jinja template over snakemake.config."""
     cfg = default_config()
-    text = (ROOT / "workflow" / "report" / "fig2.rst").read_text()
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    out = env.from_string(text).render(snakemake=SimpleNamespace(config=cfg))
+    out = render_caption("fig2", cfg)
     assert cfg["dataset"] in out and cfg["pretrain"]["backbone"] in out
     assert f"**{cfg['pretrain']['epochs']}** epochs" in out
+
+
+@pytest.mark.parametrize("figure,paper", [("fig4", "p = 5.1e-7"), ("fig5", "easiest ~50%"),
+                                          ("fig6", "broader"), ("tables_a4_a6", "breeds of dog")])
+def test_analysis_captions_render_setting_and_paper(figure, paper):
+    cfg = default_config()
+    cfg["figures"]["fig4"]["hard_cut"] = 99.9
+    out = " ".join(render_caption(figure, cfg).split())
+    assert f"**{cfg['dataset']}**" in out and "2000 quer" in out and "2000 " in out.split("2000 quer")[1]
+    assert paper in out
+    if figure == "fig4":
+        assert "the hardest 0.1% against the easiest 99.9%" in out and "p = 4.8e-7" in out
 
 
 # ------------------------------------------------------------- dry runs
@@ -114,15 +151,19 @@ def job_counts(out: str) -> Counter:
 
 def expected_jobs(cfg: dict, figures) -> Counter:
     """What a dry run must plan, computed from the config."""
-    trained, probes = set(), set()
+    trained, probes, pairs = set(), set(), set()
     for figure in figures:
         trained.update(grid.runs_for(cfg, figure))
-        probes.update(grid.figure_probes(cfg, figure))
+        if figure in grid.ANALYSES:
+            pairs.update(grid.figure_pairs(cfg, figure))
+        else:
+            probes.update(grid.figure_probes(cfg, figure))
     random_init = {p for p in probes if "/random-init/" in p}
-    assert len(random_init) == len(cfg["seeds"])
-    counts = Counter(prepare=1, pretrain=len(trained), random_init=len(random_init), evaluate=len(probes))
+    assert len(random_init) == (len(cfg["seeds"]) if probes else 0)
+    counts = Counter(prepare=1, pretrain=len(trained), random_init=len(random_init), evaluate=len(probes),
+                     analyze=len(pairs), similarity=1 if pairs else 0)
     counts.update({figure: 1 for figure in figures})
-    return counts
+    return +counts  # without the zeros
 
 
 def test_dry_run_all_plans_every_figure(workdir):
@@ -131,8 +172,11 @@ def test_dry_run_all_plans_every_figure(workdir):
     assert res.returncode == 0, res.stdout + res.stderr
     expected = expected_jobs(default_config(), grid.FIGURES) + Counter(all=1)
     assert job_counts(res.stdout + res.stderr) == expected
-    # the default config: 6 policies x 1 temperature x 3 seeds, + 3 random-init
+    # the default config: 6 policies x 1 temperature x 3 seeds, + 3 random-init;
+    # the analyses: the 3 baseline runs, one similarity matrix, one job per figure
     assert expected["pretrain"] == 18 and expected["evaluate"] == 21
+    assert expected["analyze"] == 3 and expected["similarity"] == 1
+    assert all(expected[f] == 1 for f in ("fig4", "fig5", "fig6", "tables_a4_a6"))
 
 
 def test_dry_run_fig2_and_its_commands(workdir):
@@ -150,6 +194,23 @@ def test_dry_run_fig2_and_its_commands(workdir):
     assert "--out results/figures/fig2 >" in out
 
 
+def test_dry_run_analysis_figures_and_their_commands(workdir):
+    res = snakemake(workdir, "-n", "-p", "fig4", "tables_a4_a6")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    cfg = default_config()
+    assert job_counts(out) == expected_jobs(cfg, ["fig4", "tables_a4_a6"])
+    assert "evaluate" not in job_counts(out)  # the analyses need no probes
+    sim = "results/data/fashion-mnist/wordnet_similarity.tsv"
+    assert f"python -m negatives similarity --classes results/data/fashion-mnist/classes.tsv --out {sim} >" in out
+    run = "results/fashion-mnist/moco/all/t0.2/seed2"
+    settings = json.dumps(cfg["analysis"], sort_keys=True)
+    assert (f"python -m negatives analyze --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
+            f" --similarity {sim} --settings '{settings}' --out {run}/analysis/pairs.parquet >") in out
+    assert f"{run}/analysis/pairs.parquet {sim} --out results/figures/tables_a4_a6 >" in out
+    assert "python -m negatives figure fig4 --config-json '{" in out
+
+
 def test_dry_run_follows_the_config(workdir):
     """Two temperatures and two seeds: the plan grows with the grid."""
     res = snakemake(workdir, "-n", "fig2", config={"temperatures": [0.1, 0.2], "seeds": [0, 1]})
@@ -159,6 +220,10 @@ def test_dry_run_follows_the_config(workdir):
     counts = job_counts(res.stdout + res.stderr)
     assert counts == expected_jobs(cfg, ["fig2"])
     assert counts["pretrain"] == 6 * 2 * 2
+    res = snakemake(workdir, "-n", "fig6", config={"temperatures": [0.1, 0.2], "seeds": [0, 1]})
+    assert res.returncode == 0, res.stdout + res.stderr
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts == expected_jobs(cfg, ["fig6"]) and counts["analyze"] == 2 * 2
 
 
 # every bad value is tested on check_config directly in test_config.py;
@@ -167,6 +232,8 @@ BAD_THROUGH_SNAKEMAKE = [
     ({"figures": {"fig2": {"segments": ["keep[95,100)", "hardest-5"]}}}, "figures.fig2.segments[1]: unknown policy"),
     ({"pretrain": {"queue_size": 100}}, "pretrain.queue_size"),
     ({"datasets": {"fashion-mnist": {"root": "/nonexistent/fmnist"}}}, "datasets.fashion-mnist.root"),
+    ({"analysis": {"queries": 9000}}, "analysis.queries"),
+    ({"figures": {"fig6": {"hard_cut": 100}}}, "['fig6']['properties']['hard_cut']"),
 ]
 
 

@@ -56,6 +56,18 @@ def cmd_figure(a) -> None:
     _log(f"wrote {a.out}.{{pdf,png,csv}}")
 
 
+def cmd_similarity(a) -> None:
+    from .wordnet import write_similarity
+
+    _log(f"wrote {write_similarity(a.classes, a.out)}")
+
+
+def cmd_analyze(a) -> None:
+    from .analysis import analyze_checkpoint
+
+    _log(f"wrote {analyze_checkpoint(a.checkpoint, a.data, a.similarity, a.settings, a.out)}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="negatives", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,6 +107,19 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--config-json", type=_json, default={})
     q.add_argument("--out", required=True, help="output prefix (writes .pdf, .png, .csv)")
     q.set_defaults(func=cmd_figure)
+
+    q = sub.add_parser("similarity", help="WordNet similarity (depth of the lowest common hypernym) of every class pair")
+    q.add_argument("--classes", required=True, help="classes.tsv (index, name, synset)")
+    q.add_argument("--out", required=True, help="wordnet_similarity.tsv")
+    q.set_defaults(func=cmd_similarity)
+
+    q = sub.add_parser("analyze", help="difficulty, percentile, class and WordNet similarity of query/negative pairs")
+    q.add_argument("--data", required=True)
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--similarity", required=True, help="wordnet_similarity.tsv")
+    q.add_argument("--settings", type=_json, default={}, help="JSON of the config's analysis section")
+    q.add_argument("--out", required=True, help="pairs.parquet")
+    q.set_defaults(func=cmd_analyze)
     return p
 
 

@@ -9,8 +9,10 @@ it reads, so it gives a clear error when called without the schema.
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
+from .grid import ANALYSES
 from .policies import PolicyError, parse_policy
 
 __all__ = ["ConfigError", "check_config"]
@@ -103,11 +105,38 @@ def _walk_policies(value, key: str, in_list: bool = False):
 
 
 def _check_figures(cfg: dict) -> None:
-    for key, text in _walk_policies(_get(cfg, "figures", dict), "figures"):
-        try:
-            parse_policy(text)
-        except PolicyError as e:
-            raise ConfigError(f"{key}: {e}") from None
+    for name, section in _get(cfg, "figures", dict).items():
+        if name in ANALYSES:  # numbers, not policies: see _check_analysis
+            continue
+        for key, text in _walk_policies(section, f"figures.{name}"):
+            try:
+                parse_policy(text)
+            except PolicyError as e:
+                raise ConfigError(f"{key}: {e}") from None
+
+
+def _check_analysis(cfg: dict) -> None:
+    """The analysed images fit in the prepared training split, and every
+    difficulty group a figure compares holds at least one negative."""
+    queries = _get(cfg, "analysis.queries", int)
+    negatives = _get(cfg, "analysis.negatives", int)
+    name = _get(cfg, "dataset", str)  # checked by _check_dataset
+    train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split
+    if train and queries + negatives > train:
+        raise ConfigError(f"analysis.queries: {queries} queries + {negatives} negatives (disjoint images) do not "
+                          f"fit in the {train} training images of datasets.{name}.train_images")
+    for fig in ("fig4", "fig6"):
+        key = f"figures.{fig}.hard_cut"
+        cut = _get(cfg, key, Real)
+        hard = negatives - math.ceil(cut * negatives / 100)
+        if not 0 < cut < 100 or not 0 < hard < negatives:
+            raise ConfigError(f"{key}: {cut} leaves {max(hard, 0)} of the {negatives} negatives (analysis.negatives) "
+                              "hard; allowed: a percentile in (0, 100) leaving at least one hard and one easy negative")
+    key = "figures.fig5.inset_percentile"
+    width = _get(cfg, key, Real)
+    if not 0 < width <= 10 or width * negatives / 100 < 1:
+        raise ConfigError(f"{key}: {width} must hold at least one of the {negatives} negatives (analysis.negatives) "
+                          f"and fit in the easiest decile; allowed: {100 / negatives:g} to 10")
 
 
 def check_config(cfg: dict) -> None:
@@ -118,3 +147,4 @@ def check_config(cfg: dict) -> None:
     _check_temperatures(cfg)
     _check_pretrain(cfg)
     _check_dataset(cfg)
+    _check_analysis(cfg)

@@ -12,14 +12,23 @@ from dataclasses import dataclass
 
 from .policies import parse_policy
 
-__all__ = ["FIGURES", "Run", "figure_policies", "runs_for", "random_init_seeds",
-           "random_init_dir", "figure_probes", "figure_outputs"]
+__all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds",
+           "random_init_dir", "figure_probes", "figure_pairs", "figure_inputs", "similarity_file",
+           "figure_outputs"]
 
 #: figure -> the policy strings it trains, read from ``cfg["figures"][figure]``;
 #: adding a figure here adds it to ``FIGURES`` and to ``rule all``
 _POLICIES = {
     "fig2": lambda fig: ["all", *fig["segments"], *fig["easiest"]],
+    # Section 4: the baseline runs, analysed (pairs.parquet) instead of probed
+    "fig4": lambda fig: ["all"],
+    "fig5": lambda fig: ["all"],
+    "fig6": lambda fig: ["all"],
+    "tables_a4_a6": lambda fig: ["all"],
 }
+
+#: figures drawn from the runs' Section 4 analyses rather than their probes
+ANALYSES = ("fig4", "fig5", "fig6", "tables_a4_a6")
 
 #: every figure target the project builds so far (``rule all`` builds them all)
 FIGURES = tuple(_POLICIES)
@@ -50,7 +59,7 @@ def _check_figure(figure: str) -> None:
 def figure_policies(cfg: dict, figure: str) -> list[str]:
     """Canonical names of the policies a figure trains, baseline first, no duplicates."""
     _check_figure(figure)
-    texts = _POLICIES[figure](cfg["figures"][figure])
+    texts = _POLICIES[figure](cfg["figures"].get(figure, {}))
     names = (parse_policy(t).name for t in texts)
     return list(dict.fromkeys(names))
 
@@ -77,10 +86,35 @@ def random_init_dir(cfg: dict, seed: int, results: str | None = None) -> str:
 
 def figure_probes(cfg: dict, figure: str) -> list[str]:
     """Paths of every probe.json a figure plots: training runs, then random init."""
+    if figure in ANALYSES:
+        raise ValueError(f"{figure} is drawn from analyses (figure_pairs), not from probes")
     results = cfg.get("results", "results")
     trained = [f"{run.dir(results)}/probe.json" for run in runs_for(cfg, figure)]
     untrained = [f"{random_init_dir(cfg, s, results)}/probe.json" for s in random_init_seeds(cfg)]
     return trained + untrained
+
+
+def figure_pairs(cfg: dict, figure: str) -> list[str]:
+    """Paths of the ``analysis/pairs.parquet`` of every run a Section 4 figure uses."""
+    if figure not in ANALYSES:
+        _check_figure(figure)
+        raise ValueError(f"{figure} is drawn from probes (figure_probes), not from analyses")
+    results = cfg.get("results", "results")
+    return [f"{run.dir(results)}/analysis/pairs.parquet" for run in runs_for(cfg, figure)]
+
+
+def figure_inputs(cfg: dict, figure: str) -> list[str]:
+    """The files ``python -m negatives figure`` draws a figure from: its probes,
+    or its analyses (and, for the tables, the similarity file naming the classes)."""
+    if figure not in ANALYSES:
+        return figure_probes(cfg, figure)
+    return figure_pairs(cfg, figure) + ([similarity_file(cfg)] if figure == "tables_a4_a6" else [])
+
+
+def similarity_file(cfg: dict) -> str:
+    """The dataset's class-by-class WordNet similarity matrix: every analysis
+    reads it, and the tables take the class names from its header."""
+    return f"{cfg.get('results', 'results')}/data/{cfg['dataset']}/wordnet_similarity.tsv"
 
 
 def figure_outputs(cfg: dict, figure: str) -> list[str]:

@@ -30,5 +30,5 @@ def figure_outputs(figure):
     return grid.figure_outputs(config, figure)
 
 
-def figure_probes(figure):
-    return grid.figure_probes(config, figure)
+def figure_inputs(figure):
+    return grid.figure_inputs(config, figure)
