@@ -280,3 +280,13 @@ def test_similarity_rejects_bad_synsets(wn, tmp_path):
     tsv.write_text("index\tname\tsynset\n0\tdog\tdog.n.01\n1\tnothing\tnosuch.n.01\n")
     with pytest.raises(ValueError, match="nosuch.n.01"):
         wnmod.write_similarity(tsv, tmp_path / "sim.tsv", wn=wn)
+
+
+def test_wnids_map_to_synsets(wn):
+    from negatives.wordnet import synset_from_wnid
+
+    assert synset_from_wnid("n02084071", wn) == "dog.n.01"
+    assert synset_from_wnid("n02121808", wn) == "domestic_cat.n.01"
+    for bad in ("n0208407", "x02084071", "n99999999"):
+        with pytest.raises(ValueError, match=bad):
+            synset_from_wnid(bad, wn)

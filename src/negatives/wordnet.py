@@ -307,6 +307,19 @@ def check_synsets(names: Iterable[str], wordnet=None) -> None:
         )
 
 
+def synset_from_wnid(wnid: str, wordnet=None) -> str:
+    """ImageNet / Tiny-ImageNet class id -> synset name: ``'n02084071'`` ->
+    ``'dog.n.01'`` (a wnid is ``n`` + the 8-digit WordNet 3.0 noun offset).
+    Raises ``ValueError`` naming the wnid when it is malformed or unknown."""
+    if not (isinstance(wnid, str) and len(wnid) == 9 and wnid[0] == "n" and wnid[1:].isdigit()):
+        raise ValueError(f"{wnid!r} is not an ImageNet wnid (expected 'n' and 8 digits, e.g. 'n02084071')")
+    wn = wordnet if wordnet is not None else load_wordnet()
+    try:
+        return wn.synset_from_pos_and_offset("n", int(wnid[1:])).name()
+    except Exception as e:
+        raise ValueError(f"wnid {wnid!r} is not a WordNet 3.0 noun synset") from e
+
+
 # --------------------------------------------------------------- similarity
 
 def _synset(x, wn):
