@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .augment import MoCoV2Augment
-from .data import load_prepared
+from .data import _atomic_save, load_prepared
 from .models import build_encoder
 from .moco import MoCo
 from .policies import parse_policy
@@ -76,12 +76,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
     """MoCo's per-epoch cosine schedule: ``base * 0.5 * (1 + cos(pi e / E))``."""
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _build(settings: PretrainSettings, in_channels: int, seed: int):
