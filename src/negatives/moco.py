@@ -8,7 +8,8 @@ The pieces, in the order of one training step::
     sim   = q . queue^T                           [B, K]   difficulty of each negative
     sel   = policy(sim, queue candidates)                  which negatives count:
                                                   a [B, K] mask, or the [B, n] positions kept
-    loss  = info_nce(l_pos, sim[sel], tau)
+                                                  (+ synthetic negatives, for MoCHi)
+    loss  = info_nce(l_pos, sim[sel], tau)        (or the policy's own loss)
     momentum_update(f_q -> f_k, m);  queue.enqueue(k, labels, indices)
 
 Labels in the queue are read only by oracle policies and the analyses, never
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .policies import All, Candidates, NegativePolicy
+from .policies import All, Candidates, NegativePolicy, Selection, select
 
-__all__ = ["KeyQueue", "info_nce", "momentum_update", "MoCo"]
+__all__ = ["KeyQueue", "info_nce", "policy_loss", "momentum_update", "MoCo"]
 
 
 class KeyQueue(nn.Module):
@@ -73,8 +74,9 @@ class KeyQueue(nn.Module):
         order = torch.cat([torch.arange(p, self.size), torch.arange(0, p)]).to(self.keys.device)
         return self.keys[order], self.labels[order], self.indices[order]
 
-    def candidates(self) -> Candidates:
-        return Candidates(labels=self.labels, indices=self.indices)
+    def newest_first(self) -> Tensor:
+        """``[K]`` positions of the keys, newest first."""
+        return (self.ptr - 1 - torch.arange(self.size, device=self.keys.device)) % self.size
 
 
 def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float) -> Tensor:
@@ -99,6 +101,27 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     if keep is not None:
         e = e * keep
     return (m + torch.log(torch.exp(pos - m) + e.sum(dim=1)) - pos).mean()
+
+
+def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: Tensor, sim: Tensor,
+                temperature: float) -> Tensor:
+    """The contrastive loss of one step under a policy's selection.
+
+    q: ``[B, D]`` queries; l_pos: ``[B]``; sim: ``[B, K]`` query-candidate
+    cosines (with gradient).  Kept negatives are gathered (``index``) or
+    masked (``keep``); synthetic ``extra`` negatives ``[B, s, D]`` are added
+    as ``q . extra`` (gradient to the query only).  The loss is the policy's
+    own (``policy.loss``) or InfoNCE.
+    """
+    neg, keep = sim, selection.keep
+    if selection.index is not None:
+        neg, keep = sim.gather(1, selection.index), None                    # [B, n]
+    if selection.extra is not None:
+        synthetic = torch.einsum("bd,bsd->bs", q, selection.extra.to(q.dtype))  # [B, s]
+        neg = torch.cat([neg, synthetic], dim=1)
+        if keep is not None:
+            keep = torch.cat([keep, keep.new_ones(synthetic.shape)], dim=1)
+    return (policy.loss or info_nce)(l_pos, neg, keep, temperature)
 
 
 @torch.no_grad()
@@ -126,34 +149,48 @@ class MoCo(nn.Module):
         temperature: float = 0.2,
         policy: NegativePolicy | None = None,
         generator: torch.Generator | None = None,
+        queue_extra: int = 0,
     ):
+        """``queue_extra``: extra queue length for a ``replace``-mode policy
+        (ignored otherwise): the queue holds ``queue_size + queue_extra`` keys
+        and each query sees ``queue_size`` of them."""
         super().__init__()
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
-        self.queue = KeyQueue(queue_size, dim, generator=generator)
+        self.policy = policy or All()
+        self.window = queue_size if self.policy.mode == "replace" else None
+        extra = queue_extra if self.policy.mode == "replace" else 0
+        if self.window is not None and extra <= 0:
+            raise ValueError("a replace-mode policy needs pretrain.queue_extra > 0 (the older negatives "
+                             "that stand in for removed ones)")
+        self.queue = KeyQueue(queue_size + extra, dim, generator=generator)
         self.momentum = momentum
         self.temperature = temperature
-        self.policy = policy or All()
 
     def forward(self, x_q: Tensor, x_k: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
         """One MoCo step's loss; also enqueues the batch's keys.
 
         x_q, x_k: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``.
-        Returns ``(loss, stats)`` with stats a dict of floats-as-tensors.
+        Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
         """
         q = F.normalize(self.encoder_q(x_q), dim=1)
         with torch.no_grad():
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)
             k = F.normalize(self.encoder_k(x_k), dim=1)
         l_pos = (q * k).sum(dim=1)
-        # a copy: the queue is updated in place below, before backward
-        sim = q @ self.queue.keys.clone().T.to(q.dtype)
+        # a snapshot (newest first in replace mode): the queue is updated in
+        # place below, before backward
+        queue = self.queue
+        pos = queue.newest_first() if self.window is not None else slice(None)
+        keys = queue.keys[pos].clone().to(q.dtype)                               # [K(+E), D]
+        sim = q @ keys.T                                                          # [B, K(+E)]
+        candidates = Candidates(labels=queue.labels[pos], indices=queue.indices[pos], keys=keys,
+                                query_labels=labels, queries=q.detach())
         with torch.no_grad():
-            selection = self.policy(sim.detach(), self.queue.candidates(), progress)
-        neg = sim if selection.index is None else sim.gather(1, selection.index)  # [B, K] or [B, n]
-        loss = info_nce(l_pos, neg, selection.keep, self.temperature)
+            selection = select(self.policy, sim.detach(), candidates, progress, self.window)
+        loss = policy_loss(self.policy, selection, q, l_pos, sim, self.temperature)
         self.queue.enqueue(k, labels, indices)
         kept = selection.kept_per_query(sim.shape[1])
-        return loss, {"l_pos": l_pos.detach().mean(), "kept": torch.tensor(kept)}
+        return loss, {"l_pos": l_pos.detach().mean(), "kept": kept}

@@ -6,25 +6,34 @@ Every policy is a small object with one interface::
 
 * ``sim``        -- ``[B, K]`` cosine similarity of each query to each candidate
                     negative (the *difficulty* of EXPERIMENTS.md section 2).
-* ``candidates`` -- :class:`Candidates`, what is known about the K negatives
-                    (labels, dataset indices, ages); policies that do not need
-                    it ignore it.
+* ``candidates`` -- :class:`Candidates`, what is known about the queries and
+                    their K candidates (labels, dataset indices, embeddings);
+                    policies that do not need it ignore it.
 * ``progress``   -- fraction of training done, in ``[0, 1]`` (for annealed
                     policies; the band policies ignore it).
 
-and returns a :class:`Selection`: a ``[B, K]`` boolean ``keep`` mask (``None``
-means every negative is kept).  The method turns the selection into the loss;
+and returns a :class:`Selection`: a ``[B, K]`` boolean ``keep`` mask or the
+``[B, n]`` positions kept (``None``: every negative is kept), and optionally
+synthetic ``extra`` negatives.  The method turns the selection into the loss;
 the trainer never knows which policy it runs.
 
 A policy is named by a short string that is parsed and validated in one place,
 :func:`parse_policy`, and is also its results folder name:
 
-=====================  ====================================================
-``all``                every negative (the baseline)
-``keep[a,b)``          only the negatives whose difficulty percentile is in
-                       ``[a, b)`` (Figure 2)
-``drop[a,b)``          every negative except that band (Figure 3)
-=====================  ====================================================
+==============================  ===========================================
+``all``                         every negative (the baseline)
+``keep[a,b)``                   only the negatives whose difficulty
+                                percentile is in ``[a, b)`` (Figure 2)
+``drop[a,b)``                   every negative except that band (Figure 3)
+``drop-same-class``             every negative not of the query's class
+                                (Table 1; reads labels)
+``drop[a,b)&same-class``        remove the band's negatives of the query's
+                                class (Table 1; reads labels)
+``drop[a,b)&other-class``       remove the band's negatives of other classes
+``<drop policy>@replace``       the same removal in ``replace`` mode: each
+                                removed negative is replaced by the next
+                                older one, every query sees exactly K
+==============================  ===========================================
 
 Percentiles (EXPERIMENTS.md section 2).  For one query the K candidates are
 ranked by difficulty, rank ``r = 0`` the easiest and ``r = K - 1`` the hardest;
@@ -55,6 +64,10 @@ __all__ = [
     "NegativePolicy",
     "All",
     "Band",
+    "ClassFilter",
+    "Replace",
+    "replace_removed",
+    "select",
     "PolicyError",
     "parse_policy",
     "band_ranks",
@@ -67,14 +80,67 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Candidates:
-    """What is known about the K candidate negatives of a step.
+    """What is known about a step's queries and their candidate negatives.
 
-    labels:  ``[K]`` int64 class label of each negative (-1 when unknown).
-    indices: ``[K]`` int64 dataset index of each negative (-1 when unknown).
+    The candidates are rows of a *pool* of ``M`` embedded views:
+
+    labels:       ``[M]`` int64 class label of each pool row (-1 when unknown).
+    indices:      ``[M]`` int64 dataset index of each pool row (-1 when unknown).
+    keys:         ``[M, D]`` the pool's embeddings (detached, unit norm).
+    query_labels: ``[B]`` int64 class label of each query (-1 when unknown).
+    queries:      ``[B, D]`` the query embeddings (detached, unit norm).
+    pool_index:   ``[B, K]`` int64, pool row of candidate ``j`` of query ``i``
+                  (SimCLR: each view's candidates are the *other* views);
+                  ``None`` when every query's candidates are the whole pool in
+                  order (MoCo: the pool is the queue, ``K = M``).
+
+    Every field is optional; a policy that needs one that is missing raises.
     """
 
     labels: Tensor | None = None
     indices: Tensor | None = None
+    keys: Tensor | None = None
+    query_labels: Tensor | None = None
+    queries: Tensor | None = None
+    pool_index: Tensor | None = None
+
+    def candidate_labels(self) -> Tensor:
+        """Label of each candidate: ``[K]`` (shared pool) or ``[B, K]``."""
+        if self.labels is None:
+            raise PolicyError("this policy needs the negatives' class labels, which this step does not have")
+        return self.labels if self.pool_index is None else self.labels[self.pool_index]
+
+    def _class_relation(self) -> tuple[Tensor, Tensor]:
+        if self.query_labels is None:
+            raise PolicyError("this policy needs the queries' class labels, which this step does not have")
+        cand = self.candidate_labels()
+        q = self.query_labels.unsqueeze(1)
+        known = (cand >= 0) & (q >= 0)
+        return known, cand == q
+
+    def same_class(self) -> Tensor:
+        """``[B, K]`` bool: the candidate has the query's class (both known)."""
+        known, equal = self._class_relation()
+        return known & equal
+
+    def other_class(self) -> Tensor:
+        """``[B, K]`` bool: the candidate's class is known and not the query's."""
+        known, equal = self._class_relation()
+        return known & ~equal
+
+    def rows(self, start: int, stop: int) -> "Candidates":
+        """The candidates ``start:stop`` of a shared pool (MoCo's queue)."""
+        if self.pool_index is not None:
+            raise ValueError("rows() needs a shared pool (pool_index None)")
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return Candidates(cut(self.labels), cut(self.indices), cut(self.keys), self.query_labels, self.queries)
+
+    def embeddings(self, index: Tensor) -> Tensor:
+        """Embeddings of the candidates ``index [B, n]`` of each query: ``[B, n, D]``."""
+        if self.keys is None:
+            raise PolicyError("this policy needs the negatives' embeddings, which this step does not have")
+        rows = index if self.pool_index is None else self.pool_index.gather(1, index)
+        return self.keys[rows]
 
 
 @dataclass(frozen=True)
@@ -86,11 +152,15 @@ class Selection:
            sees (policies that keep the same count for every query: the loss
            then works on ``[B, n]`` instead of ``[B, K]``).
 
-    Neither: every negative is kept.
+    Neither: every negative is kept.  Besides, optionally
+
+    extra: ``[B, s, D]`` synthetic negatives (unit norm, detached) that the
+           loss adds to each query's negatives; they never enter the queue.
     """
 
     keep: Tensor | None = None
     index: Tensor | None = None
+    extra: Tensor | None = None
 
     def mask(self, shape: tuple[int, int], device=None) -> Tensor | None:
         """The selection as a ``[B, K]`` bool mask (None: all kept)."""
@@ -99,24 +169,57 @@ class Selection:
             return m.scatter_(1, self.index, True)
         return self.keep
 
-    def kept_per_query(self, num_candidates: int) -> float:
+    def kept_per_query(self, num_candidates: int) -> Tensor:
+        """Mean count of negatives a query sees (a 0-d tensor: no host sync)."""
         if self.index is not None:
-            return float(self.index.shape[1])
-        if self.keep is not None:
-            return float(self.keep.sum(1).float().mean())
-        return float(num_candidates)
+            n = torch.tensor(float(self.index.shape[1]))
+        elif self.keep is not None:
+            n = self.keep.sum(1).float().mean()
+        else:
+            n = torch.tensor(float(num_candidates))
+        if self.extra is not None:
+            n = n + self.extra.shape[1]
+        return n
 
 
 class NegativePolicy:
-    """Base class: keep every negative."""
+    """Base class: keep every negative.
+
+    Besides ``__call__``, a policy may override:
+
+    * :meth:`validate` -- raise :class:`PolicyError` when the policy makes no
+      sense for ``num_candidates`` negatives or ``epochs`` of training (called
+      by the config check before any job starts, and by the trainer);
+    * :meth:`start` -- told the length of training once, before the first step;
+    * :meth:`eligible` -- in ``replace`` mode, which older negatives may stand
+      in for removed ones (default: any);
+    * ``loss`` -- a callable with :func:`negatives.moco.info_nce`'s signature,
+      for policies that change the loss rather than the negatives.
+    """
 
     #: the policy's canonical string (its results folder name)
     name: str = "all"
     #: True when the policy reads class labels (an oracle, not self-supervised)
     uses_labels: bool = False
+    #: "drop": removed negatives are absent; "replace": each is replaced by the
+    #: next older negative of a longer queue, so every query sees exactly K
+    mode: str = "drop"
+    #: None: InfoNCE; otherwise a callable ``(l_pos, neg, keep, temperature) -> loss``
+    loss = None
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         return Selection(keep=None)
+
+    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
+        """Raise :class:`PolicyError` if the policy is empty or meaningless here."""
+
+    def start(self, epochs: int) -> None:
+        """Called once by the trainer with the number of epochs."""
+
+    def eligible(self, candidates: Candidates) -> Tensor | None:
+        """``[B, E]`` bool: older negatives allowed to replace removed ones
+        (``None``: every one)."""
+        return None
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"{type(self).__name__}({self.name!r})"
@@ -208,15 +311,117 @@ class Band(NegativePolicy):
             return Selection(keep=mask, index=index)
         return Selection(keep=~_rank_window_mask(sim, lo, hi))
 
+    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
+        lo, hi = self.ranks(num_candidates)
+        if hi == lo:
+            raise PolicyError(
+                f"policy {self.name!r}: the band holds no negative out of {num_candidates} "
+                f"(round({num_candidates} x {self.hi_pct - self.lo_pct:g} / 100) = 0); widen it or use more negatives")
+        if self.action == "drop" and hi - lo == num_candidates:
+            raise PolicyError(f"policy {self.name!r} removes every one of the {num_candidates} negatives")
+
+
+class ClassFilter(NegativePolicy):
+    """Oracle policies that read labels (Table 1).
+
+    ``drop-same-class``: remove every negative of the query's class;
+    ``drop[a,b)&same-class`` / ``drop[a,b)&other-class``: remove only the
+    negatives of the band ``[a, b)`` that share (do not share) the query's
+    class.  Negatives or queries of unknown class (-1) are never removed.
+
+    ``sim [B, K] -> keep [B, K]``.
+    """
+
+    uses_labels = True
+
+    def __init__(self, relation: str, band: Band | None = None):
+        if relation not in ("same-class", "other-class"):
+            raise PolicyError(f"class relation must be 'same-class' or 'other-class', got {relation!r}")
+        if band is None and relation != "same-class":
+            raise PolicyError("'drop-other-class' would remove nearly every negative; combine it with a band: "
+                              "'drop[a,b)&other-class'")
+        if band is not None and band.action != "drop":
+            raise PolicyError(f"a class relation combines with a drop band, got {band.name!r}")
+        self.relation = relation
+        self.band = band
+        self.name = "drop-same-class" if band is None else f"{band.name}&{relation}"
+
+    def _related(self, candidates: Candidates) -> Tensor:
+        return candidates.same_class() if self.relation == "same-class" else candidates.other_class()
+
+    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
+        removed = self._related(candidates).expand_as(sim)
+        if self.band is not None:
+            removed = removed & _rank_window_mask(sim, *self.band.ranks(sim.shape[1]))
+        return Selection(keep=~removed)
+
+    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
+        if self.band is not None:
+            Band("keep", self.band.lo_pct, self.band.hi_pct).validate(num_candidates, epochs)
+
+    def eligible(self, candidates: Candidates) -> Tensor:
+        # a stand-in must not be what the policy removes for its class
+        return ~self._related(candidates)
+
+
+class Replace(NegativePolicy):
+    """``<drop policy>@replace``: the same removal, in ``replace`` mode.
+
+    The queue is longer than K (by ``queue_extra``); for each query the
+    policy is applied to the K newest negatives, and each removed one is
+    replaced by the next older negative that the policy allows to stand in
+    (:meth:`NegativePolicy.eligible`; older negatives are not re-ranked), so
+    the query sees exactly K.  See :func:`replace_removed`.
+    """
+
+    mode = "replace"
+
+    def __init__(self, inner: NegativePolicy):
+        if isinstance(inner, Replace) or not inner.name.startswith("drop"):
+            raise PolicyError(f"'@replace' applies to a removal policy (drop...), got {inner.name!r}")
+        self.inner = inner
+        self.name = f"{inner.name}@replace"
+        self.uses_labels = inner.uses_labels
+
+    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
+        return self.inner(sim, candidates, progress)
+
+    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
+        self.inner.validate(num_candidates, epochs)
+
+    def eligible(self, candidates: Candidates) -> Tensor | None:
+        return self.inner.eligible(candidates)
+
+
+def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
+    """Replace mode: which older negatives stand in for the removed ones.
+
+    keep:     ``[B, K]`` bool, the policy's choice among the K newest negatives;
+    eligible: ``[B, E]`` bool, the E older negatives, newest first, that may
+              stand in.
+    Returns ``[B, E]`` bool: for each query, the first ``K - kept`` eligible
+    older negatives.  When fewer are eligible, all of them are used and the
+    query sees fewer than K negatives (the trainer logs the count; make
+    ``queue_extra`` larger to avoid it).
+    """
+    missing = keep.shape[1] - keep.sum(1, keepdim=True)
+    return eligible & (eligible.cumsum(1) <= missing)
+
 
 # --------------------------------------------------------------------------
 # parsing: the one place where a policy string is read and validated
 # --------------------------------------------------------------------------
 
 _NUM = r"[0-9]+(?:\.[0-9]+)?"
-_BAND_RE = re.compile(rf"^(keep|drop)\[\s*({_NUM})\s*,\s*({_NUM})\s*\)$")
+_BAND = rf"(keep|drop)\[\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+_BAND_RE = re.compile(rf"^{_BAND}$")
+_CLASS_RE = re.compile(rf"^drop\[\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*&\s*(same-class|other-class)$")
 
-POLICY_GRAMMAR = "'all', 'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty)"
+POLICY_GRAMMAR = (
+    "'all', 'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
+    "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class', "
+    "and any drop policy followed by '@replace' (removed negatives replaced by older ones)"
+)
 
 
 def _fmt(x: float) -> str:
@@ -238,21 +443,62 @@ def parse_policy(text: str) -> NegativePolicy:
     'keep[95,100)'
     >>> parse_policy("drop[99.9, 100)").name
     'drop[99.9,100)'
+    >>> parse_policy("drop[99.9,100) & same-class @replace").name
+    'drop[99.9,100)&same-class@replace'
 
     Raises :class:`PolicyError` naming the allowed forms on anything else.
     """
     if not isinstance(text, str):
         raise PolicyError(f"policy must be a string, got {text!r}; allowed: {POLICY_GRAMMAR}")
     t = text.strip()
+    base, sep, mode = t.partition("@")
+    base = base.strip()
+    if sep:
+        if mode.strip() != "replace":
+            raise PolicyError(f"policy {text!r}: unknown mode {mode.strip()!r} after '@'; allowed: 'replace'")
+        return Replace(_parse_base(base, text))
+    return _parse_base(base, text)
+
+
+def _parse_base(t: str, text: str) -> NegativePolicy:
     if t == "all":
         return All()
+    if t == "drop-same-class":
+        return ClassFilter("same-class")
     m = _BAND_RE.match(t)
     if m:
         return Band(m.group(1), float(m.group(2)), float(m.group(3)))
+    m = _CLASS_RE.match(t)
+    if m:
+        return ClassFilter(m.group(3), Band("drop", float(m.group(1)), float(m.group(2))))
     if re.match(r"^(keep|drop)\[", t):
         # recognisably a band with bad bounds: say which part is wrong
         nums = re.findall(r"-?[0-9]+(?:\.[0-9]+)?", t)
-        if len(nums) == 2 and t.endswith(")"):
+        if len(nums) == 2 and (t.endswith(")") or "&" in t):
             _check_band(float(nums[0]), float(nums[1]), t)
         raise PolicyError(f"policy {text!r}: malformed band; allowed: {POLICY_GRAMMAR}")
     raise PolicyError(f"unknown policy {text!r}; allowed: {POLICY_GRAMMAR}")
+
+
+def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress: float = 0.0,
+           window: int | None = None) -> Selection:
+    """Apply ``policy`` to one step's ``sim [B, M]``, in its mode.
+
+    ``drop`` mode (``window`` None or M): the policy's selection as is.
+    ``replace`` mode: the candidates are ordered newest first and the policy
+    sees the ``window = K`` newest; the removed ones are replaced by older
+    ones (:func:`replace_removed`).  Returns a ``[B, M]`` keep mask then.
+    """
+    if window is None or window == sim.shape[1]:
+        return policy(sim, candidates, progress)
+    newest = candidates.rows(0, window)
+    sel = policy(sim[:, :window], newest, progress)
+    keep = sel.mask((sim.shape[0], window))
+    if keep is None:
+        keep = torch.ones((sim.shape[0], window), dtype=torch.bool, device=sim.device)
+    older = candidates.rows(window, sim.shape[1])
+    eligible = policy.eligible(older)
+    if eligible is None:
+        eligible = torch.ones((sim.shape[0], sim.shape[1] - window), dtype=torch.bool, device=sim.device)
+    stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))
+    return Selection(keep=torch.cat([keep, stand_in], dim=1), extra=sel.extra)

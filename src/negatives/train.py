@@ -224,14 +224,14 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
-            kept_sum += float(stats["kept"])
+            kept_sum = kept_sum + stats["kept"]
             done += 1
             step += 1
         elapsed = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1, "loss": float(loss_sum) / max(1, done), "lr": lr,
             "knn_top1": monitor(model.encoder_q), "images_per_s": done * s.batch_size / max(elapsed, 1e-9),
-            "negatives_kept": kept_sum / max(1, done), "seconds": elapsed,
+            "negatives_kept": float(kept_sum) / max(1, done), "seconds": elapsed,
         }
         rows.append(row)
         _atomic_save({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
