@@ -70,3 +70,36 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     # a second invocation has nothing to do: nothing computed is redone
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, timeout=300, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_tiny_workflow_builds_fig3_table1_and_simclr(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg["pretrain"]["queue_extra"] = 64
+    cfg["figures"]["fig3"] = {"removed": ["drop[99,100)", "drop[95,100)"]}
+    cfg["figures"]["table1"] = {"removed": ["drop-same-class@replace", "drop[95,100)&other-class@replace"]}
+    cfg["figures"]["simclr"] = {"policies": ["keep[95,100)"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "2", "fig3", "table1", "simclr"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    figures = tmp_path / "results" / "figures"
+    for name in ("fig3", "table1", "simclr"):
+        for ext in ("pdf", "png", "csv"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 0
+    fig3 = pd.read_csv(figures / "fig3.csv")
+    assert set(fig3.policy) == {"all", "drop[99,100)", "drop[95,100)"}
+    assert fig3.loc[fig3.policy != "all", "p_value"].notna().all() and (fig3.n == 2).all()
+    table1 = pd.read_csv(figures / "table1.csv").drop_duplicates("policy").set_index("policy")
+    assert table1.loc["drop-same-class@replace", "uses_labels"] and not table1.loc["all", "uses_labels"]
+
+    # replace mode: every query saw exactly K negatives; the label-using run says so
+    run = tmp_path / "results" / "fashion-mnist" / "moco" / "drop-same-class@replace" / "t0.2" / "seed0"
+    assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 128
+    assert json.loads((run / "probe.json").read_text())["uses_labels"] is True
+    # SimCLR: 2 x 32 - 2 = 62 candidates, the hardest 5% = 3 of them
+    run = tmp_path / "results" / "fashion-mnist" / "simclr" / "keep[95,100)" / "t0.2" / "seed1"
+    assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 3
+    assert json.loads((run / "probe.json").read_text())["method"] == "simclr"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from .grid import ANALYSES
+from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies import PolicyError, parse_policy
 
 __all__ = ["ConfigError", "check_config"]
@@ -139,6 +139,50 @@ def _check_analysis(cfg: dict) -> None:
                           f"and fit in the easiest decile; allowed: {100 / negatives:g} to 10")
 
 
+def pretrain_has_labels(cfg: dict) -> bool:
+    """Whether every pretraining image of the config's dataset has a class
+    label (an unlabeled split added to pretraining has none)."""
+    entry = cfg["datasets"][cfg["dataset"]]
+    return not entry.get("unlabeled", False)
+
+
+def _check_runs(cfg: dict) -> None:
+    """Every run every figure trains makes sense with this config: its policy
+    keeps at least one negative out of the method's candidates, needs labels
+    only where the dataset has them, and uses replace mode only with a queue
+    that has room for it."""
+    from .methods import num_candidates  # lazily: torch only when needed
+
+    epochs = _get(cfg, "pretrain.epochs", int)
+    batch = _get(cfg, "pretrain.batch_size", int)
+    queue = _get(cfg, "pretrain.queue_size", int)
+    extra = cfg["pretrain"].get("queue_extra", 0)
+    for figure in FIGURES:
+        if figure not in cfg["figures"] and figure in ANALYSES:
+            continue
+        method = figure_method(cfg, figure)
+        for name in figure_policies(cfg, figure):
+            key = f"figures.{figure}: policy {name!r}"
+            policy = parse_policy(name)
+            try:
+                policy.validate(num_candidates(method, queue, batch), epochs)
+            except PolicyError as e:
+                what = f"{queue} queued negatives" if method == "moco" else f"2 x {batch} - 2 in-batch negatives"
+                raise ConfigError(f"{key} with {method} ({what}): {e}") from None
+            if policy.uses_labels and not pretrain_has_labels(cfg):
+                raise ConfigError(f"{key} removes negatives by class, but the pretraining images of "
+                                  f"dataset {cfg['dataset']!r} include unlabeled ones; use a label-free policy "
+                                  "or a labeled split")
+            if policy.mode == "replace":
+                if method != "moco":
+                    raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; "
+                                      f"{method} has none (use the drop form)")
+                if extra <= 0 or extra % batch:
+                    raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of "
+                                      f"pretrain.batch_size ({batch}) for the replace-mode policy {name!r} "
+                                      f"of figures.{figure}")
+
+
 def check_config(cfg: dict) -> None:
     """Raise :class:`ConfigError` naming the key on the first problem found."""
     if not isinstance(cfg, dict):
@@ -148,3 +192,4 @@ def check_config(cfg: dict) -> None:
     _check_pretrain(cfg)
     _check_dataset(cfg)
     _check_analysis(cfg)
+    _check_runs(cfg)

@@ -13,19 +13,26 @@ from dataclasses import dataclass
 from .policies import parse_policy
 
 __all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds",
-           "random_init_dir", "figure_probes", "figure_pairs", "figure_inputs", "similarity_file",
+           "random_init_dir", "figure_method", "figure_probes", "figure_pairs", "figure_inputs", "similarity_file",
            "figure_outputs"]
 
 #: figure -> the policy strings it trains, read from ``cfg["figures"][figure]``;
 #: adding a figure here adds it to ``FIGURES`` and to ``rule all``
 _POLICIES = {
     "fig2": lambda fig: ["all", *fig["segments"], *fig["easiest"]],
+    "fig3": lambda fig: ["all", *fig["removed"]],
+    "table1": lambda fig: ["all", *fig["removed"]],
     # Section 4: the baseline runs, analysed (pairs.parquet) instead of probed
     "fig4": lambda fig: ["all"],
     "fig5": lambda fig: ["all"],
     "fig6": lambda fig: ["all"],
     "tables_a4_a6": lambda fig: ["all"],
+    # appendix A.2: the same question with SimCLR's in-batch negatives
+    "simclr": lambda fig: ["all", *fig["policies"]],
 }
+
+#: figures trained with another method than the config's ``method``
+_METHODS = {"simclr": "simclr"}
 
 #: figures drawn from the runs' Section 4 analyses rather than their probes
 ANALYSES = ("fig4", "fig5", "fig6", "tables_a4_a6")
@@ -64,10 +71,17 @@ def figure_policies(cfg: dict, figure: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def figure_method(cfg: dict, figure: str) -> str:
+    """The method a figure's runs train with (``simclr`` for appendix A.2, else the config's)."""
+    _check_figure(figure)
+    return _METHODS.get(figure, cfg["method"])
+
+
 def runs_for(cfg: dict, figure: str) -> list[Run]:
     """Every training run a figure plots: each policy at each temperature and seed."""
+    method = figure_method(cfg, figure)
     return [
-        Run(cfg["dataset"], cfg["method"], policy, float(t), int(seed))
+        Run(cfg["dataset"], method, policy, float(t), int(seed))
         for policy in figure_policies(cfg, figure)
         for t in cfg["temperatures"]
         for seed in cfg["seeds"]
@@ -80,6 +94,9 @@ def random_init_seeds(cfg: dict) -> list[int]:
 
 
 def random_init_dir(cfg: dict, seed: int, results: str | None = None) -> str:
+    """The untrained encoder of ``seed``; one for every method, since the
+    encoder's initialisation does not depend on it (it lies under the
+    config's ``method``)."""
     results = cfg.get("results", "results") if results is None else results
     return f"{results}/{cfg['dataset']}/{cfg['method']}/random-init/seed{seed}"
 

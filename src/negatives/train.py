@@ -23,7 +23,7 @@ import torch
 from .augment import MoCoV2Augment
 from .data import _atomic_save, load_prepared
 from .models import build_encoder
-from .moco import MoCo
+from .methods import build_method, num_candidates
 from .policies import parse_policy
 
 __all__ = ["PretrainSettings", "pretrain", "init_checkpoint", "load_encoder", "resolve_device", "epoch_seed"]
@@ -45,7 +45,7 @@ class PretrainSettings:
     weight_decay: float = 5e-4
     sgd_momentum: float = 0.9
     bn_splits: int = 4
-    mode: str = "drop"
+    queue_extra: int = 1024        # extra queue length for replace-mode policies (a multiple of batch_size)
     threads: int = 1
     device: str = "auto"
     crop_scale_min: float = 0.2
@@ -149,12 +149,9 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     Resumes from ``out_dir/last.pt`` when a previous attempt left one.
     Raises ``FileExistsError`` when the run is already finished.
     """
-    if method != "moco":
-        raise ValueError(f"unknown method {method!r}; allowed: moco")
     s = PretrainSettings.from_dict(settings)
-    if s.mode != "drop":
-        raise ValueError(f"pretrain.mode {s.mode!r} is not implemented; allowed: drop")
     pol = parse_policy(policy)
+    pol.validate(num_candidates(method, s.queue_size, s.batch_size), s.epochs)
     out = Path(out_dir)
     final = out / "checkpoint.pt"
     if final.exists():
@@ -172,8 +169,10 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     channels_last = torch.channels_last
 
     encoder = _build(s, c, seed)
-    model = MoCo(encoder, s.dim, s.queue_size, s.momentum, temperature, pol,
-                 generator=torch.Generator().manual_seed(epoch_seed(seed, -2))).to(device)
+    pol.start(s.epochs)
+    model = build_method(method, encoder, dim=s.dim, queue_size=s.queue_size, queue_extra=s.queue_extra,
+                         momentum=s.momentum, temperature=temperature, policy=pol,
+                         generator=torch.Generator().manual_seed(epoch_seed(seed, -2))).to(device)
     model = model.to(memory_format=channels_last)
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)

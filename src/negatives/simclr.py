@@ -1,0 +1,89 @@
+"""SimCLR (Chen et al. 2020) with a pluggable negative policy (paper appendix A.2).
+
+No queue and no momentum encoder: both views of a batch go through the one
+encoder, and each of the ``2B`` views has its twin as positive and the other
+``2B - 2`` views as candidate negatives::
+
+    z     = normalize(f(cat(x_1, x_2)))           [2B, D]
+    s     = z z^T                                 [2B, 2B]
+    l_pos = s[i, twin(i)]                         [2B]
+    sim   = s[i, candidates(i)]                   [2B, 2B-2]  every view but i and twin(i)
+    sel   = policy(sim, candidates)
+    loss  = info_nce(l_pos, sim[sel], tau)        (NT-Xent when every negative is kept)
+
+Gradients flow through queries and negatives alike, as in SimCLR.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .moco import policy_loss
+from .policies import All, Candidates, NegativePolicy, select
+
+__all__ = ["SimCLR", "twin_index", "candidate_index"]
+
+
+def twin_index(batch: int, device=None) -> Tensor:
+    """``[2B]``: the positive of view ``i`` (``i + B`` for the first half, ``i - B`` after)."""
+    i = torch.arange(2 * batch, device=device)
+    return (i + batch) % (2 * batch)
+
+
+def candidate_index(batch: int, device=None) -> Tensor:
+    """``[2B, 2B-2]``: for view ``i``, every other view except its twin, in order."""
+    n = 2 * batch
+    rows = torch.arange(n, device=device).unsqueeze(1)
+    cols = torch.arange(n, device=device).expand(n, n)
+    keep = (cols != rows) & (cols != twin_index(batch, device).unsqueeze(1))
+    return cols[keep].view(n, n - 2)
+
+
+class SimCLR(nn.Module):
+    """SimCLR: one encoder, in-batch negatives (2B - 2 per view).
+
+    ``encoder`` maps images ``[B, C, H, W]`` to contrastive-space outputs
+    ``[B, D]`` (backbone + MLP head); it is normalised here.  Named
+    ``encoder_q`` like MoCo's query encoder, so checkpoints and the
+    evaluation read both the same way.
+    """
+
+    def __init__(self, encoder: nn.Module, temperature: float = 0.2, policy: NegativePolicy | None = None):
+        super().__init__()
+        self.encoder_q = encoder
+        self.temperature = temperature
+        self.policy = policy or All()
+        if self.policy.mode == "replace":
+            raise ValueError(f"policy {self.policy.name!r}: replace mode needs a queue of older negatives; "
+                             "SimCLR has none (use method moco, or the drop form of the policy)")
+        self._index: dict[tuple[int, str], Tensor] = {}
+
+    def _candidates(self, batch: int, device) -> Tensor:
+        key = (batch, str(device))
+        if key not in self._index:
+            self._index[key] = candidate_index(batch, device)
+        return self._index[key]
+
+    def forward(self, x_1: Tensor, x_2: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
+        """One SimCLR step's loss over both views.
+
+        x_1, x_2: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``.
+        Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
+        """
+        b = x_1.shape[0]
+        # one forward of both views; split batch-norm normalises contiguous
+        # chunks, so no chunk holds both views of an image (no BN shortcut)
+        z = F.normalize(self.encoder_q(torch.cat([x_1, x_2])), dim=1)                  # [2B, D]
+        s = z @ z.T                                                                     # [2B, 2B]
+        l_pos = s.gather(1, twin_index(b, z.device).unsqueeze(1)).squeeze(1)           # [2B]
+        pool_index = self._candidates(b, z.device)                                      # [2B, 2B-2]
+        sim = s.gather(1, pool_index)                                                   # [2B, 2B-2]
+        both_labels = torch.cat([labels, labels])
+        candidates = Candidates(labels=both_labels, indices=torch.cat([indices, indices]), keys=z.detach(),
+                                query_labels=both_labels, queries=z.detach(), pool_index=pool_index)
+        with torch.no_grad():
+            selection = select(self.policy, sim.detach(), candidates, progress)
+        loss = policy_loss(self.policy, selection, z, l_pos, sim, self.temperature)
+        return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
