@@ -66,6 +66,10 @@ BAD = [
     ("temperatures[0]", True, ["temperatures[0]", "must be number"]),
     ("temperatures[0]", 0.1234567, ["temperatures[0]", "significant digits"]),
     ("temperatures", [], ["temperatures", "at least one"]),
+    ("temperatures[0]", "t0.2", ["temperatures[0]", "must be number"]),
+    ("temperatures[0]", "0.2", ["temperatures[0]", "must be number"]),
+    ("figures.fig3.removed[0]", "drop[99.9,100)&elsewhere", ["figures.fig3.removed[0]", "malformed band"]),
+    ("figures.table1.removed[0]", "keep[95,100)@replace", ["figures.table1.removed[0]", "removal policy"]),
     ("dataset", "cifar11", ["dataset", "unknown dataset 'cifar11'", "allowed: fashion-mnist"]),
     ("datasets.fashion-mnist.root", "/nonexistent/fmnist", ["datasets.fashion-mnist.root", "does not exist"]),
     ("analysis.queries", 9000, ["analysis.queries", "10000 training images", "datasets.fashion-mnist.train_images"]),
@@ -167,7 +171,11 @@ def test_schema_defaults_are_config_yaml():
     [
         {"pretrain": {"backbone": "vgg16"}},
         {"pretrain": {"device": "tpu"}},
-        {"pretrain": {"mode": "shuffle"}},
+        {"pretrain": {"mode": "drop"}},  # removed: the mode is part of the policy (@replace)
+        {"pretrain": {"queue_extra": -256}},
+        {"method": "simclr-v2"},
+        {"temperatures": ["0.2"]},
+        {"figures": {"fig3": {"removed": "drop[99,100)"}}},  # a list, not a string
         {"pretrain": {"epochs": 0}},
         {"pretrain": {"learning_rate": 0.1}},  # unknown key
         {"evaluate": {"probe": "slow"}},
@@ -204,3 +212,46 @@ def test_schema_error_names_the_key(section, key, value):
     (c if section == "analysis" else c["figures"])[section][key] = value
     with pytest.raises(WorkflowError, match=f"'{section}'.*'{key}'"):
         _validate(c)
+
+
+def _runs_error(cfg) -> str:
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    return str(err.value)
+
+
+def test_band_combination_that_is_empty_for_the_queue(cfg):
+    cfg["figures"]["table1"]["removed"] = ["drop[99.99,100)&same-class@replace"]   # round(4096 x 0.01%) = 0
+    msg = _runs_error(cfg)
+    assert msg.startswith("figures.table1") and "holds no negative" in msg and "4096" in msg
+
+
+def test_band_that_is_empty_for_simclr_batch(cfg):
+    cfg["figures"]["simclr"]["policies"] = ["keep[99.95,100)"]   # 0.05% of 2 x 256 - 2 = 510: round(0.255) = 0
+    msg = _runs_error(cfg)
+    assert msg.startswith("figures.simclr") and "510" in msg and "holds no negative" in msg
+
+
+def test_policy_removing_everything(cfg):
+    cfg["figures"]["fig3"]["removed"] = ["drop[0,100)"]
+    assert "removes every one" in _runs_error(cfg)
+
+
+def test_label_policy_on_a_dataset_without_labels(cfg):
+    cfg["datasets"]["fashion-mnist"]["unlabeled"] = True
+    msg = _runs_error(cfg)
+    assert msg.startswith("figures.table1") and "unlabeled" in msg and "drop-same-class@replace" in msg
+
+
+def test_replace_mode_needs_room_in_the_queue(cfg):
+    cfg["pretrain"]["queue_extra"] = 0
+    msg = _runs_error(cfg)
+    assert msg.startswith("pretrain.queue_extra") and "multiple of pretrain.batch_size (256)" in msg
+    cfg["pretrain"]["queue_extra"] = 1000
+    assert _runs_error(cfg).startswith("pretrain.queue_extra")
+
+
+def test_replace_mode_with_simclr(cfg):
+    cfg["figures"]["simclr"]["policies"] = ["drop[95,100)@replace"]
+    msg = _runs_error(cfg)
+    assert msg.startswith("figures.simclr") and "replace mode" in msg
