@@ -134,6 +134,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     written = json.loads(out.read_text())
     assert written == res
     assert list(written) == ["dataset", "method", "policy", "temperature", "seed", "uses_labels", "epochs",
+                             "train_images_per_s",
                              "linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5",
                              "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5"]
     assert written["policy"] == "keep[95,100)" and written["seed"] == 1 and written["fewshot_draws"] == FEWSHOT_DRAWS

@@ -209,6 +209,7 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
                                      k=int(settings["knn_k"]), temperature=float(settings["knn_temperature"])), y_test)
 
     result = {key: meta[key] for key in ("dataset", "method", "policy", "temperature", "seed", "uses_labels", "epochs")}
+    result["train_images_per_s"] = meta.get("train_images_per_s")  # None for random-init
     result.update(
         linear_top1=linear[1], linear_top5=linear[5],
         fewshot_top1=fewshot[1], fewshot_top5=fewshot[5], fewshot_labels_per_class=n, fewshot_draws=FEWSHOT_DRAWS,

@@ -165,7 +165,7 @@ class MoCo(nn.Module):
         if self.window is not None and extra <= 0:
             raise ValueError("a replace-mode policy needs pretrain.queue_extra > 0 (the older negatives "
                              "that stand in for removed ones)")
-        self.queue = KeyQueue(queue_size + extra, dim, generator=generator)
+        self.queue = self.policy.make_queue(queue_size + extra, dim, generator=generator)
         self.momentum = momentum
         self.temperature = temperature
 

@@ -221,6 +221,13 @@ class NegativePolicy:
         (``None``: every one)."""
         return None
 
+    def make_queue(self, size: int, dim: int, generator: torch.Generator | None = None):
+        """The key queue MoCo keeps for this policy (default: the FIFO
+        :class:`negatives.moco.KeyQueue`; ``retain-hard`` returns its own)."""
+        from .moco import KeyQueue
+
+        return KeyQueue(size, dim, generator=generator)
+
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"{type(self).__name__}({self.name!r})"
 
@@ -420,8 +427,27 @@ _CLASS_RE = re.compile(rf"^drop\[\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*&\s*(same-cla
 POLICY_GRAMMAR = (
     "'all', 'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
     "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class', "
-    "and any drop policy followed by '@replace' (removed negatives replaced by older ones)"
+    "and any drop policy followed by '@replace' (removed negatives replaced by older ones); "
+    # the neighbouring methods (modules mixing, ring, losses, retention; each has its own GRAMMAR)
+    "'mochi[N,s,s']' or 'mochi[N,s,s',w]' (hard negative mixing), "
+    "'ring[a,b,schedule]' with a or b moving as 'x->y', 'curriculum[a0,b0->a1,b1,schedule]' "
+    "(schedule: constant, linear, stepS, expL), "
+    "'debiased[tau_plus]', 'hard[beta,tau_plus]', 'retain-hard[r]' or 'retain-hard[r,c]'"
 )
+
+#: modules that parse the neighbouring methods' policies: each has
+#: ``parse(text) -> NegativePolicy | None`` and ``GRAMMAR``
+_EXTENSIONS = ("mixing", "ring", "losses", "retention")
+
+
+def _parse_extension(t: str) -> NegativePolicy | None:
+    import importlib
+
+    for module in _EXTENSIONS:
+        policy = importlib.import_module(f"{__package__}.{module}").parse(t)
+        if policy is not None:
+            return policy
+    return None
 
 
 def _fmt(x: float) -> str:
@@ -477,6 +503,9 @@ def _parse_base(t: str, text: str) -> NegativePolicy:
         if len(nums) == 2 and (t.endswith(")") or "&" in t):
             _check_band(float(nums[0]), float(nums[1]), t)
         raise PolicyError(f"policy {text!r}: malformed band; allowed: {POLICY_GRAMMAR}")
+    policy = _parse_extension(t)
+    if policy is not None:
+        return policy
     raise PolicyError(f"unknown policy {text!r}; allowed: {POLICY_GRAMMAR}")
 
 

@@ -241,8 +241,10 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
             break
 
     _write_log(rows, out / "train_log.csv")
-    _atomic_save({"meta": meta, "encoder": model.encoder_q.state_dict(), "model": model.state_dict(),
-                  "log": rows}, final)
+    # the training cost, for the methods figure: median images/s over the epochs
+    speed = sorted(r["images_per_s"] for r in rows)[len(rows) // 2] if rows else None
+    _atomic_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
+                  "model": model.state_dict(), "log": rows}, final)
     last.unlink(missing_ok=True)
     return final
 

@@ -1,0 +1,169 @@
+"""Reweighted contrastive losses: debiased (Chuang et al. 2020) and
+hard-negative weighted (Robinson et al. 2021).
+
+Both replace InfoNCE's negative term ``sum_i e^{s_i/t}`` by an estimate
+``Ng`` and keep its form::
+
+    L = -log( e^{p/t} / (e^{p/t} + Ng) ),   p = q . k+,  s_i = q . n_i,  t = temperature
+
+over the ``N`` negatives a query keeps (``keep`` mask; ``N`` is counted per
+query).  With class prior ``tau+`` (the chance that a "negative" shares the
+query's class) and concentration ``beta >= 0``::
+
+    w_i = e^{beta s_i / t} / ((1/N) sum_j e^{beta s_j / t})          (importance weights, mean 1)
+    Ng  = max( (sum_i w_i e^{s_i/t} - tau+ N e^{p/t}) / (1 - tau+),  N e^{-1/t} )
+
+``debiased[tau+]`` is ``beta = 0`` (every ``w_i = 1``); ``hard[beta,tau+]``
+the general case.  The clamp at ``N e^{-1/t}`` (the smallest value the
+negative term can take, every ``s_i = -1``) keeps the estimate positive when
+the debiasing correction overshoots.  At ``tau+ = 0, beta = 0``
+``Ng = sum_i e^{s_i/t}`` -- InfoNCE exactly: the clamp is inactive because
+every ``e^{s_i/t} >= e^{-1/t}``.  As in the published code the weights are
+not detached (they carry gradient).
+
+Computed like :func:`negatives.moco.info_nce`: every exponential is scaled by
+``e^{-m}``, ``m`` the row's largest kept logit (or ``p/t``), so nothing
+overflows at small temperatures and the neutral settings give InfoNCE's
+numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import Tensor
+
+from .policies import Candidates, NegativePolicy, PolicyError, Selection, _fmt
+
+__all__ = ["reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
+           "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
+
+DEBIASED_GRAMMAR = "'debiased[tau_plus]' with 0 <= tau_plus < 1 (class prior of Chuang et al. 2020)"
+HARD_GRAMMAR = ("'hard[beta,tau_plus]' with beta >= 0 (concentration) and 0 <= tau_plus < 1 "
+                "(Robinson et al. 2021)")
+GRAMMAR = f"{DEBIASED_GRAMMAR}; {HARD_GRAMMAR}"
+
+
+def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
+                   tau_plus: float = 0.0, beta: float = 0.0) -> Tensor:
+    """Mean over the batch of ``-log(e^{p/t} / (e^{p/t} + Ng))`` (module docstring).
+
+    l_pos: ``[B]`` query-positive cosine; sim: ``[B, n]`` query-negative
+    cosine; keep: ``[B, n]`` bool or None (all kept); removed negatives are
+    absent from every sum and from ``N``.
+    """
+    if not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    pos = l_pos / temperature                                                   # [B]
+    neg = sim / temperature                                                     # [B, n]
+    with torch.no_grad():
+        top = neg if keep is None else neg.masked_fill(~keep, float("-inf"))
+        m = torch.maximum(top.amax(dim=1), pos)                                 # [B]
+    e = torch.exp(neg - m.unsqueeze(1))                                         # e^{s/t} e^{-m}
+    if keep is not None:
+        e = e * keep
+    if keep is None:
+        n = torch.full_like(pos, float(sim.shape[1]))
+    else:
+        n = keep.sum(dim=1).to(pos.dtype)                                       # [B] N per query
+    if beta == 0:
+        negative = e.sum(dim=1)                                                 # sum e^{s/t}, scaled
+    else:
+        # weights scaled by the row's largest kept one (which is then 1): no
+        # overflow, and removed negatives (-inf) weigh exactly 0
+        kept = neg if keep is None else neg.masked_fill(~keep, float("-inf"))
+        with torch.no_grad():
+            top_w = kept.amax(dim=1, keepdim=True)
+            top_w = torch.where(torch.isfinite(top_w), top_w, torch.zeros_like(top_w))
+        imp = torch.exp(beta * (kept - top_w))                                  # e^{beta s/t}, scaled
+        mean_imp = imp.sum(dim=1) / n.clamp(min=1)                              # (1/N) sum_j
+        negative = (imp * e).sum(dim=1) / mean_imp.clamp(min=torch.finfo(imp.dtype).tiny)
+    pos_e = torch.exp(pos - m)                                                  # e^{p/t} e^{-m}
+    if tau_plus:
+        negative = (negative - tau_plus * n * pos_e) / (1.0 - tau_plus)
+    floor = n * torch.exp(-1.0 / temperature - m)                               # N e^{-1/t} e^{-m}
+    negative = torch.maximum(negative, floor)
+    return (m + torch.log(pos_e + negative) - pos).mean()
+
+
+def debiased_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
+                 tau_plus: float) -> Tensor:
+    """Debiased contrastive loss (Chuang et al. 2020): :func:`reweighted_nce` with ``beta = 0``."""
+    return reweighted_nce(l_pos, sim, keep, temperature, tau_plus=tau_plus, beta=0.0)
+
+
+def hard_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
+             beta: float, tau_plus: float) -> Tensor:
+    """Hard-negative weighted loss (Robinson et al. 2021): :func:`reweighted_nce`."""
+    return reweighted_nce(l_pos, sim, keep, temperature, tau_plus=tau_plus, beta=beta)
+
+
+class _LossPolicy(NegativePolicy):
+    """Every negative is kept; the loss is changed (``loss`` has
+    :func:`negatives.moco.info_nce`'s signature)."""
+
+    tau_plus: float = 0.0
+    beta: float = 0.0
+
+    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
+        return Selection()
+
+    def loss(self, l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float) -> Tensor:
+        return reweighted_nce(l_pos, sim, keep, temperature, tau_plus=self.tau_plus, beta=self.beta)
+
+
+def _check(tau_plus: float, beta: float, name: str, grammar: str) -> None:
+    if not (math.isfinite(tau_plus) and 0.0 <= tau_plus < 1.0):
+        raise PolicyError(f"policy {name!r}: tau_plus must lie in [0, 1), got {_fmt(tau_plus)}; allowed: {grammar}")
+    if not (math.isfinite(beta) and beta >= 0.0):
+        raise PolicyError(f"policy {name!r}: beta must be >= 0, got {_fmt(beta)}; allowed: {grammar}")
+
+
+class Debiased(_LossPolicy):
+    """``debiased[tau_plus]``: the debiased contrastive loss of Chuang et al. 2020."""
+
+    def __init__(self, tau_plus: float):
+        self.tau_plus = float(tau_plus)
+        self.name = f"debiased[{_fmt(self.tau_plus)}]"
+        _check(self.tau_plus, 0.0, self.name, DEBIASED_GRAMMAR)
+
+
+class HardWeighted(_LossPolicy):
+    """``hard[beta,tau_plus]``: the hard-negative weighted loss of Robinson et al. 2021."""
+
+    def __init__(self, beta: float, tau_plus: float):
+        self.beta, self.tau_plus = float(beta), float(tau_plus)
+        self.name = f"hard[{_fmt(self.beta)},{_fmt(self.tau_plus)}]"
+        _check(self.tau_plus, self.beta, self.name, HARD_GRAMMAR)
+
+
+_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*"
+_DEBIASED_RE = re.compile(rf"^debiased\[{_N}\]$")
+_HARD_RE = re.compile(rf"^hard\[{_N},{_N}\]$")
+
+
+def parse(text: str) -> _LossPolicy | None:
+    """``debiased[tau+]`` / ``hard[beta,tau+]`` -> policy; None when ``text``
+    is neither; :class:`PolicyError` when it is one of them but malformed.
+
+    >>> parse("debiased[0.10]").name
+    'debiased[0.1]'
+    >>> parse("hard[1.0, 0.1]").name
+    'hard[1,0.1]'
+    """
+    t = text.strip()
+    if re.match(r"^debiased\b", t):
+        m = _DEBIASED_RE.match(t)
+        if not m:
+            raise PolicyError(f"policy {text!r}: malformed debiased policy; allowed: {DEBIASED_GRAMMAR}")
+        return Debiased(float(m.group(1)))
+    if re.match(r"^hard\b", t):
+        m = _HARD_RE.match(t)
+        if not m:
+            raise PolicyError(f"policy {text!r}: malformed hard-negative policy; allowed: {HARD_GRAMMAR}")
+        return HardWeighted(float(m.group(1)), float(m.group(2)))
+    return None

@@ -1,0 +1,209 @@
+"""MoCHi: hard negative mixing (Kalantidis et al. 2020).
+
+For every query ``q`` (unit norm) with candidate negatives ``n_1 .. n_K``:
+
+1. ``Q~^N``: the ``N`` hardest candidates, by ``q . n`` (ties: ``torch.topk``'s
+   deterministic order);
+2. ``s`` synthetic negatives mixed from *pairs* of them::
+
+       h_k = normalize(alpha_k n_i + (1 - alpha_k) n_j),   alpha_k ~ U[0, 1),
+       (i, j) drawn uniformly from Q~^N x Q~^N (with replacement);
+
+3. ``s'`` synthetic negatives mixed from the *query* and one of them::
+
+       h'_k = normalize(beta_k q + (1 - beta_k) n_j),      beta_k ~ U[0, 0.5),
+
+   so the query's weight is strictly below one half and ``h'_k`` stays closer
+   to ``n_j`` than to ``q``;
+4. all ``s + s'`` are detached and returned as ``Selection.extra [B, s+s', D]``:
+   the loss adds ``q . h`` to the query's logits (gradient to the query
+   only), every real negative is kept, and nothing synthetic enters the queue.
+
+Mixing starts after a warm-up of ``w`` epochs (the policy is told the run
+length by :meth:`MoCHi.start`; ``progress`` is the fraction of training done).
+
+Randomness.  The draws (pairs, ``alpha``, ``beta``) come from
+``generator`` when one is given, otherwise from PyTorch's global generator
+on the device of ``sim``.  The trainer reseeds the global generator at every
+epoch from ``(seed, epoch)``, so the default is deterministic *and*
+resumable from an epoch checkpoint without saving any policy state; a policy
+that holds its own generator would need it in the checkpoint to resume
+exactly.
+
+Policy string: ``mochi[N,s,s']`` or ``mochi[N,s,s',w]`` (``w`` warm-up
+epochs, default 0; written only when non-zero).  The paper's ImageNet setting
+is ``mochi[1024,512,256]`` (or ``mochi[1024,1024,256]``).  Applies to MoCo
+(the candidates are the queue) and to SimCLR (the other 2B-2 views): the
+hard negatives are read through :meth:`Candidates.embeddings`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .policies import Candidates, NegativePolicy, PolicyError, Selection
+
+__all__ = ["MoCHi", "hardest", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
+
+GRAMMAR = ("'mochi[N,s,s']' or 'mochi[N,s,s',w]': per query, s negatives mixed from pairs of its N hardest "
+           "and s' mixed from the query and one of them, after w warm-up epochs (integers, N >= 1, "
+           "s + s' >= 1, s <= N*N, w >= 0)")
+
+#: a tolerance on ``progress * epochs``: progress is step / total_steps, so
+#: the first step of epoch e sits at e (up to rounding)
+_EPS = 1e-9
+
+
+def _uniform(shape: tuple[int, ...], device, generator: torch.Generator | None) -> Tensor:
+    """``U[0, 1)`` draws of ``shape`` on ``device`` from ``generator`` (None: global)."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def _randint(high: int, shape: tuple[int, ...], device, generator: torch.Generator | None) -> Tensor:
+    """Uniform integers in ``[0, high)`` of ``shape`` on ``device``."""
+    if generator is None:
+        return torch.randint(high, shape, device=device)
+    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
+def hardest(sim: Tensor, candidates: Candidates, n: int) -> Tensor:
+    """Embeddings of each query's ``n`` hardest candidates: ``sim [B, K] -> [B, n, D]``,
+    hardest first."""
+    index = torch.topk(sim, n, dim=1, largest=True, sorted=True).indices      # [B, n]
+    return candidates.embeddings(index)
+
+
+def mix_pairs(hard: Tensor, i: Tensor, j: Tensor, alpha: Tensor) -> Tensor:
+    """``normalize(alpha n_i + (1 - alpha) n_j)`` for each query.
+
+    hard: ``[B, N, D]``; i, j: ``[B, s]`` int64 positions in ``0 .. N-1``;
+    alpha: ``[B, s]`` in ``[0, 1]``.  Returns ``[B, s, D]``, unit norm.
+    """
+    d = hard.shape[2]
+    n_i = hard.gather(1, i.unsqueeze(2).expand(-1, -1, d))                   # [B, s, D]
+    n_j = hard.gather(1, j.unsqueeze(2).expand(-1, -1, d))
+    a = alpha.unsqueeze(2).to(hard.dtype)
+    return F.normalize(a * n_i + (1 - a) * n_j, dim=2)
+
+
+def mix_with_query(query: Tensor, hard: Tensor, j: Tensor, beta: Tensor) -> Tensor:
+    """``normalize(beta q + (1 - beta) n_j)`` for each query.
+
+    query: ``[B, D]``; hard: ``[B, N, D]``; j: ``[B, s']``; beta: ``[B, s']``
+    in ``[0, 0.5)``.  Returns ``[B, s', D]``, unit norm.
+    """
+    d = hard.shape[2]
+    n_j = hard.gather(1, j.unsqueeze(2).expand(-1, -1, d))                   # [B, s', D]
+    b = beta.unsqueeze(2).to(hard.dtype)
+    return F.normalize(b * query.unsqueeze(1).to(hard.dtype) + (1 - b) * n_j, dim=2)
+
+
+class MoCHi(NegativePolicy):
+    """``mochi[N,s,s',w]``: every negative, plus ``s + s'`` synthetic hard
+    negatives per query once ``w`` epochs are done (see the module docstring).
+
+    ``sim [B, K] -> Selection(extra [B, s + s', D])``; ``extra`` is float32,
+    unit norm, detached.  ``last_mix`` keeps the last draw (``i, j, alpha``
+    for the pairs, ``j, beta`` for the query mixes) for inspection.
+    """
+
+    def __init__(self, n_hard: int, s: int, s_query: int, warmup: int = 0,
+                 generator: torch.Generator | None = None):
+        for label, v in (("N", n_hard), ("s", s), ("s'", s_query), ("w", warmup)):
+            if int(v) != v or v < 0:
+                raise PolicyError(f"mochi: {label} must be a whole number >= 0, got {v!r}; allowed: {GRAMMAR}")
+        self.n_hard, self.s, self.s_query, self.warmup = int(n_hard), int(s), int(s_query), int(warmup)
+        parts = [self.n_hard, self.s, self.s_query] + ([self.warmup] if self.warmup else [])
+        self.name = "mochi[" + ",".join(str(p) for p in parts) + "]"
+        if self.n_hard < 1:
+            raise PolicyError(f"policy {self.name!r}: N must be at least 1; allowed: {GRAMMAR}")
+        if self.s + self.s_query == 0:
+            raise PolicyError(f"policy {self.name!r}: s = s' = 0 mixes nothing (that is the policy 'all'); "
+                              f"allowed: {GRAMMAR}")
+        if self.s > self.n_hard * self.n_hard:
+            raise PolicyError(f"policy {self.name!r}: s = {self.s} synthetic negatives from pairs of the "
+                              f"N = {self.n_hard} hardest, but there are only N*N = {self.n_hard * self.n_hard} "
+                              f"pairs; allowed: {GRAMMAR}")
+        self.generator = generator
+        self.epochs: int | None = None
+        self.last_mix: dict[str, Tensor] = {}
+
+    # -- the interface ------------------------------------------------------
+
+    def start(self, epochs: int) -> None:
+        self.epochs = int(epochs)
+
+    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
+        if self.n_hard > num_candidates:
+            raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest negatives out of only "
+                              f"{num_candidates} candidates; allowed: N <= {num_candidates}")
+        if epochs is not None and self.warmup >= epochs:
+            raise PolicyError(f"policy {self.name!r}: a warm-up of {self.warmup} epochs leaves no mixing in a run "
+                              f"of {epochs} epochs; allowed: w < {epochs}")
+
+    def mixing(self, progress: float) -> bool:
+        """True once the warm-up is over: ``progress * epochs >= w``."""
+        if self.warmup == 0:
+            return True
+        if self.epochs is None:
+            raise PolicyError(f"policy {self.name!r} has a warm-up in epochs: call start(epochs) before training")
+        return progress * self.epochs >= self.warmup - _EPS
+
+    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
+        if not self.mixing(progress):
+            return Selection()
+        if candidates.queries is None:
+            raise PolicyError(f"policy {self.name!r} needs the query embeddings, which this step does not have")
+        b, k = sim.shape
+        if self.n_hard > k:
+            raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest out of only {k} candidates")
+        with torch.no_grad():
+            hard = hardest(sim, candidates, self.n_hard).float()               # [B, N, D]
+            dev, g = sim.device, self.generator
+            i = _randint(self.n_hard, (b, self.s), dev, g)
+            j = _randint(self.n_hard, (b, self.s), dev, g)
+            alpha = _uniform((b, self.s), dev, g)
+            jq = _randint(self.n_hard, (b, self.s_query), dev, g)
+            beta = 0.5 * _uniform((b, self.s_query), dev, g)                  # [0, 0.5)
+            extra = torch.cat([mix_pairs(hard, i, j, alpha),
+                               mix_with_query(candidates.queries.float(), hard, jq, beta)], dim=1)
+        self.last_mix = {"i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
+        return Selection(extra=extra.detach())
+
+
+_NUM = r"\s*([0-9]+(?:\.[0-9]*)?)\s*"
+_RE = re.compile(rf"^mochi\[{_NUM},{_NUM},{_NUM}(?:,{_NUM})?\]$")
+
+
+def _whole(x: str, label: str, text: str) -> int:
+    v = float(x)
+    if v != int(v):
+        raise PolicyError(f"policy {text!r}: {label} must be a whole number, got {x}; allowed: {GRAMMAR}")
+    return int(v)
+
+
+def parse(text: str) -> MoCHi | None:
+    """``mochi[N,s,s']`` / ``mochi[N,s,s',w]`` -> :class:`MoCHi`; None when
+    ``text`` is not a mochi policy; :class:`PolicyError` when it is one but
+    malformed.
+
+    >>> parse("mochi[1024, 512, 256]").name
+    'mochi[1024,512,256]'
+    >>> parse("mochi[64,32,16,0]").name
+    'mochi[64,32,16]'
+    """
+    t = text.strip()
+    if not t.startswith("mochi"):
+        return None
+    m = _RE.match(t)
+    if not m:
+        raise PolicyError(f"policy {text!r}: malformed mochi policy; allowed: {GRAMMAR}")
+    n, s, sq, w = (g for g in m.groups())
+    return MoCHi(_whole(n, "N", text), _whole(s, "s", text), _whole(sq, "s'", text),
+                 _whole(w, "w", text) if w is not None else 0)

@@ -1,0 +1,512 @@
+"""The neighbouring methods as negative policies: MoCHi, Ring and band
+curricula, the debiased and hard-weighted losses, the hard-retaining queue."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from negatives import losses, mixing, retention, ring
+from negatives.losses import debiased_nce, hard_nce, reweighted_nce
+from negatives.mixing import MoCHi
+from negatives.models import build_encoder
+from negatives.moco import KeyQueue, MoCo, info_nce, policy_loss
+from negatives.policies import Band, Candidates, PolicyError, parse_policy
+from negatives.retention import RetainHard, RetainingQueue
+from negatives.ring import Schedule, parse_schedule
+
+
+def _unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _cone_coefficients(h, a, b):
+    """``(x, y, residual)`` with ``h ~ x a + y b`` (least squares)."""
+    basis = torch.stack([a, b], dim=1).double()                  # [D, 2]
+    sol = torch.linalg.lstsq(basis, h.double().unsqueeze(1)).solution.flatten()
+    residual = (basis @ sol - h.double()).norm().item()
+    return sol[0].item(), sol[1].item(), residual
+
+
+# --------------------------------------------------------------------------
+# MoCHi
+# --------------------------------------------------------------------------
+
+def _mochi_step(policy, b=3, k=40, d=8, seed=0):
+    q = _unit(b, d, seed=seed)
+    keys = _unit(k, d, seed=seed + 1)
+    sim = q @ keys.T
+    return q, keys, sim, policy(sim, Candidates(keys=keys, queries=q), 0.0)
+
+
+def test_mochi_pair_mixes_are_unit_and_in_the_cone_of_two_of_the_n_hardest():
+    n = 5
+    pol = MoCHi(n, 12, 0, generator=torch.Generator().manual_seed(1))
+    q, keys, sim, sel = _mochi_step(pol)
+    assert sel.keep is None and sel.index is None          # every real negative is kept
+    assert sel.extra.shape == (3, 12, 8) and not sel.extra.requires_grad
+    assert torch.allclose(sel.extra.norm(dim=2), torch.ones(3, 12), atol=1e-6)
+    for row in range(3):
+        hard = keys[torch.argsort(sim[row], descending=True)[:n]]   # the N hardest, the slow way
+        for h in sel.extra[row]:
+            # some pair (i, j) of the N hardest has h = x n_i + y n_j with x, y >= 0
+            fits = []
+            for i, j in itertools.combinations_with_replacement(range(n), 2):
+                x, y, res = _cone_coefficients(h, hard[i], hard[j])
+                if i == j:
+                    fits.append(res < 1e-5 and x + y > 0)
+                else:
+                    fits.append(res < 1e-5 and x >= -1e-6 and y >= -1e-6)
+            assert any(fits)
+
+
+def test_mochi_query_mixes_weigh_the_query_below_one_half():
+    n = 4
+    pol = MoCHi(n, 0, 200, generator=torch.Generator().manual_seed(2))
+    q, keys, sim, sel = _mochi_step(pol, b=2)
+    assert sel.extra.shape == (2, 200, 8)
+    assert torch.allclose(sel.extra.norm(dim=2), torch.ones(2, 200), atol=1e-6)
+    betas = []
+    for row in range(2):
+        hard = keys[torch.argsort(sim[row], descending=True)[:n]]
+        for h in sel.extra[row]:
+            best = min((_cone_coefficients(h, q[row], hard[j]) for j in range(n)), key=lambda t: t[2])
+            x, y, res = best
+            assert res < 1e-5 and x >= -1e-6 and y > 0
+            betas.append(x / (x + y))                       # the query's weight before normalising
+    betas = torch.tensor(betas)
+    assert betas.max() < 0.5
+    assert betas.max() > 0.45 and betas.min() < 0.05       # beta ~ U[0, 0.5), not a constant
+    # and the recorded draw is the weight that was used
+    assert torch.allclose(pol.last_mix["beta"].flatten().double(), betas.double(), atol=1e-4)
+
+
+def test_mochi_draws_from_the_global_generator_deterministically():
+    pol = MoCHi(6, 8, 4)
+    torch.manual_seed(7)
+    a = _mochi_step(pol)[3].extra
+    torch.manual_seed(7)
+    b = _mochi_step(pol)[3].extra
+    torch.manual_seed(8)
+    c = _mochi_step(pol)[3].extra
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_mochi_extra_is_detached_even_from_inputs_with_gradient():
+    q = _unit(3, 8).requires_grad_(True)
+    keys = _unit(30, 8, seed=1).requires_grad_(True)
+    sel = MoCHi(4, 4, 4)(q.detach() @ keys.detach().T, Candidates(keys=keys, queries=q), 0.0)
+    assert not sel.extra.requires_grad and sel.extra.grad_fn is None
+
+
+def test_mochi_warm_up_in_epochs():
+    pol = parse_policy("mochi[4,2,2,3]")
+    sim = torch.randn(2, 10)
+    cand = Candidates(keys=_unit(10, 4), queries=_unit(2, 4, seed=1))
+    with pytest.raises(PolicyError, match="start"):
+        pol(sim, cand, 0.5)                                # epochs unknown
+    pol.start(10)
+    steps = 7                                              # per epoch; progress = step / (7 * 10)
+    assert pol(sim, cand, (3 * steps - 1) / (10 * steps)).extra is None   # last step of epoch 3 (index 2)
+    assert pol(sim, cand, (3 * steps) / (10 * steps)).extra.shape == (2, 4, 4)  # first step of epoch 4
+    assert parse_policy("mochi[4,2,2]")(sim, cand, 0.0).extra is not None     # no warm-up
+
+
+def test_mochi_works_on_simclr_candidates_through_pool_index():
+    """SimCLR: 2B views, each query's candidates are the other 2B-2 views
+    (pool_index [2B, 2B-2]); mixes come from the query's own candidates."""
+    b2, d, n = 6, 5, 2
+    views = _unit(b2, d, seed=3)
+    partner = torch.arange(b2).reshape(2, -1).flip(0).flatten()    # view i's positive
+    pool_index = torch.stack([torch.tensor([j for j in range(b2) if j not in (i, int(partner[i]))])
+                              for i in range(b2)])                 # [2B, 2B-2]
+    sim = torch.einsum("bd,bkd->bk", views, views[pool_index])
+    pol = MoCHi(n, 3, 0, generator=torch.Generator().manual_seed(0))
+    sel = pol(sim, Candidates(keys=views, queries=views, pool_index=pool_index), 0.0)
+    assert sel.extra.shape == (b2, 3, d)
+    for row in range(b2):
+        own = views[pool_index[row][torch.argsort(sim[row], descending=True)[:n]]]
+        for h in sel.extra[row]:
+            assert min(_cone_coefficients(h, own[0], own[1])[2], _cone_coefficients(h, own[0], own[0])[2],
+                       _cone_coefficients(h, own[1], own[1])[2]) < 1e-5
+
+
+def test_mochi_bad_settings_are_policy_errors():
+    with pytest.raises(PolicyError, match=r"N\*N = 16 pairs"):
+        parse_policy("mochi[4,17,1]")
+    parse_policy("mochi[4,16,1]")                          # exactly N*N is fine
+    with pytest.raises(PolicyError, match="warm-up of 10 epochs"):
+        parse_policy("mochi[4,2,2,10]").validate(100, epochs=10)
+    parse_policy("mochi[4,2,2,9]").validate(100, epochs=10)
+    with pytest.raises(PolicyError, match="only 5 candidates"):
+        parse_policy("mochi[8,4,4]").validate(5)
+    for bad in ("mochi[4,2]", "mochi[4,2,2,1,1]", "mochi[4,2.5,1]", "mochi[0,1,1]", "mochi[4,0,0]", "mochi(4,2,2)"):
+        with pytest.raises(PolicyError, match="allowed"):
+            parse_policy(bad)
+
+
+def test_moco_with_mochi_enqueues_only_keys_and_gives_no_key_encoder_gradient():
+    torch.manual_seed(0)
+    enc = build_encoder("small-cnn", 1, dim=8, width=4)
+    model = MoCo(enc, 8, queue_size=40, momentum=0.9, temperature=0.2, policy=parse_policy("mochi[8,4,4]"),
+                 generator=torch.Generator().manual_seed(1))
+    before = model.queue.keys.clone()
+    x = torch.randn(4, 1, 12, 12)
+    loss, stats = model(x, x, torch.tensor([1, 2, 3, 4]), torch.tensor([7, 8, 9, 10]))
+    assert torch.isfinite(loss) and stats["kept"] == 40 + 8
+    keys, labels, indices = model.queue.ordered()
+    with torch.no_grad():
+        expected = F.normalize(model.encoder_k(x), dim=1)
+    # the 4 new entries are the batch's keys; the other 36 are the old keys, untouched
+    assert torch.allclose(model.queue.keys[:4], expected, atol=1e-5)
+    assert torch.equal(model.queue.keys[4:], before[4:])
+    assert labels[-4:].tolist() == [1, 2, 3, 4] and (labels[:-4] == -1).all()
+    assert model.queue.keys.shape == (40, 8)
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_q.parameters())
+
+
+def test_policy_loss_adds_the_synthetic_logits():
+    q = _unit(3, 8)
+    keys = _unit(20, 8, seed=1)
+    l_pos = torch.tensor([0.5, 0.2, 0.9])
+    pol = MoCHi(4, 3, 2)
+    torch.manual_seed(0)
+    sel = pol(q @ keys.T, Candidates(keys=keys, queries=q), 0.0)
+    got = policy_loss(pol, sel, q, l_pos, q @ keys.T, 0.2)
+    expected = info_nce(l_pos, torch.cat([q @ keys.T, torch.einsum("bd,bsd->bs", q, sel.extra)], 1), None, 0.2)
+    assert torch.allclose(got, expected)
+
+
+# --------------------------------------------------------------------------
+# Schedules, Ring, curricula
+# --------------------------------------------------------------------------
+
+def test_schedules_by_definition():
+    lin, const = Schedule("linear"), Schedule("constant")
+    step, exp = parse_schedule("step4"), parse_schedule("exp2")
+    assert [lin.value(0, 90, e / 10) for e in (0, 5, 10)] == [0, 45, 90]
+    assert const.value(10, 10, 0.7) == 10
+    # step4: stages 0, 30, 60, 90 held on [0, .25), [.25, .5), [.5, .75), [.75, 1]
+    stages = [step.value(0, 90, p) for p in (0, 0.2, 0.25, 0.49, 0.5, 0.74, 0.75, 1.0)]
+    assert stages == [0, 0, 30, 30, 60, 60, 90, 90]
+    assert exp.value(0, 90, 0) == 0 and exp.value(0, 90, 1) == 90
+    assert exp.value(0, 90, 0.5) == pytest.approx(90 * (1 - math.exp(-1)) / (1 - math.exp(-2)))
+    assert parse_schedule("step").name == "step10" and parse_schedule("exponential").name == "exp5"
+    with pytest.raises(PolicyError, match="allowed"):
+        parse_schedule("step1")
+    with pytest.raises(PolicyError, match="allowed"):
+        parse_schedule("cosine")
+
+
+@pytest.mark.parametrize(
+    "policy,epoch,expected",
+    [
+        # Wu et al.'s ring: outer bound 0 -> 90 (all -> hardest 10%), K = 1000, 10 epochs
+        ("ring[0->90,100,linear]", 0, 1000), ("ring[0->90,100,linear]", 1, 910),
+        ("ring[0->90,100,linear]", 5, 550), ("ring[0->90,100,linear]", 10, 100),
+        # step5: stages a = 0, 22.5, 45, 67.5, 90 on [0, .2), [.2, .4), ... [.8, 1]
+        ("ring[0->90,100,step5]", 1, 1000), ("ring[0->90,100,step5]", 2, 775),
+        ("ring[0->90,100,step5]", 7, 325), ("ring[0->90,100,step5]", 10, 100),
+        ("ring[0->90,100,exp5]", 5, 168),        # a = 90 (1 - e^-2.5) / (1 - e^-5) = 83.17
+        ("ring[5,95,constant]", 7, 900),
+        ("ring[0->50,100->90,linear]", 4, 760),  # both bounds move: [20, 96)
+        # curriculum: all -> the hardest 5% (K = 1000)
+        ("curriculum[0,100->95,100,linear]", 0, 1000), ("curriculum[0,100->95,100,linear]", 4, 620),
+        ("curriculum[0,100->95,100,linear]", 10, 50),
+        ("curriculum[0,50->50,100,linear]", 3, 500),   # a window of constant width sliding up
+    ],
+)
+def test_scheduled_bands_keep_the_expected_count_at_given_epochs(policy, epoch, expected):
+    pol = parse_policy(policy)
+    k, epochs, steps = 1000, 10, 3
+    progress = epoch * steps / (epochs * steps)             # the trainer's step / total_steps
+    sim = torch.randn(4, k, generator=torch.Generator().manual_seed(epoch))
+    keep = pol(sim, Candidates(), progress).mask(sim.shape)
+    assert (keep.sum(1) == expected).all()
+
+
+def test_curriculum_counts_round_exactly_on_4096_candidates():
+    pol = parse_policy("curriculum[0,100->95,100,linear]")
+    sim = torch.randn(3, 4096, generator=torch.Generator().manual_seed(0))
+    # progress .5: [47.5, 100) -> round(4096 * 52.5 / 100) = round(2150.4) = 2150
+    assert (pol(sim, Candidates(), 0.5).mask(sim.shape).sum(1) == 2150).all()
+    assert (pol(sim, Candidates(), 1.0).mask(sim.shape).sum(1) == 205).all()    # round(204.8)
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.3, 0.55, 1.0])
+def test_scheduled_band_keeps_the_same_negatives_as_the_fixed_band(progress):
+    pol = parse_policy("ring[10->60,100->90,linear]")
+    sim = torch.randn(5, 400, generator=torch.Generator().manual_seed(1))
+    a, b = pol.bounds(progress)
+    assert (a, b) == (round(10 + 50 * progress, 9), round(100 - 10 * progress, 9))
+    assert torch.equal(pol(sim, Candidates(), progress).mask(sim.shape),
+                       Band("keep", a, b)(sim, Candidates()).mask(sim.shape))
+
+
+@pytest.mark.parametrize(
+    "text,name",
+    [("ring[0->90,100,linear]", "ring[0->90,100,linear]"),
+     ("ring[ 0 -> 90.0 , 100 , step ]", "ring[0->90,100,step10]"),
+     ("ring[10,100]", "ring[10,100,constant]"), ("ring[10,100,linear]", "ring[10,100,constant]"),
+     ("ring[0->90,100,exponential2.5]", "ring[0->90,100,exp2.5]"),
+     ("ring[0->90,100->99,linear]", "ring[0->90,100->99,linear]"),
+     ("curriculum[0,100->95,100,linear]", "curriculum[0,100->95,100,linear]"),
+     ("curriculum[0.0, 100 -> 95, 100, step4]", "curriculum[0,100->95,100,step4]")],
+)
+def test_ring_and_curriculum_canonical_names(text, name):
+    pol = parse_policy(text)
+    assert pol.name == name and "/" not in pol.name
+    assert parse_policy(pol.name).name == name              # the canonical name parses to itself
+    assert not pol.uses_labels
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [("ring[50,40,constant]", "lower bound is not below the upper bound at the start"),
+     ("ring[0->95,90,linear]", "lower bound is not below the upper bound at the end"),
+     ("curriculum[0,100->95,90,linear]", "lower bound is not below the upper bound at the end"),
+     ("ring[-5,100]", "[0, 100]"), ("ring[0->101,100,linear]", "[0, 100]"),
+     ("ring[0->90,100,constant]", "constant"), ("ring[0->90,100]", "need a schedule"),
+     ("ring[0->90,100,cosine]", "unknown schedule"), ("ring[0,90,100,linear]", "malformed ring"),
+     ("curriculum[0,100,95,100,linear]", "malformed curriculum")],
+)
+def test_ring_rejects_bad_policies(text, fragment):
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text)
+    assert fragment in str(e.value) and "allowed" in str(e.value)
+
+
+def test_empty_ring_is_rejected_by_validate():
+    with pytest.raises(PolicyError, match="start of training holds no negative"):
+        parse_policy("ring[99.9,100]").validate(100)          # round(0.1) = 0
+    with pytest.raises(PolicyError, match="end of training holds no negative"):
+        parse_policy("ring[0->99.99,100,linear]").validate(1000)
+    parse_policy("ring[0->99.9,100,linear]").validate(1000)   # one negative at the end
+
+
+# --------------------------------------------------------------------------
+# debiased and hard-negative weighted losses
+# --------------------------------------------------------------------------
+
+L_POS = [0.8, 0.1]
+SIM = [[0.2, -0.4, 0.6], [0.3, 0.0, -1.0]]
+
+
+def _hand(l_pos, sims, t, tau_plus, beta):
+    """Chuang et al. / Robinson et al., one query at a time, in plain floats."""
+    out = []
+    for p, row in zip(l_pos, sims):
+        n = len(row)
+        imp = [math.exp(beta * s / t) for s in row]
+        mean_imp = sum(imp) / n
+        reweighted = sum(w * math.exp(s / t) for w, s in zip(imp, row)) / mean_imp
+        ng = (-tau_plus * n * math.exp(p / t) + reweighted) / (1 - tau_plus)
+        ng = max(ng, n * math.exp(-1 / t))
+        out.append(-math.log(math.exp(p / t) / (math.exp(p / t) + ng)))
+    return sum(out) / len(out)
+
+
+@pytest.mark.parametrize("tau_plus", [0.0, 0.1, 0.3])
+def test_debiased_loss_matches_hand_computation(tau_plus):
+    got = debiased_nce(torch.tensor(L_POS), torch.tensor(SIM), None, 0.5, tau_plus)
+    assert got.item() == pytest.approx(_hand(L_POS, SIM, 0.5, tau_plus, 0.0), rel=1e-6)
+
+
+def test_debiased_clamp_by_hand():
+    # tau+ = 0.5: row 0's estimate (e^.4 + e^-.8 + e^1.2 - 0.5*3*e^1.6) / 0.5 = (5.261 - 7.430) / 0.5 is
+    # negative, so Ng is the clamp 3 e^{-1/t} = 3 e^-2
+    p, row, t = 0.8, SIM[0], 0.5
+    raw = (sum(math.exp(s / t) for s in row) - 0.5 * 3 * math.exp(p / t)) / 0.5
+    assert raw < 0
+    expected = -math.log(math.exp(p / t) / (math.exp(p / t) + 3 * math.exp(-1 / t)))
+    got = debiased_nce(torch.tensor([p]), torch.tensor([row]), None, t, 0.5)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("beta,tau_plus", [(1.0, 0.0), (1.0, 0.1), (0.5, 0.05), (2.0, 0.3)])
+def test_hard_weighted_loss_matches_hand_computation(beta, tau_plus):
+    got = hard_nce(torch.tensor(L_POS), torch.tensor(SIM), None, 0.5, beta, tau_plus)
+    assert got.item() == pytest.approx(_hand(L_POS, SIM, 0.5, tau_plus, beta), rel=1e-6)
+
+
+def test_reweighted_losses_respect_the_keep_mask():
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    kept = [[0.2, 0.6], [0.0, -1.0]]                     # N = 2 for each query
+    for beta, tau_plus in ((0.0, 0.1), (1.0, 0.1)):
+        got = reweighted_nce(torch.tensor(L_POS), torch.tensor(SIM), keep, 0.5, tau_plus, beta)
+        assert got.item() == pytest.approx(_hand(L_POS, kept, 0.5, tau_plus, beta), rel=1e-6)
+    # a removed negative gets no gradient
+    s = torch.tensor(SIM).requires_grad_(True)
+    reweighted_nce(torch.tensor(L_POS), s, keep, 0.5, 0.1, 1.0).backward()
+    assert s.grad[0, 1] == 0 and s.grad[1, 0] == 0 and s.grad[0, 0] != 0
+
+
+def test_neutral_settings_are_info_nce_exactly():
+    g = torch.Generator().manual_seed(0)
+    q, k = _unit(16, 32, seed=1), _unit(16, 32, seed=2)
+    sim = q @ _unit(300, 32, seed=3).T
+    l_pos = (q * k).sum(1)
+    keep = torch.rand(16, 300, generator=g) > 0.3
+    for mask in (None, keep):
+        for t in (0.07, 0.2):
+            ref = info_nce(l_pos, sim, mask, t)
+            assert torch.equal(parse_policy("debiased[0]").loss(l_pos, sim, mask, t), ref)
+            assert torch.equal(parse_policy("hard[0,0]").loss(l_pos, sim, mask, t), ref)
+    # beta = 0 is the debiased loss
+    assert torch.equal(hard_nce(l_pos, sim, keep, 0.2, 0.0, 0.1), debiased_nce(l_pos, sim, keep, 0.2, 0.1))
+
+
+def test_hard_weighted_loss_stays_finite_at_large_beta_and_small_temperature():
+    q = _unit(8, 16)
+    s = (q @ _unit(200, 16, seed=1).T).requires_grad_(True)
+    loss = hard_nce(torch.ones(8) * 0.9, s, None, 0.05, 10.0, 0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_loss_policies_keep_every_negative_and_plug_into_moco():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 12, 12)
+    for text in ("debiased[0.1]", "hard[1,0.1]"):
+        pol = parse_policy(text)
+        assert pol(torch.randn(2, 5), Candidates()).mask((2, 5)) is None
+        assert callable(pol.loss) and not pol.uses_labels
+        model = MoCo(build_encoder("small-cnn", 1, dim=8, width=4), 8, 40, 0.9, 0.2, pol)
+        loss, stats = model(x, x, torch.zeros(4, dtype=torch.long), torch.arange(4))
+        assert torch.isfinite(loss) and stats["kept"] == 40
+        loss.backward()
+
+
+@pytest.mark.parametrize("text,fragment", [("debiased[1]", "[0, 1)"), ("debiased[-0.1]", "[0, 1)"),
+                                           ("hard[-1,0.1]", "beta must be >= 0"), ("hard[1]", "malformed"),
+                                           ("debiased", "malformed"), ("hard[1,0.1,2]", "malformed")])
+def test_loss_policies_reject_bad_settings(text, fragment):
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text)
+    assert fragment in str(e.value) and "allowed" in str(e.value)
+
+
+# --------------------------------------------------------------------------
+# the hard-retaining queue
+# --------------------------------------------------------------------------
+
+def _fill(queue, batches, b=2):
+    """Enqueue ``batches`` batches of ``b`` keys; key n has label n, index 100 + n."""
+    for step in range(batches):
+        ids = torch.arange(step * b, (step + 1) * b)
+        angle = ids.float()
+        keys = torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+        queue.enqueue(keys, ids, 100 + ids)
+
+
+def test_retaining_queue_with_nothing_to_retain_is_fifo():
+    for retain in (0.0, 0.5):                               # 0.5: nothing is hard yet, so nothing is retained
+        a = KeyQueue(6, 2, generator=torch.Generator().manual_seed(0))
+        r = RetainingQueue(6, 2, retain, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(a.keys, r.keys)
+        for n in range(1, 6):
+            _fill(a, 1), _fill(r, 1)
+            a.enqueue(a.keys[:2] * 0 + n, torch.tensor([n, n]), torch.tensor([n, n]))
+            r.enqueue(r.keys[:2] * 0 + n, torch.tensor([n, n]), torch.tensor([n, n]))
+            for x, y in zip(a.ordered(), r.ordered()):
+                assert torch.equal(x, y)
+            assert torch.equal(a.keys, r.keys) and torch.equal(a.newest_first(), r.newest_first())
+
+
+def test_retaining_queue_keeps_the_hard_keys_on_a_hand_made_example():
+    pol = parse_policy("retain-hard[0.34,20]")             # K = 6: R = floor(2.04) = 2; hardest round(1.2) = 1
+    queue = pol.make_queue(6, 2, generator=torch.Generator().manual_seed(0))
+    assert isinstance(queue, RetainingQueue) and queue.retained_slots == 2 and pol.hard_count(6) == 1
+    _fill(queue, 3)                                         # slots 0..5 hold keys 0..5 (key n in slot n)
+    assert queue.labels.tolist() == [0, 1, 2, 3, 4, 5]
+
+    def step(hardest_slots):
+        """Two queries; query i's hardest candidate is the slot ``hardest_slots[i]``."""
+        sim = torch.zeros(2, 6)
+        sim[0, hardest_slots[0]] = 1.0
+        sim[1, hardest_slots[1]] = 1.0
+        assert pol(sim, Candidates(), 0.0).mask(sim.shape) is None      # every negative used
+
+    step([0, 1])                                            # keys 0, 1: hard for 1 of 2 queries each
+    assert queue.frequency().tolist() == [0.5, 0.5, 0, 0, 0, 0]
+    queue.enqueue(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([6, 7]), torch.tensor([106, 107]))
+    # FIFO would evict keys 0 and 1; they are retained, the next oldest (2, 3) go
+    assert queue.labels.tolist() == [0, 1, 6, 7, 4, 5]
+    assert queue.seen.tolist() == [2, 2, 0, 0, 2, 2] and queue.hard.tolist() == [1, 1, 0, 0, 0, 0]
+
+    step([2, 2])                                            # key 6 (slot 2) hard for both: frequency 1
+    assert queue.frequency().tolist() == [0.25, 0.25, 1.0, 0, 0, 0]
+    queue.enqueue(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([8, 9]), torch.tensor([108, 109]))
+    # retained: key 6 (1.0) and, of the tie 0/1 at 0.25, the newer key 1; key 0 is now the oldest
+    # non-retained key and is evicted with key 4 (next oldest)
+    assert queue.labels.tolist() == [8, 1, 6, 7, 9, 5]
+    keys, labels, indices = queue.ordered()
+    assert labels.tolist() == [1, 5, 6, 7, 8, 9]            # oldest first, by insertion
+    assert indices.tolist() == [101, 105, 106, 107, 108, 109]
+    assert queue.labels[queue.newest_first()].tolist() == [9, 8, 7, 6, 5, 1]
+
+
+def test_retaining_queue_refuses_a_batch_larger_than_the_free_slots():
+    queue = RetainingQueue(6, 2, 0.5)
+    with pytest.raises(ValueError, match="non-retained slots"):
+        queue.enqueue(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+def test_moco_asks_the_policy_for_its_queue():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 12, 12)
+    plain = MoCo(build_encoder("small-cnn", 1, dim=8, width=4), 8, 40, 0.9, 0.2, parse_policy("all"))
+    assert type(plain.queue) is KeyQueue
+    pol = parse_policy("retain-hard[0.5]")
+    model = MoCo(build_encoder("small-cnn", 1, dim=8, width=4), 8, 40, 0.9, 0.2, pol)
+    assert isinstance(model.queue, RetainingQueue) and pol.queue is model.queue
+    for i in range(3):
+        loss, stats = model(x, x, torch.full((4,), i), torch.arange(4) + 4 * i)
+        loss.backward()
+        assert stats["kept"] == 40
+    # each step, 4 queries x round(40 * 5 / 100) = 2 hardest were recorded
+    assert int(model.queue.seen.max()) > 0
+    assert {"queue.hard", "queue.seen", "queue.stamp", "queue.clock"} <= set(model.state_dict())
+    assert int(model.queue.clock) == 12
+
+
+def test_retain_hard_validation_and_parsing():
+    assert parse_policy("retain-hard[0.25]").name == "retain-hard[0.25]"
+    assert parse_policy("retain-hard[0.25, 5]").name == "retain-hard[0.25]"
+    assert parse_policy("retain-hard[0.25,10]").name == "retain-hard[0.25,10]"
+    with pytest.raises(PolicyError, match="retains none"):
+        parse_policy("retain-hard[0.01]").validate(50)
+    with pytest.raises(PolicyError, match="no negative"):
+        parse_policy("retain-hard[0.5,1]").validate(40)     # round(0.4) = 0
+    for bad in ("retain-hard[1]", "retain-hard[0]", "retain-hard[0.5,100]", "retain-hard"):
+        with pytest.raises(PolicyError, match="allowed"):
+            parse_policy(bad)
+    # SimCLR (no queue of its own): every negative, nothing recorded
+    pol = RetainHard(0.5)
+    assert pol(torch.randn(2, 4), Candidates(pool_index=torch.zeros(2, 4, dtype=torch.long))).mask((2, 4)) is None
+
+
+# --------------------------------------------------------------------------
+# parsers
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", [mixing, ring, losses, retention])
+def test_each_module_parser_ignores_the_others_forms(module):
+    forms = ["all", "keep[95,100)", "drop[99,100)&same-class", "mochi[4,2,2]", "ring[0->90,100,linear]",
+             "curriculum[0,100->95,100,linear]", "debiased[0.1]", "hard[1,0.1]", "retain-hard[0.25]"]
+    mine = [f for f in forms if module.parse(f) is not None]
+    assert len(mine) >= 1 and all(parse_policy(f).name == module.parse(f).name for f in mine)
+    assert isinstance(module.GRAMMAR, str) and module.GRAMMAR
+
+
+def test_new_policies_do_not_read_labels_and_are_not_replace_mode():
+    for text in ("mochi[4,2,2]", "ring[0->90,100,linear]", "curriculum[0,100->95,100,linear]", "debiased[0.1]",
+                 "hard[1,0.1]", "retain-hard[0.25]"):
+        pol = parse_policy(text)
+        assert pol.uses_labels is False and pol.mode == "drop"
+        with pytest.raises(PolicyError):
+            parse_policy(text + "@replace")
