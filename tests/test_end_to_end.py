@@ -72,21 +72,22 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_tiny_workflow_builds_fig3_table1_and_simclr(tmp_path):
+def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg["pretrain"]["queue_extra"] = 64
     cfg["figures"]["fig3"] = {"removed": ["drop[99,100)", "drop[95,100)"]}
     cfg["figures"]["table1"] = {"removed": ["drop-same-class@replace", "drop[95,100)&other-class@replace"]}
     cfg["figures"]["simclr"] = {"policies": ["keep[95,100)"]}
+    cfg["figures"]["fig_methods"] = {"policies": ["mochi[16,8,4]", "hard[1,0.1]"], "band": "drop[95,100)"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", "fig3", "table1", "simclr"]
+           "--cores", "2", "fig3", "table1", "simclr", "fig_methods"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     figures = tmp_path / "results" / "figures"
-    for name in ("fig3", "table1", "simclr"):
+    for name in ("fig3", "table1", "simclr", "fig_methods"):
         for ext in ("pdf", "png", "csv"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0
     fig3 = pd.read_csv(figures / "fig3.csv")
@@ -103,3 +104,9 @@ def test_tiny_workflow_builds_fig3_table1_and_simclr(tmp_path):
     run = tmp_path / "results" / "fashion-mnist" / "simclr" / "keep[95,100)" / "t0.2" / "seed1"
     assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 3
     assert json.loads((run / "probe.json").read_text())["method"] == "simclr"
+    # the methods: MoCHi adds 8 + 4 synthetic negatives to the 128; each run's training speed is plotted
+    run = tmp_path / "results" / "fashion-mnist" / "moco" / "mochi[16,8,4]" / "t0.2" / "seed0"
+    assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 128 + 12
+    methods = pd.read_csv(figures / "fig_methods.csv")
+    speed = methods[methods.metric == "train_images_per_s"]
+    assert set(speed.policy) == {"all", "drop[95,100)", "mochi[16,8,4]", "hard[1,0.1]"} and (speed["mean"] > 0).all()

@@ -26,7 +26,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from .policies import Band, parse_policy  # noqa: E402
 
 __all__ = ["EVALUATIONS", "RANDOM_INIT", "load_probes", "summarize", "fig2", "against_baseline", "fig3", "table1",
-           "simclr", "load_analyses", "fig4", "fig5",
+           "simclr", "fig_methods", "load_analyses", "fig4", "fig5",
            "fig6", "tables_a4_a6", "build"]
 
 #: probe.json metric prefix -> row label
@@ -220,7 +220,8 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(policy=df["policy"].map(lambda p: p if p == RANDOM_INIT else parse_policy(p).name))
 
 
-def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "all") -> pd.DataFrame:
+def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "all",
+                     extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
     """Each policy of ``labels`` (policy -> row label) and the baseline, per
     temperature and metric: mean, std, n over seeds, the difference of means
     to the baseline at the same temperature, and the two-sided unpaired t-test
@@ -244,6 +245,7 @@ def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "
     if dup.any():
         raise ValueError(f"duplicate runs (policy, temperature, seed):\n{trained.loc[dup, ['policy', 'temperature', 'seed']]}")
     metrics = [f"{e}_{k}" for e in EVALUATIONS for k in ("top1", "top5") if f"{e}_{k}" in trained]
+    metrics += [m for m in extra_metrics if m in trained]
     oracle = trained.groupby("policy")["uses_labels"].any() if "uses_labels" in trained else {}
     rows = []
     for metric in metrics:
@@ -253,7 +255,8 @@ def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "
             for policy, label in labels.items():
                 v = at.loc[at.policy == policy, metric].dropna()
                 same = policy == baseline
-                rows.append(dict(evaluation=metric.rsplit("_", 1)[0], metric=metric, policy=policy, label=label,
+                rows.append(dict(evaluation=metric.rsplit("_", 1)[0] if metric not in extra_metrics else metric,
+                                 metric=metric, policy=policy, label=label,
                                  uses_labels=bool(oracle.get(policy, False)), temperature=t,
                                  mean=v.mean() if len(v) else np.nan, std=v.std(ddof=1) if len(v) > 1 else np.nan,
                                  n=len(v), delta=0.0 if same else v.mean() - base.mean() if len(v) else np.nan,
@@ -270,8 +273,10 @@ def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel:
     colours, markers = _colours(temps), dict(zip(temps, "osD^vP*X"))
     tops = [k for k in ("top1", "top5") if table[table.metric.str.endswith(k)]["mean"].notna().any()]
     evals = [e for e in names if (table.evaluation == e).any()]
+    speed = table[table.metric == "train_images_per_s"]
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(evals), len(tops), figsize=(1.3 * len(labels) * len(tops) + 3, 3.2 * len(evals)),
+        fig, axes = plt.subplots(len(evals) + (not speed.empty), len(tops),
+                                 figsize=(1.3 * len(labels) * len(tops) + 3, 3.2 * (len(evals) + (not speed.empty))),
                                  squeeze=False)
     base_label = table.loc[table.delta.eq(0) & table.p_value.isna(), "label"].iloc[0]
     points = [x for x in labels if x != base_label]
@@ -300,6 +305,17 @@ def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel:
             ax.set_ylabel("accuracy (%)", fontsize=9)
             if i == len(evals) - 1:
                 ax.set_xlabel(xlabel, fontsize=8)
+    if not speed.empty:  # the training cost of each run (methods figure)
+        ax = axes[-1, 0]
+        for k, temp in enumerate(temps):
+            at = speed[speed.temperature == temp].set_index("label").reindex(labels)
+            x = np.arange(len(labels)) + (k - (len(temps) - 1) / 2) * 0.15
+            ax.errorbar(x, at["mean"], yerr=at["std"], color=colours[temp], marker=markers[temp], ls="none", capsize=3)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=15)
+        ax.set_title("training cost", fontsize=10)
+        ax.set_ylabel("images / s (median epoch)", fontsize=9)
+        for ax in axes[-1, 1:]:
+            ax.set_visible(False)
     handles = [Line2D([], [], color=colours[t], marker=markers[t], ls="none", label=f"runs, t={t:g}") for t in temps]
     handles += [Line2D([], [], color=colours[t], label=f"{base_label}, t={t:g}") for t in temps]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
@@ -308,8 +324,9 @@ def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel:
     return fig
 
 
-def _comparison_figure(df: pd.DataFrame, out_prefix, labels: dict[str, str], name: str, xlabel: str) -> pd.DataFrame:
-    table = against_baseline(df, labels)
+def _comparison_figure(df: pd.DataFrame, out_prefix, labels: dict[str, str], name: str, xlabel: str,
+                       extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
+    table = against_baseline(df, labels, extra_metrics=extra_metrics)
     trained = df[df.policy != RANDOM_INIT]
     title = (f"{name} - {_single(trained, 'dataset')} / {_single(trained, 'method')} / "
              f"{_single(trained, 'epochs'):g} epochs: mean $\\pm$ std over {_seed_range(table)} seeds, "
@@ -374,6 +391,17 @@ def simclr(df: pd.DataFrame, out_prefix, policies: list[str]) -> pd.DataFrame:
                           else _removal_label(p.name))
     labels["all"] = "baseline (all negatives)"
     return _comparison_figure(df, out_prefix, labels, "Appendix A.2 (SimCLR)", "negatives used (difficulty percentile)")
+
+
+def fig_methods(df: pd.DataFrame, out_prefix, policies: list[str], band: str) -> pd.DataFrame:
+    """The neighbouring methods (MoCHi, Ring, debiased and hard-weighted
+    losses, curricula, ...) and our best band against the baseline, same
+    data, budget and seeds: top-1 / top-5 with p-values, and each run's
+    training cost (median images/s over its epochs)."""
+    labels = {parse_policy(p).name: parse_policy(p).name for p in policies}
+    labels[parse_policy(band).name] = f"{parse_policy(band).name} (band)"
+    labels["all"] = "baseline (all negatives)"
+    return _comparison_figure(df, out_prefix, labels, "Methods", "policy", extra_metrics=("train_images_per_s",))
 
 
 # ------------------------------------------------------------------ Section 4: figures 4-6, tables A4-A6
@@ -755,6 +783,7 @@ FIGURES = {
     "fig3": lambda paths, out, fig: fig3(load_probes(paths), out, fig["removed"]),
     "table1": lambda paths, out, fig: table1(load_probes(paths), out, fig["removed"]),
     "simclr": lambda paths, out, fig: simclr(load_probes(paths), out, fig["policies"]),
+    "fig_methods": lambda paths, out, fig: fig_methods(load_probes(paths), out, fig["policies"], fig["band"]),
     "fig4": lambda paths, out, fig: fig4(load_analyses(paths)[0], out, **fig),
     "fig5": lambda paths, out, fig: fig5(load_analyses(paths)[0], out, **fig),
     "fig6": lambda paths, out, fig: fig6(load_analyses(paths)[0], out, **fig),

@@ -29,6 +29,8 @@ _POLICIES = {
     "tables_a4_a6": lambda fig: ["all"],
     # appendix A.2: the same question with SimCLR's in-batch negatives
     "simclr": lambda fig: ["all", *fig["policies"]],
+    # the neighbouring methods beside our best band and the baseline
+    "fig_methods": lambda fig: ["all", fig["band"], *fig["policies"]],
 }
 
 #: figures trained with another method than the config's ``method``

@@ -4,7 +4,8 @@
 # with the caption workflow/report/{figure}.rst.
 
 # drawn from the runs' probes (probe.json)
-PROBE_FIGURES = [("fig2", "Figure 2"), ("fig3", "Figure 3"), ("table1", "Table 1"), ("simclr", "Appendix A.2 (SimCLR)")]
+PROBE_FIGURES = [("fig2", "Figure 2"), ("fig3", "Figure 3"), ("table1", "Table 1"), ("simclr", "Appendix A.2 (SimCLR)"),
+                 ("fig_methods", "Methods")]
 # Section 4: drawn from the analyses of the baseline runs (pairs.parquet)
 ANALYSIS_FIGURES = [("fig4", "Figure 4"), ("fig5", "Figure 5"), ("fig6", "Figure 6"), ("tables_a4_a6", "Tables A4-A6")]
 
