@@ -237,10 +237,17 @@ def test_policy_removing_everything(cfg):
     assert "removes every one" in _runs_error(cfg)
 
 
-def test_label_policy_on_a_dataset_without_labels(cfg):
-    cfg["datasets"]["fashion-mnist"]["unlabeled"] = True
+def test_label_policy_on_a_dataset_without_labels(cfg, tmp_path):
+    """STL-10 with its unlabeled split: the oracle policies of Table 1 cannot run."""
+    from conftest import fake_stl10
+
+    fake_stl10(tmp_path / "stl10")
+    cfg["dataset"] = "stl10"
+    cfg["datasets"] = {"stl10": {"root": str(tmp_path / "stl10"), "download": False, "unlabeled": True}}
     msg = _runs_error(cfg)
     assert msg.startswith("figures.table1") and "unlabeled" in msg and "drop-same-class@replace" in msg
+    cfg["datasets"]["stl10"]["unlabeled"] = False
+    check_config(cfg)
 
 
 def test_replace_mode_needs_room_in_the_queue(cfg):

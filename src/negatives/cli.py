@@ -25,7 +25,7 @@ def _log(msg: str) -> None:
 def cmd_prepare(a) -> None:
     from .data import prepare
 
-    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, a.download)
+    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, a.download, **a.settings)
     _log(f"wrote {path}")
 
 
@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--train-images", type=int, default=0)
     q.add_argument("--test-images", type=int, default=0)
     q.add_argument("--download", action="store_true")
+    q.add_argument("--settings", type=_json, default={},
+                   help="JSON of the dataset's other keys in datasets.NAME (storage, stream_above_gb, labels, ...)")
     q.set_defaults(func=cmd_prepare)
 
     for name, func, help_ in (("pretrain", cmd_pretrain, "pretrain one run"),

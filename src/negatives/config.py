@@ -2,7 +2,8 @@
 
 ``workflow/schemas/config.schema.yaml`` checks keys, types and ranges; this
 module checks what a JSON schema cannot: policy strings, relations between
-keys, the dataset registry and the data directory.  Every error names the key
+keys, the dataset registry, the keys each dataset format takes, and the data
+directory (its files, binary sizes and class folders).  Every error names the key
 and what is allowed.  :func:`check_config` also checks the types of the keys
 it reads, so it gives a clear error when called without the schema.
 """
@@ -10,6 +11,8 @@ it reads, so it gives a clear error when called without the schema.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from numbers import Real
 
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
@@ -41,7 +44,48 @@ def _check_type(key: str, value, kind) -> None:
         raise ConfigError(f"{key}: must be {names}, got {value!r}")
 
 
-def _check_dataset(cfg: dict) -> None:
+#: keys every ``datasets.NAME`` entry may have; the others belong to one format
+#: (``negatives.data.DATASETS[name].options``)
+COMMON_DATASET_KEYS = ("root", "download", "train_images", "test_images", "storage", "stream_above_gb")
+
+#: environment variable that turns a missing or malformed data directory into a
+#: warning (to plan a run -- ``snakemake -n`` -- on a machine without the data)
+SKIP_DATA_CHECK = "NEGATIVES_SKIP_DATA_CHECK"
+
+
+def _data_check_wanted(check_data: bool | None) -> bool:
+    if check_data is not None:
+        return check_data
+    return os.environ.get(SKIP_DATA_CHECK, "").strip().lower() not in {"1", "true", "yes", "on"}
+
+
+def _check_dataset_entry(name: str, entry: dict) -> None:
+    """The keys of ``datasets.NAME`` apply to its format and have allowed values."""
+    from .data import DATASETS, STORAGES
+
+    spec = DATASETS[name]
+    for key in entry:
+        if key not in COMMON_DATASET_KEYS and key not in spec.options:
+            owners = [n for n, d in DATASETS.items() if key in d.options]
+            raise ConfigError(f"datasets.{name}.{key}: does not apply to {name} (only to {', '.join(owners) or 'none'}); "
+                              f"allowed keys: {', '.join(COMMON_DATASET_KEYS + spec.options)}")
+    if entry.get("download", False) and spec.downloader is None:
+        raise ConfigError(f"datasets.{name}.download: {name} cannot be downloaded automatically; allowed: false "
+                          f"({spec.hint})")
+    storage = entry.get("storage", "auto")
+    allowed = STORAGES if spec.is_folder else tuple(s for s in STORAGES if s != "stream")
+    if storage not in allowed:
+        raise ConfigError(f"datasets.{name}.storage: {storage!r}; allowed: {', '.join(allowed)}"
+                          + ("" if spec.is_folder else " (stream is only for image folders)"))
+    if "labels" in entry and entry["labels"] not in ("fine", "coarse"):
+        raise ConfigError(f"datasets.{name}.labels: {entry['labels']!r}; allowed: fine, coarse")
+    if "unlabeled" in entry:
+        _check_type(f"datasets.{name}.unlabeled", entry["unlabeled"], bool)
+    if entry.get("image_size") is not None:
+        _check_type(f"datasets.{name}.image_size", entry["image_size"], int)
+
+
+def _check_dataset(cfg: dict, check_data: bool | None = None) -> None:
     from .data import DATASETS, check_root  # lazily: torch/numpy only when needed
 
     allowed = ", ".join(DATASETS)
@@ -54,12 +98,36 @@ def _check_dataset(cfg: dict) -> None:
         raise ConfigError(f"dataset: unknown dataset {name!r}; allowed: {allowed}")
     if name not in datasets:
         raise ConfigError(f"dataset: {name!r} has no entry under datasets (has: {', '.join(datasets) or 'none'})")
+    for other, entry in datasets.items():
+        _check_dataset_entry(other, _get(cfg, f"datasets.{other}", dict))
     root = _get(cfg, f"datasets.{name}.root", str)
-    if not datasets[name].get("download", False):
-        try:
-            check_root(name, root)
-        except FileNotFoundError as e:
+    entry = datasets[name]
+    if entry.get("download", False):
+        return  # the prepare job fetches what is missing
+    options = {k: v for k, v in entry.items() if k in DATASETS[name].options}
+    try:
+        check_root(name, root, **options)
+    except (FileNotFoundError, ValueError) as e:
+        if _data_check_wanted(check_data):
             raise ConfigError(f"datasets.{name}.root: {e}") from None
+        warnings.warn(f"datasets.{name}.root: {e} (not checked further: {SKIP_DATA_CHECK} is set)", stacklevel=2)
+
+
+def _check_evaluate(cfg: dict) -> None:
+    from .evaluate import PROBES
+
+    probe = _get(cfg, "evaluate.probe", str)
+    if probe not in PROBES:
+        raise ConfigError(f"evaluate.probe: {probe!r}; allowed: {', '.join(PROBES)}")
+    if probe != "faithful":
+        return
+    epochs = _get(cfg, "evaluate.faithful.epochs", int)
+    milestones = _get(cfg, "evaluate.faithful.milestones", list)
+    for i, m in enumerate(milestones):
+        _check_type(f"evaluate.faithful.milestones[{i}]", m, int)
+    if any(not 0 < m < epochs for m in milestones) or milestones != sorted(set(milestones)):
+        raise ConfigError(f"evaluate.faithful.milestones: {milestones} must be increasing epochs in 1..{epochs - 1} "
+                          f"(evaluate.faithful.epochs is {epochs})")
 
 
 def _check_pretrain(cfg: dict) -> None:
@@ -77,12 +145,13 @@ def _check_pretrain(cfg: dict) -> None:
         raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
 
 
-def _check_temperatures(cfg: dict) -> None:
-    temps = _get(cfg, "temperatures", list)
+def _check_temperatures(cfg: dict, where: str = "temperatures") -> None:
+    """``temperatures`` (or a figure's own ``figures.NAME.temperatures``)."""
+    temps = _get(cfg, where, list)
     if not temps:
-        raise ConfigError("temperatures: must list at least one temperature")
+        raise ConfigError(f"{where}: must list at least one temperature")
     for i, t in enumerate(temps):
-        key = f"temperatures[{i}]"
+        key = f"{where}[{i}]"
         _check_type(key, t, Real)
         if not t > 0:
             raise ConfigError(f"{key}: must be a positive number, got {t}")
@@ -106,6 +175,9 @@ def _walk_policies(value, key: str, in_list: bool = False):
 
 def _check_figures(cfg: dict) -> None:
     for name, section in _get(cfg, "figures", dict).items():
+        if isinstance(section, dict) and "temperatures" in section:  # the figure's own temperatures
+            _check_temperatures(cfg, f"figures.{name}.temperatures")
+            section = {k: v for k, v in section.items() if k != "temperatures"}
         if name in ANALYSES:  # numbers, not policies: see _check_analysis
             continue
         for key, text in _walk_policies(section, f"figures.{name}"):
@@ -183,13 +255,20 @@ def _check_runs(cfg: dict) -> None:
                                       f"of figures.{figure}")
 
 
-def check_config(cfg: dict) -> None:
-    """Raise :class:`ConfigError` naming the key on the first problem found."""
+def check_config(cfg: dict, check_data: bool | None = None) -> None:
+    """Raise :class:`ConfigError` naming the key on the first problem found.
+
+    ``check_data``: whether a missing or malformed data directory (of the
+    selected dataset, when it is not downloaded) is an error; ``None``: yes,
+    unless the environment sets ``NEGATIVES_SKIP_DATA_CHECK=1``, which makes
+    it a warning (to plan runs with ``snakemake -n`` where the data are not).
+    """
     if not isinstance(cfg, dict):
         raise ConfigError(f"config: must be a mapping, got {type(cfg).__name__}")
     _check_figures(cfg)
     _check_temperatures(cfg)
     _check_pretrain(cfg)
-    _check_dataset(cfg)
+    _check_dataset(cfg, check_data)
+    _check_evaluate(cfg)
     _check_analysis(cfg)
     _check_runs(cfg)

@@ -40,7 +40,7 @@ __all__ = [
 #: the few-label probe is averaged over draws with seeds 0 .. FEWSHOT_DRAWS-1,
 #: the same draws for every run, so runs are compared on the same labelled images
 FEWSHOT_DRAWS = 5
-PROBES = ("fast",)
+PROBES = ("fast", "faithful")  # faithful: negatives.probe, the paper's augmented SGD probe
 
 
 @torch.no_grad()
@@ -171,7 +171,9 @@ def _write_json_atomic(obj: dict, path: str | os.PathLike) -> None:
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
     """Evaluate one checkpoint and write ``probe.json`` to ``out_path``.
 
-    settings: the config's ``evaluate`` section -- ``probe`` ('fast'),
+    settings: the config's ``evaluate`` section -- ``probe`` ('fast', or
+    'faithful': the linear numbers from :func:`negatives.probe.faithful_probe`
+    with the settings under ``faithful``),
     ``knn_k``, ``knn_temperature``, ``fewshot_labels_per_class``, ``threads``
     (and optionally ``device``: cpu | cuda | auto, default cpu).
     Returns the dict written.
@@ -196,7 +198,13 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     x_train = extract_features(encoder, data["train_images"], data["mean"], data["std"])
     x_test = extract_features(encoder, data["test_images"], data["mean"], data["std"])
 
-    linear = topk_accuracy(linear_probe(x_train, y_train, x_test, y_test, num_classes), y_test)
+    if probe == "faithful":
+        from .probe import faithful_probe
+
+        scores = faithful_probe(encoder, data, settings.get("faithful", {}), device)
+    else:
+        scores = linear_probe(x_train, y_train, x_test, y_test, num_classes)
+    linear = topk_accuracy(scores, y_test)
 
     n = int(settings["fewshot_labels_per_class"])
     draws = []

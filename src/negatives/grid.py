@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .policies import parse_policy
 
 __all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds",
-           "random_init_dir", "figure_method", "figure_probes", "figure_pairs", "figure_inputs", "similarity_file",
+           "random_init_dir", "figure_method", "figure_temperatures", "figure_probes", "figure_pairs", "figure_inputs", "similarity_file",
            "figure_outputs"]
 
 #: figure -> the policy strings it trains, read from ``cfg["figures"][figure]``;
@@ -79,13 +79,20 @@ def figure_method(cfg: dict, figure: str) -> str:
     return _METHODS.get(figure, cfg["method"])
 
 
+def figure_temperatures(cfg: dict, figure: str) -> list[float]:
+    """The temperatures a figure's runs train at: its own
+    ``figures.NAME.temperatures`` when given, else the config's."""
+    _check_figure(figure)
+    return list(cfg["figures"].get(figure, {}).get("temperatures", cfg["temperatures"]))
+
+
 def runs_for(cfg: dict, figure: str) -> list[Run]:
     """Every training run a figure plots: each policy at each temperature and seed."""
     method = figure_method(cfg, figure)
     return [
         Run(cfg["dataset"], method, policy, float(t), int(seed))
         for policy in figure_policies(cfg, figure)
-        for t in cfg["temperatures"]
+        for t in figure_temperatures(cfg, figure)
         for seed in cfg["seeds"]
     ]
 
