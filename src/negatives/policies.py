@@ -84,24 +84,33 @@ class Selection:
     keep:  ``[B, K]`` bool, True for a negative the query's loss sees;
     index: ``[B, n]`` int64, the positions of the n negatives each query
            sees (policies that keep the same count for every query: the loss
-           then works on ``[B, n]`` instead of ``[B, K]``).
+           then works on ``[B, n]`` instead of ``[B, K]``);
+    drop_index: ``[B, r]`` int64, distinct positions of the r negatives each
+           query does *not* see, all others kept (for selections that remove a
+           few: the loss zeroes r terms instead of masking ``[B, K]``).
 
-    Neither: every negative is kept.
+    None of them: every negative is kept.
     """
 
     keep: Tensor | None = None
     index: Tensor | None = None
+    drop_index: Tensor | None = None
 
     def mask(self, shape: tuple[int, int], device=None) -> Tensor | None:
         """The selection as a ``[B, K]`` bool mask (None: all kept)."""
         if self.index is not None:
             m = torch.zeros(shape, dtype=torch.bool, device=self.index.device)
             return m.scatter_(1, self.index, True)
+        if self.drop_index is not None:
+            m = torch.ones(shape, dtype=torch.bool, device=self.drop_index.device)
+            return m.scatter_(1, self.drop_index, False)
         return self.keep
 
     def kept_per_query(self, num_candidates: int) -> float:
         if self.index is not None:
             return float(self.index.shape[1])
+        if self.drop_index is not None:
+            return float(num_candidates - self.drop_index.shape[1])
         if self.keep is not None:
             return float(self.keep.sum(1).float().mean())
         return float(num_candidates)
@@ -203,10 +212,18 @@ class Band(NegativePolicy):
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         lo, hi = self.ranks(sim.shape[1])
+        k = sim.shape[1]
         if self.action == "keep":
+            if lo == 0 and 0 < k - hi < hi:
+                # the easiest hi: cheapest as the K - hi hardest removed
+                drop = torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices
+                return Selection(drop_index=drop)
             index, mask = _rank_window(sim, lo, hi)
             return Selection(keep=mask, index=index)
-        return Selection(keep=~_rank_window_mask(sim, lo, hi))
+        index, mask = _rank_window(sim, lo, hi)
+        if index is not None and index.shape[1] < k:
+            return Selection(drop_index=index)      # the band's positions are the removed ones
+        return Selection(keep=~(mask if index is None else Selection(index=index).mask(sim.shape)))
 
 
 # --------------------------------------------------------------------------
