@@ -1,28 +1,46 @@
-"""MoCo v2 augmentation ("aug+"), applied to a whole batch on the training
-device with per-sample random parameters (kornia).
+"""MoCo v2 augmentation ("aug+"), applied to a whole batch on the batch's
+device with per-sample random parameters, in a fixed number of batched tensor
+operations (no per-sample loop).
 
-For each image independently: RandomResizedCrop(scale 0.2-1) back to the
-input size, ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale
-p=0.2, GaussianBlur sigma in [0.1, 2] with p=0.5 (kernel about 10% of the
-image side, odd, at least 3), horizontal flip p=0.5, then normalisation with
-the dataset's channel mean and std.
+For each image independently: RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3)
+back to the input size, ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
+RandomGrayscale p=0.2, GaussianBlur sigma in [0.1, 2] with p=0.5 (kernel about
+10% of the image side, odd, at least 3, reflect padding), horizontal flip
+p=0.5, then normalisation with the dataset's channel mean and std -- the
+torchvision pipeline of the MoCo v2 code, batched:
+
+* crop + resize + flip are one affine map per sample: ``affine_grid`` +
+  ``grid_sample`` (bilinear, border clamping = torchvision's bilinear resize
+  without antialias, which a crop never needs: it is only ever enlarged);
+  crop boxes are drawn like ``torchvision.transforms.RandomResizedCrop``
+  (10 attempts, then the central-crop fallback), all samples at once;
+* colour jitter: brightness, contrast, saturation, hue with per-sample
+  factors (the identity factor for samples it skips), in one random order
+  per batch (torchvision draws the order per image);
+* blur: a per-sample separable Gaussian (a delta kernel for the samples it
+  skips, which is exactly the identity).
 
 Grayscale inputs (one channel) keep only the brightness and contrast parts of
 the jitter: saturation, hue and grayscale conversion need colour.
 
 Input: ``[B, C, H, W]`` uint8 (or float in [0, 1]); output ``[B, C, H, W]``
-float, normalised.  Randomness comes from torch's global generator on the
-batch's device, which the trainer seeds per run.
+float32, normalised, on the input's device.  Randomness comes from the
+``generator`` passed to :meth:`MoCoV2Augment.forward`, by default torch's
+global generator of the batch's device, which the trainer seeds per epoch;
+the draws are made in a fixed order, so a seed fixes the views.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MoCoV2Augment", "Normalize", "blur_kernel_size"]
+__all__ = ["MoCoV2Augment", "Normalize", "blur_kernel_size", "crop_params",
+           "resized_crop_flip", "gaussian_kernels", "blur"]
 
 
 def blur_kernel_size(side: int) -> int:
@@ -44,28 +62,232 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+# ----------------------------------------------------------------- crop + flip
+
+def crop_params(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
+                generator: torch.Generator | None = None, device=None, attempts: int = 10) -> Tensor:
+    """Per-sample RandomResizedCrop boxes ``[B, 4]`` int64 ``(top, left, h, w)``.
+
+    As ``torchvision.transforms.RandomResizedCrop.get_params``, for every
+    sample at once: ``attempts`` candidates (area fraction uniform in
+    ``scale``, log aspect ratio uniform in ``log(ratio)``, sides rounded); the
+    first that fits is taken, with its offset uniform over the valid
+    positions; a sample with no fitting candidate gets torchvision's fallback,
+    the central crop of the whole image clamped to ``ratio``.
+    """
+    area = height * width
+    u = torch.rand(batch, attempts, 2, generator=generator, device=device, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)                       # [B, attempts]
+    first = torch.where(ok.any(1), ok.long().argmax(1), 0)                     # first fitting attempt
+    w = w.gather(1, first[:, None]).squeeze(1)
+    h = h.gather(1, first[:, None]).squeeze(1)
+    # fallback: torchvision's central crop
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    found = ok.any(1)
+    w = torch.where(found, w, fw)
+    h = torch.where(found, h, fh)
+    off = torch.rand(batch, 2, generator=generator, device=device, dtype=torch.float64)
+    top = torch.where(found, (off[:, 0] * (height - h + 1)).long().clamp_max(height - h), (height - fh) // 2)
+    left = torch.where(found, (off[:, 1] * (width - w + 1)).long().clamp_max(width - w), (width - fw) // 2)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _sample_coords(start: Tensor, length: Tensor, out: int, size: int) -> Tensor:
+    """``[B, out]`` normalised (``align_corners=False``) input coordinates at
+    which output pixels ``0 .. out-1`` sample the span ``[start, start+length)``
+    of an input side of ``size`` pixels: ``start + (o + 0.5) length / out - 0.5``,
+    clamped to the span's first and last pixel centres -- torchvision's
+    bilinear resize of the cropped image, edges included."""
+    o = torch.arange(out, device=start.device, dtype=torch.float32) + 0.5
+    start, length = start.float().unsqueeze(1), length.float().unsqueeze(1)
+    src = start + o * (length / out) - 0.5
+    src = torch.minimum(torch.maximum(src, start), start + length - 1)
+    return (2 * src + 1) / size - 1
+
+
+def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    """Float ``[B, C, H, W]`` -> ``[B, C, h, w]`` (default: the input size):
+    each sample's box ``(top, left, h, w)`` resized bilinearly, mirrored
+    left-right where ``flip [B]`` bool.
+
+    The same numbers as ``torchvision``'s ``resized_crop(antialias=False)`` +
+    ``horizontal_flip`` per image, for the whole batch in one ``grid_sample``:
+    the sampling grid is each sample's affine map (scale ``w / W``, offset
+    ``(2 left + w) / W - 1``, the x scale negated by a flip) evaluated at the
+    output pixel centres, separably in x and y, with coordinates clamped to
+    the box's edge pixels as resizing the cropped image does.
+    """
+    b, c, hgt, wid = x.shape
+    oh, ow = size or (hgt, wid)
+    boxes, flip = boxes.to(x.device), flip.to(x.device)
+    gx = _sample_coords(boxes[:, 1], boxes[:, 3], ow, wid)                   # [B, ow]
+    gx = torch.where(flip.unsqueeze(1), gx.flip(1), gx)
+    gy = _sample_coords(boxes[:, 0], boxes[:, 2], oh, hgt)                   # [B, oh]
+    grid = torch.stack(torch.broadcast_tensors(gx.unsqueeze(1), gy.unsqueeze(2)), dim=-1)  # [B, oh, ow, 2]
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ------------------------------------------------------------------ colour ops
+
+def _gray(x: Tensor) -> Tensor:
+    """ITU-R 601-2 luma ``[B, 1, H, W]`` of RGB ``[B, 3, H, W]`` (torchvision's weights)."""
+    r, g, b = x.unbind(1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """``clamp(factor x + (1 - factor) other, 0, 1)``; factor ``[B, 1, 1, 1]``."""
+    return (factor * x + (1 - factor) * other).clamp_(0, 1)
+
+
+def _rgb_to_hsv(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_div = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+def _hsv_to_rgb(x: Tensor) -> Tensor:
+    """HSV -> RGB, ``c_n = v - v s clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6h) mod 6``,
+    n = 5, 3, 1 for R, G, B (the same values as torchvision's table form)."""
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h, 6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+
+
+def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """torchvision's ``adjust_hue`` with a per-sample shift ``[B]`` in [-0.5, 0.5]."""
+    hsv = _rgb_to_hsv(x)
+    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
+    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+
+
+# ------------------------------------------------------------------------ blur
+
+def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
+    """``[B, size]`` normalised 1-d Gaussians (torchvision's); sigma ``[B]``."""
+    half = (size - 1) * 0.5
+    t = torch.linspace(-half, half, size, device=sigma.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma.float().unsqueeze(1)).pow(2))
+    return k / k.sum(1, keepdim=True)
+
+
+def blur(x: Tensor, kernels: Tensor) -> Tensor:
+    """Separable per-sample blur, reflect padding; x ``[B, C, H, W]``, kernels ``[B, k]``."""
+    k = kernels.shape[1]
+    r = k // 2
+    wts = kernels.to(x.dtype).view(x.shape[0], 1, 1, 1, k)
+    xp = F.pad(x, (r, r, 0, 0), mode="reflect")
+    w = x.shape[3]
+    y = sum(wts[..., t] * xp[..., t:t + w] for t in range(k))
+    yp = F.pad(y, (0, 0, r, r), mode="reflect")
+    h = x.shape[2]
+    return sum(wts[..., t] * yp[..., t:t + h, :] for t in range(k))
+
+
+# --------------------------------------------------------------------- module
+
 class MoCoV2Augment(nn.Module):
     """Batched MoCo v2 augmentation; see the module docstring."""
 
     def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float],
                  crop_scale: tuple[float, float] = (0.2, 1.0), blur: bool = True):
         super().__init__()
-        import kornia.augmentation as K
-
-        ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=crop_scale)]
-        if channels == 3:
-            ops += [K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
-        else:
-            ops += [K.ColorJitter(0.4, 0.4, 0.0, 0.0, p=0.8)]
-        if blur:
-            k = blur_kernel_size(size)
-            ops.append(K.RandomGaussianBlur((k, k), (0.1, 2.0), p=0.5))
-        ops.append(K.RandomHorizontalFlip())
-        self.ops = nn.Sequential(*ops)
+        self.size = size
+        self.channels = channels
+        self.crop_scale = tuple(crop_scale)
+        self.crop_ratio = (3 / 4, 4 / 3)
+        colour = channels == 3
+        #: ColorJitter(brightness, contrast, saturation, hue) and its probability
+        self.jitter = (0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0)
+        self.jitter_p = 0.8
+        self.grayscale_p = 0.2 if colour else 0.0
+        self.blur_p = 0.5 if blur else 0.0
+        self.blur_sigma = (0.1, 2.0)
+        self.blur_size = blur_kernel_size(size)
+        self.flip_p = 0.5
         self.normalize = Normalize(mean, std)
 
     @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        b, c, h, w = x.shape
+        dev = x.device
+        g = generator
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=g, device=dev)
+
+        # every draw, in a fixed order
+        boxes = crop_params(b, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)
+        flip = rand(b) < self.flip_p
+        bri, con, sat, hue = self.jitter
+        jit = rand(b) < self.jitter_p
+        f = rand(b, 4)
+        # the jitter's order is control flow: drawn on the CPU (the passed
+        # generator if it is a CPU one, else torch's global CPU generator,
+        # which torch.manual_seed seeds too), so a GPU batch needs no host sync
+        cpu_g = g if g is not None and g.device.type == "cpu" else None
+        order = torch.randperm(4, generator=cpu_g).tolist()
+        gray = rand(b) < self.grayscale_p
+        blur_on = rand(b) < self.blur_p
+        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * rand(b)
+
         if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        return self.normalize(self.ops(x))
+            x = x.float()
+            scale = 1.0 / 255.0
+        else:
+            x = x.float()
+            scale = 1.0
+        y = resized_crop_flip(x, boxes, flip, (self.size, self.size))
+        if scale != 1.0:
+            y.mul_(scale)
+
+        one = torch.ones((), device=dev)
+        view = (b, 1, 1, 1)
+        factors = {
+            0: torch.where(jit, 1 - bri + 2 * bri * f[:, 0], one).view(view),
+            1: torch.where(jit, 1 - con + 2 * con * f[:, 1], one).view(view),
+            2: torch.where(jit, 1 - sat + 2 * sat * f[:, 2], one).view(view),
+            3: torch.where(jit, -hue + 2 * hue * f[:, 3], 0 * one),
+        }
+        if self.jitter_p > 0:
+            for op in order:
+                if op == 0 and bri:
+                    y = (y * factors[0]).clamp_(0, 1)
+                elif op == 1 and con:
+                    lum = _gray(y) if c == 3 else y
+                    y = _blend(y, lum.mean(dim=(1, 2, 3), keepdim=True), factors[1])
+                elif op == 2 and sat:
+                    y = _blend(y, _gray(y), factors[2])
+                elif op == 3 and hue:
+                    y = torch.where(jit.view(view), _adjust_hue(y, factors[3]), y)
+        if self.grayscale_p > 0:
+            y = torch.where(gray.view(view), _gray(y).expand_as(y), y)
+        if self.blur_p > 0:
+            k = gaussian_kernels(sigma, self.blur_size)
+            delta = torch.zeros_like(k)
+            delta[:, self.blur_size // 2] = 1.0
+            y = blur(y, torch.where(blur_on.unsqueeze(1), k, delta))
+        return self.normalize(y)

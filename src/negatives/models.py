@@ -18,11 +18,69 @@ from torch import Tensor, nn
 __all__ = ["SplitBatchNorm2d", "SmallCNN", "resnet", "MLPHead", "Encoder", "build_encoder", "BACKBONES"]
 
 
+class _SplitBatchNormFn(torch.autograd.Function):
+    """Training-mode batch-norm of ``num_splits`` contiguous sub-batches,
+    written straight into one output tensor (no ``torch.cat`` of the
+    per-split outputs, no copy in backward): each split goes through
+    ``native_batch_norm`` / ``native_batch_norm_backward`` with ``out=`` the
+    split's slice.  Chunks along the batch of a contiguous or channels-last
+    tensor are themselves contiguous in that format, so the slices are valid
+    outputs.  Returns the output and the per-split updated running statistics
+    ``[s, C]``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, s: int, momentum: float, eps: float):
+        out = torch.empty_like(x)
+        c = x.shape[1]
+        means = running_mean.detach().expand(s, c).clone()
+        vars_ = running_var.detach().expand(s, c).clone()
+        save_mean = x.new_empty((s, c), dtype=running_mean.dtype)
+        save_invstd = x.new_empty((s, c), dtype=running_mean.dtype)
+        for i, (xc, oc) in enumerate(zip(x.chunk(s), out.chunk(s))):
+            torch.ops.aten.native_batch_norm.out(xc, weight, bias, means[i], vars_[i], True, momentum, eps,
+                                                 out=oc, save_mean=save_mean[i], save_invstd=save_invstd[i])
+        ctx.save_for_backward(x, weight, save_mean, save_invstd)
+        ctx.s, ctx.eps = s, eps
+        ctx.mark_non_differentiable(means, vars_)
+        return out, means, vars_
+
+    @staticmethod
+    def backward(ctx, grad_out, _gm, _gv):
+        x, weight, save_mean, save_invstd = ctx.saved_tensors
+        s = ctx.s
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_out = grad_out.contiguous(memory_format=_format_of(x))
+        gx = torch.empty_like(x) if need_x else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(weight) if need_b else None
+        dw, db = torch.empty_like(weight), torch.empty_like(weight)
+        gx_chunks = gx.chunk(s) if need_x else [None] * s
+        for i, (g, xc, gxc) in enumerate(zip(grad_out.chunk(s), x.chunk(s), gx_chunks)):
+            torch.ops.aten.native_batch_norm_backward.out(
+                g, xc, weight, None, None, save_mean[i], save_invstd[i], True, ctx.eps,
+                [need_x, need_w, need_b], out0=gxc if need_x else xc.new_empty(0), out1=dw, out2=db)
+            if need_w:
+                gw += dw
+            if need_b:
+                gb += db
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _format_of(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """Batch-norm whose training statistics are computed over ``num_splits``
     equal sub-batches, standing in for shuffle-BN on a single device (the
     batch is the concatenation of the sub-batches).  In eval mode it is plain
-    batch-norm with the running statistics averaged over the splits."""
+    batch-norm with the running statistics averaged over the splits.
+
+    On CPU the splits are normalised into one preallocated output
+    (:class:`_SplitBatchNormFn`); elsewhere per-split ``F.batch_norm`` and a
+    concatenation.  Both give the same numbers."""
 
     def __init__(self, num_features: int, num_splits: int = 1, **kw):
         super().__init__(num_features, **kw)
@@ -34,20 +92,26 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if x.shape[0] % s:
             raise ValueError(f"batch of {x.shape[0]} cannot be split into {s} batch-norm splits")
-        # each split is normalised by its own statistics; chunks along the
-        # batch keep the memory format (channels_last stays fast on CPU)
-        outs, means, vars_ = [], [], []
-        for chunk in x.chunk(s):
-            mean, var = self.running_mean.clone(), self.running_var.clone()
-            outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias,
-                                     training=True, momentum=self.momentum, eps=self.eps))
-            means.append(mean)
-            vars_.append(var)
+        if (x.device.type == "cpu" and self.affine and self.track_running_stats and x.dim() == 4
+                and x.dtype == self.weight.dtype):
+            out, means, vars_ = _SplitBatchNormFn.apply(x, self.weight, self.bias, self.running_mean,
+                                                        self.running_var, s, self.momentum, self.eps)
+        else:
+            # each split is normalised by its own statistics; chunks along the
+            # batch keep the memory format
+            outs, ms, vs = [], [], []
+            for chunk in x.chunk(s):
+                mean, var = self.running_mean.clone(), self.running_var.clone()
+                outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias,
+                                         training=True, momentum=self.momentum, eps=self.eps))
+                ms.append(mean)
+                vs.append(var)
+            out, means, vars_ = torch.cat(outs), torch.stack(ms), torch.stack(vs)
         with torch.no_grad():  # running statistics: the average of the splits' updates
-            self.running_mean.copy_(torch.stack(means).mean(0))
-            self.running_var.copy_(torch.stack(vars_).mean(0))
+            self.running_mean.copy_(means.mean(0))
+            self.running_var.copy_(vars_.mean(0))
             self.num_batches_tracked.add_(1)
-        return torch.cat(outs)
+        return out
 
 
 def _norm(num_splits: int):
@@ -68,9 +132,14 @@ class SmallCNN(nn.Module):
         norm = _norm(num_splits)
 
         def block(cin, cout, pool):
-            layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True)]
+            # max-pool before ReLU: the same function (ReLU is monotone, so
+            # relu(maxpool(x)) == maxpool(relu(x))) with the ReLU and its
+            # backward on a quarter of the elements; the modules keep their
+            # positions' parameters, so state dicts are unchanged
+            layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout)]
             if pool:
                 layers.append(nn.MaxPool2d(2))
+            layers.append(nn.ReLU(inplace=True))
             return layers
 
         self.features = nn.Sequential(

@@ -150,9 +150,12 @@ class Selection:
     keep:  ``[B, K]`` bool, True for a negative the query's loss sees;
     index: ``[B, n]`` int64, the positions of the n negatives each query
            sees (policies that keep the same count for every query: the loss
-           then works on ``[B, n]`` instead of ``[B, K]``).
+           then works on ``[B, n]`` instead of ``[B, K]``);
+    drop_index: ``[B, r]`` int64, distinct positions of the r negatives each
+           query does *not* see, all others kept (for selections that remove a
+           few: the loss zeroes r terms instead of masking ``[B, K]``).
 
-    Neither: every negative is kept.  Besides, optionally
+    None of them: every negative is kept.  Besides, optionally
 
     extra: ``[B, s, D]`` synthetic negatives (unit norm, detached) that the
            loss adds to each query's negatives; they never enter the queue.
@@ -160,6 +163,7 @@ class Selection:
 
     keep: Tensor | None = None
     index: Tensor | None = None
+    drop_index: Tensor | None = None
     extra: Tensor | None = None
 
     def mask(self, shape: tuple[int, int], device=None) -> Tensor | None:
@@ -167,12 +171,17 @@ class Selection:
         if self.index is not None:
             m = torch.zeros(shape, dtype=torch.bool, device=self.index.device)
             return m.scatter_(1, self.index, True)
+        if self.drop_index is not None:
+            m = torch.ones(shape, dtype=torch.bool, device=self.drop_index.device)
+            return m.scatter_(1, self.drop_index, False)
         return self.keep
 
     def kept_per_query(self, num_candidates: int) -> Tensor:
         """Mean count of negatives a query sees (a 0-d tensor: no host sync)."""
         if self.index is not None:
             n = torch.tensor(float(self.index.shape[1]))
+        elif self.drop_index is not None:
+            n = torch.tensor(float(num_candidates - self.drop_index.shape[1]))
         elif self.keep is not None:
             n = self.keep.sum(1).float().mean()
         else:
@@ -313,10 +322,18 @@ class Band(NegativePolicy):
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         lo, hi = self.ranks(sim.shape[1])
+        k = sim.shape[1]
         if self.action == "keep":
+            if lo == 0 and 0 < k - hi < hi:
+                # the easiest hi: cheapest as the K - hi hardest removed
+                drop = torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices
+                return Selection(drop_index=drop)
             index, mask = _rank_window(sim, lo, hi)
             return Selection(keep=mask, index=index)
-        return Selection(keep=~_rank_window_mask(sim, lo, hi))
+        index, mask = _rank_window(sim, lo, hi)
+        if index is not None and index.shape[1] < k:
+            return Selection(drop_index=index)      # the band's positions are the removed ones
+        return Selection(keep=~(mask if index is None else Selection(index=index).mask(sim.shape)))
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         lo, hi = self.ranks(num_candidates)

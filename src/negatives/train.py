@@ -118,10 +118,13 @@ def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) 
 
 
 class _KnnMonitor:
-    """kNN accuracy on a fixed slice of the data (cheap, once an epoch)."""
+    """kNN accuracy on a fixed slice of the data (cheap, once an epoch, or
+    every ``every`` epochs and after the last; NaN in the log otherwise)."""
 
-    def __init__(self, data: dict, n: int, device):
+    def __init__(self, data: dict, n: int, device, every: int = 1, epochs: int = 0):
         self.n = n
+        self.every = max(1, int(every))
+        self.epochs = epochs
         if n <= 0:
             return
         self.xtr, self.ytr = data["train_images"][:n], data["train_labels"][:n]
@@ -129,8 +132,12 @@ class _KnnMonitor:
         self.mean, self.std = data["mean"], data["std"]
         self.num_classes = len(data["classes"])
 
-    def __call__(self, encoder) -> float:
-        if self.n <= 0:
+    def due(self, epoch: int) -> bool:
+        """Whether the monitor runs after (0-based) ``epoch``."""
+        return self.n > 0 and ((epoch + 1) % self.every == 0 or epoch + 1 >= self.epochs)
+
+    def __call__(self, encoder, epoch: int | None = None) -> float:
+        if self.n <= 0 or (epoch is not None and not self.due(epoch)):
             return float("nan")
         from .evaluate import extract_features, knn_classify, topk_accuracy
 
@@ -189,7 +196,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
         start_epoch, rows = state["epoch"], state["log"]
         log(f"resuming from {last} at epoch {start_epoch}")
 
-    monitor = _KnnMonitor(data, s.knn_monitor, device)
+    monitor = _KnnMonitor(data, s.knn_monitor, device, every=getattr(s, "knn_monitor_every", 1), epochs=s.epochs)
     steps_per_epoch = n // s.batch_size
     total_steps = steps_per_epoch * s.epochs
     step = start_epoch * steps_per_epoch
@@ -214,22 +221,25 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
             x_k = aug(x).contiguous(memory_format=channels_last)
             with autocast():
                 loss, stats = model(x_q, x_k, labels[idx], idx, progress=step / max(1, total_steps))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
-                    f"({last if last.exists() else 'none'}) is left intact"
-                )
+            # a host sync: every step on CPU (free there), only at the end of
+            # the epoch on a GPU (a non-finite loss makes every later one
+            # non-finite too, and nothing is saved before the check)
+            if device.type == "cpu" and not torch.isfinite(loss):
+                _non_finite(loss, epoch, i, last)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
-            kept_sum = kept_sum + stats["kept"]
+            kept_sum = kept_sum + stats["kept"].detach()
             done += 1
             step += 1
+        if not torch.isfinite(loss_sum):
+            _non_finite(loss_sum, epoch, done - 1, last)
+        kept_sum = float(kept_sum)
         elapsed = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1, "loss": float(loss_sum) / max(1, done), "lr": lr,
-            "knn_top1": monitor(model.encoder_q), "images_per_s": done * s.batch_size / max(elapsed, 1e-9),
+            "knn_top1": monitor(model.encoder_q, epoch), "images_per_s": done * s.batch_size / max(elapsed, 1e-9),
             "negatives_kept": float(kept_sum) / max(1, done), "seconds": elapsed,
         }
         rows.append(row)
@@ -247,6 +257,13 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
                   "model": model.state_dict(), "log": rows}, final)
     last.unlink(missing_ok=True)
     return final
+
+
+def _non_finite(loss, epoch: int, step: int, last: Path):
+    raise FloatingPointError(
+        f"non-finite loss {loss.item()} at epoch {epoch} step {step}; the last good checkpoint "
+        f"({last if last.exists() else 'none'}) is left intact"
+    )
 
 
 def _write_log(rows: list[dict], path: Path) -> None:

@@ -1,0 +1,147 @@
+"""The fast paths give the numbers of the plain ones (CPU, not timed):
+our InfoNCE against the reference cross-entropy formulation (facebookresearch/moco),
+for `all` and for bands; the batched crop against per-image torchvision;
+split batch-norm against per-split F.batch_norm."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+from negatives.augment import MoCoV2Augment, crop_params, resized_crop_flip
+from negatives.models import SplitBatchNorm2d, build_encoder
+from negatives.moco import MoCo, info_nce
+from negatives.policies import parse_policy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference import ReferenceMoCo, reference_loss  # noqa: E402
+
+
+def _embeddings(b=16, k=200, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    key = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    queue = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    return q, key, queue
+
+
+@pytest.mark.parametrize("policy", ["all", "keep[95,100)", "keep[0,95)", "keep[40,60)", "drop[99.9,100)",
+                                    "drop[0,90)", "drop[10,20)", "keep[5,100)"])
+@pytest.mark.parametrize("tau", [0.2, 0.07])
+def test_info_nce_equals_reference_cross_entropy(policy, tau):
+    q, key, queue = _embeddings()
+    pol = parse_policy(policy)
+    sim = q @ queue.T
+    sel = pol(sim, None)
+    mask = sel.mask(sim.shape)
+    ref = reference_loss(q, key, queue, tau, mask)
+    s = sim.clone().requires_grad_(True)
+    neg = s if sel.index is None else s.gather(1, sel.index)
+    ours = info_nce((q * key).sum(1), neg, sel.keep, tau, drop_index=sel.drop_index)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    ours.backward()
+    s_ref = sim.clone().requires_grad_(True)
+    logits = torch.cat([(q * key).sum(1, keepdim=True),
+                        s_ref if mask is None else s_ref.masked_fill(~mask, float("-inf"))], 1) / tau
+    F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long)).backward()
+    torch.testing.assert_close(s.grad, s_ref.grad, rtol=1e-4, atol=1e-6)
+    if mask is not None:
+        assert (s.grad[~mask] == 0).all()  # removed negatives get exactly no gradient
+        assert sel.kept_per_query(sim.shape[1]) == mask.sum(1).float().mean().item()
+
+
+def test_drop_index_selections_are_exact_counts():
+    sim = torch.rand(8, 4096)
+    for policy, kept in (("keep[0,95)", 3891), ("drop[99.9,100)", 4092), ("drop[10,20)", 4096 - 410)):
+        sel = parse_policy(policy)(sim, None)
+        assert sel.drop_index is not None
+        assert (sel.mask(sim.shape).sum(1) == kept).all() and sel.kept_per_query(4096) == kept
+
+
+def test_moco_step_equals_reference_moco_step():
+    """Same encoder weights, queue and views: our MoCo loss equals builder.py's cross-entropy."""
+    for policy in ("all", "keep[0,95)", "keep[90,95)"):
+        torch.manual_seed(0)
+        enc = build_encoder("small-cnn", 1, dim=8, width=4, num_splits=2)
+        ours = MoCo(enc, 8, 40, 0.9, 0.2, parse_policy(policy), generator=torch.Generator().manual_seed(3))
+        ref = ReferenceMoCo(build_encoder("small-cnn", 1, dim=8, width=4, num_splits=2), 8, 40, 0.9, 0.2)
+        ref.load_state_dict({**{k: v for k, v in ref.state_dict().items() if not k.startswith("encoder")},
+                             **{k: v for k, v in ours.state_dict().items() if k.startswith("encoder")}}, strict=True)
+        ref.queue.copy_(ours.queue.keys.T)
+        x_q, x_k = torch.randn(4, 1, 12, 12), torch.randn(4, 1, 12, 12)
+        loss, _ = ours(x_q, x_k, torch.zeros(4, dtype=torch.long), torch.arange(4))
+        logits, labels = ref(x_q, x_k, None if policy == "all" else parse_policy(policy))
+        torch.testing.assert_close(loss, F.cross_entropy(logits, labels), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.queue.keys, ref.queue.T, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_crop_equals_per_image_torchvision():
+    g = torch.Generator().manual_seed(0)
+    for (h, w), out in (((28, 28), (28, 28)), ((32, 17), (20, 24))):
+        x = torch.randint(0, 256, (32, 3, h, w), dtype=torch.uint8, generator=g).float()
+        boxes = crop_params(32, h, w, (0.2, 1.0), generator=g)
+        flip = torch.rand(32, generator=g) < 0.5
+        y = resized_crop_flip(x, boxes, flip, out)
+        for i in range(32):
+            ref = TF.resized_crop(x[i], *boxes[i].tolist(), list(out), antialias=False)
+            if flip[i]:
+                ref = TF.horizontal_flip(ref)
+            torch.testing.assert_close(y[i], ref, rtol=0, atol=1e-3)  # pixel values 0..255
+
+
+def test_split_batchnorm_fast_path_equals_per_split_batch_norm():
+    torch.manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(12, 5, 6, 6).contiguous(memory_format=fmt).requires_grad_(True)
+        bn = SplitBatchNorm2d(5, num_splits=3)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-1, 1)
+        ref_rm, ref_rv = bn.running_mean.clone(), bn.running_var.clone()
+        y = bn(x)
+        gy = torch.randn_like(y)
+        gx, gw, gb = torch.autograd.grad(y, (x, bn.weight, bn.bias), gy)
+        outs, ms, vs = [], [], []
+        for chunk in x.chunk(3):
+            m, v = ref_rm.clone(), ref_rv.clone()
+            outs.append(F.batch_norm(chunk, m, v, bn.weight, bn.bias, True, 0.1, 1e-5))
+            ms.append(m)
+            vs.append(v)
+        ref = torch.cat(outs)
+        rx, rw, rb = torch.autograd.grad(ref, (x, bn.weight, bn.bias), gy)
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(gx, rx)
+        torch.testing.assert_close(gw, rw)
+        torch.testing.assert_close(gb, rb)
+        torch.testing.assert_close(bn.running_mean, torch.stack(ms).mean(0))
+        torch.testing.assert_close(bn.running_var, torch.stack(vs).mean(0))
+        assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
+
+
+def test_small_cnn_pool_before_relu_is_the_same_function():
+    torch.manual_seed(0)
+    enc = build_encoder("small-cnn", 1, dim=8, width=4).eval()
+    x = torch.randn(3, 1, 12, 12)
+    f = enc.backbone.features
+    y = x
+    for m in f:  # the original order, ReLU before max-pool
+        y = m(y) if not isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) else y
+        if isinstance(m, torch.nn.BatchNorm2d):
+            y = torch.relu(y)
+        if isinstance(m, torch.nn.MaxPool2d):
+            y = m(y)
+    torch.testing.assert_close(enc.represent(x), y)
+    assert list(enc.state_dict()) == [k for k in enc.state_dict()]  # keys unchanged by the reorder
+    assert "backbone.features.1.weight" in enc.state_dict() and "backbone.features.5.weight" in enc.state_dict()
+
+
+def test_augment_runs_on_float_and_uint8_alike():
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    aug = MoCoV2Augment(16, 3, [0.5] * 3, [0.25] * 3)
+    torch.manual_seed(3)
+    a = aug(x)
+    torch.manual_seed(3)
+    b = aug(x.float() / 255)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
