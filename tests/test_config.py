@@ -72,7 +72,7 @@ BAD = [
     ("figures.table1.removed[0]", "keep[95,100)@replace", ["figures.table1.removed[0]", "removal policy"]),
     ("dataset", "cifar11", ["dataset", "unknown dataset 'cifar11'", "allowed: fashion-mnist"]),
     ("datasets.fashion-mnist.root", "/nonexistent/fmnist", ["datasets.fashion-mnist.root", "does not exist"]),
-    ("analysis.queries", 9000, ["analysis.queries", "10000 training images", "datasets.fashion-mnist.train_images"]),
+    ("analysis.queries", 7000, ["analysis.queries", "8000 training images", "datasets.fashion-mnist.train_images"]),
     ("analysis.negatives", "2000", ["analysis.negatives", "must be int"]),
     ("figures.fig4.hard_cut", 99.99, ["figures.fig4.hard_cut", "leaves 0 of the 2000 negatives", "hard"]),
     ("figures.fig4.hard_cut", "95", ["figures.fig4.hard_cut", "must be number"]),  # not taken for a policy

@@ -51,6 +51,7 @@ class PretrainSettings:
     crop_scale_min: float = 0.2
     blur: bool = True
     knn_monitor: int = 2000        # images of the train/test split used by the per-epoch kNN monitor (0: off)
+    knn_monitor_every: int = 1     # run the kNN monitor every N epochs and after the last
     max_steps: int = 0             # stop after this many steps in total (0: no limit; for tests)
 
     @classmethod
@@ -196,7 +197,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
         start_epoch, rows = state["epoch"], state["log"]
         log(f"resuming from {last} at epoch {start_epoch}")
 
-    monitor = _KnnMonitor(data, s.knn_monitor, device, every=getattr(s, "knn_monitor_every", 1), epochs=s.epochs)
+    monitor = _KnnMonitor(data, s.knn_monitor, device, every=s.knn_monitor_every, epochs=s.epochs)
     steps_per_epoch = n // s.batch_size
     total_steps = steps_per_epoch * s.epochs
     step = start_epoch * steps_per_epoch
