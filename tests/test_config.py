@@ -262,3 +262,18 @@ def test_replace_mode_with_simclr(cfg):
     cfg["figures"]["simclr"]["policies"] = ["drop[95,100)@replace"]
     msg = _runs_error(cfg)
     assert msg.startswith("figures.simclr") and "replace mode" in msg
+
+
+@pytest.mark.parametrize("policy, needles", [
+    ("mochi[16,300,8]", ["s = 300", "16"]),                 # more mixes than pairs of the 16 hardest
+    ("mochi[256,128,64,8]", ["warm-up", "8"]),              # warm-up as long as training (8 epochs)
+    ("ring[60,40,constant]", ["lower", "upper"]),           # ring upside down
+], ids=["mochi-s-over-N2", "mochi-warmup", "ring-inverted"])
+def test_method_settings_that_make_no_sense(cfg, policy, needles):
+    cfg["figures"]["fig_methods"]["policies"] = [policy]
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    msg = str(err.value)
+    assert msg.startswith("figures.fig_methods"), msg
+    for needle in needles:
+        assert needle in msg, msg
