@@ -94,3 +94,18 @@ def test_augmentation_deterministic_under_a_passed_generator():
     b = aug(x, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     assert not torch.equal(a, aug(x, generator=torch.Generator().manual_seed(8)))
+
+
+def test_resnet_stems():
+    from negatives.models import build_encoder
+
+    small = build_encoder("resnet18", 3, dim=8, small_stem=True).backbone
+    large = build_encoder("resnet18", 3, dim=8, small_stem=False).backbone
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and large.conv1.stride == (2, 2)
+    assert isinstance(large.maxpool, torch.nn.MaxPool2d)
+    x = torch.zeros(2, 3, 64, 64)
+    # the ImageNet stem downsamples 4x before the first block
+    assert small.layer1(small.relu(small.bn1(small.conv1(x)))).shape[-1] == 64
+    assert large.layer1(large.maxpool(large.relu(large.bn1(large.conv1(x))))).shape[-1] == 16

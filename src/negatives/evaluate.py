@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import Normalize
-from .data import load_prepared
+from .data import load_prepared, open_source
 
 __all__ = [
     "FEWSHOT_DRAWS",
@@ -63,8 +63,12 @@ def _fuse_conv_bn(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: Tensor, mean, std, batch_size: int = 2048) -> Tensor:
+def extract_features(encoder: nn.Module, images, mean, std, batch_size: int = 2048) -> Tensor:
     """uint8 images ``[N, C, H, W]`` -> backbone features ``[N, F]`` (float32, CPU).
+
+    ``images`` may also be a source of :mod:`negatives.data` (``TensorSource``
+    or a streamed ``FolderSource``): its images are read in order, batch by
+    batch, so a dataset that does not fit in memory is never held whole.
 
     The encoder runs in eval mode (batch-norm running statistics) on its own
     device, its batch-norms folded into the preceding convolutions, in
@@ -75,9 +79,13 @@ def extract_features(encoder: nn.Module, images: Tensor, mean, std, batch_size: 
     normalize = Normalize(mean, std).to(device)
     net = _fuse_conv_bn(encoder).to(memory_format=torch.channels_last)
     feats = []
+    if isinstance(images, Tensor):
+        batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+    else:
+        batches = (x for x, _, _ in images.batches(torch.arange(images.num_images), batch_size))
     with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = normalize(images[i:i + batch_size].to(device, non_blocking=True))
+        for x in batches:
+            x = normalize(x.to(device, non_blocking=True))
             feats.append(net.represent(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(feats) if feats else torch.zeros(0, 0)
 
@@ -214,9 +222,11 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     encoder.to(device)
     data = load_prepared(data_path)
     num_classes = len(data["classes"])
-    y_train, y_test = data["train_labels"], data["test_labels"]
-    x_train = extract_features(encoder, data["train_images"], data["mean"], data["std"])
-    x_test = extract_features(encoder, data["test_images"], data["mean"], data["std"])
+    # in memory or streamed from the image files (storage: stream)
+    train, test = open_source(data, "train"), open_source(data, "test")
+    y_train, y_test = train.labels, test.labels
+    x_train = extract_features(encoder, train, data["mean"], data["std"])
+    x_test = extract_features(encoder, test, data["mean"], data["std"])
 
     if probe == "faithful":
         from .probe import faithful_probe

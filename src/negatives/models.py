@@ -210,13 +210,16 @@ def build_encoder(
     hidden_dim: int | None = None,
     num_splits: int = 1,
     width: int = 32,
+    small_stem: bool = True,
 ) -> Encoder:
     """Build the encoder named in config.  ``hidden_dim`` defaults to the
-    backbone's feature dimension (MoCo v2: 2048-2048-128 for ResNet-50)."""
+    backbone's feature dimension (MoCo v2: 2048-2048-128 for ResNet-50).
+    ``small_stem`` (ResNets): the 3x3 stem without max-pool of the CIFAR demo;
+    False: torchvision's 7x7 stride-2 stem and max-pool (ImageNet)."""
     if backbone == "small-cnn":
         net = SmallCNN(in_channels, width=width, num_splits=num_splits)
     elif backbone in ("resnet18", "resnet50"):
-        net = resnet(int(backbone[6:]), in_channels, num_splits=num_splits)
+        net = resnet(int(backbone[6:]), in_channels, num_splits=num_splits, small_stem=small_stem)
     else:
         raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
     return Encoder(net, MLPHead(net.feature_dim, hidden_dim or net.feature_dim, dim))

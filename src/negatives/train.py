@@ -35,6 +35,7 @@ class PretrainSettings:
 
     backbone: str = "small-cnn"
     width: int = 16
+    small_stem: bool = True        # ResNets: 3x3 stem, no max-pool (small images); False: the ImageNet stem
     dim: int = 64
     hidden_dim: int | None = None
     epochs: int = 20
@@ -82,7 +83,7 @@ def cosine_lr(base: float, epoch: int, epochs: int) -> float:
 def _build(settings: PretrainSettings, in_channels: int, seed: int):
     torch.manual_seed(epoch_seed(seed, -1))
     return build_encoder(settings.backbone, in_channels, dim=settings.dim, hidden_dim=settings.hidden_dim,
-                         num_splits=settings.bn_splits, width=settings.width)
+                         num_splits=settings.bn_splits, width=settings.width, small_stem=settings.small_stem)
 
 
 def _meta(data: dict, method: str, policy: str | None, temperature: float | None, seed: int,
@@ -100,7 +101,7 @@ def load_encoder(path: str | os.PathLike):
     meta = ckpt["meta"]
     s = PretrainSettings.from_dict(meta["settings"])
     enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
-                        num_splits=s.bn_splits, width=s.width)
+                        num_splits=s.bn_splits, width=s.width, small_stem=s.small_stem)
     enc.load_state_dict(ckpt["encoder"])
     return enc.eval(), meta
 
