@@ -12,9 +12,12 @@ rule fig2:
     params:
         config=json.dumps(config, sort_keys=True),
         out=subpath(output.pdf, strip_suffix=".pdf"),
+    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
+        cpus_per_task=cpus,
+        gpu=0,
     log:
         "logs/figures/fig2.log",
     conda:
@@ -41,9 +44,12 @@ for figure, category in [("fig4", "Figure 4"), ("fig5", "Figure 5"), ("fig6", "F
             figure=figure,
             config=json.dumps(config, sort_keys=True),
             out=subpath(output.pdf, strip_suffix=".pdf"),
+        threads: 1
         resources:
-            mem_mb=8000,
-            runtime=10,
+            mem_mb=per_attempt(8000),
+            runtime=per_attempt(10),
+            cpus_per_task=cpus,
+            gpu=0,
         log:
             f"logs/figures/{figure}.log",
         conda:
