@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from . import gpus
 from .augment import MoCoV2Augment
+from .checkpoint import Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling, set_rng_state
 from .data import _atomic_save, load_prepared
 from .models import build_encoder
 from .methods import build_method, num_candidates
@@ -155,9 +157,34 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
              out_dir, log=print) -> Path:
     """Pretrain one run; writes ``out_dir/checkpoint.pt`` and ``out_dir/train_log.csv``.
 
-    Resumes from ``out_dir/last.pt`` when a previous attempt left one.
-    Raises ``FileExistsError`` when the run is already finished.
+    Resumes from ``out_dir/last.pt`` (or ``last.prev.pt`` when the newest is
+    corrupt) when a previous attempt left one, mid-epoch included.
+    Raises ``FileExistsError`` when the run is already finished.  SIGTERM or
+    SIGUSR1 saves ``last.pt`` at the next step boundary and raises
+    :class:`negatives.checkpoint.Preempted` (exit status 75, requeue).
+    With ``device`` cuda the process takes a GPU of its own (negatives.gpus).
     """
+    with StopSignals() as stop:
+        return _pretrain(data_path, method, policy, temperature, seed, settings, out_dir, log, stop)
+
+
+def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
+    """Load the newest complete checkpoint into ``model`` and ``opt``; the
+    training position it records, or ``None`` when there is none."""
+    found = load_latest(last, map_location=device, log=log)
+    if found is None:
+        return None
+    state, path = found
+    if state["meta"] != meta:
+        raise ValueError(f"{path} belongs to a different configuration; move it away to start afresh")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    log(f"resuming from {path} at epoch {state['epoch']} step {state['step_in_epoch']}")
+    return state
+
+
+def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
+              out_dir, log, stop: StopSignals) -> Path:
     s = PretrainSettings.from_dict(settings)
     pol = parse_policy(policy)
     pol.validate(num_candidates(method, s.queue_size, s.batch_size), s.epochs)
@@ -167,7 +194,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
         raise FileExistsError(f"{final} exists: the run is finished; delete it to train again")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
-    device = resolve_device(s.device)
+    device = gpus.claim(resolve_device(s.device), log=log)
 
     data = load_prepared(data_path)
     images = data["train_images"].to(device)
@@ -187,21 +214,14 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
     meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
 
-    start_epoch, rows = 0, []
     last = out / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state["meta"] != meta:
-            raise ValueError(f"{last} belongs to a different configuration; move it away to start afresh")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, rows = state["epoch"], state["log"]
-        log(f"resuming from {last} at epoch {start_epoch}")
+    resumed = _resume(last, meta, model, opt, device, log)
+    start_epoch, start_i, rows = (resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed else (0, 0, [])
 
     monitor = _KnnMonitor(data, s.knn_monitor, device, every=s.knn_monitor_every, epochs=s.epochs)
     steps_per_epoch = n // s.batch_size
     total_steps = steps_per_epoch * s.epochs
-    step = start_epoch * steps_per_epoch
+    step = start_epoch * steps_per_epoch + start_i
     def autocast():
         # bf16 on GPUs; full precision on CPU (bf16 conv on CPU is slower here)
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -214,9 +234,21 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch))).to(device)
         model.train()
         t0, loss_sum, kept_sum, done = time.perf_counter(), torch.zeros((), device=device), 0.0, 0
-        for i in range(steps_per_epoch):
+        first = 0
+        if start_i and epoch == start_epoch:  # mid-epoch resume: the draws and sums go on where they stopped
+            set_rng_state(resumed["rng"], device)
+            first, loss_sum, kept_sum, done = start_i, resumed["loss_sum"].to(device), resumed["kept_sum"], resumed["done"]
+        for i in range(first, steps_per_epoch):
             if s.max_steps and step >= s.max_steps:
                 break
+            if stop.requested:
+                save_rolling({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "epoch": epoch, "step_in_epoch": i, "log": rows, "rng": rng_state(device),
+                              "loss_sum": loss_sum.cpu(), "kept_sum": kept_sum, "done": done}, last)
+                message = (f"{stop.requested}: saved {last} at epoch {epoch} step {i}; "
+                           "start the job again to resume (exit status 75: requeue)")
+                log(message)
+                raise Preempted(message)
             idx = order[i * s.batch_size : (i + 1) * s.batch_size]
             x = images[idx]
             x_q = aug(x).contiguous(memory_format=channels_last)
@@ -245,8 +277,8 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
             "negatives_kept": float(kept_sum) / max(1, done), "seconds": elapsed,
         }
         rows.append(row)
-        _atomic_save({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "epoch": epoch + 1, "log": rows}, last)
+        save_rolling({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "epoch": epoch + 1, "step_in_epoch": 0, "log": rows}, last)
         log("epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
             "negatives {negatives_kept:.0f}".format(**row))
         if s.max_steps and step >= s.max_steps:
@@ -258,6 +290,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     _atomic_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
                   "model": model.state_dict(), "log": rows}, final)
     last.unlink(missing_ok=True)
+    previous_path(last).unlink(missing_ok=True)
     return final
 
 

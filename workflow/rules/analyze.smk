@@ -7,9 +7,12 @@ rule similarity:
         classes=f"{R}/data/{{dataset}}/classes.tsv",
     output:
         similarity=f"{R}/data/{{dataset}}/wordnet_similarity.tsv",
+    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
+        cpus_per_task=cpus,
+        gpu=0,
     log:
         "logs/data/{dataset}/similarity.log",
     conda:
@@ -29,8 +32,9 @@ rule analyze:
         settings=settings("analysis"),
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(30),
+        cpus_per_task=cpus,
         gpu=GPUS,
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/analyze.log",

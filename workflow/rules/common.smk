@@ -23,7 +23,19 @@ def dataset_option(key):
 
 
 # one job on a GPU when the config asks for CUDA; "auto" and "cpu" ask for none
+# (snakemake --resources gpu=N caps them; negatives.gpus gives each its own GPU)
 GPUS = 1 if config["pretrain"]["device"] == "cuda" else 0
+
+
+def per_attempt(base):
+    """A resource that grows with each retry (base, 2 base, 3 base, ...): a job
+    killed for memory or time gets more when it is submitted again."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def cpus(wildcards, threads):
+    """cpus_per_task: the rule's threads (sbatch --cpus-per-task)."""
+    return threads
 
 
 def figure_outputs(figure):

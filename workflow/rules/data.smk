@@ -17,9 +17,12 @@ rule prepare:
             sort_keys=True,
         ),
         out=subpath(output.data, parent=True),
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
+        cpus_per_task=cpus,
+        gpu=0,
     log:
         "logs/data/{dataset}/prepare.log",
     conda:

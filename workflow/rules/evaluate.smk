@@ -13,8 +13,9 @@ rule evaluate:
         settings=settings("evaluate"),
     threads: config["evaluate"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60),
+        cpus_per_task=cpus,
         gpu=GPUS,
     log:
         "logs/{dataset}/{method}/{run}/evaluate.log",

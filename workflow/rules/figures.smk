@@ -23,9 +23,12 @@ for figure, category in PROBE_FIGURES + ANALYSIS_FIGURES:
             figure=figure,
             config=json.dumps(config, sort_keys=True),
             out=subpath(output.pdf, strip_suffix=".pdf"),
+        threads: 1
         resources:
-            mem_mb=8000 if figure in grid.ANALYSES else 2000,
-            runtime=10,
+            mem_mb=per_attempt(8000 if figure in grid.ANALYSES else 2000),
+            runtime=per_attempt(10),
+            cpus_per_task=cpus,
+            gpu=0,
         log:
             f"logs/figures/{figure}.log",
         conda:

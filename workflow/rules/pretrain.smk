@@ -9,8 +9,9 @@ rule pretrain:
         out=subpath(output.checkpoint, parent=True),
     threads: config["pretrain"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=per_attempt(8000),
+        runtime=240,  # a retry resumes from last.pt: the same time goes on from there
+        cpus_per_task=cpus,
         gpu=GPUS,
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/pretrain.log",
@@ -33,8 +34,10 @@ rule random_init:
         out=subpath(output.checkpoint, parent=True),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(10),
+        cpus_per_task=cpus,
+        gpu=0,
     log:
         "logs/{dataset}/{method}/random-init/seed{seed}/init.log",
     conda:

@@ -1,0 +1,157 @@
+"""One GPU per training process on a multi-GPU workstation.
+
+``snakemake --cores all --resources gpu=N`` runs at most N GPU jobs at once,
+but does not say *which* GPU each gets.  :func:`claim` turns a bare ``cuda``
+device into ``cuda:i`` for a GPU no other process holds: it takes an
+exclusive ``flock`` on ``LOCK_DIR/gpu-<id>.lock`` (one file per visible GPU,
+``<id>`` the entry of ``CUDA_VISIBLE_DEVICES`` or the index), and keeps it
+until the process exits (the kernel drops the lock then, even after
+SIGKILL).  A process holds at most one GPU; asking again returns the same.
+
+When every visible GPU is taken the caller *waits* (it says so once) until
+one is free, at most ``NEGATIVES_GPU_WAIT`` seconds (default: no limit);
+after that :class:`NoFreeGPU` says which locks are held.  CPU devices and
+explicit indices (``cuda:1``) pass through unchanged; under SLURM the job's
+``CUDA_VISIBLE_DEVICES`` already holds only its own GPUs, so the lock is
+uncontended.  ``NEGATIVES_GPU_LOCK_DIR`` moves the lock files (default
+``/tmp/negatives-gpu-locks``, shared by every user of the machine).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a device is claimed: locking alone stays light
+    import torch
+
+__all__ = ["Lease", "NoFreeGPU", "LOCK_DIR", "acquire", "claim", "release", "device_ids"]
+
+LOCK_DIR = Path(os.environ.get("NEGATIVES_GPU_LOCK_DIR", "/tmp/negatives-gpu-locks"))
+POLL_SECONDS = 0.5
+
+
+class NoFreeGPU(TimeoutError):
+    """Every visible GPU stayed locked by another process for the whole wait."""
+
+
+@dataclass
+class Lease:
+    """GPU ``index`` (as torch numbers the visible devices) held through ``fd``."""
+
+    index: int
+    ident: str
+    path: Path
+    fd: int
+
+
+_LEASE: Lease | None = None
+
+
+def device_ids(count: int) -> list[str]:
+    """Stable names of the ``count`` visible GPUs: the ``CUDA_VISIBLE_DEVICES``
+    entries when set (so two processes restricted to different GPUs never
+    share a lock), else ``0..count-1``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        names = [v.strip() for v in visible.split(",") if v.strip()]
+        if len(names) >= count:
+            return names[:count]
+    return [str(i) for i in range(count)]
+
+
+def _open_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        os.fchmod(fd, 0o666)  # other users of the machine lock it too
+    except OSError:
+        pass
+    return fd
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive lock on ``path``, or ``None`` when taken."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _lock_dir(lock_dir: str | os.PathLike | None) -> Path:
+    path = Path(lock_dir) if lock_dir is not None else LOCK_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.chmod(0o1777)  # shared like /tmp
+    except OSError:
+        pass
+    return path
+
+
+def _wait_limit(timeout: float | None) -> float:
+    if timeout is not None:
+        return timeout
+    value = os.environ.get("NEGATIVES_GPU_WAIT", "")
+    return float(value) if value else math.inf
+
+
+def acquire(count: int, lock_dir=None, timeout: float | None = None, log=print) -> Lease:
+    """Lock one of ``count`` GPUs, the lowest free index first; wait while all
+    are taken (``timeout`` seconds, default ``NEGATIVES_GPU_WAIT`` or no limit)."""
+    if count < 1:
+        raise ValueError("no GPU is visible: set pretrain.device to 'cpu' or 'auto', or check CUDA_VISIBLE_DEVICES")
+    directory = _lock_dir(lock_dir)
+    ids = device_ids(count)
+    paths = [directory / f"gpu-{ident}.lock" for ident in ids]
+    limit = _wait_limit(timeout)
+    start, said = time.monotonic(), False
+    while True:
+        for index, (ident, path) in enumerate(zip(ids, paths)):
+            fd = _try_lock(path)
+            if fd is not None:
+                return Lease(index, ident, path, fd)
+        waited = time.monotonic() - start
+        if waited >= limit:
+            raise NoFreeGPU(
+                f"all {count} GPUs stayed taken for {waited:.0f} s (locks: {', '.join(map(str, paths))}, each "
+                "holding its owner's pid); run fewer GPU jobs at once (snakemake --resources gpu=N), or raise "
+                "NEGATIVES_GPU_WAIT"
+            )
+        if not said:
+            log(f"all {count} GPUs are taken by other processes ({directory}); waiting for one to be free")
+            said = True
+        time.sleep(min(POLL_SECONDS, max(0.0, limit - waited)))
+
+
+def release() -> None:
+    """Give this process's GPU back (it is also given back when the process exits)."""
+    global _LEASE
+    if _LEASE is not None:
+        os.close(_LEASE.fd)  # closing the only fd drops the flock
+        _LEASE = None
+
+
+def claim(device: "torch.device", log=print, lock_dir=None, timeout: float | None = None,
+          count: int | None = None) -> "torch.device":
+    """``cuda`` -> ``cuda:i`` for a GPU this process now holds alone (see the
+    module's docstring); any other device is returned unchanged."""
+    import torch
+
+    global _LEASE
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if _LEASE is None:
+        _LEASE = acquire(torch.cuda.device_count() if count is None else count, lock_dir, timeout, log)
+        log(f"using GPU cuda:{_LEASE.index} (lock {_LEASE.path})")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(_LEASE.index)
+    return torch.device("cuda", _LEASE.index)
