@@ -23,7 +23,7 @@ from conftest import ROOT
 
 SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, queue_size=32,
                 bn_splits=2, knn_monitor=0, threads=1)
-POLICY, SEED = "drop[90,100)", 0
+POLICY, SEED = "drop[90_100)", 0
 STEPS = 3 * 64 // 16  # 3 epochs of 4 steps over the 64 fake images
 
 

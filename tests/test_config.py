@@ -52,10 +52,10 @@ def _set(key):
 BAD = [
     # (key, value, substrings of the message)
     ("figures.fig2.segments[0]", "bogus", ["figures.fig2.segments[0]", "unknown policy", "keep[a,b)"]),
-    ("figures.fig2.segments[1]", "keep[95,101)", ["figures.fig2.segments[1]", "[0, 100]"]),
+    ("figures.fig2.segments[1]", "keep[95_101)", ["figures.fig2.segments[1]", "[0, 100]"]),
     ("figures.fig2.easiest[0]", "keep[-5,90)", ["figures.fig2.easiest[0]"]),
-    ("figures.fig2.easiest[1]", "keep[50,50)", ["figures.fig2.easiest[1]", "a < b"]),
-    ("figures.fig2.easiest[1]", "drop[60,40)", ["figures.fig2.easiest[1]", "a < b"]),
+    ("figures.fig2.easiest[1]", "keep[50_50)", ["figures.fig2.easiest[1]", "a < b"]),
+    ("figures.fig2.easiest[1]", "drop[60_40)", ["figures.fig2.easiest[1]", "a < b"]),
     ("figures.fig2.segments[2]", 95, ["figures.fig2.segments[2]", "must be a string"]),
     ("pretrain.queue_size", 128, ["pretrain.queue_size", "pretrain.batch_size", "256, 512"]),
     ("pretrain.queue_size", 4000, ["pretrain.queue_size", "multiple"]),
@@ -68,8 +68,8 @@ BAD = [
     ("temperatures", [], ["temperatures", "at least one"]),
     ("temperatures[0]", "t0.2", ["temperatures[0]", "must be number"]),
     ("temperatures[0]", "0.2", ["temperatures[0]", "must be number"]),
-    ("figures.fig3.removed[0]", "drop[99.9,100)&elsewhere", ["figures.fig3.removed[0]", "malformed band"]),
-    ("figures.table1.removed[0]", "keep[95,100)@replace", ["figures.table1.removed[0]", "removal policy"]),
+    ("figures.fig3.removed[0]", "drop[99.9_100)&elsewhere", ["figures.fig3.removed[0]", "malformed band"]),
+    ("figures.table1.removed[0]", "keep[95_100)@replace", ["figures.table1.removed[0]", "removal policy"]),
     ("dataset", "cifar11", ["dataset", "unknown dataset 'cifar11'", "allowed: fashion-mnist"]),
     ("datasets.fashion-mnist.root", "/nonexistent/fmnist", ["datasets.fashion-mnist.root", "does not exist"]),
     ("analysis.queries", 7000, ["analysis.queries", "8000 training images", "datasets.fashion-mnist.train_images"]),
@@ -175,7 +175,7 @@ def test_schema_defaults_are_config_yaml():
         {"pretrain": {"queue_extra": -256}},
         {"method": "simclr-v2"},
         {"temperatures": ["0.2"]},
-        {"figures": {"fig3": {"removed": "drop[99,100)"}}},  # a list, not a string
+        {"figures": {"fig3": {"removed": "drop[99_100)"}}},  # a list, not a string
         {"pretrain": {"epochs": 0}},
         {"pretrain": {"learning_rate": 0.1}},  # unknown key
         {"evaluate": {"probe": "slow"}},
@@ -221,19 +221,19 @@ def _runs_error(cfg) -> str:
 
 
 def test_band_combination_that_is_empty_for_the_queue(cfg):
-    cfg["figures"]["table1"]["removed"] = ["drop[99.99,100)&same-class@replace"]   # round(4096 x 0.01%) = 0
+    cfg["figures"]["table1"]["removed"] = ["drop[99.99_100)&same-class@replace"]   # round(4096 x 0.01%) = 0
     msg = _runs_error(cfg)
     assert msg.startswith("figures.table1") and "holds no negative" in msg and "4096" in msg
 
 
 def test_band_that_is_empty_for_simclr_batch(cfg):
-    cfg["figures"]["simclr"]["policies"] = ["keep[99.95,100)"]   # 0.05% of 2 x 256 - 2 = 510: round(0.255) = 0
+    cfg["figures"]["simclr"]["policies"] = ["keep[99.95_100)"]   # 0.05% of 2 x 256 - 2 = 510: round(0.255) = 0
     msg = _runs_error(cfg)
     assert msg.startswith("figures.simclr") and "510" in msg and "holds no negative" in msg
 
 
 def test_policy_removing_everything(cfg):
-    cfg["figures"]["fig3"]["removed"] = ["drop[0,100)"]
+    cfg["figures"]["fig3"]["removed"] = ["drop[0_100)"]
     assert "removes every one" in _runs_error(cfg)
 
 
@@ -259,15 +259,15 @@ def test_replace_mode_needs_room_in_the_queue(cfg):
 
 
 def test_replace_mode_with_simclr(cfg):
-    cfg["figures"]["simclr"]["policies"] = ["drop[95,100)@replace"]
+    cfg["figures"]["simclr"]["policies"] = ["drop[95_100)@replace"]
     msg = _runs_error(cfg)
     assert msg.startswith("figures.simclr") and "replace mode" in msg
 
 
 @pytest.mark.parametrize("policy, needles", [
-    ("mochi[16,300,8]", ["s = 300", "16"]),                 # more mixes than pairs of the 16 hardest
-    ("mochi[256,128,64,8]", ["warm-up", "8"]),              # warm-up as long as training (8 epochs)
-    ("ring[60,40,constant]", ["lower", "upper"]),           # ring upside down
+    ("mochi[16_300_8]", ["s = 300", "16"]),                 # more mixes than pairs of the 16 hardest
+    ("mochi[256_128_64_8]", ["warm-up", "8"]),              # warm-up as long as training (8 epochs)
+    ("ring[60_40_constant]", ["lower", "upper"]),           # ring upside down
 ], ids=["mochi-s-over-N2", "mochi-warmup", "ring-inverted"])
 def test_method_settings_that_make_no_sense(cfg, policy, needles):
     cfg["figures"]["fig_methods"]["policies"] = [policy]

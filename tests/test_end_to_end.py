@@ -25,7 +25,7 @@ def tiny_config(tmp_path):
     cfg["seeds"] = [0, 1]
     cfg["pretrain"].update(epochs=1, batch_size=32, queue_size=128, width=4, dim=16, knn_monitor=100)
     cfg["evaluate"].update(fewshot_labels_per_class=2, knn_k=20)
-    cfg["figures"]["fig2"] = {"segments": ["keep[95,100)", "keep[90,95)"], "easiest": ["keep[0,95)"]}
+    cfg["figures"]["fig2"] = {"segments": ["keep[95_100)", "keep[90_95)"], "easiest": ["keep[0_95)"]}
     cfg["analysis"].update(queries=100, negatives=120)
     return cfg
 
@@ -44,15 +44,15 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     for ext in ("pdf", "png", "csv"):
         assert (figures / f"fig2.{ext}").stat().st_size > 0
     table = pd.read_csv(figures / "fig2.csv")
-    assert set(table["policy"]) == {"all", "keep[95,100)", "keep[90,95)", "keep[0,95)", "random-init"}
+    assert set(table["policy"]) == {"all", "keep[95_100)", "keep[90_95)", "keep[0_95)", "random-init"}
     assert (table.loc[table["metric"].str.endswith("top1"), "n"] == 2).all()
 
     # every training run logged its epoch and kept the right number of negatives per query
-    run = tmp_path / "results" / "fashion-mnist" / "moco" / "keep[95,100)" / "t0.2" / "seed1"
+    run = tmp_path / "results" / "fashion-mnist" / "moco" / "keep[95_100)" / "t0.2" / "seed1"
     log = pd.read_csv(run / "train_log.csv")
     assert list(log["epoch"]) == [1] and log["negatives_kept"].iloc[0] == round(128 * 5 / 100)
     probe = json.loads((run / "probe.json").read_text())
-    assert probe["policy"] == "keep[95,100)" and probe["seed"] == 1 and 0 <= probe["knn_top1"] <= 100
+    assert probe["policy"] == "keep[95_100)" and probe["seed"] == 1 and 0 <= probe["knn_top1"] <= 100
 
     # the Section 4 analyses: the baseline runs, 100 queries x 120 negatives each
     pairs = pd.read_parquet(tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed1" / "analysis"
@@ -75,10 +75,10 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
 def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg["pretrain"]["queue_extra"] = 64
-    cfg["figures"]["fig3"] = {"removed": ["drop[99,100)", "drop[95,100)"]}
-    cfg["figures"]["table1"] = {"removed": ["drop-same-class@replace", "drop[95,100)&other-class@replace"]}
-    cfg["figures"]["simclr"] = {"policies": ["keep[95,100)"]}
-    cfg["figures"]["fig_methods"] = {"policies": ["mochi[16,8,4]", "hard[1,0.1]"], "band": "drop[95,100)"}
+    cfg["figures"]["fig3"] = {"removed": ["drop[99_100)", "drop[95_100)"]}
+    cfg["figures"]["table1"] = {"removed": ["drop-same-class@replace", "drop[95_100)&other-class@replace"]}
+    cfg["figures"]["simclr"] = {"policies": ["keep[95_100)"]}
+    cfg["figures"]["fig_methods"] = {"policies": ["mochi[16_8_4]", "hard[1_0.1]"], "band": "drop[95_100)"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "fig3", "table1", "simclr", "fig_methods"]
@@ -91,7 +91,7 @@ def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
         for ext in ("pdf", "png", "csv"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0
     fig3 = pd.read_csv(figures / "fig3.csv")
-    assert set(fig3.policy) == {"all", "drop[99,100)", "drop[95,100)"}
+    assert set(fig3.policy) == {"all", "drop[99_100)", "drop[95_100)"}
     assert fig3.loc[fig3.policy != "all", "p_value"].notna().all() and (fig3.n == 2).all()
     table1 = pd.read_csv(figures / "table1.csv").drop_duplicates("policy").set_index("policy")
     assert table1.loc["drop-same-class@replace", "uses_labels"] and not table1.loc["all", "uses_labels"]
@@ -101,12 +101,12 @@ def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
     assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 128
     assert json.loads((run / "probe.json").read_text())["uses_labels"] is True
     # SimCLR: 2 x 32 - 2 = 62 candidates, the hardest 5% = 3 of them
-    run = tmp_path / "results" / "fashion-mnist" / "simclr" / "keep[95,100)" / "t0.2" / "seed1"
+    run = tmp_path / "results" / "fashion-mnist" / "simclr" / "keep[95_100)" / "t0.2" / "seed1"
     assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 3
     assert json.loads((run / "probe.json").read_text())["method"] == "simclr"
     # the methods: MoCHi adds 8 + 4 synthetic negatives to the 128; each run's training speed is plotted
-    run = tmp_path / "results" / "fashion-mnist" / "moco" / "mochi[16,8,4]" / "t0.2" / "seed0"
+    run = tmp_path / "results" / "fashion-mnist" / "moco" / "mochi[16_8_4]" / "t0.2" / "seed0"
     assert pd.read_csv(run / "train_log.csv")["negatives_kept"].iloc[0] == 128 + 12
     methods = pd.read_csv(figures / "fig_methods.csv")
     speed = methods[methods.metric == "train_images_per_s"]
-    assert set(speed.policy) == {"all", "drop[95,100)", "mochi[16,8,4]", "hard[1,0.1]"} and (speed["mean"] > 0).all()
+    assert set(speed.policy) == {"all", "drop[95_100)", "mochi[16_8_4]", "hard[1_0.1]"} and (speed["mean"] > 0).all()

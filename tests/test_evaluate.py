@@ -122,7 +122,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     data = dict(train_images=images(ytr), train_labels=ytr, test_images=images(yte), test_labels=yte,
                 classes=[f"c{i}" for i in range(6)], mean=[0.2], std=[0.3], dataset="toy")
     torch.save(data, tmp_path / "data.pt")
-    meta = dict(dataset="toy", method="moco", policy="keep[95,100)", temperature=0.2, seed=1, uses_labels=False,
+    meta = dict(dataset="toy", method="moco", policy="keep[95_100)", temperature=0.2, seed=1, uses_labels=False,
                 epochs=3, settings={})
     enc = build_encoder("small-cnn", 1, dim=8, width=4)
     fake = types.ModuleType("negatives.train")
@@ -137,7 +137,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
                              "train_images_per_s",
                              "linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5",
                              "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5"]
-    assert written["policy"] == "keep[95,100)" and written["seed"] == 1 and written["fewshot_draws"] == FEWSHOT_DRAWS
+    assert written["policy"] == "keep[95_100)" and written["seed"] == 1 and written["fewshot_draws"] == FEWSHOT_DRAWS
     for k in ("linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5", "knn_top1", "knn_top5"):
         assert 0.0 <= written[k] <= 100.0
     assert written["linear_top5"] >= written["linear_top1"]

@@ -28,8 +28,8 @@ def _embeddings(b=16, k=200, d=12, seed=0):
     return q, key, queue
 
 
-@pytest.mark.parametrize("policy", ["all", "keep[95,100)", "keep[0,95)", "keep[40,60)", "drop[99.9,100)",
-                                    "drop[0,90)", "drop[10,20)", "keep[5,100)"])
+@pytest.mark.parametrize("policy", ["all", "keep[95_100)", "keep[0_95)", "keep[40_60)", "drop[99.9_100)",
+                                    "drop[0_90)", "drop[10_20)", "keep[5_100)"])
 @pytest.mark.parametrize("tau", [0.2, 0.07])
 def test_info_nce_equals_reference_cross_entropy(policy, tau):
     q, key, queue = _embeddings()
@@ -55,7 +55,7 @@ def test_info_nce_equals_reference_cross_entropy(policy, tau):
 
 def test_drop_index_selections_are_exact_counts():
     sim = torch.rand(8, 4096)
-    for policy, kept in (("keep[0,95)", 3891), ("drop[99.9,100)", 4092), ("drop[10,20)", 4096 - 410)):
+    for policy, kept in (("keep[0_95)", 3891), ("drop[99.9_100)", 4092), ("drop[10_20)", 4096 - 410)):
         sel = parse_policy(policy)(sim, None)
         assert sel.drop_index is not None
         assert (sel.mask(sim.shape).sum(1) == kept).all() and sel.kept_per_query(4096) == kept
@@ -63,7 +63,7 @@ def test_drop_index_selections_are_exact_counts():
 
 def test_moco_step_equals_reference_moco_step():
     """Same encoder weights, queue and views: our MoCo loss equals builder.py's cross-entropy."""
-    for policy in ("all", "keep[0,95)", "keep[90,95)"):
+    for policy in ("all", "keep[0_95)", "keep[90_95)"):
         torch.manual_seed(0)
         enc = build_encoder("small-cnn", 1, dim=8, width=4, num_splits=2)
         ours = MoCo(enc, 8, 40, 0.9, 0.2, parse_policy(policy), generator=torch.Generator().manual_seed(3))

@@ -6,8 +6,8 @@ import pytest
 
 from negatives.figures import build, fig2, load_probes, summarize
 
-SEGMENTS = ["keep[90,95)", "keep[95,100)", "keep[85,90)"]  # deliberately not hardest-first
-EASIEST = ["keep[0,95)", "keep[0,90)"]
+SEGMENTS = ["keep[90_95)", "keep[95_100)", "keep[85_90)"]  # deliberately not hardest-first
+EASIEST = ["keep[0_95)", "keep[0_90)"]
 METRICS = [f"{e}_{k}" for e in ("linear", "fewshot", "knn") for k in ("top1", "top5")]
 
 
@@ -23,7 +23,7 @@ def _probe(policy, temperature, seed, rng):
 def probe_files(tmp_path):
     rng = np.random.default_rng(0)
     paths = []
-    runs = [(p, 0.2) for p in ["all", *SEGMENTS, *EASIEST, "drop[99,100)"]] + [("random-init", None)]
+    runs = [(p, 0.2) for p in ["all", *SEGMENTS, *EASIEST, "drop[99_100)"]] + [("random-init", None)]
     for policy, t in runs:
         for seed in range(3):
             path = tmp_path / "probes" / f"{policy}-{seed}.json"
@@ -65,7 +65,7 @@ def test_fig2_writes_files_and_csv_matches_pandas(probe_files, tmp_path):
     c = csv[(csv.panel == "c") & (csv.evaluation == "knn")]
     assert c.x.tolist() == ["0-90%", "0-95%", "baseline", "random init"]
     assert set(csv.panel) == set("abcd") and set(csv.evaluation) == {"linear", "fewshot", "knn"}
-    assert "drop[99,100)" not in set(csv.policy)
+    assert "drop[99_100)" not in set(csv.policy)
     assert (csv.metric.str.endswith("top1") == csv.panel.isin(["a", "c"])).all()
 
     # every row equals pandas' mean / std (ddof=1) over the three seeds of the input probes
@@ -78,7 +78,7 @@ def test_fig2_writes_files_and_csv_matches_pandas(probe_files, tmp_path):
 
 def test_fig2_names_missing_policies(probe_files, tmp_path):
     df = load_probes(probe_files)
-    df = df[~df.policy.isin(["keep[85,90)", "random-init"])]
+    df = df[~df.policy.isin(["keep[85_90)", "random-init"])]
     with pytest.raises(ValueError, match=r"keep\[85,90\).*random-init"):
         fig2(df, tmp_path / "fig2", SEGMENTS, EASIEST)
     assert not list(tmp_path.glob("fig2*"))
@@ -94,14 +94,14 @@ def test_fig2_several_temperatures_and_no_top5(probe_files, tmp_path):
     assert sorted(a.temperature.dropna().unique()) == [0.07, 0.2]
     assert table.loc[table.panel.isin(["b", "d"]), "n"].eq(0).all()
     with pytest.raises(ValueError, match=r"keep\[0,90\) \(t=0.07\)"):
-        fig2(df[~((df.policy == "keep[0,90)") & (df.temperature == 0.07))], tmp_path / "x", SEGMENTS, EASIEST)
+        fig2(df[~((df.policy == "keep[0_90)") & (df.temperature == 0.07))], tmp_path / "x", SEGMENTS, EASIEST)
 
 
 def test_fig2_rejects_non_keep_policies(probe_files, tmp_path):
     with pytest.raises(ValueError, match="keep"):
-        fig2(load_probes(probe_files), tmp_path / "fig2", ["drop[99,100)"], EASIEST)
+        fig2(load_probes(probe_files), tmp_path / "fig2", ["drop[99_100)"], EASIEST)
     with pytest.raises(ValueError, match="easiest"):
-        fig2(load_probes(probe_files), tmp_path / "fig2", SEGMENTS, ["keep[5,95)"])
+        fig2(load_probes(probe_files), tmp_path / "fig2", SEGMENTS, ["keep[5_95)"])
 
 
 def test_build_dispatches_with_config_section(probe_files, tmp_path):

@@ -18,7 +18,7 @@ import yaml
 from conftest import ROOT
 from test_end_to_end import tiny_config
 
-PRETRAINS = ("all", "keep[95,100)", "keep[0,95)")
+PRETRAINS = ("all", "keep[95_100)", "keep[0_95)")
 
 
 def _snakemake(tmp_path, *extra):
@@ -36,7 +36,7 @@ def _outputs(results: Path) -> dict[Path, int]:
 def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg["seeds"] = [0]
-    cfg["figures"]["fig2"] = {"segments": ["keep[95,100)"], "easiest": ["keep[0,95)"]}
+    cfg["figures"]["fig2"] = {"segments": ["keep[95_100)"], "easiest": ["keep[0_95)"]}
     cfg["pretrain"].update(epochs=3)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

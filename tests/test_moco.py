@@ -103,7 +103,7 @@ def test_moco_loss_with_all_equals_keep_0_100():
     torch.manual_seed(0)
     x = torch.randn(4, 1, 12, 12)
     losses = []
-    for pol in ("all", "keep[0,100)"):
+    for pol in ("all", "keep[0_100)"):
         torch.manual_seed(1)
         enc = build_encoder("small-cnn", 1, dim=8, width=4)
         m = MoCo(enc, 8, 40, 0.9, 0.2, parse_policy(pol), generator=torch.Generator().manual_seed(3))

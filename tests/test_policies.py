@@ -85,8 +85,8 @@ def test_all_keeps_everything():
 
 @pytest.mark.parametrize(
     "text,name",
-    [("all", "all"), ("keep[95,100)", "keep[95,100)"), ("keep[95.0, 100)", "keep[95,100)"),
-     ("drop[99.9,100)", "drop[99.9,100)"), (" keep[0,5) ", "keep[0,5)")],
+    [("all", "all"), ("keep[95_100)", "keep[95_100)"), ("keep[95.0, 100)", "keep[95_100)"),
+     ("drop[99.9_100)", "drop[99.9_100)"), (" keep[0_5) ", "keep[0_5)")],
 )
 def test_parse_canonical_names(text, name):
     assert parse_policy(text).name == name
@@ -98,9 +98,9 @@ def test_parse_canonical_names(text, name):
         ("hardest", "unknown policy"),
         ("keep[95,100]", "malformed"),
         ("keep[-5,10)", "[0, 100]"),
-        ("keep[90,101)", "[0, 100]"),
-        ("keep[50,50)", "a < b"),
-        ("drop[60,40)", "a < b"),
+        ("keep[90_101)", "[0, 100]"),
+        ("keep[50_50)", "a < b"),
+        ("drop[60_40)", "a < b"),
         ("keep(5,10)", "unknown policy"),
     ],
 )

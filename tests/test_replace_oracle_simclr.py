@@ -35,8 +35,8 @@ def test_drop_same_class_on_a_hand_made_queue():
 
 def test_band_and_class_on_a_hand_made_queue():
     # hardest 50% = 3 of 6: row 0 -> {0, 4, 5}; row 1 -> {5, 1, 0}; row 2 -> {3, 4, 5}
-    same = parse_policy("drop[50,100)&same-class")(SIM, CANDS).mask(SIM.shape)
-    other = parse_policy("drop[50,100)&other-class")(SIM, CANDS).mask(SIM.shape)
+    same = parse_policy("drop[50_100)&same-class")(SIM, CANDS).mask(SIM.shape)
+    other = parse_policy("drop[50_100)&other-class")(SIM, CANDS).mask(SIM.shape)
     assert (~same).int().tolist() == [[1, 0, 0, 0, 0, 0],    # 0 is hard and class 0
                                       [0, 1, 0, 0, 0, 0],    # 1 is hard and class 1
                                       [0, 0, 0, 0, 0, 0]]
@@ -46,9 +46,9 @@ def test_band_and_class_on_a_hand_made_queue():
 
 
 def test_class_policies_are_marked_as_label_using():
-    for name in ("drop-same-class", "drop[99.9,100)&same-class", "drop[99.9,100)&other-class@replace"):
+    for name in ("drop-same-class", "drop[99.9_100)&same-class", "drop[99.9_100)&other-class@replace"):
         assert parse_policy(name).uses_labels
-    for name in ("all", "keep[95,100)", "drop[99.9,100)@replace"):
+    for name in ("all", "keep[95_100)", "drop[99.9_100)@replace"):
         assert not parse_policy(name).uses_labels
 
 
@@ -58,20 +58,20 @@ def test_class_policy_without_labels_is_a_clear_error():
 
 
 @pytest.mark.parametrize("text, canonical", [
-    ("drop[99.9, 100) & same-class", "drop[99.9,100)&same-class"),
+    ("drop[99.9, 100) & same-class", "drop[99.9_100)&same-class"),
     ("drop-same-class @replace", "drop-same-class@replace"),
-    ("drop[95,100)@replace", "drop[95,100)@replace"),
+    ("drop[95_100)@replace", "drop[95_100)@replace"),
 ])
 def test_canonical_names(text, canonical):
     assert parse_policy(text).name == canonical
 
 
 @pytest.mark.parametrize("text, match", [
-    ("keep[95,100)@replace", "applies to a removal policy"),
+    ("keep[95_100)@replace", "applies to a removal policy"),
     ("all@replace", "applies to a removal policy"),
-    ("drop[95,100)@swap", "unknown mode"),
-    ("drop[100,95)&same-class", "a < b"),
-    ("keep[95,100)&same-class", "malformed"),
+    ("drop[95_100)@swap", "unknown mode"),
+    ("drop[100_95)&same-class", "a < b"),
+    ("keep[95_100)&same-class", "malformed"),
     ("drop-other-class", "unknown policy"),
 ])
 def test_bad_policies(text, match):
@@ -81,10 +81,10 @@ def test_bad_policies(text, match):
 
 def test_empty_band_is_an_error_for_the_candidate_count():
     with pytest.raises(PolicyError, match="holds no negative"):
-        parse_policy("drop[99.99,100)&same-class").validate(4096)   # round(0.41) = 0
-    parse_policy("drop[99.99,100)&same-class").validate(65536)       # 7 negatives: fine
+        parse_policy("drop[99.99_100)&same-class").validate(4096)   # round(0.41) = 0
+    parse_policy("drop[99.99_100)&same-class").validate(65536)       # 7 negatives: fine
     with pytest.raises(PolicyError, match="every one"):
-        parse_policy("drop[0,100)").validate(100)
+        parse_policy("drop[0_100)").validate(100)
 
 
 # ------------------------------------------------------------------ replace mode
@@ -135,7 +135,7 @@ def test_replace_mode_sees_exactly_k_negatives_all_older_than_the_removed():
 def test_replace_mode_band_keeps_k_and_only_older_stand_ins():
     k, extra = 20, 8
     sim = torch.randn(3, k + extra, generator=torch.Generator().manual_seed(1))
-    sel = select(parse_policy("drop[90,100)@replace"), sim, Candidates(), 0.0, window=k)
+    sel = select(parse_policy("drop[90_100)@replace"), sim, Candidates(), 0.0, window=k)
     assert (sel.keep.sum(1) == k).all()
     assert (sel.keep[:, k:].sum(1) == 2).all()                          # 10% of 20 replaced
     assert sel.keep[:, k:k + 2].all() and not sel.keep[:, k + 2:].any()  # by the 2 next older
@@ -144,15 +144,15 @@ def test_replace_mode_band_keeps_k_and_only_older_stand_ins():
 
 
 def test_replace_mode_moco_step_uses_k_negatives_and_a_longer_queue():
-    model = _moco("drop[50,100)@replace", k=8, extra=4)
+    model = _moco("drop[50_100)@replace", k=8, extra=4)
     assert model.queue.size == 12 and model.window == 8
     x = torch.randn(2, 3)
     loss, stats = model(x, x + 0.01, torch.tensor([0, 1]), torch.tensor([5, 6]))
     assert torch.isfinite(loss) and float(stats["kept"]) == 8
     assert model.queue.indices.tolist().count(5) == 1                  # enqueued like drop mode
     with pytest.raises(ValueError, match="queue_extra"):
-        _moco("drop[50,100)@replace", extra=0)
-    assert _moco("drop[50,100)", extra=4).queue.size == 8              # drop mode: no extra length
+        _moco("drop[50_100)@replace", extra=0)
+    assert _moco("drop[50_100)", extra=4).queue.size == 8              # drop mode: no extra length
 
 
 # ------------------------------------------------------------------ SimCLR
@@ -193,17 +193,17 @@ def test_against_baseline_p_values_match_scipy():
     base = [70.1, 70.5, 69.8]
     drop = [70.9, 71.2, 70.6]
     rows = [dict(policy="all", temperature=0.2, seed=s, linear_top1=v, uses_labels=False) for s, v in enumerate(base)]
-    rows += [dict(policy="drop[99.9,100)", temperature=0.2, seed=s, linear_top1=v, uses_labels=False)
+    rows += [dict(policy="drop[99.9_100)", temperature=0.2, seed=s, linear_top1=v, uses_labels=False)
              for s, v in enumerate(drop)]
     rows += [dict(policy="drop-same-class@replace", temperature=0.2, seed=s, linear_top1=v, uses_labels=True)
              for s, v in enumerate([71.0, 71.1])]
-    table = against_baseline(pd.DataFrame(rows), {"drop[99.9,100)": "hardest 0.1%",
+    table = against_baseline(pd.DataFrame(rows), {"drop[99.9_100)": "hardest 0.1%",
                                                   "drop-same-class@replace": "same class"})
     r = table.set_index("policy")
-    assert r.loc["drop[99.9,100)", "p_value"] == pytest.approx(ttest_ind(drop, base).pvalue, rel=1e-12)
-    assert r.loc["drop[99.9,100)", "delta"] == pytest.approx(np.mean(drop) - np.mean(base))
-    assert r.loc["drop[99.9,100)", "std"] == pytest.approx(np.std(drop, ddof=1))
+    assert r.loc["drop[99.9_100)", "p_value"] == pytest.approx(ttest_ind(drop, base).pvalue, rel=1e-12)
+    assert r.loc["drop[99.9_100)", "delta"] == pytest.approx(np.mean(drop) - np.mean(base))
+    assert r.loc["drop[99.9_100)", "std"] == pytest.approx(np.std(drop, ddof=1))
     assert r.loc["drop-same-class@replace", "n"] == 2 and r.loc["drop-same-class@replace", "uses_labels"]
     assert np.isnan(r.loc["all", "p_value"]) and r.loc["all", "delta"] == 0
     with pytest.raises(ValueError, match="missing"):
-        against_baseline(pd.DataFrame(rows), {"drop[99,100)": "hardest 1%"})
+        against_baseline(pd.DataFrame(rows), {"drop[99_100)": "hardest 1%"})

@@ -54,9 +54,9 @@ def _weights(path):
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path, data_path):
-    a = pretrain(data_path, "moco", "keep[50,100)", 0.2, 3, SETTINGS, tmp_path / "a", log=lambda m: None)
-    b = pretrain(data_path, "moco", "keep[50,100)", 0.2, 3, SETTINGS, tmp_path / "b", log=lambda m: None)
-    c = pretrain(data_path, "moco", "keep[50,100)", 0.2, 4, SETTINGS, tmp_path / "c", log=lambda m: None)
+    a = pretrain(data_path, "moco", "keep[50_100)", 0.2, 3, SETTINGS, tmp_path / "a", log=lambda m: None)
+    b = pretrain(data_path, "moco", "keep[50_100)", 0.2, 3, SETTINGS, tmp_path / "b", log=lambda m: None)
+    c = pretrain(data_path, "moco", "keep[50_100)", 0.2, 4, SETTINGS, tmp_path / "c", log=lambda m: None)
     wa, wb, wc = _weights(a), _weights(b), _weights(c)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
@@ -70,7 +70,7 @@ class Killed(Exception):
 
 def test_resume_after_kill_gives_identical_weights(tmp_path, data_path):
     settings = {**SETTINGS, "epochs": 3}
-    full = pretrain(data_path, "moco", "drop[90,100)", 0.2, 0, settings, tmp_path / "full", log=lambda m: None)
+    full = pretrain(data_path, "moco", "drop[90_100)", 0.2, 0, settings, tmp_path / "full", log=lambda m: None)
 
     def kill_after_epoch_1(msg):
         if msg.startswith("epoch   1"):
@@ -78,10 +78,10 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, data_path):
 
     run = tmp_path / "run"
     with pytest.raises(Killed):
-        pretrain(data_path, "moco", "drop[90,100)", 0.2, 0, settings, run, log=kill_after_epoch_1)
+        pretrain(data_path, "moco", "drop[90_100)", 0.2, 0, settings, run, log=kill_after_epoch_1)
     assert (run / "last.pt").exists() and not (run / "checkpoint.pt").exists()
     logs = []
-    resumed = pretrain(data_path, "moco", "drop[90,100)", 0.2, 0, settings, run, log=logs.append)
+    resumed = pretrain(data_path, "moco", "drop[90_100)", 0.2, 0, settings, run, log=logs.append)
     assert logs[0].startswith("resuming") and "epoch 1" in logs[0]
     wf, wr = _weights(full), _weights(resumed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)

@@ -39,26 +39,26 @@ def test_fig2_runs_every_policy_temperature_and_seed():
     fig = cfg["figures"]["fig2"]
     n_policies = 1 + len(fig["segments"]) + len(fig["easiest"])
     assert len(runs) == len(set(runs)) == n_policies * 2 * len(cfg["seeds"])
-    assert {r.policy for r in runs} == {"all", *fig["segments"], *fig["easiest"]}
+    assert {r.policy for r in runs} == {"all", *(p.replace(",", "_") for p in fig["segments"] + fig["easiest"])}
     assert {r.temperature for r in runs} == {0.07, 0.2}
 
 
 def test_policies_are_canonical_and_deduplicated():
     cfg = default_config()
-    cfg["figures"]["fig2"] = {"segments": ["keep[95, 100)", "keep[95.0,100)"], "easiest": ["keep[95,100)", " all "]}
-    assert grid.figure_policies(cfg, "fig2") == ["all", "keep[95,100)"]
+    cfg["figures"]["fig2"] = {"segments": ["keep[95, 100)", "keep[95.0_100)"], "easiest": ["keep[95_100)", " all "]}
+    assert grid.figure_policies(cfg, "fig2") == ["all", "keep[95_100)"]
 
 
 def test_bad_policy_raises():
     cfg = default_config()
-    cfg["figures"]["fig2"]["easiest"] = ["keep[0,101)"]
+    cfg["figures"]["fig2"]["easiest"] = ["keep[0_101)"]
     with pytest.raises(PolicyError):
         grid.runs_for(cfg, "fig2")
 
 
 def test_run_dir_and_probe_paths():
-    run = grid.Run("fashion-mnist", "moco", "keep[95,100)", 0.07, 2)
-    assert run.dir("out") == "out/fashion-mnist/moco/keep[95,100)/t0.07/seed2"
+    run = grid.Run("fashion-mnist", "moco", "keep[95_100)", 0.07, 2)
+    assert run.dir("out") == "out/fashion-mnist/moco/keep[95_100)/t0.07/seed2"
     cfg = default_config()
     probes = grid.figure_probes(cfg, "fig2")
     assert len(probes) == len(set(probes)) == len(grid.runs_for(cfg, "fig2")) + len(grid.random_init_seeds(cfg))
@@ -189,8 +189,8 @@ def test_dry_run_fig2_and_its_commands(workdir):
     assert job_counts(out) == expected_jobs(default_config(), ["fig2"])
     # the command lines of docs/INTERFACES.md
     assert "python -m negatives prepare --dataset fashion-mnist --root " in out
-    assert "--policy 'keep[95,100)' --temperature 0.2 --seed 0 --settings '{" in out
-    assert "--out 'results/fashion-mnist/moco/keep[95,100)/t0.2/seed0'" in out
+    assert "--policy 'keep[95_100)' --temperature 0.2 --seed 0 --settings '{" in out
+    assert "--out 'results/fashion-mnist/moco/keep[95_100)/t0.2/seed0'" in out
     assert "python -m negatives init --data results/data/fashion-mnist/data.pt --method moco --seed 1" in out
     assert "--out results/fashion-mnist/moco/random-init/seed1/probe.json" in out
     assert "python -m negatives figure fig2 --config-json '{" in out
@@ -232,7 +232,7 @@ def test_dry_run_follows_the_config(workdir):
 # every bad value is tested on check_config directly in test_config.py;
 # these go through `snakemake -n` end to end
 BAD_THROUGH_SNAKEMAKE = [
-    ({"figures": {"fig2": {"segments": ["keep[95,100)", "hardest-5"]}}}, "figures.fig2.segments[1]: unknown policy"),
+    ({"figures": {"fig2": {"segments": ["keep[95_100)", "hardest-5"]}}}, "figures.fig2.segments[1]: unknown policy"),
     ({"pretrain": {"queue_size": 100}}, "pretrain.queue_size"),
     ({"datasets": {"fashion-mnist": {"root": "/nonexistent/fmnist"}}}, "datasets.fashion-mnist.root"),
     ({"analysis": {"queries": 9000}}, "analysis.queries"),

@@ -315,7 +315,7 @@ class Band(NegativePolicy):
         self.action = action
         self.lo_pct = float(lo_pct)
         self.hi_pct = float(hi_pct)
-        self.name = f"{action}[{_fmt(lo_pct)},{_fmt(hi_pct)})"
+        self.name = f"{action}[{_fmt(lo_pct)}{SEP}{_fmt(hi_pct)})"
 
     def ranks(self, num_candidates: int) -> tuple[int, int]:
         return band_ranks(num_candidates, self.lo_pct, self.hi_pct)
@@ -479,21 +479,38 @@ def _check_band(lo: float, hi: float, text: str) -> None:
         raise PolicyError(f"policy {text!r}: band needs a < b, got a={lo}, b={hi}")
 
 
+#: the separator of numbers in canonical policy names (folder names): never a
+#: comma, which Snakemake cannot pass in a wildcard to a cluster job (its
+#: --target-jobs splits on commas); the parser reads both
+SEP = "_"
+
+
 def parse_policy(text: str) -> NegativePolicy:
+    """Parse a policy string into a policy object; its ``name`` is canonical.
+
+    Numbers are separated by ``,`` or ``_`` on input and by ``_`` in the
+    canonical name (the results folder name; see :data:`SEP`).
+    """
+    policy = _parse(text)
+    policy.name = policy.name.replace(",", SEP)
+    return policy
+
+
+def _parse(text: str) -> NegativePolicy:
     """Parse a policy string into a policy object.
 
     >>> parse_policy("keep[95,100)").name
-    'keep[95,100)'
+    'keep[95_100)'
     >>> parse_policy("drop[99.9, 100)").name
-    'drop[99.9,100)'
-    >>> parse_policy("drop[99.9,100) & same-class @replace").name
-    'drop[99.9,100)&same-class@replace'
+    'drop[99.9_100)'
+    >>> parse_policy("drop[99.9_100) & same-class @replace").name
+    'drop[99.9_100)&same-class@replace'
 
     Raises :class:`PolicyError` naming the allowed forms on anything else.
     """
     if not isinstance(text, str):
         raise PolicyError(f"policy must be a string, got {text!r}; allowed: {POLICY_GRAMMAR}")
-    t = text.strip()
+    t = text.strip().replace(SEP, ",")
     base, sep, mode = t.partition("@")
     base = base.strip()
     if sep:
