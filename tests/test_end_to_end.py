@@ -27,6 +27,12 @@ def tiny_config(tmp_path):
     cfg["evaluate"].update(fewshot_labels_per_class=2, knn_k=20)
     cfg["figures"]["fig2"] = {"segments": ["keep[95_100)", "keep[90_95)"], "easiest": ["keep[0_95)"]}
     cfg["analysis"].update(queries=100, negatives=120)
+    # every figure's policies sized for K = 128 queued / 62 in-batch negatives
+    cfg["pretrain"]["queue_extra"] = 64
+    cfg["figures"]["fig3"] = {"removed": ["drop[99_100)", "drop[95_100)"]}
+    cfg["figures"]["table1"] = {"removed": ["drop-same-class@replace", "drop[95_100)&other-class@replace"]}
+    cfg["figures"]["simclr"] = {"policies": ["keep[95_100)"]}
+    cfg["figures"]["fig_methods"] = {"policies": ["mochi[16_8_4]", "hard[1_0.1]"], "band": "drop[95_100)"}
     return cfg
 
 
@@ -74,11 +80,6 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
 
 def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
     cfg = tiny_config(tmp_path)
-    cfg["pretrain"]["queue_extra"] = 64
-    cfg["figures"]["fig3"] = {"removed": ["drop[99_100)", "drop[95_100)"]}
-    cfg["figures"]["table1"] = {"removed": ["drop-same-class@replace", "drop[95_100)&other-class@replace"]}
-    cfg["figures"]["simclr"] = {"policies": ["keep[95_100)"]}
-    cfg["figures"]["fig_methods"] = {"policies": ["mochi[16_8_4]", "hard[1_0.1]"], "band": "drop[95_100)"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "fig3", "table1", "simclr", "fig_methods"]

@@ -4,6 +4,7 @@ import gzip
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -117,3 +118,24 @@ def test_random_init_checkpoint_loads_as_encoder(tmp_path, data_path):
     enc, meta = load_encoder(path)
     assert meta["policy"] == "random-init" and meta["epochs"] == 0 and meta["seed"] == 5
     assert enc.represent(torch.zeros(2, 1, 28, 28)).shape == (2, 16)
+
+
+def test_pretrain_and_evaluate_on_a_streamed_image_folder(tmp_path, wordnet_reader):
+    """ImageNet-style folders too large for memory are streamed: training,
+    the kNN monitor and the evaluation read the JPEGs batch by batch."""
+    from conftest import fake_imagenet
+    from negatives import data
+    from negatives.evaluate import evaluate_checkpoint
+
+    fake_imagenet(tmp_path / "raw", per_class=4)
+    path = data.prepare("imagenet", tmp_path / "raw", tmp_path / "out", storage="stream", image_size=16,
+                        wordnet=wordnet_reader, workers=0)
+    assert "train_images" not in data.load_prepared(path)
+    settings = {"backbone": "small-cnn", "width": 4, "dim": 8, "epochs": 2, "batch_size": 4, "queue_size": 8,
+                "bn_splits": 1, "knn_monitor": 8}
+    ckpt = pretrain(path, "moco", "keep[50_100)", 0.2, 0, settings, tmp_path / "run", log=lambda m: None)
+    log = pd.read_csv(tmp_path / "run" / "train_log.csv")
+    assert list(log.epoch) == [1, 2] and (log.negatives_kept == 4).all() and log.knn_top1.notna().iloc[-1]
+    res = evaluate_checkpoint(ckpt, path, {"knn_k": 3, "knn_temperature": 0.1, "fewshot_labels_per_class": 1},
+                              tmp_path / "probe.json")
+    assert 0 <= res["linear_top1"] <= 100 and res["policy"] == "keep[50_100)"

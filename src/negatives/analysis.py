@@ -215,7 +215,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .data import load_prepared
+    from .data import load_prepared, open_source, read_images
     from .train import load_encoder, resolve_device
     from .wordnet import read_similarity
 
@@ -226,10 +226,11 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     names, sim = read_similarity(similarity_tsv)
     if names != list(data["classes"]):
         raise ValueError(f"{similarity_tsv} lists classes {names}, {data_path} has {data['classes']}")
-    labels = data["train_labels"]
+    train = open_source(data, "train")  # in memory, or streamed from the image files
+    labels = train.labels
     qi, ni = select_images(labels.numpy(), s["queries"], s["negatives"], s["seed"])
     idx = torch.from_numpy(np.concatenate([qi, ni]))
-    z = embed_views(encoder, data["train_images"][idx], data["mean"], data["std"], s["seed"], s["batch_size"],
+    z = embed_views(encoder, read_images(train, idx)[0], data["mean"], data["std"], s["seed"], s["batch_size"],
                     meta["settings"].get("crop_scale_min", 0.2), meta["settings"].get("blur", True))
     zq, zn = z[:len(qi)], z[len(qi):]
     d = difficulty(zq, zn)

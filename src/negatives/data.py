@@ -449,6 +449,16 @@ def open_source(prepared, split: str = "train", unlabeled: bool = False, workers
     return TensorSource(images, labels)
 
 
+def read_images(source, indices, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images ``indices`` of a source, in that order, in memory:
+    ``(uint8 [n, C, H, W], labels [n])`` (decoded, for a streamed source)."""
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    parts = [(x.cpu(), y.cpu()) for x, y, _ in source.batches(indices, batch_size)]
+    if not parts:
+        return torch.zeros((0, *source.shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
 def open_train_source(prepared, workers: int | None = None):
     """The pretraining images: the train split plus any unlabeled images
     (label -1).  See :func:`open_source`.  A trainer's epoch::

@@ -23,7 +23,7 @@ import torch
 from . import gpus
 from .augment import MoCoV2Augment
 from .checkpoint import Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling, set_rng_state
-from .data import _atomic_save, load_prepared
+from .data import TensorSource, _atomic_save, load_prepared, open_source, open_train_source, read_images
 from .models import build_encoder
 from .methods import build_method, num_candidates
 from .policies import parse_policy
@@ -93,7 +93,7 @@ def _meta(data: dict, method: str, policy: str | None, temperature: float | None
     return {
         "dataset": data["dataset"], "method": method, "policy": policy, "temperature": temperature,
         "seed": seed, "uses_labels": uses_labels, "epochs": epochs, "settings": asdict(settings),
-        "in_channels": int(data["train_images"].shape[1]),
+        "in_channels": int(open_source(data, "train").shape[0]),
     }
 
 
@@ -112,7 +112,7 @@ def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) 
     """Write the untrained encoder of run ``seed`` (the random-init reference)."""
     s = PretrainSettings.from_dict(settings)
     data = load_prepared(data_path)
-    enc = _build(s, int(data["train_images"].shape[1]), seed)
+    enc = _build(s, int(open_source(data, "train").shape[0]), seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = _meta(data, method, "random-init", None, seed, s, 0, False)
@@ -131,8 +131,10 @@ class _KnnMonitor:
         self.epochs = epochs
         if n <= 0:
             return
-        self.xtr, self.ytr = data["train_images"][:n], data["train_labels"][:n]
-        self.xte, self.yte = data["test_images"][:n], data["test_labels"][:n]
+        # the first n images of each split, in memory (decoded once, for a streamed dataset)
+        train, test = open_source(data, "train"), open_source(data, "test")
+        self.xtr, self.ytr = read_images(train, torch.arange(min(n, train.num_images)))
+        self.xte, self.yte = read_images(test, torch.arange(min(n, test.num_images)))
         self.mean, self.std = data["mean"], data["std"]
         self.num_classes = len(data["classes"])
 
@@ -197,9 +199,12 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
     device = gpus.claim(resolve_device(s.device), log=log)
 
     data = load_prepared(data_path)
-    images = data["train_images"].to(device)
-    labels = data["train_labels"].to(device)
-    n, c, h, w = images.shape
+    # the pretraining images (with any unlabeled ones, label -1): in memory on
+    # the training device, or streamed from the image files batch by batch
+    source = open_train_source(data)
+    if isinstance(source, TensorSource):
+        source = TensorSource(source.images.to(device), source.labels.to(device))
+    n, (c, h, w) = source.num_images, source.shape
     if s.batch_size > n:
         raise ValueError(f"pretrain.batch_size {s.batch_size} is larger than the {n} training images")
     channels_last = torch.channels_last
@@ -238,7 +243,9 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
         if start_i and epoch == start_epoch:  # mid-epoch resume: the draws and sums go on where they stopped
             set_rng_state(resumed["rng"], device)
             first, loss_sum, kept_sum, done = start_i, resumed["loss_sum"].to(device), resumed["kept_sum"], resumed["done"]
-        for i in range(first, steps_per_epoch):
+        batches = source.batches(order[first * s.batch_size : steps_per_epoch * s.batch_size], s.batch_size,
+                                 drop_last=True)
+        for i, (x, y, idx) in enumerate(batches, start=first):
             if s.max_steps and step >= s.max_steps:
                 break
             if stop.requested:
@@ -249,12 +256,11 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
                            "start the job again to resume (exit status 75: requeue)")
                 log(message)
                 raise Preempted(message)
-            idx = order[i * s.batch_size : (i + 1) * s.batch_size]
-            x = images[idx]
+            x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
             x_q = aug(x).contiguous(memory_format=channels_last)
             x_k = aug(x).contiguous(memory_format=channels_last)
             with autocast():
-                loss, stats = model(x_q, x_k, labels[idx], idx, progress=step / max(1, total_steps))
+                loss, stats = model(x_q, x_k, y, idx, progress=step / max(1, total_steps))
             # a host sync: every step on CPU (free there), only at the end of
             # the epoch on a GPU (a non-finite loss makes every later one
             # non-finite too, and nothing is saved before the check)
@@ -281,6 +287,10 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
                       "epoch": epoch + 1, "step_in_epoch": 0, "log": rows}, last)
         log("epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
             "negatives {negatives_kept:.0f}".format(**row))
+        if abs(row["loss"] - math.log1p(row["negatives_kept"])) < 1e-3:
+            # InfoNCE with every logit equal: the positive is no closer than any negative
+            log(f"warning: the loss is log(1 + {row['negatives_kept']:.0f}) = {row['loss']:.4f}, the value of a "
+                "collapsed embedding (every view maps to the same point)")
         if s.max_steps and step >= s.max_steps:
             break
 

@@ -44,3 +44,14 @@ def figure_outputs(figure):
 
 def figure_inputs(figure):
     return grid.figure_inputs(config, figure)
+
+
+# On SLURM: refuse the sacct status command where the cluster keeps no
+# accounting (the executor would wait forever), before any job is submitted.
+if getattr(workflow.executor_plugin, "name", None) == "slurm":
+    from negatives.cluster import check_status_command
+
+    try:
+        check_status_command(getattr(workflow.executor_settings, "status_command", None))
+    except RuntimeError as e:
+        raise WorkflowError(str(e))
