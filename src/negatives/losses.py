@@ -35,7 +35,7 @@ import re
 import torch
 from torch import Tensor
 
-from .policies import Candidates, NegativePolicy, PolicyError, Selection, _fmt
+from .policies import Candidates, NegativePolicy, PolicyError, Selection, _fmt, match_form
 
 __all__ = ["reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
            "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
@@ -155,15 +155,10 @@ def parse(text: str) -> _LossPolicy | None:
     >>> parse("hard[1.0, 0.1]").name
     'hard[1,0.1]'
     """
-    t = text.strip()
-    if re.match(r"^debiased\b", t):
-        m = _DEBIASED_RE.match(t)
-        if not m:
-            raise PolicyError(f"policy {text!r}: malformed debiased policy; allowed: {DEBIASED_GRAMMAR}")
+    m = match_form(text, "debiased", _DEBIASED_RE, DEBIASED_GRAMMAR)
+    if m is not None:
         return Debiased(float(m.group(1)))
-    if re.match(r"^hard\b", t):
-        m = _HARD_RE.match(t)
-        if not m:
-            raise PolicyError(f"policy {text!r}: malformed hard-negative policy; allowed: {HARD_GRAMMAR}")
+    m = match_form(text, "hard", _HARD_RE, HARD_GRAMMAR)
+    if m is not None:
         return HardWeighted(float(m.group(1)), float(m.group(2)))
     return None

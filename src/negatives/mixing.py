@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .policies import Candidates, NegativePolicy, PolicyError, Selection
+from .policies import Candidates, NegativePolicy, PolicyError, Selection, match_form
 
 __all__ = ["MoCHi", "hardest", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
@@ -198,12 +198,9 @@ def parse(text: str) -> MoCHi | None:
     >>> parse("mochi[64,32,16,0]").name
     'mochi[64,32,16]'
     """
-    t = text.strip()
-    if not t.startswith("mochi"):
+    m = match_form(text, "mochi", _RE, GRAMMAR)
+    if m is None:
         return None
-    m = _RE.match(t)
-    if not m:
-        raise PolicyError(f"policy {text!r}: malformed mochi policy; allowed: {GRAMMAR}")
     n, s, sq, w = (g for g in m.groups())
     return MoCHi(_whole(n, "N", text), _whole(s, "s", text), _whole(sq, "s'", text),
                  _whole(w, "w", text) if w is not None else 0)

@@ -479,6 +479,20 @@ def _check_band(lo: float, hi: float, text: str) -> None:
         raise PolicyError(f"policy {text!r}: band needs a < b, got a={lo}, b={hi}")
 
 
+def match_form(text: str, prefix: str, pattern: re.Pattern, grammar: str) -> re.Match | None:
+    """The match of ``pattern`` when ``text`` is a policy of the form
+    ``prefix[...]``; None when it is of another form; :class:`PolicyError`
+    naming ``grammar`` when it is of this form but malformed.  Every
+    policy module's ``parse`` starts here."""
+    t = text.strip()
+    if not re.match(rf"^{re.escape(prefix)}\b", t):
+        return None
+    m = pattern.match(t)
+    if not m:
+        raise PolicyError(f"policy {text!r}: malformed {prefix} policy; allowed: {grammar}")
+    return m
+
+
 #: the separator of numbers in canonical policy names (folder names): never a
 #: comma, which Snakemake cannot pass in a wildcard to a cluster job (its
 #: --target-jobs splits on commas); the parser reads both

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .moco import KeyQueue
-from .policies import Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks
+from .policies import Candidates, NegativePolicy, PolicyError, Selection, match_form, _fmt, band_ranks
 
 __all__ = ["RetainingQueue", "RetainHard", "parse", "GRAMMAR"]
 
@@ -195,10 +195,7 @@ def parse(text: str) -> RetainHard | None:
     >>> parse("retain-hard[0.25, 5]").name
     'retain-hard[0.25]'
     """
-    t = text.strip()
-    if not t.startswith("retain"):
+    m = match_form(text, "retain-hard", _RE, GRAMMAR)
+    if m is None:
         return None
-    m = _RE.match(t)
-    if not m:
-        raise PolicyError(f"policy {text!r}: malformed retain-hard policy; allowed: {GRAMMAR}")
     return RetainHard(float(m.group(1)), float(m.group(2)) if m.group(2) is not None else 5.0)

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .policies import (Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window,
+from .policies import (Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window, match_form,
                        band_ranks)
 
 __all__ = ["Schedule", "ScheduledBand", "parse_schedule", "parse", "GRAMMAR", "RING_GRAMMAR",
@@ -231,19 +231,14 @@ def parse(text: str) -> ScheduledBand | None:
     >>> parse("ring[10,100]").name
     'ring[10,100,constant]'
     """
-    t = text.strip()
-    if t.startswith("ring"):
-        m = _RING_RE.match(t)
-        if not m:
-            raise PolicyError(f"policy {text!r}: malformed ring policy; allowed: {RING_GRAMMAR}")
+    m = match_form(text, "ring", _RING_RE, RING_GRAMMAR)
+    if m is not None:
         a0, a1, b0, b1, sched = m.groups()
         lo = (float(a0), float(a1 if a1 is not None else a0))
         hi = (float(b0), float(b1 if b1 is not None else b0))
         return ScheduledBand(lo, hi, _schedule(sched, lo, hi, text, RING_GRAMMAR), "ring")
-    if t.startswith("curriculum"):
-        m = _CURRICULUM_RE.match(t)
-        if not m:
-            raise PolicyError(f"policy {text!r}: malformed curriculum policy; allowed: {CURRICULUM_GRAMMAR}")
+    m = match_form(text, "curriculum", _CURRICULUM_RE, CURRICULUM_GRAMMAR)
+    if m is not None:
         a0, b0, a1, b1, sched = m.groups()
         lo, hi = (float(a0), float(a1)), (float(b0), float(b1))
         return ScheduledBand(lo, hi, _schedule(sched, lo, hi, text, CURRICULUM_GRAMMAR), "curriculum")
