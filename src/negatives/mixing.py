@@ -72,36 +72,23 @@ def _randint(high: int, shape: tuple[int, ...], device, generator: torch.Generat
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
 
-def hardest(sim: Tensor, candidates: Candidates, n: int) -> Tensor:
-    """Embeddings of each query's ``n`` hardest candidates: ``sim [B, K] -> [B, n, D]``,
-    hardest first."""
-    index = torch.topk(sim, n, dim=1, largest=True, sorted=True).indices      # [B, n]
-    return candidates.embeddings(index)
+def hardest(sim: Tensor, n: int) -> Tensor:
+    """Positions of each query's ``n`` hardest candidates: ``sim [B, K] -> [B, n]``
+    (in no particular order: the mixes draw positions uniformly)."""
+    return torch.topk(sim, n, dim=1, largest=True, sorted=False).indices
 
 
-def mix_pairs(hard: Tensor, i: Tensor, j: Tensor, alpha: Tensor) -> Tensor:
-    """``normalize(alpha n_i + (1 - alpha) n_j)`` for each query.
-
-    hard: ``[B, N, D]``; i, j: ``[B, s]`` int64 positions in ``0 .. N-1``;
-    alpha: ``[B, s]`` in ``[0, 1]``.  Returns ``[B, s, D]``, unit norm.
-    """
-    d = hard.shape[2]
-    n_i = hard.gather(1, i.unsqueeze(2).expand(-1, -1, d))                   # [B, s, D]
-    n_j = hard.gather(1, j.unsqueeze(2).expand(-1, -1, d))
-    a = alpha.unsqueeze(2).to(hard.dtype)
-    return F.normalize(a * n_i + (1 - a) * n_j, dim=2)
+def mix_pairs(n_i: Tensor, n_j: Tensor, alpha: Tensor) -> Tensor:
+    """``normalize(alpha n_i + (1 - alpha) n_j)``: ``[B, s, D]`` parents and
+    ``alpha [B, s]`` in ``[0, 1]`` -> ``[B, s, D]``, unit norm."""
+    return F.normalize(torch.lerp(n_j, n_i, alpha.unsqueeze(2).to(n_i.dtype)), dim=2)
 
 
-def mix_with_query(query: Tensor, hard: Tensor, j: Tensor, beta: Tensor) -> Tensor:
-    """``normalize(beta q + (1 - beta) n_j)`` for each query.
-
-    query: ``[B, D]``; hard: ``[B, N, D]``; j: ``[B, s']``; beta: ``[B, s']``
-    in ``[0, 0.5)``.  Returns ``[B, s', D]``, unit norm.
-    """
-    d = hard.shape[2]
-    n_j = hard.gather(1, j.unsqueeze(2).expand(-1, -1, d))                   # [B, s', D]
-    b = beta.unsqueeze(2).to(hard.dtype)
-    return F.normalize(b * query.unsqueeze(1).to(hard.dtype) + (1 - b) * n_j, dim=2)
+def mix_with_query(query: Tensor, n_j: Tensor, beta: Tensor) -> Tensor:
+    """``normalize(beta q + (1 - beta) n_j)``: ``query [B, D]``, ``n_j [B, s', D]``,
+    ``beta [B, s']`` in ``[0, 0.5)`` -> ``[B, s', D]``, unit norm."""
+    q = query.unsqueeze(1).to(n_j.dtype).expand_as(n_j)
+    return F.normalize(torch.lerp(n_j, q, beta.unsqueeze(2).to(n_j.dtype)), dim=2)
 
 
 class MoCHi(NegativePolicy):
@@ -164,15 +151,17 @@ class MoCHi(NegativePolicy):
         if self.n_hard > k:
             raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest out of only {k} candidates")
         with torch.no_grad():
-            hard = hardest(sim, candidates, self.n_hard).float()               # [B, N, D]
+            hard = hardest(sim, self.n_hard)                                     # [B, N] positions
             dev, g = sim.device, self.generator
             i = _randint(self.n_hard, (b, self.s), dev, g)
             j = _randint(self.n_hard, (b, self.s), dev, g)
             alpha = _uniform((b, self.s), dev, g)
             jq = _randint(self.n_hard, (b, self.s_query), dev, g)
             beta = 0.5 * _uniform((b, self.s_query), dev, g)                  # [0, 0.5)
-            extra = torch.cat([mix_pairs(hard, i, j, alpha),
-                               mix_with_query(candidates.queries.float(), hard, jq, beta)], dim=1)
+            # only the parents the mixes use are gathered, never all [B, N, D]
+            parent = lambda pos: candidates.embeddings(hard.gather(1, pos)).float()  # noqa: E731  [B, s, D]
+            extra = torch.cat([mix_pairs(parent(i), parent(j), alpha),
+                               mix_with_query(candidates.queries.float(), parent(jq), beta)], dim=1)
         self.last_mix = {"i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
         return Selection(extra=extra.detach())
 
