@@ -79,7 +79,7 @@ def test_fig2_writes_files_and_csv_matches_pandas(probe_files, tmp_path):
 def test_fig2_names_missing_policies(probe_files, tmp_path):
     df = load_probes(probe_files)
     df = df[~df.policy.isin(["keep[85_90)", "random-init"])]
-    with pytest.raises(ValueError, match=r"keep\[85,90\).*random-init"):
+    with pytest.raises(ValueError, match=r"keep\[85_90\).*random-init"):
         fig2(df, tmp_path / "fig2", SEGMENTS, EASIEST)
     assert not list(tmp_path.glob("fig2*"))
 
@@ -93,7 +93,7 @@ def test_fig2_several_temperatures_and_no_top5(probe_files, tmp_path):
     a = table[(table.panel == "a") & (table.evaluation == "linear")]
     assert sorted(a.temperature.dropna().unique()) == [0.07, 0.2]
     assert table.loc[table.panel.isin(["b", "d"]), "n"].eq(0).all()
-    with pytest.raises(ValueError, match=r"keep\[0,90\) \(t=0.07\)"):
+    with pytest.raises(ValueError, match=r"keep\[0_90\) \(t=0.07\)"):
         fig2(df[~((df.policy == "keep[0_90)") & (df.temperature == 0.07))], tmp_path / "x", SEGMENTS, EASIEST)
 
 
