@@ -45,9 +45,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of both trainers (default: pretrain.threads); the reference's "
+                        "DataLoader workers come on top")
     args = p.parse_args()
 
     s = PretrainSettings.from_dict(yaml.safe_load(open(args.config))["pretrain"])
+    if args.threads:
+        s.threads = args.threads
     torch.set_num_threads(s.threads)
     if args.data:
         d = torch.load(args.data, weights_only=False)
