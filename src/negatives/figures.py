@@ -63,6 +63,11 @@ def summarize(df: pd.DataFrame, metrics) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ helpers
 
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every policy under its canonical name (random-init as is)."""
+    return df.assign(policy=df["policy"].map(lambda p: p if p == RANDOM_INIT else parse_policy(p).name))
+
+
 def _keep_band(name: str) -> Band:
     p = parse_policy(name)
     if not (isinstance(p, Band) and p.action == "keep"):
@@ -129,7 +134,7 @@ def fig2(df: pd.DataFrame, out_prefix, segments: list[str], easiest: list[str], 
         "d": ({p.name: f"0-{_pct(p.hi_pct)}%" for _, p in easy}, "top5"),
     }
     canon = {p: parse_policy(p).name for p in segments + easiest + [baseline]}
-    df = df.assign(policy=df["policy"].map(lambda p: p if p == RANDOM_INIT else parse_policy(p).name))
+    df = _canonical(df)
     trained = df[df.policy != RANDOM_INIT]
     temps = sorted(trained.temperature.dropna().unique())
     have = set(zip(df.policy, df.temperature.fillna(-1.0)))
@@ -216,10 +221,6 @@ def _draw_fig2(table: pd.DataFrame, panels: dict, temps: list, title: str, names
 
 # ------------------------------------------------------------------ fig3, table1, simclr: runs against the baseline
 
-def _canonical(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(policy=df["policy"].map(lambda p: p if p == RANDOM_INIT else parse_policy(p).name))
-
-
 def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "all",
                      extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
     """Each policy of ``labels`` (policy -> row label) and the baseline, per
@@ -241,11 +242,9 @@ def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "
     if missing:
         raise ValueError(f"the comparison needs probes of runs missing from the table: {', '.join(missing)}")
     trained = trained[trained.policy.isin(labels)]
-    dup = trained.duplicated(["policy", "temperature", "seed"], keep=False)
-    if dup.any():
-        raise ValueError(f"duplicate runs (policy, temperature, seed):\n{trained.loc[dup, ['policy', 'temperature', 'seed']]}")
     metrics = [f"{e}_{k}" for e in EVALUATIONS for k in ("top1", "top5") if f"{e}_{k}" in trained]
     metrics += [m for m in extra_metrics if m in trained]
+    stats = summarize(trained, metrics).set_index(["policy", "temperature", "metric"])  # mean, std, n
     oracle = trained.groupby("policy")["uses_labels"].any() if "uses_labels" in trained else {}
     rows = []
     for metric in metrics:
@@ -253,14 +252,14 @@ def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "
             at = trained[trained.temperature == t]
             base = at.loc[at.policy == baseline, metric].dropna()
             for policy, label in labels.items():
-                v = at.loc[at.policy == policy, metric].dropna()
+                st = stats.loc[(policy, t, metric)]
                 same = policy == baseline
                 rows.append(dict(evaluation=metric.rsplit("_", 1)[0] if metric not in extra_metrics else metric,
                                  metric=metric, policy=policy, label=label,
                                  uses_labels=bool(oracle.get(policy, False)), temperature=t,
-                                 mean=v.mean() if len(v) else np.nan, std=v.std(ddof=1) if len(v) > 1 else np.nan,
-                                 n=len(v), delta=0.0 if same else v.mean() - base.mean() if len(v) else np.nan,
-                                 p_value=np.nan if same else _ttest(v, base)))
+                                 mean=st["mean"], std=st["std"], n=int(st["n"]),
+                                 delta=0.0 if same else st["mean"] - base.mean(),
+                                 p_value=np.nan if same else _ttest(at.loc[at.policy == policy, metric].dropna(), base)))
     return pd.DataFrame(rows, columns=["evaluation", "metric", "policy", "label", "uses_labels", "temperature",
                                        "mean", "std", "n", "delta", "p_value"])
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from .policies import parse_policy
 
-__all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds",
-           "random_init_dir", "figure_method", "figure_temperatures", "figure_probes", "figure_pairs", "figure_inputs", "similarity_file",
-           "figure_outputs"]
+__all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds", "random_init_dir",
+           "figure_method", "figure_temperatures", "figure_probes", "figure_pairs", "figure_inputs",
+           "similarity_file", "figure_outputs"]
 
 #: figure -> the policy strings it trains, read from ``cfg["figures"][figure]``;
 #: adding a figure here adds it to ``FIGURES`` and to ``rule all``

@@ -35,7 +35,7 @@ import re
 import torch
 from torch import Tensor
 
-from .policies import Candidates, NegativePolicy, PolicyError, Selection, _fmt, match_form
+from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, match_form
 
 __all__ = ["reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
            "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
@@ -137,7 +137,7 @@ class HardWeighted(_LossPolicy):
 
     def __init__(self, beta: float, tau_plus: float):
         self.beta, self.tau_plus = float(beta), float(tau_plus)
-        self.name = f"hard[{_fmt(self.beta)},{_fmt(self.tau_plus)}]"
+        self.name = f"hard[{_fmt(self.beta)}{SEP}{_fmt(self.tau_plus)}]"
         _check(self.tau_plus, self.beta, self.name, HARD_GRAMMAR)
 
 
@@ -153,7 +153,7 @@ def parse(text: str) -> _LossPolicy | None:
     >>> parse("debiased[0.10]").name
     'debiased[0.1]'
     >>> parse("hard[1.0, 0.1]").name
-    'hard[1,0.1]'
+    'hard[1_0.1]'
     """
     m = match_form(text, "debiased", _DEBIASED_RE, DEBIASED_GRAMMAR)
     if m is not None:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .policies import Candidates, NegativePolicy, PolicyError, Selection, match_form
+from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, match_form
 
 __all__ = ["MoCHi", "hardest", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
@@ -107,7 +107,7 @@ class MoCHi(NegativePolicy):
                 raise PolicyError(f"mochi: {label} must be a whole number >= 0, got {v!r}; allowed: {GRAMMAR}")
         self.n_hard, self.s, self.s_query, self.warmup = int(n_hard), int(s), int(s_query), int(warmup)
         parts = [self.n_hard, self.s, self.s_query] + ([self.warmup] if self.warmup else [])
-        self.name = "mochi[" + ",".join(str(p) for p in parts) + "]"
+        self.name = "mochi[" + SEP.join(str(p) for p in parts) + "]"
         if self.n_hard < 1:
             raise PolicyError(f"policy {self.name!r}: N must be at least 1; allowed: {GRAMMAR}")
         if self.s + self.s_query == 0:
@@ -183,9 +183,9 @@ def parse(text: str) -> MoCHi | None:
     malformed.
 
     >>> parse("mochi[1024, 512, 256]").name
-    'mochi[1024,512,256]'
+    'mochi[1024_512_256]'
     >>> parse("mochi[64,32,16,0]").name
-    'mochi[64,32,16]'
+    'mochi[64_32_16]'
     """
     m = match_form(text, "mochi", _RE, GRAMMAR)
     if m is None:

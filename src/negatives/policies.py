@@ -74,6 +74,12 @@ __all__ = [
 ]
 
 
+#: the separator of numbers in canonical policy names (folder names): never a
+#: comma, which Snakemake cannot pass in a wildcard to a cluster job (its
+#: --target-jobs splits on commas); the parser reads both
+SEP = "_"
+
+
 class PolicyError(ValueError):
     """A policy string that cannot be parsed or makes no sense."""
 
@@ -493,25 +499,11 @@ def match_form(text: str, prefix: str, pattern: re.Pattern, grammar: str) -> re.
     return m
 
 
-#: the separator of numbers in canonical policy names (folder names): never a
-#: comma, which Snakemake cannot pass in a wildcard to a cluster job (its
-#: --target-jobs splits on commas); the parser reads both
-SEP = "_"
-
-
 def parse_policy(text: str) -> NegativePolicy:
     """Parse a policy string into a policy object; its ``name`` is canonical.
 
-    Numbers are separated by ``,`` or ``_`` on input and by ``_`` in the
-    canonical name (the results folder name; see :data:`SEP`).
-    """
-    policy = _parse(text)
-    policy.name = policy.name.replace(",", SEP)
-    return policy
-
-
-def _parse(text: str) -> NegativePolicy:
-    """Parse a policy string into a policy object.
+    Numbers are separated by ``,`` or ``_`` on input and by :data:`SEP` in
+    the canonical name (the results folder name).
 
     >>> parse_policy("keep[95,100)").name
     'keep[95_100)'

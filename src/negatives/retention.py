@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .moco import KeyQueue
-from .policies import Candidates, NegativePolicy, PolicyError, Selection, match_form, _fmt, band_ranks
+from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks, match_form
 
 __all__ = ["RetainingQueue", "RetainHard", "parse", "GRAMMAR"]
 
@@ -143,7 +143,7 @@ class RetainHard(NegativePolicy):
     def __init__(self, retain: float, hard_pct: float = 5.0):
         self.retain, self.hard_pct = float(retain), float(hard_pct)
         self.name = (f"retain-hard[{_fmt(self.retain)}]" if self.hard_pct == 5.0
-                     else f"retain-hard[{_fmt(self.retain)},{_fmt(self.hard_pct)}]")
+                     else f"retain-hard[{_fmt(self.retain)}{SEP}{_fmt(self.hard_pct)}]")
         if not 0.0 < self.retain < 1.0:
             raise PolicyError(f"policy {self.name!r}: r must lie in (0, 1), got {_fmt(self.retain)}; "
                               f"allowed: {GRAMMAR}")

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .policies import (Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window, match_form,
+from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window, match_form,
                        band_ranks)
 
 __all__ = ["Schedule", "ScheduledBand", "parse_schedule", "parse", "GRAMMAR", "RING_GRAMMAR",
@@ -179,9 +179,9 @@ class ScheduledBand(NegativePolicy):
         def bound(v):
             return _fmt(v[0]) if v[0] == v[1] else f"{_fmt(v[0])}->{_fmt(v[1])}"
         if self.style == "ring":
-            return f"ring[{bound(self.lo)},{bound(self.hi)},{schedule.name}]"
-        return (f"curriculum[{_fmt(self.lo[0])},{_fmt(self.hi[0])}->{_fmt(self.lo[1])},{_fmt(self.hi[1])},"
-                f"{schedule.name}]")
+            return f"ring[{bound(self.lo)}{SEP}{bound(self.hi)}{SEP}{schedule.name}]"
+        return (f"curriculum[{_fmt(self.lo[0])}{SEP}{_fmt(self.hi[0])}->{_fmt(self.lo[1])}{SEP}{_fmt(self.hi[1])}"
+                f"{SEP}{schedule.name}]")
 
     def bounds(self, progress: float) -> tuple[float, float]:
         """The band ``(a, b)`` in percentiles at ``progress``."""
@@ -225,11 +225,11 @@ def parse(text: str) -> ScheduledBand | None:
     is one of them but malformed.
 
     >>> parse("ring[0 -> 90, 100, linear]").name
-    'ring[0->90,100,linear]'
+    'ring[0->90_100_linear]'
     >>> parse("curriculum[0,100->95,100,step]").name
-    'curriculum[0,100->95,100,step10]'
+    'curriculum[0_100->95_100_step10]'
     >>> parse("ring[10,100]").name
-    'ring[10,100,constant]'
+    'ring[10_100_constant]'
     """
     m = match_form(text, "ring", _RING_RE, RING_GRAMMAR)
     if m is not None:

@@ -275,7 +275,6 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
             step += 1
         if not torch.isfinite(loss_sum):
             _non_finite(loss_sum, epoch, done - 1, last)
-        kept_sum = float(kept_sum)
         elapsed = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1, "loss": float(loss_sum) / max(1, done), "lr": lr,
