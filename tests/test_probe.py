@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 
 from negatives import data
+from negatives.optim import SGD
 from negatives.evaluate import evaluate_checkpoint, topk_accuracy
 from negatives.models import Encoder, MLPHead
 from negatives.probe import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
@@ -75,13 +76,13 @@ def test_frozen_is_eval_mode_without_gradients():
 
 def test_learning_rate_steps_at_the_milestones(monkeypatch):
     seen = []
-    real_step = torch.optim.SGD.step
+    real_step = SGD.step
 
     def step(self, *a, **k):
         seen.append(self.param_groups[0]["lr"])
         return real_step(self, *a, **k)
 
-    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    monkeypatch.setattr(SGD, "step", step)
     train = data.TensorSource(*colour_images(4, 0))                  # 12 images, batch 16: one step an epoch
     s = FaithfulSettings(epochs=4, lr=30.0, milestones=(1, 3), gamma=0.1, batch_size=16)
     faithful_linear_probe(tiny_encoder(), train, train, 3, [0.5] * 3, [0.25] * 3, s)

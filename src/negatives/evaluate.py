@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .augment import Normalize
 from .data import load_prepared, open_source
+from .optim import avoid_dynamo_import
 
 __all__ = [
     "FEWSHOT_DRAWS",
@@ -144,6 +145,7 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
     g = torch.Generator().manual_seed(seed)
     w = (0.01 * torch.randn(x.shape[1], num_classes, generator=g)).requires_grad_()
     b = torch.zeros(num_classes, requires_grad=True)
+    avoid_dynamo_import()
     opt = torch.optim.LBFGS([w, b], lr=lr, max_iter=epochs, history_size=20,
                             tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 

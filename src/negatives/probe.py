@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import Normalize
+from .optim import SGD
 
 __all__ = ["FaithfulSettings", "ProbeAugment", "frozen", "train_linear_classifier", "classifier_scores",
            "faithful_linear_probe", "faithful_probe"]
@@ -115,8 +116,8 @@ def train_linear_classifier(backbone: nn.Module, source, num_classes: int, mean,
     classifier = nn.Linear(_feature_dim(backbone, source.shape, device), num_classes).to(device)
     nn.init.normal_(classifier.weight, std=0.01)
     nn.init.zeros_(classifier.bias)
-    opt = torch.optim.SGD(classifier.parameters(), lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay)
+    opt = SGD(classifier.parameters(), lr=settings.lr, momentum=settings.momentum,
+              weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(settings.milestones), gamma=settings.gamma)
     order_gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(settings.epochs):

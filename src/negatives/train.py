@@ -26,6 +26,7 @@ from .checkpoint import Preempted, StopSignals, load_latest, previous_path, rng_
 from .data import TensorSource, _atomic_save, load_prepared, open_source, open_train_source, read_images
 from .models import build_encoder
 from .methods import build_method, num_candidates
+from .optim import SGD
 from .policies import parse_policy
 
 __all__ = ["PretrainSettings", "pretrain", "init_checkpoint", "load_encoder", "resolve_device", "epoch_seed"]
@@ -216,7 +217,7 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
                          generator=torch.Generator().manual_seed(epoch_seed(seed, -2))).to(device)
     model = model.to(memory_format=channels_last)
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
-    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
+    opt = SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
     meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
 
     last = out / "last.pt"
