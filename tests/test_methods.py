@@ -13,8 +13,9 @@ from negatives.losses import debiased_nce, hard_nce, reweighted_nce
 from negatives.mixing import MoCHi
 from negatives.models import build_encoder
 from negatives.moco import KeyQueue, MoCo, info_nce, policy_loss
-from negatives.policies import Band, Candidates, PolicyError, parse_policy
+from negatives.policies import Band, Candidates, Mix, PolicyError, Selection, parse_policy
 from negatives.retention import RetainHard, RetainingQueue
+from negatives.simclr import SimCLR, candidate_index, twin_index
 from negatives.ring import Schedule, parse_schedule
 
 
@@ -35,22 +36,28 @@ def _cone_coefficients(h, a, b):
 # --------------------------------------------------------------------------
 
 def _mochi_step(policy, b=3, k=40, d=8, seed=0):
+    """One step: ``(q, keys, sim, selection, h)`` with ``h [B, s+s', D]`` the
+    draw's synthetic negatives, materialised."""
     q = _unit(b, d, seed=seed)
     keys = _unit(k, d, seed=seed + 1)
     sim = q @ keys.T
-    return q, keys, sim, policy(sim, Candidates(keys=keys, queries=q), 0.0)
+    cand = Candidates(keys=keys, queries=q)
+    sel = policy(sim, cand, 0.0)
+    return q, keys, sim, sel, policy.embeddings(cand)
 
 
 def test_mochi_pair_mixes_are_unit_and_in_the_cone_of_two_of_the_n_hardest():
     n = 5
     pol = MoCHi(n, 12, 0, generator=torch.Generator().manual_seed(1))
-    q, keys, sim, sel = _mochi_step(pol)
-    assert sel.keep is None and sel.index is None          # every real negative is kept
-    assert sel.extra.shape == (3, 12, 8) and not sel.extra.requires_grad
-    assert torch.allclose(sel.extra.norm(dim=2), torch.ones(3, 12), atol=1e-6)
+    q, keys, sim, sel, h_all = _mochi_step(pol)
+    assert sel.keep is None and sel.index is None and sel.extra is None   # every real negative is kept
+    assert h_all.shape == (3, 12, 8) and not h_all.requires_grad
+    assert torch.allclose(h_all.norm(dim=2), torch.ones(3, 12), atol=1e-6)
+    # the closed form's cosines are those of the materialised mixes
+    torch.testing.assert_close(sel.mix.logits(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
     for row in range(3):
         hard = keys[torch.argsort(sim[row], descending=True)[:n]]   # the N hardest, the slow way
-        for h in sel.extra[row]:
+        for h in h_all[row]:
             # some pair (i, j) of the N hardest has h = x n_i + y n_j with x, y >= 0
             fits = []
             for i, j in itertools.combinations_with_replacement(range(n), 2):
@@ -65,13 +72,14 @@ def test_mochi_pair_mixes_are_unit_and_in_the_cone_of_two_of_the_n_hardest():
 def test_mochi_query_mixes_weigh_the_query_below_one_half():
     n = 4
     pol = MoCHi(n, 0, 200, generator=torch.Generator().manual_seed(2))
-    q, keys, sim, sel = _mochi_step(pol, b=2)
-    assert sel.extra.shape == (2, 200, 8)
-    assert torch.allclose(sel.extra.norm(dim=2), torch.ones(2, 200), atol=1e-6)
+    q, keys, sim, sel, h_all = _mochi_step(pol, b=2)
+    assert h_all.shape == (2, 200, 8) and sel.mix.i.shape == (2, 200)
+    assert torch.allclose(h_all.norm(dim=2), torch.ones(2, 200), atol=1e-6)
+    torch.testing.assert_close(sel.mix.logits(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
     betas = []
     for row in range(2):
         hard = keys[torch.argsort(sim[row], descending=True)[:n]]
-        for h in sel.extra[row]:
+        for h in h_all[row]:
             best = min((_cone_coefficients(h, q[row], hard[j]) for j in range(n)), key=lambda t: t[2])
             x, y, res = best
             assert res < 1e-5 and x >= -1e-6 and y > 0
@@ -86,19 +94,24 @@ def test_mochi_query_mixes_weigh_the_query_below_one_half():
 def test_mochi_draws_from_the_global_generator_deterministically():
     pol = MoCHi(6, 8, 4)
     torch.manual_seed(7)
-    a = _mochi_step(pol)[3].extra
+    a, mix_a = _mochi_step(pol)[4], _mochi_step(pol)[3].mix
     torch.manual_seed(7)
-    b = _mochi_step(pol)[3].extra
+    b, mix_b = _mochi_step(pol)[4], _mochi_step(pol)[3].mix
     torch.manual_seed(8)
-    c = _mochi_step(pol)[3].extra
+    c = _mochi_step(pol)[4]
     assert torch.equal(a, b) and not torch.equal(a, c)
+    assert all(torch.equal(getattr(mix_a, f), getattr(mix_b, f)) for f in "ijacd")
 
 
-def test_mochi_extra_is_detached_even_from_inputs_with_gradient():
+def test_mochi_mixes_are_detached_even_from_inputs_with_gradient():
     q = _unit(3, 8).requires_grad_(True)
     keys = _unit(30, 8, seed=1).requires_grad_(True)
-    sel = MoCHi(4, 4, 4)(q.detach() @ keys.detach().T, Candidates(keys=keys, queries=q), 0.0)
-    assert not sel.extra.requires_grad and sel.extra.grad_fn is None
+    pol = MoCHi(4, 4, 4)
+    cand = Candidates(keys=keys, queries=q)
+    sel = pol(q.detach() @ keys.detach().T, cand, 0.0)
+    assert all(not getattr(sel.mix, f).requires_grad for f in "acd")
+    h = pol.embeddings(cand)
+    assert not h.requires_grad and h.grad_fn is None
 
 
 def test_mochi_warm_up_in_epochs():
@@ -109,9 +122,10 @@ def test_mochi_warm_up_in_epochs():
         pol(sim, cand, 0.5)                                # epochs unknown
     pol.start(10)
     steps = 7                                              # per epoch; progress = step / (7 * 10)
-    assert pol(sim, cand, (3 * steps - 1) / (10 * steps)).extra is None   # last step of epoch 3 (index 2)
-    assert pol(sim, cand, (3 * steps) / (10 * steps)).extra.shape == (2, 4, 4)  # first step of epoch 4
-    assert parse_policy("mochi[4,2,2]")(sim, cand, 0.0).extra is not None     # no warm-up
+    assert pol(sim, cand, (3 * steps - 1) / (10 * steps)).mix is None     # last step of epoch 3 (index 2)
+    assert pol(sim, cand, (3 * steps) / (10 * steps)).mix.i.shape == (2, 4)  # first step of epoch 4
+    assert pol.embeddings(cand).shape == (2, 4, 4)
+    assert parse_policy("mochi[4,2,2]")(sim, cand, 0.0).mix is not None       # no warm-up
 
 
 def test_mochi_works_on_simclr_candidates_through_pool_index():
@@ -124,13 +138,39 @@ def test_mochi_works_on_simclr_candidates_through_pool_index():
                               for i in range(b2)])                 # [2B, 2B-2]
     sim = torch.einsum("bd,bkd->bk", views, views[pool_index])
     pol = MoCHi(n, 3, 0, generator=torch.Generator().manual_seed(0))
-    sel = pol(sim, Candidates(keys=views, queries=views, pool_index=pool_index), 0.0)
-    assert sel.extra.shape == (b2, 3, d)
+    cand = Candidates(keys=views, queries=views, pool_index=pool_index)
+    sel = pol(sim, cand, 0.0)
+    h_all = pol.embeddings(cand)
+    assert h_all.shape == (b2, 3, d)
+    torch.testing.assert_close(sel.mix.logits(views, sim), torch.einsum("bd,bsd->bs", views, h_all))
     for row in range(b2):
         own = views[pool_index[row][torch.argsort(sim[row], descending=True)[:n]]]
-        for h in sel.extra[row]:
+        for h in h_all[row]:
             assert min(_cone_coefficients(h, own[0], own[1])[2], _cone_coefficients(h, own[0], own[0])[2],
                        _cone_coefficients(h, own[1], own[1])[2]) < 1e-5
+
+
+def test_mochi_on_simclr_gives_the_gradient_of_detached_mixes():
+    """SimCLR's candidates carry gradient; the synthetic negatives must not:
+    the model's loss and gradient equal those with the materialised mixes."""
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).double()
+    pol = MoCHi(3, 4, 3, generator=torch.Generator().manual_seed(4))
+    model = SimCLR(enc, temperature=0.2, policy=pol)
+    x1, x2 = torch.randn(4, 1, 2, 6, dtype=torch.float64), torch.randn(4, 1, 2, 6, dtype=torch.float64)
+    labels = torch.arange(4)
+    loss, _ = model(x1, x2, labels, labels)
+    grad = torch.autograd.grad(loss, list(enc.parameters()))
+    # the plain path, on the same draw
+    z = F.normalize(enc(torch.cat([x1, x2])), dim=1)
+    s = z @ z.T
+    l_pos = s.gather(1, twin_index(4).unsqueeze(1)).squeeze(1)
+    pool_index = candidate_index(4)
+    h = pol.embeddings(Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool_index))
+    plain = policy_loss(pol, Selection(extra=h), z, l_pos, s.gather(1, pool_index), 0.2)
+    torch.testing.assert_close(loss, plain, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grad, torch.autograd.grad(plain, list(enc.parameters()))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_mochi_bad_settings_are_policy_errors():
@@ -175,10 +215,90 @@ def test_policy_loss_adds_the_synthetic_logits():
     l_pos = torch.tensor([0.5, 0.2, 0.9])
     pol = MoCHi(4, 3, 2)
     torch.manual_seed(0)
-    sel = pol(q @ keys.T, Candidates(keys=keys, queries=q), 0.0)
+    cand = Candidates(keys=keys, queries=q)
+    sel = pol(q @ keys.T, cand, 0.0)
     got = policy_loss(pol, sel, q, l_pos, q @ keys.T, 0.2)
-    expected = info_nce(l_pos, torch.cat([q @ keys.T, torch.einsum("bd,bsd->bs", q, sel.extra)], 1), None, 0.2)
+    h = pol.embeddings(cand)
+    expected = info_nce(l_pos, torch.cat([q @ keys.T, torch.einsum("bd,bsd->bs", q, h)], 1), None, 0.2)
     assert torch.allclose(got, expected)
+
+
+@pytest.mark.parametrize("real", ["all", "keep", "index", "drop_index"])
+def test_mochi_closed_form_loss_and_gradient_equal_the_materialised_mixes(real):
+    """Fast path == plain path: ``Selection(mix=...)`` gives the loss and the
+    gradients (to the encoder's raw output and to q itself) of
+    ``Selection(extra=<the same mixes as embeddings>)``, whatever selection of
+    real negatives comes with it."""
+    b, k, d = 3, 40, 8
+    raw = torch.randn(b, d, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    q = F.normalize(raw, dim=1)                                                   # the query, normalised
+    keys = F.normalize(_unit(k, d, seed=6).double(), dim=1)                      # unit in float64
+    l_pos = (q * _unit(b, d, seed=7).double()).sum(1)
+    sim = q @ keys.T
+    pol = MoCHi(6, 10, 7, generator=torch.Generator().manual_seed(8))
+    cand = Candidates(keys=keys, queries=q.detach())
+    mix = pol(sim.detach(), cand, 0.0).mix
+    h = pol.embeddings(cand)
+    real_sel = {"all": {}, "keep": {"keep": torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7},
+                "index": {"index": torch.arange(5, 30).expand(b, -1)},
+                "drop_index": {"drop_index": torch.tensor([[0, 3], [5, 1], [2, 39]])}}[real]
+    fast = policy_loss(pol, Selection(mix=mix, **real_sel), q, l_pos, sim, 0.2)
+    plain = policy_loss(pol, Selection(extra=h, **real_sel), q, l_pos, sim, 0.2)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+    g_fast = torch.autograd.grad(fast, [raw, q], retain_graph=True)
+    g_plain = torch.autograd.grad(plain, [raw, q])
+    for got, want in zip(g_fast, g_plain):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert Selection(mix=mix, **real_sel).kept_per_query(k) == Selection(extra=h, **real_sel).kept_per_query(k)
+
+
+def test_mix_logits_by_hand():
+    """One query q = (0.6, 0.8, 0) and the candidates e1, e2, e3 (so sim =
+    (0.6, 0.8, 0)): the pair mix of e1, e2 with alpha = 0.25 and the query
+    mix of e3 with beta = 0.4, in closed form and by hand."""
+    q = torch.tensor([[0.6, 0.8, 0.0]], dtype=torch.float64, requires_grad=True)
+    keys = torch.eye(3, dtype=torch.float64)
+    sim = q @ keys.T
+    # h  = normalize(0.25 e1 + 0.75 e2):  |.|^2 = 0.0625 + 0.5625 = 0.625 (e1 . e2 = 0)
+    # h' = normalize(0.4 q + 0.6 e3):     |.|^2 = 0.16 + 0.36 + 2 (0.4)(0.6)(q . e3 = 0) = 0.52
+    r, r_q = math.sqrt(0.625), math.sqrt(0.52)
+    mix = Mix(i=torch.tensor([[0, 2]]), j=torch.tensor([[1, 2]]),
+              a=torch.tensor([[0.25 / r, 0.0]], dtype=torch.float64),
+              c=torch.tensor([[0.75 / r, 0.6 / r_q]], dtype=torch.float64),
+              d=torch.tensor([[0.0, 0.4 / r_q]], dtype=torch.float64))
+    got = mix.logits(q, sim)
+    # q . h = (0.25 * 0.6 + 0.75 * 0.8) / sqrt(0.625) = 0.75 / 0.790569...
+    # q . h' = (0.4 * 1 + 0.6 * 0) / sqrt(0.52) = 0.4 / 0.721110...
+    torch.testing.assert_close(got, torch.tensor([[0.9486832980505138, 0.5547001962252291]], dtype=torch.float64),
+                               rtol=1e-14, atol=1e-14)
+    # gradient to q: h + h' = (0.25, 0.75, 0) / sqrt(0.625) + (0.24, 0.32, 0.6) / sqrt(0.52)
+    (grad,) = torch.autograd.grad(got.sum(), q)
+    want = torch.tensor([[0.25 / r + 0.24 / r_q, 0.75 / r + 0.32 / r_q, 0.6 / r_q]], dtype=torch.float64)
+    torch.testing.assert_close(grad, want, rtol=1e-14, atol=1e-14)
+
+
+def test_mochi_closed_form_by_hand():
+    """MoCHi on q = (0.6, 0.8, 0) with orthonormal candidates e1, e2, e3: the
+    two hardest are e2, e1; every draw's cosine is checked against the
+    geometry (|x e_i + y e_j|^2 = x^2 + y^2, or (x + y)^2 when i = j)."""
+    q = torch.tensor([[0.6, 0.8, 0.0]], dtype=torch.float64)
+    keys = torch.eye(3, dtype=torch.float64)
+    pol = MoCHi(2, 4, 4, generator=torch.Generator().manual_seed(3))
+    mix = pol(q @ keys.T, Candidates(keys=keys, queries=q), 0.0).mix
+    got = mix.logits(q, q @ keys.T)[0].tolist()
+    m = pol.last_mix
+    hard = m["hard"][0].tolist()
+    assert sorted(hard) == [0, 1]
+    qc = [0.6, 0.8, 0.0]
+    pairs = [(hard[i], hard[j], a) for i, j, a in zip(m["i"][0].tolist(), m["j"][0].tolist(), m["alpha"][0].tolist())]
+    assert any(i != j for i, j, _ in pairs)
+    want = [(a * qc[i] + (1 - a) * qc[j]) / math.sqrt(a * a + (1 - a) ** 2 + (2 * a * (1 - a) if i == j else 0))
+            for i, j, a in pairs]
+    # query mixes: |b q + (1 - b) e_j|^2 = b^2 + (1 - b)^2 + 2 b (1 - b) q_j
+    for j, b in zip(m["jq"][0].tolist(), m["beta"][0].tolist()):
+        n = hard[j]
+        want.append((b + (1 - b) * qc[n]) / math.sqrt(b * b + (1 - b) ** 2 + 2 * b * (1 - b) * qc[n]))
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
 # --------------------------------------------------------------------------

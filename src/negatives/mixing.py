@@ -15,9 +15,34 @@ For every query ``q`` (unit norm) with candidate negatives ``n_1 .. n_K``:
 
    so the query's weight is strictly below one half and ``h'_k`` stays closer
    to ``n_j`` than to ``q``;
-4. all ``s + s'`` are detached and returned as ``Selection.extra [B, s+s', D]``:
-   the loss adds ``q . h`` to the query's logits (gradient to the query
-   only), every real negative is kept, and nothing synthetic enters the queue.
+4. all ``s + s'`` are detached constants: the loss adds ``q . h`` to the
+   query's logits (gradient ``h`` to the query only), every real negative is
+   kept, and nothing synthetic enters the queue.
+
+Closed form.  The loss needs only the cosines ``q . h``, and they follow from
+cosines already at hand, so no mixed embedding is built.  With ``q``, ``n_i``,
+``n_j`` unit norm and ``sim_i = q . n_i`` a column of ``sim``, the dot product
+distributes over the sum and the norm expands::
+
+    q . h_k  = (alpha sim_i + (1 - alpha) sim_j) / r,
+         r   = |alpha n_i + (1 - alpha) n_j| = sqrt(alpha^2 + (1 - alpha)^2 + 2 alpha (1 - alpha) n_i . n_j),
+    q . h'_k = (beta (q . q) + (1 - beta) sim_j) / r',
+         r'  = |beta q + (1 - beta) n_j|     = sqrt(beta^2 + (1 - beta)^2 + 2 beta (1 - beta) sim_j),
+
+exact up to rounding, not an approximation.  Only the pair products
+``n_i . n_j [B, s]`` need the parents' embeddings; :class:`MoCHi` returns the
+coefficients as ``Selection(mix=Mix(i, j, a, c, d))`` ``[B, s + s']`` and the
+loss evaluates them with :meth:`Mix.logits <negatives.policies.Mix.logits>`.
+
+The gradient is the explicit form's too.  There ``h`` is a detached constant,
+so ``d(q . h)/dq = h``.  Here ``alpha``, ``beta``, ``r``, ``r'`` are detached
+constants, ``sim_i`` has gradient ``n_i`` to ``q`` (``sim = q @ keys.T`` with
+the keys detached; SimCLR, whose candidates do get gradient, passes such
+cosines separately), and ``q . q`` is computed as ``q . q.detach()``, whose
+gradient is ``q``: so the gradient is ``(alpha n_i + (1 - alpha) n_j) / r = h``
+and ``(beta q + (1 - beta) n_j) / r' = h'``.  The explicit form stays as the
+reference: :func:`hardest`, :func:`mix_pairs`, :func:`mix_with_query`, and
+:meth:`MoCHi.embeddings`, which materialises the last draw's ``h``.
 
 Mixing starts after a warm-up of ``w`` epochs (the policy is told the run
 length by :meth:`MoCHi.start`; ``progress`` is the fraction of training done).
@@ -34,7 +59,8 @@ Policy string: ``mochi[N,s,s']`` or ``mochi[N,s,s',w]`` (``w`` warm-up
 epochs, default 0; written only when non-zero).  The paper's ImageNet setting
 is ``mochi[1024,512,256]`` (or ``mochi[1024,1024,256]``).  Applies to MoCo
 (the candidates are the queue) and to SimCLR (the other 2B-2 views): the
-hard negatives are read through :meth:`Candidates.embeddings`.
+positions index ``sim``'s columns and the parents are read through
+:meth:`Candidates.embeddings`.
 """
 
 from __future__ import annotations
@@ -45,9 +71,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, match_form
+from .policies import SEP, Candidates, Mix, NegativePolicy, PolicyError, Selection, match_form
 
-__all__ = ["MoCHi", "hardest", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
+__all__ = ["MoCHi", "hardest", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
 GRAMMAR = ("'mochi[N,s,s']' or 'mochi[N,s,s',w]': per query, s negatives mixed from pairs of its N hardest "
            "and s' mixed from the query and one of them, after w warm-up epochs (integers, N >= 1, "
@@ -78,6 +104,19 @@ def hardest(sim: Tensor, n: int) -> Tensor:
     return torch.topk(sim, n, dim=1, largest=True, sorted=False).indices
 
 
+def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
+    """``n_i . n_j`` of each query's candidates at positions ``pi, pj [B, s]``
+    -> ``[B, s]``: the only embeddings the closed form reads.  On CPU the
+    ``[B, s, D]`` parents are gathered a block of queries (about 0.5 MB) at a
+    time: one gather of all of them costs several times more there."""
+    b, s = pi.shape
+    rows = b
+    if pi.device.type == "cpu" and candidates.keys is not None:
+        rows = max(1, (1 << 17) // max(1, s * candidates.keys.shape[1]))
+    return torch.cat([(candidates.embeddings(pi[r:r + rows]) * candidates.embeddings(pj[r:r + rows])).sum(2)
+                      for r in range(0, b, rows)])
+
+
 def mix_pairs(n_i: Tensor, n_j: Tensor, alpha: Tensor) -> Tensor:
     """``normalize(alpha n_i + (1 - alpha) n_j)``: ``[B, s, D]`` parents and
     ``alpha [B, s]`` in ``[0, 1]`` -> ``[B, s, D]``, unit norm."""
@@ -95,9 +134,11 @@ class MoCHi(NegativePolicy):
     """``mochi[N,s,s',w]``: every negative, plus ``s + s'`` synthetic hard
     negatives per query once ``w`` epochs are done (see the module docstring).
 
-    ``sim [B, K] -> Selection(extra [B, s + s', D])``; ``extra`` is float32,
-    unit norm, detached.  ``last_mix`` keeps the last draw (``i, j, alpha``
-    for the pairs, ``j, beta`` for the query mixes) for inspection.
+    ``sim [B, K] -> Selection(mix=Mix [B, s + s'])``: the synthetic
+    negatives' cosines in closed form, pair mixes first.  ``last_mix`` keeps
+    the last draw (``hard [B, N]`` the positions of the N hardest; ``i, j,
+    alpha`` for the pairs and ``jq, beta`` for the query mixes, positions
+    into ``hard``); :meth:`embeddings` materialises it.
     """
 
     def __init__(self, n_hard: int, s: int, s_query: int, warmup: int = 0,
@@ -145,8 +186,6 @@ class MoCHi(NegativePolicy):
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         if not self.mixing(progress):
             return Selection()
-        if candidates.queries is None:
-            raise PolicyError(f"policy {self.name!r} needs the query embeddings, which this step does not have")
         b, k = sim.shape
         if self.n_hard > k:
             raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest out of only {k} candidates")
@@ -158,12 +197,34 @@ class MoCHi(NegativePolicy):
             alpha = _uniform((b, self.s), dev, g)
             jq = _randint(self.n_hard, (b, self.s_query), dev, g)
             beta = 0.5 * _uniform((b, self.s_query), dev, g)                  # [0, 0.5)
-            # only the parents the mixes use are gathered, never all [B, N, D]
-            parent = lambda pos: candidates.embeddings(hard.gather(1, pos)).float()  # noqa: E731  [B, s, D]
-            extra = torch.cat([mix_pairs(parent(i), parent(j), alpha),
-                               mix_with_query(candidates.queries.float(), parent(jq), beta)], dim=1)
-        self.last_mix = {"i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
-        return Selection(extra=extra.detach())
+            pi, pj, pq = hard.gather(1, i), hard.gather(1, j), hard.gather(1, jq)  # positions in sim
+            dot = pair_dots(candidates, pi, pj)                                    # n_i . n_j  [B, s]
+            x, y = alpha.to(dot.dtype), beta.to(dot.dtype)
+            r = (x * x + (1 - x) ** 2 + 2 * x * (1 - x) * dot).sqrt()            # |x n_i + (1-x) n_j|
+            sim_jq = sim.gather(1, pq).to(dot.dtype)                               # q . n_j  [B, s']
+            r_q = (y * y + (1 - y) ** 2 + 2 * y * (1 - y) * sim_jq).sqrt()        # |y q + (1-y) n_j|
+            mix = Mix(i=torch.cat([pi, pq], 1), j=torch.cat([pj, pq], 1),
+                      a=torch.cat([x / r, torch.zeros_like(y)], 1),
+                      c=torch.cat([(1 - x) / r, (1 - y) / r_q], 1),
+                      d=torch.cat([torch.zeros_like(x), y / r_q], 1))
+        self.last_mix = {"hard": hard, "i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
+        return Selection(mix=mix)
+
+    def embeddings(self, candidates: Candidates) -> Tensor:
+        """The last draw's synthetic negatives, materialised by the explicit
+        form (for tests and inspection): ``[B, s + s', D]``, pair mixes first,
+        unit norm, detached, in the keys' dtype.  ``candidates``: those of
+        that call, with the queries.  Their cosines to the queries are what
+        that call's :class:`Mix` gives."""
+        if not self.last_mix:
+            raise PolicyError(f"policy {self.name!r}: no mix drawn yet")
+        if candidates.queries is None:
+            raise PolicyError(f"policy {self.name!r} needs the query embeddings, which this step does not have")
+        m = self.last_mix
+        parent = lambda pos: candidates.embeddings(m["hard"].gather(1, pos))  # noqa: E731  [B, s, D]
+        with torch.no_grad():
+            return torch.cat([mix_pairs(parent(m["i"]), parent(m["j"]), m["alpha"]),
+                              mix_with_query(candidates.queries, parent(m["jq"]), m["beta"])], dim=1)
 
 
 _NUM = r"\s*([0-9]+(?:\.[0-9]*)?)\s*"

@@ -114,17 +114,21 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
 
 
 def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: Tensor, sim: Tensor,
-                temperature: float) -> Tensor:
+                temperature: float, mix_sim: Tensor | None = None) -> Tensor:
     """The contrastive loss of one step under a policy's selection.
 
     q: ``[B, D]`` queries; l_pos: ``[B]``; sim: ``[B, K]`` query-candidate
     cosines (with gradient).  Kept negatives are gathered (``index``) or
     masked (``keep``); synthetic ``extra`` negatives ``[B, s, D]`` are added
-    as ``q . extra`` (gradient to the query only).  The loss is the policy's
-    own (``policy.loss``) or InfoNCE.
+    as ``q . extra`` (gradient to the query only), and ``mix`` ones as
+    ``mix.logits(q, mix_sim)`` [B, s].  ``mix_sim`` [B, K] (default ``sim``)
+    are the same cosines with gradient to the query only: pass it when the
+    candidates themselves get gradient (SimCLR), as the synthetic negatives
+    are constants.  The loss is the policy's own (``policy.loss``) or InfoNCE.
     """
     loss_fn = policy.loss or info_nce
-    if selection.drop_index is not None and selection.extra is None and policy.loss is None:
+    if (selection.drop_index is not None and selection.extra is None and selection.mix is None
+            and policy.loss is None):
         # a few removed: zero their r terms rather than mask [B, K]
         return info_nce(l_pos, sim, None, temperature, drop_index=selection.drop_index)
     neg, keep = sim, selection.keep
@@ -132,11 +136,17 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
         neg, keep = sim.gather(1, selection.index), None                    # [B, n]
     elif selection.drop_index is not None:
         keep = selection.mask(sim.shape)
+    synthetic = []
     if selection.extra is not None:
-        synthetic = torch.einsum("bd,bsd->bs", q, selection.extra.to(q.dtype))  # [B, s]
-        neg = torch.cat([neg, synthetic], dim=1)
+        synthetic.append(torch.einsum("bd,bsd->bs", q, selection.extra.to(q.dtype)))  # [B, s]
+    if selection.mix is not None:
+        # read from the full [B, K] cosines: the mix's positions are candidates'
+        cosines = sim if mix_sim is None else mix_sim
+        synthetic.append(selection.mix.logits(q, cosines).to(neg.dtype))             # [B, s]
+    if synthetic:
+        neg = torch.cat([neg, *synthetic], dim=1)
         if keep is not None:
-            keep = torch.cat([keep, keep.new_ones(synthetic.shape)], dim=1)
+            keep = torch.cat([keep, keep.new_ones((keep.shape[0], neg.shape[1] - keep.shape[1]))], dim=1)
     return loss_fn(l_pos, neg, keep, temperature)
 
 

@@ -85,5 +85,9 @@ class SimCLR(nn.Module):
                                 query_labels=both_labels, queries=z.detach(), pool_index=pool_index)
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress)
-        loss = policy_loss(self.policy, selection, z, l_pos, sim, self.temperature)
+        mix_sim = None
+        if selection.mix is not None:
+            # synthetic negatives are constants: their cosines' gradient reaches the query only
+            mix_sim = (z @ z.detach().T).gather(1, pool_index)                         # [2B, 2B-2]
+        loss = policy_loss(self.policy, selection, z, l_pos, sim, self.temperature, mix_sim=mix_sim)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
