@@ -29,6 +29,7 @@ from negatives import grid
 from negatives.methods import build_method
 from negatives.policies import Candidates, parse_policy
 from negatives.train import PretrainSettings, _build
+from negatives.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1)
     args = p.parse_args()
+    keep_freed_memory()  # as python -m negatives does
 
     cfg = yaml.safe_load(open(args.config))
     s = PretrainSettings.from_dict(cfg["pretrain"])

@@ -127,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: steps reuse freed memory (no page faults)
     args.func(args)
     return 0
 
