@@ -61,11 +61,10 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     pos = l_pos / temperature                                                   # [B]
     neg = sim / temperature                                                     # [B, n]
     with torch.no_grad():
-        top = neg if keep is None else neg.masked_fill(~keep, float("-inf"))
-        m = torch.maximum(top.amax(dim=1), pos)                                 # [B]
+        m = torch.maximum(neg.amax(dim=1), pos)                                 # [B], as info_nce
     e = torch.exp(neg - m.unsqueeze(1))                                         # e^{s/t} e^{-m}
     if keep is not None:
-        e = e * keep
+        e = torch.where(keep, e, 0.0)
     if keep is None:
         n = torch.full_like(pos, float(sim.shape[1]))
     else:

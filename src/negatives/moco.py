@@ -62,16 +62,17 @@ class KeyQueue(nn.Module):
         b = keys.shape[0]
         if self.size % b != 0:
             raise ValueError(f"queue size {self.size} must be a multiple of the batch size {b}")
-        p = int(self.ptr)
-        self.keys[p : p + b] = keys.detach().to(self.keys.dtype)
-        self.labels[p : p + b] = labels
-        self.indices[p : p + b] = indices
-        self.ptr.fill_((p + b) % self.size)
+        # the slots ptr .. ptr + B - 1, computed on the queue's device: the
+        # pointer is never read on the host (no sync inside a GPU step)
+        slots = self.ptr + torch.arange(b, device=self.ptr.device)
+        self.keys.index_copy_(0, slots, keys.detach().to(self.keys.dtype))
+        self.labels.index_copy_(0, slots, labels.to(self.labels.dtype))
+        self.indices.index_copy_(0, slots, indices.to(self.indices.dtype))
+        self.ptr.add_(b).remainder_(self.size)
 
     def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(keys [K, D], labels [K], indices [K])`` oldest first."""
-        p = int(self.ptr)
-        order = torch.cat([torch.arange(p, self.size), torch.arange(0, p)]).to(self.keys.device)
+        order = (self.ptr + torch.arange(self.size, device=self.ptr.device)) % self.size
         return self.keys[order], self.labels[order], self.indices[order]
 
     def newest_first(self) -> Tensor:
@@ -91,23 +92,22 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     a mask that removes few.  Removed negatives are absent from the
     denominator (``mode: drop``) and get no gradient (exactly 0).
 
-    Computed as ``m + log(Σ exp(x - m)) - l_pos/τ``.  With a mask, ``m`` is
-    the row's largest kept logit and removed terms are multiplied by 0 rather
-    than set to ``-inf`` (keeps exp() off its slow path on CPU).  With
-    ``drop_index``, ``m`` is the row's largest logit, kept or not, and the
-    removed terms of ``exp(x - m)`` are overwritten with 0 (r per row): no
-    ``[B, K]`` mask is built.  That shift is safe because the logits are
+    Computed as ``m + log(Σ exp(x - m)) - l_pos/τ`` with ``m`` the row's
+    largest logit, kept or not, and the removed terms of ``exp(x - m)`` set
+    to 0: by ``torch.where`` with a mask (no ``-inf`` logits, which keep
+    exp() off its fast path on CPU, and no float copy of the mask), or
+    overwritten at the r positions of ``drop_index`` (no ``[B, K]`` mask is
+    built).  The shift by a removed logit is safe because the logits are
     cosines over τ: kept terms are at least ``exp(-2/τ)``, far from float32
     underflow for any τ >= 0.03.
     """
     pos = l_pos / temperature
     neg = sim / temperature
     with torch.no_grad():
-        top = neg if keep is None else neg.masked_fill(~keep, float("-inf"))
-        m = torch.maximum(top.amax(dim=1), pos)
+        m = torch.maximum(neg.amax(dim=1), pos)
     e = torch.exp(neg - m.unsqueeze(1))
     if keep is not None:
-        e = e * keep
+        e = torch.where(keep, e, 0.0)
     if drop_index is not None:
         e = e.scatter(1, drop_index, 0.0)
     return (m + torch.log(torch.exp(pos - m) + e.sum(dim=1)) - pos).mean()

@@ -86,7 +86,9 @@ class RetainingQueue(KeyQueue):
     def record(self, hardest: Tensor) -> None:
         """Count one step: ``hardest [B, n]`` int64, the slots that were each
         query's ``n`` hardest (distinct within a row)."""
-        self.hard += torch.bincount(hardest.reshape(-1), minlength=self.size).to(self.hard.dtype)
+        # index_add_, not bincount: bincount's output size is data-dependent (a host sync on GPU)
+        flat = hardest.reshape(-1)
+        self.hard.index_add_(0, flat, torch.ones_like(flat, dtype=self.hard.dtype))
         self.seen += hardest.shape[0]
 
     def retained(self) -> Tensor:
@@ -99,7 +101,8 @@ class RetainingQueue(KeyQueue):
         newest = torch.argsort(self.stamp, descending=True, stable=True)        # ties: newer first
         ranked = newest[torch.argsort(freq[newest], descending=True, stable=True)]
         top = ranked[:r]
-        return protect.index_fill_(0, top[freq[top] > 0], True)
+        # protect[top] = freq > 0: no boolean indexing (its shape would need a host sync)
+        return protect.index_put_((top,), freq[top] > 0)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, labels: Tensor, indices: Tensor) -> None:
@@ -120,7 +123,7 @@ class RetainingQueue(KeyQueue):
         self.hard[slots] = 0
         self.seen[slots] = 0
         self.clock += b
-        self.ptr.fill_((int(self.ptr) + b) % self.size)
+        self.ptr.add_(b).remainder_(self.size)
 
     def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(keys [K, D], labels [K], indices [K])`` oldest first (by ``stamp``)."""

@@ -35,10 +35,14 @@ def twin_index(batch: int, device=None) -> Tensor:
 def candidate_index(batch: int, device=None) -> Tensor:
     """``[2B, 2B-2]``: for view ``i``, every other view except its twin, in order."""
     n = 2 * batch
-    rows = torch.arange(n, device=device).unsqueeze(1)
-    cols = torch.arange(n, device=device).expand(n, n)
-    keep = (cols != rows) & (cols != twin_index(batch, device).unsqueeze(1))
-    return cols[keep].view(n, n - 2)
+    view = torch.arange(n, device=device).unsqueeze(1)
+    twin = twin_index(batch, device).unsqueeze(1)
+    first, second = torch.minimum(view, twin), torch.maximum(view, twin)
+    # 0 .. n-3 stepped over the two excluded columns, the lower one first
+    # (arithmetic, no boolean indexing: nothing is read back from the device)
+    cols = torch.arange(n - 2, device=device).expand(n, n - 2)
+    cols = cols + (cols >= first)
+    return cols + (cols >= second)
 
 
 class SimCLR(nn.Module):
