@@ -1,6 +1,7 @@
 """The training loop: determinism, resume, refusals, the prepared format."""
 
 import gzip
+import shutil
 import struct
 
 import numpy as np
@@ -139,3 +140,23 @@ def test_pretrain_and_evaluate_on_a_streamed_image_folder(tmp_path, wordnet_read
     res = evaluate_checkpoint(ckpt, path, {"knn_k": 3, "knn_temperature": 0.1, "fewshot_labels_per_class": 1},
                               tmp_path / "probe.json")
     assert 0 <= res["linear_top1"] <= 100 and res["policy"] == "keep[50_100)"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="inductor needs a C compiler")
+def test_compiled_encoders_train_like_eager_ones(tmp_path, data_path, monkeypatch):
+    """``pretrain.compile``: the fast path gives the plain path's losses (to
+    float tolerance) and checkpoints with the same keys (about 30 s: compiling)."""
+    compiled = []
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: (compiled.append(self), real(self, *a, **k)))
+    one_epoch = {**SETTINGS, "epochs": 1}
+    eager = pretrain(data_path, "moco", "keep[50_100)", 0.2, 0, one_epoch, tmp_path / "eager", log=lambda m: None)
+    fast = pretrain(data_path, "moco", "keep[50_100)", 0.2, 0, {**one_epoch, "compile": True}, tmp_path / "compiled",
+                    log=lambda m: None)
+    assert len(compiled) == 2                      # both encoders, in the second run only
+    le = pd.read_csv(tmp_path / "eager" / "train_log.csv")["loss"]
+    lc = pd.read_csv(tmp_path / "compiled" / "train_log.csv")["loss"]
+    assert np.allclose(le, lc, rtol=1e-4, atol=1e-5), (le.tolist(), lc.tolist())
+    we, wc = _weights(eager), _weights(fast)
+    assert we.keys() == wc.keys()
+    assert all(torch.allclose(we[k].float(), wc[k].float(), atol=1e-3) for k in we)

@@ -79,8 +79,9 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     batch-norm with the running statistics averaged over the splits.
 
     On CPU the splits are normalised into one preallocated output
-    (:class:`_SplitBatchNormFn`); elsewhere per-split ``F.batch_norm`` and a
-    concatenation.  Both give the same numbers."""
+    (:class:`_SplitBatchNormFn`); elsewhere, and under ``torch.compile``
+    (which fuses it itself), per-split ``F.batch_norm`` and a concatenation.
+    Both give the same numbers."""
 
     def __init__(self, num_features: int, num_splits: int = 1, **kw):
         super().__init__(num_features, **kw)
@@ -93,7 +94,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if x.shape[0] % s:
             raise ValueError(f"batch of {x.shape[0]} cannot be split into {s} batch-norm splits")
         if (x.device.type == "cpu" and self.affine and self.track_running_stats and x.dim() == 4
-                and x.dtype == self.weight.dtype):
+                and x.dtype == self.weight.dtype and not torch.compiler.is_compiling()):
             out, means, vars_ = _SplitBatchNormFn.apply(x, self.weight, self.bias, self.running_mean,
                                                         self.running_var, s, self.momentum, self.eps)
         else:

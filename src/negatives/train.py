@@ -52,6 +52,7 @@ class PretrainSettings:
     queue_extra: int = 1024        # extra queue length for replace-mode policies (a multiple of batch_size)
     threads: int = 1
     device: str = "auto"
+    compile: bool = False          # torch.compile the encoders (GPUs; on CPU compiling costs more than it saves)
     crop_scale_min: float = 0.2
     blur: bool = True
     knn_monitor: int = 2000        # images of the train/test split used by the per-epoch kNN monitor (0: off)
@@ -216,6 +217,12 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
                          momentum=s.momentum, temperature=temperature, policy=pol,
                          generator=torch.Generator().manual_seed(epoch_seed(seed, -2))).to(device)
     model = model.to(memory_format=channels_last)
+    if s.compile:
+        # in place: the state dict keeps its keys, so checkpoints are the same
+        # either way (before the optimiser, which then leaves dynamo alone)
+        for name in ("encoder_q", "encoder_k"):
+            if hasattr(model, name):
+                getattr(model, name).compile()
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
     meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
