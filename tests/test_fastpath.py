@@ -145,3 +145,23 @@ def test_augment_runs_on_float_and_uint8_alike():
     torch.manual_seed(3)
     b = aug(x.float() / 255)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (2, 5, 7, 9), (3, 2, 3, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxpool_without_gradient_equals_the_indexed_kernel(shape, channels_last):
+    from negatives.models import MaxPool2x2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, shape, generator=g).float()          # many ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = MaxPool2x2()(x)
+    assert torch.equal(fast, F.max_pool2d(x, 2))
+    # with gradient: the indexed kernel, a tie's gradient to the first maximum
+    xg = x.clone().requires_grad_()
+    MaxPool2x2()(xg).sum().backward()
+    xr = x.clone().requires_grad_()
+    F.max_pool2d(xr, 2).sum().backward()
+    assert torch.equal(xg.grad, xr.grad)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SplitBatchNorm2d", "SmallCNN", "resnet", "MLPHead", "Encoder", "build_encoder", "BACKBONES"]
+__all__ = ["SplitBatchNorm2d", "MaxPool2x2", "SmallCNN", "resnet", "MLPHead", "Encoder", "build_encoder", "BACKBONES"]
 
 
 class _SplitBatchNormFn(torch.autograd.Function):
@@ -122,6 +122,26 @@ def _norm(num_splits: int):
     return make
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)``.  Without gradient (the key encoder, feature
+    extraction) the maximum of each 2x2 window is taken by two elementwise
+    maxima of strided views: the same values, about twice as fast on CPU as
+    the indexed kernel, which computes argmax indices nobody reads.  With
+    gradient, the indexed kernel (its backward gives a tie's gradient to the
+    first maximum, which the elementwise form would split)."""
+
+    def __init__(self):
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2                  # floor, as MaxPool2d
+        x = x[..., :h, :w]
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class SmallCNN(nn.Module):
     """Three conv blocks (``width``, 2x, 4x channels), global average pool.
 
@@ -139,7 +159,7 @@ class SmallCNN(nn.Module):
             # positions' parameters, so state dicts are unchanged
             layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout)]
             if pool:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
             layers.append(nn.ReLU(inplace=True))
             return layers
 
