@@ -314,11 +314,14 @@ def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor |
     """The ranks ``[lo, hi)`` of every row of ``sim``, as ``(index [B, hi-lo], None)``
     or, when the complement is cheaper to find, ``(None, mask [B, K])``.
 
-    Never a full double argsort: partial selections (``topk``) of whichever
-    is smallest -- the band counted from the hardest end (``K - lo``
-    elements), from the easiest end (``hi``), or the band's complement, the
-    ``K - hi`` hardest plus the ``lo`` easiest.  Counts stay exact under ties:
-    the complement's second selection cannot pick what the first one took.
+    Never a sort: partial selections (unsorted ``topk``) of whichever is
+    smallest -- the band counted from the hardest end (the ``K - lo``
+    hardest, of which the band is the ``hi - lo`` easiest), from the easiest
+    end (the ``hi`` easiest, of which the band is the ``hi - lo`` hardest),
+    or the band's complement, the ``K - hi`` hardest plus the ``lo``
+    easiest.  Counts stay exact under ties: each second selection picks
+    among what the first one took (or, for the complement, among what it
+    left).
     """
     b, k = sim.shape
     if hi <= lo:
@@ -329,17 +332,23 @@ def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor |
         if k - hi:
             mask.scatter_(1, torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices, False)
         if lo:
-            rest = sim.masked_fill(~mask, float("inf"))
+            rest = sim if hi == k else sim.masked_fill(~mask, float("inf"))  # the hardest already taken out
             mask.scatter_(1, torch.topk(rest, lo, dim=1, largest=False, sorted=False).indices, False)
         return None, mask
     if from_top <= from_bottom:
-        # the (K - lo) hardest, hardest first; the first (K - hi) are above the
-        # band (no order needed when the band reaches the hardest)
-        idx = torch.topk(sim, from_top, dim=1, largest=True, sorted=hi < k).indices
-        return idx[:, k - hi :], None
-    # the hi easiest, easiest first; the first lo are below the band
-    idx = torch.topk(sim, from_bottom, dim=1, largest=False, sorted=lo > 0).indices
-    return idx[:, lo:], None
+        # the (K - lo) hardest; when the band stops short of the hardest, it is
+        # the (hi - lo) easiest of them (a second, small selection: no sort)
+        idx = torch.topk(sim, from_top, dim=1, largest=True, sorted=False).indices
+        if hi == k:
+            return idx, None
+        inner = torch.topk(sim.gather(1, idx), hi - lo, dim=1, largest=False, sorted=False).indices
+        return idx.gather(1, inner), None
+    # the hi easiest; when the band starts above the easiest, the (hi - lo) hardest of them
+    idx = torch.topk(sim, from_bottom, dim=1, largest=False, sorted=False).indices
+    if lo == 0:
+        return idx, None
+    inner = torch.topk(sim.gather(1, idx), hi - lo, dim=1, largest=True, sorted=False).indices
+    return idx.gather(1, inner), None
 
 
 def _rank_window_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
