@@ -44,6 +44,7 @@ from negatives.augment import MoCoV2Augment  # noqa: E402
 from negatives.moco import MoCo  # noqa: E402
 from negatives.policies import parse_policy  # noqa: E402
 from negatives.train import PretrainSettings, _build  # noqa: E402
+from negatives.optim import SGD  # noqa: E402
 from negatives.runtime import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="the reference's DataLoader worker counts to measure")
     p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--compile", action="store_true", help="also ours with torch.compile'd encoders (pretrain.compile)")
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="torch thread counts to measure, each for both trainers (default: pretrain.threads "
                         "and every core); the reference's DataLoader workers come on top")
@@ -86,9 +88,16 @@ def main() -> None:
           f"reference workers {args.workers}, torch {torch.__version__}")
 
     cl = torch.channels_last
-    ours = MoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, parse_policy(args.policy),
-                generator=torch.Generator().manual_seed(1)).to(memory_format=cl)
-    opt_o = torch.optim.SGD(ours.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    def build_ours():
+        model = MoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, parse_policy(args.policy),
+                     generator=torch.Generator().manual_seed(1)).to(memory_format=cl)
+        return model, SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    trainers = {"ours": build_ours()}
+    if args.compile:
+        trainers["ours-compiled"] = build_ours()
+        for enc in (trainers["ours-compiled"][0].encoder_q, trainers["ours-compiled"][0].encoder_k):
+            enc.compile()
     aug = MoCoV2Augment(h, c, mean, std, crop_scale=(s.crop_scale_min, 1.0), blur=s.blur)
     ref = ReferenceMoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1))
     opt_r = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -98,15 +107,16 @@ def main() -> None:
     order = torch.randperm(n)
     pol = parse_policy(args.policy)
 
-    def step_ours(i, _workers=None):
+    def step_ours(i, _workers=None, name="ours"):
+        model, opt = trainers[name]
         idx = order[(i * b) % (n - b + 1):][:b]
         x = images[idx]
         x_q = aug(x).contiguous(memory_format=cl)
         x_k = aug(x).contiguous(memory_format=cl)
-        loss, _ = ours(x_q, x_k, labels[idx], idx)
-        opt_o.zero_grad(set_to_none=True)
+        loss, _ = model(x_q, x_k, labels[idx], idx)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt_o.step()
+        opt.step()
 
     def step_ref(i, workers):
         try:
@@ -126,7 +136,12 @@ def main() -> None:
     # timed: the thread pool resizes, and a reference loader comes back with
     # the batches it prefetched (2 per worker) while it was not measured
     steps = {"ours": step_ours, "reference": step_ref}
-    configs = ([("ours", t, None) for t in args.thread_counts]
+    if args.compile:
+        steps["ours-compiled"] = lambda i, wk: step_ours(i, wk, "ours-compiled")
+        t0 = time.perf_counter()
+        steps["ours-compiled"](0, None)
+        print(f"compiling the encoders (first step): {time.perf_counter() - t0:.1f} s")
+    configs = ([(name, t, None) for name in trainers for t in args.thread_counts]
                + [("reference", t, wk) for t in args.thread_counts for wk in args.workers])
     times = {cfg: [] for cfg in configs}
     for (name, t, wk) in configs:
@@ -149,15 +164,19 @@ def main() -> None:
     med = {cfg: statistics.median(v) for cfg, v in times.items()}
     for (name, t, wk), m in med.items():
         setting = f"{t} thread(s)" + (f" + {wk} worker process(es)" if name == "reference" else "")
-        print(f"{name:<10} {setting:<36} {b / m:8.0f} images/s  {1e3 * m:7.1f} ms/step  "
+        print(f"{name:<14} {setting:<36} {b / m:8.0f} images/s  {1e3 * m:7.1f} ms/step  "
               f"({len(times[(name, t, wk)])} steps)")
     t0 = min(args.thread_counts)
     same = min(m for (name, t, _), m in med.items() if name == "reference" and t == t0)
     print(f"ours / reference at {t0} torch thread(s) each (reference: its best worker count): "
           f"{same / med[('ours', t0, None)]:.2f}x images/s")
-    best_o = min((m, cfg) for cfg, m in med.items() if cfg[0] == "ours")
+    best_o = min((m, cfg) for cfg, m in med.items() if cfg[0].startswith("ours"))
+    if args.compile:
+        for t in args.thread_counts:
+            print(f"compiled / eager encoders at {t} thread(s): "
+                  f"{med[('ours', t, None)] / med[('ours-compiled', t, None)]:.2f}x images/s")
     best_r = min((m, cfg) for cfg, m in med.items() if cfg[0] == "reference")
-    print(f"ours / reference, each at its best setting (ours {best_o[1][1]} thread(s); reference {best_r[1][1]} "
+    print(f"ours / reference, each at its best setting ({best_o[1][0]} {best_o[1][1]} thread(s); reference {best_r[1][1]} "
           f"thread(s) + {best_r[1][2]} worker(s)): {best_r[0] / best_o[0]:.2f}x images/s (target: at least 2x)")
 
 
