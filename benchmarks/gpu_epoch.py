@@ -6,8 +6,8 @@ synthetic images, bf16 autocast, channels-last, optional torch.compile.
     python benchmarks/gpu_epoch.py --compile            # the encoders compiled
     python benchmarks/gpu_epoch.py --tiny               # any device (CPU): a few steps of a small model
 
-On CUDA the steps run under ``torch.cuda.set_sync_debug_mode(a.sync_debug)``:
-"error" makes any host sync in the step raise).  Prints images/s of the epoch.
+On CUDA the steps run under ``torch.cuda.set_sync_debug_mode(a.sync_debug)``
+("error", the default, makes any host sync in the step raise).  Prints images/s of the epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from negatives.augment import MoCoV2Augment
 from negatives.models import build_encoder
 from negatives.moco import MoCo
+from negatives.optim import SGD
 from negatives.policies import parse_policy
 
 
@@ -33,7 +34,9 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--tiny", action="store_true", help="small-cnn, 512 images, batch 64, K=256: a CPU smoke run")
-    p.add_argument("--sync-debug", default="warn", choices=["warn", "error"])
+    p.add_argument("--sync-debug", default="error", choices=["warn", "error"],
+                   help="error (default): a host sync inside a step raises (tests/test_no_host_sync.py checks the "
+                        "same on the meta device)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.tiny:
@@ -49,7 +52,7 @@ def main() -> None:
         model.encoder_q.compile()
         model.encoder_k.compile()
     aug = MoCoV2Augment(32, 3, [0.5] * 3, [0.25] * 3).to(dev)
-    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+    opt = SGD(model.encoder_q.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     steps = a.images // a.batch
 
