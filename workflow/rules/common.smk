@@ -12,9 +12,16 @@ SEED = r"\d+"
 TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 
 
+# settings that change how fast a job runs, never its results, left out of
+# the job's params at their defaults: a release that adds one does not make
+# Snakemake (which reruns a job whose params changed) retrain finished runs
+SPEED_ONLY = {"pretrain": {"compile": False}}
+
+
 def settings(section):
     """The JSON the library gets as --settings: one config section."""
-    return json.dumps(config[section], sort_keys=True)
+    quiet = SPEED_ONLY.get(section, {})
+    return json.dumps({k: v for k, v in config[section].items() if quiet.get(k, object()) != v}, sort_keys=True)
 
 
 def dataset_option(key):
