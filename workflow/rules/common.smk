@@ -18,10 +18,19 @@ TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 SPEED_ONLY = {"pretrain": {"compile": False}}
 
 
+def _results_only(section):
+    quiet = SPEED_ONLY.get(section, {})
+    return {k: v for k, v in config[section].items() if quiet.get(k, object()) != v}
+
+
 def settings(section):
     """The JSON the library gets as --settings: one config section."""
-    quiet = SPEED_ONLY.get(section, {})
-    return json.dumps({k: v for k, v in config[section].items() if quiet.get(k, object()) != v}, sort_keys=True)
+    return json.dumps(_results_only(section), sort_keys=True)
+
+
+def config_json():
+    """The whole config as JSON (for the figures), speed-only defaults left out."""
+    return json.dumps({**config, **{section: _results_only(section) for section in SPEED_ONLY}}, sort_keys=True)
 
 
 def dataset_option(key):

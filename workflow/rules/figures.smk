@@ -21,7 +21,7 @@ for figure, category in PROBE_FIGURES + ANALYSIS_FIGURES:
                for ext in grid.FIGURE_EXTENSIONS},
         params:
             figure=figure,
-            config=json.dumps(config, sort_keys=True),
+            config=config_json(),
             out=subpath(output.pdf, strip_suffix=".pdf"),
         threads: 1
         resources:
