@@ -255,3 +255,16 @@ def test_lint_is_clean(workdir):
     assert res.returncode == 0, out
     assert "Lints for" not in out, out
     assert "Congratulations, your workflow is in a good condition" in out, out
+
+
+def test_speed_only_settings_at_their_defaults_stay_out_of_the_jobs_params(workdir):
+    """Adding ``pretrain.compile`` (false) must not change the --settings of
+    finished runs (Snakemake would retrain them); set to true, it reaches the job."""
+    for value, present in ((False, False), (True, True)):
+        res = snakemake(workdir, "-n", "-p", "fig2", config={"pretrain": {"compile": value}})
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out
+        pretrain = [line for line in out.splitlines() if "python -m negatives pretrain" in line]
+        assert pretrain and all(('"compile": true' in line) == present for line in pretrain)
+        assert all('"compile"' not in line for line in pretrain) or present
+        assert '"epochs": 4' in pretrain[0]
