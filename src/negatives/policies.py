@@ -312,7 +312,7 @@ def band_ranks(num_candidates: int, lo_pct: float, hi_pct: float) -> tuple[int, 
 
 def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
     """The ranks ``[lo, hi)`` of every row of ``sim``, as ``(index [B, hi-lo], None)``
-    or, when the complement is cheaper to find, ``(None, mask [B, K])``.
+    or, for a band inside the queue whose complement is smaller, ``(None, mask [B, K])``.
 
     Never a sort: partial selections (unsorted ``topk``) of whichever is
     smallest -- the band counted from the hardest end (the ``K - lo``
@@ -327,7 +327,10 @@ def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor |
     if hi <= lo:
         return sim.new_zeros((b, 0), dtype=torch.long), None
     from_top, from_bottom, outside = k - lo, hi, (k - hi) + lo
-    if outside < min(from_top, from_bottom):
+    # the complement only for a band inside the queue (two selections either
+    # way): a band that reaches an end is one selection as an index, and the
+    # loss then gathers it instead of masking [B, K]
+    if 0 < lo and hi < k and outside < min(from_top, from_bottom):
         mask = torch.ones((b, k), dtype=torch.bool, device=sim.device)
         if k - hi:
             mask.scatter_(1, torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices, False)
