@@ -126,9 +126,10 @@ def reference_loss(q: torch.Tensor, k: torch.Tensor, queue_keys: torch.Tensor, T
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
-def reference_loader(images, labels, mean, std, batch_size: int, num_workers: int = 1, seed: int = 0):
+def reference_loader(images, labels, mean, std, batch_size: int, num_workers: int = 1, seed: int = 0,
+                     pin_memory: bool = False):
     size, channels = images.shape[2], images.shape[1]
     ds = ImageDataset(images, labels, TwoCrops(moco_v2_transform(size, channels, mean, std)))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                       drop_last=True, persistent_workers=num_workers > 0,
+                                       drop_last=True, persistent_workers=num_workers > 0, pin_memory=pin_memory,
                                        generator=torch.Generator().manual_seed(seed))

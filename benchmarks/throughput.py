@@ -3,6 +3,7 @@ side by side in one process run.
 
     python benchmarks/throughput.py                        # default scale of config.yaml, real data if --data
     python benchmarks/throughput.py --data /tmp/data/data.pt --steps 30
+    python benchmarks/throughput.py --device cuda --cifar-scale    # the issue's GPU comparison
 
 Both train the same model (our encoder: backbone + MLP head, split BN) with
 the same batch, queue size, temperature, optimiser and device: ours =
@@ -28,6 +29,7 @@ user of either gets from the machine).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -67,6 +69,10 @@ def main() -> None:
                    help="the reference's DataLoader worker counts to measure")
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--compile", action="store_true", help="also ours with torch.compile'd encoders (pretrain.compile)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: both trainers' models (ours: data, augmentation "
+                   "and bf16 autocast on the device; the reference: fp32, batches from its DataLoader)")
+    p.add_argument("--cifar-scale", action="store_true",
+                   help="the issue's GPU scale: ResNet-18, batch 512, K=4096, 50,000 random 32x32x3 images")
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="torch thread counts to measure, each for both trainers (default: pretrain.threads "
                         "and every core); the reference's DataLoader workers come on top")
@@ -75,7 +81,14 @@ def main() -> None:
 
     s = PretrainSettings.from_dict(yaml.safe_load(open(args.config))["pretrain"])
     args.thread_counts = sorted(set(args.threads or [s.threads, os.cpu_count() or 1]))
-    if args.data:
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    if args.cifar_scale:
+        s.backbone, s.batch_size, s.queue_size, s.dim, s.bn_splits, s.small_stem = "resnet18", 512, 4096, 128, 8, True
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
+        labels, mean, std = torch.randint(0, 10, (50000,), generator=g), [0.5] * 3, [0.25] * 3
+    elif args.data:
         d = torch.load(args.data, weights_only=False)
         images, labels, mean, std = d["train_images"], d["train_labels"], d["mean"], d["std"]
     else:
@@ -84,13 +97,15 @@ def main() -> None:
         labels, mean, std = torch.zeros(10000, dtype=torch.long), [0.5], [0.25]
     n, c, h, w = images.shape
     b, k, tau = s.batch_size, s.queue_size, args.temperature
-    print(f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {h}x{w}x{c}, threads {args.thread_counts}, "
-          f"reference workers {args.workers}, torch {torch.__version__}")
+    print(f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {h}x{w}x{c}, device {dev}, "
+          f"threads {args.thread_counts}, reference workers {args.workers}, torch {torch.__version__}")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    dev_images, dev_labels = images.to(dev), labels.to(dev)      # ours: the whole dataset on the device
 
     cl = torch.channels_last
     def build_ours():
         model = MoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, parse_policy(args.policy),
-                     generator=torch.Generator().manual_seed(1)).to(memory_format=cl)
+                     generator=torch.Generator().manual_seed(1)).to(dev, memory_format=cl)
         return model, SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     trainers = {"ours": build_ours()}
@@ -98,22 +113,24 @@ def main() -> None:
         trainers["ours-compiled"] = build_ours()
         for enc in (trainers["ours-compiled"][0].encoder_q, trainers["ours-compiled"][0].encoder_k):
             enc.compile()
-    aug = MoCoV2Augment(h, c, mean, std, crop_scale=(s.crop_scale_min, 1.0), blur=s.blur)
-    ref = ReferenceMoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1))
+    aug = MoCoV2Augment(h, c, mean, std, crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(dev)
+    ref = ReferenceMoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1)).to(dev)
     opt_r = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     # one persistent loader per worker count; a loader's iterator restarts at its epoch's end
-    loaders = {wk: reference_loader(images, labels, mean, std, b, num_workers=wk) for wk in args.workers}
+    loaders = {wk: reference_loader(images, labels, mean, std, b, num_workers=wk, pin_memory=cuda)
+               for wk in args.workers}
     iters = {wk: iter(dl) for wk, dl in loaders.items()}
-    order = torch.randperm(n)
+    order = torch.randperm(n, device=dev)
     pol = parse_policy(args.policy)
 
     def step_ours(i, _workers=None, name="ours"):
         model, opt = trainers[name]
         idx = order[(i * b) % (n - b + 1):][:b]
-        x = images[idx]
+        x = dev_images[idx]
         x_q = aug(x).contiguous(memory_format=cl)
         x_k = aug(x).contiguous(memory_format=cl)
-        loss, _ = model(x_q, x_k, labels[idx], idx)
+        with autocast():
+            loss, _ = model(x_q, x_k, dev_labels[idx], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,6 +141,7 @@ def main() -> None:
         except StopIteration:
             iters[workers] = iter(loaders[workers])
             (im_q, im_k), _ = next(iters[workers])
+        im_q, im_k = im_q.to(dev, non_blocking=True), im_k.to(dev, non_blocking=True)
         logits, tgt = ref(im_q, im_k, None if args.policy == "all" else pol)
         loss = torch.nn.functional.cross_entropy(logits, tgt)
         opt_r.zero_grad()
@@ -156,8 +174,12 @@ def main() -> None:
             # a reference loader holds up to 2 batches per worker from before
             skip = args.block_warmup if wk is None else max(args.block_warmup, 2 * wk + 1)
             for j in range(skip + args.block):
+                if cuda:
+                    torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 steps[name](i, wk)
+                if cuda:
+                    torch.cuda.synchronize()
                 i += 1
                 if j >= skip:
                     times[(name, t, wk)].append(time.perf_counter() - t0)
