@@ -21,7 +21,6 @@ would on Fashion-MNIST; every policy is built as the trainer builds it
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from negatives import grid
 from negatives.methods import build_method
 from negatives.policies import Candidates, parse_policy
 from negatives.optim import SGD
-from negatives.train import PretrainSettings, _build
+from negatives.train import PretrainSettings, _build, step_precision
 from negatives.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +70,6 @@ def main() -> None:
     images = torch.randint(0, 256, (b, args.channels, args.image_size, args.image_size), dtype=torch.uint8,
                            generator=g).to(dev)
     labels, idx = torch.randint(0, 10, (b,), generator=g).to(dev), torch.arange(b, device=dev)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     if args.all_policies:
         args.policies = list(dict.fromkeys(
             ["all"] + [p for f in grid.FIGURES if f not in grid.ANALYSES and grid.figure_method(cfg, f) == "moco"
@@ -97,7 +95,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 x_q = aug(images).contiguous(memory_format=torch.channels_last)
                 x_k = aug(images).contiguous(memory_format=torch.channels_last)
-                with autocast():
+                with step_precision(dev):
                     loss, _ = model(x_q, x_k, labels, idx, progress=0.5)  # past any warm-up
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -13,7 +13,6 @@ On CUDA the steps run under ``torch.cuda.set_sync_debug_mode(a.sync_debug)``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
@@ -23,6 +22,7 @@ from negatives.models import build_encoder
 from negatives.moco import MoCo
 from negatives.optim import SGD
 from negatives.policies import parse_policy
+from negatives.train import step_precision
 
 
 def main() -> None:
@@ -53,14 +53,13 @@ def main() -> None:
         model.encoder_k.compile()
     aug = MoCoV2Augment(32, 3, [0.5] * 3, [0.25] * 3).to(dev)
     opt = SGD(model.encoder_q.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     steps = a.images // a.batch
 
     def step(idx):
         x = images[idx]
         x_q = aug(x).contiguous(memory_format=torch.channels_last)
         x_k = aug(x).contiguous(memory_format=torch.channels_last)
-        with autocast():
+        with step_precision(dev):
             loss, _ = model(x_q, x_k, labels[idx], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()

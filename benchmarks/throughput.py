@@ -29,7 +29,6 @@ user of either gets from the machine).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -45,7 +44,7 @@ from reference import ReferenceMoCo, reference_loader  # noqa: E402
 from negatives.augment import MoCoV2Augment  # noqa: E402
 from negatives.moco import MoCo  # noqa: E402
 from negatives.policies import parse_policy  # noqa: E402
-from negatives.train import PretrainSettings, _build  # noqa: E402
+from negatives.train import PretrainSettings, _build, step_precision  # noqa: E402
 from negatives.optim import SGD  # noqa: E402
 from negatives.runtime import keep_freed_memory  # noqa: E402
 
@@ -99,7 +98,6 @@ def main() -> None:
     b, k, tau = s.batch_size, s.queue_size, args.temperature
     print(f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {h}x{w}x{c}, device {dev}, "
           f"threads {args.thread_counts}, reference workers {args.workers}, torch {torch.__version__}")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     dev_images, dev_labels = images.to(dev), labels.to(dev)      # ours: the whole dataset on the device
 
     cl = torch.channels_last
@@ -129,7 +127,7 @@ def main() -> None:
         x = dev_images[idx]
         x_q = aug(x).contiguous(memory_format=cl)
         x_k = aug(x).contiguous(memory_format=cl)
-        with autocast():
+        with step_precision(dev):
             loss, _ = model(x_q, x_k, dev_labels[idx], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,7 +29,8 @@ from .methods import build_method, num_candidates
 from .optim import SGD
 from .policies import parse_policy
 
-__all__ = ["PretrainSettings", "pretrain", "init_checkpoint", "load_encoder", "resolve_device", "epoch_seed"]
+__all__ = ["PretrainSettings", "pretrain", "init_checkpoint", "load_encoder", "resolve_device", "epoch_seed",
+           "step_precision"]
 
 
 @dataclass
@@ -66,6 +67,12 @@ class PretrainSettings:
         if unknown:
             raise ValueError(f"unknown pretrain settings {sorted(unknown)}; allowed: {sorted(names)}")
         return cls(**d)
+
+
+def step_precision(device: torch.device):
+    """The training step's precision, one context per step: bf16 autocast on
+    GPUs, full precision on CPU (bf16 convolutions on CPU are slower here)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -235,9 +242,6 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
     steps_per_epoch = n // s.batch_size
     total_steps = steps_per_epoch * s.epochs
     step = start_epoch * steps_per_epoch + start_i
-    def autocast():
-        # bf16 on GPUs; full precision on CPU (bf16 conv on CPU is slower here)
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     for epoch in range(start_epoch, s.epochs):
         lr = cosine_lr(s.lr, epoch, s.epochs)
@@ -267,7 +271,7 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
             x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
             x_q = aug(x).contiguous(memory_format=channels_last)
             x_k = aug(x).contiguous(memory_format=channels_last)
-            with autocast():
+            with step_precision(device):
                 loss, stats = model(x_q, x_k, y, idx, progress=step / max(1, total_steps))
             # a host sync: every step on CPU (free there), only at the end of
             # the epoch on a GPU (a non-finite loss makes every later one
