@@ -2,6 +2,7 @@
 so that a benchmark can time "before" and "after" side by side in one process.
 
     before = load_before("81a404e")      # -> module negatives_before (its submodules importable)
+    src = extract_src("81a404e")         # -> a folder for PYTHONPATH (its package named negatives)
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_before(rev: str, name: str = "negatives_before"):
+def extract_src(rev: str) -> Path:
+    """A temporary ``src`` folder whose ``negatives`` package is the one of
+    revision ``rev`` (for ``PYTHONPATH``)."""
     tmp = Path(tempfile.mkdtemp(prefix="negatives_before_"))
     blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/negatives"], check=True,
                           capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(tmp, filter="data")
-    (tmp / "src" / "negatives").rename(tmp / name)
-    sys.path.insert(0, str(tmp))
+    return tmp / "src"
+
+
+def load_before(rev: str, name: str = "negatives_before"):
+    src = extract_src(rev)
+    (src / "negatives").rename(src / name)
+    sys.path.insert(0, str(src))
     return importlib.import_module(name)

@@ -16,32 +16,19 @@ training and evaluation jobs, so they show here and in no step benchmark.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tree(rev: str | None) -> Path:
-    """A directory whose ``negatives`` package is ``rev`` (None: the working tree's src)."""
-    if rev is None:
-        return ROOT / "src"
-    tmp = Path(tempfile.mkdtemp(prefix="negatives_job_"))
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/negatives"], check=True,
-                          capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(tmp, filter="data")
-    return tmp / "src"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _before import ROOT, extract_src  # noqa: E402
 
 
 def _run(src: Path, args: list[str]) -> float:
@@ -60,7 +47,7 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "config.yaml"), help="the working tree's config ('before' runs "
                    "its own revision's config.yaml)")
     a = p.parse_args()
-    trees = {"before": _tree(a.before), "after": _tree(None)}
+    trees = {"before": extract_src(a.before), "after": ROOT / "src"}
     # each revision runs its own config.yaml (its settings may differ in keys)
     configs = {"before": yaml.safe_load(subprocess.run(["git", "-C", str(ROOT), "show", f"{a.before}:config.yaml"],
                                                        check=True, capture_output=True, text=True).stdout),
