@@ -16,7 +16,6 @@ library is not glibc; the environment variables ``MALLOC_MMAP_THRESHOLD_`` /
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["keep_freed_memory"]
@@ -29,11 +28,10 @@ _NEVER_TRIM = 2**31 - 1                            # mallopt takes an int
 def keep_freed_memory() -> bool:
     """Make glibc malloc reuse freed large blocks instead of returning them
     to the system (see the module docstring).  Returns True when applied."""
-    name = ctypes.util.find_library("c")
-    if not name or os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return False
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)                   # the process's own symbols: its C library among them
         mallopt = libc.mallopt
         libc.gnu_get_libc_version                  # glibc only
     except (OSError, AttributeError):
