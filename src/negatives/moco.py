@@ -214,7 +214,8 @@ class MoCo(nn.Module):
         # place below, before backward
         queue = self.queue
         pos = queue.newest_first() if self.window is not None else slice(None)
-        keys = queue.keys[pos].clone().to(q.dtype)                               # [K(+E), D]
+        # (indexing by position already copies; the whole queue is cloned)
+        keys = (queue.keys[pos] if self.window is not None else queue.keys.clone()).to(q.dtype)  # [K(+E), D]
         sim = q @ keys.T                                                          # [B, K(+E)]
         candidates = Candidates(labels=queue.labels[pos], indices=queue.indices[pos], keys=keys,
                                 query_labels=labels, queries=q.detach())
