@@ -36,7 +36,7 @@ def job_seconds(log: str) -> tuple[dict[str, list[float]], dict[str, int], int, 
     """From a Snakemake log: seconds of each finished job by rule, threads by
     rule, cores provided, and the wall seconds from the first job's start to
     the last one's end."""
-    now, rule, start, rule_of, threads = None, None, {}, {}, {}
+    now, rule, started, start, rule_of, threads = None, None, None, {}, {}, {}
     seconds: dict[str, list[float]] = collections.defaultdict(list)
     cores, first, last = 1, None, None
     for line in log.splitlines():
@@ -49,10 +49,10 @@ def job_seconds(log: str) -> tuple[dict[str, list[float]], dict[str, int], int, 
         elif m := re.match(r"(?:local)?rule (\S+):", line):
             rule = m.group(1)
         elif (m := re.match(r"\s+jobid: (\d+)", line)) and rule:
-            start[m.group(1)], rule_of[m.group(1)], rule = now, rule, None
+            start[m.group(1)], rule_of[m.group(1)], started, rule = now, rule, rule, None
             first = first or now
-        elif (m := re.match(r"\s+threads: (\d+)", line)) and rule_of:
-            threads[list(rule_of.values())[-1]] = int(m.group(1))
+        elif (m := re.match(r"\s+threads: (\d+)", line)) and started:
+            threads[started] = int(m.group(1))                # in the block of the job just started
         elif (m := re.match(r"Finished job(?:id:)? (\d+)", line)) and m.group(1) in start:
             j = m.group(1)
             seconds[rule_of[j]].append((now - start[j]).total_seconds())
