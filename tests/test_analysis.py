@@ -202,7 +202,7 @@ def test_analyze_checkpoint_end_to_end(run):
     root, data, sim, (ckpt, _) = run
     settings = {"queries": 20, "negatives": 30, "seed": 0}
     out = A.analyze_checkpoint(ckpt, data, sim, settings, root / "seed0" / "analysis" / "pairs.parquet")
-    assert out.is_file() and not out.with_name("pairs.parquet.tmp").exists()
+    assert out.is_file() and not list(out.parent.glob("*.tmp"))              # no temporary file left
     t = pd.read_parquet(out)
     assert list(t.columns) == list(A.COLUMNS) and {c: str(t[c].dtype) for c in t.columns} == A.COLUMNS
     assert len(t) == 600 and t["query"].nunique() == 20 and t["negative"].nunique() == 30

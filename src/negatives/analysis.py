@@ -24,7 +24,6 @@ tensor function, vectorised over whole ``[Q, N]`` matrices (10,000 x 10,000 in a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .augment import MoCoV2Augment
 
 __all__ = [
@@ -240,12 +240,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     extra = {k: json.dumps(meta.get(k)) for k in IDENTITY}
     extra["analysis"] = json.dumps({k: s[k] for k in ("queries", "negatives", "seed")})
     at = at.replace_schema_metadata({**(at.schema.metadata or {}), **{k.encode(): v.encode() for k, v in extra.items()}})
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(at, tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out_path, lambda tmp: pq.write_table(at, tmp))
 
 
 def read_identity(path) -> dict:

@@ -37,6 +37,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .readers import (FolderIndex, RawDataset, check_cifar10, check_cifar100, check_imagenet, check_stl10,
                       check_tiny_imagenet, decode_image, index_imagenet, index_tiny_imagenet, read_cifar10,
                       read_cifar100, read_stl10)
@@ -332,9 +333,7 @@ def _stats_sample(n: int, per_image: int, seed: int = 0) -> torch.Tensor:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ------------------------------------------------------------------ sources
@@ -539,10 +538,8 @@ def _prepare_folder(name: str, index: FolderIndex, train_images: int, test_image
 
 
 def _write_classes(out: Path, rows: list[tuple[int, str, str]]) -> None:
-    tsv = out / "classes.tsv"
-    tmp = tsv.with_name("classes.tsv.tmp")
-    tmp.write_text("index\tname\tsynset\n" + "".join(f"{i}\t{c}\t{s}\n" for i, c, s in rows))
-    os.replace(tmp, tsv)
+    text = "index\tname\tsynset\n" + "".join(f"{i}\t{c}\t{s}\n" for i, c, s in rows)
+    atomic_write(out / "classes.tsv", lambda tmp: tmp.write_text(text))
 
 
 def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,

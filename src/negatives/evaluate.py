@@ -17,13 +17,12 @@ Everything works on the *learned representation* (the backbone output,
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .augment import Normalize
 from .data import load_prepared, open_source
 from .optim import avoid_dynamo_import
@@ -186,18 +185,6 @@ def _require(settings: dict, *keys: str) -> None:
         raise KeyError(f"evaluate settings lack {', '.join('evaluate.' + k for k in missing)}")
 
 
-def _write_json_atomic(obj: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
     """Evaluate one checkpoint and write ``probe.json`` to ``out_path``.
 
@@ -255,5 +242,5 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
         fewshot_top1=fewshot[1], fewshot_top5=fewshot[5], fewshot_labels_per_class=n, fewshot_draws=FEWSHOT_DRAWS,
         knn_top1=knn[1], knn_top5=knn[5],
     )
-    _write_json_atomic(result, out_path)
+    atomic_write(out_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     return result

@@ -9,7 +9,6 @@ with a standard-deviation error bar (EXPERIMENTS.md section 4).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +22,7 @@ import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from .atomic import atomic_write
 from .policies import Band, parse_policy  # noqa: E402
 
 __all__ = ["EVALUATIONS", "RANDOM_INIT", "load_probes", "summarize", "fig2", "against_baseline", "fig3", "table1",
@@ -79,27 +79,15 @@ def _pct(x: float) -> str:
     return f"{x:g}"
 
 
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path`` (same directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write(fig, table: pd.DataFrame, out_prefix) -> pd.DataFrame:
     """Write ``out_prefix`` + ``.pdf``/``.png`` (``fig``, then closed) and ``.csv`` (``table``), each atomically."""
     prefix = Path(out_prefix)
     try:
         for ext in ("pdf", "png"):
-            _atomic(prefix.with_name(prefix.name + "." + ext), lambda tmp: fig.savefig(tmp, format=ext, dpi=150))
+            atomic_write(prefix.with_name(prefix.name + "." + ext), lambda tmp: fig.savefig(tmp, format=ext, dpi=150))
     finally:
         plt.close(fig)
-    _atomic(prefix.with_name(prefix.name + ".csv"), lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(prefix.with_name(prefix.name + ".csv"), lambda tmp: table.to_csv(tmp, index=False))
     return table
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from . import gpus
 from .augment import MoCoV2Augment
 from .checkpoint import Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling, set_rng_state
@@ -323,9 +324,10 @@ def _non_finite(loss, epoch: int, step: int, last: Path):
 
 
 def _write_log(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
+            wr.writeheader()
+            wr.writerows(rows)
+
+    atomic_write(path, write)

@@ -43,6 +43,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .atomic import atomic_write
+
 __all__ = [
     "DEBIAN_DIR",
     "DEBIAN_PACKAGES",
@@ -374,12 +376,7 @@ def write_similarity(classes_tsv: str | os.PathLike, out_tsv: str | os.PathLike,
     m = similarity_matrix(synsets, wn)
     text = "\t".join(["class", *names]) + "\n"
     text += "".join("\t".join([n, *map(str, row)]) + "\n" for n, row in zip(names, m.tolist()))
-    out = Path(out_tsv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out_tsv, lambda tmp: tmp.write_text(text))
 
 
 def read_similarity(tsv: str | os.PathLike) -> tuple[list[str], np.ndarray]:
