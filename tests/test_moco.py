@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,3 +146,37 @@ def test_gathered_band_and_masked_band_give_the_same_loss_and_gradient():
         grads.append((loss.detach(), s.grad))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def _autograd_info_nce(l_pos, sim, keep, temperature, drop_index=None):
+    """InfoNCE as plain autograd ops: the form :class:`KeptExpSum` replaces."""
+    pos, neg = l_pos / temperature, sim / temperature
+    with torch.no_grad():
+        m = torch.maximum(neg.amax(dim=1), pos)
+    e = torch.exp(neg - m.unsqueeze(1))
+    if keep is not None:
+        e = torch.where(keep, e, 0.0)
+    if drop_index is not None:
+        e = e.scatter(1, drop_index, 0.0)
+    return (m + torch.log(torch.exp(pos - m) + e.sum(dim=1)) - pos).mean()
+
+
+@pytest.mark.parametrize("form", ["all", "keep", "drop_index"])
+def test_fused_negative_term_gives_autograds_loss_and_gradients_bit_for_bit(form):
+    g = torch.Generator().manual_seed(3)
+    sim0, pos0 = torch.rand(32, 300, generator=g) * 2 - 1, torch.rand(32, generator=g) * 2 - 1
+    keep = (torch.rand(32, 300, generator=g) > 0.3) if form == "keep" else None
+    drop = torch.rand(32, 300, generator=g).argsort(1)[:, :9] if form == "drop_index" else None
+    out = []
+    for loss_fn in (_autograd_info_nce, info_nce):
+        sim, pos = sim0.clone().requires_grad_(), pos0.clone().requires_grad_()
+        loss = loss_fn(pos, sim, keep, 0.2, drop)
+        loss.backward()
+        out.append((loss, sim.grad, pos.grad))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+    grad = out[1][1]
+    if keep is not None:
+        assert (grad[~keep] == 0).all() and (grad[keep] != 0).all()
+    if drop is not None:
+        assert (grad.gather(1, drop) == 0).all()

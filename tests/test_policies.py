@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from negatives.policies import All, Band, Candidates, PolicyError, band_ranks, parse_policy
+from negatives.policies import All, Band, Candidates, PolicyError, band_ranks, parse_policy, top_k
 
 NO_INFO = Candidates()
 
@@ -69,6 +69,31 @@ def test_ties_keep_exact_counts_deterministically(band):
     assert torch.equal(keep, Band("keep", *band)(sim.clone(), NO_INFO).mask(sim.shape))
     constant = torch.ones(2, 40)  # every candidate tied
     assert (Band("keep", *band)(constant, NO_INFO).mask(constant.shape).sum(1) == round(40 * (band[1] - band[0]) / 100)).all()
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("k", [0, 1, 37, 150, 299, 300])
+def test_top_k_picks_the_k_extreme_positions_of_every_row(k, largest):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(16, 300, generator=g)      # distinct values: one right answer
+    got = top_k(x, k, largest=largest)
+    assert got.shape == (16, k) and got.dtype == torch.long
+    want = torch.topk(x, k, dim=1, largest=largest).indices
+    assert torch.equal(got.sort(1).values, want.sort(1).values)
+    # float64, and a strided view (replace mode's newest K columns)
+    assert torch.equal(top_k(x.double(), k, largest).sort(1).values, want.sort(1).values)
+    wide = torch.cat([x, torch.randn(16, 50, generator=g)], dim=1)[:, :300]
+    assert torch.equal(top_k(wide, k, largest).sort(1).values, want.sort(1).values)
+
+
+def test_top_k_keeps_exact_counts_under_ties_on_every_path():
+    x = torch.zeros(4, 64)
+    x[:, ::3] = 1.0
+    for t in (x, x.to(torch.bfloat16)):          # numpy's argpartition, torch.topk
+        idx = top_k(t, 30)
+        assert idx.shape == (4, 30) and all(len(set(r)) == 30 for r in idx.tolist())
+        assert (t.gather(1, idx) == 1).sum(1).tolist() == [22] * 4     # all 22 ones, then 8 zeros
+        assert torch.equal(idx, top_k(t.clone(), 30))                    # deterministic
 
 
 def test_band_ranks_formula():

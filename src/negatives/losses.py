@@ -21,7 +21,8 @@ the debiasing correction overshoots.  At ``tau+ = 0, beta = 0``
 every ``e^{s_i/t} >= e^{-1/t}``.  As in the published code the weights are
 not detached (they carry gradient).
 
-Computed like :func:`negatives.moco.info_nce`: every exponential is scaled by
+Computed like :func:`negatives.moco.info_nce` (with its :class:`~negatives.moco.KeptExpSum`
+when ``beta = 0``): every exponential is scaled by
 ``e^{-m}``, ``m`` the row's largest kept logit (or ``p/t``), so nothing
 overflows at small temperatures and the neutral settings give InfoNCE's
 numbers bit for bit.
@@ -35,6 +36,7 @@ import re
 import torch
 from torch import Tensor
 
+from .moco import KeptExpSum, mask_as
 from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, match_form
 
 __all__ = ["reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
@@ -59,19 +61,19 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     pos = l_pos / temperature                                                   # [B]
-    neg = sim / temperature                                                     # [B, n]
     with torch.no_grad():
-        m = torch.maximum(neg.amax(dim=1), pos)                                 # [B], as info_nce
-    e = torch.exp(neg - m.unsqueeze(1))                                         # e^{s/t} e^{-m}
-    if keep is not None:
-        e = torch.where(keep, e, 0.0)
+        m = torch.maximum(sim.amax(dim=1) / temperature, pos)                   # [B], as info_nce
     if keep is None:
         n = torch.full_like(pos, float(sim.shape[1]))
     else:
-        n = keep.sum(dim=1).to(pos.dtype)                                       # [B] N per query
+        n = keep.sum(dim=1, dtype=torch.int32).to(pos.dtype)                    # [B] N per query
     if beta == 0:
-        negative = e.sum(dim=1)                                                 # sum e^{s/t}, scaled
+        negative = KeptExpSum.apply(sim, m, temperature, keep)                  # sum e^{s/t}, scaled
     else:
+        neg = sim / temperature                                                 # [B, n]
+        e = torch.exp(neg - m.unsqueeze(1))                                     # e^{s/t} e^{-m}
+        if keep is not None:
+            e = e * mask_as(keep, e.dtype)
         # weights scaled by the row's largest kept one (which is then 1): no
         # overflow, and removed negatives (-inf) weigh exactly 0
         kept = neg if keep is None else neg.masked_fill(~keep, float("-inf"))

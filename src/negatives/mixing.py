@@ -2,8 +2,8 @@
 
 For every query ``q`` (unit norm) with candidate negatives ``n_1 .. n_K``:
 
-1. ``Q~^N``: the ``N`` hardest candidates, by ``q . n`` (ties: ``torch.topk``'s
-   deterministic order);
+1. ``Q~^N``: the ``N`` hardest candidates, by ``q . n`` (ties:
+   :func:`negatives.policies.top_k`'s deterministic order);
 2. ``s`` synthetic negatives mixed from *pairs* of them::
 
        h_k = normalize(alpha_k n_i + (1 - alpha_k) n_j),   alpha_k ~ U[0, 1),
@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .policies import SEP, Candidates, Mix, NegativePolicy, PolicyError, Selection, match_form
+from .policies import SEP, Candidates, Mix, NegativePolicy, PolicyError, Selection, match_form, top_k
 
 __all__ = ["MoCHi", "hardest", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
@@ -101,7 +101,7 @@ def _randint(high: int, shape: tuple[int, ...], device, generator: torch.Generat
 def hardest(sim: Tensor, n: int) -> Tensor:
     """Positions of each query's ``n`` hardest candidates: ``sim [B, K] -> [B, n]``
     (in no particular order: the mixes draw positions uniformly)."""
-    return torch.topk(sim, n, dim=1, largest=True, sorted=False).indices
+    return top_k(sim, n)
 
 
 def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:

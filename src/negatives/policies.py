@@ -46,8 +46,9 @@ and ``K b / 100`` are whole numbers these are exactly the ranks with
 ``a <= p < b``; otherwise the band differs from that set by at most one
 negative at an edge, which is the price of the exact count.  A band touching
 100 always holds the hardest ``n``; one touching 0 the easiest ``n``.
-Ties are broken by :func:`torch.topk`'s order, which is deterministic for a
-given device and input.
+Ties are broken by the partial selection's order (:func:`top_k`: numpy's
+``argpartition`` on CPU, :func:`torch.topk` elsewhere), which is
+deterministic for a given device and input.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -228,7 +230,7 @@ class Selection:
         elif self.drop_index is not None:
             n = torch.tensor(float(num_candidates - self.drop_index.shape[1]))
         elif self.keep is not None:
-            n = self.keep.sum(1).float().mean()
+            n = torch.count_nonzero(self.keep).float() / self.keep.shape[0]
         else:
             n = torch.tensor(float(num_candidates))
         if self.extra is not None:
@@ -310,11 +312,32 @@ def band_ranks(num_candidates: int, lo_pct: float, hi_pct: float) -> tuple[int, 
     return lo, lo + n
 
 
+def top_k(x: Tensor, k: int, largest: bool = True) -> Tensor:
+    """Positions of the ``k`` largest (``largest=False``: smallest) entries of
+    every row, in no particular order: ``x [B, K] -> [B, k]`` int64, exactly
+    ``k`` per row whatever the ties (an unsorted ``topk``).
+
+    On CPU (float32/64, no gradient) this is numpy's ``argpartition``, an
+    introselect that numpy runs with SIMD (AVX-512 / AVX2): on [256, 4096]
+    about 3.5 ms against ``torch.topk``'s 10-13 ms on one core
+    (``benchmarks/band_overhead.py``).  Elsewhere (GPU, ``meta``, bf16) it is
+    :func:`torch.topk`, which is fast on a GPU and never syncs.  The two may
+    break ties differently, never the count.
+    """
+    n = x.shape[1]
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n:
+        kth = n - k if largest else k - 1
+        part = np.argpartition(x.detach().numpy(), kth, axis=1)
+        pick = part[:, n - k:] if largest else part[:, :k]
+        return torch.from_numpy(np.ascontiguousarray(pick, dtype=np.int64))
+    return torch.topk(x, k, dim=1, largest=largest, sorted=False).indices
+
+
 def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
     """The ranks ``[lo, hi)`` of every row of ``sim``, as ``(index [B, hi-lo], None)``
     or, for a band inside the queue whose complement is smaller, ``(None, mask [B, K])``.
 
-    Never a sort: partial selections (unsorted ``topk``) of whichever is
+    Never a sort: partial selections (:func:`top_k`) of whichever is
     smallest -- the band counted from the hardest end (the ``K - lo``
     hardest, of which the band is the ``hi - lo`` easiest), from the easiest
     end (the ``hi`` easiest, of which the band is the ``hi - lo`` hardest),
@@ -333,24 +356,24 @@ def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor |
     if 0 < lo and hi < k and outside < min(from_top, from_bottom):
         mask = torch.ones((b, k), dtype=torch.bool, device=sim.device)
         if k - hi:
-            mask.scatter_(1, torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices, False)
+            mask.scatter_(1, top_k(sim, k - hi), False)
         if lo:
             rest = sim if hi == k else sim.masked_fill(~mask, float("inf"))  # the hardest already taken out
-            mask.scatter_(1, torch.topk(rest, lo, dim=1, largest=False, sorted=False).indices, False)
+            mask.scatter_(1, top_k(rest, lo, largest=False), False)
         return None, mask
     if from_top <= from_bottom:
         # the (K - lo) hardest; when the band stops short of the hardest, it is
         # the (hi - lo) easiest of them (a second, small selection: no sort)
-        idx = torch.topk(sim, from_top, dim=1, largest=True, sorted=False).indices
+        idx = top_k(sim, from_top)
         if hi == k:
             return idx, None
-        inner = torch.topk(sim.gather(1, idx), hi - lo, dim=1, largest=False, sorted=False).indices
+        inner = top_k(sim.gather(1, idx), hi - lo, largest=False)
         return idx.gather(1, inner), None
     # the hi easiest; when the band starts above the easiest, the (hi - lo) hardest of them
-    idx = torch.topk(sim, from_bottom, dim=1, largest=False, sorted=False).indices
+    idx = top_k(sim, from_bottom, largest=False)
     if lo == 0:
         return idx, None
-    inner = torch.topk(sim.gather(1, idx), hi - lo, dim=1, largest=True, sorted=False).indices
+    inner = top_k(sim.gather(1, idx), hi - lo, largest=True)
     return idx.gather(1, inner), None
 
 
@@ -385,7 +408,7 @@ class Band(NegativePolicy):
         if self.action == "keep":
             if lo == 0 and 0 < k - hi < hi:
                 # the easiest hi: cheapest as the K - hi hardest removed
-                drop = torch.topk(sim, k - hi, dim=1, largest=True, sorted=False).indices
+                drop = top_k(sim, k - hi)
                 return Selection(drop_index=drop)
             index, mask = _rank_window(sim, lo, hi)
             return Selection(keep=mask, index=index)
@@ -487,8 +510,9 @@ def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
     query sees fewer than K negatives (the trainer logs the count; make
     ``queue_extra`` larger to avoid it).
     """
-    missing = keep.shape[1] - keep.sum(1, keepdim=True)
-    return eligible & (eligible.cumsum(1) <= missing)
+    # int32 counts: a bool sum accumulates in int64, 3-4x slower on CPU
+    missing = keep.shape[1] - keep.sum(1, keepdim=True, dtype=torch.int32)
+    return eligible & (eligible.cumsum(1, dtype=torch.int32) <= missing)
 
 
 # --------------------------------------------------------------------------

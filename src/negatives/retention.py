@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from .moco import KeyQueue
-from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks, match_form
+from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks,
+                       match_form, top_k)
 
 __all__ = ["RetainingQueue", "RetainHard", "parse", "GRAMMAR"]
 
@@ -180,7 +181,7 @@ class RetainHard(NegativePolicy):
             raise ValueError(f"policy {self.name!r}: sim has {sim.shape[1]} columns, the queue {q.size} slots; "
                              "the columns must be the queue's slots in order")
         n = self.hard_count(q.size)
-        q.record(torch.topk(sim, n, dim=1, largest=True, sorted=False).indices)
+        q.record(top_k(sim, n))
         return Selection()
 
 
