@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from scipy.stats import ttest_ind
 
 from negatives.figures import against_baseline
-from negatives.moco import MoCo
-from negatives.policies import Candidates, ClassFilter, PolicyError, parse_policy, replace_removed, select
+from negatives.moco import MoCo, policy_loss
+from negatives.policies import Candidates, ClassFilter, PolicyError, Selection, parse_policy, replace_removed, select
 from negatives.simclr import SimCLR, candidate_index, twin_index
 
 # ------------------------------------------------------------------ same-class masks
@@ -136,11 +136,34 @@ def test_replace_mode_band_keeps_k_and_only_older_stand_ins():
     k, extra = 20, 8
     sim = torch.randn(3, k + extra, generator=torch.Generator().manual_seed(1))
     sel = select(parse_policy("drop[90_100)@replace"), sim, Candidates(), 0.0, window=k)
-    assert (sel.keep.sum(1) == k).all()
-    assert (sel.keep[:, k:].sum(1) == 2).all()                          # 10% of 20 replaced
-    assert sel.keep[:, k:k + 2].all() and not sel.keep[:, k + 2:].any()  # by the 2 next older
+    assert sel.keep is None and sel.width == k + 2            # the cheap form: the first K + 2 columns, no mask
+    keep = sel.mask(sim.shape)
+    assert (keep.sum(1) == k).all() and float(sel.kept_per_query(k + extra)) == k
+    assert (keep[:, k:].sum(1) == 2).all()                          # 10% of 20 replaced
+    assert keep[:, k:k + 2].all() and not keep[:, k + 2:].any()     # by the 2 next older
     hardest = sim[:, :k].topk(2, dim=1).indices
-    assert not sel.keep.gather(1, hardest).any()
+    assert not keep.gather(1, hardest).any()
+
+
+def test_replace_mode_band_loss_equals_the_mask_forms():
+    """The band's cheap form (first K + r columns, r positions dropped) gives
+    the loss and gradient of the same selection as a [B, K + E] mask."""
+    k, extra, tau = 40, 12, 0.2
+    g = torch.Generator().manual_seed(2)
+    q = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(k + extra, 8, generator=g), dim=1)
+    policy = parse_policy("drop[90_100)@replace")
+    sel = select(policy, q @ keys.T, Candidates(), 0.0, window=k)
+    grads, losses = [], []
+    for form in (sel, Selection(keep=sel.mask((5, k + extra)))):
+        qq = q.clone().requires_grad_(True)
+        sim = qq @ keys.T
+        loss = policy_loss(policy, form, qq, (qq * qq.detach()).sum(1), sim, tau)
+        loss.backward()
+        losses.append(loss)
+        grads.append(qq.grad)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
 
 def test_replace_mode_moco_step_uses_k_negatives_and_a_longer_queue():

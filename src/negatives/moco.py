@@ -89,41 +89,52 @@ def mask_as(keep: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class KeptExpSum(torch.autograd.Function):
-    """``S_i = Σ_j keep_ij exp(sim_ij / τ - m_i)``: InfoNCE's negative term,
-    shifted by ``m [B]`` (no gradient), in one buffer.
+    """``S_i = Σ_j keep_ij exp(sim_ij / τ - m_i) + Σ_t exp(extra_it / τ - m_i)``:
+    InfoNCE's negative term, shifted by ``m [B]`` (no gradient).
 
     sim: ``[B, K]``; keep: ``[B, K]`` bool or None; drop_index: ``[B, r]``
-    positions set to 0, or None.  Returns ``[B]``.
+    positions set to 0, or None; extra: ``[B, s]`` logits of synthetic
+    negatives (always kept), or None.  Returns ``[B]``.
 
-    The same numbers as autograd through ``exp(sim / τ - m)``, a product with
-    the mask and a row sum -- forward and backward, bit for bit
-    (``tests/test_moco.py``) -- in fewer passes over ``[B, K]``: the
-    exponentials are computed in place and kept for the backward pass, which
-    is ``dS/dsim = e / τ`` with the removed terms already 0 (no mask is read
-    twice, no intermediate is stored).  On one CPU core the masked loss and
-    its gradient take about half the time of the autograd form.
+    Without ``extra``, the same numbers as autograd through
+    ``exp(sim / τ - m)``, a product with the mask and a row sum -- forward
+    and backward, bit for bit (``tests/test_moco.py``) -- in fewer passes over
+    ``[B, K]``: the exponentials are computed in place and kept for the
+    backward pass, which is ``dS/dsim = e / τ`` with the removed terms
+    already 0 (no mask is read twice, no intermediate is stored).  On one CPU
+    core the masked loss and its gradient take about half the time of the
+    autograd form.  ``extra`` is summed apart from ``sim`` (no ``[B, K + s]``
+    copy), which changes the rounding of ``S``, not its value.
     """
 
     @staticmethod
     def forward(ctx, sim: Tensor, m: Tensor, temperature: float, keep: Tensor | None = None,
-                drop_index: Tensor | None = None) -> Tensor:
-        e = torch.div(sim, temperature).sub_(m.unsqueeze(1)).exp_()
+                drop_index: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
+        shift = m.unsqueeze(1)
+        e = torch.div(sim, temperature).sub_(shift).exp_()
         if keep is not None:
             e.mul_(mask_as(keep, e.dtype))
         if drop_index is not None:
             e.scatter_(1, drop_index, 0.0)
-        ctx.save_for_backward(e)
+        total = e.sum(dim=1)
+        e_extra = None
+        if extra is not None:
+            e_extra = torch.div(extra, temperature).sub_(shift).exp_()
+            total = total + e_extra.sum(dim=1)
+        ctx.save_for_backward(e, e_extra)
         ctx.temperature = temperature
-        return e.sum(dim=1)
+        return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (e,) = ctx.saved_tensors
-        return (grad.unsqueeze(1) * e).div_(ctx.temperature), None, None, None, None
+        e, e_extra = ctx.saved_tensors
+        g = grad.unsqueeze(1)
+        grad_extra = None if e_extra is None else (g * e_extra).div_(ctx.temperature)
+        return (g * e).div_(ctx.temperature), None, None, None, None, grad_extra
 
 
 def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
-             drop_index: Tensor | None = None) -> Tensor:
+             drop_index: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
     """Mean InfoNCE over the batch.
 
     ``L = -log( exp(l_pos/τ) / (exp(l_pos/τ) + Σ_{i kept} exp(sim_i/τ)) )``
@@ -131,8 +142,10 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     l_pos: ``[B]`` query-positive cosine; sim: ``[B, K]`` query-negative
     cosine; keep: ``[B, K]`` bool or None (all kept); drop_index: optional
     ``[B, r]`` distinct positions removed (the others kept), the cheap form of
-    a mask that removes few.  Removed negatives are absent from the
-    denominator (``mode: drop``) and get no gradient (exactly 0).
+    a mask that removes few; extra: optional ``[B, s]`` cosines of synthetic
+    negatives, always kept (MoCHi's, without concatenating them to ``sim``).
+    Removed negatives are absent from the denominator (``mode: drop``) and
+    get no gradient (exactly 0).
 
     Computed as ``m + log(Σ exp(x - m)) - l_pos/τ`` with ``m`` the row's
     largest logit, kept or not, and the removed terms of ``exp(x - m)`` set
@@ -146,7 +159,9 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     with torch.no_grad():
         # the largest of sim / τ is the largest sim over τ (rounding is monotone)
         m = torch.maximum(sim.amax(dim=1) / temperature, pos)
-    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index)
+        if extra is not None:
+            m = torch.maximum(m, extra.amax(dim=1) / temperature)
+    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra)
     return (m + torch.log(torch.exp(pos - m) + negative) - pos).mean()
 
 
@@ -164,6 +179,10 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
     are constants.  The loss is the policy's own (``policy.loss``) or InfoNCE.
     """
     loss_fn = policy.loss or info_nce
+    if selection.width is not None:
+        # replace mode: the K newest and the stand-ins are the first columns
+        sim = sim[:, :selection.width]
+        mix_sim = None if mix_sim is None else mix_sim[:, :selection.width]
     if (selection.drop_index is not None and selection.extra is None and selection.mix is None
             and policy.loss is None):
         # a few removed: zero their r terms rather than mask [B, K]
@@ -180,6 +199,9 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
         # read from the full [B, K] cosines: the mix's positions are candidates'
         cosines = sim if mix_sim is None else mix_sim
         synthetic.append(selection.mix.logits(q, cosines).to(neg.dtype))             # [B, s]
+    if synthetic and loss_fn is info_nce:
+        # InfoNCE sums the synthetic negatives apart: no [B, K + s] copy
+        return info_nce(l_pos, neg, keep, temperature, extra=torch.cat(synthetic, dim=1))
     if synthetic:
         neg = torch.cat([neg, *synthetic], dim=1)
         if keep is not None:
