@@ -43,6 +43,11 @@ def test_band_and_class_on_a_hand_made_queue():
     assert (~other).int().tolist() == [[0, 0, 0, 0, 1, 0],   # 4 hard, class 1; 5 hard but unknown
                                        [1, 0, 0, 0, 0, 0],   # 0 hard, class 0; 5 unknown
                                        [0, 0, 0, 0, 0, 0]]   # unknown query: nothing is "other"
+    # the same with per-query candidates (SimCLR's pool_index: here every row the whole pool, reversed)
+    rev = torch.arange(5, -1, -1).expand(3, 6)
+    pooled = Candidates(labels=QUEUE_LABELS, query_labels=QUERY_LABELS, pool_index=rev)
+    for name, mask in (("drop[50_100)&same-class", same), ("drop[50_100)&other-class", other)):
+        assert torch.equal(parse_policy(name)(SIM.flip(1), pooled).mask(SIM.shape), mask.flip(1))
 
 
 def test_class_policies_are_marked_as_label_using():

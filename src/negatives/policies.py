@@ -120,26 +120,31 @@ class Candidates:
             raise PolicyError("this policy needs the negatives' class labels, which this step does not have")
         return self.labels if self.pool_index is None else self.labels[self.pool_index]
 
-    def _same_class_and_known(self) -> tuple[Tensor, Tensor]:
-        """``same [B, K]`` (both labels known and equal) and ``known [K]`` or
-        ``[B, K]`` (the candidate's label is known).  ``same`` is one
-        comparison: an unknown query label is mapped to -2, which no
-        candidate label (-1 when unknown) equals -- on CPU several times
-        faster than combining broadcast bool masks."""
+    def _same_class_and_known(self, at: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``same`` (both labels known and equal) and ``known`` (the
+        candidate's label is known), for every candidate (``[B, K]``; known
+        ``[K]`` for a shared pool) or at the positions ``at [B, n]`` only.
+        ``same`` is one comparison: an unknown query label is mapped to -2,
+        which no candidate label (-1 when unknown) equals -- on CPU several
+        times faster than combining broadcast bool masks."""
         if self.query_labels is None:
             raise PolicyError("this policy needs the queries' class labels, which this step does not have")
         cand = self.candidate_labels().clamp(min=-1)
+        if at is not None:
+            cand = cand[at] if cand.dim() == 1 else cand.gather(1, at)
         q = self.query_labels.unsqueeze(1)
         return cand == torch.where(q >= 0, q, -2), cand >= 0
 
-    def same_class(self) -> Tensor:
-        """``[B, K]`` bool: the candidate has the query's class (both known)."""
-        return self._same_class_and_known()[0]
+    def same_class(self, at: Tensor | None = None) -> Tensor:
+        """``[B, K]`` bool (or ``[B, n]`` at the positions ``at``): the
+        candidate has the query's class (both known)."""
+        return self._same_class_and_known(at)[0]
 
-    def other_class(self) -> Tensor:
-        """``[B, K]`` bool: the candidate's class is known and not the query's
-        (nothing for a query of unknown class)."""
-        same, known = self._same_class_and_known()
+    def other_class(self, at: Tensor | None = None) -> Tensor:
+        """``[B, K]`` bool (or ``[B, n]`` at the positions ``at``): the
+        candidate's class is known and not the query's (nothing for a query
+        of unknown class)."""
+        same, known = self._same_class_and_known(at)
         other = ~same & known
         # & with the [B, 1] query mask as a uint8 product: a row-broadcast
         # bool & is about 10x slower on CPU
@@ -400,12 +405,6 @@ def _rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor |
     return idx.gather(1, inner), None
 
 
-def _rank_window_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
-    """``[B, K]`` bool mask of the ranks ``[lo, hi)`` of every row of ``sim``."""
-    index, mask = _rank_window(sim, lo, hi)
-    return mask if index is None else Selection(index=index).mask(sim.shape)
-
-
 class Band(NegativePolicy):
     """Keep (``keep[a,b)``) or remove (``drop[a,b)``) a difficulty band.
 
@@ -475,14 +474,19 @@ class ClassFilter(NegativePolicy):
         self.band = band
         self.name = "drop-same-class" if band is None else f"{band.name}&{relation}"
 
-    def _related(self, candidates: Candidates) -> Tensor:
-        return candidates.same_class() if self.relation == "same-class" else candidates.other_class()
+    def _related(self, candidates: Candidates, at: Tensor | None = None) -> Tensor:
+        return candidates.same_class(at) if self.relation == "same-class" else candidates.other_class(at)
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        removed = self._related(candidates).expand_as(sim)
-        if self.band is not None:
-            removed = removed & _rank_window_mask(sim, *self.band.ranks(sim.shape[1]))
-        return Selection(keep=~removed)
+        if self.band is None:
+            return Selection(keep=~self._related(candidates).expand_as(sim))
+        index, mask = _rank_window(sim, *self.band.ranks(sim.shape[1]))
+        if index is None:
+            return Selection(keep=~(self._related(candidates).expand_as(sim) & mask))
+        # a narrow band: the relation is read at its n positions only, and
+        # they are written into an all-kept mask (no [B, K] comparison)
+        keep = torch.ones(sim.shape, dtype=torch.bool, device=sim.device)
+        return Selection(keep=keep.scatter_(1, index, ~self._related(candidates, index)))
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         if self.band is not None:
