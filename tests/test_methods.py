@@ -480,12 +480,65 @@ def test_neutral_settings_are_info_nce_exactly():
     assert torch.equal(hard_nce(l_pos, sim, keep, 0.2, 0.0, 0.1), debiased_nce(l_pos, sim, keep, 0.2, 0.1))
 
 
+def _autograd_hard_nce(l_pos, sim, keep, t, beta, tau_plus):
+    """The hard-weighted loss written as plain autograd ops (what ImportanceSums fuses)."""
+    pos, neg = l_pos / t, sim / t
+    with torch.no_grad():
+        m = torch.maximum(neg.amax(dim=1), pos)
+    e = torch.exp(neg - m.unsqueeze(1))
+    n = torch.full_like(pos, float(sim.shape[1]))
+    kept = neg
+    if keep is not None:
+        e, n = torch.where(keep, e, 0.0), keep.sum(1).to(pos.dtype)
+        kept = neg.masked_fill(~keep, float("-inf"))
+    with torch.no_grad():
+        top = kept.amax(dim=1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    imp = torch.exp(beta * (kept - top))
+    negative = (imp * e).sum(1) / (imp.sum(1) / n.clamp(min=1)).clamp(min=torch.finfo(imp.dtype).tiny)
+    pos_e = torch.exp(pos - m)
+    negative = torch.maximum((negative - tau_plus * n * pos_e) / (1 - tau_plus), n * torch.exp(-1.0 / t - m))
+    return (m + torch.log(pos_e + negative) - pos).mean()
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 4.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_importance_sums_give_autograds_loss_and_gradient(beta, masked):
+    g = torch.Generator().manual_seed(int(beta * 10) + masked)
+    q = _unit(12, 16, seed=4)
+    sim0 = (q @ _unit(150, 16, seed=5).T).double()
+    l_pos = (q * _unit(12, 16, seed=6)).sum(1).double()
+    keep = (torch.rand(12, 150, generator=g) > 0.4) if masked else None
+    if masked:
+        keep[0] = False                                   # a query with no negative left
+        sim0[1, ~keep[1]] = 0.99                          # removed negatives above every kept one
+    out = []
+    for loss_fn in (_autograd_hard_nce, hard_nce):
+        s = sim0.clone().requires_grad_(True)
+        loss = loss_fn(l_pos, s, keep, 0.2, beta, 0.1)
+        loss.backward()
+        out.append((loss, s.grad))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-10, atol=1e-14)
+    if masked:
+        assert (out[1][1][~keep] == 0).all()
+
+
 def test_hard_weighted_loss_stays_finite_at_large_beta_and_small_temperature():
     q = _unit(8, 16)
     s = (q @ _unit(200, 16, seed=1).T).requires_grad_(True)
     loss = hard_nce(torch.ones(8) * 0.9, s, None, 0.05, 10.0, 0.1)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    # removed negatives far above every kept one: e^{beta (s - top)/t} would overflow float32
+    s = torch.full((2, 6), -0.9)
+    s[:, :2] = 0.99
+    s.requires_grad_(True)
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[:, :2] = False
+    loss = hard_nce(torch.ones(2) * 0.5, s, keep, 0.05, 10.0, 0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all() and (s.grad[:, :2] == 0).all()
 
 
 def test_loss_policies_keep_every_negative_and_plug_into_moco():

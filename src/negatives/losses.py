@@ -22,7 +22,7 @@ every ``e^{s_i/t} >= e^{-1/t}``.  As in the published code the weights are
 not detached (they carry gradient).
 
 Computed like :func:`negatives.moco.info_nce` (with its :class:`~negatives.moco.KeptExpSum`
-when ``beta = 0``): every exponential is scaled by
+when ``beta = 0``, :class:`ImportanceSums` otherwise): every exponential is scaled by
 ``e^{-m}``, ``m`` the row's largest kept logit (or ``p/t``), so nothing
 overflows at small temperatures and the neutral settings give InfoNCE's
 numbers bit for bit.
@@ -39,7 +39,7 @@ from torch import Tensor
 from .moco import KeptExpSum, mask_as
 from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, match_form
 
-__all__ = ["reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
+__all__ = ["ImportanceSums", "reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
            "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
 
 DEBIASED_GRAMMAR = "'debiased[tau_plus]' with 0 <= tau_plus < 1 (class prior of Chuang et al. 2020)"
@@ -70,25 +70,64 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     if beta == 0:
         negative = KeptExpSum.apply(sim, m, temperature, keep)                  # sum e^{s/t}, scaled
     else:
-        neg = sim / temperature                                                 # [B, n]
-        e = torch.exp(neg - m.unsqueeze(1))                                     # e^{s/t} e^{-m}
-        if keep is not None:
-            e = e * mask_as(keep, e.dtype)
         # weights scaled by the row's largest kept one (which is then 1): no
-        # overflow, and removed negatives (-inf) weigh exactly 0
-        kept = neg if keep is None else neg.masked_fill(~keep, float("-inf"))
+        # overflow, and removed negatives weigh exactly 0
         with torch.no_grad():
-            top_w = kept.amax(dim=1, keepdim=True)
+            kept_max = sim.amax(dim=1) if keep is None else sim.masked_fill(~keep, float("-inf")).amax(dim=1)
+            top_w = kept_max / temperature
             top_w = torch.where(torch.isfinite(top_w), top_w, torch.zeros_like(top_w))
-        imp = torch.exp(beta * (kept - top_w))                                  # e^{beta s/t}, scaled
-        mean_imp = imp.sum(dim=1) / n.clamp(min=1)                              # (1/N) sum_j
-        negative = (imp * e).sum(dim=1) / mean_imp.clamp(min=torch.finfo(imp.dtype).tiny)
+        imp_sum, weighted = ImportanceSums.apply(sim, m, top_w, temperature, beta, keep)
+        mean_imp = imp_sum / n.clamp(min=1)                                     # (1/N) sum_j w_j
+        negative = weighted / mean_imp.clamp(min=torch.finfo(sim.dtype).tiny)  # sum w_j e^{s_j/t} / mean
     pos_e = torch.exp(pos - m)                                                  # e^{p/t} e^{-m}
     if tau_plus:
         negative = (negative - tau_plus * n * pos_e) / (1.0 - tau_plus)
     floor = n * torch.exp(-1.0 / temperature - m)                               # N e^{-1/t} e^{-m}
     negative = torch.maximum(negative, floor)
     return (m + torch.log(pos_e + negative) - pos).mean()
+
+
+class ImportanceSums(torch.autograd.Function):
+    """The two row sums of the hard-weighted loss, in one fused pass:
+    ``(Σ_j w_j, Σ_j w_j e_j)`` with ``w_j = exp(beta (sim_j / τ - top_w))``
+    and ``e_j = exp(sim_j / τ - m)`` over the kept negatives.
+
+    sim: ``[B, n]``; m, top_w: ``[B]`` (no gradient; ``top_w`` the row's
+    largest kept ``sim / τ``, so every kept ``w_j <= 1``); keep: ``[B, n]``
+    bool or None.  Returns two ``[B]``.  The backward pass is the analytic
+    one, ``d/dsim_j = (beta g_1 w_j + (1 + beta) g_2 w_j e_j) / τ``, from the
+    two saved ``[B, n]`` buffers: about half the passes over ``[B, n]`` of
+    autograd through the same formula (whose numbers it gives to rounding,
+    ``tests/test_methods.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, sim: Tensor, m: Tensor, top_w: Tensor, temperature: float, beta: float,
+                keep: Tensor | None = None):
+        x = torch.div(sim, temperature)                                         # s / t
+        w = torch.sub(x, top_w.unsqueeze(1)).mul_(beta)
+        if keep is not None:
+            w.clamp_(max=0.0)        # a removed negative may lie above top_w: keep it finite, it is zeroed below
+        w.exp_()                                                                # w_j
+        we = x.sub_(m.unsqueeze(1)).exp_().mul_(w)                              # w_j e_j
+        if keep is not None:
+            mask = mask_as(keep, w.dtype)
+            w.mul_(mask)
+            we.mul_(mask)
+        ctx.save_for_backward(w, we)
+        ctx.temperature, ctx.beta = temperature, beta
+        return w.sum(dim=1), we.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor | None, grad_we: Tensor | None):
+        w, we = ctx.saved_tensors
+        b = ctx.beta
+        grad = torch.zeros_like(w)
+        if grad_w is not None:
+            grad.addcmul_(w, (b * grad_w).unsqueeze(1))
+        if grad_we is not None:
+            grad.addcmul_(we, ((1.0 + b) * grad_we).unsqueeze(1))
+        return grad.div_(ctx.temperature), None, None, None, None, None
 
 
 def debiased_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
