@@ -124,8 +124,8 @@ def test_replace_mode_sees_exactly_k_negatives_all_older_than_the_removed():
     labels = q.labels[q.newest_first()]
     cands = Candidates(labels=labels, query_labels=torch.tensor([0, 1]))
     sel = select(model.policy, sim, cands, 0.0, window=k)
-    keep = sel.keep
-    assert keep.shape == (2, k + extra)
+    assert sel.width == 11          # on CPU the mask stops at the last older column any query takes
+    keep = sel.mask((2, k + extra))
     assert (keep.sum(1) == k).all()                                   # exactly K each
     for row, cls in enumerate((0, 1)):
         kept = keep[row].nonzero().flatten()
@@ -150,15 +150,21 @@ def test_replace_mode_band_keeps_k_and_only_older_stand_ins():
     assert not keep.gather(1, hardest).any()
 
 
-def test_replace_mode_band_loss_equals_the_mask_forms():
-    """The band's cheap form (first K + r columns, r positions dropped) gives
-    the loss and gradient of the same selection as a [B, K + E] mask."""
-    k, extra, tau = 40, 12, 0.2
+@pytest.mark.parametrize("name", ["drop[90_100)@replace", "drop-same-class@replace",
+                                  "drop[80_100)&other-class@replace"])
+def test_replace_mode_loss_equals_the_full_mask_form(name):
+    """The cheap forms (a band: the first K + r columns with r dropped; class
+    oracles on CPU: the mask cut after the last older column used) give the
+    loss and gradient of the same selection as a [B, K + E] mask."""
+    k, extra, tau = 40, 60, 0.2
     g = torch.Generator().manual_seed(2)
     q = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
     keys = torch.nn.functional.normalize(torch.randn(k + extra, 8, generator=g), dim=1)
-    policy = parse_policy("drop[90_100)@replace")
-    sel = select(policy, q @ keys.T, Candidates(), 0.0, window=k)
+    cands = Candidates(labels=torch.randint(0, 3, (k + extra,), generator=g),
+                       query_labels=torch.randint(0, 3, (5,), generator=g))
+    policy = parse_policy(name)
+    sel = select(policy, q @ keys.T, cands, 0.0, window=k)
+    assert sel.width is not None and sel.width < k + extra                      # the cheap form was taken
     grads, losses = [], []
     for form in (sel, Selection(keep=sel.mask((5, k + extra)))):
         qq = q.clone().requires_grad_(True)

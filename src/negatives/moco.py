@@ -109,9 +109,11 @@ class KeptExpSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sim: Tensor, m: Tensor, temperature: float, keep: Tensor | None = None,
-                drop_index: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
+                drop_index: Tensor | None = None, extra: Tensor | None = None,
+                width: int | None = None) -> Tensor:
         shift = m.unsqueeze(1)
-        e = torch.div(sim, temperature).sub_(shift).exp_()
+        ctx.full_width = sim.shape[1]
+        e = torch.div(sim if width is None else sim[:, :width], temperature).sub_(shift).exp_()
         if keep is not None:
             e.mul_(mask_as(keep, e.dtype))
         if drop_index is not None:
@@ -130,11 +132,19 @@ class KeptExpSum(torch.autograd.Function):
         e, e_extra = ctx.saved_tensors
         g = grad.unsqueeze(1)
         grad_extra = None if e_extra is None else (g * e_extra).div_(ctx.temperature)
-        return (g * e).div_(ctx.temperature), None, None, None, None, grad_extra
+        if e.shape[1] == ctx.full_width:
+            grad_sim = (g * e).div_(ctx.temperature)
+        else:
+            # only the first `width` columns were read: the rest get 0, written
+            # in place (no full-width zeros plus copy, as slicing sim would)
+            grad_sim = e.new_empty((e.shape[0], ctx.full_width))
+            torch.mul(g, e, out=grad_sim[:, :e.shape[1]]).div_(ctx.temperature)
+            grad_sim[:, e.shape[1]:].zero_()
+        return grad_sim, None, None, None, None, grad_extra, None
 
 
 def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
-             drop_index: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
+             drop_index: Tensor | None = None, extra: Tensor | None = None, width: int | None = None) -> Tensor:
     """Mean InfoNCE over the batch.
 
     ``L = -log( exp(l_pos/τ) / (exp(l_pos/τ) + Σ_{i kept} exp(sim_i/τ)) )``
@@ -143,7 +153,10 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     cosine; keep: ``[B, K]`` bool or None (all kept); drop_index: optional
     ``[B, r]`` distinct positions removed (the others kept), the cheap form of
     a mask that removes few; extra: optional ``[B, s]`` cosines of synthetic
-    negatives, always kept (MoCHi's, without concatenating them to ``sim``).
+    negatives, always kept (MoCHi's, without concatenating them to ``sim``);
+    width: only the first ``width`` columns of ``sim`` are candidates (replace
+    mode; ``keep`` and ``drop_index`` then refer to them), the others get 0
+    gradient.
     Removed negatives are absent from the denominator (``mode: drop``) and
     get no gradient (exactly 0).
 
@@ -158,10 +171,10 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     pos = l_pos / temperature
     with torch.no_grad():
         # the largest of sim / τ is the largest sim over τ (rounding is monotone)
-        m = torch.maximum(sim.amax(dim=1) / temperature, pos)
+        m = torch.maximum((sim if width is None else sim[:, :width]).amax(dim=1) / temperature, pos)
         if extra is not None:
             m = torch.maximum(m, extra.amax(dim=1) / temperature)
-    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra)
+    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra, width)
     return (m + torch.log(torch.exp(pos - m) + negative) - pos).mean()
 
 
@@ -179,12 +192,15 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
     are constants.  The loss is the policy's own (``policy.loss``) or InfoNCE.
     """
     loss_fn = policy.loss or info_nce
-    if selection.width is not None:
+    plain = selection.extra is None and selection.mix is None and policy.loss is None
+    if selection.width is not None and plain and selection.index is None:
         # replace mode: the K newest and the stand-ins are the first columns
+        return info_nce(l_pos, sim, selection.keep, temperature, drop_index=selection.drop_index,
+                        width=selection.width)
+    if selection.width is not None:
         sim = sim[:, :selection.width]
         mix_sim = None if mix_sim is None else mix_sim[:, :selection.width]
-    if (selection.drop_index is not None and selection.extra is None and selection.mix is None
-            and policy.loss is None):
+    if selection.drop_index is not None and plain:
         # a few removed: zero their r terms rather than mask [B, K]
         return info_nce(l_pos, sim, None, temperature, drop_index=selection.drop_index)
     neg, keep = sim, selection.keep

@@ -662,7 +662,8 @@ def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress
     sees the ``window = K`` newest; the removed ones are replaced by older
     ones (:func:`replace_removed`).  Returns a ``[B, M]`` keep mask then, or,
     when every query loses the same count r and any older negative may stand
-    in (a band), the band's ``drop_index`` with ``width = K + r``.
+    in (a band), the band's ``drop_index`` with ``width = K + r``.  On CPU
+    the mask stops at the last older column any query takes (``width``).
     """
     if window is None or window == sim.shape[1]:
         return policy(sim, candidates, progress)
@@ -683,4 +684,11 @@ def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress
     if eligible is None:
         eligible = torch.ones((sim.shape[0], sim.shape[1] - window), dtype=torch.bool, device=sim.device)
     stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))
+    if sim.device.type == "cpu":
+        # reading back is free on a CPU: drop the older columns no query
+        # takes a stand-in from (the loss then reads the first K + used)
+        taken = stand_in.any(dim=0).nonzero()
+        used = int(taken[-1]) + 1 if len(taken) else 0
+        return Selection(keep=torch.cat([keep, stand_in[:, :used]], dim=1), extra=sel.extra, mix=sel.mix,
+                         width=window + used)
     return Selection(keep=torch.cat([keep, stand_in], dim=1), extra=sel.extra, mix=sel.mix)
