@@ -113,7 +113,8 @@ def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
     rows = b
     if pi.device.type == "cpu" and candidates.keys is not None:
         rows = max(1, (1 << 17) // max(1, s * candidates.keys.shape[1]))
-    return torch.cat([(candidates.embeddings(pi[r:r + rows]) * candidates.embeddings(pj[r:r + rows])).sum(2)
+    # the product in place, into the first gathered block (fresh memory)
+    return torch.cat([candidates.embeddings(pi[r:r + rows]).mul_(candidates.embeddings(pj[r:r + rows])).sum(2)
                       for r in range(0, b, rows)])
 
 

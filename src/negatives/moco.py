@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .policies import All, Candidates, NegativePolicy, Selection, select
+from .policies import All, Candidates, Mix, NegativePolicy, Selection, select
 
 __all__ = ["KeyQueue", "KeptExpSum", "mask_as", "info_nce", "policy_loss", "momentum_update", "MoCo"]
 
@@ -110,7 +110,8 @@ class KeptExpSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sim: Tensor, m: Tensor, temperature: float, keep: Tensor | None = None,
                 drop_index: Tensor | None = None, extra: Tensor | None = None,
-                width: int | None = None) -> Tensor:
+                width: int | None = None, mix: Mix | None = None, mix_cos: Tensor | None = None,
+                qq: Tensor | None = None) -> Tensor:
         shift = m.unsqueeze(1)
         ctx.full_width = sim.shape[1]
         e = torch.div(sim if width is None else sim[:, :width], temperature).sub_(shift).exp_()
@@ -123,13 +124,18 @@ class KeptExpSum(torch.autograd.Function):
         if extra is not None:
             e_extra = torch.div(extra, temperature).sub_(shift).exp_()
             total = total + e_extra.sum(dim=1)
-        ctx.save_for_backward(e, e_extra)
-        ctx.temperature = temperature
+        e_mix = None
+        if mix is not None:
+            # mix_cos = mix.combine(sim at mix.parents(), qq), computed by the caller
+            e_mix = torch.div(mix_cos, temperature).sub_(shift).exp_()
+            total = total + e_mix.sum(dim=1)
+        ctx.save_for_backward(e, e_extra, e_mix)
+        ctx.temperature, ctx.mix = temperature, mix
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        e, e_extra = ctx.saved_tensors
+        e, e_extra, e_mix = ctx.saved_tensors
         g = grad.unsqueeze(1)
         grad_extra = None if e_extra is None else (g * e_extra).div_(ctx.temperature)
         if e.shape[1] == ctx.full_width:
@@ -140,11 +146,20 @@ class KeptExpSum(torch.autograd.Function):
             grad_sim = e.new_empty((e.shape[0], ctx.full_width))
             torch.mul(g, e, out=grad_sim[:, :e.shape[1]]).div_(ctx.temperature)
             grad_sim[:, e.shape[1]:].zero_()
-        return grad_sim, None, None, None, None, grad_extra, None
+        grad_qq = None
+        if e_mix is not None:
+            # the mix's cosines a sim_i + c sim_j + d qq: their gradient added
+            # into sim's in place (no [B, K] buffer of their own)
+            mix = ctx.mix
+            g_mix = (g * e_mix).div_(ctx.temperature)                              # [B, s]
+            grad_sim.scatter_add_(1, mix.parents(), torch.cat([g_mix * mix.a, g_mix * mix.c], dim=1))
+            grad_qq = (g_mix * mix.d).sum(dim=1, keepdim=True)
+        return grad_sim, None, None, None, None, grad_extra, None, None, None, grad_qq
 
 
 def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
-             drop_index: Tensor | None = None, extra: Tensor | None = None, width: int | None = None) -> Tensor:
+             drop_index: Tensor | None = None, extra: Tensor | None = None, width: int | None = None,
+             mix: Mix | None = None, q: Tensor | None = None) -> Tensor:
     """Mean InfoNCE over the batch.
 
     ``L = -log( exp(l_pos/τ) / (exp(l_pos/τ) + Σ_{i kept} exp(sim_i/τ)) )``
@@ -156,7 +171,9 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     negatives, always kept (MoCHi's, without concatenating them to ``sim``);
     width: only the first ``width`` columns of ``sim`` are candidates (replace
     mode; ``keep`` and ``drop_index`` then refer to them), the others get 0
-    gradient.
+    gradient; mix: synthetic negatives read from ``sim`` itself, with the
+    queries ``q [B, D]`` (MoCHi on MoCo: ``mix.logits(q, sim)``, whose
+    gradient is added into ``sim``'s in place).
     Removed negatives are absent from the denominator (``mode: drop``) and
     get no gradient (exactly 0).
 
@@ -174,7 +191,13 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
         m = torch.maximum((sim if width is None else sim[:, :width]).amax(dim=1) / temperature, pos)
         if extra is not None:
             m = torch.maximum(m, extra.amax(dim=1) / temperature)
-    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra, width)
+    qq = mix_cos = None
+    if mix is not None:
+        qq = (q * q.detach()).sum(1, keepdim=True)                 # [B, 1], as Mix.logits
+        with torch.no_grad():
+            mix_cos = mix.combine(sim.gather(1, mix.parents()), qq)  # [B, s]
+            m = torch.maximum(m, mix_cos.amax(dim=1) / temperature)
+    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra, width, mix, mix_cos, qq)
     return (m + torch.log(torch.exp(pos - m) + negative) - pos).mean()
 
 
@@ -208,6 +231,10 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
         neg, keep = sim.gather(1, selection.index), None                    # [B, n]
     elif selection.drop_index is not None:
         keep = selection.mask(sim.shape)
+    if (selection.mix is not None and selection.extra is None and mix_sim is None and neg is sim
+            and loss_fn is info_nce):
+        # MoCHi on MoCo: the mix read, and differentiated, inside the loss
+        return info_nce(l_pos, sim, keep, temperature, mix=selection.mix, q=q)
     synthetic = []
     if selection.extra is not None:
         synthetic.append(torch.einsum("bd,bsd->bs", q, selection.extra.to(q.dtype)))  # [B, s]

@@ -197,10 +197,18 @@ class Mix:
         ``q . q.detach()`` so that its term contributes ``d q``, not ``2 d q``.
         """
         qq = (q * q.detach()).sum(1, keepdim=True)                               # [B, 1]
-        s = self.i.shape[1]
         # one gather of both parents (one scatter in the backward pass)
-        parents = sim.gather(1, torch.cat([self.i, self.j], dim=1))              # [B, 2s]
-        return self.a * parents[:, :s] + self.c * parents[:, s:] + self.d * qq
+        return self.combine(sim.gather(1, self.parents()), qq)
+
+    def parents(self) -> Tensor:
+        """``[B, 2s]``: the positions ``i``, then ``j``."""
+        return torch.cat([self.i, self.j], dim=1)
+
+    def combine(self, parent_cos: Tensor, qq: Tensor) -> Tensor:
+        """``a sim_i + c sim_j + d (q . q)`` from the parents' cosines
+        ``[B, 2s]`` (at :meth:`parents`) and ``qq [B, 1]`` -> ``[B, s]``."""
+        s = self.i.shape[1]
+        return self.a * parent_cos[:, :s] + self.c * parent_cos[:, s:] + self.d * qq
 
 
 @dataclass(frozen=True)
