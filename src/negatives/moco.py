@@ -94,7 +94,12 @@ class KeptExpSum(torch.autograd.Function):
 
     sim: ``[B, K]``; keep: ``[B, K]`` bool or None; drop_index: ``[B, r]``
     positions set to 0, or None; extra: ``[B, s]`` logits of synthetic
-    negatives (always kept), or None.  Returns ``[B]``.
+    negatives (always kept), or None; width: only ``sim[:, :width]`` is read
+    (``keep`` is then ``[B, width]``; the other columns get 0 gradient);
+    mix: a :class:`~negatives.policies.Mix` whose cosines ``mix_cos [B, s]``
+    (``mix.combine`` of ``sim`` at ``mix.parents()`` and of ``qq [B, 1]``,
+    the queries' ``q . q``) are synthetic negatives too: their gradient goes
+    into ``sim`` at the parents' positions and into ``qq``.  Returns ``[B]``.
 
     Without ``extra``, the same numbers as autograd through
     ``exp(sim / τ - m)``, a product with the mask and a row sum -- forward
@@ -103,8 +108,9 @@ class KeptExpSum(torch.autograd.Function):
     backward pass, which is ``dS/dsim = e / τ`` with the removed terms
     already 0 (no mask is read twice, no intermediate is stored).  On one CPU
     core the masked loss and its gradient take about half the time of the
-    autograd form.  ``extra`` is summed apart from ``sim`` (no ``[B, K + s]``
-    copy), which changes the rounding of ``S``, not its value.
+    autograd form.  ``extra`` and the mix are summed apart from ``sim`` (no
+    ``[B, K + s]`` copy, no ``[B, K]`` buffer for the mix's gradient), which
+    changes the rounding of ``S``, not its value.
     """
 
     @staticmethod
