@@ -221,26 +221,21 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
     are constants.  The loss is the policy's own (``policy.loss``) or InfoNCE.
     """
     loss_fn = policy.loss or info_nce
-    plain = selection.extra is None and selection.mix is None and policy.loss is None
-    if selection.width is not None and plain and selection.index is None:
-        # replace mode: the K newest and the stand-ins are the first columns
+    if (loss_fn is info_nce and selection.index is None and selection.extra is None
+            and (selection.mix is None or mix_sim is None)):
+        # InfoNCE takes the selection as it comes: a mask, the removed
+        # positions (no [B, K] mask), the first `width` columns (replace
+        # mode), MoCHi's mix read from sim itself
         return info_nce(l_pos, sim, selection.keep, temperature, drop_index=selection.drop_index,
-                        width=selection.width)
+                        width=selection.width, mix=selection.mix, q=q)
     if selection.width is not None:
         sim = sim[:, :selection.width]
         mix_sim = None if mix_sim is None else mix_sim[:, :selection.width]
-    if selection.drop_index is not None and plain:
-        # a few removed: zero their r terms rather than mask [B, K]
-        return info_nce(l_pos, sim, None, temperature, drop_index=selection.drop_index)
     neg, keep = sim, selection.keep
     if selection.index is not None:
         neg, keep = sim.gather(1, selection.index), None                    # [B, n]
     elif selection.drop_index is not None:
         keep = selection.mask(sim.shape)
-    if (selection.mix is not None and selection.extra is None and mix_sim is None and neg is sim
-            and loss_fn is info_nce):
-        # MoCHi on MoCo: the mix read, and differentiated, inside the loss
-        return info_nce(l_pos, sim, keep, temperature, mix=selection.mix, q=q)
     synthetic = []
     if selection.extra is not None:
         synthetic.append(torch.einsum("bd,bsd->bs", q, selection.extra.to(q.dtype)))  # [B, s]

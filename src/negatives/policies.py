@@ -55,7 +55,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -245,7 +246,7 @@ class Selection:
         """The selection as a ``[B, K]`` bool mask (None: all kept)."""
         if self.width is not None and self.width < shape[1]:
             b, k = shape
-            first = replace(self, width=None).mask((b, self.width), device)
+            first = dataclasses.replace(self, width=None).mask((b, self.width), device)
             if first is None:
                 first = torch.ones((b, self.width), dtype=torch.bool, device=device)
             return torch.cat([first, first.new_zeros((b, k - self.width))], dim=1)
