@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, help="batch size (default: pretrain.batch_size)")
     p.add_argument("--backbone", help="default: pretrain.backbone (the GPU figure: resnet18 on 32x32x3)")
     args = p.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        p.error(f"--rounds and --steps must be at least 1, got {args.rounds} and {args.steps}")
     keep_freed_memory()  # as python -m negatives does
 
     cfg = yaml.safe_load(open(args.config))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from negatives.policies import PolicyError, parse_policy
 from negatives.runtime import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,7 +46,17 @@ def main() -> None:
     p.add_argument("policies", nargs="*", default=POLICIES)
     p.add_argument("--steps", type=int, default=40)
     args = p.parse_args()
-    before = load_before(args.revision)
+    if args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
+    for name in args.policies:
+        try:
+            parse_policy(name)              # an unknown policy: its error before anything is timed
+        except PolicyError as e:
+            p.error(str(e))
+    try:
+        before = load_before(args.revision)
+    except subprocess.CalledProcessError as e:
+        p.error(f"cannot read revision {args.revision!r}: {e.stderr.decode().strip()}")
     keep_freed_memory()
     torch.set_num_threads(1)
     versions = {tag: (importlib.import_module(f"{pkg}.policies"), importlib.import_module(f"{pkg}.moco"))
