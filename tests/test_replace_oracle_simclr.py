@@ -10,7 +10,8 @@ from scipy.stats import ttest_ind
 
 from negatives.figures import against_baseline
 from negatives.moco import MoCo, policy_loss
-from negatives.policies import Candidates, ClassFilter, PolicyError, Selection, parse_policy, replace_removed, select
+from negatives.policies import (Candidates, ClassFilter, PolicyError, Selection, Swap, parse_policy, replace_removed,
+                                select, stand_ins)
 from negatives.simclr import SimCLR, candidate_index, twin_index
 
 # ------------------------------------------------------------------ same-class masks
@@ -103,6 +104,58 @@ def test_replace_removed_takes_the_first_eligible_older_ones():
                                   [1, 1, 0, 1, 0]]   # only 3 eligible of 4 needed: a shortfall of 1
 
 
+def test_stand_ins_fill_the_removed_slots_with_the_first_eligible_older_ones():
+    removed = torch.tensor([[0, 1, 1], [0, 0, 0], [1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    eligible = torch.tensor([[0, 1, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]],
+                            dtype=torch.bool)
+    pos, found = stand_ins(removed, eligible)
+    assert found.int().tolist() == [[0, 1, 1],
+                                    [0, 0, 0],
+                                    [1, 1, 0],      # 2 eligible for 3 removed: a shortfall of 1
+                                    [0, 0, 0],      # none eligible
+                                    [1, 1, 1]]      # every slot removed, more eligible than slots
+    assert pos[found].tolist() == [1, 3, 2, 4, 0, 2, 3]   # in slot order: the 1st, 2nd, ... eligible column
+    # the same older negatives as replace_removed picks for a mask with those removals
+    keep = torch.ones(5, 6, dtype=torch.bool)
+    keep[:, :3] = ~removed
+    chosen = replace_removed(keep, eligible)
+    for row in range(5):
+        assert sorted(pos[row][found[row]].tolist()) == chosen[row].nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("name", ["drop[90_100)&other-class@replace", "drop[90_100)&same-class@replace"])
+@pytest.mark.parametrize("far", [False, True])
+def test_band_and_class_in_replace_mode_swap_in_the_same_stand_ins_as_the_mask_form(name, far):
+    """The swap form (the band's related negatives out, the next older
+    eligible ones in) is the selection of the general mask form: the K newest
+    minus the removed plus replace_removed's stand-ins.  far: the stand-ins
+    lie past the first 64 older columns per slot that the CPU looks at first."""
+    k, extra, b = 40, 700, 24
+    g = torch.Generator().manual_seed(5)
+    sim = torch.rand(b, k + extra, generator=g)
+    query_labels = torch.arange(b) % 3
+    labels = torch.randint(0, 3, (k + extra,), generator=g)
+    if far:
+        # older negatives: every one of another class than any query's but 3, and those beyond 64 x 4 columns
+        labels[k:] = 7 if name.endswith("other-class@replace") else 0
+        labels[k + 300:k + 303] = torch.tensor([0, 1, 2]) if name.endswith("other-class@replace") else 7
+        labels[k + 600:] = torch.arange(extra - 600) % 3 if name.endswith("other-class@replace") else 7
+    cands = Candidates(labels=labels, query_labels=query_labels)
+    policy = parse_policy(name)
+    sel = select(policy, sim, cands, 0.0, window=k)
+    assert isinstance(sel.swap, Swap) and sel.keep is None and sel.width == k      # the cheap form
+    assert sel.swap.at.shape == (b, 4)                                             # 10% of 40
+    assert (~policy.inner(sim[:, :k], cands.rows(0, k)).swap.valid).all(1).any()   # a query loses all 4
+    inner_keep = policy.inner(sim[:, :k], cands.rows(0, k)).mask((b, k))
+    eligible = policy.eligible(cands.rows(k, k + extra)).expand(b, -1)
+    want = torch.cat([inner_keep, replace_removed(inner_keep, eligible)], dim=1)
+    got = sel.mask(sim.shape)
+    assert torch.equal(got, want)
+    if far:
+        assert got[:, k + 64 * 4:].any()               # found only after the first look was widened
+    assert (got.sum(1) == k).all() and torch.equal(sel.kept_per_query(k + extra), got.sum(1).float().mean())
+
+
 def _moco(policy: str, k=8, extra=4, b=2, dim=4):
     torch.manual_seed(0)
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, dim))
@@ -151,11 +204,12 @@ def test_replace_mode_band_keeps_k_and_only_older_stand_ins():
 
 
 @pytest.mark.parametrize("name", ["drop[90_100)@replace", "drop-same-class@replace",
-                                  "drop[80_100)&other-class@replace"])
+                                  "drop[80_100)&other-class@replace", "drop[80_100)&same-class@replace"])
 def test_replace_mode_loss_equals_the_full_mask_form(name):
-    """The cheap forms (a band: the first K + r columns with r dropped; class
-    oracles on CPU: the mask cut after the last older column used) give the
-    loss and gradient of the same selection as a [B, K + E] mask."""
+    """The cheap forms (a band: the first K + r columns with r dropped; the
+    class oracle on CPU: the mask cut after the last older column used; a
+    band and a class: the swap) give the loss and gradient of the same
+    selection as a [B, K + E] mask."""
     k, extra, tau = 40, 60, 0.2
     g = torch.Generator().manual_seed(2)
     q = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)

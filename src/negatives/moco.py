@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .policies import All, Candidates, Mix, NegativePolicy, Selection, select
+from .policies import All, Candidates, Mix, NegativePolicy, Selection, Swap, select
 
 __all__ = ["KeyQueue", "KeptExpSum", "mask_as", "info_nce", "policy_loss", "momentum_update", "MoCo"]
 
@@ -99,7 +99,11 @@ class KeptExpSum(torch.autograd.Function):
     mix: a :class:`~negatives.policies.Mix` whose cosines ``mix_cos [B, s]``
     (``mix.combine`` of ``sim`` at ``mix.parents()`` and of ``qq [B, 1]``,
     the queries' ``q . q``) are synthetic negatives too: their gradient goes
-    into ``sim`` at the parents' positions and into ``qq``.  Returns ``[B]``.
+    into ``sim`` at the parents' positions and into ``qq``; swap: a
+    :class:`~negatives.policies.Swap` whose ``at`` terms are set to 0 and
+    whose valid ``to`` columns of ``sim`` (``swap_cos [B, n]``, gathered by
+    the caller) are counted instead, their gradient added into ``sim``'s at
+    ``to``.  Returns ``[B]``.
 
     Without ``extra``, the same numbers as autograd through
     ``exp(sim / τ - m)``, a product with the mask and a row sum -- forward
@@ -117,7 +121,7 @@ class KeptExpSum(torch.autograd.Function):
     def forward(ctx, sim: Tensor, m: Tensor, temperature: float, keep: Tensor | None = None,
                 drop_index: Tensor | None = None, extra: Tensor | None = None,
                 width: int | None = None, mix: Mix | None = None, mix_cos: Tensor | None = None,
-                qq: Tensor | None = None) -> Tensor:
+                qq: Tensor | None = None, swap: Swap | None = None, swap_cos: Tensor | None = None) -> Tensor:
         shift = m.unsqueeze(1)
         ctx.full_width = sim.shape[1]
         e = torch.div(sim if width is None else sim[:, :width], temperature).sub_(shift).exp_()
@@ -125,7 +129,15 @@ class KeptExpSum(torch.autograd.Function):
             e.mul_(mask_as(keep, e.dtype))
         if drop_index is not None:
             e.scatter_(1, drop_index, 0.0)
+        e_swap = None
+        if swap is not None:
+            # the swapped-out terms set to 0, the ones counted in their place
+            # (kept ones: themselves; stand-ins: older columns) summed apart
+            e.scatter_(1, swap.at, 0.0)
+            e_swap = torch.div(swap_cos, temperature).sub_(shift).exp_().mul_(mask_as(swap.valid, e.dtype))
         total = e.sum(dim=1)
+        if e_swap is not None:
+            total = total + e_swap.sum(dim=1)
         e_extra = None
         if extra is not None:
             e_extra = torch.div(extra, temperature).sub_(shift).exp_()
@@ -135,13 +147,13 @@ class KeptExpSum(torch.autograd.Function):
             # mix_cos = mix.combine(sim at mix.parents(), qq), computed by the caller
             e_mix = torch.div(mix_cos, temperature).sub_(shift).exp_()
             total = total + e_mix.sum(dim=1)
-        ctx.save_for_backward(e, e_extra, e_mix)
-        ctx.temperature, ctx.mix = temperature, mix
+        ctx.save_for_backward(e, e_extra, e_mix, e_swap)
+        ctx.temperature, ctx.mix, ctx.swap = temperature, mix, swap
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        e, e_extra, e_mix = ctx.saved_tensors
+        e, e_extra, e_mix, e_swap = ctx.saved_tensors
         g = grad.unsqueeze(1)
         grad_extra = None if e_extra is None else (g * e_extra).div_(ctx.temperature)
         if e.shape[1] == ctx.full_width:
@@ -160,12 +172,16 @@ class KeptExpSum(torch.autograd.Function):
             g_mix = (g * e_mix).div_(ctx.temperature)                              # [B, s]
             grad_sim.scatter_add_(1, mix.parents(), torch.cat([g_mix * mix.a, g_mix * mix.c], dim=1))
             grad_qq = (g_mix * mix.d).sum(dim=1, keepdim=True)
-        return grad_sim, None, None, None, None, grad_extra, None, None, None, grad_qq
+        if e_swap is not None:
+            # the counted-in columns' gradient, into sim's (their own terms,
+            # when kept, were set to 0 above: each column is counted once)
+            grad_sim.scatter_add_(1, ctx.swap.to, (g * e_swap).div_(ctx.temperature))
+        return grad_sim, None, None, None, None, grad_extra, None, None, None, grad_qq, None, None
 
 
 def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
              drop_index: Tensor | None = None, extra: Tensor | None = None, width: int | None = None,
-             mix: Mix | None = None, q: Tensor | None = None) -> Tensor:
+             mix: Mix | None = None, q: Tensor | None = None, swap: Swap | None = None) -> Tensor:
     """Mean InfoNCE over the batch.
 
     ``L = -log( exp(l_pos/τ) / (exp(l_pos/τ) + Σ_{i kept} exp(sim_i/τ)) )``
@@ -179,7 +195,10 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     mode; ``keep`` and ``drop_index`` then refer to them), the others get 0
     gradient; mix: synthetic negatives read from ``sim`` itself, with the
     queries ``q [B, D]`` (MoCHi on MoCo: ``mix.logits(q, sim)``, whose
-    gradient is added into ``sim``'s in place).
+    gradient is added into ``sim``'s in place); swap: a
+    :class:`~negatives.policies.Swap`, ``[B, n]`` candidates exchanged one
+    for one (a narrow band and a class relation; replace mode's stand-ins
+    may lie past ``width``).
     Removed negatives are absent from the denominator (``mode: drop``) and
     get no gradient (exactly 0).
 
@@ -197,13 +216,19 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
         m = torch.maximum((sim if width is None else sim[:, :width]).amax(dim=1) / temperature, pos)
         if extra is not None:
             m = torch.maximum(m, extra.amax(dim=1) / temperature)
+    swap_cos = None
+    if swap is not None:
+        with torch.no_grad():
+            swap_cos = sim.gather(1, swap.to)                                  # [B, n]
+            m = torch.maximum(m, swap_cos.amax(dim=1) / temperature)
     qq = mix_cos = None
     if mix is not None:
         qq = (q * q.detach()).sum(1, keepdim=True)                 # [B, 1], as Mix.logits
         with torch.no_grad():
             mix_cos = mix.combine(sim.gather(1, mix.parents()), qq)  # [B, s]
             m = torch.maximum(m, mix_cos.amax(dim=1) / temperature)
-    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra, width, mix, mix_cos, qq)
+    negative = KeptExpSum.apply(sim, m, temperature, keep, drop_index, extra, width, mix, mix_cos, qq, swap,
+                                swap_cos)
     return (m + torch.log(torch.exp(pos - m) + negative) - pos).mean()
 
 
@@ -225,9 +250,13 @@ def policy_loss(policy: NegativePolicy, selection: Selection, q: Tensor, l_pos: 
             and (selection.mix is None or mix_sim is None)):
         # InfoNCE takes the selection as it comes: a mask, the removed
         # positions (no [B, K] mask), the first `width` columns (replace
-        # mode), MoCHi's mix read from sim itself
+        # mode), MoCHi's mix read from sim itself, a swap
         return info_nce(l_pos, sim, selection.keep, temperature, drop_index=selection.drop_index,
-                        width=selection.width, mix=selection.mix, q=q)
+                        width=selection.width, mix=selection.mix, q=q, swap=selection.swap)
+    if selection.swap is not None:
+        # any other loss: the swap as the mask it stands for (its stand-ins
+        # may lie past `width`, which the mask covers)
+        selection = Selection(keep=selection.mask(sim.shape), extra=selection.extra, mix=selection.mix)
     if selection.width is not None:
         sim = sim[:, :selection.width]
         mix_sim = None if mix_sim is None else mix_sim[:, :selection.width]
@@ -316,11 +345,16 @@ class MoCo(nn.Module):
         # a snapshot (newest first in replace mode): the queue is updated in
         # place below, before backward
         queue = self.queue
-        pos = queue.newest_first() if self.window is not None else slice(None)
-        # (indexing by position already copies; the whole queue is cloned)
-        keys = (queue.keys[pos] if self.window is not None else queue.keys.clone()).to(q.dtype)  # [K(+E), D]
+        if self.window is not None:
+            # index_select copies (about 3x faster on CPU than queue.keys[pos])
+            pos = queue.newest_first()
+            keys, cand_labels, cand_indices = (t.index_select(0, pos) for t in (queue.keys, queue.labels,
+                                                                                 queue.indices))
+        else:
+            keys, cand_labels, cand_indices = queue.keys.clone(), queue.labels, queue.indices
+        keys = keys.to(q.dtype)                                                   # [K(+E), D]
         sim = q @ keys.T                                                          # [B, K(+E)]
-        candidates = Candidates(labels=queue.labels[pos], indices=queue.indices[pos], keys=keys,
+        candidates = Candidates(labels=cand_labels, indices=cand_indices, keys=keys,
                                 query_labels=labels, queries=q.detach())
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress, self.window)

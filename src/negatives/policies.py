@@ -66,12 +66,14 @@ __all__ = [
     "Candidates",
     "Selection",
     "Mix",
+    "Swap",
     "NegativePolicy",
     "All",
     "Band",
     "ClassFilter",
     "Replace",
     "replace_removed",
+    "stand_ins",
     "select",
     "PolicyError",
     "parse_policy",
@@ -213,6 +215,34 @@ class Mix:
 
 
 @dataclass(frozen=True)
+class Swap:
+    """A few candidates of each query exchanged one for one: the cheap form
+    of a selection that removes at most ``n`` per query (a narrow band and a
+    class relation), and, in replace mode, of the stand-ins put in their place.
+
+    at:    ``[B, n]`` int64, distinct positions among the first ``width``
+           candidates (all of them when ``width`` is None), each of whose own
+           term is taken out;
+    to:    ``[B, n]`` int64, the candidate counted in each one's place: its
+           own position to keep it, a stand-in's (replace mode: an older
+           candidate, past ``width``), and its own position when ``valid`` is
+           False;
+    valid: ``[B, n]`` bool, False: the slot counts nothing (removed, no
+           stand-in).
+
+    The ``to`` positions of a row are distinct, and no stand-in is an ``at``
+    position, so the candidates a query sees are the first ``width`` minus
+    ``at`` plus the valid ``to``: exactly :meth:`Selection.mask`.  The loss
+    reads ``[B, n]`` here instead of a ``[B, K]`` mask
+    (:class:`negatives.moco.KeptExpSum`).
+    """
+
+    at: Tensor
+    to: Tensor
+    valid: Tensor
+
+
+@dataclass(frozen=True)
 class Selection:
     """What the loss needs from a policy: at most one of
 
@@ -230,9 +260,13 @@ class Selection:
            loss adds to each query's negatives; they never enter the queue.
     mix:   :class:`Mix`, ``s`` synthetic negatives given by their cosines
            (the cheap form of ``extra``, used by MoCHi).
+    swap:  :class:`Swap`, ``[B, n]`` candidates exchanged one for one: those
+           at ``swap.at`` out, those at ``swap.to`` in where ``swap.valid``
+           (with no ``keep``, ``index`` or ``drop_index``).
     width: only the first ``width`` candidates count, and ``keep``,
-           ``index``, ``drop_index`` refer to them (replace mode, when every
-           query's stand-ins are the same next-older columns); None: all.
+           ``index``, ``drop_index`` and ``swap.at`` refer to them (replace
+           mode, when every query's stand-ins are the same next-older columns,
+           or are given by ``swap.to``); None: all.
     """
 
     keep: Tensor | None = None
@@ -241,9 +275,17 @@ class Selection:
     extra: Tensor | None = None
     mix: Mix | None = None
     width: int | None = None
+    swap: Swap | None = None
 
     def mask(self, shape: tuple[int, int], device=None) -> Tensor | None:
         """The selection as a ``[B, K]`` bool mask (None: all kept)."""
+        if self.swap is not None:
+            sw = self.swap
+            m = torch.ones(shape, dtype=torch.bool, device=sw.at.device)
+            if self.width is not None:
+                m[:, self.width:] = False
+            m.scatter_(1, sw.at, False)
+            return m.scatter_(1, sw.to, sw.valid)
         if self.width is not None and self.width < shape[1]:
             b, k = shape
             first = dataclasses.replace(self, width=None).mask((b, self.width), device)
@@ -268,6 +310,9 @@ class Selection:
             n = torch.tensor(float(num_candidates - self.drop_index.shape[1]))
         elif self.keep is not None:
             n = torch.count_nonzero(self.keep).float() / self.keep.shape[0]
+        elif self.swap is not None:
+            at, valid = self.swap.at, self.swap.valid
+            n = (num_candidates - at.shape[1]) + torch.count_nonzero(valid).float() / max(1, at.shape[0])
         else:
             n = torch.tensor(float(num_candidates))
         if self.extra is not None:
@@ -357,12 +402,16 @@ def top_k(x: Tensor, k: int, largest: bool = True) -> Tensor:
     On CPU (float32/64, no gradient) this is numpy's ``argpartition``, an
     introselect that numpy runs with SIMD (AVX-512 / AVX2): on [256, 4096]
     about 3.5 ms against ``torch.topk``'s 10-13 ms on one core
-    (``benchmarks/band_overhead.py``).  Elsewhere (GPU, ``meta``, bf16) it is
-    :func:`torch.topk`, which is fast on a GPU and never syncs.  The two may
-    break ties differently, never the count.
+    (``benchmarks/band_overhead.py``) -- except for the few largest
+    (``k <= 4``: the hardest 0.1% of 4096), where ``torch.topk`` is faster
+    (2.7 against 3.5 ms on one 2-core machine, 1.25 against 1.5 ms on
+    another).  Elsewhere (GPU, ``meta``, bf16) it is :func:`torch.topk`,
+    which is fast on a GPU and never syncs.  The two may break ties
+    differently, never the count.
     """
     n = x.shape[1]
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n:
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n
+            and not (largest and k <= 4)):
         kth = n - k if largest else k - 1
         part = np.argpartition(x.detach().numpy(), kth, axis=1)
         pick = part[:, n - k:] if largest else part[:, :k]
@@ -493,9 +542,8 @@ class ClassFilter(NegativePolicy):
         if index is None:
             return Selection(keep=~(self._related(candidates).expand_as(sim) & mask))
         # a narrow band: the relation is read at its n positions only, and
-        # they are written into an all-kept mask (no [B, K] comparison)
-        keep = torch.ones(sim.shape, dtype=torch.bool, device=sim.device)
-        return Selection(keep=keep.scatter_(1, index, ~self._related(candidates, index)))
+        # the related ones are swapped for nothing (no [B, K] comparison or mask)
+        return Selection(swap=Swap(at=index, to=index, valid=~self._related(candidates, index)))
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         if self.band is not None:
@@ -549,6 +597,33 @@ def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
     # int32 counts: a bool sum accumulates in int64, 3-4x slower on CPU
     missing = keep.shape[1] - keep.sum(1, keepdim=True, dtype=torch.int32)
     return eligible & (eligible.cumsum(1, dtype=torch.int32) <= missing)
+
+
+def stand_ins(removed: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor]:
+    """Replace mode for a :class:`Swap`: the stand-in of each removed slot.
+
+    removed:  ``[B, n]`` bool, the slots whose candidate is removed;
+    eligible: ``[B, E]`` bool, the E older negatives, newest first, that may
+              stand in.
+    Returns ``(pos [B, n] int64, found [B, n] bool)``: the removed slots of a
+    row, in slot order, take the row's first, second, ... eligible older
+    negative (``pos``, a column of ``eligible``); ``found`` is False for a
+    slot that is not removed or for which none is left (the query then sees
+    fewer than K, as with :func:`replace_removed`, which picks the same
+    older negatives).  Reads ``[B, E]`` once (a cumulative count), never a
+    ``[B, K]`` mask; no host sync.
+    """
+    b, n = removed.shape
+    e = eligible.shape[1]
+    count = eligible.cumsum(1, dtype=torch.int32)                           # [B, E] eligible so far
+    # the column of the r-th eligible negative goes to slot r - 1; the rest to a spare slot n
+    slot = torch.where(eligible & (count <= n), count - 1, n).long()
+    first = torch.zeros((b, n + 1), dtype=torch.long, device=removed.device)
+    first.scatter_(1, slot, torch.arange(e, device=removed.device).expand(b, e))
+    rank = removed.cumsum(1, dtype=torch.int32) - 1                          # [B, n] among the removed
+    total = count[:, -1:] if e else torch.zeros((b, 1), dtype=torch.int32, device=removed.device)
+    found = removed & (rank < total)
+    return first.gather(1, rank.clamp(min=0).long()), found
 
 
 # --------------------------------------------------------------------------
@@ -671,8 +746,10 @@ def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress
     sees the ``window = K`` newest; the removed ones are replaced by older
     ones (:func:`replace_removed`).  Returns a ``[B, M]`` keep mask then, or,
     when every query loses the same count r and any older negative may stand
-    in (a band), the band's ``drop_index`` with ``width = K + r``.  On CPU
-    the mask stops at the last older column any query takes (``width``).
+    in (a band), the band's ``drop_index`` with ``width = K + r``, or, for a
+    :class:`Swap` (a narrow band and a class relation), the swap with the
+    stand-ins in its removed slots (:func:`stand_ins`) and ``width = K``.  On
+    CPU a mask stops at the last older column any query takes (``width``).
     """
     if window is None or window == sim.shape[1]:
         return policy(sim, candidates, progress)
@@ -680,13 +757,32 @@ def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress
     sel = policy(sim[:, :window], newest, progress)
     older = candidates.rows(window, sim.shape[1])
     eligible = policy.eligible(older)
-    if eligible is None and sel.keep is None and sel.index is None:
+    if eligible is None and sel.keep is None and sel.index is None and sel.swap is None:
         # the same count r removed from every query (a band) and any older
         # negative may stand in: the stand-ins are the r next-older columns
         # for every query, so the loss sees the first K + r (no mask)
         removed = 0 if sel.drop_index is None else sel.drop_index.shape[1]
         return Selection(drop_index=sel.drop_index, extra=sel.extra, mix=sel.mix,
                          width=min(window + removed, sim.shape[1]))
+    if sel.swap is not None:
+        # a few removed per query (a narrow band and a class relation): the
+        # stand-ins go into the swap's removed slots, read by the loss from
+        # sim's older columns at swap.to (no [B, K + E] mask)
+        sw, removed, older_count = sel.swap, ~sel.swap.valid, sim.shape[1] - window
+        # on CPU (reading back is free) the stand-ins are looked for among the
+        # newest older negatives first, 64 per slot, twice as many until every
+        # removed slot has one or the queue ends; elsewhere among all of them
+        span = older_count if sim.device.type != "cpu" else min(older_count, 64 * removed.shape[1])
+        while True:
+            eligible = policy.eligible(candidates.rows(window, window + span))
+            if eligible is None:
+                eligible = torch.ones((sim.shape[0], span), dtype=torch.bool, device=sim.device)
+            pos, found = stand_ins(removed, eligible.expand(sim.shape[0], -1))
+            if span == older_count or torch.equal(found, removed):
+                break
+            span = min(older_count, 2 * span)
+        swap = Swap(at=sw.at, to=torch.where(found, pos + window, sw.to), valid=sw.valid | found)
+        return Selection(swap=swap, extra=sel.extra, mix=sel.mix, width=window)
     keep = sel.mask((sim.shape[0], window))
     if keep is None:
         keep = torch.ones((sim.shape[0], window), dtype=torch.bool, device=sim.device)
