@@ -755,15 +755,6 @@ def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress
         return policy(sim, candidates, progress)
     newest = candidates.rows(0, window)
     sel = policy(sim[:, :window], newest, progress)
-    older = candidates.rows(window, sim.shape[1])
-    eligible = policy.eligible(older)
-    if eligible is None and sel.keep is None and sel.index is None and sel.swap is None:
-        # the same count r removed from every query (a band) and any older
-        # negative may stand in: the stand-ins are the r next-older columns
-        # for every query, so the loss sees the first K + r (no mask)
-        removed = 0 if sel.drop_index is None else sel.drop_index.shape[1]
-        return Selection(drop_index=sel.drop_index, extra=sel.extra, mix=sel.mix,
-                         width=min(window + removed, sim.shape[1]))
     if sel.swap is not None:
         # a few removed per query (a narrow band and a class relation): the
         # stand-ins go into the swap's removed slots, read by the loss from
@@ -783,6 +774,15 @@ def select(policy: NegativePolicy, sim: Tensor, candidates: Candidates, progress
             span = min(older_count, 2 * span)
         swap = Swap(at=sw.at, to=torch.where(found, pos + window, sw.to), valid=sw.valid | found)
         return Selection(swap=swap, extra=sel.extra, mix=sel.mix, width=window)
+    older = candidates.rows(window, sim.shape[1])
+    eligible = policy.eligible(older)
+    if eligible is None and sel.keep is None and sel.index is None:
+        # the same count r removed from every query (a band) and any older
+        # negative may stand in: the stand-ins are the r next-older columns
+        # for every query, so the loss sees the first K + r (no mask)
+        removed = 0 if sel.drop_index is None else sel.drop_index.shape[1]
+        return Selection(drop_index=sel.drop_index, extra=sel.extra, mix=sel.mix,
+                         width=min(window + removed, sim.shape[1]))
     keep = sel.mask((sim.shape[0], window))
     if keep is None:
         keep = torch.ones((sim.shape[0], window), dtype=torch.bool, device=sim.device)
