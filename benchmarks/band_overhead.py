@@ -13,7 +13,10 @@ batches, so that machine noise hits both alike; the medians give images/s
 and the policy's ratio to `all`.  With ``--rounds N`` every policy races N
 times, the races of each round in turn, so that each policy meets the
 machine's slower and faster phases; the ratio printed is the median of its
-N, next to their range.  Also printed: the selection alone (the
+N, next to their range.  The first ``--warmup`` steps of every race are not
+timed: a policy's model has sat idle through the other races, and its first
+steps after that pay for cold caches and allocator state, which `all`
+(raced every time) and a training process pay once.  Also printed: the selection alone (the
 policy's call on a [B, K] matrix) and its share of `all`'s step, a second,
 less noisy estimate of the overhead.
 The target (issues 2 and 6): any policy costs at most 10% over `all` on CPU.
@@ -49,7 +52,9 @@ def main() -> None:
     p.add_argument("--policies", nargs="+", default=["all", "keep[95_100)", "keep[0_95)", "drop[99.9_100)"])
     p.add_argument("--all-policies", action="store_true", help="every MoCo policy of the config's figures")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=10,
+                   help="untimed steps at the start of each race (a model idle through the other races "
+                        "comes back with cold caches and allocator state, which a training process pays once)")
     p.add_argument("--rounds", type=int, default=1,
                    help="race every policy this many times, in rounds spread over the run; report the median "
                         "ratio and its range (one race's ratio moves by a few points with the machine's phase)")
