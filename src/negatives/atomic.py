@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_torch_save"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -31,3 +31,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` through :func:`atomic_write` (prepared data,
+    finished checkpoints).  Returns ``path``."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))

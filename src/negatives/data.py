@@ -37,7 +37,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_torch_save, atomic_write
 from .readers import (FolderIndex, RawDataset, check_cifar10, check_cifar100, check_imagenet, check_stl10,
                       check_tiny_imagenet, decode_image, index_imagenet, index_tiny_imagenet, read_cifar10,
                       read_cifar100, read_stl10)
@@ -332,10 +332,6 @@ def _stats_sample(n: int, per_image: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 # ------------------------------------------------------------------ sources
 
 
@@ -594,7 +590,7 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     _write_classes(out, rows)
     path = out / "data.pt"
-    _atomic_save(data, path)
+    atomic_torch_save(data, path)
     return path
 
 

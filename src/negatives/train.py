@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_torch_save, atomic_write
 from . import gpus
 from .augment import MoCoV2Augment
 from .checkpoint import Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling, set_rng_state
-from .data import TensorSource, _atomic_save, load_prepared, open_source, open_train_source, read_images
+from .data import TensorSource, load_prepared, open_source, open_train_source, read_images
 from .models import build_encoder
 from .methods import build_method, num_candidates
 from .optim import SGD
@@ -127,7 +127,7 @@ def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) 
     out.mkdir(parents=True, exist_ok=True)
     meta = _meta(data, method, "random-init", None, seed, s, 0, False)
     path = out / "checkpoint.pt"
-    _atomic_save({"meta": meta, "encoder": enc.state_dict()}, path)
+    atomic_torch_save({"meta": meta, "encoder": enc.state_dict()}, path)
     return path
 
 
@@ -309,7 +309,7 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
     _write_log(rows, out / "train_log.csv")
     # the training cost, for the methods figure: median images/s over the epochs
     speed = sorted(r["images_per_s"] for r in rows)[len(rows) // 2] if rows else None
-    _atomic_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
+    atomic_torch_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
                   "model": model.state_dict(), "log": rows}, final)
     last.unlink(missing_ok=True)
     previous_path(last).unlink(missing_ok=True)
