@@ -165,3 +165,34 @@ def test_maxpool_without_gradient_equals_the_indexed_kernel(shape, channels_last
     xr = x.clone().requires_grad_()
     F.max_pool2d(xr, 2).sum().backward()
     assert torch.equal(xg.grad, xr.grad)
+
+
+@pytest.mark.parametrize("method", ["moco", "simclr"])
+@pytest.mark.parametrize("policy", ["all", "keep[95_100)", "drop[90_100)&other-class", "mochi[16_8_4]"])
+def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_step(method, policy):
+    """The GPU path's precision, on CPU: under a bf16 autocast only the
+    encoders and the [B, K] matmul run in bf16; the embeddings, cosines and
+    the loss are float32, and the loss is the float32 step's within bf16's
+    rounding of the encoders (same weights, same views, same queue)."""
+    from negatives.methods import build_method
+
+    torch.manual_seed(0)
+    pol = parse_policy(policy)
+    pol.start(4)
+    enc = build_encoder("small-cnn", 1, dim=16, num_splits=2, width=8)
+    model = build_method(method, enc, dim=16, queue_size=256, queue_extra=64, momentum=0.99, temperature=0.2,
+                         policy=pol, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(32, 1, 16, 16)
+    views = (x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+    labels, idx = torch.arange(32) % 4, torch.arange(32)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model.load_state_dict(state)              # the same weights, queue and BN statistics
+        torch.manual_seed(2)                      # the same MoCHi draws
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+        with ctx:
+            loss, _ = model(*views, labels, idx, progress=0.5)
+        losses[precision] = loss
+    assert losses["fp32"].dtype == losses["bf16"].dtype == torch.float32
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=5e-3, atol=5e-3)

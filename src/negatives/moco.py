@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .policies import All, Candidates, Mix, NegativePolicy, Selection, Swap, select
 
-__all__ = ["KeyQueue", "KeptExpSum", "mask_as", "info_nce", "policy_loss", "momentum_update", "MoCo"]
+__all__ = ["KeyQueue", "KeptExpSum", "full_precision", "mask_as", "info_nce", "policy_loss", "momentum_update", "MoCo"]
 
 
 class KeyQueue(nn.Module):
@@ -78,6 +78,13 @@ class KeyQueue(nn.Module):
     def newest_first(self) -> Tensor:
         """``[K]`` positions of the keys, newest first."""
         return (self.ptr - 1 - torch.arange(self.size, device=self.keys.device)) % self.size
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is bf16 or fp16 (under an autocast), else
+    ``t`` itself (float32 and float64 untouched, no copy): the embeddings,
+    cosines and loss are never computed in a half-precision type."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def mask_as(keep: Tensor, dtype: torch.dtype) -> Tensor:
@@ -337,10 +344,12 @@ class MoCo(nn.Module):
         x_q, x_k: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``.
         Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
         """
-        q = F.normalize(self.encoder_q(x_q), dim=1)
+        # embeddings, cosines and the loss in float32 under a bf16 autocast
+        # too (GPUs): only the encoders and the [B, K] matmul run in bf16
+        q = F.normalize(full_precision(self.encoder_q(x_q)), dim=1)
         with torch.no_grad():
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)
-            k = F.normalize(self.encoder_k(x_k), dim=1)
+            k = F.normalize(full_precision(self.encoder_k(x_k)), dim=1)
         l_pos = (q * k).sum(dim=1)
         # a snapshot (newest first in replace mode): the queue is updated in
         # place below, before backward
@@ -353,7 +362,7 @@ class MoCo(nn.Module):
         else:
             keys, cand_labels, cand_indices = queue.keys.clone(), queue.labels, queue.indices
         keys = keys.to(q.dtype)                                                   # [K(+E), D]
-        sim = q @ keys.T                                                          # [B, K(+E)]
+        sim = full_precision(q @ keys.T)                                          # [B, K(+E)]
         candidates = Candidates(labels=cand_labels, indices=cand_indices, keys=keys,
                                 query_labels=labels, queries=q.detach())
         with torch.no_grad():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .moco import policy_loss
+from .moco import full_precision, policy_loss
 from .policies import All, Candidates, NegativePolicy, select
 
 __all__ = ["SimCLR", "twin_index", "candidate_index"]
@@ -79,8 +79,9 @@ class SimCLR(nn.Module):
         b = x_1.shape[0]
         # one forward of both views; split batch-norm normalises contiguous
         # chunks, so no chunk holds both views of an image (no BN shortcut)
-        z = F.normalize(self.encoder_q(torch.cat([x_1, x_2])), dim=1)                  # [2B, D]
-        s = z @ z.T                                                                     # [2B, 2B]
+        # float32 under a bf16 autocast too (GPUs): only the encoder and the matmul in bf16
+        z = F.normalize(full_precision(self.encoder_q(torch.cat([x_1, x_2]))), dim=1)  # [2B, D]
+        s = full_precision(z @ z.T)                                                     # [2B, 2B]
         l_pos = s.gather(1, twin_index(b, z.device).unsqueeze(1)).squeeze(1)           # [2B]
         pool_index = self._candidates(b, z.device)                                      # [2B, 2B-2]
         sim = s.gather(1, pool_index)                                                   # [2B, 2B-2]
@@ -92,6 +93,6 @@ class SimCLR(nn.Module):
         mix_sim = None
         if selection.mix is not None:
             # synthetic negatives are constants: their cosines' gradient reaches the query only
-            mix_sim = (z @ z.detach().T).gather(1, pool_index)                         # [2B, 2B-2]
+            mix_sim = full_precision(z @ z.detach().T).gather(1, pool_index)          # [2B, 2B-2]
         loss = policy_loss(self.policy, selection, z, l_pos, sim, self.temperature, mix_sim=mix_sim)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}

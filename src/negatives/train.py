@@ -72,7 +72,9 @@ class PretrainSettings:
 
 def step_precision(device: torch.device):
     """The training step's precision, one context per step: bf16 autocast on
-    GPUs, full precision on CPU (bf16 convolutions on CPU are slower here)."""
+    GPUs (the encoders and the cosine matmul; MoCo and SimCLR keep the
+    embeddings, cosines and loss in float32), full precision on CPU (bf16
+    convolutions on CPU are slower here)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
