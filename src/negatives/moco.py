@@ -119,9 +119,10 @@ class KeptExpSum(torch.autograd.Function):
     backward pass, which is ``dS/dsim = e / τ`` with the removed terms
     already 0 (no mask is read twice, no intermediate is stored).  On one CPU
     core the masked loss and its gradient take about half the time of the
-    autograd form.  ``extra`` and the mix are summed apart from ``sim`` (no
-    ``[B, K + s]`` copy, no ``[B, K]`` buffer for the mix's gradient), which
-    changes the rounding of ``S``, not its value.
+    autograd form.  ``extra``, the mix and the swap's counted-in terms are
+    summed apart from ``sim`` (no ``[B, K + s]`` copy, no ``[B, K]`` buffer
+    for the mix's gradient, no ``[B, K]`` mask for the swap), which changes
+    the rounding of ``S``, not its value.
     """
 
     @staticmethod
