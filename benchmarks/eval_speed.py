@@ -1,10 +1,12 @@
 """Seconds per evaluation, before and after the speed work, side by side.
 
-    python benchmarks/eval_speed.py --data /tmp/data/data.pt --checkpoints RUN/checkpoint.pt ... [--before 81a404e]
+    python benchmarks/eval_speed.py --data /tmp/data/data.pt --checkpoints RUN/checkpoint.pt ... [--before REV]
 
 Runs ``evaluate_checkpoint`` of the revision ``--before`` and of the working
 tree alternately on the same checkpoints (``--repeats`` rounds), with the
-config's ``evaluate`` settings, and prints the median seconds of each, their
+config's ``evaluate`` settings (``--before`` defaults to HEAD: the working
+tree's change against the last commit; a revision older than the
+checkpoints' settings cannot read them, and says so), and prints the median seconds of each, their
 ratio, and the difference of every accuracy.  Both share the process, so the
 one-off import cost of torch's optimiser machinery (about 2 s, paid by
 whichever runs first) is excluded by a warm-up evaluation.
@@ -34,7 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoints", nargs="+", required=True)
-    p.add_argument("--before", default="81a404e")
+    p.add_argument("--before", default="HEAD")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--config", default=str(ROOT / "config.yaml"))
     args = p.parse_args()
@@ -46,6 +48,11 @@ def main() -> None:
     impls = {"before": old.evaluate_checkpoint, "after": evaluate_checkpoint}
     out = Path(tempfile.mkdtemp()) / "probe.json"
     impls["after"](args.checkpoints[0], args.data, settings, out)   # warm-up: one-off imports
+    try:
+        impls["before"](args.checkpoints[0], args.data, settings, out)
+    except (ValueError, KeyError, TypeError) as e:
+        p.error(f"revision {args.before} cannot evaluate {args.checkpoints[0]} with this config's settings "
+                f"(its code is older than they are: {e}); pick a newer --before")
     times = {k: [] for k in impls}
     results = {k: {} for k in impls}
     for _ in range(args.repeats):
