@@ -16,9 +16,9 @@ machine's slower and faster phases; the ratio printed is the median of its
 N, next to their range.  The first ``--warmup`` steps of every race are not
 timed: a policy's model has sat idle through the other races, and its first
 steps after that pay for cold caches and allocator state, which `all`
-(raced every time) and a training process pay once.  Also printed: the selection alone (the
-policy's call on a [B, K] matrix) and its share of `all`'s step, a second,
-less noisy estimate of the overhead.
+(raced every time) and a training process pay once.  Also printed: the
+selection alone (the policy's call on a [B, K] matrix) and its share of
+`all`'s step, a second, less noisy estimate of the overhead.
 The target (issues 2 and 6): any policy costs at most 10% over `all` on CPU.
 Labels are drawn from 10 classes, so the class policies remove what they
 would on Fashion-MNIST; every policy is built as the trainer builds it

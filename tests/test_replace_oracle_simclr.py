@@ -231,6 +231,41 @@ def test_replace_mode_loss_equals_the_full_mask_form(name):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
 
+def test_a_swap_reaches_a_policys_own_loss_as_the_mask_it_stands_for():
+    """A loss other than InfoNCE gets a swap (replace mode's stand-ins past
+    ``width`` included) as its [B, K + E] mask: the same loss and gradient
+    as the fused InfoNCE term reading the swap itself."""
+    from negatives.moco import info_nce
+
+    k, extra, tau = 40, 60, 0.2
+    g = torch.Generator().manual_seed(4)
+    q = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(k + extra, 8, generator=g), dim=1)
+    cands = Candidates(labels=torch.randint(0, 3, (k + extra,), generator=g),
+                       query_labels=torch.randint(0, 3, (6,), generator=g))
+    policy = parse_policy("drop[80_100)&other-class@replace")
+    sel = select(policy, q @ keys.T, cands, 0.0, window=k)
+    assert sel.swap is not None and bool((sel.swap.to >= k).any())           # stand-ins past width
+    seen = []
+
+    def own_loss(l_pos, neg, keep, temperature):
+        seen.append(keep)
+        return info_nce(l_pos, neg, keep, temperature)
+
+    custom = parse_policy("drop[80_100)&other-class@replace")
+    custom.loss = own_loss
+    grads, losses = [], []
+    for pol in (policy, custom):
+        qq = q.clone().requires_grad_(True)
+        loss = policy_loss(pol, sel, qq, (qq * qq.detach()).sum(1), qq @ keys.T, tau)
+        loss.backward()
+        losses.append(loss)
+        grads.append(qq.grad)
+    assert len(seen) == 1 and torch.equal(seen[0], sel.mask((6, k + extra)))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
 def test_replace_mode_moco_step_uses_k_negatives_and_a_longer_queue():
     model = _moco("drop[50_100)@replace", k=8, extra=4)
     assert model.queue.size == 12 and model.window == 8
