@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,11 +41,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--config", default=str(ROOT / "config.yaml"))
     args = p.parse_args()
+    for f in (args.data, *args.checkpoints):
+        if not Path(f).is_file():
+            p.error(f"no such file: {f}")
     settings = yaml.safe_load(open(args.config))["evaluate"]
     torch.set_num_threads(int(settings.get("threads") or 1))
     import importlib
 
-    old = importlib.import_module(load_before(args.before).__name__ + ".evaluate")
+    try:
+        before = load_before(args.before)
+    except subprocess.CalledProcessError as e:
+        p.error(f"cannot read revision {args.before!r}: {e.stderr.decode().strip()}")
+    old = importlib.import_module(before.__name__ + ".evaluate")
     impls = {"before": old.evaluate_checkpoint, "after": evaluate_checkpoint}
     out = Path(tempfile.mkdtemp()) / "probe.json"
     impls["after"](args.checkpoints[0], args.data, settings, out)   # warm-up: one-off imports
