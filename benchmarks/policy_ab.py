@@ -36,7 +36,7 @@ from _before import load_before  # noqa: E402
 
 POLICIES = ["all", "keep[95_100)", "keep[0_95)", "drop[99_100)", "drop-same-class@replace",
             "drop[99.9_100)@replace", "drop[99.9_100)&other-class@replace", "mochi[256_128_64_1]",
-            "ring[0->90_100_linear]", "hard[1_0.1]", "curriculum[0_100->95_100_linear]"]
+            "ring[100->10_10_linear_50]", "hard[1_0.1]", "curriculum[0_100->95_100_linear]"]
 B, K, D, EXTRA = 256, 4096, 64, 1024
 
 

@@ -267,8 +267,9 @@ def test_replace_mode_with_simclr(cfg):
 @pytest.mark.parametrize("policy, needles", [
     ("mochi[16_300_8]", ["s = 300", "16"]),                 # more mixes than pairs of the 16 hardest
     ("mochi[256_128_64_8]", ["warm-up", "8"]),              # warm-up as long as training (8 epochs)
-    ("ring[60_40_constant]", ["lower", "upper"]),           # ring upside down
-], ids=["mochi-s-over-N2", "mochi-warmup", "ring-inverted"])
+    ("curriculum[60_40->50_90_linear]", ["lower", "upper"]),  # a band upside down
+    ("ring[100->0.01_10_linear]", ["end of training", "no negative"]),  # floor(4096 x 0.01 / 100) = 0
+], ids=["mochi-s-over-N2", "mochi-warmup", "curriculum-inverted", "ring-empty"])
 def test_method_settings_that_make_no_sense(cfg, policy, needles):
     cfg["figures"]["fig_methods"]["policies"] = [policy]
     with pytest.raises(ConfigError) as err:

@@ -16,7 +16,6 @@ from negatives.moco import KeyQueue, MoCo, info_nce, policy_loss
 from negatives.policies import Band, Candidates, Mix, PolicyError, Selection, parse_policy
 from negatives.retention import RetainHard, RetainingQueue
 from negatives.simclr import SimCLR, candidate_index, twin_index
-from negatives.ring import Schedule, parse_schedule
 
 
 def _unit(*shape, seed=0):
@@ -302,113 +301,6 @@ def test_mochi_closed_form_by_hand():
 
 
 # --------------------------------------------------------------------------
-# Schedules, Ring, curricula
-# --------------------------------------------------------------------------
-
-def test_schedules_by_definition():
-    lin, const = Schedule("linear"), Schedule("constant")
-    step, exp = parse_schedule("step4"), parse_schedule("exp2")
-    assert [lin.value(0, 90, e / 10) for e in (0, 5, 10)] == [0, 45, 90]
-    assert const.value(10, 10, 0.7) == 10
-    # step4: stages 0, 30, 60, 90 held on [0, .25), [.25, .5), [.5, .75), [.75, 1]
-    stages = [step.value(0, 90, p) for p in (0, 0.2, 0.25, 0.49, 0.5, 0.74, 0.75, 1.0)]
-    assert stages == [0, 0, 30, 30, 60, 60, 90, 90]
-    assert exp.value(0, 90, 0) == 0 and exp.value(0, 90, 1) == 90
-    assert exp.value(0, 90, 0.5) == pytest.approx(90 * (1 - math.exp(-1)) / (1 - math.exp(-2)))
-    assert parse_schedule("step").name == "step10" and parse_schedule("exponential").name == "exp5"
-    with pytest.raises(PolicyError, match="allowed"):
-        parse_schedule("step1")
-    with pytest.raises(PolicyError, match="allowed"):
-        parse_schedule("cosine")
-
-
-@pytest.mark.parametrize(
-    "policy,epoch,expected",
-    [
-        # Wu et al.'s ring: outer bound 0 -> 90 (all -> hardest 10%), K = 1000, 10 epochs
-        ("ring[0->90,100,linear]", 0, 1000), ("ring[0->90,100,linear]", 1, 910),
-        ("ring[0->90,100,linear]", 5, 550), ("ring[0->90,100,linear]", 10, 100),
-        # step5: stages a = 0, 22.5, 45, 67.5, 90 on [0, .2), [.2, .4), ... [.8, 1]
-        ("ring[0->90,100,step5]", 1, 1000), ("ring[0->90,100,step5]", 2, 775),
-        ("ring[0->90,100,step5]", 7, 325), ("ring[0->90,100,step5]", 10, 100),
-        ("ring[0->90,100,exp5]", 5, 168),        # a = 90 (1 - e^-2.5) / (1 - e^-5) = 83.17
-        ("ring[5,95,constant]", 7, 900),
-        ("ring[0->50,100->90,linear]", 4, 760),  # both bounds move: [20, 96)
-        # curriculum: all -> the hardest 5% (K = 1000)
-        ("curriculum[0,100->95,100,linear]", 0, 1000), ("curriculum[0,100->95,100,linear]", 4, 620),
-        ("curriculum[0,100->95,100,linear]", 10, 50),
-        ("curriculum[0,50->50,100,linear]", 3, 500),   # a window of constant width sliding up
-    ],
-)
-def test_scheduled_bands_keep_the_expected_count_at_given_epochs(policy, epoch, expected):
-    pol = parse_policy(policy)
-    k, epochs, steps = 1000, 10, 3
-    progress = epoch * steps / (epochs * steps)             # the trainer's step / total_steps
-    sim = torch.randn(4, k, generator=torch.Generator().manual_seed(epoch))
-    keep = pol(sim, Candidates(), progress).mask(sim.shape)
-    assert (keep.sum(1) == expected).all()
-
-
-def test_curriculum_counts_round_exactly_on_4096_candidates():
-    pol = parse_policy("curriculum[0,100->95,100,linear]")
-    sim = torch.randn(3, 4096, generator=torch.Generator().manual_seed(0))
-    # progress .5: [47.5, 100) -> round(4096 * 52.5 / 100) = round(2150.4) = 2150
-    assert (pol(sim, Candidates(), 0.5).mask(sim.shape).sum(1) == 2150).all()
-    assert (pol(sim, Candidates(), 1.0).mask(sim.shape).sum(1) == 205).all()    # round(204.8)
-
-
-@pytest.mark.parametrize("progress", [0.0, 0.3, 0.55, 1.0])
-def test_scheduled_band_keeps_the_same_negatives_as_the_fixed_band(progress):
-    pol = parse_policy("ring[10->60,100->90,linear]")
-    sim = torch.randn(5, 400, generator=torch.Generator().manual_seed(1))
-    a, b = pol.bounds(progress)
-    assert (a, b) == (round(10 + 50 * progress, 9), round(100 - 10 * progress, 9))
-    assert torch.equal(pol(sim, Candidates(), progress).mask(sim.shape),
-                       Band("keep", a, b)(sim, Candidates()).mask(sim.shape))
-
-
-@pytest.mark.parametrize(
-    "text,name",
-    [("ring[0->90,100,linear]", "ring[0->90_100_linear]"),
-     ("ring[ 0 -> 90.0 , 100 , step ]", "ring[0->90_100_step10]"),
-     ("ring[10,100]", "ring[10_100_constant]"), ("ring[10,100,linear]", "ring[10_100_constant]"),
-     ("ring[0->90,100,exponential2.5]", "ring[0->90_100_exp2.5]"),
-     ("ring[0->90,100->99,linear]", "ring[0->90_100->99_linear]"),
-     ("curriculum[0,100->95,100,linear]", "curriculum[0_100->95_100_linear]"),
-     ("curriculum[0.0, 100 -> 95, 100, step4]", "curriculum[0_100->95_100_step4]")],
-)
-def test_ring_and_curriculum_canonical_names(text, name):
-    pol = parse_policy(text)
-    assert pol.name == name and "/" not in pol.name
-    assert parse_policy(pol.name).name == name              # the canonical name parses to itself
-    assert not pol.uses_labels
-
-
-@pytest.mark.parametrize(
-    "text,fragment",
-    [("ring[50,40,constant]", "lower bound is not below the upper bound at the start"),
-     ("ring[0->95,90,linear]", "lower bound is not below the upper bound at the end"),
-     ("curriculum[0,100->95,90,linear]", "lower bound is not below the upper bound at the end"),
-     ("ring[-5,100]", "[0, 100]"), ("ring[0->101,100,linear]", "[0, 100]"),
-     ("ring[0->90,100,constant]", "constant"), ("ring[0->90,100]", "need a schedule"),
-     ("ring[0->90,100,cosine]", "unknown schedule"), ("ring[0,90,100,linear]", "malformed ring"),
-     ("curriculum[0,100,95,100,linear]", "malformed curriculum")],
-)
-def test_ring_rejects_bad_policies(text, fragment):
-    with pytest.raises(PolicyError) as e:
-        parse_policy(text)
-    assert fragment in str(e.value) and "allowed" in str(e.value)
-
-
-def test_empty_ring_is_rejected_by_validate():
-    with pytest.raises(PolicyError, match="start of training holds no negative"):
-        parse_policy("ring[99.9,100]").validate(100)          # round(0.1) = 0
-    with pytest.raises(PolicyError, match="end of training holds no negative"):
-        parse_policy("ring[0->99.99,100,linear]").validate(1000)
-    parse_policy("ring[0->99.9,100,linear]").validate(1000)   # one negative at the end
-
-
-# --------------------------------------------------------------------------
 # debiased and hard-negative weighted losses
 # --------------------------------------------------------------------------
 
@@ -669,7 +561,7 @@ def test_retain_hard_validation_and_parsing():
 
 @pytest.mark.parametrize("module", [mixing, ring, losses, retention])
 def test_each_module_parser_ignores_the_others_forms(module):
-    forms = ["all", "keep[95_100)", "drop[99_100)&same-class", "mochi[4,2,2]", "ring[0->90,100,linear]",
+    forms = ["all", "keep[95_100)", "drop[99_100)&same-class", "mochi[4,2,2]", "ring[100->10,10,linear,50]",
              "curriculum[0,100->95,100,linear]", "debiased[0.1]", "hard[1,0.1]", "retain-hard[0.25]"]
     mine = [f for f in forms if module.parse(f) is not None]
     assert len(mine) >= 1 and all(parse_policy(f).name == module.parse(f).name for f in mine)
@@ -677,7 +569,7 @@ def test_each_module_parser_ignores_the_others_forms(module):
 
 
 def test_new_policies_do_not_read_labels_and_are_not_replace_mode():
-    for text in ("mochi[4,2,2]", "ring[0->90,100,linear]", "curriculum[0,100->95,100,linear]", "debiased[0.1]",
+    for text in ("mochi[4,2,2]", "ring[100->10,10,linear,50]", "curriculum[0,100->95,100,linear]", "debiased[0.1]",
                  "hard[1,0.1]", "retain-hard[0.25]"):
         pol = parse_policy(text)
         assert pol.uses_labels is False and pol.mode == "drop"

@@ -22,7 +22,7 @@ from negatives.policies import parse_policy
 POLICIES = ["all", "keep[95_100)", "keep[0_95)", "keep[40_60)", "drop[99_100)", "drop-same-class",
             "drop[95_100)&same-class", "drop[99_100)@replace", "drop-same-class@replace",
             "drop[95_100)&other-class@replace", "mochi[16_8_4]",
-            "ring[50->90_100_linear]", "curriculum[0_100->90_100_linear]", "debiased[0.1]", "hard[1_0.1]",
+            "ring[100->10_10_linear_50]", "ring[50->10_0_linear]", "curriculum[0_100->90_100_linear]", "debiased[0.1]", "hard[1_0.1]",
             "retain-hard[0.1]"]
 
 

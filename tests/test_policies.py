@@ -1,11 +1,16 @@
 """Negative policies: exact band counts, the right negatives, the parser."""
 
 import math
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from negatives.policies import All, Band, Candidates, PolicyError, band_ranks, parse_policy, top_k
+from negatives.policies import (All, Band, Candidates, ClassFilter, PolicyError, Replace, band_ranks, parse_policy,
+                                top_k)
 
 NO_INFO = Candidates()
 
@@ -18,6 +23,68 @@ def _ranks(sim):
     return ranks
 
 
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ["config.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.yaml"))]
+
+
+def _written_bands(policy) -> list[tuple[str, str]]:
+    """The percentile bands ``(a, b)`` a policy counts, as decimal strings."""
+    from negatives.retention import RetainHard
+    from negatives.ring import Curriculum
+
+    if isinstance(policy, Replace):
+        return _written_bands(policy.inner)
+    if isinstance(policy, ClassFilter):
+        return [] if policy.band is None else _written_bands(policy.band)
+    if isinstance(policy, Band):
+        return [(repr(policy.lo_pct), repr(policy.hi_pct))]
+    if isinstance(policy, Curriculum):
+        return [(repr(policy.lo[i]), repr(policy.hi[i])) for i in (0, 1)]
+    if isinstance(policy, RetainHard):
+        return [(str(Decimal(100) - Decimal(repr(policy.hard_pct))), "100")]
+    return []
+
+
+def _config_bands() -> set[tuple[str, str]]:
+    import yaml
+
+    from negatives.config import _walk_policies
+
+    bands = set()
+    for name in CONFIGS:
+        cfg = yaml.safe_load((REPO / name).read_text())
+        for _, value in _walk_policies(cfg["figures"], "figures"):
+            if isinstance(value, str) and not value.replace(".", "").isdigit():
+                bands.update(_written_bands(parse_policy(value)))
+    return bands
+
+
+def test_every_config_band_is_counted_exactly_for_every_k_up_to_70000():
+    bands = _config_bands()
+    assert ("99.9", "100.0") in bands and ("0.0", "95.0") in bands and len(bands) >= 10
+    k = np.arange(1, 70_001, dtype=np.int64)
+    for a, b in sorted(bands):
+        # the reference in integers: percentiles as written, scaled by 10^d to whole numbers
+        d = max(len(x.partition(".")[2]) for x in (a, b))
+        scale = 10 ** d
+        lo_pct, hi_pct = (int(Decimal(x) * scale) for x in (a, b))
+        n = (2 * k * (hi_pct - lo_pct) + 100 * scale) // (200 * scale)
+        lo = np.minimum((2 * k * lo_pct + 100 * scale) // (200 * scale), k - n)
+        got = np.array([band_ranks(int(x), float(a), float(b)) for x in k])
+        assert np.array_equal(got[:, 1] - got[:, 0], n), (a, b, k[np.flatnonzero(got[:, 1] - got[:, 0] != n)][:5])
+        assert np.array_equal(got[:, 0], lo), (a, b)
+
+
+@pytest.mark.parametrize("k,band,n", [(500, (99.9, 100), 1), (1500, (99.9, 100), 2), (5, (99.9, 100), 0),
+                                      (2000, (0, 99.975), 2000), (70_000, (99.999, 100), 1)])
+def test_counts_that_end_in_a_half_round_up(k, band, n):
+    # 500 x 0.1 / 100 = 0.5 exactly: binary floats made it 0.4999...97 and lost the negative;
+    # 2000 x 99.975 / 100 = 1999.5
+    assert 500 * (100 - 99.9) / 100 < 0.5
+    lo, hi = band_ranks(k, *band)
+    assert hi - lo == n
+
+
 @pytest.mark.parametrize("k", [10, 100, 1000, 4096, 4097, 65536])
 @pytest.mark.parametrize("band", [(95, 100), (90, 95), (85, 90), (0, 95), (0, 90), (99.9, 100), (99, 100), (0, 50), (12.5, 37.5)])
 def test_band_keeps_exactly_round_kw_negatives_per_query(k, band):
@@ -26,7 +93,7 @@ def test_band_keeps_exactly_round_kw_negatives_per_query(k, band):
     sim = torch.rand(7, k, generator=g) * 2 - 1
     keep = Band("keep", a, b)(sim, NO_INFO).mask(sim.shape)
     drop = Band("drop", a, b)(sim, NO_INFO).mask(sim.shape)
-    n = math.floor(k * (b - a) / 100 + 0.5)
+    n = math.floor(k * (Fraction(str(b)) - Fraction(str(a))) / 100 + Fraction(1, 2))
     assert keep.dtype == torch.bool and keep.shape == sim.shape
     assert (keep.sum(1) == n).all()
     assert (drop.sum(1) == k - n).all()

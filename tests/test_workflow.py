@@ -172,12 +172,12 @@ def test_dry_run_all_plans_every_figure(workdir):
     assert res.returncode == 0, res.stdout + res.stderr
     expected = expected_jobs(default_config(), grid.FIGURES) + Counter(all=1)
     assert job_counts(res.stdout + res.stderr) == expected
-    # the default config: 22 policies x 1 temperature x 3 seeds (fig2: all + 5
+    # the default config: 23 policies x 1 temperature x 3 seeds (fig2: all + 5
     # bands; fig3: 3 removals; table1: 4 replace-mode removals; simclr: all +
-    # 2 bands, SimCLR; fig_methods: 6 methods, its band shared with fig3),
+    # 2 bands, SimCLR; fig_methods: 7 methods, its band shared with fig3),
     # + 3 random-init; the analyses: the 3 baseline runs, one similarity
     # matrix, one job per figure
-    assert expected["pretrain"] == 66 and expected["evaluate"] == 69
+    assert expected["pretrain"] == 69 and expected["evaluate"] == 72
     assert expected["analyze"] == 3 and expected["similarity"] == 1
     assert all(expected[f] == 1 for f in ("fig2", "fig3", "table1", "simclr", "fig_methods", "fig4", "fig5", "fig6", "tables_a4_a6"))
 

@@ -3,14 +3,25 @@
 The pieces, in the order of one training step::
 
     q = normalize(f_q(x_q))                       [B, D]   query embeddings
-    k = normalize(f_k(x_k))  (no grad)            [B, D]   positive keys
+    momentum_update(f_q -> f_k, m)
+    k = normalize(f_k(x_k[perm]))[argsort(perm)]  [B, D]   positive keys (no grad), shuffle-BN
     l_pos = q . k                                 [B]
     sim   = q . queue^T                           [B, K]   difficulty of each negative
     sel   = policy(sim, queue candidates)                  which negatives count:
                                                   a [B, K] mask, or the [B, n] positions kept
                                                   (+ synthetic negatives, for MoCHi)
     loss  = info_nce(l_pos, sim[sel], tau)        (or the policy's own loss)
-    momentum_update(f_q -> f_k, m);  queue.enqueue(k, labels, indices)
+    queue.enqueue(k, labels, indices)
+
+Shuffle-BN (MoCo, Section 3.3): in training mode the key encoder sees the
+batch in a random order and its outputs are put back in query order, so the
+batch-norm statistics that normalise a key are never those of the same
+sub-batch as its query.  With split batch-norm (``pretrain.bn_splits``) on one
+device this is the official CIFAR demo's single-GPU shuffle: each split plays
+one GPU of the multi-GPU shuffle-BN.  The permutation is drawn from torch's
+global CPU generator, as ``torch.randperm(B)`` in the official code; the
+trainer seeds it per epoch and checkpoints its state, so a run stays
+deterministic and resumes bit for bit.
 
 Labels in the queue are read only by oracle policies and the analyses, never
 by the loss of a label-free run.
@@ -26,7 +37,8 @@ from torch import Tensor, nn
 
 from .policies import All, Candidates, Mix, NegativePolicy, Selection, Swap, select
 
-__all__ = ["KeyQueue", "KeptExpSum", "full_precision", "mask_as", "info_nce", "policy_loss", "momentum_update", "MoCo"]
+__all__ = ["KeyQueue", "KeptExpSum", "full_precision", "mask_as", "info_nce", "policy_loss", "momentum_update",
+           "shuffled_keys", "MoCo"]
 
 
 class KeyQueue(nn.Module):
@@ -303,6 +315,17 @@ def momentum_update(query_encoder: nn.Module, key_encoder: nn.Module, m: float) 
     torch._foreach_add_(pk, pq, alpha=1.0 - m)
 
 
+@torch.no_grad()
+def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
+    """Shuffle-BN: ``f_k(x_k[perm])[argsort(perm)]``, ``x_k [B, C, H, W] ->
+    [B, D]`` in query order, with ``perm`` a fresh ``torch.randperm(B)`` of
+    the global CPU generator (the official ``_batch_shuffle_single_gpu`` /
+    ``_batch_unshuffle_single_gpu``)."""
+    perm = torch.randperm(x_k.shape[0]).to(x_k.device)
+    unshuffle = torch.argsort(perm)
+    return key_encoder(x_k.index_select(0, perm)).index_select(0, unshuffle)
+
+
 class MoCo(nn.Module):
     """MoCo v2: a query encoder, its momentum copy, and the key queue.
 
@@ -350,7 +373,9 @@ class MoCo(nn.Module):
         q = F.normalize(full_precision(self.encoder_q(x_q)), dim=1)
         with torch.no_grad():
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)
-            k = F.normalize(full_precision(self.encoder_k(x_k)), dim=1)
+            # shuffle-BN in training (module docstring); the order is irrelevant in eval mode
+            k = shuffled_keys(self.encoder_k, x_k) if self.training else self.encoder_k(x_k)
+            k = F.normalize(full_precision(k), dim=1)                             # [B, D]
         l_pos = (q * k).sum(dim=1)
         # a snapshot (newest first in replace mode): the queue is updated in
         # place below, before backward

@@ -74,9 +74,14 @@ def _format_of(x: Tensor) -> torch.memory_format:
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """Batch-norm whose training statistics are computed over ``num_splits``
-    equal sub-batches, standing in for shuffle-BN on a single device (the
-    batch is the concatenation of the sub-batches).  In eval mode it is plain
-    batch-norm with the running statistics averaged over the splits.
+    equal contiguous sub-batches (the batch is their concatenation), as one
+    device's stand-in for per-GPU batch-norm.  It is shuffle-BN only together
+    with MoCo's key shuffle (:func:`negatives.moco.shuffled_keys`): the key
+    encoder's splits then hold other images than the query encoder's, as in
+    the official CIFAR demo.  (The demo's ``SplitBatchNorm`` groups images
+    ``n mod s``; contiguous splits are what keep SimCLR's two views of an
+    image apart.)  In eval mode it is plain batch-norm with the running
+    statistics averaged over the splits.
 
     On CPU the splits are normalised into one preallocated output
     (:class:`_SplitBatchNormFn`); elsewhere, and under ``torch.compile``

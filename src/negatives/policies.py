@@ -53,10 +53,13 @@ deterministic for a given device and input.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import dataclasses
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -78,6 +81,7 @@ __all__ = [
     "PolicyError",
     "parse_policy",
     "band_ranks",
+    "exact",
 ]
 
 
@@ -378,19 +382,50 @@ class All(NegativePolicy):
     name = "all"
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+def exact(x) -> Fraction:
+    """A percentile as written: an int or :class:`~fractions.Fraction` as
+    it is, a float as its shortest decimal (``99.9 -> 999/10``, never the
+    binary ``99.900000000000005684...``), so counts are computed in exact
+    arithmetic."""
+    if isinstance(x, (int, Fraction)):
+        return Fraction(x)
+    return _decimal(float(x))
 
 
-def band_ranks(num_candidates: int, lo_pct: float, hi_pct: float) -> tuple[int, int]:
+@functools.lru_cache(maxsize=4096)
+def _decimal(x: float) -> Fraction:
+    return Fraction(repr(x))
+
+
+def _percent_of(k: int, pct: Fraction) -> int:
+    """``round(k pct / 100)``, half up, in integers."""
+    return (2 * k * pct.numerator + 100 * pct.denominator) // (200 * pct.denominator)
+
+
+@functools.lru_cache(maxsize=4096)
+def _band(lo_pct, hi_pct) -> tuple[Fraction, Fraction]:
+    """``(a, b - a)`` exact (cached: a band's bounds are the same every step)."""
+    a = exact(lo_pct)
+    return a, exact(hi_pct) - a
+
+
+def band_ranks(num_candidates: int, lo_pct, hi_pct) -> tuple[int, int]:
     """Rank interval ``[lo, hi)`` (0 = easiest) of the band ``[lo_pct, hi_pct)``.
 
-    ``hi - lo == round(K * (hi_pct - lo_pct) / 100)`` exactly; see the module
-    docstring for the placement rule.
+    ``hi - lo == round(K (hi_pct - lo_pct) / 100)`` exactly, half up, in
+    exact arithmetic on the percentiles as written (:func:`exact`: with
+    binary floats ``100 - 99.9`` is ``0.0999...943``, and a count ending in
+    .5 would lose one); see the module docstring for the placement rule.
+
+    >>> band_ranks(4096, 99.9, 100)          # 4.096 -> 4
+    (4092, 4096)
+    >>> band_ranks(5, 99.9, 100), band_ranks(1000, 0, 99.95)   # 0.005 -> 0; 999.5 -> 1000
+    ((5, 5), (0, 1000))
     """
     k = num_candidates
-    n = _round_half_up(k * (hi_pct - lo_pct) / 100.0)
-    lo = min(_round_half_up(k * lo_pct / 100.0), k - n)
+    a, width = _band(lo_pct, hi_pct)
+    n = _percent_of(k, width)
+    lo = min(_percent_of(k, a), k - n)
     return lo, lo + n
 
 
@@ -641,8 +676,9 @@ POLICY_GRAMMAR = (
     "and any drop policy followed by '@replace' (removed negatives replaced by older ones); "
     # the neighbouring methods (modules mixing, ring, losses, retention; each has its own GRAMMAR)
     "'mochi[N,s,s']' or 'mochi[N,s,s',w]' (hard negative mixing), "
-    "'ring[a,b,schedule]' with a or b moving as 'x->y', 'curriculum[a0,b0->a1,b1,schedule]' "
-    "(schedule: constant, linear, stepS, expL), "
+    "'ring[o,i]' or 'ring[o,i,schedule]' (Wu et al.'s Ring: the o% hardest without the hardest i% of them; "
+    "o fixed or moving as 'x->y'), 'curriculum[a0,b0->a1,b1,schedule]' "
+    "(schedule: constant, linear, stepS, expL, then optionally the percent of training it takes), "
     "'debiased[tau_plus]', 'hard[beta,tau_plus]', 'retain-hard[r]' or 'retain-hard[r,c]'"
 )
 
@@ -662,8 +698,12 @@ def _parse_extension(t: str) -> NegativePolicy | None:
 
 
 def _fmt(x: float) -> str:
-    """Shortest decimal form: 95.0 -> '95', 99.9 -> '99.9'."""
-    return f"{float(x):g}"
+    """Shortest decimal form, every digit kept: 95.0 -> '95', 99.9 -> '99.9',
+    12.3456789 -> '12.3456789' (a name must say the exact band it runs)."""
+    text = repr(float(x))
+    if "e" in text:
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _check_band(lo: float, hi: float, text: str) -> None:

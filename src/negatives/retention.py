@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .moco import KeyQueue
-from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks,
+from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks, exact,
                        match_form, top_k)
 
 __all__ = ["RetainingQueue", "RetainHard", "parse", "GRAMMAR"]
@@ -162,7 +162,7 @@ class RetainHard(NegativePolicy):
 
     def hard_count(self, num_candidates: int) -> int:
         """Keys per query counted as hard: ``round(K c / 100)``."""
-        lo, hi = band_ranks(num_candidates, 100.0 - self.hard_pct, 100.0)
+        lo, hi = band_ranks(num_candidates, 100 - exact(self.hard_pct), 100)
         return hi - lo
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:

@@ -1,57 +1,72 @@
-"""Bands of negatives whose bounds move over training: Ring and curricula.
+"""Bands of negatives whose bounds move over training: Wu et al.'s Ring and
+band curricula.
 
-Percentiles are those of EXPERIMENTS.md section 2 (0 = easiest, 100 =
-hardest; a band ``[a, b)`` holds exactly ``round(K (b - a) / 100)`` of a
-query's K candidates, placed by :func:`negatives.policies.band_ranks`).  Here
-the bounds are functions of ``progress``, the fraction of training done, and
-are re-evaluated at every step, so the count is exact at each step.
+Both keep, at every step, one window of each query's K candidates ranked by
+difficulty (rank 0 the easiest, K - 1 the hardest), re-evaluated at every
+step from ``progress``, the fraction of training done; counts are computed
+in exact arithmetic (:func:`negatives.policies.exact`).
 
-Schedules (:class:`Schedule`).  A bound moves from ``v0`` (start of
-training) to ``v1`` (end) as ``v(p) = v0 + (v1 - v0) f(p)``, ``p`` in
-``[0, 1]``, with ``f(0) = 0`` and (except ``constant``) ``f(1) = 1``:
+Ring (Wu et al. 2020, "Conditional negative sampling", their released
+``MoCoRing``).  Sort a query's similarities hardest first; keep
+``sorted[inner : outer)`` with::
 
-==================  =========================================================
-``constant``        ``f(p) = 0``: the bound stays at ``v0`` (needs v0 = v1)
-``linear``          ``f(p) = p``
-``stepS``           ``S >= 2`` equal stages (``step`` = ``step10``, as Wu et
-                    al.'s code, which goes down by tenths):
-                    ``f(p) = min(floor(S p), S - 1) / (S - 1)``, so stage
-                    ``k`` holds ``v0 + (v1 - v0) k / (S - 1)`` for
-                    ``p in [k/S, (k+1)/S)`` and the last stage is ``v1``
-``expL``            exponential approach, rate ``L > 0`` (``exp`` = ``exp5``):
-                    ``f(p) = (1 - e^{-L p}) / (1 - e^{-L})``: fast at first,
-                    slow near the end, exactly ``v1`` at ``p = 1``
-==================  =========================================================
+    outer = floor(K o / 100)          o: the outer ball, percent of K
+    inner = floor(outer i / 100)      i: the inner ball, percent of the outer ball
 
-Every ``f`` is monotone, so a band's width ``(b - a)(p)`` lies between its
-widths at ``p = 0`` and ``p = 1`` when both bounds share one schedule:
-checking the two ends (:meth:`ScheduledBand.validate`) checks every step.
-Values are rounded to 1e-9 so float noise never moves a count.  The
-trainer passes ``p = step / total_steps``, so epoch ``e`` (0-based) starts at
-``p = e / epochs`` and the last step runs at ``(T - 1) / T``: a ``linear``
-bound is within one step of ``v1`` at the end, a ``stepS`` one reaches it for
-the last ``1/S`` of training.
+so the ``inner`` hardest negatives are excluded and so is everything beyond
+the ``outer`` hardest: ``ring[o,i]``.  In ranks from the easiest that is the
+window ``[K - outer, K - inner)``.  ``o`` may move, ``o0->o1``, annealed by a
+schedule (their ``thres_outer`` policies); ``i`` is fixed, as in their code
+("everyone uses constant inner threshold").  Their shipped MoCo config is
+``o = i = 10`` (``ring[10_10]``); their linear annealing starts from the
+whole queue, ``ring[100->10_10_linear_50]``, reaching ``o1`` after
+``max_anneal_epoch`` = 100 of their 200 epochs (the last field, ``50``: the
+percent of training the annealing takes).  ``i = 0`` is their Ball
+(``MoCoBall``, the hardest ``outer`` only).
 
-Ring (Wu et al. 2020, "Conditional negative sampling").  Negatives are
-restricted to a ring around the query: not closer than an *inner* threshold
-(the hardest are excluded), not farther than an *outer* threshold, and the
-ring is annealed by moving the outer threshold in towards the query.  In our
-percentiles of similarity the outer threshold is the *lower* bound ``a``
-(the easy side; Wu et al. count it from the nearest, as the upper percentile
-of distance) and the inner threshold is the upper bound ``b``:
-``ring[0->90,100,linear]`` starts with every negative and ends with the
-hardest 10% (Wu et al.'s code: outer 1.0 -> 0.1, inner 0).  Either bound may
-be written ``x`` (fixed) or ``x->y`` (moving); both share the schedule.
+Where ours differs from their code, on purpose: they compute ``int(o K)`` in
+binary floating point (``int(0.29 * 100) = 28``), we in exact arithmetic
+(29); their ``linspace`` over the ``M`` annealing steps reaches ``o1`` at step
+``M - 1``, ours at step ``M`` (``progress`` = until); their sort is a full
+``torch.sort``, ours a partial selection (the same set, ties apart); their
+``exponential`` schedule decays by ``e^-0.1`` per step, ours is a shape over
+the annealing span (below).
 
-Curriculum (Cai et al.'s suggested future work): the same object written
-band-to-band, ``curriculum[a0,b0->a1,b1,schedule]``, e.g.
+Curriculum (Cai et al.'s suggested future work): a percentile band (the
+bands' placement rule, :func:`negatives.policies.band_ranks`) whose bounds
+move, ``curriculum[a0,b0->a1,b1,schedule]``, e.g.
 ``curriculum[0,100->95,100,linear]`` goes from ``keep[0,100)`` (all) to
 ``keep[95,100)`` (the hardest 5%).
 
+Schedules (:class:`Schedule`).  A value moves from ``v0`` (start of training)
+to ``v1`` as ``v(p) = v0 + (v1 - v0) f(min(p / u, 1))``, ``p`` in ``[0, 1]``
+the progress and ``u`` the share of training the move takes (the optional
+last field of a name, in percent, default 100), with ``f(0) = 0`` and (except
+``constant``) ``f(1) = 1``:
+
+==================  =========================================================
+``constant``        ``f(x) = 0``: the value stays at ``v0`` (needs v0 = v1)
+``linear``          ``f(x) = x``
+``stepS``           ``S >= 2`` equal stages (``step`` = ``step10``, as Wu et
+                    al.'s code, which goes down by tenths):
+                    ``f(x) = min(floor(S x), S - 1) / (S - 1)``, so stage
+                    ``k`` holds ``v0 + (v1 - v0) k / (S - 1)``
+``expL``            exponential approach, rate ``L > 0`` (``exp`` = ``exp5``):
+                    ``f(x) = (1 - e^{-L x}) / (1 - e^{-L})``
+==================  =========================================================
+
+``constant``, ``linear`` and ``stepS`` are evaluated in exact rational
+arithmetic (the trainer passes ``progress`` as the exact fraction
+``step / total_steps``; a float is taken as its shortest decimal); ``expL``
+is rounded to 1e-9.  Every ``f`` is monotone and so is every window's size
+in the moving value, so checking the two ends (:meth:`ScheduledBand.validate`)
+checks every step.  Epoch ``e`` (0-based) starts at ``p = e / epochs``; the
+last step runs at ``(T - 1) / T``.
+
 Canonical names (also results folder names: no '/'): numbers in shortest
-form (``_fmt``), a fixed bound without an arrow, ``constant`` when nothing
-moves, and the schedule always written with its parameter (``step10``,
-``exp5``).
+form (``_fmt``), a fixed value without an arrow, ``constant`` when nothing
+moves, the schedule written with its parameter (``step10``, ``exp5``), and
+the span only when it is not 100.
 """
 
 from __future__ import annotations
@@ -59,153 +74,236 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from torch import Tensor
 
-from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window, match_form,
-                       band_ranks)
+from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window, band_ranks,
+                       exact, match_form)
 
-__all__ = ["Schedule", "ScheduledBand", "parse_schedule", "parse", "GRAMMAR", "RING_GRAMMAR",
-           "CURRICULUM_GRAMMAR", "SCHEDULE_GRAMMAR"]
+__all__ = ["Schedule", "ScheduledBand", "Ring", "Curriculum", "parse_schedule", "parse", "GRAMMAR",
+           "RING_GRAMMAR", "CURRICULUM_GRAMMAR", "SCHEDULE_GRAMMAR"]
 
 SCHEDULE_GRAMMAR = ("'constant', 'linear', 'step' or 'stepS' (S >= 2 stages, default 10), "
-                    "'exp' or 'expL' (rate L > 0, default 5)")
-RING_GRAMMAR = (f"'ring[a,b,schedule]' with each of a, b a percentile 'x' or a moving one 'x->y' "
-                f"(0 <= a < b <= 100 at start and end; a is Wu et al.'s annealed outer bound), "
-                f"schedule one of {SCHEDULE_GRAMMAR}")
+                    "'exp' or 'expL' (rate L > 0, default 5), optionally followed by ',u': the percent of "
+                    "training the move takes (0 < u <= 100, default 100)")
+RING_GRAMMAR = (f"'ring[o,i]' or 'ring[o,i,schedule]' (Wu et al.): keep a query's outer ball of the "
+                f"floor(K o / 100) hardest negatives without its inner ball, the floor(outer i / 100) hardest; "
+                f"o a percent of K in (0, 100], fixed 'x' or moving 'x->y'; i a percent of the outer ball in "
+                f"[0, 100) (0: their Ball); schedule one of {SCHEDULE_GRAMMAR}; a band of percentiles that moves "
+                f"is a curriculum")
 CURRICULUM_GRAMMAR = (f"'curriculum[a0,b0->a1,b1,schedule]': the band [a0,b0) at the start moving to [a1,b1) "
                       f"at the end (0 <= a < b <= 100), schedule one of {SCHEDULE_GRAMMAR}")
 GRAMMAR = f"{RING_GRAMMAR}; {CURRICULUM_GRAMMAR}"
 
-_ROUND = 9  # decimals kept of a scheduled percentile
+_ROUND = 9  # decimals kept of an exponential schedule's value
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """How a bound moves from ``v0`` to ``v1`` over training (module docstring).
+    """How a value moves from ``v0`` to ``v1`` over training (module docstring).
 
     kind:  'constant', 'linear', 'step' or 'exp';
-    param: the number of stages (step) or the rate (exp); None otherwise.
+    param: the number of stages (step) or the rate (exp); None otherwise;
+    until: the percent of training the move takes (then ``v1`` is held).
     """
 
     kind: str
     param: float | None = None
+    until: float = 100.0
 
     def __post_init__(self):
-        if self.kind not in ("constant", "linear", "step", "exp"):
-            raise PolicyError(f"unknown schedule {self.kind!r}; allowed: {SCHEDULE_GRAMMAR}")
-        if self.kind == "step" and (self.param is None or self.param != int(self.param) or self.param < 2):
-            raise PolicyError(f"schedule 'step{self.param}': needs a whole number of stages >= 2; "
+        kind, param = self.kind, self.param
+        if kind not in ("constant", "linear", "step", "exp"):
+            raise PolicyError(f"unknown schedule {kind!r}; allowed: {SCHEDULE_GRAMMAR}")
+        if kind == "step" and (param is None or param != int(param) or param < 2):
+            raise PolicyError(f"schedule 'step{param}': needs a whole number of stages >= 2; "
                               f"allowed: {SCHEDULE_GRAMMAR}")
-        if self.kind == "exp" and (self.param is None or not self.param > 0):
-            raise PolicyError(f"schedule 'exp{self.param}': needs a rate > 0; allowed: {SCHEDULE_GRAMMAR}")
+        if kind == "exp" and (param is None or not param > 0):
+            raise PolicyError(f"schedule 'exp{param}': needs a rate > 0; allowed: {SCHEDULE_GRAMMAR}")
+        if not 0 < self.until <= 100:
+            raise PolicyError(f"schedule {kind!r}: the share of training must lie in (0, 100], got "
+                              f"{_fmt(self.until)}; allowed: {SCHEDULE_GRAMMAR}")
 
     @property
     def name(self) -> str:
-        if self.kind == "step":
-            return f"step{int(self.param)}"
-        if self.kind == "exp":
-            return f"exp{_fmt(self.param)}"
-        return self.kind
+        """``linear``, ``step10``, ``exp5``; with ``_u`` when the move takes ``u`` < 100% of training."""
+        kind = {"step": lambda: f"step{int(self.param)}", "exp": lambda: f"exp{_fmt(self.param)}"}.get(
+            self.kind, lambda: self.kind)()
+        return kind if self.until == 100 or self.kind == "constant" else f"{kind}{SEP}{_fmt(self.until)}"
 
-    def fraction(self, progress: float) -> float:
-        """``f(p)`` in ``[0, 1]``: the share of the way from ``v0`` to ``v1``."""
-        p = min(max(float(progress), 0.0), 1.0)
+    def fraction(self, progress) -> Fraction | float:
+        """``f(min(p / u, 1))`` in ``[0, 1]``: the share of the way from ``v0``
+        to ``v1`` (exact, but for ``exp``)."""
+        p = min(max(exact(progress), Fraction(0)), Fraction(1))
+        x = min(p * 100 / exact(self.until), Fraction(1))
         if self.kind == "constant":
-            return 0.0
+            return Fraction(0)
         if self.kind == "linear":
-            return p
+            return x
         if self.kind == "step":
             s = int(self.param)
-            return min(math.floor(s * p), s - 1) / (s - 1)
+            return Fraction(min(math.floor(s * x), s - 1), s - 1)
         rate = float(self.param)
-        return (1.0 - math.exp(-rate * p)) / (1.0 - math.exp(-rate))
+        return (1.0 - math.exp(-rate * float(x))) / (1.0 - math.exp(-rate))
 
-    def value(self, v0: float, v1: float, progress: float) -> float:
-        """``v(p) = v0 + (v1 - v0) f(p)``, rounded to 1e-9."""
+    def value(self, v0, v1, progress) -> Fraction:
+        """``v(p) = v0 + (v1 - v0) f(min(p / u, 1))``, exact (``exp``: rounded to 1e-9)."""
+        v0, v1 = exact(v0), exact(v1)
         if v0 == v1:
-            return float(v0)
-        return round(v0 + (v1 - v0) * self.fraction(progress), _ROUND)
+            return v0
+        f = self.fraction(progress)
+        if isinstance(f, Fraction):
+            return v0 + (v1 - v0) * f
+        return exact(round(float(v0) + float(v1 - v0) * f, _ROUND))
 
 
-def parse_schedule(text: str) -> Schedule:
-    """``'linear'``, ``'step4'``, ``'exp2.5'``, ... -> :class:`Schedule`."""
+def parse_schedule(text: str, until: str | float | None = None) -> Schedule:
+    """``'linear'``, ``'step4'``, ``'exp2.5'``, ... (and the percent of training
+    the move takes, default 100) -> :class:`Schedule`."""
     t = text.strip()
+    u = 100.0 if until is None else float(until)
     if t in ("constant", "linear"):
-        return Schedule(t)
+        return Schedule(t, until=u)
     m = re.fullmatch(r"step([0-9]+)?", t)
     if m:
-        return Schedule("step", float(m.group(1)) if m.group(1) else 10.0)
+        return Schedule("step", float(m.group(1)) if m.group(1) else 10.0, until=u)
     m = re.fullmatch(r"(?:exp|exponential)([0-9]+(?:\.[0-9]+)?)?", t)
     if m:
-        return Schedule("exp", float(m.group(1)) if m.group(1) else 5.0)
+        return Schedule("exp", float(m.group(1)) if m.group(1) else 5.0, until=u)
     raise PolicyError(f"unknown schedule {text!r}; allowed: {SCHEDULE_GRAMMAR}")
 
 
 class ScheduledBand(NegativePolicy):
-    """Keep the band ``[a(p), b(p))`` of each query's candidates.
+    """A window of each query's ranked candidates that moves with ``progress``.
 
     ``sim [B, K] -> Selection(index [B, n])`` (or a ``[B, K]`` mask when the
-    complement is cheaper), ``n = round(K (b(p) - a(p)) / 100)`` exactly.
-    ``style`` ('ring' or 'curriculum') only chooses how the name is written.
+    complement is cheaper) with the ``n`` candidates of ranks :meth:`ranks`.
+    Subclasses give ``name``, ``schedule`` and :meth:`ranks`.
     """
 
-    def __init__(self, lo: tuple[float, float], hi: tuple[float, float], schedule: Schedule,
-                 style: str = "ring"):
-        if style not in ("ring", "curriculum"):
-            raise PolicyError(f"style must be 'ring' or 'curriculum', got {style!r}")
-        self.lo = (float(lo[0]), float(lo[1]))
-        self.hi = (float(hi[0]), float(hi[1]))
-        self.style = style
-        moving = self.lo[0] != self.lo[1] or self.hi[0] != self.hi[1]
-        if not moving:
-            schedule = Schedule("constant")
-        elif schedule.kind == "constant":
-            raise PolicyError(f"policy {self._name(schedule)!r}: a 'constant' schedule keeps the start bounds; "
-                              f"allowed: fixed bounds with 'constant', moving bounds with a moving schedule "
-                              f"({SCHEDULE_GRAMMAR})")
-        self.schedule = schedule
-        self.name = self._name(schedule)
-        grammar = RING_GRAMMAR if style == "ring" else CURRICULUM_GRAMMAR
-        for when, a, b in (("start", self.lo[0], self.hi[0]), ("end", self.lo[1], self.hi[1])):
-            if not (0.0 <= a <= 100.0 and 0.0 <= b <= 100.0):
-                raise PolicyError(f"policy {self.name!r}: bounds at the {when} of training must lie in [0, 100], "
-                                  f"got a={_fmt(a)}, b={_fmt(b)}; allowed: {grammar}")
-            if not a < b:
-                raise PolicyError(f"policy {self.name!r}: the lower bound is not below the upper bound at the {when} "
-                                  f"of training (a={_fmt(a)}, b={_fmt(b)}); allowed: {grammar}")
+    schedule: Schedule
 
-    def _name(self, schedule: Schedule) -> str:
-        def bound(v):
-            return _fmt(v[0]) if v[0] == v[1] else f"{_fmt(v[0])}->{_fmt(v[1])}"
-        if self.style == "ring":
-            return f"ring[{bound(self.lo)}{SEP}{bound(self.hi)}{SEP}{schedule.name}]"
-        return (f"curriculum[{_fmt(self.lo[0])}{SEP}{_fmt(self.hi[0])}->{_fmt(self.lo[1])}{SEP}{_fmt(self.hi[1])}"
-                f"{SEP}{schedule.name}]")
-
-    def bounds(self, progress: float) -> tuple[float, float]:
-        """The band ``(a, b)`` in percentiles at ``progress``."""
-        return (self.schedule.value(*self.lo, progress), self.schedule.value(*self.hi, progress))
-
-    def ranks(self, num_candidates: int, progress: float) -> tuple[int, int]:
+    def ranks(self, num_candidates: int, progress) -> tuple[int, int]:
         """Rank interval ``[lo, hi)`` (0 = easiest) kept at ``progress``."""
-        return band_ranks(num_candidates, *self.bounds(progress))
+        raise NotImplementedError
 
-    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
+    def _describe(self, num_candidates: int, progress) -> str:
+        """The window at ``progress`` in words, for an error message."""
+        raise NotImplementedError
+
+    def __call__(self, sim: Tensor, candidates: Candidates, progress=0.0) -> Selection:
         lo, hi = self.ranks(sim.shape[1], progress)
         index, mask = _rank_window(sim, lo, hi)
         return Selection(keep=mask, index=index)
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
-        # widths are monotone in progress: the ends bound every step
-        for when, p in (("start", 0.0), ("end", 1.0)):
+        # window sizes are monotone in progress: the ends bound every step
+        for when, p in (("start", 0), ("end", 1)):
             lo, hi = self.ranks(num_candidates, p)
             if hi == lo:
-                a, b = self.bounds(p)
-                raise PolicyError(
-                    f"policy {self.name!r}: the band [{_fmt(a)},{_fmt(b)}) at the {when} of training holds no "
-                    f"negative out of {num_candidates} (round({num_candidates} x {_fmt(b - a)} / 100) = 0); "
-                    "widen it or use more negatives")
+                raise PolicyError(f"policy {self.name!r}: {self._describe(num_candidates, p)} at the {when} of "
+                                  f"training holds no negative out of {num_candidates}; widen it or use more "
+                                  "negatives")
+
+
+def _moving(v: tuple[float, float]) -> str:
+    return _fmt(v[0]) if v[0] == v[1] else f"{_fmt(v[0])}->{_fmt(v[1])}"
+
+
+def _checked_schedule(schedule: Schedule, moving: bool, name: str, grammar: str) -> Schedule:
+    if not moving:
+        return Schedule("constant")
+    if schedule.kind == "constant":
+        raise PolicyError(f"policy {name!r}: a 'constant' schedule keeps the start value; allowed: fixed values "
+                          f"with 'constant', moving ones with a moving schedule; {grammar}")
+    return schedule
+
+
+class Ring(ScheduledBand):
+    """Wu et al.'s Ring: the outer ball of the ``floor(K o / 100)`` hardest
+    negatives without its inner ball, the ``floor(outer i / 100)`` hardest
+    (module docstring); ``i = 0`` is their Ball.
+
+    outer: ``(o0, o1)`` percent of K at the start and end of the schedule;
+    inner: percent of the outer ball, fixed.
+
+    >>> r = Ring((100, 10), 10, Schedule("linear", until=50))
+    >>> r.name, r.ranks(4096, 0), r.ranks(4096, 1)   # all but the hardest 409; then sorted[40:409)
+    ('ring[100->10_10_linear_50]', (0, 3687), (3687, 4056))
+    """
+
+    def __init__(self, outer: tuple[float, float], inner: float, schedule: Schedule):
+        self.outer = (float(outer[0]), float(outer[1]))
+        self.inner = float(inner)
+        self.schedule = _checked_schedule(schedule, self.outer[0] != self.outer[1], self._name(schedule),
+                                          RING_GRAMMAR)
+        self.name = self._name(self.schedule)
+        for when, o in (("start", self.outer[0]), ("end", self.outer[1])):
+            if not 0 < o <= 100:
+                raise PolicyError(f"policy {self.name!r}: the outer ball at the {when} of training must be a percent "
+                                  f"of K in (0, 100], got {_fmt(o)}; allowed: {RING_GRAMMAR}")
+        if not 0 <= self.inner < 100:
+            raise PolicyError(f"policy {self.name!r}: the inner ball must be a percent of the outer ball in [0, 100), "
+                              f"got {_fmt(self.inner)}; allowed: {RING_GRAMMAR}")
+
+    def _name(self, schedule: Schedule) -> str:
+        fields = [_moving(self.outer), _fmt(self.inner)]
+        if schedule.kind != "constant":
+            fields.append(schedule.name)
+        return f"ring[{SEP.join(fields)}]"
+
+    def balls(self, num_candidates: int, progress) -> tuple[int, int]:
+        """``(outer, inner)``: the sizes of the two balls at ``progress``."""
+        outer = math.floor(num_candidates * self.schedule.value(*self.outer, progress) / 100)
+        return outer, math.floor(outer * exact(self.inner) / 100)
+
+    def ranks(self, num_candidates: int, progress) -> tuple[int, int]:
+        outer, inner = self.balls(num_candidates, progress)
+        return num_candidates - outer, num_candidates - inner
+
+    def _describe(self, num_candidates: int, progress) -> str:
+        outer, inner = self.balls(num_candidates, progress)
+        o = float(self.schedule.value(*self.outer, progress))
+        return (f"the ring (outer ball floor({num_candidates} x {_fmt(o)} / 100) = {outer}, inner ball "
+                f"floor({outer} x {_fmt(self.inner)} / 100) = {inner})")
+
+
+class Curriculum(ScheduledBand):
+    """Keep the percentile band ``[a(p), b(p))`` of each query's candidates,
+    ``n = round(K (b(p) - a(p)) / 100)`` of them, placed as the fixed bands.
+
+    lo, hi: ``(start, end)`` values of the lower and upper bound.
+    """
+
+    def __init__(self, lo: tuple[float, float], hi: tuple[float, float], schedule: Schedule):
+        self.lo = (float(lo[0]), float(lo[1]))
+        self.hi = (float(hi[0]), float(hi[1]))
+        moving = self.lo[0] != self.lo[1] or self.hi[0] != self.hi[1]
+        self.schedule = _checked_schedule(schedule, moving, self._name(schedule), CURRICULUM_GRAMMAR)
+        self.name = self._name(self.schedule)
+        for when, a, b in (("start", self.lo[0], self.hi[0]), ("end", self.lo[1], self.hi[1])):
+            if not (0.0 <= a <= 100.0 and 0.0 <= b <= 100.0):
+                raise PolicyError(f"policy {self.name!r}: bounds at the {when} of training must lie in [0, 100], "
+                                  f"got a={_fmt(a)}, b={_fmt(b)}; allowed: {CURRICULUM_GRAMMAR}")
+            if not a < b:
+                raise PolicyError(f"policy {self.name!r}: the lower bound is not below the upper bound at the {when} "
+                                  f"of training (a={_fmt(a)}, b={_fmt(b)}); allowed: {CURRICULUM_GRAMMAR}")
+
+    def _name(self, schedule: Schedule) -> str:
+        return (f"curriculum[{_fmt(self.lo[0])}{SEP}{_fmt(self.hi[0])}->{_fmt(self.lo[1])}{SEP}{_fmt(self.hi[1])}"
+                f"{SEP}{schedule.name}]")
+
+    def bounds(self, progress) -> tuple[Fraction, Fraction]:
+        """The band ``(a, b)`` in percentiles at ``progress``, exact."""
+        return self.schedule.value(*self.lo, progress), self.schedule.value(*self.hi, progress)
+
+    def ranks(self, num_candidates: int, progress) -> tuple[int, int]:
+        return band_ranks(num_candidates, *self.bounds(progress))
+
+    def _describe(self, num_candidates: int, progress) -> str:
+        a, b = (float(v) for v in self.bounds(progress))
+        return f"the band [{_fmt(a)},{_fmt(b)}) (round({num_candidates} x {_fmt(b - a)} / 100) = 0)"
 
 
 # --------------------------------------------------------------------------
@@ -214,43 +312,44 @@ class ScheduledBand(NegativePolicy):
 
 _N = r"\s*(-?[0-9]+(?:\.[0-9]+)?)\s*"
 _BOUND = rf"{_N}(?:->{_N})?"
-_SCHED = r"\s*([a-z]+[0-9.]*)\s*"
-_RING_RE = re.compile(rf"^ring\[{_BOUND},{_BOUND}(?:,{_SCHED})?\]$")
-_CURRICULUM_RE = re.compile(rf"^curriculum\[{_N},{_N}->{_N},{_N}(?:,{_SCHED})?\]$")
+_SCHED = rf"(?:,\s*([a-z]+[0-9.]*)\s*(?:,{_N})?)?"
+_RING_RE = re.compile(rf"^ring\[{_BOUND},{_N}{_SCHED}\]$")
+_CURRICULUM_RE = re.compile(rf"^curriculum\[{_N},{_N}->{_N},{_N}{_SCHED}\]$")
 
 
 def parse(text: str) -> ScheduledBand | None:
-    """``ring[...]`` or ``curriculum[...]`` -> :class:`ScheduledBand`; None when
-    ``text`` is neither; :class:`PolicyError` naming the allowed form when it
-    is one of them but malformed.
+    """``ring[...]`` or ``curriculum[...]`` -> :class:`Ring` / :class:`Curriculum`;
+    None when ``text`` is neither; :class:`PolicyError` naming the allowed
+    form when it is one of them but malformed.
 
-    >>> parse("ring[0 -> 90, 100, linear]").name
-    'ring[0->90_100_linear]'
+    >>> parse("ring[100 -> 10, 10, linear, 50]").name
+    'ring[100->10_10_linear_50]'
+    >>> parse("ring[10,10]").name
+    'ring[10_10]'
     >>> parse("curriculum[0,100->95,100,step]").name
     'curriculum[0_100->95_100_step10]'
-    >>> parse("ring[10,100]").name
-    'ring[10_100_constant]'
     """
     m = match_form(text, "ring", _RING_RE, RING_GRAMMAR)
     if m is not None:
-        a0, a1, b0, b1, sched = m.groups()
-        lo = (float(a0), float(a1 if a1 is not None else a0))
-        hi = (float(b0), float(b1 if b1 is not None else b0))
-        return ScheduledBand(lo, hi, _schedule(sched, lo, hi, text, RING_GRAMMAR), "ring")
+        o0, o1, inner, sched, until = m.groups()
+        outer = (float(o0), float(o1 if o1 is not None else o0))
+        moving = outer[0] != outer[1]
+        return Ring(outer, float(inner), _schedule(sched, until, moving, text, RING_GRAMMAR))
     m = match_form(text, "curriculum", _CURRICULUM_RE, CURRICULUM_GRAMMAR)
     if m is not None:
-        a0, b0, a1, b1, sched = m.groups()
+        a0, b0, a1, b1, sched, until = m.groups()
         lo, hi = (float(a0), float(a1)), (float(b0), float(b1))
-        return ScheduledBand(lo, hi, _schedule(sched, lo, hi, text, CURRICULUM_GRAMMAR), "curriculum")
+        moving = lo[0] != lo[1] or hi[0] != hi[1]
+        return Curriculum(lo, hi, _schedule(sched, until, moving, text, CURRICULUM_GRAMMAR))
     return None
 
 
-def _schedule(text: str | None, lo, hi, policy: str, grammar: str) -> Schedule:
+def _schedule(text: str | None, until: str | None, moving: bool, policy: str, grammar: str) -> Schedule:
     if text is None:
-        if lo[0] != lo[1] or hi[0] != hi[1]:
+        if moving:
             raise PolicyError(f"policy {policy!r}: moving bounds need a schedule; allowed: {grammar}")
         return Schedule("constant")
     try:
-        return parse_schedule(text)
+        return parse_schedule(text, until)
     except PolicyError as e:
         raise PolicyError(f"policy {policy!r}: {e}") from None

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -275,7 +276,8 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
             x_q = aug(x).contiguous(memory_format=channels_last)
             x_k = aug(x).contiguous(memory_format=channels_last)
             with step_precision(device):
-                loss, stats = model(x_q, x_k, y, idx, progress=step / max(1, total_steps))
+                # progress as the exact fraction: scheduled bounds count exactly
+                loss, stats = model(x_q, x_k, y, idx, progress=Fraction(step, max(1, total_steps)))
             # a host sync: every step on CPU (free there), only at the end of
             # the epoch on a GPU (a non-finite loss makes every later one
             # non-finite too, and nothing is saved before the check)
