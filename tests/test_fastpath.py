@@ -72,7 +72,9 @@ def test_moco_step_equals_reference_moco_step():
                              **{k: v for k, v in ours.state_dict().items() if k.startswith("encoder")}}, strict=True)
         ref.queue.copy_(ours.queue.keys.T)
         x_q, x_k = torch.randn(4, 1, 12, 12), torch.randn(4, 1, 12, 12)
+        torch.manual_seed(1)                                 # the same key shuffle for both
         loss, _ = ours(x_q, x_k, torch.zeros(4, dtype=torch.long), torch.arange(4))
+        torch.manual_seed(1)
         logits, labels = ref(x_q, x_k, None if policy == "all" else parse_policy(policy))
         torch.testing.assert_close(loss, F.cross_entropy(logits, labels), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours.queue.keys, ref.queue.T, rtol=1e-5, atol=1e-6)

@@ -323,7 +323,8 @@ def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
     ``_batch_unshuffle_single_gpu``)."""
     perm = torch.randperm(x_k.shape[0]).to(x_k.device)
     unshuffle = torch.argsort(perm)
-    return key_encoder(x_k.index_select(0, perm)).index_select(0, unshuffle)
+    # x_k[perm] keeps a channels-last batch channels-last (index_select would not)
+    return key_encoder(x_k[perm]).index_select(0, unshuffle)
 
 
 class MoCo(nn.Module):
