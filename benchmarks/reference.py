@@ -2,13 +2,15 @@
 
 * data: per-image torchvision transforms on PIL images in a ``DataLoader``
   with worker processes -- RandomResizedCrop(scale), ColorJitter(0.4, 0.4,
-  0.4, 0.1) p=0.8, RandomGrayscale p=0.2, GaussianBlur sigma [0.1, 2] p=0.5,
+  0.4, 0.1) p=0.8, RandomGrayscale p=0.2, MoCo v2's GaussianBlur (PIL's
+  ``ImageFilter.GaussianBlur(radius=sigma)``, sigma uniform in [0.1, 2]) p=0.5,
   RandomHorizontalFlip, ToTensor, Normalize (grayscale images: brightness and
   contrast only, like ours);
 * loss and queue: exactly facebookresearch/moco's ``builder.py`` --
   ``logits = cat([l_pos, l_neg], 1) / T``, cross-entropy against zero labels,
   the queue a ``[dim, K]`` buffer, ``_dequeue_and_enqueue`` writing columns,
-  the momentum update parameter by parameter.
+  the momentum update parameter by parameter, and the CIFAR demo's
+  single-device batch shuffle around the key encoder.
 
 The model (backbone + MLP head, split batch-norm) is the one our trainer
 builds, so a comparison measures the pipelines, not the networks.
@@ -17,14 +19,13 @@ builds, so a comparison measures the pipelines, not the networks.
 from __future__ import annotations
 
 import copy
+import random
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
-
-from negatives.augment import blur_kernel_size
 
 
 class TwoCrops:
@@ -35,6 +36,17 @@ class TwoCrops:
         return [self.transform(x), self.transform(x)]
 
 
+class GaussianBlur:
+    """MoCo v2's blur (``moco/loader.py``): PIL's Gaussian blur with a radius
+    drawn uniformly from ``sigma``."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, x):
+        return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
 def moco_v2_transform(size: int, channels: int, mean, std, crop_scale=(0.2, 1.0), blur: bool = True):
     colour = channels == 3
     ops = [T.RandomResizedCrop(size, scale=crop_scale),
@@ -42,8 +54,7 @@ def moco_v2_transform(size: int, channels: int, mean, std, crop_scale=(0.2, 1.0)
     if colour:
         ops.append(T.RandomGrayscale(p=0.2))
     if blur:
-        k = blur_kernel_size(size)
-        ops.append(T.RandomApply([T.GaussianBlur(k, (0.1, 2.0))], p=0.5))
+        ops.append(T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5))
     ops += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(ops)
 
@@ -67,8 +78,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class ReferenceMoCo(nn.Module):
-    """facebookresearch/moco ``builder.MoCo`` on one device (no all-gather,
-    no batch shuffle: split batch-norm stands in for it, as in ours)."""
+    """facebookresearch/moco ``builder.MoCo`` on one device: no all-gather,
+    the keys shuffled around the key encoder as the CIFAR demo's
+    ``_batch_shuffle_single_gpu`` (with split batch-norm, as ours)."""
 
     def __init__(self, encoder: nn.Module, dim: int = 128, K: int = 65536, m: float = 0.999, T: float = 0.07,
                  generator: torch.Generator | None = None):
@@ -101,7 +113,10 @@ class ReferenceMoCo(nn.Module):
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self._momentum_update_key_encoder()
-            k = F.normalize(self.encoder_k(im_k), dim=1)
+            idx_shuffle = torch.randperm(im_k.shape[0]).to(im_k.device)
+            idx_unshuffle = torch.argsort(idx_shuffle)
+            k = F.normalize(self.encoder_k(im_k[idx_shuffle]), dim=1)
+            k = k[idx_unshuffle]
         l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
         l_neg = torch.einsum("nc,ck->nk", [q, self.queue.clone().detach()])
         if policy is not None:

@@ -1,9 +1,10 @@
 """Backbones (small stem), the MLP head, and the batched MoCo v2 augmentation."""
 
+import numpy as np
 import pytest
 import torch
 
-from negatives.augment import MoCoV2Augment, blur_kernel_size, crop_params, resized_crop_flip
+from negatives.augment import MoCoV2Augment, blur, blur_kernel_size, crop_params, gaussian_kernels, resized_crop_flip
 from negatives.models import SplitBatchNorm2d, build_encoder
 
 
@@ -50,7 +51,7 @@ def test_colour_and_grayscale_pipelines():
     assert gray.jitter == (0.4, 0.4, 0.0, 0.0) and colour.jitter == (0.4, 0.4, 0.4, 0.1)  # no colour ops on one channel
     out = colour(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
     assert out.shape == (4, 3, 32, 32) and out.dtype == torch.float32
-    assert blur_kernel_size(224) == 23 and blur_kernel_size(28) == 3 and blur_kernel_size(96) == 11
+    assert blur_kernel_size(224) == 17 and blur_kernel_size(28) == 17 and blur_kernel_size(6) == 11
 
 
 def test_crop_params_within_scale_and_ratio_and_fallback():
@@ -109,3 +110,79 @@ def test_resnet_stems():
     # the ImageNet stem downsamples 4x before the first block
     assert small.layer1(small.relu(small.bn1(small.conv1(x)))).shape[-1] == 64
     assert large.layer1(large.maxpool(large.relu(large.bn1(large.conv1(x))))).shape[-1] == 16
+
+
+def _spread(profile: np.ndarray) -> float:
+    """Standard deviation of a 1-d response around its centre."""
+    x = np.arange(len(profile)) - len(profile) // 2
+    return float(np.sqrt((profile * x**2).sum() / profile.sum()))
+
+
+def _impulse_response(sigma: float, side: int) -> np.ndarray:
+    """Our blur of a one-pixel-wide vertical line at the centre of a ``side`` x ``side`` image: a row."""
+    x = torch.zeros(1, 1, side, side)
+    x[..., side // 2] = 1.0
+    k = gaussian_kernels(torch.tensor([sigma]), blur_kernel_size(side))
+    return blur(x, k)[0, 0, side // 2].double().numpy()
+
+
+@pytest.mark.parametrize("side", [28, 32, 96, 224])
+def test_the_blurs_spread_is_the_drawn_sigma_on_every_image_size(side):
+    # MoCo v2's sigma is in pixels whatever the image size (PIL's radius); the kernel cut at 10% of a 28-px
+    # side made sigma = 2 act as 0.8
+    for sigma in np.linspace(0.1, 2.0, 20):
+        assert _spread(_impulse_response(sigma, side)) == pytest.approx(sigma, abs=4e-3), (side, sigma)
+
+
+def test_the_blur_spreads_as_moco_v2s_pil_blur():
+    from PIL import Image, ImageFilter
+
+    for sigma in (0.3, 0.5, 0.8, 1.0, 1.5, 2.0):
+        line = np.zeros((64, 64), np.uint8)
+        line[:, 32] = 255
+        pil = np.asarray(Image.fromarray(line, "L").filter(ImageFilter.GaussianBlur(radius=sigma)), np.float64)
+        # PIL rounds to uint8, which trims the tails: within 0.03 pixels
+        assert _spread(_impulse_response(sigma, 64)) == pytest.approx(_spread(pil[10]), abs=0.03), sigma
+
+
+def test_blur_kernels_are_discrete_gaussians():
+    from scipy.special import ive
+
+    sigma = torch.tensor([0.1, 0.7, 2.0])
+    k = gaussian_kernels(sigma, 17).double()
+    n = np.arange(-8, 9)
+    for row, s in zip(k, sigma.tolist()):
+        want = ive(np.abs(n), s * s)                  # e^{-t} I_n(t), t = sigma^2
+        np.testing.assert_allclose(row.numpy(), want / want.sum(), rtol=1e-6, atol=1e-9)
+        assert row.sum().item() == pytest.approx(1.0, abs=1e-6) and torch.equal(row, row.flip(0))
+
+
+def test_augment_blurs_with_the_drawn_sigma():
+    aug = MoCoV2Augment(28, 1, [0.0], [1.0])
+    assert aug.blur_size == 17 and aug.blur_sigma == (0.1, 2.0) and aug.blur_p == 0.5
+    assert MoCoV2Augment(28, 1, [0.0], [1.0], blur=False).blur_p == 0.0
+
+
+def _blur_by_taps(x, kernels):
+    """The plain separable blur: reflect padding, then a weighted sum of shifted copies, tap by tap."""
+    import torch.nn.functional as F
+
+    k = kernels.shape[1]
+    r = k // 2
+    wts = kernels.to(x.dtype).view(x.shape[0], 1, 1, 1, k)
+    xp = F.pad(x, (r, r, 0, 0), mode="reflect")
+    y = sum(wts[..., t] * xp[..., t:t + x.shape[3]] for t in range(k))
+    yp = F.pad(y, (0, 0, r, r), mode="reflect")
+    return sum(wts[..., t] * yp[..., t:t + x.shape[2], :] for t in range(k))
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 28, 28), (4, 3, 20, 13), (3, 2, 9, 30)])
+def test_blur_equals_the_plain_tap_by_tap_form(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(*shape, generator=g, dtype=torch.float64)
+    size = blur_kernel_size(min(shape[2:]))
+    k = gaussian_kernels(torch.rand(shape[0], generator=g) * 1.9 + 0.1, size).double()
+    torch.testing.assert_close(blur(x, k), _blur_by_taps(x, k), rtol=0, atol=1e-12)
+    delta = torch.zeros_like(k)
+    delta[:, size // 2] = 1
+    assert torch.equal(blur(x, delta), x)                    # a skipped image is left exactly as it was

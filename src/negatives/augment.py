@@ -4,10 +4,9 @@ operations (no per-sample loop).
 
 For each image independently: RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3)
 back to the input size, ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
-RandomGrayscale p=0.2, GaussianBlur sigma in [0.1, 2] with p=0.5 (kernel about
-10% of the image side, odd, at least 3, reflect padding), horizontal flip
-p=0.5, then normalisation with the dataset's channel mean and std -- the
-torchvision pipeline of the MoCo v2 code, batched:
+RandomGrayscale p=0.2, GaussianBlur sigma in [0.1, 2] with p=0.5 (below),
+horizontal flip p=0.5, then normalisation with the dataset's channel mean and
+std -- the torchvision pipeline of the MoCo v2 code, batched:
 
 * crop + resize + flip are one affine map per sample: ``affine_grid`` +
   ``grid_sample`` (bilinear, border clamping = torchvision's bilinear resize
@@ -18,7 +17,16 @@ torchvision pipeline of the MoCo v2 code, batched:
   factors (the identity factor for samples it skips), in one random order
   per batch (torchvision draws the order per image);
 * blur: a per-sample separable Gaussian (a delta kernel for the samples it
-  skips, which is exactly the identity).
+  skips, which is exactly the identity), reflect padding.  MoCo v2 blurs with
+  PIL's ``GaussianBlur(radius=sigma)``, whose spread is ``sigma`` pixels
+  whatever the image size; ours is the discrete Gaussian
+  ``T(n) = e^{-s^2} I_n(s^2)`` (Lindeberg's, ``I_n`` the modified Bessel
+  function), whose variance is exactly ``s^2`` for every ``s`` -- also below
+  one pixel, where a sampled ``exp(-n^2 / 2 s^2)`` is nearly a delta -- on
+  ``2 ceil(4 s_max) + 1 = 17`` taps (all but ~1e-4 of its mass at s = 2): the
+  drawn sigma is the effective one on every image size.  The kernel is cut
+  at the image side where that is shorter (images under 9 pixels).  The
+  CIFAR-size configs turn the blur off, as the official CIFAR demo does.
 
 Grayscale inputs (one channel) keep only the brightness and contrast parts of
 the jitter: saturation, hue and grayscale conversion need colour.
@@ -43,9 +51,10 @@ __all__ = ["MoCoV2Augment", "Normalize", "blur_kernel_size", "crop_params",
            "resized_crop_flip", "gaussian_kernels", "blur"]
 
 
-def blur_kernel_size(side: int) -> int:
-    k = max(3, int(round(0.1 * side)))
-    return k if k % 2 == 1 else k + 1
+def blur_kernel_size(side: int, sigma_max: float = 2.0) -> int:
+    """Taps of the blur kernel: ``2 ceil(4 sigma_max) + 1``, cut to ``2 side - 1``
+    (reflect padding needs a radius below the side)."""
+    return 2 * min(math.ceil(4 * sigma_max), side - 1) + 1
 
 
 class Normalize(nn.Module):
@@ -186,25 +195,57 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------ blur
 
+#: terms of the Bessel series: exact to float64 rounding for sigma <= 3
+_BESSEL_TERMS = 40
+
+
 def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
-    """``[B, size]`` normalised 1-d Gaussians (torchvision's); sigma ``[B]``."""
-    half = (size - 1) * 0.5
-    t = torch.linspace(-half, half, size, device=sigma.device, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma.float().unsqueeze(1)).pow(2))
-    return k / k.sum(1, keepdim=True)
+    """``[B, size]`` discrete Gaussians of standard deviation ``sigma [B]``
+    (module docstring), normalised over the ``size`` (odd) taps.
+
+    ``T(n) = e^{-t} I_n(t)``, ``t = sigma^2``, by the series
+    ``I_n(t) = sum_m (t/2)^(2m+n) / (m! (m+n)!)`` in float64: its variance
+    is ``t`` and its sum 1 over all integers ``n``.
+    """
+    r = (size - 1) // 2
+    t = sigma.double().pow(2).view(-1, 1, 1)                                     # [B, 1, 1]
+    n = torch.arange(r + 1, device=sigma.device, dtype=torch.float64).view(1, -1, 1)
+    m = torch.arange(_BESSEL_TERMS, device=sigma.device, dtype=torch.float64).view(1, 1, -1)
+    log_terms = (2 * m + n) * torch.log(t / 2) - torch.lgamma(m + 1) - torch.lgamma(m + n + 1) - t
+    half = log_terms.exp().sum(2)                                                # [B, r + 1]: n = 0 .. r
+    k = torch.cat([half[:, 1:].flip(1), half], dim=1)                            # n = -r .. r
+    return (k / k.sum(1, keepdim=True)).float()
+
+
+def _reflect_index(n: int, r: int, device=None) -> Tensor:
+    """``[n, 2r + 1]``: the input position read by tap ``t`` of output ``j``
+    under reflect padding (``-1 -> 1``, ``n -> n - 2``; needs ``r < n``)."""
+    j = (torch.arange(n, device=device).unsqueeze(1) + torch.arange(-r, r + 1, device=device)).abs()
+    return torch.where(j > n - 1, 2 * (n - 1) - j, j)
+
+
+def _blur_matrices(kernels: Tensor, n: int, dtype) -> Tensor:
+    """``[B, n, n]``: row ``j`` holds the weights output ``j`` gives each input position."""
+    b, k = kernels.shape
+    idx = _reflect_index(n, k // 2, kernels.device).expand(b, n, k)
+    m = torch.zeros(b, n, n, dtype=dtype, device=kernels.device)
+    return m.scatter_add_(2, idx, kernels.to(dtype).unsqueeze(1).expand(b, n, k))
 
 
 def blur(x: Tensor, kernels: Tensor) -> Tensor:
-    """Separable per-sample blur, reflect padding; x ``[B, C, H, W]``, kernels ``[B, k]``."""
-    k = kernels.shape[1]
-    r = k // 2
-    wts = kernels.to(x.dtype).view(x.shape[0], 1, 1, 1, k)
-    xp = F.pad(x, (r, r, 0, 0), mode="reflect")
-    w = x.shape[3]
-    y = sum(wts[..., t] * xp[..., t:t + w] for t in range(k))
-    yp = F.pad(y, (0, 0, r, r), mode="reflect")
-    h = x.shape[2]
-    return sum(wts[..., t] * yp[..., t:t + h, :] for t in range(k))
+    """Separable per-sample blur with reflect padding; x ``[B, C, H, W]``,
+    kernels ``[B, k]`` (odd ``k``, radius below both sides).
+
+    ``y = M_h x M_w^T`` per sample, with ``M`` the banded matrices of the
+    kernel (reflect padding inside them): two batched matrix products, the
+    numbers of the tap-by-tap form up to rounding (``tests/test_models_augment.py``)
+    in fewer passes; a delta kernel gives the identity exactly.
+    """
+    b, c, h, w = x.shape
+    mw = _blur_matrices(kernels, w, x.dtype)
+    mh = mw if h == w else _blur_matrices(kernels, h, x.dtype)
+    y = x.reshape(b, c * h, w) @ mw.transpose(1, 2)                                  # along W
+    return mh.unsqueeze(1) @ y.view(b, c, h, w)                                      # along H
 
 
 # --------------------------------------------------------------------- module
@@ -226,7 +267,7 @@ class MoCoV2Augment(nn.Module):
         self.grayscale_p = 0.2 if colour else 0.0
         self.blur_p = 0.5 if blur else 0.0
         self.blur_sigma = (0.1, 2.0)
-        self.blur_size = blur_kernel_size(size)
+        self.blur_size = blur_kernel_size(size, self.blur_sigma[1])
         self.flip_p = 0.5
         self.normalize = Normalize(mean, std)
 
