@@ -24,6 +24,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .atomic import atomic_write
 from .policies import Band, parse_policy  # noqa: E402
+from .ring import Ring  # noqa: E402
 
 __all__ = ["EVALUATIONS", "RANDOM_INIT", "load_probes", "summarize", "fig2", "against_baseline", "fig3", "table1",
            "simclr", "fig_methods", "load_analyses", "fig4", "fig5",
@@ -385,7 +386,11 @@ def fig_methods(df: pd.DataFrame, out_prefix, policies: list[str], band: str) ->
     losses, curricula, ...) and our best band against the baseline, same
     data, budget and seeds: top-1 / top-5 with p-values, and each run's
     training cost (median images/s over its epochs)."""
-    labels = {parse_policy(p).name: parse_policy(p).name for p in policies}
+    labels = {}
+    for text in policies:
+        p = parse_policy(text)
+        # Wu et al.'s Ring, or their Ball (no inner ball)
+        labels[p.name] = p.name + ((" (Ring)" if p.inner > 0 else " (Ball)") if isinstance(p, Ring) else "")
     labels[parse_policy(band).name] = f"{parse_policy(band).name} (band)"
     labels["all"] = "baseline (all negatives)"
     return _comparison_figure(df, out_prefix, labels, "Methods", "policy", extra_metrics=("train_images_per_s",))
