@@ -36,12 +36,13 @@ A policy is named by a short string that is parsed and validated in one place,
                                 older one, every query sees exactly K
 ==============================  ===========================================
 
-Percentiles (EXPERIMENTS.md section 2).  For one query the K candidates are
-ranked by difficulty, rank ``r = 0`` the easiest and ``r = K - 1`` the hardest;
-the percentile of rank ``r`` is ``100 r / K``.  A band ``[a, b)`` of width
-``w = b - a`` holds exactly ``n = round(K w / 100)`` negatives (half rounds
-up): the ranks ``lo .. lo + n - 1`` with ``lo = round(K a / 100)``, moved down
-where needed so the band ends at rank ``K`` at the latest.  When ``K a / 100``
+Percentiles.  For one query the K candidates are ranked by difficulty, rank
+``r = 0`` the easiest and ``r = K - 1`` the hardest; the percentile of rank
+``r`` is ``100 r / K``.  A band ``[a, b)`` of width ``w = b - a`` holds
+exactly ``n = round(K w / 100)`` negatives (half rounds up, in exact
+arithmetic on the percentiles as written: :func:`band_ranks`): the ranks
+``lo .. lo + n - 1`` with ``lo = round(K a / 100)``, moved down where needed
+so the band ends at rank ``K`` at the latest.  When ``K a / 100``
 and ``K b / 100`` are whole numbers these are exactly the ranks with
 ``a <= p < b``; otherwise the band differs from that set by at most one
 negative at an edge, which is the price of the exact count.  A band touching
