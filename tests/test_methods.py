@@ -12,7 +12,8 @@ from negatives import losses, mixing, retention, ring
 from negatives.losses import debiased_nce, hard_nce, reweighted_nce
 from negatives.mixing import MoCHi
 from negatives.models import build_encoder
-from negatives.moco import KeyQueue, MoCo, info_nce, policy_loss
+from negatives.moco import MoCo, info_nce, policy_loss
+from negatives.queue import KeyQueue
 from negatives.policies import Band, Candidates, Mix, PolicyError, Selection, parse_policy
 from negatives.retention import RetainHard, RetainingQueue
 from negatives.simclr import SimCLR, candidate_index, twin_index

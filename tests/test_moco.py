@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from negatives.models import SplitBatchNorm2d, build_encoder
-from negatives.moco import KeyQueue, MoCo, info_nce, momentum_update
+from negatives.moco import MoCo, info_nce, momentum_update
+from negatives.queue import KeyQueue
 from negatives.policies import Band, parse_policy
 
 

@@ -66,6 +66,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .queue import KeyQueue
+
 __all__ = [
     "Candidates",
     "Selection",
@@ -368,9 +370,7 @@ class NegativePolicy:
 
     def make_queue(self, size: int, dim: int, generator: torch.Generator | None = None):
         """The key queue MoCo keeps for this policy (default: the FIFO
-        :class:`negatives.moco.KeyQueue`; ``retain-hard`` returns its own)."""
-        from .moco import KeyQueue
-
+        :class:`negatives.queue.KeyQueue`; ``retain-hard`` returns its own)."""
         return KeyQueue(size, dim, generator=generator)
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic

@@ -22,7 +22,7 @@ FIFO queue.  ``K - R >= B`` is required.
 
 How MoCo uses it without knowing the policy: ``MoCo.__init__`` asks the
 policy for its queue (``policy.make_queue(size, dim, generator)``; the base
-policy returns a plain :class:`~negatives.moco.KeyQueue`).
+policy returns a plain :class:`~negatives.queue.KeyQueue`).
 :class:`RetainHard` returns a :class:`RetainingQueue` and keeps a reference
 to it; at every step its ``__call__`` sees ``sim [B, K]`` whose column ``j``
 is the queue's slot ``j`` (MoCo, ``mode: drop``) and records which keys were
@@ -38,7 +38,7 @@ import re
 import torch
 from torch import Tensor
 
-from .moco import KeyQueue
+from .queue import KeyQueue
 from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks, exact,
                        match_form, top_k)
 
@@ -49,7 +49,7 @@ GRAMMAR = ("'retain-hard[r]' or 'retain-hard[r,c]': the queue keeps up to a frac
 
 
 class RetainingQueue(KeyQueue):
-    """A :class:`~negatives.moco.KeyQueue` that evicts the oldest keys except
+    """A :class:`~negatives.queue.KeyQueue` that evicts the oldest keys except
     the ``R = floor(retain K)`` hardest-so-far (module docstring).
 
     Extra buffers (saved in checkpoints):
