@@ -19,7 +19,7 @@ whole ``[Q, N]`` matrices with the functions of ``negatives.analysis``:
 7. null model        each query's percentiles shuffled (the same as shuffling its
                      difficulties and ranking again, without a second sort), hard frequency
 
-The total of these stages is held against the issue's target, 60 s on a
+The total of these stages is held against the target, 60 s on a
 2-core CPU.  Not in the total (printed apart): building the tidy pandas table
 of ``pairs.parquet`` at the configured 2,000 x 2,000 (a 100M-row table at
 10,000 x 10,000 is not what the workflow writes), and, when WordNet is

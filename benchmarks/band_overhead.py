@@ -5,7 +5,7 @@
     python benchmarks/band_overhead.py --all-policies  # every policy of config.yaml's figures
     python benchmarks/band_overhead.py --all-policies --rounds 3   # each raced 3 times: median and range
     python benchmarks/band_overhead.py --all-policies --device cuda --queue 65536 --batch 256 \
-        --backbone resnet18 --image-size 32 --channels 3   # the GPU figure (bf16 autocast)
+        --backbone resnet18 --image-size 32 --channels 3   # the GPU figure (bf16 autocast)
 
 Each policy races `all` (the first policy) on its own: their steps are
 interleaved (A, B, A, B, ...) on identically built models and the same
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU: bf16 autocast, steps timed to a synchronize)")
-    p.add_argument("--queue", type=int, help="K (default: pretrain.queue_size); the issue's GPU figure: 65536")
+    p.add_argument("--queue", type=int, help="K (default: pretrain.queue_size); the GPU figure: 65536")
     p.add_argument("--batch", type=int, help="batch size (default: pretrain.batch_size)")
     p.add_argument("--backbone", help="default: pretrain.backbone (the GPU figure: resnet18 on 32x32x3)")
     args = p.parse_args()

@@ -1,4 +1,4 @@
-"""How long Snakemake takes to build the DAG of a large grid (issue 3).
+"""How long Snakemake takes to build the DAG of a large grid.
 
     python benchmarks/dag_build.py                              # config.yaml, then the paper's grid
     python benchmarks/dag_build.py --config configs/imagenet-paper.yaml

@@ -10,7 +10,7 @@ environment is this one's) and reads Snakemake's log: wall time, job
 seconds per rule, and the busy share of the cores -- the job seconds over
 wall time x cores, where a job's seconds are its threads' (every rule of the
 default run uses one thread) and the cores are those Snakemake was given.
-The issue's targets: every figure within 30 minutes on a 2-core CPU (and
+The targets: every figure within 30 minutes on a 2-core CPU (and
 the further goal, half of that), and the cores never idle.
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's GPU figures in one command, sized for one short lease of a GPU
+# The GPU figures in one command, sized for one short lease of a GPU
 # machine (about 8 minutes on an H100/H200; the device tool's `run`):
 #
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]          # on a CUDA machine

@@ -3,7 +3,7 @@ side by side in one process run.
 
     python benchmarks/throughput.py                        # default scale of config.yaml, real data if --data
     python benchmarks/throughput.py --data /tmp/data/data.pt --steps 30
-    python benchmarks/throughput.py --device cuda --cifar-scale    # the issue's GPU comparison
+    python benchmarks/throughput.py --device cuda --cifar-scale    # the GPU comparison
 
 Both train the same model (our encoder: backbone + MLP head, split BN) with
 the same batch, queue size, temperature, optimiser and device: ours =
@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda: both trainers' models (ours: data, augmentation "
                    "and bf16 autocast on the device; the reference: fp32, batches from its DataLoader)")
     p.add_argument("--cifar-scale", action="store_true",
-                   help="the issue's GPU scale: ResNet-18, batch 512, K=4096, 50,000 random 32x32x3 images")
+                   help="the GPU scale: ResNet-18, batch 512, K=4096, 50,000 random 32x32x3 images")
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="torch thread counts to measure, each for both trainers (default: pretrain.threads "
                         "and every core); the reference's DataLoader workers come on top")

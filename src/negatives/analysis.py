@@ -17,8 +17,8 @@ width ``w`` holds about ``N w / 100`` negatives and each decile exactly
 ``N / 10`` when ``N`` is divisible by 10.
 
 Everything except :func:`embed_views` and :func:`analyze_checkpoint` is a pure
-tensor function, vectorised over whole ``[Q, N]`` matrices (10,000 x 10,000 in about
-20 s on 2 CPU cores, see benchmarks/analysis_scale.py).
+tensor function, vectorised over whole ``[Q, N]`` matrices (timed at 10,000 x
+10,000 by benchmarks/analysis_scale.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Downstream evaluation of a frozen encoder (EXPERIMENTS.md section 4).
+"""Downstream evaluation of a frozen encoder.
 
 Everything works on the *learned representation* (the backbone output,
 ``Encoder.represent``), extracted once per split:

@@ -3,7 +3,7 @@ analyses (Figures 4-6, Tables A4-A6) in, figure files out.
 
 Every figure writes ``{out_prefix}.pdf`` (paper), ``.png`` (report) and
 ``.csv`` (the numbers behind it); each plotted point is the mean over seeds
-with a standard-deviation error bar (EXPERIMENTS.md section 4).
+with a standard-deviation error bar.
 """
 
 from __future__ import annotations

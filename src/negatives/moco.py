@@ -52,8 +52,8 @@ def full_precision(t: Tensor) -> Tensor:
 def mask_as(keep: Tensor, dtype: torch.dtype) -> Tensor:
     """``[B, K]`` bool -> 0/1 of ``dtype``: multiplying by it zeroes the removed
     terms with the same numbers as ``masked_fill`` or ``torch.where`` (the
-    terms are finite), about 3x faster on one CPU core; the cast goes
-    through ``uint8``, which is itself 3-4x faster than casting the bools."""
+    terms are finite), and cheaper on CPU; the cast goes through ``uint8``,
+    cheaper than casting the bools (benchmarks/RESULTS.md)."""
     return keep.view(torch.uint8).to(dtype)
 
 
@@ -79,9 +79,8 @@ class KeptExpSum(torch.autograd.Function):
     and backward, bit for bit (``tests/test_moco.py``) -- in fewer passes over
     ``[B, K]``: the exponentials are computed in place and kept for the
     backward pass, which is ``dS/dsim = e / τ`` with the removed terms
-    already 0 (no mask is read twice, no intermediate is stored).  On one CPU
-    core the masked loss and its gradient take about half the time of the
-    autograd form.  ``extra``, the mix and the swap's counted-in terms are
+    already 0 (no mask is read twice, no intermediate is stored).
+    ``extra``, the mix and the swap's counted-in terms are
     summed apart from ``sim`` (no ``[B, K + s]`` copy, no ``[B, K]`` buffer
     for the mix's gradient, no ``[B, K]`` mask for the swap), which changes
     the rounding of ``S``, not its value.
@@ -332,7 +331,7 @@ class MoCo(nn.Module):
         # place below, before backward
         queue = self.queue
         if self.window is not None:
-            # index_select copies (about 3x faster on CPU than queue.keys[pos])
+            # index_select copies (cheaper on CPU than queue.keys[pos])
             pos = queue.newest_first()
             keys, cand_labels, cand_indices = (t.index_select(0, pos) for t in (queue.keys, queue.labels,
                                                                                  queue.indices))

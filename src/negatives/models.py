@@ -130,8 +130,8 @@ def _norm(num_splits: int):
 class MaxPool2x2(nn.MaxPool2d):
     """``nn.MaxPool2d(2)``.  Without gradient (the key encoder, feature
     extraction) the maximum of each 2x2 window is taken by two elementwise
-    maxima of strided views: the same values, about twice as fast on CPU as
-    the indexed kernel, which computes argmax indices nobody reads.  With
+    maxima of strided views: the same values, cheaper on CPU than the indexed
+    kernel, which computes argmax indices nobody reads.  With
     gradient, the indexed kernel (its backward gives a tie's gradient to the
     first maximum, which the elementwise form would split)."""
 

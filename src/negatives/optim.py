@@ -5,9 +5,9 @@
 ``state_dict`` and ``load_state_dict`` are wrapped in
 ``torch._disable_dynamo``, and ``SGD.step`` in a wrapper that calls
 ``torch._dynamo.graph_break()``; either imports ``torch._dynamo`` on first
-use.  That import takes about 2.4 s on one CPU core -- as long as
-``import torch`` itself and about a tenth of a training job at the default
-scale -- and every pretraining and evaluation job of the workflow paid it.
+use.  That import costs about as long as ``import torch`` itself
+(benchmarks/job_time.py), and every pretraining and evaluation job of the
+workflow paid it.
 
 * :func:`avoid_dynamo_import` records each wrapped method as already
   resolved to itself (the attribute where the wrapper caches its disabled

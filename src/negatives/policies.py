@@ -5,7 +5,7 @@ Every policy is a small object with one interface::
     selection = policy(sim, candidates, progress)
 
 * ``sim``        -- ``[B, K]`` cosine similarity of each query to each candidate
-                    negative (the *difficulty* of EXPERIMENTS.md section 2).
+                    negative (its *difficulty*).
 * ``candidates`` -- :class:`Candidates`, what is known about the queries and
                     their K candidates (labels, dataset indices, embeddings);
                     policies that do not need it ignore it.
@@ -436,12 +436,11 @@ def top_k(x: Tensor, k: int, largest: bool = True) -> Tensor:
     ``k`` per row whatever the ties (an unsorted ``topk``).
 
     On CPU (float32/64, no gradient) this is numpy's ``argpartition``, an
-    introselect that numpy runs with SIMD (AVX-512 / AVX2): on [256, 4096]
-    about 3.5 ms against ``torch.topk``'s 10-13 ms on one core
-    (``benchmarks/band_overhead.py``) -- except for the few largest
-    (``k <= 4``: the hardest 0.1% of 4096), where ``torch.topk`` is faster
-    (2.7 against 3.5 ms on one 2-core machine, 1.25 against 1.5 ms on
-    another).  Elsewhere (GPU, ``meta``, bf16) it is :func:`torch.topk`,
+    introselect that numpy runs with SIMD (AVX-512 / AVX2), cheaper there
+    than ``torch.topk`` (``benchmarks/band_overhead.py``, figures in
+    benchmarks/RESULTS.md) -- except for the few largest (``k <= 4``: the
+    hardest 0.1% of 4096), where ``torch.topk`` is the cheaper one.
+    Elsewhere (GPU, ``meta``, bf16) it is :func:`torch.topk`,
     which is fast on a GPU and never syncs.  The two may break ties
     differently, never the count.
     """
