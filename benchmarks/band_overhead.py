@@ -19,7 +19,7 @@ steps after that pay for cold caches and allocator state, which `all`
 (raced every time) and a training process pay once.  Also printed: the
 selection alone (the policy's call on a [B, K] matrix) and its share of
 `all`'s step, a second, less noisy estimate of the overhead.
-The target (issues 2 and 6): any policy costs at most 10% over `all` on CPU.
+The target: any policy costs at most 10% over `all` on CPU.
 Labels are drawn from 10 classes, so the class policies remove what they
 would on Fashion-MNIST; every policy is built as the trainer builds it
 (``build_method``, ``start(epochs)``, ``queue_extra`` for replace mode).
