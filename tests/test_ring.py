@@ -80,12 +80,13 @@ def test_the_annealed_ring_follows_their_linear_schedule_over_half_of_training()
     theirs = np.concatenate([np.linspace(0.1, 1.0, m)[::-1], np.full(total - m + 1, 0.1)])
     pol = parse_policy("ring[100->10_10_linear_50]")
     for step in range(total):
-        o = float(pol.schedule.value(*pol.outer, Fraction(step, total))) / 100
+        value = pol.schedule.value(*pol.outer, Fraction(step, total))       # percent of K, exact
+        o = float(value) / 100
         # ours reaches 0.1 at step M, theirs at M - 1: at most one of their steps apart, equal at both ends
         assert abs(o - theirs[step]) <= 0.9 / (m - 1) + 1e-12, step
         if step == 0 or step >= m:
             assert o == pytest.approx(theirs[step], abs=1e-15)
-        outer = math.floor(Fraction(k) * pol.schedule.value(*pol.outer, Fraction(step, total)) / 100)
+        outer = math.floor(k * value / 100)
         assert pol.balls(k, Fraction(step, total)) == (outer, outer // 10), step
 
 

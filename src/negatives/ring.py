@@ -128,8 +128,11 @@ class Schedule:
     @property
     def name(self) -> str:
         """``linear``, ``step10``, ``exp5``; with ``_u`` when the move takes ``u`` < 100% of training."""
-        kind = {"step": lambda: f"step{int(self.param)}", "exp": lambda: f"exp{_fmt(self.param)}"}.get(
-            self.kind, lambda: self.kind)()
+        kind = self.kind
+        if kind == "step":
+            kind = f"step{int(self.param)}"
+        elif kind == "exp":
+            kind = f"exp{_fmt(self.param)}"
         return kind if self.until == 100 or self.kind == "constant" else f"{kind}{SEP}{_fmt(self.until)}"
 
     def fraction(self, progress) -> Fraction | float:
