@@ -1,0 +1,131 @@
+"""Train a small grid at a git revision and in the working tree; check that both are bit-identical.
+
+    python benchmarks/bit_identity.py 9dd7dc8          # every policy family, MoCo and SimCLR
+    python benchmarks/bit_identity.py 9dd7dc8 --epochs 3
+
+Each side runs in its own process through the command line the workflow's rules
+call (``python -m negatives prepare`` / ``pretrain``, whose arguments are the
+stable contract), on the same tiny Fashion-MNIST-format dataset: a small CNN,
+batch 32, K = 64 (+ 32 older keys in replace mode), a few steps.  Compared per
+run: every tensor of the final checkpoint's model state (query and key
+encoders, queue, labels, indices; ``torch.equal``), and the per-epoch loss,
+negatives kept and kNN monitor accuracy of its log (``==``).  Timings are
+ignored.  Prints one line per run and exits 1 when any run differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _before import extract_src  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (method, policy): every policy family, in both methods where it applies
+GRID = [("moco", p) for p in (
+    "all", "keep[90_100)", "keep[0_75)", "keep[40_60)", "drop[90_100)", "drop[5_95)", "drop-same-class",
+    "drop[75_100)&same-class", "drop[90_100)&other-class", "drop[90_100)@replace",
+    "drop[90_100)&same-class@replace", "drop-same-class@replace", "mochi[16_8_4_1]", "mochi[16_8_4]",
+    "ring[100->10_10_linear_50]", "ring[20_10]", "curriculum[0_100->90_100_linear]", "debiased[0.1]",
+    "hard[1_0.1]", "retain-hard[0.1]", "retain-hard[0.25_50]")] + [("simclr", p) for p in (
+    "all", "keep[90_100)", "drop[90_100)", "drop-same-class", "drop[75_100)&same-class", "mochi[16_8_4_1]",
+    "ring[100->10_10_linear_50]", "debiased[0.1]", "hard[1_0.1]")]
+
+SETTINGS = {"backbone": "small-cnn", "width": 8, "dim": 16, "batch_size": 32, "queue_size": 64,
+            "queue_extra": 32, "bn_splits": 2, "knn_monitor": 64, "knn_monitor_every": 1, "threads": 1,
+            "device": "cpu"}
+
+#: run in each side's process: prepare the dataset, then every run of the grid
+CHILD = r"""
+import json, sys
+from negatives.cli import main
+root, work, grid, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+main(["prepare", "--dataset", "fashion-mnist", "--root", root, "--out", f"{work}/data"])
+for i, (method, policy) in enumerate(grid):
+    main(["pretrain", "--data", f"{work}/data/data.pt", "--method", method, "--policy", policy, "--temperature", "0.2",
+          "--seed", "1", "--settings", settings, "--out", f"{work}/run{i}"])
+"""
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(root: Path, n_train: int = 128, n_test: int = 64) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, size=(n, 28, 28))
+        images[:, :, :14] //= labels[:, None, None] + 1       # a little class structure
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+
+
+def run_side(src: Path, root: Path, work: Path, settings: dict) -> None:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", CHILD, str(root), str(work), json.dumps(GRID), json.dumps(settings)],
+                   check=True, env=env, cwd=work, stdout=subprocess.DEVNULL)
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    import torch
+
+    x, y = (torch.load(p / "checkpoint.pt", map_location="cpu", weights_only=False) for p in (a, b))
+    out = []
+    if set(x["model"]) != set(y["model"]):
+        out.append(f"state keys differ: {sorted(set(x['model']) ^ set(y['model']))}")
+    for name in sorted(set(x["model"]) & set(y["model"])):
+        if not torch.equal(x["model"][name], y["model"][name]):
+            out.append(f"tensor {name}")
+    for key in ("loss", "negatives_kept", "knn_top1", "lr"):
+        if [r[key] for r in x["log"]] != [r[key] for r in y["log"]]:
+            out.append(f"log {key}: {[r[key] for r in x['log']]} vs {[r[key] for r in y['log']]}")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("revision", help="the git revision to compare with (e.g. the commit before a restructure)")
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args()
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    try:
+        before = extract_src(args.revision)
+    except subprocess.CalledProcessError as e:
+        p.error(f"cannot read revision {args.revision!r}: {e.stderr.decode().strip()}")
+    settings = {**SETTINGS, "epochs": args.epochs}
+    tmp = Path(tempfile.mkdtemp(prefix="bit_identity_"))
+    root = tmp / "fashion"
+    root.mkdir()
+    fake_fashion_mnist(root)
+    sides = {"before": (before, tmp / "before"), "after": (ROOT / "src", tmp / "after")}
+    for name, (src, work) in sides.items():
+        work.mkdir()
+        print(f"training {len(GRID)} runs with {name} ({src}) ...", flush=True)
+        run_side(src, root, work, settings)
+    failed = 0
+    for i, (method, policy) in enumerate(GRID):
+        diff = differences(tmp / "before" / f"run{i}", tmp / "after" / f"run{i}")
+        failed += bool(diff)
+        print(f"{method:7s} {policy:36s} {'identical' if not diff else 'DIFFERS: ' + '; '.join(diff[:4])}")
+    print(f"{len(GRID) - failed} of {len(GRID)} runs bit-identical (revision {args.revision} vs the working tree; "
+          f"{args.epochs} epochs of {128 // SETTINGS['batch_size']} steps)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
