@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from negatives import analysis as A
+from negatives.analysis import pairs as A
 
 
 class Timer:
@@ -111,7 +111,7 @@ def main() -> None:
           sim.numpy(), np.arange(k), np.arange(k, 2 * k))
     try:
         from negatives.data import class_map
-        from negatives.wordnet import load_wordnet, similarity_matrix
+        from negatives.data.wordnet import load_wordnet, similarity_matrix
 
         wn = t("load WordNet (NLTK reader)", load_wordnet)
         t("WordNet matrix of CIFAR-100 (100 x 100)", similarity_matrix, [s for _, _, s in class_map("cifar100")], wn)

@@ -35,13 +35,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from negatives.augment import MoCoV2Augment
+from negatives.data.augment import MoCoV2Augment
 from negatives import grid
 from negatives.methods import build_method
 from negatives.policies import Candidates, parse_policy
 from negatives.optim import SGD
-from negatives.train import PretrainSettings, _build, step_precision
-from negatives.runtime import keep_freed_memory
+from negatives.training.settings import PretrainSettings, seeded_encoder, step_precision
+from negatives.runtime.memory import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def main() -> None:
     def build(name):
         policy = parse_policy(name)
         policy.start(s.epochs)
-        model = build_method("moco", _build(s, args.channels, 0), dim=s.dim, queue_size=k, queue_extra=s.queue_extra,
+        model = build_method("moco", seeded_encoder(s, args.channels, 0), dim=s.dim, queue_size=k, queue_extra=s.queue_extra,
                              momentum=s.momentum, temperature=0.2, policy=policy,
                              generator=torch.Generator().manual_seed(1)).to(dev, memory_format=torch.channels_last)
         return model, SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9)

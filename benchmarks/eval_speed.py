@@ -28,7 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _before import ROOT, load_before  # noqa: E402
 
-from negatives.evaluate import evaluate_checkpoint  # noqa: E402
+from negatives.evaluation.probes import evaluate_checkpoint  # noqa: E402
 
 KEYS = ("linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5", "knn_top1", "knn_top5")
 

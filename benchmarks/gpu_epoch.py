@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from negatives.augment import MoCoV2Augment
+from negatives.data.augment import MoCoV2Augment
 from negatives.models import build_encoder
-from negatives.moco import MoCo
+from negatives.methods.moco import MoCo
 from negatives.optim import SGD
 from negatives.policies import parse_policy
-from negatives.train import step_precision
+from negatives.training.settings import step_precision
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from negatives.policies import PolicyError, parse_policy
-from negatives.runtime import keep_freed_memory
+from negatives.runtime.memory import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _before import load_before  # noqa: E402
@@ -38,6 +38,17 @@ POLICIES = ["all", "keep[95_100)", "keep[0_95)", "drop[99_100)", "drop-same-clas
             "drop[99.9_100)@replace", "drop[99.9_100)&other-class@replace", "mochi[256_128_64_1]",
             "ring[100->10_10_linear_50]", "hard[1_0.1]", "curriculum[0_100->95_100_linear]"]
 B, K, D, EXTRA = 256, 4096, 64, 1024
+
+
+def _loss(pkg: str):
+    """``(policy, selection, q, l_pos, sim) -> loss`` at τ = 0.2, in either layout of the library
+    (``methods.loss.ContrastiveLoss``, or the flat ``moco.policy_loss`` of revisions before it)."""
+    try:
+        criterion = importlib.import_module(f"{pkg}.methods.loss").ContrastiveLoss
+    except ModuleNotFoundError:
+        flat = importlib.import_module(f"{pkg}.moco").policy_loss
+        return lambda policy, sel, q, l_pos, sim: flat(policy, sel, q, l_pos, sim, 0.2)
+    return lambda policy, sel, q, l_pos, sim: criterion(0.2, policy.loss)(l_pos, sim, sel, q)
 
 
 def main() -> None:
@@ -59,7 +70,7 @@ def main() -> None:
         p.error(f"cannot read revision {args.revision!r}: {e.stderr.decode().strip()}")
     keep_freed_memory()
     torch.set_num_threads(1)
-    versions = {tag: (importlib.import_module(f"{pkg}.policies"), importlib.import_module(f"{pkg}.moco"))
+    versions = {tag: (importlib.import_module(f"{pkg}.policies"), _loss(pkg))
                 for tag, pkg in (("before", before.__name__), ("after", "negatives"))}
 
     g = torch.Generator().manual_seed(0)
@@ -85,7 +96,7 @@ def main() -> None:
                                  query_labels=labels, queries=q.detach())
             with torch.no_grad():
                 sel = P.select(policy, sim.detach(), cands, 0.5, window)
-            M.policy_loss(policy, sel, q, l_pos, sim, 0.2).backward()
+            M(policy, sel, q, l_pos, sim).backward()
         return step
 
     print(f"batch {B}, K={K} (+{EXTRA} in replace mode), D={D}, 1 thread, torch {torch.__version__}; "

@@ -41,12 +41,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import ReferenceMoCo, reference_loader  # noqa: E402
 
-from negatives.augment import MoCoV2Augment  # noqa: E402
-from negatives.moco import MoCo  # noqa: E402
+from negatives.data.augment import MoCoV2Augment  # noqa: E402
+from negatives.methods.moco import MoCo  # noqa: E402
 from negatives.policies import parse_policy  # noqa: E402
-from negatives.train import PretrainSettings, _build, step_precision  # noqa: E402
+from negatives.training.settings import PretrainSettings, seeded_encoder, step_precision  # noqa: E402
 from negatives.optim import SGD  # noqa: E402
-from negatives.runtime import keep_freed_memory  # noqa: E402
+from negatives.runtime.memory import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def main() -> None:
 
     cl = torch.channels_last
     def build_ours():
-        model = MoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, parse_policy(args.policy),
+        model = MoCo(seeded_encoder(s, c, 0), s.dim, k, s.momentum, tau, parse_policy(args.policy),
                      generator=torch.Generator().manual_seed(1)).to(dev, memory_format=cl)
         return model, SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
@@ -112,7 +112,7 @@ def main() -> None:
         for enc in (trainers["ours-compiled"][0].encoder_q, trainers["ours-compiled"][0].encoder_k):
             enc.compile()
     aug = MoCoV2Augment(h, c, mean, std, crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(dev)
-    ref = ReferenceMoCo(_build(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1)).to(dev)
+    ref = ReferenceMoCo(seeded_encoder(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1)).to(dev)
     opt_r = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     # one persistent loader per worker count; a loader's iterator restarts at its epoch's end
     loaders = {wk: reference_loader(images, labels, mean, std, b, num_workers=wk, pin_memory=cuda)

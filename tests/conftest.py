@@ -78,7 +78,7 @@ def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict:
 
 def cifar100_class_names() -> tuple[list[str], list[str]]:
     """(fine, coarse) class names, as resources/cifar100{,-coarse}.tsv list them."""
-    res = ROOT / "src" / "negatives" / "resources"
+    res = ROOT / "src" / "negatives" / "data" / "resources"
     names = [[line.split("\t")[1] for line in (res / f).read_text().splitlines()[1:] if line.strip()]
              for f in ("cifar100.tsv", "cifar100-coarse.tsv")]
     return names[0], names[1]
@@ -173,7 +173,7 @@ def fake_tiny_imagenet(root: Path, per_class: int = 3, seed: int = 0) -> Path:
 def wordnet_reader(tmp_path_factory):
     """NLTK's reader over Debian's WordNet 3.0, prepared in a scratch directory
     (skips when Debian's wordnet-base / wordnet-sense-index are missing)."""
-    from negatives import wordnet as wnmod
+    from negatives.data import wordnet as wnmod
 
     if wnmod._missing_debian_files(wnmod.DEBIAN_DIR):
         pytest.skip(f"Debian's WordNet is not installed in {wnmod.DEBIAN_DIR} "

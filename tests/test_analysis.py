@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from negatives import analysis as A
+from negatives.analysis import pairs as A
 from negatives.cli import main
 from negatives.data import prepare
-from negatives.train import init_checkpoint
+from negatives.training.pretrain import init_checkpoint
 
 SETTINGS = dict(backbone="small-cnn", width=4, dim=8, bn_splits=2, knn_monitor=0, threads=1)
 

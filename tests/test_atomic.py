@@ -2,7 +2,7 @@
 
 import pytest
 
-from negatives.atomic import atomic_write
+from negatives.runtime.atomic import atomic_write
 
 
 def test_writes_through_a_hidden_temporary_file_and_creates_the_folder(tmp_path):

@@ -14,10 +14,10 @@ import textwrap
 import pytest
 import torch
 
-from negatives.checkpoint import (REQUEUE_EXIT_CODE, CorruptCheckpoint, Preempted, StopSignals, load_latest,
+from negatives.runtime.checkpoint import (REQUEUE_EXIT_CODE, CorruptCheckpoint, Preempted, StopSignals, load_latest,
                                   load_verified, previous_path, save_rolling)
 from negatives.data import prepare
-from negatives.train import pretrain
+from negatives.training.pretrain import pretrain
 
 from conftest import ROOT
 
@@ -54,9 +54,9 @@ def _assert_same(a, b):
 # through writing a checkpoint when SIGNAL is "KILL_IN_SAVE"
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    import negatives.checkpoint as ck
-    from negatives.moco import MoCo
-    from negatives.train import pretrain
+    import negatives.runtime.checkpoint as ck
+    from negatives.methods.moco import MoCo
+    from negatives.training.pretrain import pretrain
     data, out, settings, stop_at, how = sys.argv[1], sys.argv[2], eval(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     calls = 0
     forward = MoCo.forward

@@ -2,7 +2,7 @@
 
 import pytest
 
-from negatives.cluster import accounting_storage, check_status_command
+from negatives.runtime.cluster import accounting_storage, check_status_command
 
 ON = "ClusterName = ci\nAccountingStorageType   = accounting_storage/slurmdbd\nMinJobAge = 300\n"
 OFF = "ClusterName = ci\nAccountingStorageType   = accounting_storage/none\n"

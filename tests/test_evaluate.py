@@ -1,14 +1,13 @@
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
 
-from negatives.evaluate import (FEWSHOT_DRAWS, evaluate_checkpoint, extract_features, fewshot_indices,
-                                knn_classify, linear_probe, topk_accuracy)
-from negatives.augment import Normalize
+from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluate_checkpoint, fewshot_indices, linear_probe
+from negatives.evaluation.features import extract_features, knn_classify, topk_accuracy
+from negatives.data.augment import Normalize
+from negatives.evaluation import probes
 from negatives.models import build_encoder
 
 # kNN by hand: four unit train vectors, one query at 36.87 degrees
@@ -125,9 +124,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     meta = dict(dataset="toy", method="moco", policy="keep[95_100)", temperature=0.2, seed=1, uses_labels=False,
                 epochs=3, settings={})
     enc = build_encoder("small-cnn", 1, dim=8, width=4)
-    fake = types.ModuleType("negatives.train")
-    fake.load_encoder = lambda path: (enc, meta)
-    monkeypatch.setitem(sys.modules, "negatives.train", fake)
+    monkeypatch.setattr(probes, "load_encoder", lambda path: (enc, meta))
     settings = dict(probe="fast", knn_k=200, knn_temperature=0.1, fewshot_labels_per_class=2, threads=1)
     out = tmp_path / "run" / "probe.json"
     res = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", settings, out)
@@ -145,5 +142,9 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="evaluate.probe"):
         evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "probe": "paper"}, out)
-    with pytest.raises(KeyError, match="evaluate.knn_k"):
-        evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {k: v for k, v in settings.items() if k != "knn_k"}, out)
+    with pytest.raises(KeyError, match="evaluate.knn_kk; allowed: .*knn_k"):
+        evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "knn_kk": 3}, out)
+    # a key left out takes the schema's default, as in the workflow
+    out.unlink()
+    partial = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {"fewshot_labels_per_class": 2, "threads": 1}, out)
+    assert partial["knn_top1"] == res["knn_top1"] and partial["linear_top1"] == res["linear_top1"]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from negatives.figures import build, fig2, load_probes, summarize
+from negatives.analysis.figures import build, fig2, load_probes, summarize
 
 SEGMENTS = ["keep[90_95)", "keep[95_100)", "keep[85_90)"]  # deliberately not hardest-first
 EASIEST = ["keep[0_95)", "keep[0_90)"]

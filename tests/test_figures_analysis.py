@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.stats import ttest_ind
 
-from negatives import analysis
+from negatives.analysis import pairs as analysis
 from negatives.cli import main
-from negatives.figures import build, fig4, fig5, fig6, tables_a4_a6
+from negatives.analysis.figures import build, fig4, fig5, fig6, tables_a4_a6
 
 SEEDS = (0, 1, 2)
 # groups whose per-seed values are all equal (by construction here) make scipy warn

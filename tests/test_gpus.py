@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from negatives import gpus
+from negatives.runtime import gpus
 
 from conftest import ROOT
 
@@ -23,7 +23,7 @@ from conftest import ROOT
 # until its stdin closes
 HOLDER = textwrap.dedent("""
     import sys
-    from negatives import gpus
+    from negatives.runtime import gpus
     timeout = None if sys.argv[2] == "none" else float(sys.argv[2])
     lease = gpus.acquire(2, lock_dir=sys.argv[1], timeout=timeout, log=lambda m: print(m, flush=True))
     print(f"got {lease.index} {lease.ident}", flush=True)

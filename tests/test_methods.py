@@ -8,15 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from negatives import losses, mixing, retention, ring
+from negatives.policies import bands, reweighted
+from negatives.policies import mixing
+from negatives.policies import retention
+from negatives.policies import ring
 from negatives.losses import debiased_nce, hard_nce, reweighted_nce
-from negatives.mixing import MoCHi
+from negatives.policies.mixing import MoCHi
 from negatives.models import build_encoder
-from negatives.moco import MoCo, info_nce, policy_loss
+from negatives.methods.moco import MoCo
+from negatives.losses import Terms, fused_info_nce, info_nce
+from negatives.methods.loss import ContrastiveLoss
 from negatives.queue import KeyQueue
 from negatives.policies import Band, Candidates, Mix, PolicyError, Selection, parse_policy
-from negatives.retention import RetainHard, RetainingQueue
-from negatives.simclr import SimCLR, candidate_index, twin_index
+from negatives.policies.retention import RetainHard, RetainingQueue
+from negatives.methods.simclr import SimCLR, candidate_index, twin_index
 
 
 def _unit(*shape, seed=0):
@@ -29,6 +34,15 @@ def _cone_coefficients(h, a, b):
     sol = torch.linalg.lstsq(basis, h.double().unsqueeze(1)).solution.flatten()
     residual = (basis @ sol - h.double()).norm().item()
     return sol[0].item(), sol[1].item(), residual
+
+
+def _with_embeddings(selection, h, q, l_pos, sim, temperature):
+    """The plain InfoNCE over the real negatives ``selection`` keeps and the
+    synthetic negatives ``h [B, s, D]`` as embeddings (``q . h``)."""
+    keep = selection.mask(sim.shape)
+    keep = torch.ones_like(sim, dtype=torch.bool) if keep is None else keep
+    neg = torch.cat([sim, torch.einsum("bd,bsd->bs", q, h.to(q.dtype))], dim=1)
+    return info_nce(l_pos, neg, torch.cat([keep, keep.new_ones(h.shape[:2])], dim=1), temperature)
 
 
 # --------------------------------------------------------------------------
@@ -50,11 +64,11 @@ def test_mochi_pair_mixes_are_unit_and_in_the_cone_of_two_of_the_n_hardest():
     n = 5
     pol = MoCHi(n, 12, 0, generator=torch.Generator().manual_seed(1))
     q, keys, sim, sel, h_all = _mochi_step(pol)
-    assert sel.keep is None and sel.index is None and sel.extra is None   # every real negative is kept
+    assert sel.mask(sim.shape) is None                                    # every real negative is kept
     assert h_all.shape == (3, 12, 8) and not h_all.requires_grad
     assert torch.allclose(h_all.norm(dim=2), torch.ones(3, 12), atol=1e-6)
     # the closed form's cosines are those of the materialised mixes
-    torch.testing.assert_close(sel.mix.logits(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
+    torch.testing.assert_close(sel.synthetic(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
     for row in range(3):
         hard = keys[torch.argsort(sim[row], descending=True)[:n]]   # the N hardest, the slow way
         for h in h_all[row]:
@@ -73,9 +87,9 @@ def test_mochi_query_mixes_weigh_the_query_below_one_half():
     n = 4
     pol = MoCHi(n, 0, 200, generator=torch.Generator().manual_seed(2))
     q, keys, sim, sel, h_all = _mochi_step(pol, b=2)
-    assert h_all.shape == (2, 200, 8) and sel.mix.i.shape == (2, 200)
+    assert h_all.shape == (2, 200, 8) and sel.synthetic(q, sim).shape == (2, 200)
     assert torch.allclose(h_all.norm(dim=2), torch.ones(2, 200), atol=1e-6)
-    torch.testing.assert_close(sel.mix.logits(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
+    torch.testing.assert_close(sel.synthetic(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
     betas = []
     for row in range(2):
         hard = keys[torch.argsort(sim[row], descending=True)[:n]]
@@ -94,9 +108,9 @@ def test_mochi_query_mixes_weigh_the_query_below_one_half():
 def test_mochi_draws_from_the_global_generator_deterministically():
     pol = MoCHi(6, 8, 4)
     torch.manual_seed(7)
-    a, mix_a = _mochi_step(pol)[4], _mochi_step(pol)[3].mix
+    a, mix_a = _mochi_step(pol)[4], _mochi_step(pol)[3]._mix
     torch.manual_seed(7)
-    b, mix_b = _mochi_step(pol)[4], _mochi_step(pol)[3].mix
+    b, mix_b = _mochi_step(pol)[4], _mochi_step(pol)[3]._mix
     torch.manual_seed(8)
     c = _mochi_step(pol)[4]
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -109,7 +123,7 @@ def test_mochi_mixes_are_detached_even_from_inputs_with_gradient():
     pol = MoCHi(4, 4, 4)
     cand = Candidates(keys=keys, queries=q)
     sel = pol(q.detach() @ keys.detach().T, cand, 0.0)
-    assert all(not getattr(sel.mix, f).requires_grad for f in "acd")
+    assert all(not getattr(sel._mix, f).requires_grad for f in "acd")
     h = pol.embeddings(cand)
     assert not h.requires_grad and h.grad_fn is None
 
@@ -122,10 +136,10 @@ def test_mochi_warm_up_in_epochs():
         pol(sim, cand, 0.5)                                # epochs unknown
     pol.start(10)
     steps = 7                                              # per epoch; progress = step / (7 * 10)
-    assert pol(sim, cand, (3 * steps - 1) / (10 * steps)).mix is None     # last step of epoch 3 (index 2)
-    assert pol(sim, cand, (3 * steps) / (10 * steps)).mix.i.shape == (2, 4)  # first step of epoch 4
+    assert pol(sim, cand, (3 * steps - 1) / (10 * steps)).has_synthetic is False     # last step of epoch 3 (index 2)
+    assert pol(sim, cand, (3 * steps) / (10 * steps))._mix.i.shape == (2, 4)  # first step of epoch 4
     assert pol.embeddings(cand).shape == (2, 4, 4)
-    assert parse_policy("mochi[4,2,2]")(sim, cand, 0.0).mix is not None       # no warm-up
+    assert parse_policy("mochi[4,2,2]")(sim, cand, 0.0).has_synthetic       # no warm-up
 
 
 def test_mochi_works_on_simclr_candidates_through_pool_index():
@@ -142,7 +156,7 @@ def test_mochi_works_on_simclr_candidates_through_pool_index():
     sel = pol(sim, cand, 0.0)
     h_all = pol.embeddings(cand)
     assert h_all.shape == (b2, 3, d)
-    torch.testing.assert_close(sel.mix.logits(views, sim), torch.einsum("bd,bsd->bs", views, h_all))
+    torch.testing.assert_close(sel.synthetic(views, sim), torch.einsum("bd,bsd->bs", views, h_all))
     for row in range(b2):
         own = views[pool_index[row][torch.argsort(sim[row], descending=True)[:n]]]
         for h in h_all[row]:
@@ -167,7 +181,7 @@ def test_mochi_on_simclr_gives_the_gradient_of_detached_mixes():
     l_pos = s.gather(1, twin_index(4).unsqueeze(1)).squeeze(1)
     pool_index = candidate_index(4)
     h = pol.embeddings(Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool_index))
-    plain = policy_loss(pol, Selection(extra=h), z, l_pos, s.gather(1, pool_index), 0.2)
+    plain = _with_embeddings(Selection.every(), h, z, l_pos, s.gather(1, pool_index), 0.2)
     torch.testing.assert_close(loss, plain, rtol=1e-12, atol=1e-12)
     for got, want in zip(grad, torch.autograd.grad(plain, list(enc.parameters()))):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -217,7 +231,7 @@ def test_policy_loss_adds_the_synthetic_logits():
     torch.manual_seed(0)
     cand = Candidates(keys=keys, queries=q)
     sel = pol(q @ keys.T, cand, 0.0)
-    got = policy_loss(pol, sel, q, l_pos, q @ keys.T, 0.2)
+    got = ContrastiveLoss(0.2)(l_pos, q @ keys.T, sel, q)
     h = pol.embeddings(cand)
     expected = info_nce(l_pos, torch.cat([q @ keys.T, torch.einsum("bd,bsd->bs", q, h)], 1), None, 0.2)
     assert torch.allclose(got, expected)
@@ -225,10 +239,10 @@ def test_policy_loss_adds_the_synthetic_logits():
 
 @pytest.mark.parametrize("real", ["all", "keep", "index", "drop_index"])
 def test_mochi_closed_form_loss_and_gradient_equal_the_materialised_mixes(real):
-    """Fast path == plain path: ``Selection(mix=...)`` gives the loss and the
-    gradients (to the encoder's raw output and to q itself) of
-    ``Selection(extra=<the same mixes as embeddings>)``, whatever selection of
-    real negatives comes with it."""
+    """Fast path == plain path: a selection with MoCHi's mix gives the loss and
+    the gradients (to the encoder's raw output and to q itself) of the plain
+    InfoNCE over the same real negatives and the mixes as embeddings
+    (``q . h``), whatever selection of real negatives comes with them."""
     b, k, d = 3, 40, 8
     raw = torch.randn(b, d, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
     q = F.normalize(raw, dim=1)                                                   # the query, normalised
@@ -237,19 +251,20 @@ def test_mochi_closed_form_loss_and_gradient_equal_the_materialised_mixes(real):
     sim = q @ keys.T
     pol = MoCHi(6, 10, 7, generator=torch.Generator().manual_seed(8))
     cand = Candidates(keys=keys, queries=q.detach())
-    mix = pol(sim.detach(), cand, 0.0).mix
+    mix = pol(sim.detach(), cand, 0.0)._mix
     h = pol.embeddings(cand)
-    real_sel = {"all": {}, "keep": {"keep": torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7},
-                "index": {"index": torch.arange(5, 30).expand(b, -1)},
-                "drop_index": {"drop_index": torch.tensor([[0, 3], [5, 1], [2, 39]])}}[real]
-    fast = policy_loss(pol, Selection(mix=mix, **real_sel), q, l_pos, sim, 0.2)
-    plain = policy_loss(pol, Selection(extra=h, **real_sel), q, l_pos, sim, 0.2)
+    real_sel = {"all": Selection.every(),
+                "keep": Selection.where(torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7),
+                "index": Selection.at(torch.arange(5, 30).expand(b, -1)),
+                "drop_index": Selection.without(torch.tensor([[0, 3], [5, 1], [2, 39]]))}[real]
+    fast = ContrastiveLoss(0.2)(l_pos, sim, real_sel.with_mix(mix), q)
+    plain = _with_embeddings(real_sel, h, q, l_pos, sim, 0.2)
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
     g_fast = torch.autograd.grad(fast, [raw, q], retain_graph=True)
     g_plain = torch.autograd.grad(plain, [raw, q])
     for got, want in zip(g_fast, g_plain):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    assert Selection(mix=mix, **real_sel).kept_per_query(k) == Selection(extra=h, **real_sel).kept_per_query(k)
+    assert real_sel.with_mix(mix).kept_per_query(k) == real_sel.kept_per_query(k) + h.shape[1]
 
 
 def test_mix_logits_by_hand():
@@ -284,7 +299,7 @@ def test_mochi_closed_form_by_hand():
     q = torch.tensor([[0.6, 0.8, 0.0]], dtype=torch.float64)
     keys = torch.eye(3, dtype=torch.float64)
     pol = MoCHi(2, 4, 4, generator=torch.Generator().manual_seed(3))
-    mix = pol(q @ keys.T, Candidates(keys=keys, queries=q), 0.0).mix
+    mix = pol(q @ keys.T, Candidates(keys=keys, queries=q), 0.0)._mix
     got = mix.logits(q, q @ keys.T)[0].tolist()
     m = pol.last_mix
     hard = m["hard"][0].tolist()
@@ -366,7 +381,7 @@ def test_neutral_settings_are_info_nce_exactly():
     keep = torch.rand(16, 300, generator=g) > 0.3
     for mask in (None, keep):
         for t in (0.07, 0.2):
-            ref = info_nce(l_pos, sim, mask, t)
+            ref = fused_info_nce(l_pos, sim, t, Terms(keep=mask))      # the form MoCo trains with
             assert torch.equal(parse_policy("debiased[0]").loss(l_pos, sim, mask, t), ref)
             assert torch.equal(parse_policy("hard[0,0]").loss(l_pos, sim, mask, t), ref)
     # beta = 0 is the debiased loss
@@ -560,7 +575,7 @@ def test_retain_hard_validation_and_parsing():
 # parsers
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module", [mixing, ring, losses, retention])
+@pytest.mark.parametrize("module", [bands, mixing, ring, reweighted, retention])
 def test_each_module_parser_ignores_the_others_forms(module):
     forms = ["all", "keep[95_100)", "drop[99_100)&same-class", "mochi[4,2,2]", "ring[100->10,10,linear,50]",
              "curriculum[0,100->95,100,linear]", "debiased[0.1]", "hard[1,0.1]", "retain-hard[0.25]"]

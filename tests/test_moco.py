@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from negatives.models import SplitBatchNorm2d, build_encoder
-from negatives.moco import MoCo, info_nce, momentum_update
+from negatives.methods.moco import MoCo, momentum_update
+from negatives.losses import Terms, fused_info_nce, info_nce
 from negatives.queue import KeyQueue
 from negatives.policies import Band, parse_policy
 
@@ -137,11 +138,11 @@ def test_gathered_band_and_masked_band_give_the_same_loss_and_gradient():
     queue = F.normalize(torch.randn(100, 8, generator=g), dim=1)
     l_pos = torch.rand(6, generator=g)
     sel = Band("keep", 90, 95)(q @ queue.T, None)
-    assert sel.index is not None and sel.index.shape == (6, 5)
+    assert sel._index is not None and sel._index.shape == (6, 5)      # the stored form: positions
     grads = []
     for use_index in (True, False):
         s = (q @ queue.T).requires_grad_(True)
-        neg = s.gather(1, sel.index) if use_index else s
+        neg = s.gather(1, sel._index) if use_index else s
         loss = info_nce(l_pos, neg, None if use_index else sel.mask(s.shape), 0.1)
         loss.backward()
         grads.append((loss.detach(), s.grad))
@@ -169,7 +170,10 @@ def test_fused_negative_term_gives_autograds_loss_and_gradients_bit_for_bit(form
     keep = (torch.rand(32, 300, generator=g) > 0.3) if form == "keep" else None
     drop = torch.rand(32, 300, generator=g).argsort(1)[:, :9] if form == "drop_index" else None
     out = []
-    for loss_fn in (_autograd_info_nce, info_nce):
+    def fused(l_pos, sim, keep, temperature, drop_index):
+        return fused_info_nce(l_pos, sim, temperature, Terms(keep=keep, drop_index=drop_index))
+
+    for loss_fn in (_autograd_info_nce, fused):
         sim, pos = sim0.clone().requires_grad_(), pos0.clone().requires_grad_()
         loss = loss_fn(pos, sim, keep, 0.2, drop)
         loss.backward()

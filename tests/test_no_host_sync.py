@@ -13,7 +13,7 @@ the optimiser) that runs on ``meta`` reads nothing back.  On a GPU,
 import pytest
 import torch
 
-from negatives.augment import MoCoV2Augment
+from negatives.data.augment import MoCoV2Augment
 from negatives.methods import build_method
 from negatives.models import build_encoder
 from negatives.optim import SGD

@@ -87,7 +87,7 @@ for _ in range(2):
 opt.load_state_dict(opt.state_dict())
 """
 _PROBE = """
-from negatives.evaluate import linear_probe
+from negatives.evaluation.probes import linear_probe
 x, y = torch.randn(40, 4), torch.arange(40) % 3
 linear_probe(x, y, x, y, 3)
 """

@@ -29,8 +29,8 @@ CONFIGS = ["config.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "con
 
 def _written_bands(policy) -> list[tuple[str, str]]:
     """The percentile bands ``(a, b)`` a policy counts, as decimal strings."""
-    from negatives.retention import RetainHard
-    from negatives.ring import Curriculum
+    from negatives.policies.retention import RetainHard
+    from negatives.policies.ring import Curriculum
 
     if isinstance(policy, Replace):
         return _written_bands(policy.inner)

@@ -15,9 +15,10 @@ from torch import nn
 
 from negatives import data
 from negatives.optim import SGD
-from negatives.evaluate import evaluate_checkpoint, topk_accuracy
+from negatives.evaluation.probes import evaluate_checkpoint
+from negatives.evaluation.features import topk_accuracy
 from negatives.models import Encoder, MLPHead
-from negatives.probe import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
+from negatives.evaluation.faithful import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def test_probe_on_a_streamed_folder(tmp_path, wordnet_reader):
 
 
 def test_evaluate_checkpoint_with_the_faithful_probe(tmp_path, fashion_root, monkeypatch):
-    from negatives.train import init_checkpoint
+    from negatives.training.pretrain import init_checkpoint
 
     path = data.prepare("fashion-mnist", fashion_root, tmp_path / "data", 60, 30)
     ckpt = init_checkpoint(path, "moco", 0, {"backbone": "small-cnn", "width": 4, "dim": 8, "bn_splits": 1}, tmp_path)
@@ -125,7 +126,7 @@ def test_evaluate_checkpoint_with_the_faithful_probe(tmp_path, fashion_root, mon
     cfg.update(probe="faithful", fewshot_labels_per_class=2, knn_k=5)
     cfg["faithful"].update(epochs=2, milestones=[1], batch_size=32)
     calls = []
-    import negatives.probe as probe
+    import negatives.evaluation.faithful as probe
 
     real = probe.faithful_probe
     monkeypatch.setattr(probe, "faithful_probe", lambda *a, **k: calls.append(a[2]) or real(*a, **k))

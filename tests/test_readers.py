@@ -16,15 +16,16 @@ import torch
 import yaml
 from PIL import Image
 
-from negatives import data, readers
+from negatives import data
+from negatives.data import folders, readers
 from negatives.config import ConfigError, check_config
-from negatives.wordnet import check_synsets
+from negatives.data.wordnet import check_synsets
 
 from conftest import (CIFAR10_CLASSES, IMAGENET_WNIDS, STL10_CLASSES, cifar100_class_names, fake_cifar10,
                       fake_cifar100, fake_imagenet, fake_stl10, fake_tiny_imagenet)
 
 ROOT = Path(__file__).resolve().parents[1]
-RESOURCES = ROOT / "src" / "negatives" / "resources"
+RESOURCES = ROOT / "src" / "negatives" / "data" / "resources"
 
 
 def classes_tsv(out: Path) -> list[list[str]]:
@@ -180,7 +181,7 @@ def _decoded(path: Path) -> np.ndarray:
 
 def test_imagenet_folder_index(tmp_path):
     fake_imagenet(tmp_path)
-    ix = readers.index_imagenet(tmp_path)
+    ix = folders.index_imagenet(tmp_path)
     assert ix.wnids == list(IMAGENET_WNIDS) and ix.classes == ["tench", "goldfish"]
     assert ix.train_files == [f"train/{w}/{w}_{i}.JPEG" for w in IMAGENET_WNIDS for i in range(3)]
     assert ix.test_files == [f"val/{w}/{w}_{i}.JPEG" for w in IMAGENET_WNIDS for i in range(3)]
@@ -190,19 +191,19 @@ def test_imagenet_folder_index(tmp_path):
 def test_decode_image_exact_pixels_resize_and_crop(tmp_path):
     fake_imagenet(tmp_path)
     path = tmp_path / "train" / "n01440764" / "n01440764_0.JPEG"       # 20 wide, 16 high
-    x = readers.decode_image(path, 16)
+    x = folders.decode_image(path, 16)
     assert x.dtype == torch.uint8 and x.shape == (3, 16, 16)
     assert np.array_equal(x.numpy(), _decoded(path)[:, :, 2:18])        # shorter side already 16: centre crop only
     tall = tmp_path / "train" / "n01440764" / "n01440764_2.JPEG"        # 16 wide, 24 high
-    assert np.array_equal(readers.decode_image(tall, 16).numpy(), _decoded(tall)[:, 4:20, :])
-    assert readers.decode_image(path, 8).shape == (3, 8, 8)             # resized, then cropped
+    assert np.array_equal(folders.decode_image(tall, 16).numpy(), _decoded(tall)[:, 4:20, :])
+    assert folders.decode_image(path, 8).shape == (3, 8, 8)             # resized, then cropped
     gray = tmp_path / "gray.png"
     Image.fromarray(np.full((10, 10), 77, dtype=np.uint8)).save(gray)
-    assert readers.decode_image(gray, 10).unique().tolist() == [77]     # grayscale -> RGB
+    assert folders.decode_image(gray, 10).unique().tolist() == [77]     # grayscale -> RGB
     bad = tmp_path / "bad.JPEG"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"bad.JPEG: cannot decode the image"):
-        readers.decode_image(bad, 8)
+        folders.decode_image(bad, 8)
 
 
 def test_imagenet_class_without_synset_is_named(tmp_path, wordnet_reader):
@@ -224,21 +225,21 @@ def test_imagenet_missing_and_extra_folders_are_named(tmp_path):
     fake_imagenet(tmp_path)
     shutil.copytree(tmp_path / "val" / "n01440764", tmp_path / "val" / "n01530575")
     with pytest.raises(ValueError, match=r"val/n01530575: class folder has no counterpart in .*train"):
-        readers.index_imagenet(tmp_path)
+        folders.index_imagenet(tmp_path)
     shutil.rmtree(tmp_path / "val")
     with pytest.raises(FileNotFoundError, match=r"/val: folder does not exist"):
-        readers.check_imagenet(tmp_path)
+        folders.check_imagenet(tmp_path)
 
 
 def test_tiny_imagenet_index(tmp_path):
     fake_tiny_imagenet(tmp_path)
-    ix = readers.index_tiny_imagenet(tmp_path)
+    ix = folders.index_tiny_imagenet(tmp_path)
     assert ix.wnids == sorted(IMAGENET_WNIDS) and ix.classes == ["tench", "goldfish"]  # words.txt, first name
     assert ix.train_files[:2] == ["train/n01440764/images/n01440764_0.JPEG", "train/n01440764/images/n01440764_1.JPEG"]
     assert ix.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert ix.test_files == [f"val/images/val_{i}.JPEG" for i in range(6)]
     assert ix.test_labels.tolist() == [0, 0, 0, 1, 1, 1]                 # from val_annotations.txt
-    x = readers.decode_image(tmp_path / ix.test_files[4], 64)
+    x = folders.decode_image(tmp_path / ix.test_files[4], 64)
     assert np.array_equal(x.numpy(), _decoded(tmp_path / ix.test_files[4]))
 
 
@@ -247,7 +248,7 @@ def test_tiny_imagenet_errors_name_the_file(tmp_path, wordnet_reader):
     ann = tmp_path / "val" / "val_annotations.txt"
     ann.write_text(ann.read_text().replace("val_5.JPEG\tn01443537", "val_5.JPEG\tn01530575"))
     with pytest.raises(ValueError, match=r"val_annotations.txt:6: 'n01530575' is not listed in .*wnids.txt"):
-        readers.index_tiny_imagenet(tmp_path)
+        folders.index_tiny_imagenet(tmp_path)
     (tmp_path / "wnids.txt").write_text("n01440764\nn00000001\n")
     with pytest.raises(FileNotFoundError, match=r"train/n00000001/images: image folder does not exist"):
         data.check_root("tiny-imagenet", tmp_path, wordnet=wordnet_reader)

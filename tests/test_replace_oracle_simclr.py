@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import ttest_ind
 
-from negatives.figures import against_baseline
-from negatives.moco import MoCo, policy_loss
+from negatives.analysis.figures import against_baseline
+from negatives.methods.moco import MoCo
+from negatives.methods.loss import ContrastiveLoss
 from negatives.policies import (Candidates, ClassFilter, PolicyError, Selection, Swap, parse_policy, replace_removed,
                                 select, stand_ins)
-from negatives.simclr import SimCLR, candidate_index, twin_index
+from negatives.methods.simclr import SimCLR, candidate_index, twin_index
 
 # ------------------------------------------------------------------ same-class masks
 
@@ -143,9 +144,9 @@ def test_band_and_class_in_replace_mode_swap_in_the_same_stand_ins_as_the_mask_f
     cands = Candidates(labels=labels, query_labels=query_labels)
     policy = parse_policy(name)
     sel = select(policy, sim, cands, 0.0, window=k)
-    assert isinstance(sel.swap, Swap) and sel.keep is None and sel.width == k      # the cheap form
-    assert sel.swap.at.shape == (b, 4)                                             # 10% of 40
-    assert (~policy.inner(sim[:, :k], cands.rows(0, k)).swap.valid).all(1).any()   # a query loses all 4
+    assert isinstance(sel._swap, Swap) and sel._keep is None and sel._width == k   # the stored form
+    assert sel._swap.at.shape == (b, 4)                                             # 10% of 40
+    assert (~policy.inner(sim[:, :k], cands.rows(0, k))._swap.valid).all(1).any()   # a query loses all 4
     inner_keep = policy.inner(sim[:, :k], cands.rows(0, k)).mask((b, k))
     eligible = policy.eligible(cands.rows(k, k + extra)).expand(b, -1)
     want = torch.cat([inner_keep, replace_removed(inner_keep, eligible)], dim=1)
@@ -177,7 +178,7 @@ def test_replace_mode_sees_exactly_k_negatives_all_older_than_the_removed():
     labels = q.labels[q.newest_first()]
     cands = Candidates(labels=labels, query_labels=torch.tensor([0, 1]))
     sel = select(model.policy, sim, cands, 0.0, window=k)
-    assert sel.width == 11          # on CPU the mask stops at the last older column any query takes
+    assert sel._width == 11          # on CPU the mask stops at the last older column any query takes
     keep = sel.mask((2, k + extra))
     assert (keep.sum(1) == k).all()                                   # exactly K each
     for row, cls in enumerate((0, 1)):
@@ -194,7 +195,7 @@ def test_replace_mode_band_keeps_k_and_only_older_stand_ins():
     k, extra = 20, 8
     sim = torch.randn(3, k + extra, generator=torch.Generator().manual_seed(1))
     sel = select(parse_policy("drop[90_100)@replace"), sim, Candidates(), 0.0, window=k)
-    assert sel.keep is None and sel.width == k + 2            # the cheap form: the first K + 2 columns, no mask
+    assert sel._keep is None and sel._width == k + 2          # the stored form: the first K + 2 columns, no mask
     keep = sel.mask(sim.shape)
     assert (keep.sum(1) == k).all() and float(sel.kept_per_query(k + extra)) == k
     assert (keep[:, k:].sum(1) == 2).all()                          # 10% of 20 replaced
@@ -218,12 +219,12 @@ def test_replace_mode_loss_equals_the_full_mask_form(name):
                        query_labels=torch.randint(0, 3, (5,), generator=g))
     policy = parse_policy(name)
     sel = select(policy, q @ keys.T, cands, 0.0, window=k)
-    assert sel.width is not None and sel.width < k + extra                      # the cheap form was taken
+    assert sel._width is not None and sel._width < k + extra                    # the cheap form was taken
     grads, losses = [], []
-    for form in (sel, Selection(keep=sel.mask((5, k + extra)))):
+    for form in (sel, Selection.where(sel.mask((5, k + extra)))):
         qq = q.clone().requires_grad_(True)
         sim = qq @ keys.T
-        loss = policy_loss(policy, form, qq, (qq * qq.detach()).sum(1), sim, tau)
+        loss = ContrastiveLoss(tau, policy.loss)((qq * qq.detach()).sum(1), sim, form, qq)
         loss.backward()
         losses.append(loss)
         grads.append(qq.grad)
@@ -235,7 +236,7 @@ def test_a_swap_reaches_a_policys_own_loss_as_the_mask_it_stands_for():
     """A loss other than InfoNCE gets a swap (replace mode's stand-ins past
     ``width`` included) as its [B, K + E] mask: the same loss and gradient
     as the fused InfoNCE term reading the swap itself."""
-    from negatives.moco import info_nce
+    from negatives.losses import info_nce
 
     k, extra, tau = 40, 60, 0.2
     g = torch.Generator().manual_seed(4)
@@ -245,7 +246,7 @@ def test_a_swap_reaches_a_policys_own_loss_as_the_mask_it_stands_for():
                        query_labels=torch.randint(0, 3, (6,), generator=g))
     policy = parse_policy("drop[80_100)&other-class@replace")
     sel = select(policy, q @ keys.T, cands, 0.0, window=k)
-    assert sel.swap is not None and bool((sel.swap.to >= k).any())           # stand-ins past width
+    assert sel._swap is not None and bool((sel._swap.to >= k).any())           # stand-ins past width
     seen = []
 
     def own_loss(l_pos, neg, keep, temperature):
@@ -257,7 +258,7 @@ def test_a_swap_reaches_a_policys_own_loss_as_the_mask_it_stands_for():
     grads, losses = [], []
     for pol in (policy, custom):
         qq = q.clone().requires_grad_(True)
-        loss = policy_loss(pol, sel, qq, (qq * qq.detach()).sum(1), qq @ keys.T, tau)
+        loss = ContrastiveLoss(tau, pol.loss)((qq * qq.detach()).sum(1), qq @ keys.T, sel, qq)
         loss.backward()
         losses.append(loss)
         grads.append(qq.grad)

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from negatives.moco import info_nce
+from negatives.losses import info_nce
 from negatives.policies import Band, Candidates, PolicyError, parse_policy
-from negatives.ring import Curriculum, Ring, Schedule, parse_schedule
+from negatives.policies.ring import Curriculum, Ring, Schedule, parse_schedule
 
 NO_INFO = Candidates()
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from negatives.runtime import keep_freed_memory
+from negatives.runtime.memory import keep_freed_memory
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
@@ -17,7 +17,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     default faults in thousands of pages per round)."""
     code = """
 import resource, sys, torch
-from negatives.runtime import keep_freed_memory
+from negatives.runtime.memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from negatives.models import SplitBatchNorm2d, build_encoder
-from negatives.moco import MoCo
-from negatives.simclr import SimCLR
+from negatives.methods.moco import MoCo
+from negatives.methods.simclr import SimCLR
 
 B, K, DIM, T, M = 8, 32, 16, 0.2, 0.9
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from negatives.data import check_root, prepare, read_idx
-from negatives.train import init_checkpoint, load_encoder, pretrain
+from negatives.training.pretrain import init_checkpoint, pretrain
+from negatives.training.settings import load_encoder
 
 from conftest import write_idx
 
@@ -126,7 +127,7 @@ def test_pretrain_and_evaluate_on_a_streamed_image_folder(tmp_path, wordnet_read
     the kNN monitor and the evaluation read the JPEGs batch by batch."""
     from conftest import fake_imagenet
     from negatives import data
-    from negatives.evaluate import evaluate_checkpoint
+    from negatives.evaluation.probes import evaluate_checkpoint
 
     fake_imagenet(tmp_path / "raw", per_class=4)
     path = data.prepare("imagenet", tmp_path / "raw", tmp_path / "out", storage="stream", image_size=16,

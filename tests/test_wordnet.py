@@ -11,7 +11,7 @@ import pytest
 
 nltk = pytest.importorskip("nltk")
 
-from negatives import wordnet as wnmod  # noqa: E402
+from negatives.data import wordnet as wnmod  # noqa: E402
 
 RESOURCES = Path(wnmod.__file__).parent / "resources"
 MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
@@ -283,7 +283,7 @@ def test_similarity_rejects_bad_synsets(wn, tmp_path):
 
 
 def test_wnids_map_to_synsets(wn):
-    from negatives.wordnet import synset_from_wnid
+    from negatives.data.wordnet import synset_from_wnid
 
     assert synset_from_wnid("n02084071", wn) == "dog.n.01"
     assert synset_from_wnid("n02121808", wn) == "domestic_cat.n.01"

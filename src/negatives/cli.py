@@ -23,47 +23,47 @@ def _log(msg: str) -> None:
 
 
 def cmd_prepare(a) -> None:
-    from .data import prepare
+    from .data.prepare import prepare
 
     path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, a.download, **a.settings)
     _log(f"wrote {path}")
 
 
 def cmd_pretrain(a) -> None:
-    from .train import pretrain
+    from .training.pretrain import pretrain
 
     path = pretrain(a.data, a.method, a.policy, a.temperature, a.seed, a.settings, a.out, log=_log)
     _log(f"wrote {path}")
 
 
 def cmd_init(a) -> None:
-    from .train import init_checkpoint
+    from .training.pretrain import init_checkpoint
 
     _log(f"wrote {init_checkpoint(a.data, a.method, a.seed, a.settings, a.out)}")
 
 
 def cmd_evaluate(a) -> None:
-    from .evaluate import evaluate_checkpoint
+    from .evaluation.probes import evaluate_checkpoint
 
     result = evaluate_checkpoint(a.checkpoint, a.data, a.settings, a.out)
     _log(json.dumps(result))
 
 
 def cmd_figure(a) -> None:
-    from . import figures
+    from .analysis import figures
 
     figures.build(a.name, a.probes, a.out, a.config_json)
     _log(f"wrote {a.out}.{{pdf,png,csv}}")
 
 
 def cmd_similarity(a) -> None:
-    from .wordnet import write_similarity
+    from .data.wordnet import write_similarity
 
     _log(f"wrote {write_similarity(a.classes, a.out)}")
 
 
 def cmd_analyze(a) -> None:
-    from .analysis import analyze_checkpoint
+    from .analysis.pairs import analyze_checkpoint
 
     _log(f"wrote {analyze_checkpoint(a.checkpoint, a.data, a.similarity, a.settings, a.out)}")
 
@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .runtime import keep_freed_memory
+    from .runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first large tensor: steps reuse freed memory (no page faults)
     args.func(args)

@@ -16,7 +16,8 @@ import warnings
 from numbers import Real
 
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
-from .policies import PolicyError, parse_policy
+from .policies.grammar import PolicyError
+from .policies.registry import parse_policy
 
 __all__ = ["ConfigError", "check_config"]
 
@@ -61,7 +62,8 @@ def _data_check_wanted(check_data: bool | None) -> bool:
 
 def _check_dataset_entry(name: str, entry: dict) -> None:
     """The keys of ``datasets.NAME`` apply to its format and have allowed values."""
-    from .data import DATASETS, STORAGES
+    from .data.datasets import DATASETS
+    from .data.prepare import STORAGES
 
     spec = DATASETS[name]
     for key in entry:
@@ -86,7 +88,7 @@ def _check_dataset_entry(name: str, entry: dict) -> None:
 
 
 def _check_dataset(cfg: dict, check_data: bool | None = None) -> None:
-    from .data import DATASETS, check_root  # lazily: torch/numpy only when needed
+    from .data.datasets import DATASETS, check_root  # lazily: numpy only when needed
 
     allowed = ", ".join(DATASETS)
     datasets = _get(cfg, "datasets", dict)
@@ -114,7 +116,7 @@ def _check_dataset(cfg: dict, check_data: bool | None = None) -> None:
 
 
 def _check_evaluate(cfg: dict) -> None:
-    from .evaluate import PROBES
+    from .evaluation.probes import PROBES
 
     probe = _get(cfg, "evaluate.probe", str)
     if probe not in PROBES:

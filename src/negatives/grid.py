@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .policies import parse_policy
+from .policies.registry import parse_policy
 
 __all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds", "random_init_dir",
            "figure_method", "figure_temperatures", "figure_probes", "figure_pairs", "figure_inputs",

@@ -73,7 +73,9 @@ def _format_of(x: Tensor) -> torch.memory_format:
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """Batch-norm whose training statistics are computed over ``num_splits``
+    """Batch-norm over ``num_splits`` sub-batches, as if on that many GPUs (MoCo's CIFAR demo).
+
+    Batch-norm whose training statistics are computed over ``num_splits``
     equal contiguous sub-batches (the batch is their concatenation), as one
     device's stand-in for per-GPU batch-norm.  It is shuffle-BN only together
     with MoCo's key shuffle (:func:`negatives.moco.shuffled_keys`): the key
@@ -128,7 +130,9 @@ def _norm(num_splits: int):
 
 
 class MaxPool2x2(nn.MaxPool2d):
-    """``nn.MaxPool2d(2)``.  Without gradient (the key encoder, feature
+    """A 2x2 max-pool with a cheaper path when no gradient is needed.
+
+    ``nn.MaxPool2d(2)``.  Without gradient (the key encoder, feature
     extraction) the maximum of each 2x2 window is taken by two elementwise
     maxima of strided views: the same values, cheaper on CPU than the indexed
     kernel, which computes argmax indices nobody reads.  With
@@ -182,7 +186,9 @@ class SmallCNN(nn.Module):
 
 
 def resnet(depth: int, in_channels: int = 3, num_splits: int = 1, small_stem: bool = True) -> nn.Module:
-    """torchvision ResNet-18/50 without its classifier; with ``small_stem``
+    """A torchvision ResNet-18/50 backbone without its classifier.
+
+    torchvision ResNet-18/50 without its classifier; with ``small_stem``
     the first conv is 3x3 stride 1 and the max-pool is removed (CIFAR-style).
     ``[B, C, H, W] -> [B, 512 or 2048]``."""
     import torchvision
@@ -211,7 +217,9 @@ class MLPHead(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Backbone + MLP head. ``forward`` gives the (unnormalised) head output
+    """Backbone and MLP head: the encoder MoCo and SimCLR train.
+
+    Backbone + MLP head. ``forward`` gives the (unnormalised) head output
     ``[B, D]``; :meth:`represent` the backbone output ``[B, F]``."""
 
     def __init__(self, backbone: nn.Module, head: MLPHead):
@@ -238,7 +246,9 @@ def build_encoder(
     width: int = 32,
     small_stem: bool = True,
 ) -> Encoder:
-    """Build the encoder named in config.  ``hidden_dim`` defaults to the
+    """The encoder a config names (backbone, width, head, split batch-norm).
+
+    Build the encoder named in config.  ``hidden_dim`` defaults to the
     backbone's feature dimension (MoCo v2: 2048-2048-128 for ResNet-50).
     ``small_stem`` (ResNets): the 3x3 stem without max-pool of the CIFAR demo;
     False: torchvision's 7x7 stride-2 stem and max-pool (ImageNet)."""

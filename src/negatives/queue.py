@@ -11,7 +11,9 @@ __all__ = ["KeyQueue"]
 
 
 class KeyQueue(nn.Module):
-    """FIFO queue of K keys from earlier batches, with each key's label and
+    """MoCo's FIFO queue of keys from earlier batches, with their labels and indices.
+
+    FIFO queue of K keys from earlier batches, with each key's label and
     dataset index.
 
     keys:    ``[K, D]`` float, L2-normalised (random unit vectors at start)

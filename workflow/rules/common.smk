@@ -39,7 +39,7 @@ def dataset_option(key):
 
 
 # one job on a GPU when the config asks for CUDA; "auto" and "cpu" ask for none
-# (snakemake --resources gpu=N caps them; negatives.gpus gives each its own GPU)
+# (snakemake --resources gpu=N caps them; negatives.runtime.gpus gives each its own GPU)
 GPUS = 1 if config["pretrain"]["device"] == "cuda" else 0
 
 
@@ -65,7 +65,7 @@ def figure_inputs(figure):
 # On SLURM: refuse the sacct status command where the cluster keeps no
 # accounting (the executor would wait forever), before any job is submitted.
 if getattr(workflow.executor_plugin, "name", None) == "slurm":
-    from negatives.cluster import check_status_command
+    from negatives.runtime.cluster import check_status_command
 
     try:
         check_status_command(getattr(workflow.executor_settings, "status_command", None))

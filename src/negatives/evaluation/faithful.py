@@ -24,26 +24,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .augment import Normalize
-from .optim import SGD
+from ..data.augment import Normalize
+from ..defaults import schema_defaults
+from ..optim import SGD
 
 __all__ = ["FaithfulSettings", "ProbeAugment", "frozen", "train_linear_classifier", "classifier_scores",
            "faithful_linear_probe", "faithful_probe"]
 
 
+#: the schema's defaults of ``evaluate.faithful``
+_DEFAULTS = schema_defaults("evaluate", "faithful")
+
+
 @dataclass(frozen=True)
 class FaithfulSettings:
-    """The config's ``evaluate.faithful`` section (defaults: the paper's recipe)."""
+    """The config's ``evaluate.faithful`` section; every default is the
+    config schema's (the paper's recipe)."""
 
-    epochs: int = 100
-    lr: float = 30.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    milestones: tuple[int, ...] = (60, 80)
-    gamma: float = 0.1
-    batch_size: int = 256
-    crop_scale_min: float = 0.08
-    seed: int = 0
+    epochs: int = _DEFAULTS["epochs"]
+    lr: float = _DEFAULTS["lr"]
+    momentum: float = _DEFAULTS["momentum"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    milestones: tuple[int, ...] = tuple(_DEFAULTS["milestones"])
+    gamma: float = _DEFAULTS["gamma"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    crop_scale_min: float = _DEFAULTS["crop_scale_min"]
+    seed: int = _DEFAULTS["seed"]
 
     @classmethod
     def from_dict(cls, d: dict) -> "FaithfulSettings":
@@ -163,7 +169,7 @@ def faithful_probe(encoder: nn.Module, data: dict, settings: dict, device="cpu",
     """:func:`faithful_linear_probe` on a prepared dataset (the dict of
     ``data.pt``, memory or stream): train split (labelled images only) and
     test split; ``settings``: the config's ``evaluate.faithful``."""
-    from .data import open_source
+    from ..data.sources import open_source
 
     train = open_source(data, "train", workers=workers)
     test = open_source(data, "test", workers=workers)

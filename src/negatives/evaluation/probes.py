@@ -20,18 +20,17 @@ import json
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .atomic import atomic_write
-from .augment import Normalize
-from .data import load_prepared, open_source
-from .optim import avoid_dynamo_import
+from ..data.sources import load_prepared, open_source
+from ..defaults import schema_defaults
+from ..optim import avoid_dynamo_import
+from ..runtime.atomic import atomic_write
+from ..training.settings import load_encoder
+from .features import extract_features, knn_classify, topk_accuracy
 
 __all__ = [
     "FEWSHOT_DRAWS",
-    "extract_features",
-    "knn_classify",
-    "topk_accuracy",
     "linear_probe",
     "fewshot_indices",
     "evaluate_checkpoint",
@@ -40,89 +39,7 @@ __all__ = [
 #: the few-label probe is averaged over draws with seeds 0 .. FEWSHOT_DRAWS-1,
 #: the same draws for every run, so runs are compared on the same labelled images
 FEWSHOT_DRAWS = 5
-PROBES = ("fast", "faithful")  # faithful: negatives.probe, the paper's augmented SGD probe
-
-
-def _fuse_conv_bn(module: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``module`` with every ``Conv2d`` directly followed
-    by a ``BatchNorm2d`` in an ``nn.Sequential`` folded into one conv (the
-    same function up to float rounding; one pass over the activations less)."""
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    module = copy.deepcopy(module).eval()
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        kids = list(seq)
-        for i in range(len(kids) - 1):
-            if (isinstance(kids[i], nn.Conv2d) and isinstance(kids[i + 1], nn.BatchNorm2d)
-                    and kids[i + 1].track_running_stats):
-                seq[i] = fuse_conv_bn_eval(kids[i], kids[i + 1])
-                seq[i + 1] = nn.Identity()
-    return module
-
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, images, mean, std, batch_size: int = 2048) -> Tensor:
-    """uint8 images ``[N, C, H, W]`` -> backbone features ``[N, F]`` (float32, CPU).
-
-    ``images`` may also be a source of :mod:`negatives.data` (``TensorSource``
-    or a streamed ``FolderSource``): its images are read in order, batch by
-    batch, so a dataset that does not fit in memory is never held whole.
-
-    The encoder runs in eval mode (batch-norm running statistics) on its own
-    device, its batch-norms folded into the preceding convolutions, in
-    channels-last batches of ``batch_size``; the encoder itself is left as it
-    was (a copy is run).
-    """
-    device = next(encoder.parameters()).device
-    normalize = Normalize(mean, std).to(device)
-    net = _fuse_conv_bn(encoder).to(memory_format=torch.channels_last)
-    feats = []
-    if isinstance(images, Tensor):
-        batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-    else:
-        batches = (x for x, _, _ in images.batches(torch.arange(images.num_images), batch_size))
-    with torch.inference_mode():
-        for x in batches:
-            x = normalize(x.to(device, non_blocking=True))
-            feats.append(net.represent(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(feats) if feats else torch.zeros(0, 0)
-
-
-@torch.no_grad()
-def knn_classify(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
-                 k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
-    """Weighted kNN scores ``[M, num_classes]``.
-
-    train_feats ``[N, F]``, train_labels ``[N]``, test_feats ``[M, F]``.  For
-    each test row: cosine similarity to every train row, the ``k`` most similar
-    (``k`` clamped to ``N``) each add ``exp(sim / temperature)`` to their class.
-    """
-    bank = F.normalize(train_feats.float(), dim=1)
-    k = min(k, len(bank))
-    scores = []
-    for q in F.normalize(test_feats.float(), dim=1).split(chunk):
-        sim, idx = (q @ bank.T).topk(k, dim=1, sorted=False)         # [m, k]
-        votes = torch.zeros(len(q), num_classes)
-        scores.append(votes.scatter_add_(1, train_labels[idx], sim.div_(temperature).exp_()))
-    return torch.cat(scores) if scores else torch.zeros(0, num_classes)
-
-
-def topk_accuracy(scores: Tensor, labels: Tensor, ks=(1, 5)) -> dict:
-    """Top-k accuracy in percent for each k: ``{k: pct}``.
-
-    scores ``[M, C]``, labels ``[M]``.  A k with ``k >= C`` gives ``None``
-    (top-5 is reported only for more than 5 classes).
-    """
-    out = {}
-    for k in ks:
-        if k >= scores.shape[1]:
-            out[k] = None
-            continue
-        hit = (scores.topk(k, dim=1).indices == labels[:, None]).any(1)
-        out[k] = 100.0 * hit.sum().item() / len(hit)
-    return out
+PROBES = ("fast", "faithful")  # faithful: negatives.evaluation.faithful, the paper's augmented SGD probe
 
 
 def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
@@ -179,33 +96,36 @@ def fewshot_indices(labels: Tensor, per_class: int, seed: int, num_classes: int 
     return torch.cat(picks)
 
 
-def _require(settings: dict, *keys: str) -> None:
-    missing = [k for k in keys if k not in settings]
-    if missing:
-        raise KeyError(f"evaluate settings lack {', '.join('evaluate.' + k for k in missing)}")
+def _with_defaults(settings: dict) -> dict:
+    """The ``evaluate`` section with the schema's defaults for the keys it lacks;
+    :class:`KeyError` naming the allowed keys for one it does not know."""
+    defaults = schema_defaults("evaluate")
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise KeyError(f"unknown evaluate settings {', '.join('evaluate.' + k for k in unknown)}; "
+                       f"allowed: {', '.join(sorted(defaults))}")
+    return {**defaults, **settings}
 
 
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
     """Evaluate one checkpoint and write ``probe.json`` to ``out_path``.
 
     settings: the config's ``evaluate`` section -- ``probe`` ('fast', or
-    'faithful': the linear numbers from :func:`negatives.probe.faithful_probe`
+    'faithful': the linear numbers from :func:`negatives.evaluation.faithful.faithful_probe`
     with the settings under ``faithful``),
-    ``knn_k``, ``knn_temperature``, ``fewshot_labels_per_class``, ``threads``
-    (and optionally ``device``: cpu | cuda | auto, default cpu).
+    ``knn_k``, ``knn_temperature``, ``fewshot_labels_per_class``, ``threads``,
+    ``device`` (cpu | cuda | auto); a key it lacks takes the config schema's default.
     Returns the dict written.
     """
-    probe = settings.get("probe", "fast")
+    settings = _with_defaults(settings)
+    probe = settings["probe"]
     if probe not in PROBES:
         raise ValueError(f"evaluate.probe = {probe!r} is not implemented; allowed: {', '.join(PROBES)}")
-    _require(settings, "knn_k", "knn_temperature", "fewshot_labels_per_class")
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
-    device = settings.get("device", "cpu")
+    device = settings["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    from .train import load_encoder  # imported here: train depends on much more than evaluation does
 
     encoder, meta = load_encoder(checkpoint_path)
     encoder.to(device)
@@ -218,9 +138,9 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     x_test = extract_features(encoder, test, data["mean"], data["std"])
 
     if probe == "faithful":
-        from .probe import faithful_probe
+        from .faithful import faithful_probe  # imported here: torchvision's transforms only when asked for
 
-        scores = faithful_probe(encoder, data, settings.get("faithful", {}), device)
+        scores = faithful_probe(encoder, data, settings["faithful"], device)
     else:
         scores = linear_probe(x_train, y_train, x_test, y_test, num_classes)
     linear = topk_accuracy(scores, y_test)

@@ -38,9 +38,12 @@ import re
 import torch
 from torch import Tensor
 
-from .queue import KeyQueue
-from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, band_ranks, exact,
-                       match_form, top_k)
+from ..queue import KeyQueue
+from .bands import band_ranks, top_k
+from .base import NegativePolicy
+from .candidates import Candidates
+from .grammar import SEP, PolicyError, exact, fmt_number, match_form
+from .selection import Selection
 
 __all__ = ["RetainingQueue", "RetainHard", "parse", "GRAMMAR"]
 
@@ -49,7 +52,9 @@ GRAMMAR = ("'retain-hard[r]' or 'retain-hard[r,c]': the queue keeps up to a frac
 
 
 class RetainingQueue(KeyQueue):
-    """A :class:`~negatives.queue.KeyQueue` that evicts the oldest keys except
+    """A key queue that keeps the consistently hard keys past their turn.
+
+    A :class:`~negatives.queue.KeyQueue` that evicts the oldest keys except
     the ``R = floor(retain K)`` hardest-so-far (module docstring).
 
     Extra buffers (saved in checkpoints):
@@ -137,22 +142,24 @@ class RetainingQueue(KeyQueue):
 
 
 class RetainHard(NegativePolicy):
-    """``retain-hard[r]`` / ``retain-hard[r,c]``: every negative is used; the
+    """Retain hard negatives in the queue for longer (``retain-hard[r,c]``).
+
+    ``retain-hard[r]`` / ``retain-hard[r,c]``: every negative is used; the
     queue retains the keys most often among the queries' hardest ``c``%.
 
-    ``sim [B, K] -> Selection()`` (all kept); records the hardest
+    ``sim [B, K] -> Selection.every()`` (all kept); records the hardest
     ``round(K c / 100)`` slots of every query in the queue it made.
     """
 
     def __init__(self, retain: float, hard_pct: float = 5.0):
         self.retain, self.hard_pct = float(retain), float(hard_pct)
-        self.name = (f"retain-hard[{_fmt(self.retain)}]" if self.hard_pct == 5.0
-                     else f"retain-hard[{_fmt(self.retain)}{SEP}{_fmt(self.hard_pct)}]")
+        self.name = (f"retain-hard[{fmt_number(self.retain)}]" if self.hard_pct == 5.0
+                     else f"retain-hard[{fmt_number(self.retain)}{SEP}{fmt_number(self.hard_pct)}]")
         if not 0.0 < self.retain < 1.0:
-            raise PolicyError(f"policy {self.name!r}: r must lie in (0, 1), got {_fmt(self.retain)}; "
+            raise PolicyError(f"policy {self.name!r}: r must lie in (0, 1), got {fmt_number(self.retain)}; "
                               f"allowed: {GRAMMAR}")
         if not 0.0 < self.hard_pct < 100.0:
-            raise PolicyError(f"policy {self.name!r}: c must lie in (0, 100), got {_fmt(self.hard_pct)}; "
+            raise PolicyError(f"policy {self.name!r}: c must lie in (0, 100), got {fmt_number(self.hard_pct)}; "
                               f"allowed: {GRAMMAR}")
         self.queue: RetainingQueue | None = None
 
@@ -167,22 +174,22 @@ class RetainHard(NegativePolicy):
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         if self.hard_count(num_candidates) == 0:
-            raise PolicyError(f"policy {self.name!r}: the hardest {_fmt(self.hard_pct)}% of {num_candidates} "
+            raise PolicyError(f"policy {self.name!r}: the hardest {fmt_number(self.hard_pct)}% of {num_candidates} "
                               "negatives is no negative; raise c or use more negatives")
         if math.floor(self.retain * num_candidates + 1e-9) == 0:
-            raise PolicyError(f"policy {self.name!r}: r = {_fmt(self.retain)} of {num_candidates} slots retains "
-                              f"none; allowed: r >= {_fmt(1 / num_candidates)}")
+            raise PolicyError(f"policy {self.name!r}: r = {fmt_number(self.retain)} of {num_candidates} slots retains "
+                              f"none; allowed: r >= {fmt_number(1 / num_candidates)}")
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         q = self.queue
         if q is None or candidates.pool_index is not None:
-            return Selection()          # no queue of ours (SimCLR): every negative, nothing to retain
+            return Selection.every()          # no queue of ours (SimCLR): every negative, nothing to retain
         if sim.shape[1] != q.size:
             raise ValueError(f"policy {self.name!r}: sim has {sim.shape[1]} columns, the queue {q.size} slots; "
                              "the columns must be the queue's slots in order")
         n = self.hard_count(q.size)
         q.record(top_k(sim, n))
-        return Selection()
+        return Selection.every()
 
 
 _N = r"\s*(-?[0-9]+(?:\.[0-9]+)?)\s*"
@@ -190,7 +197,9 @@ _RE = re.compile(rf"^retain-hard\[{_N}(?:,{_N})?\]$")
 
 
 def parse(text: str) -> RetainHard | None:
-    """``retain-hard[r]`` / ``retain-hard[r,c]`` -> :class:`RetainHard`; None
+    """Parse ``retain-hard[...]``; None for any other form.
+
+    ``retain-hard[r]`` / ``retain-hard[r,c]`` -> :class:`RetainHard`; None
     when ``text`` is not of this form; :class:`PolicyError` when it is but is
     malformed.
 

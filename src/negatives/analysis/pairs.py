@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import atomic_write
-from .augment import MoCoV2Augment
+from ..data.augment import MoCoV2Augment
+from ..defaults import schema_defaults
+from ..runtime.atomic import atomic_write
 
 __all__ = [
     "ANALYSIS_DEFAULTS", "COLUMNS", "IDENTITY", "embed_views", "select_images", "difficulty",
@@ -42,8 +43,9 @@ __all__ = [
     "analyze_checkpoint", "read_identity", "load_pairs",
 ]
 
-#: The config's ``analysis`` section (plus ``batch_size`` and ``device``, for direct calls).
-ANALYSIS_DEFAULTS = {"queries": 2000, "negatives": 2000, "seed": 0, "batch_size": 512, "device": "auto"}
+#: The config's ``analysis`` section (the schema's defaults), plus ``batch_size``
+#: and ``device``, which are not config keys (for direct calls).
+ANALYSIS_DEFAULTS = {**schema_defaults("analysis"), "batch_size": 512, "device": "auto"}
 #: Columns of ``pairs.parquet`` and their dtypes.
 COLUMNS = {"query": "int32", "negative": "int32", "query_label": "int16", "negative_label": "int16",
            "difficulty": "float32", "percentile": "float32", "same_class": "bool", "wordnet": "float32"}
@@ -215,9 +217,10 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .data import load_prepared, open_source, read_images
-    from .train import load_encoder, resolve_device
-    from .wordnet import read_similarity
+    from ..data.sources import load_prepared, open_source, read_images
+    from ..data.wordnet import read_similarity
+    from ..runtime.gpus import resolve_device
+    from ..training.settings import PretrainSettings, load_encoder
 
     s = _settings(settings)
     encoder, meta = load_encoder(checkpoint)
@@ -230,8 +233,9 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     labels = train.labels
     qi, ni = select_images(labels.numpy(), s["queries"], s["negatives"], s["seed"])
     idx = torch.from_numpy(np.concatenate([qi, ni]))
+    run = PretrainSettings.from_dict(meta["settings"])           # the run's own crop and blur
     z = embed_views(encoder, read_images(train, idx)[0], data["mean"], data["std"], s["seed"], s["batch_size"],
-                    meta["settings"].get("crop_scale_min", 0.2), meta["settings"].get("blur", True))
+                    run.crop_scale_min, run.blur)
     zq, zn = z[:len(qi)], z[len(qi):]
     d = difficulty(zq, zn)
     table = pair_table(d, percentile_ranks(d), labels[qi], labels[ni], sim, qi, ni)

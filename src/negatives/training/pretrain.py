@@ -10,95 +10,28 @@ exactly what the uninterrupted run did from epoch ``e`` on (on CPU).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_torch_save, atomic_write
-from . import gpus
-from .augment import MoCoV2Augment
-from .checkpoint import Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling, set_rng_state
-from .data import TensorSource, load_prepared, open_source, open_train_source, read_images
-from .models import build_encoder
-from .methods import build_method, num_candidates
-from .optim import SGD
-from .policies import parse_policy
+from ..data.augment import MoCoV2Augment
+from ..data.sources import TensorSource, load_prepared, open_source, open_train_source, read_images
+from ..evaluation.features import extract_features, knn_classify, topk_accuracy
+from ..methods import build_method, num_candidates
+from ..optim import SGD
+from ..policies.registry import parse_policy
+from ..runtime import gpus
+from ..runtime.atomic import atomic_torch_save, atomic_write
+from ..runtime.checkpoint import (Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
+                                  set_rng_state)
+from .settings import PretrainSettings, cosine_lr, epoch_seed, seeded_encoder, step_precision
 
-__all__ = ["PretrainSettings", "pretrain", "init_checkpoint", "load_encoder", "resolve_device", "epoch_seed",
-           "step_precision"]
-
-
-@dataclass
-class PretrainSettings:
-    """The config's ``pretrain`` section (see config.yaml for the meaning)."""
-
-    backbone: str = "small-cnn"
-    width: int = 16
-    small_stem: bool = True        # ResNets: 3x3 stem, no max-pool (small images); False: the ImageNet stem
-    dim: int = 64
-    hidden_dim: int | None = None
-    epochs: int = 20
-    batch_size: int = 256
-    queue_size: int = 4096
-    momentum: float = 0.99
-    lr: float = 0.06
-    weight_decay: float = 5e-4
-    sgd_momentum: float = 0.9
-    bn_splits: int = 4
-    queue_extra: int = 1024        # extra queue length for replace-mode policies (a multiple of batch_size)
-    threads: int = 1
-    device: str = "auto"
-    compile: bool = False          # torch.compile the encoders (GPUs; on CPU compiling costs more than it saves)
-    crop_scale_min: float = 0.2
-    blur: bool = True
-    knn_monitor: int = 2000        # images of the train/test split used by the per-epoch kNN monitor (0: off)
-    knn_monitor_every: int = 1     # run the kNN monitor every N epochs and after the last
-    max_steps: int = 0             # stop after this many steps in total (0: no limit; for tests)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PretrainSettings":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown pretrain settings {sorted(unknown)}; allowed: {sorted(names)}")
-        return cls(**d)
-
-
-def step_precision(device: torch.device):
-    """The training step's precision, one context per step: bf16 autocast on
-    GPUs (the encoders and the cosine matmul; MoCo and SimCLR keep the
-    embeddings, cosines and loss in float32), full precision on CPU (bf16
-    convolutions on CPU are slower here)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch ``epoch`` of run ``seed`` (epoch -1: initialisation)."""
-    return (seed * 1_000_003 + epoch + 1) % (2**63)
-
-
-def cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """MoCo's per-epoch cosine schedule: ``base * 0.5 * (1 + cos(pi e / E))``."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
-
-
-def _build(settings: PretrainSettings, in_channels: int, seed: int):
-    torch.manual_seed(epoch_seed(seed, -1))
-    return build_encoder(settings.backbone, in_channels, dim=settings.dim, hidden_dim=settings.hidden_dim,
-                         num_splits=settings.bn_splits, width=settings.width, small_stem=settings.small_stem)
+__all__ = ["pretrain", "init_checkpoint"]
 
 
 def _meta(data: dict, method: str, policy: str | None, temperature: float | None, seed: int,
@@ -110,22 +43,11 @@ def _meta(data: dict, method: str, policy: str | None, temperature: float | None
     }
 
 
-def load_encoder(path: str | os.PathLike):
-    """``checkpoint.pt -> (Encoder, meta)``: the query encoder, in eval mode, on CPU."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    meta = ckpt["meta"]
-    s = PretrainSettings.from_dict(meta["settings"])
-    enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
-                        num_splits=s.bn_splits, width=s.width, small_stem=s.small_stem)
-    enc.load_state_dict(ckpt["encoder"])
-    return enc.eval(), meta
-
-
 def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) -> Path:
     """Write the untrained encoder of run ``seed`` (the random-init reference)."""
     s = PretrainSettings.from_dict(settings)
     data = load_prepared(data_path)
-    enc = _build(s, int(open_source(data, "train").shape[0]), seed)
+    enc = seeded_encoder(s, int(open_source(data, "train").shape[0]), seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = _meta(data, method, "random-init", None, seed, s, 0, False)
@@ -158,8 +80,6 @@ class _KnnMonitor:
     def __call__(self, encoder, epoch: int | None = None) -> float:
         if self.n <= 0 or (epoch is not None and not self.due(epoch)):
             return float("nan")
-        from .evaluate import extract_features, knn_classify, topk_accuracy
-
         was_training = encoder.training
         ftr = extract_features(encoder, self.xtr, self.mean, self.std)
         fte = extract_features(encoder, self.xte, self.mean, self.std)
@@ -209,7 +129,7 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
         raise FileExistsError(f"{final} exists: the run is finished; delete it to train again")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
-    device = gpus.claim(resolve_device(s.device), log=log)
+    device = gpus.claim(gpus.resolve_device(s.device), log=log)
 
     data = load_prepared(data_path)
     # the pretraining images (with any unlabeled ones, label -1): in memory on
@@ -222,7 +142,7 @@ def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int
         raise ValueError(f"pretrain.batch_size {s.batch_size} is larger than the {n} training images")
     channels_last = torch.channels_last
 
-    encoder = _build(s, c, seed)
+    encoder = seeded_encoder(s, c, seed)
     pol.start(s.epochs)
     model = build_method(method, encoder, dim=s.dim, queue_size=s.queue_size, queue_extra=s.queue_extra,
                          momentum=s.momentum, temperature=temperature, policy=pol,

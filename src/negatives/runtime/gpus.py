@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where a device is claimed: locking alone stays light
     import torch
 
-__all__ = ["Lease", "NoFreeGPU", "LOCK_DIR", "acquire", "claim", "release", "device_ids"]
+__all__ = ["Lease", "NoFreeGPU", "LOCK_DIR", "acquire", "claim", "release", "device_ids", "resolve_device"]
 
 LOCK_DIR = Path(os.environ.get("NEGATIVES_GPU_LOCK_DIR", "/tmp/negatives-gpu-locks"))
 POLL_SECONDS = 0.5
@@ -155,3 +155,13 @@ def claim(device: "torch.device", log=print, lock_dir=None, timeout: float | Non
     if torch.cuda.is_available():
         torch.cuda.set_device(_LEASE.index)
     return torch.device("cuda", _LEASE.index)
+
+
+def resolve_device(name: str) -> "torch.device":
+    """A config's ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) as a
+    :class:`torch.device`; ``auto`` is ``cuda`` when a GPU is visible."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

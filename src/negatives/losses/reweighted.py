@@ -21,7 +21,8 @@ the debiasing correction overshoots.  At ``tau+ = 0, beta = 0``
 every ``e^{s_i/t} >= e^{-1/t}``.  As in the published code the weights are
 not detached (they carry gradient).
 
-Computed like :func:`negatives.moco.info_nce` (with its :class:`~negatives.moco.KeptExpSum`
+Computed like :func:`negatives.losses.info_nce.fused_info_nce` (with its
+:class:`~negatives.losses.kernel.KeptExpSum`
 when ``beta = 0``, :class:`ImportanceSums` otherwise): every exponential is scaled by
 ``e^{-m}``, ``m`` the row's largest kept logit (or ``p/t``), so nothing
 overflows at small temperatures and the neutral settings give InfoNCE's
@@ -30,22 +31,12 @@ numbers bit for bit.
 
 from __future__ import annotations
 
-import math
-import re
-
 import torch
 from torch import Tensor
 
-from .moco import KeptExpSum, mask_as
-from .policies import SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, match_form
+from .kernel import KeptExpSum, Terms, mask_as
 
-__all__ = ["ImportanceSums", "reweighted_nce", "debiased_nce", "hard_nce", "Debiased", "HardWeighted", "parse", "GRAMMAR",
-           "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
-
-DEBIASED_GRAMMAR = "'debiased[tau_plus]' with 0 <= tau_plus < 1 (class prior of Chuang et al. 2020)"
-HARD_GRAMMAR = ("'hard[beta,tau_plus]' with beta >= 0 (concentration) and 0 <= tau_plus < 1 "
-                "(Robinson et al. 2021)")
-GRAMMAR = f"{DEBIASED_GRAMMAR}; {HARD_GRAMMAR}"
+__all__ = ["reweighted_nce", "debiased_nce", "hard_nce", "ImportanceSums"]
 
 
 def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
@@ -68,7 +59,7 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     else:
         n = keep.sum(dim=1, dtype=torch.int32).to(pos.dtype)                    # [B] N per query
     if beta == 0:
-        negative = KeptExpSum.apply(sim, m, temperature, keep)                  # sum e^{s/t}, scaled
+        negative = KeptExpSum.apply(sim, None, None, m, temperature, Terms(keep=keep))  # sum e^{s/t}, scaled
     else:
         # weights scaled by the row's largest kept one (which is then 1): no
         # overflow, and removed negatives weigh exactly 0
@@ -88,7 +79,9 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
 
 
 class ImportanceSums(torch.autograd.Function):
-    """The two row sums of the hard-weighted loss, in one fused pass:
+    """The two row sums of the hard-weighted loss, forward and backward in one fused pass.
+
+    The two row sums of the hard-weighted loss, in one fused pass:
     ``(Σ_j w_j, Σ_j w_j e_j)`` with ``w_j = exp(beta (sim_j / τ - top_w))``
     and ``e_j = exp(sim_j / τ - m)`` over the kept negatives.
 
@@ -141,65 +134,3 @@ def hard_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
              beta: float, tau_plus: float) -> Tensor:
     """Hard-negative weighted loss (Robinson et al. 2021): :func:`reweighted_nce`."""
     return reweighted_nce(l_pos, sim, keep, temperature, tau_plus=tau_plus, beta=beta)
-
-
-class _LossPolicy(NegativePolicy):
-    """Every negative is kept; the loss is changed (``loss`` has
-    :func:`negatives.moco.info_nce`'s signature)."""
-
-    tau_plus: float = 0.0
-    beta: float = 0.0
-
-    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        return Selection()
-
-    def loss(self, l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float) -> Tensor:
-        return reweighted_nce(l_pos, sim, keep, temperature, tau_plus=self.tau_plus, beta=self.beta)
-
-
-def _check(tau_plus: float, beta: float, name: str, grammar: str) -> None:
-    if not (math.isfinite(tau_plus) and 0.0 <= tau_plus < 1.0):
-        raise PolicyError(f"policy {name!r}: tau_plus must lie in [0, 1), got {_fmt(tau_plus)}; allowed: {grammar}")
-    if not (math.isfinite(beta) and beta >= 0.0):
-        raise PolicyError(f"policy {name!r}: beta must be >= 0, got {_fmt(beta)}; allowed: {grammar}")
-
-
-class Debiased(_LossPolicy):
-    """``debiased[tau_plus]``: the debiased contrastive loss of Chuang et al. 2020."""
-
-    def __init__(self, tau_plus: float):
-        self.tau_plus = float(tau_plus)
-        self.name = f"debiased[{_fmt(self.tau_plus)}]"
-        _check(self.tau_plus, 0.0, self.name, DEBIASED_GRAMMAR)
-
-
-class HardWeighted(_LossPolicy):
-    """``hard[beta,tau_plus]``: the hard-negative weighted loss of Robinson et al. 2021."""
-
-    def __init__(self, beta: float, tau_plus: float):
-        self.beta, self.tau_plus = float(beta), float(tau_plus)
-        self.name = f"hard[{_fmt(self.beta)}{SEP}{_fmt(self.tau_plus)}]"
-        _check(self.tau_plus, self.beta, self.name, HARD_GRAMMAR)
-
-
-_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*"
-_DEBIASED_RE = re.compile(rf"^debiased\[{_N}\]$")
-_HARD_RE = re.compile(rf"^hard\[{_N},{_N}\]$")
-
-
-def parse(text: str) -> _LossPolicy | None:
-    """``debiased[tau+]`` / ``hard[beta,tau+]`` -> policy; None when ``text``
-    is neither; :class:`PolicyError` when it is one of them but malformed.
-
-    >>> parse("debiased[0.10]").name
-    'debiased[0.1]'
-    >>> parse("hard[1.0, 0.1]").name
-    'hard[1_0.1]'
-    """
-    m = match_form(text, "debiased", _DEBIASED_RE, DEBIASED_GRAMMAR)
-    if m is not None:
-        return Debiased(float(m.group(1)))
-    m = match_form(text, "hard", _HARD_RE, HARD_GRAMMAR)
-    if m is not None:
-        return HardWeighted(float(m.group(1)), float(m.group(2)))
-    return None

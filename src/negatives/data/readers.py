@@ -3,16 +3,14 @@
 Each reader takes the dataset's root directory and returns either a
 :class:`RawDataset` (small datasets, every image in memory as uint8) or a
 :class:`FolderIndex` (image folders: file names and labels, decoded later by
-:func:`decode_image`, in memory or streamed; see :mod:`negatives.data`).
+:func:`negatives.data.folders.decode_image`, in memory or streamed; ImageNet and
+Tiny-ImageNet in :mod:`negatives.data.folders`).
 
 =================  =================================================================
 CIFAR-10           ``cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta``
 CIFAR-100          ``cifar-100-python/train, test, meta`` (fine or coarse labels)
 STL-10             ``stl10_binary/train_X.bin, train_y.bin, test_X.bin, test_y.bin,
                    class_names.txt`` (+ ``unlabeled_X.bin``)
-ImageNet           ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``
-Tiny-ImageNet      ``wnids.txt``, ``words.txt``, ``train/<wnid>/images/*.JPEG``,
-                   ``val/images/*.JPEG`` + ``val/val_annotations.txt``
 =================  =================================================================
 
 The root may be the directory that holds ``cifar-10-batches-py`` (or
@@ -35,10 +33,9 @@ import numpy as np
 
 __all__ = [
     "RawDataset", "FolderIndex",
-    "CIFAR10_FILES", "CIFAR100_FILES", "STL10_FILES", "IMAGE_SUFFIXES",
+    "CIFAR10_FILES", "CIFAR100_FILES", "STL10_FILES",
     "read_cifar10", "read_cifar100", "read_stl10", "read_stl10_images",
-    "index_imagenet", "index_tiny_imagenet", "decode_image", "is_wnid",
-    "check_cifar10", "check_cifar100", "check_stl10", "check_imagenet", "check_tiny_imagenet",
+    "check_cifar10", "check_cifar100", "check_stl10",
 ]
 
 
@@ -246,164 +243,3 @@ def read_stl10(root: str | os.PathLike, unlabeled: bool = False) -> RawDataset:
         classes=classes,
         unlabeled_images=read_stl10_images(paths[5]) if unlabeled else None,
     )
-
-
-# ------------------------------------------------------------ image folders
-
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
-
-def is_wnid(name: str) -> bool:
-    """``'n01440764'``: ``n`` and the 8-digit WordNet 3.0 noun offset."""
-    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
-
-
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: image folder does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{folder}: no images (*.JPEG, *.jpg, *.png)")
-    return files
-
-
-def _wnid_dirs(folder: Path) -> list[str]:
-    """Sorted class folders of ``folder``; every one must be named by a wnid."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: folder does not exist (expected one sub-folder per wnid)")
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not names:
-        raise FileNotFoundError(f"{folder}: no class folders (expected one per wnid, e.g. n01440764/)")
-    bad = [n for n in names if not is_wnid(n)]
-    if bad:
-        raise ValueError(f"{folder / bad[0]}: class folder not named by an ImageNet wnid "
-                         "('n' and 8 digits, e.g. n01440764): it has no WordNet synset")
-    return names
-
-
-def _words(path: Path, wnids: list[str]) -> list[str]:
-    """Readable class names: the first of the words listed per wnid in
-    ``path`` (``words.txt`` / ``LOC_synset_mapping.txt``), else the wnid;
-    made unique by appending the wnid where two classes share a name."""
-    table = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            wnid, _, words = line.replace("\t", " ", 1).partition(" ")
-            if wnid:
-                table[wnid] = words.split(",")[0].strip() or wnid
-    names = [table.get(w, w) for w in wnids]
-    return [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]
-
-
-def _relative(files: list[Path], root: Path) -> list[str]:
-    return [str(f.relative_to(root)) for f in files]
-
-
-def check_imagenet(root: str | os.PathLike) -> list[str]:
-    """``train/`` and ``val/`` with wnid-named class folders; returns the wnids."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} for imagenet does not exist")
-    wnids = _wnid_dirs(root / "train")
-    extra = sorted(set(_wnid_dirs(root / "val")) - set(wnids))
-    if extra:
-        raise ValueError(f"{root / 'val' / extra[0]}: class folder has no counterpart in {root / 'train'}")
-    return wnids
-
-
-def index_imagenet(root: str | os.PathLike) -> FolderIndex:
-    """ImageNet (ILSVRC-2012) in the usual layout ``train/<wnid>/*.JPEG`` and
-    ``val/<wnid>/*.JPEG``; classes are the sorted wnids of ``train/`` (names
-    from ``LOC_synset_mapping.txt`` when the root has it)."""
-    root = Path(root)
-    wnids = check_imagenet(root)
-    split = {}
-    for name in ("train", "val"):
-        files, labels = [], []
-        for i, w in enumerate(wnids):
-            if name == "val" and not (root / "val" / w).is_dir():
-                continue
-            found = _images(root / name / w)
-            files += found
-            labels += [i] * len(found)
-        split[name] = _relative(files, root), np.asarray(labels, dtype=np.int64)
-    return FolderIndex(root, *split["train"], *split["val"], wnids=wnids,
-                       classes=_words(root / "LOC_synset_mapping.txt", wnids))
-
-
-def _tiny_wnids(root: Path) -> list[str]:
-    path = root / "wnids.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (Tiny-ImageNet lists its 200 wnids there)")
-    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    bad = [w for w in wnids if not is_wnid(w)]
-    if bad:
-        raise ValueError(f"{path}: {bad[0]!r} is not an ImageNet wnid ('n' and 8 digits): it has no WordNet synset")
-    return sorted(wnids)
-
-
-def check_tiny_imagenet(root: str | os.PathLike) -> list[str]:
-    """``wnids.txt``, ``train/<wnid>/images/``, ``val/images/`` and
-    ``val/val_annotations.txt``; returns the sorted wnids."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} for tiny-imagenet does not exist")
-    wnids = _tiny_wnids(root)
-    for path in [root / "train" / w / "images" for w in wnids] + [root / "val" / "images"]:
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: image folder does not exist")
-    if not (root / "val" / "val_annotations.txt").is_file():
-        raise FileNotFoundError(f"{root / 'val' / 'val_annotations.txt'}: missing (the labels of val/images)")
-    return wnids
-
-
-def index_tiny_imagenet(root: str | os.PathLike) -> FolderIndex:
-    """Tiny-ImageNet-200: ``train/<wnid>/images/*.JPEG`` (500 per class) and
-    ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt`` (the test
-    split has no labels; val is used as the test split).  Classes are the
-    sorted wnids of ``wnids.txt``, named by ``words.txt``."""
-    root = Path(root)
-    wnids = check_tiny_imagenet(root)
-    index = {w: i for i, w in enumerate(wnids)}
-    train, train_labels = [], []
-    for i, w in enumerate(wnids):
-        found = _images(root / "train" / w / "images")
-        train += found
-        train_labels += [i] * len(found)
-    annotations = root / "val" / "val_annotations.txt"
-    test, test_labels = [], []
-    for n, line in enumerate(annotations.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        name, wnid = line.split("\t")[:2]
-        if wnid not in index:
-            raise ValueError(f"{annotations}:{n}: {wnid!r} is not listed in {root / 'wnids.txt'}")
-        path = root / "val" / "images" / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{annotations}:{n}: {path} does not exist")
-        test.append(path)
-        test_labels.append(index[wnid])
-    if not test:
-        raise ValueError(f"{annotations}: no labelled images")
-    return FolderIndex(root, _relative(train, root), np.asarray(train_labels, dtype=np.int64),
-                       _relative(test, root), np.asarray(test_labels, dtype=np.int64),
-                       wnids=wnids, classes=_words(root / "words.txt", wnids))
-
-
-def decode_image(path: str | os.PathLike, size: int):
-    """One image file -> uint8 tensor ``[3, size, size]``: decoded as RGB
-    (grayscale and CMYK JPEGs included), the shorter side resized to ``size``
-    (bilinear, antialiased; unchanged when it already is ``size``), then the
-    centre ``size x size`` crop.  Raises ``ValueError`` naming the file when
-    it is not an image."""
-    import torchvision.transforms.functional as TF
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot decode the image ({e})") from None
-    if min(im.size) != size:
-        im = TF.resize(im, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return TF.pil_to_tensor(TF.center_crop(im, [size, size]))

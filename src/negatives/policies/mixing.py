@@ -31,8 +31,8 @@ distributes over the sum and the norm expands::
 
 exact up to rounding, not an approximation.  Only the pair products
 ``n_i . n_j [B, s]`` need the parents' embeddings; :class:`MoCHi` returns the
-coefficients as ``Selection(mix=Mix(i, j, a, c, d))`` ``[B, s + s']`` and the
-loss evaluates them with :meth:`Mix.logits <negatives.policies.Mix.logits>`.
+coefficients as ``Selection.every().with_mix(Mix(i, j, a, c, d))`` ``[B, s + s']`` and the
+loss evaluates them with :meth:`Mix.logits <negatives.policies.encodings.Mix.logits>`.
 
 The gradient is the explicit form's too.  There ``h`` is a detached constant,
 so ``d(q . h)/dq = h``.  Here ``alpha``, ``beta``, ``r``, ``r'`` are detached
@@ -71,7 +71,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .policies import SEP, Candidates, Mix, NegativePolicy, PolicyError, Selection, match_form, top_k
+from .bands import top_k
+from .base import NegativePolicy
+from .candidates import Candidates
+from .encodings import Mix
+from .grammar import SEP, PolicyError, match_form
+from .selection import Selection
 
 __all__ = ["MoCHi", "hardest", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
@@ -99,13 +104,17 @@ def _randint(high: int, shape: tuple[int, ...], device, generator: torch.Generat
 
 
 def hardest(sim: Tensor, n: int) -> Tensor:
-    """Positions of each query's ``n`` hardest candidates: ``sim [B, K] -> [B, n]``
+    """Positions of each query's ``n`` hardest candidates.
+
+    Positions of each query's ``n`` hardest candidates: ``sim [B, K] -> [B, n]``
     (in no particular order: the mixes draw positions uniformly)."""
     return top_k(sim, n)
 
 
 def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
-    """``n_i . n_j`` of each query's candidates at positions ``pi, pj [B, s]``
+    """Dot products of pairs of each query's candidates.
+
+    ``n_i . n_j`` of each query's candidates at positions ``pi, pj [B, s]``
     -> ``[B, s]``: the only embeddings the closed form reads.  On CPU the
     ``[B, s, D]`` parents are gathered a block of queries (about 0.5 MB) at a
     time: one gather of all of them costs several times more there."""
@@ -119,23 +128,29 @@ def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
 
 
 def mix_pairs(n_i: Tensor, n_j: Tensor, alpha: Tensor) -> Tensor:
-    """``normalize(alpha n_i + (1 - alpha) n_j)``: ``[B, s, D]`` parents and
+    """MoCHi's mixes of two hard negatives, normalised.
+
+    ``normalize(alpha n_i + (1 - alpha) n_j)``: ``[B, s, D]`` parents and
     ``alpha [B, s]`` in ``[0, 1]`` -> ``[B, s, D]``, unit norm."""
     return F.normalize(torch.lerp(n_j, n_i, alpha.unsqueeze(2).to(n_i.dtype)), dim=2)
 
 
 def mix_with_query(query: Tensor, n_j: Tensor, beta: Tensor) -> Tensor:
-    """``normalize(beta q + (1 - beta) n_j)``: ``query [B, D]``, ``n_j [B, s', D]``,
+    """MoCHi's mixes of the query with a hard negative, normalised.
+
+    ``normalize(beta q + (1 - beta) n_j)``: ``query [B, D]``, ``n_j [B, s', D]``,
     ``beta [B, s']`` in ``[0, 0.5)`` -> ``[B, s', D]``, unit norm."""
     q = query.unsqueeze(1).to(n_j.dtype).expand_as(n_j)
     return F.normalize(torch.lerp(n_j, q, beta.unsqueeze(2).to(n_j.dtype)), dim=2)
 
 
 class MoCHi(NegativePolicy):
-    """``mochi[N,s,s',w]``: every negative, plus ``s + s'`` synthetic hard
+    """Hard negative mixing (Kalantidis et al. 2020): synthetic negatives from the hardest.
+
+    ``mochi[N,s,s',w]``: every negative, plus ``s + s'`` synthetic hard
     negatives per query once ``w`` epochs are done (see the module docstring).
 
-    ``sim [B, K] -> Selection(mix=Mix [B, s + s'])``: the synthetic
+    ``sim [B, K] -> Selection.every().with_mix(Mix [B, s + s'])``: the synthetic
     negatives' cosines in closed form, pair mixes first.  ``last_mix`` keeps
     the last draw (``hard [B, N]`` the positions of the N hardest; ``i, j,
     alpha`` for the pairs and ``jq, beta`` for the query mixes, positions
@@ -186,7 +201,7 @@ class MoCHi(NegativePolicy):
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         if not self.mixing(progress):
-            return Selection()
+            return Selection.every()
         b, k = sim.shape
         if self.n_hard > k:
             raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest out of only {k} candidates")
@@ -209,7 +224,7 @@ class MoCHi(NegativePolicy):
                       c=torch.cat([(1 - x) / r, (1 - y) / r_q], 1),
                       d=torch.cat([torch.zeros_like(x), y / r_q], 1))
         self.last_mix = {"hard": hard, "i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
-        return Selection(mix=mix)
+        return Selection.every().with_mix(mix)
 
     def embeddings(self, candidates: Candidates) -> Tensor:
         """The last draw's synthetic negatives, materialised by the explicit
@@ -240,7 +255,9 @@ def _whole(x: str, label: str, text: str) -> int:
 
 
 def parse(text: str) -> MoCHi | None:
-    """``mochi[N,s,s']`` / ``mochi[N,s,s',w]`` -> :class:`MoCHi`; None when
+    """Parse ``mochi[...]``; None for any other form.
+
+    ``mochi[N,s,s']`` / ``mochi[N,s,s',w]`` -> :class:`MoCHi`; None when
     ``text`` is not a mochi policy; :class:`PolicyError` when it is one but
     malformed.
 

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .moco import full_precision, policy_loss
-from .policies import All, Candidates, NegativePolicy, select
+from ..policies.base import All, NegativePolicy
+from ..policies.candidates import Candidates
+from ..policies.selection import select
+from .loss import ContrastiveLoss, full_precision
 
 __all__ = ["SimCLR", "twin_index", "candidate_index"]
 
@@ -59,6 +61,7 @@ class SimCLR(nn.Module):
         self.encoder_q = encoder
         self.temperature = temperature
         self.policy = policy or All()
+        self.criterion = ContrastiveLoss(temperature, self.policy.loss)
         if self.policy.mode == "replace":
             raise ValueError(f"policy {self.policy.name!r}: replace mode needs a queue of older negatives; "
                              "SimCLR has none (use method moco, or the drop form of the policy)")
@@ -91,8 +94,8 @@ class SimCLR(nn.Module):
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress)
         mix_sim = None
-        if selection.mix is not None:
+        if selection.has_synthetic:
             # synthetic negatives are constants: their cosines' gradient reaches the query only
             mix_sim = full_precision(z @ z.detach().T).gather(1, pool_index)          # [2B, 2B-2]
-        loss = policy_loss(self.policy, selection, z, l_pos, sim, self.temperature, mix_sim=mix_sim)
+        loss = self.criterion(l_pos, sim, selection, z, synthetic_sim=mix_sim)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}

@@ -43,7 +43,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..runtime.atomic import atomic_write
 
 __all__ = [
     "DEBIAN_DIR",

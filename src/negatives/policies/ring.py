@@ -64,7 +64,7 @@ checks every step.  Epoch ``e`` (0-based) starts at ``p = e / epochs``; the
 last step runs at ``(T - 1) / T``.
 
 Canonical names (also results folder names: no '/'): numbers in shortest
-form (``_fmt``), a fixed value without an arrow, ``constant`` when nothing
+form (:func:`~negatives.policies.grammar.fmt_number`), a fixed value without an arrow, ``constant`` when nothing
 moves, the schedule written with its parameter (``step10``, ``exp5``), and
 the span only when it is not 100.
 """
@@ -78,8 +78,11 @@ from fractions import Fraction
 
 from torch import Tensor
 
-from .policies import (SEP, Candidates, NegativePolicy, PolicyError, Selection, _fmt, _rank_window, band_ranks,
-                       exact, match_form)
+from .bands import band_ranks, rank_window
+from .base import NegativePolicy
+from .candidates import Candidates
+from .grammar import SEP, PolicyError, exact, fmt_number, match_form
+from .selection import Selection
 
 __all__ = ["Schedule", "ScheduledBand", "Ring", "Curriculum", "parse_schedule", "parse", "GRAMMAR",
            "RING_GRAMMAR", "CURRICULUM_GRAMMAR", "SCHEDULE_GRAMMAR"]
@@ -123,7 +126,7 @@ class Schedule:
             raise PolicyError(f"schedule 'exp{param}': needs a rate > 0; allowed: {SCHEDULE_GRAMMAR}")
         if not 0 < self.until <= 100:
             raise PolicyError(f"schedule {kind!r}: the share of training must lie in (0, 100], got "
-                              f"{_fmt(self.until)}; allowed: {SCHEDULE_GRAMMAR}")
+                              f"{fmt_number(self.until)}; allowed: {SCHEDULE_GRAMMAR}")
 
     @property
     def name(self) -> str:
@@ -132,8 +135,8 @@ class Schedule:
         if kind == "step":
             kind = f"step{int(self.param)}"
         elif kind == "exp":
-            kind = f"exp{_fmt(self.param)}"
-        return kind if self.until == 100 or self.kind == "constant" else f"{kind}{SEP}{_fmt(self.until)}"
+            kind = f"exp{fmt_number(self.param)}"
+        return kind if self.until == 100 or self.kind == "constant" else f"{kind}{SEP}{fmt_number(self.until)}"
 
     def fraction(self, progress) -> Fraction | float:
         """``f(min(p / u, 1))`` in ``[0, 1]``: the share of the way from ``v0``
@@ -162,7 +165,9 @@ class Schedule:
 
 
 def parse_schedule(text: str, until: str | float | None = None) -> Schedule:
-    """``'linear'``, ``'step4'``, ``'exp2.5'``, ... (and the percent of training
+    """Parse a schedule name (and the percent of training it takes).
+
+    ``'linear'``, ``'step4'``, ``'exp2.5'``, ... (and the percent of training
     the move takes, default 100) -> :class:`Schedule`."""
     t = text.strip()
     u = 100.0 if until is None else float(until)
@@ -180,7 +185,7 @@ def parse_schedule(text: str, until: str | float | None = None) -> Schedule:
 class ScheduledBand(NegativePolicy):
     """A window of each query's ranked candidates that moves with ``progress``.
 
-    ``sim [B, K] -> Selection(index [B, n])`` (or a ``[B, K]`` mask when the
+    ``sim [B, K] -> Selection.at(index [B, n])`` (or a ``[B, K]`` mask when the
     complement is cheaper) with the ``n`` candidates of ranks :meth:`ranks`.
     Subclasses give ``name``, ``schedule`` and :meth:`ranks`.
     """
@@ -197,8 +202,8 @@ class ScheduledBand(NegativePolicy):
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress=0.0) -> Selection:
         lo, hi = self.ranks(sim.shape[1], progress)
-        index, mask = _rank_window(sim, lo, hi)
-        return Selection(keep=mask, index=index)
+        index, mask = rank_window(sim, lo, hi)
+        return Selection.where(mask) if index is None else Selection.at(index)
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         # window sizes are monotone in progress: the ends bound every step
@@ -211,7 +216,7 @@ class ScheduledBand(NegativePolicy):
 
 
 def _moving(v: tuple[float, float]) -> str:
-    return _fmt(v[0]) if v[0] == v[1] else f"{_fmt(v[0])}->{_fmt(v[1])}"
+    return fmt_number(v[0]) if v[0] == v[1] else f"{fmt_number(v[0])}->{fmt_number(v[1])}"
 
 
 def _checked_schedule(schedule: Schedule, moving: bool, name: str, grammar: str) -> Schedule:
@@ -224,7 +229,9 @@ def _checked_schedule(schedule: Schedule, moving: bool, name: str, grammar: str)
 
 
 class Ring(ScheduledBand):
-    """Wu et al.'s Ring: the outer ball of the ``floor(K o / 100)`` hardest
+    """Wu et al.'s Ring (2020): the hardest ``o%`` of the queue without its hardest ``i%``.
+
+    Wu et al.'s Ring: the outer ball of the ``floor(K o / 100)`` hardest
     negatives without its inner ball, the ``floor(outer i / 100)`` hardest
     (module docstring); ``i = 0`` is their Ball.
 
@@ -245,13 +252,13 @@ class Ring(ScheduledBand):
         for when, o in (("start", self.outer[0]), ("end", self.outer[1])):
             if not 0 < o <= 100:
                 raise PolicyError(f"policy {self.name!r}: the outer ball at the {when} of training must be a percent "
-                                  f"of K in (0, 100], got {_fmt(o)}; allowed: {RING_GRAMMAR}")
+                                  f"of K in (0, 100], got {fmt_number(o)}; allowed: {RING_GRAMMAR}")
         if not 0 <= self.inner < 100:
             raise PolicyError(f"policy {self.name!r}: the inner ball must be a percent of the outer ball in [0, 100), "
-                              f"got {_fmt(self.inner)}; allowed: {RING_GRAMMAR}")
+                              f"got {fmt_number(self.inner)}; allowed: {RING_GRAMMAR}")
 
     def _name(self, schedule: Schedule) -> str:
-        fields = [_moving(self.outer), _fmt(self.inner)]
+        fields = [_moving(self.outer), fmt_number(self.inner)]
         if schedule.kind != "constant":
             fields.append(schedule.name)
         return f"ring[{SEP.join(fields)}]"
@@ -268,12 +275,14 @@ class Ring(ScheduledBand):
     def _describe(self, num_candidates: int, progress) -> str:
         outer, inner = self.balls(num_candidates, progress)
         o = float(self.schedule.value(*self.outer, progress))
-        return (f"the ring (outer ball floor({num_candidates} x {_fmt(o)} / 100) = {outer}, inner ball "
-                f"floor({outer} x {_fmt(self.inner)} / 100) = {inner})")
+        return (f"the ring (outer ball floor({num_candidates} x {fmt_number(o)} / 100) = {outer}, inner ball "
+                f"floor({outer} x {fmt_number(self.inner)} / 100) = {inner})")
 
 
 class Curriculum(ScheduledBand):
-    """Keep the percentile band ``[a(p), b(p))`` of each query's candidates,
+    """A percentile band whose bounds move over training.
+
+    Keep the percentile band ``[a(p), b(p))`` of each query's candidates,
     ``n = round(K (b(p) - a(p)) / 100)`` of them, placed as the fixed bands.
 
     lo, hi: ``(start, end)`` values of the lower and upper bound.
@@ -288,13 +297,13 @@ class Curriculum(ScheduledBand):
         for when, a, b in (("start", self.lo[0], self.hi[0]), ("end", self.lo[1], self.hi[1])):
             if not (0.0 <= a <= 100.0 and 0.0 <= b <= 100.0):
                 raise PolicyError(f"policy {self.name!r}: bounds at the {when} of training must lie in [0, 100], "
-                                  f"got a={_fmt(a)}, b={_fmt(b)}; allowed: {CURRICULUM_GRAMMAR}")
+                                  f"got a={fmt_number(a)}, b={fmt_number(b)}; allowed: {CURRICULUM_GRAMMAR}")
             if not a < b:
                 raise PolicyError(f"policy {self.name!r}: the lower bound is not below the upper bound at the {when} "
-                                  f"of training (a={_fmt(a)}, b={_fmt(b)}); allowed: {CURRICULUM_GRAMMAR}")
+                                  f"of training (a={fmt_number(a)}, b={fmt_number(b)}); allowed: {CURRICULUM_GRAMMAR}")
 
     def _name(self, schedule: Schedule) -> str:
-        return (f"curriculum[{_fmt(self.lo[0])}{SEP}{_fmt(self.hi[0])}->{_fmt(self.lo[1])}{SEP}{_fmt(self.hi[1])}"
+        return (f"curriculum[{fmt_number(self.lo[0])}{SEP}{fmt_number(self.hi[0])}->{fmt_number(self.lo[1])}{SEP}{fmt_number(self.hi[1])}"
                 f"{SEP}{schedule.name}]")
 
     def bounds(self, progress) -> tuple[Fraction, Fraction]:
@@ -306,7 +315,7 @@ class Curriculum(ScheduledBand):
 
     def _describe(self, num_candidates: int, progress) -> str:
         a, b = (float(v) for v in self.bounds(progress))
-        return f"the band [{_fmt(a)},{_fmt(b)}) (round({num_candidates} x {_fmt(b - a)} / 100) = 0)"
+        return f"the band [{fmt_number(a)},{fmt_number(b)}) (round({num_candidates} x {fmt_number(b - a)} / 100) = 0)"
 
 
 # --------------------------------------------------------------------------
@@ -321,7 +330,9 @@ _CURRICULUM_RE = re.compile(rf"^curriculum\[{_N},{_N}->{_N},{_N}{_SCHED}\]$")
 
 
 def parse(text: str) -> ScheduledBand | None:
-    """``ring[...]`` or ``curriculum[...]`` -> :class:`Ring` / :class:`Curriculum`;
+    """Parse ``ring[...]`` and ``curriculum[...]``; None for any other form.
+
+    ``ring[...]`` or ``curriculum[...]`` -> :class:`Ring` / :class:`Curriculum`;
     None when ``text`` is neither; :class:`PolicyError` naming the allowed
     form when it is one of them but malformed.
 

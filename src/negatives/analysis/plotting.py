@@ -1,0 +1,108 @@
+"""What every figure shares: the probe results as a table, their summary over
+seeds, and the files a figure writes (``{out_prefix}.pdf`` for the paper,
+``.png`` for the report, ``.csv`` with the numbers behind it, each atomic)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ..policies.registry import parse_policy  # noqa: E402
+from ..runtime.atomic import atomic_write  # noqa: E402
+
+__all__ = ["EVALUATIONS", "RANDOM_INIT", "GROUP", "load_probes", "summarize", "canonical", "fmt_pct", "write_figure",
+           "single_value", "seed_range", "ttest_p", "temperature_colours", "p_text"]
+
+
+#: probe.json metric prefix -> row label
+EVALUATIONS = {"linear": "linear probe", "fewshot": "few-label probe", "knn": "kNN"}
+RANDOM_INIT = "random-init"
+GROUP = ["policy", "temperature", "metric"]
+
+
+def load_probes(paths) -> pd.DataFrame:
+    """One row per ``probe.json`` (its fields as columns, plus ``path``).
+    Missing accuracies (``null``, e.g. top-5 with <= 5 classes) become NaN,
+    and so does the random-init runs' ``temperature``."""
+    rows = [{**json.loads(Path(p).read_text()), "path": str(p)} for p in paths]
+    df = pd.DataFrame(rows)
+    for col in df.columns:
+        if col.endswith(("_top1", "_top5")) or col == "temperature":
+            df[col] = pd.to_numeric(df[col]).astype(float)
+    return df
+
+
+def summarize(df: pd.DataFrame, metrics) -> pd.DataFrame:
+    """Mean, std (ddof=1) and n over seeds per (policy, temperature, metric).
+
+    One seed gives ``std`` NaN, never 0; ``n`` counts the non-missing values.
+    Raises ``ValueError`` when a (policy, temperature, seed) appears twice.
+    """
+    dup = df.duplicated(["policy", "temperature", "seed"], keep=False)
+    if dup.any():
+        raise ValueError(f"duplicate runs (policy, temperature, seed):\n{df.loc[dup, ['policy', 'temperature', 'seed']]}")
+    long = df.melt(id_vars=["policy", "temperature", "seed"], value_vars=list(metrics), var_name="metric")
+    return (long.groupby(GROUP, dropna=False, sort=False)["value"]
+            .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index())
+
+# ------------------------------------------------------------------ helpers
+
+def canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every policy under its canonical name (random-init as is)."""
+    return df.assign(policy=df["policy"].map(lambda p: p if p == RANDOM_INIT else parse_policy(p).name))
+
+
+def fmt_pct(x: float) -> str:
+    return f"{x:g}"
+
+
+def write_figure(fig, table: pd.DataFrame, out_prefix) -> pd.DataFrame:
+    """Write ``out_prefix`` + ``.pdf``/``.png`` (``fig``, then closed) and ``.csv`` (``table``), each atomically."""
+    prefix = Path(out_prefix)
+    try:
+        for ext in ("pdf", "png"):
+            atomic_write(prefix.with_name(prefix.name + "." + ext), lambda tmp: fig.savefig(tmp, format=ext, dpi=150))
+    finally:
+        plt.close(fig)
+    atomic_write(prefix.with_name(prefix.name + ".csv"), lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+def single_value(df: pd.DataFrame, col: str):
+    vals = df[col].dropna().unique() if col in df else []
+    if len(vals) != 1:
+        raise ValueError(f"a figure shows one {col}; the probes have {list(vals)}")
+    return vals[0]
+
+
+
+def seed_range(table: pd.DataFrame) -> str:
+    n = table.n[table.n > 0]
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def ttest_p(a, b) -> float:
+    """Two-sided unpaired t-test p-value of per-seed values (NaN with fewer than two seeds a side)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if min(len(a), len(b)) < 2:
+        return float("nan")
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b).pvalue)
+
+
+def temperature_colours(temps):
+    return dict(zip(temps, sns.color_palette("colorblind", len(temps))))
+
+
+def p_text(p: float) -> str:
+    return "p = n/a (< 2 seeds)" if not np.isfinite(p) else f"p = {p:.2g}"

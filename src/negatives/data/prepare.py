@@ -1,0 +1,207 @@
+"""The one prepared format every later stage reads, and :func:`prepare`, which writes it.
+
+:func:`prepare` reads a dataset (:mod:`negatives.data.datasets`) and writes
+``data.pt`` (docs/INTERFACES.md) and ``classes.tsv`` with each class's
+WordNet 3.0 noun synset.  Two storages of ``data.pt``:
+
+* ``memory`` -- uint8 image tensors ``[N, C, H, W]``, int64 labels, class
+  names, the per-channel mean and std of the training images;
+* ``stream`` -- image folders too large for memory: the file names and labels
+  only; images are decoded, resized and centre-cropped to a fixed side in
+  DataLoader worker processes while training.
+
+``storage: auto`` picks ``stream`` when the decoded images would exceed
+``stream_above_gb``.  Training and probes read either through one interface,
+:func:`~negatives.data.sources.open_train_source` /
+:func:`~negatives.data.sources.open_source`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..runtime.atomic import atomic_torch_save, atomic_write
+from .datasets import DATASETS, check_root, class_map, dataset_spec, folder_synsets, reader_options
+from .readers import FolderIndex, RawDataset
+from .sources import FolderSource
+
+__all__ = ["STORAGES", "STATS_ELEMENTS", "balanced_subset", "channel_stats", "prepare"]
+
+#: values of ``datasets.NAME.storage``
+STORAGES = ("auto", "memory", "stream")
+
+#: mean and std are computed over at most this many uint8 values (a fixed
+#: sample of whole images beyond it): all of Fashion-MNIST, CIFAR and STL-10
+STATS_ELEMENTS = 2**28
+
+
+# ---------------------------------------------------------- prepared format
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset of size ``n`` (all when ``n`` is 0
+    or not smaller than the set), sorted, fixed by ``seed``.  Classes get
+    ``n // C`` each and the remainder goes to the first classes."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per, extra = divmod(n, len(classes))
+    picks = []
+    for j, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        want = per + (1 if j < extra else 0)
+        if want > len(members):
+            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {want} a balanced subset of {n} needs")
+        picks.append(rng.choice(members, size=want, replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def channel_stats(images: torch.Tensor, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (unbiased) of uint8 images ``[N, C, H, W]`` / 255.
+
+    Over all images when they hold at most :data:`STATS_ELEMENTS` values,
+    else over a fixed random sample of whole images (``seed``) that does."""
+    images = images[_stats_sample(len(images), images[0].numel(), seed)]
+    xf = images.float().div(255.0)
+    return xf.mean(dim=(0, 2, 3)).tolist(), xf.std(dim=(0, 2, 3)).tolist()
+
+
+def _stats_sample(n: int, per_image: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of the images :func:`channel_stats` uses, LongTensor ``[k]``."""
+    k = max(1, min(n, STATS_ELEMENTS // per_image))
+    if k == n:
+        return torch.arange(n)
+    return torch.from_numpy(np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)))
+
+
+
+# ------------------------------------------------------------------ prepare
+
+
+def _decode_all(source: FolderSource, indices=None, batch_size: int = 256) -> torch.Tensor:
+    """uint8 ``[len(indices), 3, S, S]``: the images ``indices`` (all by default), in order."""
+    order = torch.arange(source.num_images) if indices is None else torch.as_tensor(indices)
+    out = torch.empty((len(order), *source.shape), dtype=torch.uint8)
+    at = 0
+    for x, _, _ in source.batches(order, batch_size):
+        out[at:at + len(x)] = x
+        at += len(x)
+    return out
+
+
+def _choose_storage(storage: str, num_bytes: int, stream_above_gb: float) -> str:
+    if storage not in STORAGES:
+        raise ValueError(f"storage {storage!r}; allowed: {', '.join(STORAGES)}")
+    if storage != "auto":
+        return storage
+    return "stream" if num_bytes > stream_above_gb * 1e9 else "memory"
+
+
+def _prepare_arrays(name: str, raw: RawDataset, train_images: int, test_images: int, storage: str) -> dict:
+    if storage == "stream":
+        raise ValueError(f"datasets.{name}.storage: stream is only for image folders "
+                         f"({', '.join(n for n, d in DATASETS.items() if d.is_folder)}); allowed: auto, memory")
+    tr = balanced_subset(raw.train_labels, train_images, seed=0)
+    te = balanced_subset(raw.test_labels, test_images, seed=1)
+    x = torch.from_numpy(raw.train_images[tr])
+    mean, std = channel_stats(x)
+    data = {
+        "dataset": name,
+        "storage": "memory",
+        "train_images": x.contiguous(),
+        "train_labels": torch.from_numpy(raw.train_labels[tr]),
+        "test_images": torch.from_numpy(raw.test_images[te]).contiguous(),
+        "test_labels": torch.from_numpy(raw.test_labels[te]),
+        "classes": raw.classes,
+        "mean": mean,
+        "std": std,
+    }
+    if raw.unlabeled_images is not None:
+        data["unlabeled_images"] = torch.from_numpy(raw.unlabeled_images).contiguous()
+    return data
+
+
+def _prepare_folder(name: str, index: FolderIndex, train_images: int, test_images: int, storage: str,
+                    image_size: int, stream_above_gb: float, workers: int | None) -> dict:
+    tr = balanced_subset(index.train_labels, train_images, seed=0)
+    te = balanced_subset(index.test_labels, test_images, seed=1)
+    train = FolderSource(index.root, [index.train_files[i] for i in tr], index.train_labels[tr], image_size, workers)
+    test = FolderSource(index.root, [index.test_files[i] for i in te], index.test_labels[te], image_size, workers)
+    per_image = 3 * image_size * image_size
+    storage = _choose_storage(storage, (train.num_images + test.num_images) * per_image, stream_above_gb)
+    data = {"dataset": name, "storage": storage, "classes": index.classes, "image_size": image_size}
+    if storage == "stream":
+        sample = _decode_all(train, _stats_sample(train.num_images, per_image))
+        data.update(root=str(index.root.resolve()), train_files=train.files, train_labels=train.labels,
+                    test_files=test.files, test_labels=test.labels)
+    else:
+        sample = _decode_all(train)
+        data.update(train_images=sample, train_labels=train.labels,
+                    test_images=_decode_all(test), test_labels=test.labels)
+    data["mean"], data["std"] = channel_stats(sample)
+    return data
+
+
+def _write_classes(out: Path, rows: list[tuple[int, str, str]]) -> None:
+    text = "index\tname\tsynset\n" + "".join(f"{i}\t{c}\t{s}\n" for i, c, s in rows)
+    atomic_write(out / "classes.tsv", lambda tmp: tmp.write_text(text))
+
+
+def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
+            train_images: int = 0, test_images: int = 0, download: bool = False, *,
+            storage: str = "auto", stream_above_gb: float = 8.0, workers: int | None = None,
+            wordnet=None, **options) -> Path:
+    """Read dataset ``name`` from ``root`` and write ``out_dir/data.pt`` and
+    ``out_dir/classes.tsv``.  Returns the path of ``data.pt``.
+
+    ``train_images`` / ``test_images``: class-balanced subsets (0: all);
+    ``download``: fetch missing files (torchvision) where the format allows;
+    ``storage`` (``auto``, ``memory``, ``stream``) and ``stream_above_gb``:
+    see the module docstring (``stream`` only for image folders);
+    ``workers``: decoding processes for image folders; ``options``: the
+    format's own keys (``labels`` for cifar100, ``unlabeled`` for stl10,
+    ``image_size`` for image folders).  ``wordnet``: the reader that maps
+    wnids to synsets (default: the offline WordNet).
+    """
+    spec = dataset_spec(name)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"datasets.{name}: unknown option(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(spec.options) or 'none'}")
+    root = Path(root)
+    if download and spec.downloader is not None:
+        try:
+            check_root(name, root, **options)
+        except (FileNotFoundError, ValueError):
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                spec.downloader(root)
+            except Exception as e:
+                raise RuntimeError(f"downloading {name} into {root} failed ({e}); {spec.hint}") from e
+    if not spec.is_folder:
+        try:
+            spec.check(root, **reader_options(spec, options))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; {spec.hint}") from None
+    raw = spec.reader(root, **reader_options(spec, options))
+    if isinstance(raw, FolderIndex):
+        synsets = folder_synsets(name, root, raw.wnids, wordnet)
+        rows = [(i, c, s) for i, (c, s) in enumerate(zip(raw.classes, synsets))]
+        data = _prepare_folder(name, raw, train_images, test_images, storage,
+                               int(options.get("image_size") or spec.image_size), stream_above_gb, workers)
+    else:
+        data = _prepare_arrays(name, raw, train_images, test_images, storage)
+        resource = raw.class_map or name
+        rows = class_map(resource)
+        if [c for _, c, _ in rows] != raw.classes:
+            raise ValueError(f"resources/{resource}.tsv does not list the classes of {name} in order: {raw.classes}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_classes(out, rows)
+    path = out / "data.pt"
+    atomic_torch_save(data, path)
+    return path

@@ -1,0 +1,157 @@
+"""Reading a prepared dataset batch by batch, whichever its storage: images in
+memory (:class:`TensorSource`) or image files decoded in DataLoader workers
+(:class:`FolderSource`).  ``source.batches(order, batch_size)`` yields
+``(uint8 images [B, C, H, W], labels [B], indices [B])``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .folders import decode_image
+
+__all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
+           "load_prepared"]
+
+
+# ------------------------------------------------------------------ sources
+
+
+def _chunks(order, batch_size: int, drop_last: bool, device=None) -> list[torch.Tensor]:
+    order = torch.as_tensor(order, dtype=torch.long, device=device)
+    n = len(order) - (len(order) % batch_size if drop_last else 0)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+class TensorSource:
+    """Images held in memory: uint8 ``images [N, C, H, W]`` and int64
+    ``labels [N]``, on any device (batches come out on that device)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image."""
+        return tuple(self.images.shape[1:])
+
+    def batches(self, order, batch_size: int, drop_last: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For each run of ``batch_size`` indices of ``order`` (a permutation,
+        or any index sequence; the last short batch is dropped with
+        ``drop_last``): ``(images uint8 [B, C, H, W], labels [B], indices [B])``."""
+        for idx in _chunks(order, batch_size, drop_last, self.images.device):
+            yield self.images[idx], self.labels[idx], idx
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Item ``i``: ``(uint8 [3, size, size], label, i)``, decoded in the worker."""
+
+    def __init__(self, root: Path, files: list[str], labels: torch.Tensor, size: int):
+        self.root, self.files, self.labels, self.size = root, files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return decode_image(self.root / self.files[i], self.size), self.labels[i], i
+
+
+def default_workers() -> int:
+    """Decoding processes when none are given: the CPU count, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+class FolderSource:
+    """Images streamed from files under ``root``: each decoded as RGB, resized
+    (shorter side) and centre-cropped to ``image_size`` (:func:`decode_image`)
+    in ``workers`` DataLoader processes (0: in this process)."""
+
+    def __init__(self, root: str | os.PathLike, files: list[str], labels, image_size: int,
+                 workers: int | None = None):
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} files but {len(labels)} labels")
+        self.root, self.files, self.image_size = Path(root), list(files), int(image_size)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.workers = default_workers() if workers is None else int(workers)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    def batches(self, order, batch_size: int, drop_last: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """As :meth:`TensorSource.batches`, on the CPU (pinned when CUDA is
+        available), in order; the workers decode ahead."""
+        chunks = [c.tolist() for c in _chunks(order, batch_size, drop_last)]
+        if not chunks:
+            return
+        loader = torch.utils.data.DataLoader(
+            _Decode(self.root, self.files, self.labels, self.image_size), batch_sampler=chunks,
+            num_workers=min(self.workers, len(chunks)), pin_memory=torch.cuda.is_available())
+        yield from loader
+
+
+def open_source(prepared, split: str = "train", unlabeled: bool = False, workers: int | None = None):
+    """The images of one split of a prepared dataset as a source.
+
+    ``prepared``: the path of ``data.pt`` or the dict it holds; ``split``:
+    ``train`` or ``test``; ``unlabeled``: append the pretraining-only
+    unlabeled images (STL-10) with label -1 to the train split.  Returns a
+    :class:`TensorSource` (``storage: memory``) or a :class:`FolderSource`
+    (``storage: stream``), both with ``num_images``, ``shape`` ``(C, H, W)``,
+    ``labels [N]`` and ``batches(order, batch_size, drop_last=False)``.
+    """
+    data = prepared if isinstance(prepared, dict) else load_prepared(prepared)
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}; allowed: train, test")
+    if data.get("storage", "memory") == "stream":
+        return FolderSource(data["root"], data[f"{split}_files"], data[f"{split}_labels"], data["image_size"],
+                            workers)
+    images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    extra = data.get("unlabeled_images")
+    if split == "train" and unlabeled and extra is not None and len(extra):
+        images = torch.cat([images, extra])
+        labels = torch.cat([labels, torch.full((len(extra),), -1, dtype=labels.dtype)])
+    return TensorSource(images, labels)
+
+
+def read_images(source, indices, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images ``indices`` of a source, in that order, in memory:
+    ``(uint8 [n, C, H, W], labels [n])`` (decoded, for a streamed source)."""
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    parts = [(x.cpu(), y.cpu()) for x, y, _ in source.batches(indices, batch_size)]
+    if not parts:
+        return torch.zeros((0, *source.shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def open_train_source(prepared, workers: int | None = None):
+    """The pretraining images: the train split plus any unlabeled images
+    (label -1).  See :func:`open_source`.  A trainer's epoch::
+
+        source = open_train_source("results/data/cifar10/data.pt")
+        order = torch.randperm(source.num_images, generator=g)
+        for images, labels, indices in source.batches(order, 512, drop_last=True):
+            images = images.to(device, non_blocking=True)   # uint8 [B, C, H, W]
+    """
+    return open_source(prepared, "train", unlabeled=True, workers=workers)
+
+
+def load_prepared(path: str | os.PathLike) -> dict:
+    """Load ``data.pt`` (see docs/INTERFACES.md)."""
+    return torch.load(path, map_location="cpu", weights_only=False)

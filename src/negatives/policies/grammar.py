@@ -1,0 +1,64 @@
+"""The shared grammar of policy names: the number separator, the error type,
+the canonical form of a number, and the first step of every family's parser."""
+
+from __future__ import annotations
+
+import functools
+import re
+from decimal import Decimal
+from fractions import Fraction
+
+__all__ = ["SEP", "PolicyError", "exact", "fmt_number", "match_form"]
+
+#: the separator of numbers in canonical policy names (folder names): never a
+#: comma, which Snakemake cannot pass in a wildcard to a cluster job (its
+#: --target-jobs splits on commas); the parser reads both
+SEP = "_"
+
+
+class PolicyError(ValueError):
+    """A policy string that cannot be parsed or makes no sense."""
+
+
+def exact(x) -> Fraction:
+    """A percentile as the exact rational number it was written as.
+
+    A percentile as written: an int or :class:`~fractions.Fraction` as
+    it is, a float as its shortest decimal (``99.9 -> 999/10``, never the
+    binary ``99.900000000000005684...``), so counts are computed in exact
+    arithmetic."""
+    if isinstance(x, (int, Fraction)):
+        return Fraction(x)
+    return _decimal(float(x))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decimal(x: float) -> Fraction:
+    return Fraction(repr(x))
+
+
+def fmt_number(x: float) -> str:
+    """A number in its shortest decimal form, every digit kept (for canonical names).
+
+    Shortest decimal form, every digit kept: 95.0 -> '95', 99.9 -> '99.9',
+    12.3456789 -> '12.3456789' (a name must say the exact band it runs)."""
+    text = repr(float(x))
+    if "e" in text:
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def match_form(text: str, prefix: str, pattern: re.Pattern, grammar: str) -> re.Match | None:
+    """The first step of every family's parser: match, not of this form, or malformed.
+
+    The match of ``pattern`` when ``text`` is a policy of the form
+    ``prefix[...]``; None when it is of another form; :class:`PolicyError`
+    naming ``grammar`` when it is of this form but malformed.  Every
+    policy module's ``parse`` starts here."""
+    t = text.strip()
+    if not re.match(rf"^{re.escape(prefix)}\b", t):
+        return None
+    m = pattern.match(t)
+    if not m:
+        raise PolicyError(f"policy {text!r}: malformed {prefix} policy; allowed: {grammar}")
+    return m

@@ -1,0 +1,5 @@
+"""The run-time infrastructure every stage shares: atomic writes
+(:mod:`.atomic`), preemption-safe checkpoints (:mod:`.checkpoint`), one GPU
+per process (:mod:`.gpus`), the allocator setting of a process
+(:mod:`.memory`), and the SLURM status check (:mod:`.cluster`).  Nothing here
+knows any science."""
