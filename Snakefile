@@ -17,12 +17,23 @@ sys.path.insert(0, SRC)
 shell.prefix(f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 
 from negatives.config import ConfigError, check_config
+from negatives.config_files import check_config_file, numbers_as_numbers
+
+# config files read strictly first: a YAML error names its line, a key written
+# twice is refused (YAML would keep the last silently)
+try:
+    for path in ["config.yaml", *workflow.overwrite_configfiles]:
+        if Path(path).exists() or path != "config.yaml":
+            check_config_file(path)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
 
 
 configfile: "config.yaml"
 
 
-# the whole config is checked once, before any job starts
+# the whole config is checked once, before any job starts; 1e-3 is a number
+numbers_as_numbers(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 try:
     check_config(config)

@@ -51,10 +51,10 @@ CHILD = r"""
 import json, sys
 from negatives.cli import main
 root, work, grid, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-main(["prepare", "--dataset", "fashion-mnist", "--root", root, "--out", f"{work}/data"])
+assert main(["prepare", "--dataset", "fashion-mnist", "--root", root, "--out", f"{work}/data"]) == 0
 for i, (method, policy) in enumerate(grid):
-    main(["pretrain", "--data", f"{work}/data/data.pt", "--method", method, "--policy", policy, "--temperature", "0.2",
-          "--seed", "1", "--settings", settings, "--out", f"{work}/run{i}"])
+    assert main(["pretrain", "--data", f"{work}/data/data.pt", "--method", method, "--policy", policy, "--temperature", "0.2",
+          "--seed", "1", "--settings", settings, "--out", f"{work}/run{i}"]) == 0, (method, policy)
 """
 
 

@@ -242,7 +242,7 @@ def test_analyze_cli_and_load_pairs(run):
 
 def test_analyze_rejects_bad_settings_and_mismatched_classes(run, tmp_path):
     root, data, sim, (ckpt, _) = run
-    with pytest.raises(ValueError, match="unknown analysis settings"):
+    with pytest.raises(ValueError, match=r"'querys' was unexpected\); allowed: .*queries"):
         A.analyze_checkpoint(ckpt, data, sim, {"querys": 5}, tmp_path / "x.parquet")
     bad = tmp_path / "sim.tsv"
     bad.write_text("class\ta\tb\na\t1\t0\nb\t0\t1\n")

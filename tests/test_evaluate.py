@@ -142,7 +142,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="evaluate.probe"):
         evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "probe": "paper"}, out)
-    with pytest.raises(KeyError, match="evaluate.knn_kk; allowed: .*knn_k"):
+    with pytest.raises(ValueError, match="'knn_kk' was unexpected.*allowed: .*knn_k"):
         evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "knn_kk": 3}, out)
     # a key left out takes the schema's default, as in the workflow
     out.unlink()

@@ -79,3 +79,26 @@ def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
         "evaluate": sum(p not in finished for p in probes),
         "fig2": 1,
     }) - collections.Counter(), log[-3000:]
+
+
+def test_changing_threads_over_finished_runs_retrains_nothing(tmp_path):
+    """``threads`` is speed only: raised for training and evaluation after a
+    run and its probe finished, ``snakemake -n`` has nothing to do; a setting
+    that changes results (epochs) plans the run again."""
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    target = "results/fashion-mnist/moco/all/t0.2/seed0/probe.json"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "1", target]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for section in ("pretrain", "evaluate"):
+        cfg[section]["threads"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plan = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
+    assert plan.returncode == 0 and "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout + plan.stderr
+    cfg["pretrain"]["epochs"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plan = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
+    assert re.search(r"pretrain\s+1", plan.stdout + plan.stderr), plan.stdout + plan.stderr

@@ -192,3 +192,10 @@ def test_the_examples_in_the_docstrings_run():
         assert result.failed == 0, module
         attempted += result.attempted
     assert attempted >= 20
+
+
+def test_the_probes_the_library_runs_are_the_schemas():
+    from negatives.defaults import schema
+    from negatives.evaluation.probes import PROBES
+
+    assert list(PROBES) == schema()["properties"]["evaluate"]["properties"]["probe"]["enum"]

@@ -1,6 +1,7 @@
 """The training loop: determinism, resume, refusals, the prepared format."""
 
 import gzip
+import json
 import shutil
 import struct
 
@@ -97,8 +98,13 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, data_pat
 
     with pytest.raises(Killed):
         pretrain(data_path, "moco", "all", 0.2, 0, SETTINGS, tmp_path, log=kill)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"different configuration \(temperature: 0.2 -> 0.1\)"):
         pretrain(data_path, "moco", "all", 0.1, 0, SETTINGS, tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"different configuration \(pretrain.lr: 0.06 -> 0.1\)"):
+        pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "lr": 0.1}, tmp_path, log=lambda m: None)
+    # a speed-only setting may change on resume: the run goes on
+    pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "threads": 2}, tmp_path, log=lambda m: None)
+    assert (tmp_path / "checkpoint.pt").exists()
 
 
 def test_finished_run_is_not_overwritten(tmp_path, data_path):
@@ -161,3 +167,42 @@ def test_compiled_encoders_train_like_eager_ones(tmp_path, data_path, monkeypatc
     we, wc = _weights(eager), _weights(fast)
     assert we.keys() == wc.keys()
     assert all(torch.allclose(we[k].float(), wc[k].float(), atol=1e-3) for k in we)
+
+
+def test_a_run_another_process_trains_is_refused_naming_the_holder(tmp_path, data_path):
+    import os
+    import subprocess
+    import sys
+
+    from negatives.runtime.locks import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        out = subprocess.run([sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--policy",
+                              "all", "--temperature", "0.2", "--seed", "0", "--settings", json.dumps(SETTINGS),
+                              "--out", str(run)], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"is being trained by pid {os.getpid()}" in out.stderr and "wait for it" in out.stderr
+    assert not (run / "checkpoint.pt").exists() and not (run / "last.pt").exists()   # nothing trained
+
+
+def test_two_concurrent_pretrains_of_one_run_train_it_once(tmp_path, data_path):
+    """Started together on one --out: exactly one trains; the other stops with
+    the holder's name (or, if it starts after the first finished, because
+    the run is finished); the checkpoint is the one a run alone writes."""
+    import subprocess
+    import sys
+
+    settings = json.dumps({**SETTINGS, "epochs": 3})
+    cmd = [sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--policy", "all",
+           "--temperature", "0.2", "--seed", "0", "--settings", settings, "--out"]
+    procs = [subprocess.Popen(cmd + [str(tmp_path / "shared")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _, _ in results) == [0, 2], results
+    loser = next(err for rc, _, err in results if rc == 2)
+    assert "is being trained by pid" in loser or "the run is finished" in loser, loser
+    alone = subprocess.run(cmd + [str(tmp_path / "alone")], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["model"] for d in ("shared", "alone"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

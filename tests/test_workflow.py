@@ -268,3 +268,22 @@ def test_speed_only_settings_at_their_defaults_stay_out_of_the_jobs_params(workd
         assert pretrain and all(('"compile": true' in line) == present for line in pretrain)
         assert all('"compile"' not in line for line in pretrain) or present
         assert '"epochs": 4' in pretrain[0]
+
+
+def test_config_file_traps_are_named_or_read_right(workdir):
+    """A key written twice and a YAML error are refused with the file and
+    line; ``lr: 1e-3`` (a string to YAML 1.1) is read as the number."""
+    base = (workdir / "config.yaml").read_text()
+    (workdir / "config.yaml").write_text(base + "\npretrain:\n  epochs: 9\n")
+    res = snakemake(workdir, "-n", "fig2")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and re.search(r"config\.yaml:\d+:1: key 'pretrain' appears twice in one mapping "
+                                             r"\(first on line \d+\)", out), out[-2000:]
+    (workdir / "config.yaml").write_text(base.replace("  lr: 0.06 ", "  lr: [0.06 ", 1))
+    res = snakemake(workdir, "-n", "fig2")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and re.search(r"config\.yaml:\d+:\d+: ", out) and "invalid config" in out, out[-2000:]
+    (workdir / "config.yaml").write_text(base)
+    res = snakemake(workdir, "-n", "-p", "fig2", config={"pretrain": {"lr": "1e-3"}})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
+    assert '"lr": 0.001' in res.stdout + res.stderr

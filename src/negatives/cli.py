@@ -29,23 +29,28 @@ def cmd_prepare(a) -> None:
     _log(f"wrote {path}")
 
 
+def _with_threads(a) -> dict:
+    """``--settings`` with ``--threads`` (how the workflow passes a speed-only setting) applied."""
+    return a.settings if a.threads is None else {**a.settings, "threads": a.threads}
+
+
 def cmd_pretrain(a) -> None:
     from .training.pretrain import pretrain
 
-    path = pretrain(a.data, a.method, a.policy, a.temperature, a.seed, a.settings, a.out, log=_log)
+    path = pretrain(a.data, a.method, a.policy, a.temperature, a.seed, _with_threads(a), a.out, log=_log)
     _log(f"wrote {path}")
 
 
 def cmd_init(a) -> None:
     from .training.pretrain import init_checkpoint
 
-    _log(f"wrote {init_checkpoint(a.data, a.method, a.seed, a.settings, a.out)}")
+    _log(f"wrote {init_checkpoint(a.data, a.method, a.seed, _with_threads(a), a.out)}")
 
 
 def cmd_evaluate(a) -> None:
     from .evaluation.probes import evaluate_checkpoint
 
-    result = evaluate_checkpoint(a.checkpoint, a.data, a.settings, a.out)
+    result = evaluate_checkpoint(a.checkpoint, a.data, _with_threads(a), a.out)
     _log(json.dumps(result))
 
 
@@ -93,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--temperature", type=float, required=True)
         q.add_argument("--seed", type=int, required=True)
         q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
+        q.add_argument("--threads", type=int, help="torch threads (pretrain.threads; speed only)")
         q.add_argument("--out", required=True, help="run directory")
         q.set_defaults(func=func)
 
@@ -100,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True)
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--settings", type=_json, default={}, help="JSON of the config's evaluate section")
+    q.add_argument("--threads", type=int, help="torch threads (evaluate.threads; speed only)")
     q.add_argument("--out", required=True, help="probe.json")
     q.set_defaults(func=cmd_evaluate)
 
@@ -125,12 +132,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: what a bad input or a file problem raises: one line on stderr, exit status 2
+#: (anything else is a bug and keeps its traceback)
+USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from .runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first large tensor: steps reuse freed memory (no page faults)
-    args.func(args)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"negatives {args.command}: error: {message}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -19,7 +19,7 @@ from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
 
-__all__ = ["ConfigError", "check_config"]
+__all__ = ["ConfigError", "check_config", "check_section", "check_run", "check_pretrain_sizes"]
 
 
 class ConfigError(ValueError):
@@ -116,11 +116,12 @@ def _check_dataset(cfg: dict, check_data: bool | None = None) -> None:
 
 
 def _check_evaluate(cfg: dict) -> None:
-    from .evaluation.probes import PROBES
+    from .defaults import schema
 
+    probes = schema()["properties"]["evaluate"]["properties"]["probe"]["enum"]
     probe = _get(cfg, "evaluate.probe", str)
-    if probe not in PROBES:
-        raise ConfigError(f"evaluate.probe: {probe!r}; allowed: {', '.join(PROBES)}")
+    if probe not in probes:
+        raise ConfigError(f"evaluate.probe: {probe!r}; allowed: {', '.join(probes)}")
     if probe != "faithful":
         return
     epochs = _get(cfg, "evaluate.faithful.epochs", int)
@@ -133,6 +134,13 @@ def _check_evaluate(cfg: dict) -> None:
 
 
 def _check_pretrain(cfg: dict) -> None:
+    check_pretrain_sizes(cfg["pretrain"] if isinstance(cfg.get("pretrain"), dict) else {})
+
+
+def check_pretrain_sizes(pretrain: dict) -> None:
+    """The ``pretrain`` section's sizes fit each other: the queue a multiple of
+    the batch, the batch a multiple of the batch-norm splits."""
+    cfg = {"pretrain": pretrain}
     batch = _get(cfg, "pretrain.batch_size", int)
     queue = _get(cfg, "pretrain.queue_size", int)
     splits = _get(cfg, "pretrain.bn_splits", int)
@@ -225,36 +233,69 @@ def _check_runs(cfg: dict) -> None:
     keeps at least one negative out of the method's candidates, needs labels
     only where the dataset has them, and uses replace mode only with a queue
     that has room for it."""
-    from .methods import num_candidates  # lazily: torch only when needed
-
-    epochs = _get(cfg, "pretrain.epochs", int)
-    batch = _get(cfg, "pretrain.batch_size", int)
-    queue = _get(cfg, "pretrain.queue_size", int)
-    extra = cfg["pretrain"].get("queue_extra", 0)
+    for key in ("epochs", "batch_size", "queue_size"):
+        _get(cfg, f"pretrain.{key}", int)            # their types, when called without the schema
     for figure in FIGURES:
         if figure in ANALYSES:  # their runs are the baseline, 'all'
             continue
         method = figure_method(cfg, figure)
         for name in figure_policies(cfg, figure):
-            key = f"figures.{figure}: policy {name!r}"
-            policy = parse_policy(name)
-            try:
-                policy.validate(num_candidates(method, queue, batch), epochs)
-            except PolicyError as e:
-                what = f"{queue} queued negatives" if method == "moco" else f"2 x {batch} - 2 in-batch negatives"
-                raise ConfigError(f"{key} with {method} ({what}): {e}") from None
-            if policy.uses_labels and not pretrain_has_labels(cfg):
-                raise ConfigError(f"{key} removes negatives by class, but the pretraining images of "
-                                  f"dataset {cfg['dataset']!r} include unlabeled ones; use a label-free policy "
-                                  "or a labeled split")
-            if policy.mode == "replace":
-                if method != "moco":
-                    raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; "
-                                      f"{method} has none (use the drop form)")
-                if extra <= 0 or extra % batch:
-                    raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of "
-                                      f"pretrain.batch_size ({batch}) for the replace-mode policy {name!r} "
-                                      f"of figures.{figure}")
+            check_run(method, name, cfg["pretrain"], pretrain_has_labels(cfg), where=f"figures.{figure}: ")
+
+
+def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True, where: str = "") -> None:
+    """One run makes sense: its policy keeps at least one negative out of the
+    method's candidates, reads labels only where the dataset has them, and
+    needs a queue (replace mode, ``retain-hard``) only with MoCo and a queue
+    that has room for it.  ``where`` prefixes the message (the config key)."""
+    from .methods import METHODS, num_candidates  # lazily: torch only when needed
+
+    if method not in METHODS:
+        raise ConfigError(f"{where}method {method!r}; allowed: {', '.join(METHODS)}")
+    epochs, batch = pretrain["epochs"], pretrain["batch_size"]
+    queue, extra = pretrain["queue_size"], pretrain.get("queue_extra", 0)
+    key = f"{where}policy {policy!r}"
+    try:
+        pol = parse_policy(policy)
+        pol.validate(num_candidates(method, queue, batch), epochs)
+    except PolicyError as e:
+        what = f"{queue} queued negatives" if method == "moco" else f"2 x {batch} - 2 in-batch negatives"
+        raise ConfigError(f"{key} with {method} ({what}): {e}") from None
+    if pol.uses_labels and not has_labels:
+        raise ConfigError(f"{key} removes negatives by class, but the pretraining images include unlabeled ones; "
+                          "use a label-free policy or a labeled split")
+    if pol.needs_queue and method != "moco":
+        if pol.mode == "replace":
+            raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none "
+                              "(use the drop form)")
+        raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
+    if pol.mode == "replace" and (extra <= 0 or extra % batch):
+        raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
+                          f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))
+
+
+def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:
+    """Check a ``pretrain``, ``evaluate`` or ``analysis`` section given by hand
+    against the config schema, as the workflow's validation does: unknown
+    keys, types and ranges (``library_only``: keys the library takes that
+    are not config keys).  Raises :class:`ConfigError` naming the key."""
+    import jsonschema
+
+    from .defaults import schema
+
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {type(settings).__name__}")
+    root = schema()
+    validator = jsonschema.Draft202012Validator({**root["properties"][section], "$defs": root["$defs"]})
+    given = {k: v for k, v in settings.items() if k not in library_only}
+    errors = sorted(validator.iter_errors(given), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        e = errors[0]
+        key = ".".join([section, *map(str, e.absolute_path)])
+        if e.validator == "additionalProperties":
+            allowed = sorted(root["properties"][section].get("properties", {})) + list(library_only)
+            raise ConfigError(f"{key}: {e.message}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{key}: {e.message}")
 
 
 def check_config(cfg: dict, check_data: bool | None = None) -> None:

@@ -78,7 +78,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     Batch-norm whose training statistics are computed over ``num_splits``
     equal contiguous sub-batches (the batch is their concatenation), as one
     device's stand-in for per-GPU batch-norm.  It is shuffle-BN only together
-    with MoCo's key shuffle (:func:`negatives.moco.shuffled_keys`): the key
+    with MoCo's key shuffle (:func:`negatives.methods.moco.shuffled_keys`): the key
     encoder's splits then hold other images than the query encoder's, as in
     the official CIFAR demo.  (The demo's ``SplitBatchNorm`` groups images
     ``n mod s``; contiguous splits are what keep SimCLR's two views of an
@@ -219,7 +219,7 @@ class MLPHead(nn.Module):
 class Encoder(nn.Module):
     """Backbone and MLP head: the encoder MoCo and SimCLR train.
 
-    Backbone + MLP head. ``forward`` gives the (unnormalised) head output
+    ``forward`` gives the (unnormalised) head output
     ``[B, D]``; :meth:`represent` the backbone output ``[B, F]``."""
 
     def __init__(self, backbone: nn.Module, head: MLPHead):

@@ -13,8 +13,7 @@ __all__ = ["KeyQueue"]
 class KeyQueue(nn.Module):
     """MoCo's FIFO queue of keys from earlier batches, with their labels and indices.
 
-    FIFO queue of K keys from earlier batches, with each key's label and
-    dataset index.
+    The newest batch's keys overwrite the oldest ones (He et al. 2020, Sec. 3.2).
 
     keys:    ``[K, D]`` float, L2-normalised (random unit vectors at start)
     labels:  ``[K]`` int64, -1 for the random start-up keys

@@ -12,15 +12,19 @@ SEED = r"\d+"
 TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 
 
-# settings that change how fast a job runs, never its results, left out of
-# the job's params at their defaults: a release that adds one does not make
-# Snakemake (which reruns a job whose params changed) retrain finished runs
+# Settings that change how fast a job runs, never its results, must not make
+# Snakemake (which reruns a job whose params changed) retrain finished runs:
+# `threads` reaches a job as its rule's threads (`--threads {threads}`, which
+# Snakemake never compares), and the speed-only keys below are left out of the
+# params at their defaults
+THREADED = ("pretrain", "evaluate")
 SPEED_ONLY = {"pretrain": {"compile": False}}
 
 
 def _results_only(section):
     quiet = SPEED_ONLY.get(section, {})
-    return {k: v for k, v in config[section].items() if quiet.get(k, object()) != v}
+    return {k: v for k, v in config[section].items()
+            if quiet.get(k, object()) != v and not (k == "threads" and section in THREADED)}
 
 
 def settings(section):
@@ -29,8 +33,9 @@ def settings(section):
 
 
 def config_json():
-    """The whole config as JSON (for the figures), speed-only defaults left out."""
-    return json.dumps({**config, **{section: _results_only(section) for section in SPEED_ONLY}}, sort_keys=True)
+    """The whole config as JSON (for the figures), speed-only settings left out."""
+    return json.dumps({**config, **{section: _results_only(section) for section in ("pretrain", "evaluate")}},
+                      sort_keys=True)
 
 
 def dataset_option(key):

@@ -23,4 +23,4 @@ rule evaluate:
         "../../envs/negatives.yaml"
     shell:
         "python -m negatives evaluate --data {input.data:q} --checkpoint {input.checkpoint:q}"
-        " --settings {params.settings:q} --out {output.probe:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --out {output.probe:q} > {log:q} 2>&1"

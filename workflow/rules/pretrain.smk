@@ -20,7 +20,7 @@ rule pretrain:
     shell:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --out {params.out:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 # the untrained encoder of each seed: the floor every figure is read against
@@ -44,4 +44,4 @@ rule random_init:
         "../../envs/negatives.yaml"
     shell:
         "python -m negatives init --data {input.data:q} --method {wildcards.method:q} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --out {params.out:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import check_section
 from ..data.augment import MoCoV2Augment
 from ..defaults import schema_defaults
-from ..runtime.atomic import atomic_write
+from ..runtime.atomic import atomic_write, check_writable
 
 __all__ = [
     "ANALYSIS_DEFAULTS", "COLUMNS", "IDENTITY", "embed_views", "select_images", "difficulty",
@@ -197,9 +198,8 @@ def pair_table(d, pct, query_labels, negative_labels, similarity, query_idx, neg
 # ---------------------------------------------------------------- runs
 
 def _settings(settings: dict) -> dict:
-    unknown = set(settings) - set(ANALYSIS_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown analysis settings {sorted(unknown)}; allowed: {sorted(ANALYSIS_DEFAULTS)}")
+    """The ``analysis`` section, checked as the workflow checks the config, with the defaults."""
+    check_section("analysis", settings, library_only=("batch_size", "device"))
     return {**ANALYSIS_DEFAULTS, **settings}
 
 
@@ -223,6 +223,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     from ..training.settings import PretrainSettings, load_encoder
 
     s = _settings(settings)
+    check_writable(out_path)
     encoder, meta = load_encoder(checkpoint)
     encoder.to(resolve_device(s["device"]))
     data = load_prepared(data_path)
@@ -250,10 +251,21 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
 def read_identity(path) -> dict:
     """The run identity of a ``pairs.parquet`` (``dataset, method, policy,
     temperature, seed``, plus ``analysis``: the settings it was made with)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    md = pq.read_schema(path).metadata or {}
-    return {k: json.loads(md[k.encode()]) for k in (*IDENTITY, "analysis") if k.encode() in md}
+    rebuild = f"delete it and analyse the run again (snakemake {path})"
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no pairs table there; analyse the run first (snakemake {path})") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{path} is not a complete pairs.parquet ({e}); {rebuild}") from None
+    ident = {k: json.loads(md[k.encode()]) for k in (*IDENTITY, "analysis") if k.encode() in md}
+    missing = [k for k in IDENTITY if k not in ident]
+    if missing:
+        raise ValueError(f"{path} is not a pairs table of ours (its metadata lacks {', '.join(missing)}); {rebuild}")
+    return ident
 
 
 def load_pairs(paths: Iterable, columns: list[str] | None = None) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import seaborn as sns  # noqa: E402
 from ..policies.registry import parse_policy  # noqa: E402
 from ..runtime.atomic import atomic_write  # noqa: E402
 
-__all__ = ["EVALUATIONS", "RANDOM_INIT", "GROUP", "load_probes", "summarize", "canonical", "fmt_pct", "write_figure",
+__all__ = ["EVALUATIONS", "RANDOM_INIT", "GROUP", "read_probe", "load_probes", "summarize", "canonical", "fmt_pct", "write_figure",
            "single_value", "seed_range", "ttest_p", "temperature_colours", "p_text"]
 
 
@@ -32,12 +32,30 @@ def load_probes(paths) -> pd.DataFrame:
     """One row per ``probe.json`` (its fields as columns, plus ``path``).
     Missing accuracies (``null``, e.g. top-5 with <= 5 classes) become NaN,
     and so does the random-init runs' ``temperature``."""
-    rows = [{**json.loads(Path(p).read_text()), "path": str(p)} for p in paths]
+    rows = [{**read_probe(p), "path": str(p)} for p in paths]
     df = pd.DataFrame(rows)
     for col in df.columns:
         if col.endswith(("_top1", "_top5")) or col == "temperature":
             df[col] = pd.to_numeric(df[col]).astype(float)
     return df
+
+
+def read_probe(path) -> dict:
+    """One ``probe.json``; a missing, truncated or foreign file is one error
+    naming it and how to rebuild it."""
+    path = Path(path)
+    rebuild = f"delete it and evaluate the run again (snakemake {path})"
+    try:
+        probe = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no probe.json there; evaluate the run first (snakemake {path})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a complete probe.json ({e}); {rebuild}") from None
+    missing = [k for k in ("dataset", "method", "policy", "temperature", "seed") if not isinstance(probe, dict)
+               or k not in probe]
+    if missing:
+        raise ValueError(f"{path} is not a probe.json (it lacks {', '.join(missing)}); {rebuild}")
+    return probe
 
 
 def summarize(df: pd.DataFrame, metrics) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from ..runtime.atomic import torch_load
 from .folders import decode_image
 
 __all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
@@ -153,5 +154,10 @@ def open_train_source(prepared, workers: int | None = None):
 
 
 def load_prepared(path: str | os.PathLike) -> dict:
-    """Load ``data.pt`` (see docs/INTERFACES.md)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load ``data.pt`` (see docs/INTERFACES.md); a missing or damaged file is
+    one error naming it and how to rebuild it."""
+    data = torch_load(path, "prepared dataset (data.pt)", f"build it again (snakemake {path})")
+    if not isinstance(data, dict) or "classes" not in data:
+        raise ValueError(f"{path} is not a prepared dataset (data.pt); delete it and build it again "
+                         f"(snakemake {path})")
+    return data

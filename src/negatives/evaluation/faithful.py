@@ -10,7 +10,7 @@ mode, so its running statistics never change.  Every number of the recipe is
 a setting (``evaluate.faithful`` in the config), so tests can run it for two
 epochs on a tiny set.
 
-The images come from :func:`negatives.data.open_source`, so the probe runs
+The images come from :func:`negatives.data.sources.open_source`, so the probe runs
 on prepared datasets held in memory and on streamed image folders alike.
 """
 
@@ -108,7 +108,7 @@ def _feature_dim(backbone: nn.Module, shape, device) -> int:
 def train_linear_classifier(backbone: nn.Module, source, num_classes: int, mean, std,
                             settings: FaithfulSettings, device="cpu") -> nn.Linear:
     """Train ``Linear(F, num_classes)`` on ``backbone(augment(x))`` for the
-    images of ``source`` (:func:`negatives.data.open_source`, labels
+    images of ``source`` (:func:`negatives.data.sources.open_source`, labels
     ``0..num_classes-1``); the backbone must already be frozen (:func:`frozen`).
 
     Initialised as in MoCo's lincls (weights N(0, 0.01), bias 0); each epoch

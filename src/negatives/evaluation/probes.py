@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import check_section
 from ..data.sources import load_prepared, open_source
 from ..defaults import schema_defaults
 from ..optim import avoid_dynamo_import
-from ..runtime.atomic import atomic_write
+from ..runtime.atomic import atomic_write, check_writable
+from ..training.settings import check_matches
 from ..training.settings import load_encoder
 from .features import extract_features, knn_classify, topk_accuracy
 
@@ -39,7 +41,8 @@ __all__ = [
 #: the few-label probe is averaged over draws with seeds 0 .. FEWSHOT_DRAWS-1,
 #: the same draws for every run, so runs are compared on the same labelled images
 FEWSHOT_DRAWS = 5
-PROBES = ("fast", "faithful")  # faithful: negatives.evaluation.faithful, the paper's augmented SGD probe
+#: the linear probes, as the schema lists them (faithful: negatives.evaluation.faithful, the paper's SGD probe)
+PROBES = ("fast", "faithful")
 
 
 def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
@@ -97,14 +100,11 @@ def fewshot_indices(labels: Tensor, per_class: int, seed: int, num_classes: int 
 
 
 def _with_defaults(settings: dict) -> dict:
-    """The ``evaluate`` section with the schema's defaults for the keys it lacks;
-    :class:`KeyError` naming the allowed keys for one it does not know."""
-    defaults = schema_defaults("evaluate")
-    unknown = sorted(set(settings) - set(defaults))
-    if unknown:
-        raise KeyError(f"unknown evaluate settings {', '.join('evaluate.' + k for k in unknown)}; "
-                       f"allowed: {', '.join(sorted(defaults))}")
-    return {**defaults, **settings}
+    """The ``evaluate`` section, checked as the workflow checks the config
+    (:func:`negatives.config.check_section`), with the schema's defaults for
+    the keys it lacks."""
+    check_section("evaluate", settings)
+    return {**schema_defaults("evaluate"), **settings}
 
 
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
@@ -127,9 +127,11 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
+    check_writable(out_path)
     encoder, meta = load_encoder(checkpoint_path)
-    encoder.to(device)
     data = load_prepared(data_path)
+    check_matches(meta, data, checkpoint_path, data_path)
+    encoder.to(device)
     num_classes = len(data["classes"])
     # in memory or streamed from the image files (storage: stream)
     train, test = open_source(data, "train"), open_source(data, "test")

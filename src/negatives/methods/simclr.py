@@ -62,9 +62,9 @@ class SimCLR(nn.Module):
         self.temperature = temperature
         self.policy = policy or All()
         self.criterion = ContrastiveLoss(temperature, self.policy.loss)
-        if self.policy.mode == "replace":
-            raise ValueError(f"policy {self.policy.name!r}: replace mode needs a queue of older negatives; "
-                             "SimCLR has none (use method moco, or the drop form of the policy)")
+        if self.policy.needs_queue:
+            raise ValueError(f"policy {self.policy.name!r} works through MoCo's queue of negatives (replace mode, "
+                             "retain-hard); SimCLR has none (use method moco, or the drop form of the policy)")
         self._index: dict[tuple[int, str], Tensor] = {}
 
     def _candidates(self, batch: int, device) -> Tensor:

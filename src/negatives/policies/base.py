@@ -38,6 +38,9 @@ class NegativePolicy:
     mode: str = "drop"
     #: None: InfoNCE; otherwise a callable ``(l_pos, neg, keep, temperature) -> loss``
     loss = None
+    #: True when the policy works through MoCo's queue of older negatives
+    #: (replace mode, ``retain-hard``): a method without one cannot run it
+    needs_queue: bool = False
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         return Selection.every()
@@ -79,6 +82,7 @@ class Replace(NegativePolicy):
     """
 
     mode = "replace"
+    needs_queue = True
 
     def __init__(self, inner: NegativePolicy):
         if isinstance(inner, Replace) or not inner.name.startswith("drop"):

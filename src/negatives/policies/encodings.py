@@ -61,8 +61,7 @@ class Mix:
 class Swap:
     """A few candidates of each query exchanged one for one (a selection's cheap form).
 
-    A few candidates of each query exchanged one for one: the cheap form
-    of a selection that removes at most ``n`` per query (a narrow band and a
+    The cheap form of a selection that removes at most ``n`` per query (a narrow band and a
     class relation), and, in replace mode, of the stand-ins put in their place.
 
     at:    ``[B, n]`` int64, distinct positions among the first ``width``

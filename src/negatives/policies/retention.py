@@ -151,6 +151,8 @@ class RetainHard(NegativePolicy):
     ``round(K c / 100)`` slots of every query in the queue it made.
     """
 
+    needs_queue = True
+
     def __init__(self, retain: float, hard_pct: float = 5.0):
         self.retain, self.hard_pct = float(retain), float(hard_pct)
         self.name = (f"retain-hard[{fmt_number(self.retain)}]" if self.hard_pct == 5.0
@@ -183,7 +185,7 @@ class RetainHard(NegativePolicy):
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         q = self.queue
         if q is None or candidates.pool_index is not None:
-            return Selection.every()          # no queue of ours (SimCLR): every negative, nothing to retain
+            return Selection.every()          # called without the queue it made (not in MoCo): nothing to retain
         if sim.shape[1] != q.size:
             raise ValueError(f"policy {self.name!r}: sim has {sim.shape[1]} columns, the queue {q.size} slots; "
                              "the columns must be the queue's slots in order")

@@ -231,8 +231,8 @@ def _checked_schedule(schedule: Schedule, moving: bool, name: str, grammar: str)
 class Ring(ScheduledBand):
     """Wu et al.'s Ring (2020): the hardest ``o%`` of the queue without its hardest ``i%``.
 
-    Wu et al.'s Ring: the outer ball of the ``floor(K o / 100)`` hardest
-    negatives without its inner ball, the ``floor(outer i / 100)`` hardest
+    The outer ball of the ``floor(K o / 100)`` hardest negatives without
+    its inner ball, the ``floor(outer i / 100)`` hardest
     (module docstring); ``i = 0`` is their Ball.
 
     outer: ``(o0, o1)`` percent of K at the start and end of the schedule;

@@ -19,13 +19,14 @@ uncontended.  ``NEGATIVES_GPU_LOCK_DIR`` moves the lock files (default
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .locks import try_lock
 
 if TYPE_CHECKING:  # torch is imported where a device is claimed: locking alone stays light
     import torch
@@ -65,28 +66,6 @@ def device_ids(count: int) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def _open_lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        os.fchmod(fd, 0o666)  # other users of the machine lock it too
-    except OSError:
-        pass
-    return fd
-
-
-def _try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive lock on ``path``, or ``None`` when taken."""
-    fd = _open_lock(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
 def _lock_dir(lock_dir: str | os.PathLike | None) -> Path:
     path = Path(lock_dir) if lock_dir is not None else LOCK_DIR
     path.mkdir(parents=True, exist_ok=True)
@@ -116,7 +95,7 @@ def acquire(count: int, lock_dir=None, timeout: float | None = None, log=print) 
     start, said = time.monotonic(), False
     while True:
         for index, (ident, path) in enumerate(zip(ids, paths)):
-            fd = _try_lock(path)
+            fd = try_lock(path, shared_with_others=True)
             if fd is not None:
                 return Lease(index, ident, path, fd)
         waited = time.monotonic() - start

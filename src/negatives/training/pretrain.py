@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import asdict
 from fractions import Fraction
+from numbers import Real
 from pathlib import Path
 
 import torch
@@ -22,14 +23,17 @@ import torch
 from ..data.augment import MoCoV2Augment
 from ..data.sources import TensorSource, load_prepared, open_source, open_train_source, read_images
 from ..evaluation.features import extract_features, knn_classify, topk_accuracy
-from ..methods import build_method, num_candidates
+from ..config import ConfigError, check_run
+from ..methods import build_method
 from ..optim import SGD
 from ..policies.registry import parse_policy
 from ..runtime import gpus
 from ..runtime.atomic import atomic_torch_save, atomic_write
+from ..runtime.locks import RunLock
 from ..runtime.checkpoint import (Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
-from .settings import PretrainSettings, cosine_lr, epoch_seed, seeded_encoder, step_precision
+from .settings import (PretrainSettings, cosine_lr, epoch_seed, meta_differences, seeded_encoder,
+                       step_precision)
 
 __all__ = ["pretrain", "init_checkpoint"]
 
@@ -94,13 +98,39 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
 
     Resumes from ``out_dir/last.pt`` (or ``last.prev.pt`` when the newest is
     corrupt) when a previous attempt left one, mid-epoch included.
-    Raises ``FileExistsError`` when the run is already finished.  SIGTERM or
-    SIGUSR1 saves ``last.pt`` at the next step boundary and raises
-    :class:`negatives.checkpoint.Preempted` (exit status 75, requeue).
-    With ``device`` cuda the process takes a GPU of its own (negatives.gpus).
+    The arguments are checked as the workflow checks every run it plans, before
+    any work (:class:`negatives.config.ConfigError` naming the key).  Raises
+    ``FileExistsError`` when the run is already finished, and
+    :class:`negatives.runtime.locks.RunLocked` naming the holder when another
+    process is training it.  SIGTERM or SIGUSR1 saves ``last.pt`` at the next
+    step boundary and raises :class:`negatives.runtime.checkpoint.Preempted`
+    (exit status 75, requeue).  With ``device`` cuda the process takes a GPU
+    of its own (:mod:`negatives.runtime.gpus`).
     """
-    with StopSignals() as stop:
-        return _pretrain(data_path, method, policy, temperature, seed, settings, out_dir, log, stop)
+    s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
+    _refuse_finished(Path(out_dir))
+    if not Path(data_path).is_file():
+        raise FileNotFoundError(f"{data_path}: no prepared dataset there; build it first "
+                                f"(snakemake {data_path}, or python -m negatives prepare)")
+    with StopSignals() as stop, RunLock(out_dir):                # one process per run
+        _refuse_finished(Path(out_dir))                          # finished while we waited for the lock
+        return _pretrain(data_path, method, pol, temperature, seed, s, out_dir, log, stop)
+
+
+def _refuse_finished(out: Path) -> None:
+    final = out / "checkpoint.pt"
+    if final.exists():
+        raise FileExistsError(f"{final} exists: the run is finished; delete it to train again")
+
+
+def _checked(method: str, policy: str, temperature: float, settings: dict):
+    """``(PretrainSettings, policy)`` of a run, checked as the workflow checks
+    every run it plans (:func:`negatives.config.check_run`)."""
+    s = PretrainSettings.from_dict(settings)
+    if not (isinstance(temperature, Real) and temperature > 0):
+        raise ConfigError(f"temperature: must be a positive number, got {temperature!r}")
+    check_run(method, policy, asdict(s))
+    return s, parse_policy(policy)
 
 
 def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
@@ -110,23 +140,20 @@ def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
     if found is None:
         return None
     state, path = found
-    if state["meta"] != meta:
-        raise ValueError(f"{path} belongs to a different configuration; move it away to start afresh")
+    changed = meta_differences(state["meta"], meta)
+    if changed:
+        raise ValueError(f"{path} belongs to a different configuration ({'; '.join(changed)}); set it back, "
+                         "or move the checkpoint away to start afresh")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     log(f"resuming from {path} at epoch {state['epoch']} step {state['step_in_epoch']}")
     return state
 
 
-def _pretrain(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
+def _pretrain(data_path, method: str, pol, temperature: float, seed: int, s: PretrainSettings,
               out_dir, log, stop: StopSignals) -> Path:
-    s = PretrainSettings.from_dict(settings)
-    pol = parse_policy(policy)
-    pol.validate(num_candidates(method, s.queue_size, s.batch_size), s.epochs)
     out = Path(out_dir)
     final = out / "checkpoint.pt"
-    if final.exists():
-        raise FileExistsError(f"{final} exists: the run is finished; delete it to train again")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
     device = gpus.claim(gpus.resolve_device(s.device), log=log)

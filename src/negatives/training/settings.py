@@ -7,15 +7,22 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 
+from ..config import check_pretrain_sizes, check_section
 from ..defaults import schema_defaults
+from ..data.sources import open_source
 from ..models import build_encoder
+from ..runtime.atomic import torch_load
 
-__all__ = ["PretrainSettings", "step_precision", "epoch_seed", "cosine_lr", "seeded_encoder", "load_encoder"]
+__all__ = ["SPEED_ONLY", "meta_differences", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "cosine_lr", "seeded_encoder", "load_encoder"]
 
+
+#: settings that change how fast a run trains, never what it computes: a resume
+#: may change them, and the workflow never retrains a finished run for them
+SPEED_ONLY = ("threads", "compile")
 
 #: the schema's defaults of the ``pretrain`` section, the only place they are written
 _DEFAULTS = schema_defaults("pretrain")
@@ -52,11 +59,29 @@ class PretrainSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainSettings":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown pretrain settings {sorted(unknown)}; allowed: {sorted(names)}")
-        return cls(**d)
+        """The settings of a ``pretrain`` section, checked as the workflow checks
+        the config (:func:`negatives.config.check_section`: unknown keys, types,
+        ranges; the queue, batch and split sizes); a key left out takes the
+        schema's default."""
+        check_section("pretrain", d, library_only=("max_steps",))
+        settings = cls(**d)
+        check_pretrain_sizes(asdict(settings))
+        return settings
+
+
+def meta_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between the meta of a saved checkpoint and of the run now,
+    as ``key: saved -> now`` (``pretrain.KEY`` for a setting); speed-only
+    settings (:data:`SPEED_ONLY`) are not differences."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"pretrain.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if k not in SPEED_ONLY and a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 def step_precision(device: torch.device):
@@ -85,11 +110,28 @@ def seeded_encoder(settings: PretrainSettings, in_channels: int, seed: int):
 
 
 def load_encoder(path: str | os.PathLike):
-    """``checkpoint.pt -> (Encoder, meta)``: the query encoder, in eval mode, on CPU."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """``checkpoint.pt -> (Encoder, meta)``: the query encoder, in eval mode, on CPU.
+
+    A missing or damaged file, or one that is not a finished run's checkpoint
+    (``last.pt``, say), is one error naming it and how to rebuild it."""
+    rebuild = f"train the run again (snakemake {path})"
+    ckpt = torch_load(path, "finished run's checkpoint", rebuild)
+    if not isinstance(ckpt, dict) or not {"meta", "encoder"} <= set(ckpt):
+        raise ValueError(f"{path} is not a finished run's checkpoint.pt (a rolling last.pt is read by the "
+                         f"trainer only); delete it and {rebuild}")
     meta = ckpt["meta"]
     s = PretrainSettings.from_dict(meta["settings"])
     enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
                         num_splits=s.bn_splits, width=s.width, small_stem=s.small_stem)
     enc.load_state_dict(ckpt["encoder"])
     return enc.eval(), meta
+
+
+def check_matches(meta: dict, data: dict, checkpoint_path, data_path) -> None:
+    """A checkpoint is read on the dataset it was trained on: the same name
+    and image channels (a :class:`ValueError` naming both files otherwise)."""
+    channels = int(open_source(data, "train").shape[0])
+    if meta.get("dataset") != data.get("dataset") or meta.get("in_channels") != channels:
+        raise ValueError(f"{checkpoint_path} was trained on {meta.get('dataset')!r} ({meta.get('in_channels')} "
+                         f"channels), but {data_path} holds {data.get('dataset')!r} ({channels} channels); "
+                         "give the checkpoint its own dataset's data.pt")
