@@ -197,6 +197,17 @@ def _check_figures(cfg: dict) -> None:
                 raise ConfigError(f"{key}: {e}") from None
 
 
+def _check_queue_fits(cfg: dict) -> None:
+    """MoCo's queue holds at most one key per training image (when the config
+    says how many there are)."""
+    name = _get(cfg, "dataset", str)
+    train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split, whose size is not known here
+    queue = _get(cfg, "pretrain.queue_size", int)
+    if train and queue > train:
+        raise ConfigError(f"pretrain.queue_size: {queue} is larger than the {train} training images of "
+                          f"datasets.{name}.train_images: the queue would hold several keys of one image")
+
+
 def _check_analysis(cfg: dict) -> None:
     """The analysed images fit in the prepared training split, and every
     difficulty group a figure compares holds at least one negative."""
@@ -314,4 +325,5 @@ def check_config(cfg: dict, check_data: bool | None = None) -> None:
     _check_dataset(cfg, check_data)
     _check_evaluate(cfg)
     _check_analysis(cfg)
+    _check_queue_fits(cfg)
     _check_runs(cfg)

@@ -109,12 +109,20 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     """
     s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
     _refuse_finished(Path(out_dir))
-    if not Path(data_path).is_file():
-        raise FileNotFoundError(f"{data_path}: no prepared dataset there; build it first "
-                                f"(snakemake {data_path}, or python -m negatives prepare)")
+    data = load_prepared(data_path)                              # a missing or damaged file, named
+    _check_fits(method, s, open_train_source(data).num_images)
     with StopSignals() as stop, RunLock(out_dir):                # one process per run
         _refuse_finished(Path(out_dir))                          # finished while we waited for the lock
-        return _pretrain(data_path, method, pol, temperature, seed, s, out_dir, log, stop)
+        return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
+
+
+def _check_fits(method: str, s: PretrainSettings, n: int) -> None:
+    """The batch, and MoCo's queue (one key per image at most), fit in the ``n`` training images."""
+    if s.batch_size > n:
+        raise ValueError(f"pretrain.batch_size {s.batch_size} is larger than the {n} training images")
+    if method == "moco" and s.queue_size > n:
+        raise ValueError(f"pretrain.queue_size {s.queue_size} is larger than the {n} training images: the queue "
+                         "would hold several keys of one image; lower it or use more images")
 
 
 def _refuse_finished(out: Path) -> None:
@@ -150,7 +158,7 @@ def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
     return state
 
 
-def _pretrain(data_path, method: str, pol, temperature: float, seed: int, s: PretrainSettings,
+def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: PretrainSettings,
               out_dir, log, stop: StopSignals) -> Path:
     out = Path(out_dir)
     final = out / "checkpoint.pt"
@@ -158,15 +166,12 @@ def _pretrain(data_path, method: str, pol, temperature: float, seed: int, s: Pre
     torch.set_num_threads(s.threads)
     device = gpus.claim(gpus.resolve_device(s.device), log=log)
 
-    data = load_prepared(data_path)
     # the pretraining images (with any unlabeled ones, label -1): in memory on
     # the training device, or streamed from the image files batch by batch
     source = open_train_source(data)
     if isinstance(source, TensorSource):
         source = TensorSource(source.images.to(device), source.labels.to(device))
-    n, (c, h, w) = source.num_images, source.shape
-    if s.batch_size > n:
-        raise ValueError(f"pretrain.batch_size {s.batch_size} is larger than the {n} training images")
+    n, (c, h, _) = source.num_images, source.shape
     channels_last = torch.channels_last
 
     encoder = seeded_encoder(s, c, seed)

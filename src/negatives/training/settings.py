@@ -114,7 +114,7 @@ def load_encoder(path: str | os.PathLike):
 
     A missing or damaged file, or one that is not a finished run's checkpoint
     (``last.pt``, say), is one error naming it and how to rebuild it."""
-    rebuild = f"train the run again (snakemake {path})"
+    rebuild = f"train the run (snakemake {path})"
     ckpt = torch_load(path, "finished run's checkpoint", rebuild)
     if not isinstance(ckpt, dict) or not {"meta", "encoder"} <= set(ckpt):
         raise ValueError(f"{path} is not a finished run's checkpoint.pt (a rolling last.pt is read by the "
