@@ -122,7 +122,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
                 classes=[f"c{i}" for i in range(6)], mean=[0.2], std=[0.3], dataset="toy")
     torch.save(data, tmp_path / "data.pt")
     meta = dict(dataset="toy", method="moco", policy="keep[95_100)", temperature=0.2, seed=1, uses_labels=False,
-                epochs=3, settings={})
+                epochs=3, settings={}, in_channels=1)
     enc = build_encoder("small-cnn", 1, dim=8, width=4)
     monkeypatch.setattr(probes, "load_encoder", lambda path: (enc, meta))
     settings = dict(probe="fast", knn_k=200, knn_temperature=0.1, fewshot_labels_per_class=2, threads=1)
