@@ -254,11 +254,12 @@ def _check_runs(cfg: dict) -> None:
             check_run(method, name, cfg["pretrain"], pretrain_has_labels(cfg), where=f"figures.{figure}: ")
 
 
-def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True, where: str = "") -> None:
-    """One run makes sense: its policy keeps at least one negative out of the
-    method's candidates, reads labels only where the dataset has them, and
-    needs a queue (replace mode, ``retain-hard``) only with MoCo and a queue
-    that has room for it.  ``where`` prefixes the message (the config key)."""
+def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True, where: str = ""):
+    """Check that one run makes sense and return its parsed policy: the policy
+    keeps at least one negative out of the method's candidates, reads labels
+    only where the dataset has them, and needs a queue (replace mode,
+    ``retain-hard``) only with MoCo and a queue that has room for it.
+    ``where`` prefixes the message (the config key)."""
     from .methods import METHODS, num_candidates  # lazily: torch only when needed
 
     if method not in METHODS:
@@ -283,6 +284,7 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
     if pol.mode == "replace" and (extra <= 0 or extra % batch):
         raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
                           f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))
+    return pol
 
 
 def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:

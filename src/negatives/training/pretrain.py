@@ -26,7 +26,6 @@ from ..evaluation.features import extract_features, knn_classify, topk_accuracy
 from ..config import ConfigError, check_run
 from ..methods import build_method
 from ..optim import SGD
-from ..policies.registry import parse_policy
 from ..runtime import gpus
 from ..runtime.atomic import atomic_torch_save, atomic_write
 from ..runtime.locks import RunLock
@@ -137,8 +136,7 @@ def _checked(method: str, policy: str, temperature: float, settings: dict):
     s = PretrainSettings.from_dict(settings)
     if not (isinstance(temperature, Real) and temperature > 0):
         raise ConfigError(f"temperature: must be a positive number, got {temperature!r}")
-    check_run(method, policy, asdict(s))
-    return s, parse_policy(policy)
+    return s, check_run(method, policy, asdict(s))
 
 
 def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
