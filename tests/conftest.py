@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def written(folder: Path) -> list[str]:
+    """The files in ``folder``, each output's check file (``.NAME.sha256``)
+    folded into it: fails on any other hidden file (a temporary one left)."""
+    names = sorted(p.name for p in Path(folder).iterdir())
+    outputs = [n for n in names if not n.startswith(".")]
+    assert [n for n in names if n.startswith(".")] == sorted(f".{n}.sha256" for n in outputs), names
+    return outputs
+
+
 def write_idx(path: Path, array) -> None:
     """Write ``array`` (uint8) as a gzipped IDX file (magic 0x0000 08 ndim)."""
     array = np.asarray(array, dtype=np.uint8)

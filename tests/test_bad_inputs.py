@@ -193,7 +193,7 @@ def test_a_figure_names_the_damaged_input_and_writes_nothing(tmp_path, capsys):
     foreign = tmp_path / "other.json"
     foreign.write_text("[1, 2]")
     for bad, message in ((truncated, "is not a complete probe.json"), (foreign, "is not a probe.json"),
-                         (tmp_path / "missing.json", "no probe.json there; evaluate the run first")):
+                         (tmp_path / "missing.json", "no probe.json there; evaluate the run")):
         status = main(["figure", "fig2", "--probes", str(good), str(bad), "--config-json", json.dumps(cfg),
                        "--out", str(tmp_path / "figures" / "fig2")])
         err = capsys.readouterr().err.strip()

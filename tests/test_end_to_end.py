@@ -77,6 +77,21 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, timeout=300, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # a damaged input (a truncated probe.json, a pairs table cut short) stops the workflow
+    # before any job: the figures built from them keep their previous files
+    built = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in figures.iterdir()}
+    for damaged in (run / "probe.json", tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed0"
+                    / "analysis" / "pairs.parquet"):
+        intact = damaged.read_bytes()
+        damaged.write_bytes(intact[: len(intact) // 2])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and f"{damaged.relative_to(tmp_path)} is damaged: {len(intact) // 2} bytes, but {len(intact)} were " \
+            "written" in out and "delete it and run the workflow again" in out, out[-3000:]
+        assert "Building DAG" not in out and "Traceback" not in out, out[-3000:]
+        assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in figures.iterdir()} == built
+        damaged.write_bytes(intact)
+
 
 def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
     cfg = tiny_config(tmp_path)

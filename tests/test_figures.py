@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import written
 from negatives.analysis.figures import build, fig2, load_probes, summarize
 
 SEGMENTS = ["keep[90_95)", "keep[95_100)", "keep[85_90)"]  # deliberately not hardest-first
@@ -55,7 +56,7 @@ def test_fig2_writes_files_and_csv_matches_pandas(probe_files, tmp_path):
     table = fig2(df, out, SEGMENTS, EASIEST)
     for ext in ("pdf", "png", "csv"):
         assert (tmp_path / "figs" / f"fig2.{ext}").stat().st_size > 1000
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["fig2.csv", "fig2.pdf", "fig2.png"]
+    assert written(tmp_path / "figs") == ["fig2.csv", "fig2.pdf", "fig2.png"]
 
     csv = pd.read_csv(f"{out}.csv")
     assert len(csv) == len(table)

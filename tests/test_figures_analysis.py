@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import ttest_ind
 
+from conftest import written
 from negatives.analysis import pairs as analysis
 from negatives.cli import main
 from negatives.analysis.figures import build, fig4, fig5, fig6, tables_a4_a6
@@ -42,7 +43,7 @@ def ranks(q: int, n: int, seed: int = 0) -> np.ndarray:
 
 
 def assert_files(tmp_path, name):
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.{e}" for e in ("csv", "pdf", "png")]
+    assert written(tmp_path) == [f"{name}.{e}" for e in ("csv", "pdf", "png")]
     for e in ("csv", "pdf", "png"):
         assert (tmp_path / f"{name}.{e}").stat().st_size > 100
 
@@ -286,5 +287,5 @@ def test_build_and_cli_draw_every_analysis_figure(tmp_path):
                  "--probes", *paths, str(sim), "--out", str(tmp_path / "out" / "tables_a4_a6")]) == 0
     csv = pd.read_csv(tmp_path / "out" / "tables_a4_a6.csv")
     assert csv[csv.table == "A4"].name_a.tolist() == ["cat", "car"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+    assert written(tmp_path / "out") == sorted(
         f"{f}.{e}" for f in ("fig4", "fig5", "fig6", "tables_a4_a6") for e in ("csv", "pdf", "png"))

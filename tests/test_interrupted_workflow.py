@@ -81,9 +81,10 @@ def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
     }) - collections.Counter(), log[-3000:]
 
 
-def test_changing_threads_over_finished_runs_retrains_nothing(tmp_path):
-    """``threads`` is speed only: raised for training and evaluation after a
-    run and its probe finished, ``snakemake -n`` has nothing to do; a setting
+def test_changing_speed_only_settings_over_finished_runs_retrains_nothing(tmp_path):
+    """``threads`` and ``compile`` are speed only: changed for training and
+    evaluation after a run and its probe finished, ``snakemake -n`` has
+    nothing to do; a setting
     that changes results (epochs) plans the run again."""
     cfg = tiny_config(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -95,6 +96,7 @@ def test_changing_threads_over_finished_runs_retrains_nothing(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for section in ("pretrain", "evaluate"):
         cfg[section]["threads"] = 2
+    cfg["pretrain"]["compile"] = True
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     plan = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
     assert plan.returncode == 0 and "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout + plan.stderr

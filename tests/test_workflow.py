@@ -257,17 +257,22 @@ def test_lint_is_clean(workdir):
     assert "Congratulations, your workflow is in a good condition" in out, out
 
 
-def test_speed_only_settings_at_their_defaults_stay_out_of_the_jobs_params(workdir):
-    """Adding ``pretrain.compile`` (false) must not change the --settings of
-    finished runs (Snakemake would retrain them); set to true, it reaches the job."""
-    for value, present in ((False, False), (True, True)):
-        res = snakemake(workdir, "-n", "-p", "fig2", config={"pretrain": {"compile": value}})
+def test_speed_only_settings_stay_out_of_the_jobs_params(workdir):
+    """``pretrain.compile`` and ``threads`` (speed only) must not change the
+    --settings of finished runs (Snakemake would retrain them); they reach
+    the job as ``--compile`` and ``--threads``."""
+    commands = {}
+    for value in (False, True):
+        res = snakemake(workdir, "-n", "-p", "--cores", "4", "fig2",
+                       config={"pretrain": {"compile": value, "threads": 1 + value}})
         out = res.stdout + res.stderr
         assert res.returncode == 0, out
-        pretrain = [line for line in out.splitlines() if "python -m negatives pretrain" in line]
-        assert pretrain and all(('"compile": true' in line) == present for line in pretrain)
-        assert all('"compile"' not in line for line in pretrain) or present
-        assert '"epochs": 4' in pretrain[0]
+        commands[value] = [line for line in out.splitlines() if "python -m negatives pretrain" in line]
+        assert commands[value] and all(f"--threads {1 + value} --compile {int(value)} --out" in line
+                                       for line in commands[value])
+    settings = [[re.search(r"--settings '(\{.*?\})'", line)[1] for line in commands[v]] for v in (False, True)]
+    assert settings[0] == settings[1] and '"epochs": 4' in settings[0][0]
+    assert all('"compile"' not in s and '"threads"' not in s for s in settings[0])
 
 
 def test_config_file_traps_are_named_or_read_right(workdir):

@@ -30,8 +30,11 @@ def cmd_prepare(a) -> None:
 
 
 def _with_threads(a) -> dict:
-    """``--settings`` with ``--threads`` (how the workflow passes a speed-only setting) applied."""
-    return a.settings if a.threads is None else {**a.settings, "threads": a.threads}
+    """``--settings`` with ``--threads`` and ``--compile`` (how the workflow
+    passes the speed-only settings, which its jobs' params leave out) applied."""
+    compile_ = getattr(a, "compile", None)
+    speed = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_)}
+    return {**a.settings, **{k: v for k, v in speed.items() if v is not None}}
 
 
 def cmd_pretrain(a) -> None:
@@ -99,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, required=True)
         q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
         q.add_argument("--threads", type=int, help="torch threads (pretrain.threads; speed only)")
+        if name == "pretrain":
+            q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
+                                                                       "(pretrain.compile; speed only)")
         q.add_argument("--out", required=True, help="run directory")
         q.set_defaults(func=func)
 

@@ -232,6 +232,21 @@ def _check_analysis(cfg: dict) -> None:
                           f"and fit in the easiest decile; allowed: {100 / negatives:g} to 10")
 
 
+def _check_fewshot(cfg: dict) -> None:
+    """The few-label probe's labels per class fit in the class-balanced
+    training subset (when the config says its size and the dataset its classes)."""
+    from .data.datasets import known_classes
+
+    per_class = _get(cfg, "evaluate.fewshot_labels_per_class", int)
+    name = _get(cfg, "dataset", str)
+    train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split
+    classes = known_classes(name, cfg["datasets"][name])
+    if train and classes and per_class > train // classes:
+        raise ConfigError(f"evaluate.fewshot_labels_per_class: {per_class} labels per class do not fit in the "
+                          f"{train} training images of datasets.{name}.train_images ({train // classes} per class "
+                          f"of {classes}); allowed: at most {train // classes}")
+
+
 def pretrain_has_labels(cfg: dict) -> bool:
     """Whether every pretraining image of the config's dataset has a class
     label (an unlabeled split added to pretraining has none)."""
@@ -327,5 +342,6 @@ def check_config(cfg: dict, check_data: bool | None = None) -> None:
     _check_dataset(cfg, check_data)
     _check_evaluate(cfg)
     _check_analysis(cfg)
+    _check_fewshot(cfg)
     _check_queue_fits(cfg)
     _check_runs(cfg)

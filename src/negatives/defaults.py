@@ -3,7 +3,10 @@ the config schema (``workflow/schemas/config.schema.yaml``, shipped with the
 package as ``negatives/config.schema.yaml``).  Snakemake's validation fills
 them into the workflow's config; the library's settings classes take theirs
 from here, so a run started by hand gets the same values as one the workflow
-starts."""
+starts.
+
+A key marked ``speed_only: true`` in the schema changes how fast a job runs,
+not what it computes: a finished run is never redone when it changes."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import copy
 import functools
 from pathlib import Path
 
-__all__ = ["SCHEMA", "schema", "schema_defaults"]
+__all__ = ["SCHEMA", "schema", "schema_defaults", "speed_only"]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
@@ -51,3 +54,14 @@ def schema_defaults(*section: str) -> dict:
     props = _resolve(node, root).get("properties", {})
     return {key: copy.deepcopy(_resolve(spec, root)["default"]) for key, spec in props.items()
             if "default" in _resolve(spec, root)}
+
+
+def speed_only(section: str) -> tuple[str, ...]:
+    """The keys of a config section marked ``speed_only`` in the schema.
+
+    >>> speed_only("pretrain")
+    ('threads', 'compile')
+    """
+    root = schema()
+    props = _resolve(root["properties"][section], root).get("properties", {})
+    return tuple(key for key, spec in props.items() if spec.get("speed_only"))

@@ -3,6 +3,8 @@
 import json
 
 from negatives import grid
+from negatives.defaults import speed_only
+from negatives.runtime.atomic import verify_existing
 
 R = config["results"]  # results root (docs/INTERFACES.md: results/...)
 
@@ -12,19 +14,17 @@ SEED = r"\d+"
 TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 
 
-# Settings that change how fast a job runs, never its results, must not make
-# Snakemake (which reruns a job whose params changed) retrain finished runs:
-# `threads` reaches a job as its rule's threads (`--threads {threads}`, which
-# Snakemake never compares), and the speed-only keys below are left out of the
-# params at their defaults
-THREADED = ("pretrain", "evaluate")
-SPEED_ONLY = {"pretrain": {"compile": False}}
+# Settings that change how fast a job runs, not its results (marked
+# speed_only in the schema), must not make Snakemake retrain finished runs
+# (it reruns a job whose params or command template changed): they are left
+# out of the params and reach the jobs as the rule's threads (`--threads
+# {threads}`) and resources (`--compile {resources.compile}`), which
+# Snakemake never compares
+SPEED_ONLY = {section: speed_only(section) for section in ("pretrain", "evaluate")}
 
 
 def _results_only(section):
-    quiet = SPEED_ONLY.get(section, {})
-    return {k: v for k, v in config[section].items()
-            if quiet.get(k, object()) != v and not (k == "threads" and section in THREADED)}
+    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ())}
 
 
 def settings(section):
@@ -64,7 +64,18 @@ def figure_outputs(figure):
 
 
 def figure_inputs(figure):
-    return grid.figure_inputs(config, figure)
+    """A figure's inputs; those that exist are checked against the check files
+    written with them now, while the workflow is planned: a damaged one
+    stops it before any job, so the figure keeps its previous outputs
+    (Snakemake deletes a job's outputs before the job runs).  A job runs the
+    same check when it reads them; job processes skip it here."""
+    paths = grid.figure_inputs(config, figure)
+    if workflow.is_main_process:
+        try:
+            verify_existing(paths, rebuild="run the workflow again to rebuild it")
+        except ValueError as e:
+            raise WorkflowError(str(e)) from None
+    return paths
 
 
 # On SLURM: refuse the sacct status command where the cluster keeps no

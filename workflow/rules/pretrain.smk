@@ -13,6 +13,7 @@ rule pretrain:
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
         cpus_per_task=cpus,
         gpu=GPUS,
+        compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY)
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/pretrain.log",
     conda:
@@ -20,7 +21,7 @@ rule pretrain:
     shell:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --compile {resources.compile} --out {params.out:q} > {log:q} 2>&1"
 
 
 # the untrained encoder of each seed: the floor every figure is read against

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..config import check_section
 from ..data.augment import MoCoV2Augment
 from ..defaults import schema_defaults
-from ..runtime.atomic import atomic_write, check_writable
+from ..runtime.atomic import atomic_write, check_writable, verify
 
 __all__ = [
     "ANALYSIS_DEFAULTS", "COLUMNS", "IDENTITY", "embed_views", "select_images", "difficulty",
@@ -223,9 +223,10 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     from ..training.settings import PretrainSettings, load_encoder
 
     s = _settings(settings)
+    device = resolve_device(s["device"], "analysis device")
     check_writable(out_path)
     encoder, meta = load_encoder(checkpoint)
-    encoder.to(resolve_device(s["device"]))
+    encoder.to(device)
     data = load_prepared(data_path)
     names, sim = read_similarity(similarity_tsv)
     if names != list(data["classes"]):
@@ -255,10 +256,9 @@ def read_identity(path) -> dict:
     import pyarrow.parquet as pq
 
     rebuild = f"delete it and analyse the run again (snakemake {path})"
+    verify(path, "pairs table", f"analyse the run (snakemake {path})")
     try:
         md = pq.read_schema(path).metadata or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no pairs table there; analyse the run first (snakemake {path})") from None
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"{path} is not a complete pairs.parquet ({e}); {rebuild}") from None
     ident = {k: json.loads(md[k.encode()]) for k in (*IDENTITY, "analysis") if k.encode() in md}

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..policies.registry import parse_policy  # noqa: E402
-from ..runtime.atomic import atomic_write  # noqa: E402
+from ..runtime.atomic import atomic_write, verify  # noqa: E402
 
 __all__ = ["EVALUATIONS", "RANDOM_INIT", "GROUP", "read_probe", "load_probes", "summarize", "canonical", "fmt_pct", "write_figure",
            "single_value", "seed_range", "ttest_p", "temperature_colours", "p_text"]
@@ -44,11 +44,10 @@ def read_probe(path) -> dict:
     """One ``probe.json``; a missing, truncated or foreign file is one error
     naming it and how to rebuild it."""
     path = Path(path)
+    verify(path, "probe.json", f"evaluate the run (snakemake {path})")
     rebuild = f"delete it and evaluate the run again (snakemake {path})"
     try:
         probe = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no probe.json there; evaluate the run first (snakemake {path})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a complete probe.json ({e}); {rebuild}") from None
     missing = [k for k in ("dataset", "method", "policy", "temperature", "seed") if not isinstance(probe, dict)

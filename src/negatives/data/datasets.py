@@ -234,6 +234,15 @@ def folder_synsets(name: str, root: Path, wnids: list[str], wordnet=None) -> lis
     return synsets
 
 
+def known_classes(name: str, options: dict) -> int | None:
+    """How many classes dataset ``name`` has with ``options`` (its
+    ``datasets.NAME`` entry), where that is fixed by its format; ``None``
+    for image folders, whose classes are their folders."""
+    if dataset_spec(name).is_folder:
+        return None
+    return len(class_map("cifar100-coarse" if name == "cifar100" and options.get("labels") == "coarse" else name))
+
+
 def class_map(name: str) -> list[tuple[int, str, str]]:
     """``[(index, class name, WordNet synset)]`` from ``resources/{name}.tsv``."""
     rows = []

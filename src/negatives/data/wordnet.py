@@ -43,7 +43,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..runtime.atomic import atomic_write
+from ..runtime.atomic import atomic_write, verify
 
 __all__ = [
     "DEBIAN_DIR",
@@ -366,6 +366,7 @@ def write_similarity(classes_tsv: str | os.PathLike, out_tsv: str | os.PathLike,
     """``classes.tsv`` (index, name, synset) -> ``wordnet_similarity.tsv``: a
     header ``class`` + the class names, then one row per class (its name, then
     its C depths).  Checks every synset first; written atomically."""
+    verify(classes_tsv, "class list (classes.tsv)", f"prepare the dataset again (snakemake {classes_tsv})")
     rows = [line.rstrip("\n").split("\t") for line in Path(classes_tsv).read_text().splitlines()]
     if rows[0] != ["index", "name", "synset"]:
         raise ValueError(f"{classes_tsv}: expected header 'index\\tname\\tsynset'")
@@ -381,6 +382,7 @@ def write_similarity(classes_tsv: str | os.PathLike, out_tsv: str | os.PathLike,
 
 def read_similarity(tsv: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """``wordnet_similarity.tsv -> (class names, [C, C] int64 matrix)``."""
+    verify(tsv, "class similarity table", f"build it again (snakemake {tsv})")
     lines = [line.split("\t") for line in Path(tsv).read_text().splitlines() if line.strip()]
     names = lines[0][1:]
     if [r[0] for r in lines[1:]] != names:

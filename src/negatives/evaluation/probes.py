@@ -27,6 +27,7 @@ from ..data.sources import load_prepared, open_source
 from ..defaults import schema_defaults
 from ..optim import avoid_dynamo_import
 from ..runtime.atomic import atomic_write, check_writable
+from ..runtime.gpus import resolve_device
 from ..training.settings import check_matches
 from ..training.settings import load_encoder
 from .features import extract_features, knn_classify, topk_accuracy
@@ -107,6 +108,17 @@ def _with_defaults(settings: dict) -> dict:
     return {**schema_defaults("evaluate"), **settings}
 
 
+def _check_fewshot(per_class: int, data: dict, data_path) -> None:
+    """The few-label probe's draw fits in every class of the training split."""
+    labels = open_source(data, "train").labels
+    counts = torch.bincount(labels[labels >= 0], minlength=len(data["classes"]))
+    if per_class > int(counts.min()):
+        c = int(counts.argmin())
+        raise ValueError(f"evaluate.fewshot_labels_per_class: {per_class} labels per class, but class {c} "
+                         f"({data['classes'][c]}) has {int(counts[c])} training images in {data_path}; "
+                         f"allowed: at most {int(counts.min())}")
+
+
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
     """Evaluate one checkpoint and write ``probe.json`` to ``out_path``.
 
@@ -123,14 +135,13 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
         raise ValueError(f"evaluate.probe = {probe!r} is not implemented; allowed: {', '.join(PROBES)}")
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
-    device = settings["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(settings["device"], "evaluate.device")
 
     check_writable(out_path)
     encoder, meta = load_encoder(checkpoint_path)
     data = load_prepared(data_path)
     check_matches(meta, data, checkpoint_path, data_path)
+    _check_fewshot(int(settings["fewshot_labels_per_class"]), data, data_path)
     encoder.to(device)
     num_classes = len(data["classes"])
     # in memory or streamed from the image files (storage: stream)

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_failed
+
 __all__ = [
     "MAGIC", "REQUEUE_EXIT_CODE", "STOP_SIGNALS", "CorruptCheckpoint", "Preempted", "StopSignals",
     "save_rolling", "load_verified", "load_latest", "previous_path", "rng_state", "set_rng_state",
@@ -102,7 +104,14 @@ def save_rolling(state: dict, path: str | os.PathLike) -> Path:
     ``previous_path(path)``.  Returns ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    _write_durably(_encode(state), tmp)
+    try:
+        _write_durably(_encode(state), tmp)
+    except OSError as e:  # a full disk, say: no half file left, the previous checkpoints untouched
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, e) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if path.exists():
         os.replace(path, previous_path(path))
     os.replace(tmp, path)

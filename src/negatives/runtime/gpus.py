@@ -136,11 +136,21 @@ def claim(device: "torch.device", log=print, lock_dir=None, timeout: float | Non
     return torch.device("cuda", _LEASE.index)
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str, key: str = "device") -> "torch.device":
     """A config's ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) as a
-    :class:`torch.device`; ``auto`` is ``cuda`` when a GPU is visible."""
+    :class:`torch.device`; ``auto`` is ``cuda`` when a GPU is visible.  A
+    GPU asked for where torch sees none (or not that many) is a
+    ``ValueError`` naming ``key``, before any work."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            why = ("this torch is built without CUDA" if torch.version.cuda is None else
+                   f"torch sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+            raise ValueError(f"{key}: {name!r} asks for a GPU, but {why}; use {key}: cpu (or auto), "
+                             "or run where a GPU is")
+    return device

@@ -27,7 +27,7 @@ from ..config import ConfigError, check_run
 from ..methods import build_method
 from ..optim import SGD
 from ..runtime import gpus
-from ..runtime.atomic import atomic_torch_save, atomic_write
+from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RunLock
 from ..runtime.checkpoint import (Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
@@ -107,7 +107,9 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     of its own (:mod:`negatives.runtime.gpus`).
     """
     s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
+    gpus.resolve_device(s.device, "pretrain.device")             # a GPU asked for where there is none
     _refuse_finished(Path(out_dir))
+    check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)                              # a missing or damaged file, named
     _check_fits(method, s, open_train_source(data).num_images)
     with StopSignals() as stop, RunLock(out_dir):                # one process per run
@@ -162,7 +164,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     final = out / "checkpoint.pt"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(s.threads)
-    device = gpus.claim(gpus.resolve_device(s.device), log=log)
+    device = gpus.claim(gpus.resolve_device(s.device, "pretrain.device"), log=log)
 
     # the pretraining images (with any unlabeled ones, label -1): in memory on
     # the training device, or streamed from the image files batch by batch
@@ -189,6 +191,9 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
 
     last = out / "last.pt"
+    # room for last.pt, last.prev.pt and checkpoint.pt (model, optimiser state), known before the first step
+    check_writable(final, need_bytes=3 * (_tensor_bytes(model.state_dict().values())
+                                          + _tensor_bytes(model.encoder_q.parameters())))
     resumed = _resume(last, meta, model, opt, device, log)
     start_epoch, start_i, rows = (resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed else (0, 0, [])
 
@@ -268,6 +273,10 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     last.unlink(missing_ok=True)
     previous_path(last).unlink(missing_ok=True)
     return final
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _non_finite(loss, epoch: int, step: int, last: Path):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config import check_pretrain_sizes, check_section
-from ..defaults import schema_defaults
+from ..defaults import schema_defaults, speed_only
 from ..data.sources import open_source
 from ..models import build_encoder
 from ..runtime.atomic import torch_load
@@ -22,7 +22,7 @@ __all__ = ["SPEED_ONLY", "meta_differences", "check_matches", "PretrainSettings"
 
 #: settings that change how fast a run trains, never what it computes: a resume
 #: may change them, and the workflow never retrains a finished run for them
-SPEED_ONLY = ("threads", "compile")
+SPEED_ONLY = speed_only("pretrain")
 
 #: the schema's defaults of the ``pretrain`` section, the only place they are written
 _DEFAULTS = schema_defaults("pretrain")
