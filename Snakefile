@@ -20,11 +20,12 @@ from negatives.config import ConfigError, check_config
 from negatives.config_files import check_config_file, numbers_as_numbers
 
 # config files read strictly first: a YAML error names its line, a key written
-# twice is refused (YAML would keep the last silently)
+# twice is refused (YAML would keep the last silently). config.yaml when it is
+# there (Snakemake names a missing one), then every --configfile
+CONFIG_FILES = [*(["config.yaml"] if Path("config.yaml").exists() else []), *workflow.overwrite_configfiles]
 try:
-    for path in ["config.yaml", *workflow.overwrite_configfiles]:
-        if Path(path).exists() or path != "config.yaml":
-            check_config_file(path)
+    for path in CONFIG_FILES:
+        check_config_file(path)
 except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}") from None
 

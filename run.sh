@@ -5,6 +5,7 @@
 set -euo pipefail
 # shellcheck source=workflow/scripts/bootstrap.sh
 source "$(dirname "${BASH_SOURCE[0]}")/workflow/scripts/bootstrap.sh"
+neg_check_configfiles "$@"
 bootstrap run
 set -- --cores all "${NEGATIVES_SNAKEMAKE_ARGS[@]+"${NEGATIVES_SNAKEMAKE_ARGS[@]}"}" "$@"
 say "snakemake $*"

@@ -1,20 +1,31 @@
-"""A catalogue of bad inputs to ``python -m negatives``: each must end in one
-line on stderr that names the key or file (no traceback), exit status 2,
+"""A catalogue of bad inputs.  To ``python -m negatives``: each must end in
+one line on stderr that names the key or file (no traceback), exit status 2,
 and leave every file as it was -- no finished run touched, no run folder
-made for a command refused before any work."""
+made for a command refused before any work.  To the workflow (snakemake and
+./run.sh): each must stop before the jobs are planned, with a message that
+names the key or file, and leave every file as it was."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from negatives.cli import main
 from negatives.data import prepare
+from negatives.runtime.atomic import atomic_write
 from negatives.runtime.locks import RunLock
 from negatives.training.pretrain import pretrain
 
+from conftest import ROOT, fake_fashion_mnist
+
+_HAS_GPU = __import__("torch").cuda.is_available()
 TINY = dict(backbone="small-cnn", width=4, dim=8, epochs=1, batch_size=16, queue_size=32, bn_splits=2,
             knn_monitor=0, threads=1)
 
@@ -97,6 +108,14 @@ CATALOGUE = [
     ("analyze queries 0", _analyze(queries=0), r"analysis\.queries: 0 is less than the minimum of 1"),
     ("analyze unknown key", _analyze(querys=10), r"'querys' was unexpected.*allowed: .*queries"),
     ("analyze seed negative", _analyze(seed=-1), r"analysis\.seed: -1 is less than the minimum of 0"),
+    ("evaluate few labels more than a class holds", _evaluate(fewshot_labels_per_class=100),
+     r"evaluate\.fewshot_labels_per_class: 100 labels per class, but class \d+ \(.*\) has \d+ training images in "
+     r".*data\.pt; allowed: at most \d+"),
+    *([] if _HAS_GPU else [
+        ("pretrain cuda without a GPU", _pretrain(device="cuda"), r"pretrain\.device: 'cuda' asks for a GPU, but .*; "
+                                                                  r"use pretrain\.device: cpu \(or auto\)"),
+        ("evaluate cuda without a GPU", _evaluate(device="cuda"), r"evaluate\.device: 'cuda' asks for a GPU, but"),
+    ]),
     ("init width 0", lambda root, data: ["init", "--data", str(data), "--seed", "0", "--settings",
                                          json.dumps({**TINY, "width": 0}), "--out", str(root / "new")],
      r"pretrain\.width: 0 is less than the minimum of 1"),
@@ -139,10 +158,6 @@ def test_bad_json_settings_is_a_usage_error():
     assert e.value.code == 2
 
 
-def test_the_catalogue_is_large():
-    assert len(CATALOGUE) >= 40
-
-
 def test_damaged_and_mismatched_files_are_named(files, tmp_path, capsys):
     """A truncated data.pt or checkpoint.pt, a rolling last.pt given to
     evaluate, a checkpoint of another dataset, an --out that cannot be
@@ -159,12 +174,19 @@ def test_damaged_and_mismatched_files_are_named(files, tmp_path, capsys):
     state = torch.load(ckpt, weights_only=False)
     state["meta"]["dataset"] = "cifar10"
     torch.save(state, other)
+    flipped = tmp_path / "flipped" / "data.pt"
+    atomic_write(flipped, lambda tmp: tmp.write_bytes(Path(data).read_bytes()))
+    raw = bytearray(flipped.read_bytes())
+    raw[-200] ^= 1                                     # one bit of the images: torch would load it
+    flipped.write_bytes(bytes(raw))
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o500)
     cases = [
         (["--data", str(truncated), "--checkpoint", str(ckpt)], rf"{truncated} is not a complete prepared dataset"),
         (["--data", str(data), "--checkpoint", str(half)], rf"{half} is not a complete finished run's checkpoint"),
+        (["--data", str(flipped), "--checkpoint", str(ckpt)], rf"{flipped} is damaged: its SHA-256 differs from the "
+                                                              r"one written with it .*; delete it and build it again"),
         (["--data", str(data), "--checkpoint", str(other)], r"was trained on 'cifar10' \(1 channels\), but .* holds "
                                                              r"'fashion-mnist'"),
     ]
@@ -179,6 +201,44 @@ def test_damaged_and_mismatched_files_are_named(files, tmp_path, capsys):
                      str(locked / "probe.json")]) == 2
         assert "is not writable" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(files, capsys, monkeypatch):
+    import errno
+
+    from negatives.runtime import checkpoint
+
+    root, data = files
+
+    def full(blob, path):
+        Path(path).write_bytes(blob[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_durably", full)
+    assert main(_pretrain(out="full")(root, data)) == 2
+    err = capsys.readouterr().err.strip()
+    last = root / "full" / "last.pt"
+    assert err == (f"negatives pretrain: error: cannot write {last}: the disk is full (No space left on device); "
+                   "free some space there and run again")
+    assert sorted(p.name for p in (root / "full").iterdir()) == [".pretrain.lock"]  # no last.pt.tmp, no checkpoint
+
+
+def test_a_read_only_folder_is_named_before_any_work(files, capsys, monkeypatch):
+    import errno
+
+    root, data = files
+    before = _snapshot(root)
+
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "touch", read_only)
+    for argv in (_pretrain(out="new")(root, data), _evaluate()(root, data)):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.fullmatch(rf"negatives \w+: error: {root} is not writable \(Read-only file system\), so "
+                            rf"{root}/new/\S+ cannot be written; choose another folder", err), err
+    assert _snapshot(root) == before and not (root / "new").exists()
 
 
 def test_a_figure_names_the_damaged_input_and_writes_nothing(tmp_path, capsys):
@@ -199,3 +259,108 @@ def test_a_figure_names_the_damaged_input_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert status == 2 and len(err.splitlines()) == 1 and f"{bad}" in err and message in err, err
     assert not (tmp_path / "figures").exists()
+
+
+# ------------------------------------------------------------- the workflow
+
+def _config(**sections):
+    """Builder of a bad config: the workdir's override.yaml with ``sections`` merged in."""
+    return lambda work: (work / "override.yaml").write_text(yaml.safe_dump(_merged(yaml.safe_load(
+        (work / "override.yaml").read_text()), sections)))
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _config_text(edit):
+    """Builder: config.yaml rewritten by ``edit(text)``."""
+    return lambda work: (work / "config.yaml").write_text(edit((work / "config.yaml").read_text()))
+
+
+def _damaged_probe(work):
+    """A probe.json fig2 reads, written by us and then cut short, beside an earlier fig2."""
+    probe = work / "results/fashion-mnist/moco/keep[95_100)/t0.2/seed1/probe.json"
+    atomic_write(probe, lambda tmp: tmp.write_text(json.dumps({"dataset": "fashion-mnist", "linear_top1": 50.0})))
+    probe.write_text('{"dataset": "fash')
+    for ext in ("pdf", "png", "csv"):
+        atomic_write(work / f"results/figures/fig2.{ext}", lambda tmp: tmp.write_text("the previous figure"))
+
+
+#: (id, setup of the workdir, snakemake arguments, the message it must give);
+#: "run.sh" as the first argument runs ./run.sh instead of snakemake
+WORKFLOW_CATALOGUE = [
+    ("unknown key", _config(pretrain={"thread": 2}), ["-n"], r"Additional properties are not allowed \('thread'"),
+    ("a key of the wrong type", _config(pretrain={"lr": "fast"}), ["-n"], r"'fast' is not of type 'number'"),
+    ("YAML syntax error", _config_text(lambda t: t.replace("  lr: 0.06 ", "  lr: [0.06 ", 1)), ["-n"],
+     r"invalid config: .*config\.yaml:\d+:\d+: "),
+    ("a section written twice", _config_text(lambda t: t + "\npretrain:\n  epochs: 9\n"), ["-n"],
+     r"config\.yaml:\d+:1: key 'pretrain' appears twice in one mapping"),
+    ("an unknown policy", _config(figures={"fig2": {"segments": ["hardest-5"]}}), ["-n"],
+     r"figures\.fig2\.segments\[0\]: unknown policy"),
+    ("a band holding no negative", _config(figures={"fig3": {"removed": ["drop[0_100)"]}}), ["-n"],
+     r"figures\.fig3: policy 'drop\[0_100\)' with moco .*removes every one"),
+    ("retain-hard for SimCLR", _config(figures={"simclr": {"policies": ["retain-hard[0.25]"]}}), ["-n"],
+     r"works through MoCo's queue of negatives; simclr has none"),
+    ("a negative temperature", _config(temperatures=[-0.5]), ["-n"], r"temperatures"),
+    ("an unknown dataset", _config(dataset="mnist"), ["-n"], r"'mnist' is not one of|unknown dataset 'mnist'"),
+    ("a missing data directory", _config(datasets={"fashion-mnist": {"root": "/nonexistent/fmnist"}}), ["-n"],
+     r"datasets\.fashion-mnist\.root: data directory /nonexistent/fmnist .* does not exist"),
+    ("a queue longer than the images", _config(datasets={"fashion-mnist": {"train_images": 4000}}), ["-n"],
+     r"pretrain\.queue_size: 4096 is larger than the 4000 training images"),
+    ("splits that do not divide the batch", _config(pretrain={"bn_splits": 3}), ["-n"],
+     r"pretrain\.bn_splits: 3 must divide pretrain\.batch_size \(256\)"),
+    ("few labels more than the subset", _config(evaluate={"fewshot_labels_per_class": 900}), ["-n"],
+     r"evaluate\.fewshot_labels_per_class: 900 labels per class do not fit in the 8000 training images"),
+    ("analysed images more than the subset", _config(analysis={"queries": 7000}), ["-n"],
+     r"analysis\.queries: 7000 queries \+ 2000 negatives"),
+    ("faithful milestones past the epochs", _config(evaluate={"probe": "faithful", "faithful": {"epochs": 50}}), ["-n"],
+     r"evaluate\.faithful\.milestones: \[60, 80\] must be increasing epochs in 1\.\.49"),
+    ("a damaged input of a figure", _damaged_probe, ["--cores", "1", "fig2"],
+     r"keep\[95_100\)/t0\.2/seed1/probe\.json is damaged: 17 bytes, but \d+ were written .*delete it and run the "
+     r"workflow again"),
+    ("a config file that is not there", lambda work: None, ["run.sh", "-n", "--configfile", "/nonexistent/my.yaml"],
+     r"--configfile /nonexistent/my\.yaml: no such file"),
+    ("a target after --configfile", lambda work: None, ["run.sh", "-n", "--configfile", "config.yaml", "fig2"],
+     r"--configfile fig2: no such file .*a target goes before --configfile"),
+]
+
+
+@pytest.fixture
+def work(tmp_path):
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    root = fake_fashion_mnist(tmp_path / "fmnist")
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump({"datasets": {"fashion-mnist": {"root": str(root)}}}))
+    return tmp_path
+
+
+def _files(work: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(work)): p.read_bytes() for p in sorted(work.rglob("*"))
+            if p.is_file() and ".snakemake" not in p.parts}
+
+
+@pytest.mark.parametrize("setup, args, message", [c[1:] for c in WORKFLOW_CATALOGUE],
+                         ids=[c[0] for c in WORKFLOW_CATALOGUE])
+def test_a_bad_workflow_input_is_named_before_any_job_and_changes_nothing(work, setup, args, message):
+    setup(work)
+    before = _files(work)
+    if args[0] == "run.sh":
+        cmd = ["bash", str(ROOT / "run.sh"), *args[1:]]
+    else:
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+               "--configfile", str(work / "override.yaml"), "--", *args] if "--cores" not in args else \
+              [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), *args,
+               "--configfile", str(work / "override.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=work)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert re.search(message, out), out[-3000:]
+    assert "Traceback" not in out and "Building DAG" not in out, out[-3000:]
+    assert _files(work) == before                         # no job ran, nothing written or removed
+
+
+def test_the_catalogue_is_large():
+    assert len(CATALOGUE) + len(WORKFLOW_CATALOGUE) >= 60 and len(WORKFLOW_CATALOGUE) >= 15

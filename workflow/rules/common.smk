@@ -78,12 +78,15 @@ def figure_inputs(figure):
     return paths
 
 
-# On SLURM: refuse the sacct status command where the cluster keeps no
-# accounting (the executor would wait forever), before any job is submitted.
-if getattr(workflow.executor_plugin, "name", None) == "slurm":
-    from negatives.runtime.cluster import check_status_command
+# On SLURM, once the jobs are planned and before any is submitted (the
+# executor is known only then): SLURM answers from this machine, and the
+# sacct status command is refused where the cluster keeps no accounting (the
+# executor would wait forever). A dry run runs no hook: it plans without SLURM.
+onstart:
+    if getattr(workflow.executor_plugin, "name", None) == "slurm":
+        from negatives.runtime.cluster import check_status_command, slurm_config
 
-    try:
-        check_status_command(getattr(workflow.executor_settings, "status_command", None))
-    except RuntimeError as e:
-        raise WorkflowError(str(e))
+        try:
+            check_status_command(getattr(workflow.executor_settings, "status_command", None), slurm_config())
+        except RuntimeError as e:
+            raise WorkflowError(str(e)) from None

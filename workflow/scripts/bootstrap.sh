@@ -38,6 +38,23 @@ neg_download_failure_note() {
 }
 
 say() { printf '==> %s\n' "$*" >&2; }
+
+# For run.sh, before anything is installed: every config file named after
+# --configfile exists (snakemake's own message is a traceback). Snakemake reads
+# every word after --configfile up to the next option as a config file, so a
+# target written after it is named here too. Paths are read from the checkout.
+neg_check_configfiles() {
+    local arg file reading=0
+    for arg in "$@"; do
+        case "$arg" in
+            --configfile=* | --configfiles=*) file="${arg#*=}" ;;
+            --configfile | --configfiles) reading=1; continue ;;
+            -*) reading=0; continue ;;
+            *) [ "$reading" = 1 ] || continue; file="$arg" ;;
+        esac
+        (cd "$NEGATIVES_ROOT" && [ -f "$file" ]) || die "--configfile $file: no such file (relative paths are read from $NEGATIVES_ROOT; a target goes before --configfile, which takes every word after it)"
+    done
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 _neg_can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
