@@ -116,6 +116,19 @@ CATALOGUE = [
                                                                   r"use pretrain\.device: cpu \(or auto\)"),
         ("evaluate cuda without a GPU", _evaluate(device="cuda"), r"evaluate\.device: 'cuda' asks for a GPU, but"),
     ]),
+    ("pretrain a negative seed", lambda root, data: [*_pretrain()(root, data)[:-4], "--seed", "-1",
+                                                     *_pretrain()(root, data)[-4:]],
+     r"seed: must be an integer >= 0 \(an entry of seeds\), got -1"),
+    ("init an unknown method", lambda root, data: ["init", "--data", str(data), "--method", "byol", "--seed", "0",
+                                                   "--out", str(root / "new")], r"method: 'byol' is not one of"),
+    ("init a finished run", lambda root, data: ["init", "--data", str(data), "--seed", "0", "--out",
+                                                str(root / "finished")], r"finished/checkpoint\.pt exists"),
+    ("prepare a negative subset", lambda root, data: ["prepare", "--dataset", "fashion-mnist", "--root", str(root),
+                                                      "--out", str(root / "new"), "--train-images", "-5"],
+     r"datasets\.fashion-mnist\.train_images: -5 is less than the minimum of 0"),
+    ("prepare an unknown key", lambda root, data: ["prepare", "--dataset", "fashion-mnist", "--root", str(root),
+                                                   "--out", str(root / "new"), "--settings", '{"storag": "memory"}'],
+     r"datasets\.fashion-mnist: Additional properties are not allowed \('storag' was unexpected\); allowed: .*storage"),
     ("init width 0", lambda root, data: ["init", "--data", str(data), "--seed", "0", "--settings",
                                          json.dumps({**TINY, "width": 0}), "--out", str(root / "new")],
      r"pretrain\.width: 0 is less than the minimum of 1"),
@@ -174,6 +187,10 @@ def test_damaged_and_mismatched_files_are_named(files, tmp_path, capsys):
     state = torch.load(ckpt, weights_only=False)
     state["meta"]["dataset"] = "cifar10"
     torch.save(state, other)
+    resized = tmp_path / "resized.pt"
+    state = torch.load(ckpt, weights_only=False)
+    state["meta"].update(image_size=[32, 32], num_classes=20)
+    torch.save(state, resized)
     flipped = tmp_path / "flipped" / "data.pt"
     atomic_write(flipped, lambda tmp: tmp.write_bytes(Path(data).read_bytes()))
     raw = bytearray(flipped.read_bytes())
@@ -189,6 +206,8 @@ def test_damaged_and_mismatched_files_are_named(files, tmp_path, capsys):
                                                               r"one written with it .*; delete it and build it again"),
         (["--data", str(data), "--checkpoint", str(other)], r"was trained on 'cifar10' \(1 channels\), but .* holds "
                                                              r"'fashion-mnist'"),
+        (["--data", str(data), "--checkpoint", str(resized)], r"image_size \[32, 32\] there, \[28, 28\] here; "
+                                                               r"num_classes 20 there, 10 here; give the checkpoint"),
     ]
     for args, message in cases:
         assert main(["evaluate", *args, "--out", str(tmp_path / "new" / "probe.json")]) == 2

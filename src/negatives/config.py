@@ -15,15 +15,12 @@ import os
 import warnings
 from numbers import Real
 
+from .defaults import ConfigError, check_partial, check_section
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
 
-__all__ = ["ConfigError", "check_config", "check_section", "check_run", "check_pretrain_sizes"]
-
-
-class ConfigError(ValueError):
-    """A config value that is wrong; the message names the key."""
+__all__ = ["ConfigError", "check_config", "check_partial", "check_section", "check_run", "check_pretrain_sizes"]
 
 
 def _get(cfg: dict, key: str, kind: type | tuple[type, ...]):
@@ -300,30 +297,6 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
         raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
                           f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))
     return pol
-
-
-def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:
-    """Check a ``pretrain``, ``evaluate`` or ``analysis`` section given by hand
-    against the config schema, as the workflow's validation does: unknown
-    keys, types and ranges (``library_only``: keys the library takes that
-    are not config keys).  Raises :class:`ConfigError` naming the key."""
-    import jsonschema
-
-    from .defaults import schema
-
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{section}: must be a mapping, got {type(settings).__name__}")
-    root = schema()
-    validator = jsonschema.Draft202012Validator({**root["properties"][section], "$defs": root["$defs"]})
-    given = {k: v for k, v in settings.items() if k not in library_only}
-    errors = sorted(validator.iter_errors(given), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        e = errors[0]
-        key = ".".join([section, *map(str, e.absolute_path)])
-        if e.validator == "additionalProperties":
-            allowed = sorted(root["properties"][section].get("properties", {})) + list(library_only)
-            raise ConfigError(f"{key}: {e.message}; allowed: {', '.join(allowed)}")
-        raise ConfigError(f"{key}: {e.message}")
 
 
 def check_config(cfg: dict, check_data: bool | None = None) -> None:

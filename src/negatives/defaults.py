@@ -6,7 +6,9 @@ from here, so a run started by hand gets the same values as one the workflow
 starts.
 
 A key marked ``speed_only: true`` in the schema changes how fast a job runs,
-not what it computes: a finished run is never redone when it changes."""
+not what it computes: a finished run is never redone when it changes.
+:func:`check_partial` checks the part of a config an entry point was given
+by hand against the same schema, as Snakemake's validation checks the whole."""
 
 from __future__ import annotations
 
@@ -14,9 +16,13 @@ import copy
 import functools
 from pathlib import Path
 
-__all__ = ["SCHEMA", "schema", "schema_defaults", "speed_only"]
+__all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "check_partial", "check_section"]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """A config value that is wrong; the message names the key."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,3 +71,35 @@ def speed_only(section: str) -> tuple[str, ...]:
     root = schema()
     props = _resolve(root["properties"][section], root).get("properties", {})
     return tuple(key for key, spec in props.items() if spec.get("speed_only"))
+
+
+def check_partial(fragment: dict, library_only: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Check the part of a config an entry point was given by hand (e.g.
+    ``{"seeds": [seed], "datasets": {name: entry}}``) against the config
+    schema, as the workflow's validation does: unknown keys, types and ranges
+    of what is there (``library_only``: per section, keys the library takes
+    that are not config keys).  Raises :class:`ConfigError` naming the key."""
+    import jsonschema
+
+    root = schema()
+    library_only = library_only or {}
+    fragment = {section: {k: v for k, v in value.items() if k not in library_only[section]}
+                if section in library_only and isinstance(value, dict) else value for section, value in fragment.items()}
+    properties = {section: root["properties"][section] for section in fragment}
+    validator = jsonschema.Draft202012Validator({"type": "object", "properties": properties, "$defs": root["$defs"]})
+    errors = sorted(validator.iter_errors(fragment), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        e = errors[0]
+        key = ".".join(map(str, e.absolute_path)) or next(iter(fragment))
+        if e.validator == "additionalProperties":  # e.schema: the mapping's own schema
+            allowed = sorted(e.schema.get("properties", {})) + list(library_only.get(str(e.absolute_path[0]), ()))
+            raise ConfigError(f"{key}: {e.message}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{key}: {e.message}")
+
+
+def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:
+    """Check a ``pretrain``, ``evaluate`` or ``analysis`` section given by hand
+    (:func:`check_partial` of ``{section: settings}``)."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {type(settings).__name__}")
+    check_partial({section: settings}, {section: library_only})

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..defaults import check_partial
 from ..runtime.atomic import atomic_torch_save, atomic_write
 from .datasets import DATASETS, check_root, class_map, dataset_spec, folder_synsets, reader_options
 from .readers import FolderIndex, RawDataset
@@ -168,6 +169,9 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     wnids to synsets (default: the offline WordNet).
     """
     spec = dataset_spec(name)
+    check_partial({"datasets": {name: {"root": str(root), "download": download, "train_images": train_images,
+                                       "test_images": test_images, "storage": storage,
+                                       "stream_above_gb": stream_above_gb, **options}}})
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         raise ValueError(f"datasets.{name}: unknown option(s) {', '.join(unknown)}; "

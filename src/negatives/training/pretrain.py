@@ -23,7 +23,7 @@ import torch
 from ..data.augment import MoCoV2Augment
 from ..data.sources import TensorSource, load_prepared, open_source, open_train_source, read_images
 from ..evaluation.features import extract_features, knn_classify, topk_accuracy
-from ..config import ConfigError, check_run
+from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
 from ..optim import SGD
 from ..runtime import gpus
@@ -31,7 +31,7 @@ from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RunLock
 from ..runtime.checkpoint import (Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
-from .settings import (PretrainSettings, cosine_lr, epoch_seed, meta_differences, seeded_encoder,
+from .settings import (PretrainSettings, cosine_lr, data_identity, epoch_seed, meta_differences, seeded_encoder,
                        step_precision)
 
 __all__ = ["pretrain", "init_checkpoint"]
@@ -42,13 +42,18 @@ def _meta(data: dict, method: str, policy: str | None, temperature: float | None
     return {
         "dataset": data["dataset"], "method": method, "policy": policy, "temperature": temperature,
         "seed": seed, "uses_labels": uses_labels, "epochs": epochs, "settings": asdict(settings),
-        "in_channels": int(open_source(data, "train").shape[0]),
+        **data_identity(data),
     }
 
 
 def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) -> Path:
-    """Write the untrained encoder of run ``seed`` (the random-init reference)."""
+    """Write the untrained encoder of run ``seed`` (the random-init reference).
+    Checked as :func:`pretrain` is; an existing one is never overwritten."""
     s = PretrainSettings.from_dict(settings)
+    check_partial({"method": method})
+    _check_seed(seed)
+    _refuse_finished(Path(out_dir))
+    check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)
     enc = seeded_encoder(s, int(open_source(data, "train").shape[0]), seed)
     out = Path(out_dir)
@@ -107,6 +112,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     of its own (:mod:`negatives.runtime.gpus`).
     """
     s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
+    _check_seed(seed)
     gpus.resolve_device(s.device, "pretrain.device")             # a GPU asked for where there is none
     _refuse_finished(Path(out_dir))
     check_writable(Path(out_dir) / "checkpoint.pt")
@@ -124,6 +130,11 @@ def _check_fits(method: str, s: PretrainSettings, n: int) -> None:
     if method == "moco" and s.queue_size > n:
         raise ValueError(f"pretrain.queue_size {s.queue_size} is larger than the {n} training images: the queue "
                          "would hold several keys of one image; lower it or use more images")
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: must be an integer >= 0 (an entry of seeds), got {seed!r}")
 
 
 def _refuse_finished(out: Path) -> None:

@@ -17,12 +17,14 @@ from ..data.sources import open_source
 from ..models import build_encoder
 from ..runtime.atomic import torch_load
 
-__all__ = ["SPEED_ONLY", "meta_differences", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "cosine_lr", "seeded_encoder", "load_encoder"]
+__all__ = ["SPEED_ONLY", "DATA_IDENTITY", "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "cosine_lr", "seeded_encoder", "load_encoder"]
 
 
 #: settings that change how fast a run trains, never what it computes: a resume
 #: may change them, and the workflow never retrains a finished run for them
 SPEED_ONLY = speed_only("pretrain")
+#: the keys of :func:`data_identity`
+DATA_IDENTITY = ("in_channels", "image_size", "num_classes")
 
 #: the schema's defaults of the ``pretrain`` section, the only place they are written
 _DEFAULTS = schema_defaults("pretrain")
@@ -75,6 +77,8 @@ def meta_differences(saved: dict, now: dict) -> list[str]:
     settings (:data:`SPEED_ONLY`) are not differences."""
     out = []
     for key in sorted(set(saved) | set(now)):
+        if key in DATA_IDENTITY and key not in saved:  # not recorded there: the dataset name ties the data
+            continue
         a, b = saved.get(key), now.get(key)
         if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
             out += [f"pretrain.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
@@ -127,11 +131,20 @@ def load_encoder(path: str | os.PathLike):
     return enc.eval(), meta
 
 
+def data_identity(data: dict) -> dict:
+    """What a checkpoint records of the prepared data it was trained on, and
+    :func:`check_matches` compares: image channels, size and class count."""
+    c, h, w = open_source(data, "train").shape
+    return {"in_channels": int(c), "image_size": [int(h), int(w)], "num_classes": len(data["classes"])}
+
+
 def check_matches(meta: dict, data: dict, checkpoint_path, data_path) -> None:
-    """A checkpoint is read on the dataset it was trained on: the same name
-    and image channels (a :class:`ValueError` naming both files otherwise)."""
-    channels = int(open_source(data, "train").shape[0])
-    if meta.get("dataset") != data.get("dataset") or meta.get("in_channels") != channels:
+    """A checkpoint is read on the dataset it was trained on: the same name,
+    image channels, image size and classes (a :class:`ValueError` naming both
+    files otherwise; a checkpoint that does not record one is not compared on it)."""
+    now = {"dataset": data.get("dataset"), **data_identity(data)}
+    differ = [f"{k} {meta.get(k)!r} there, {v!r} here" for k, v in now.items() if k in meta and meta[k] != v]
+    if differ or "dataset" not in meta:
         raise ValueError(f"{checkpoint_path} was trained on {meta.get('dataset')!r} ({meta.get('in_channels')} "
-                         f"channels), but {data_path} holds {data.get('dataset')!r} ({channels} channels); "
-                         "give the checkpoint its own dataset's data.pt")
+                         f"channels), but {data_path} holds {data.get('dataset')!r} ({now['in_channels']} channels): "
+                         f"{'; '.join(differ) or 'no dataset recorded'}; give the checkpoint its own dataset's data.pt")
