@@ -34,6 +34,7 @@ TINY = dict(backbone="small-cnn", width=4, dim=8, epochs=1, batch_size=16, queue
 def files(fashion_root, tmp_path_factory):
     """A prepared dataset and a finished run, shared by the catalogue."""
     root = tmp_path_factory.mktemp("catalogue")
+    shutil.copytree(fashion_root, root.parent / f"{root.name}-source")
     data = prepare("fashion-mnist", fashion_root, root / "data")
     pretrain(data, "moco", "all", 0.2, 0, TINY, root / "finished", log=lambda m: None)
     return root, data
@@ -54,6 +55,16 @@ def _analyze(**settings):
     return lambda root, data: ["analyze", "--data", str(data), "--checkpoint", str(root / "finished/checkpoint.pt"),
                                "--similarity", str(root / "missing.tsv"), "--settings", json.dumps(settings),
                                "--out", str(root / "new" / "pairs.parquet")]
+
+
+def _cut_gz(root: Path) -> Path:
+    """A copy of the fake Fashion-MNIST whose training images stop halfway (outside ``root``'s snapshot)."""
+    cut = root.parent / f"{root.name}-cut"
+    if not cut.exists():
+        shutil.copytree(root.parent / f"{root.name}-source", cut)
+        images = cut / "train-images-idx3-ubyte.gz"
+        images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+    return cut
 
 
 #: (id, argv builder, the message it must give)
@@ -129,6 +140,9 @@ CATALOGUE = [
     ("prepare an unknown key", lambda root, data: ["prepare", "--dataset", "fashion-mnist", "--root", str(root),
                                                    "--out", str(root / "new"), "--settings", '{"storag": "memory"}'],
      r"datasets\.fashion-mnist: Additional properties are not allowed \('storag' was unexpected\); allowed: .*storage"),
+    ("prepare a cut-short .gz file", lambda root, data: ["prepare", "--dataset", "fashion-mnist", "--root",
+                                                        str(_cut_gz(root)), "--out", str(root / "new")],
+     r"cut/train-images-idx3-ubyte\.gz: not a complete gzip file \(Compressed file ended before"),
     ("init width 0", lambda root, data: ["init", "--data", str(data), "--seed", "0", "--settings",
                                          json.dumps({**TINY, "width": 0}), "--out", str(root / "new")],
      r"pretrain\.width: 0 is less than the minimum of 1"),

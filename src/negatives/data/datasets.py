@@ -13,6 +13,7 @@ import gzip
 import os
 import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -37,12 +38,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (``.gz`` or plain) into an array of its stored shape.
 
     Raises ``ValueError`` naming the file when the magic number or the size
-    does not match the header.
+    does not match the header, or a ``.gz`` file is cut short or not gzip.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a download or copy cut short
+        raise ValueError(f"{path}: not a complete gzip file ({e}); fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
