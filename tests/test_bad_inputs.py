@@ -37,6 +37,9 @@ def files(fashion_root, tmp_path_factory):
     shutil.copytree(fashion_root, root.parent / f"{root.name}-source")
     data = prepare("fashion-mnist", fashion_root, root / "data")
     pretrain(data, "moco", "all", 0.2, 0, TINY, root / "finished", log=lambda m: None)
+    names = [line.split("\t")[1] for line in (root / "data" / "classes.tsv").read_text().splitlines()[1:]]
+    atomic_write(root / "data" / "similarity.tsv", lambda tmp: tmp.write_text(
+        "\t".join(["class", *names]) + "\n" + "".join("\t".join([n, *["1"] * len(names)]) + "\n" for n in names)))
     return root, data
 
 
@@ -51,9 +54,9 @@ def _evaluate(checkpoint="finished/checkpoint.pt", **settings):
                                "--settings", json.dumps(settings), "--out", str(root / "new" / "probe.json")]
 
 
-def _analyze(**settings):
+def _analyze(similarity="missing.tsv", **settings):
     return lambda root, data: ["analyze", "--data", str(data), "--checkpoint", str(root / "finished/checkpoint.pt"),
-                               "--similarity", str(root / "missing.tsv"), "--settings", json.dumps(settings),
+                               "--similarity", str(root / similarity), "--settings", json.dumps(settings),
                                "--out", str(root / "new" / "pairs.parquet")]
 
 
@@ -119,6 +122,10 @@ CATALOGUE = [
     ("analyze queries 0", _analyze(queries=0), r"analysis\.queries: 0 is less than the minimum of 1"),
     ("analyze unknown key", _analyze(querys=10), r"'querys' was unexpected.*allowed: .*queries"),
     ("analyze seed negative", _analyze(seed=-1), r"analysis\.seed: -1 is less than the minimum of 0"),
+    ("analyze more images than the data", _analyze(similarity="data/similarity.tsv", queries=60, negatives=10),
+     r"analysis\.queries: 60 queries \+ 10 negatives \(analysis\.negatives\) do not fit in the 64 training images"),
+    ("analyze a missing similarity table", _analyze(),
+     r"missing\.tsv: no class similarity table there; build it again \(snakemake .*missing\.tsv\)"),
     ("evaluate few labels more than a class holds", _evaluate(fewshot_labels_per_class=100),
      r"evaluate\.fewshot_labels_per_class: 100 labels per class, but class \d+ \(.*\) has \d+ training images in "
      r".*data\.pt; allowed: at most \d+"),

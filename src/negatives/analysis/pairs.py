@@ -100,7 +100,8 @@ def select_images(labels, queries: int, negatives: int, seed: int) -> tuple[np.n
     """
     labels = np.asarray(labels)
     if queries + negatives > len(labels):
-        raise ValueError(f"{queries} queries + {negatives} negatives > {len(labels)} images")
+        raise ValueError(f"analysis.queries: {queries} queries + {negatives} negatives (analysis.negatives) do not "
+                         f"fit in the {len(labels)} training images; allowed: at most {len(labels)} together")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))                      # random order within each class
     lab = labels[order]
