@@ -272,28 +272,35 @@ class MoCoV2Augment(nn.Module):
         self.normalize = Normalize(mean, std)
 
     @torch.no_grad()
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, batch: int | None = None,
+                rows: slice | None = None) -> Tensor:
+        """Two calls, two views.  ``x [b, C, H, W]``: a batch, or the ``rows``
+        of a ``batch`` of images (a process's slice of the global batch): the
+        draws are then the whole batch's, so every process augments its
+        images as one process augments the batch."""
         b, c, h, w = x.shape
         dev = x.device
         g = generator
+        n = b if batch is None else batch
+        pick = slice(None) if rows is None else rows
 
         def rand(*shape):
-            return torch.rand(*shape, generator=g, device=dev)
+            return torch.rand(n, *shape, generator=g, device=dev)[pick]
 
         # every draw, in a fixed order
-        boxes = crop_params(b, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)
-        flip = rand(b) < self.flip_p
+        boxes = crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)[pick]
+        flip = rand() < self.flip_p
         bri, con, sat, hue = self.jitter
-        jit = rand(b) < self.jitter_p
-        f = rand(b, 4)
+        jit = rand() < self.jitter_p
+        f = rand(4)
         # the jitter's order is control flow: drawn on the CPU (the passed
         # generator if it is a CPU one, else torch's global CPU generator,
         # which torch.manual_seed seeds too), so a GPU batch needs no host sync
         cpu_g = g if g is not None and g.device.type == "cpu" else None
         order = torch.randperm(4, generator=cpu_g).tolist()
-        gray = rand(b) < self.grayscale_p
-        blur_on = rand(b) < self.blur_p
-        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * rand(b)
+        gray = rand() < self.grayscale_p
+        blur_on = rand() < self.blur_p
+        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * rand()
 
         if x.dtype == torch.uint8:
             x = x.float()

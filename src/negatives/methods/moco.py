@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
 from ..policies.selection import select
+from ..runtime.distributed import broadcast_, gather_rows, local_rows
+from .base import ContrastiveMethod
 from .loss import ContrastiveLoss, full_precision
 
 __all__ = ["momentum_update", "shuffled_keys", "MoCo"]
@@ -60,19 +62,26 @@ def momentum_update(query_encoder: nn.Module, key_encoder: nn.Module, m: float) 
 
 @torch.no_grad()
 def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
-    """The keys of a batch encoded in a shuffled order and put back (MoCo's shuffle-BN).
+    """The keys of the whole batch, encoded in a shuffled order and put back (MoCo's shuffle-BN).
 
-    Shuffle-BN: ``f_k(x_k[perm])[argsort(perm)]``, ``x_k [B, C, H, W] ->
-    [B, D]`` in query order, with ``perm`` a fresh ``torch.randperm(B)`` of
-    the global CPU generator (the official ``_batch_shuffle_single_gpu`` /
-    ``_batch_unshuffle_single_gpu``)."""
-    perm = torch.randperm(x_k.shape[0]).to(x_k.device)
+    Shuffle-BN: ``f_k(x[perm])[argsort(perm)]``, with ``perm`` a fresh
+    ``torch.randperm(B)`` of the global CPU generator.  One process
+    (``x_k [B, C, H, W] -> [B, D]``): the official ``_batch_shuffle_single_gpu``
+    / ``_batch_unshuffle_single_gpu``.  Across ``R`` processes
+    (``x_k [B/R, C, H, W] -> [B, D]``, every rank's keys in batch order): the
+    official ``_batch_shuffle_ddp`` -- the batch gathered, shuffled by rank
+    0's permutation, each rank encoding its slice of the shuffled batch, the
+    keys gathered and put back in order."""
+    x_all, = gather_rows(x_k)                                                   # [B, C, H, W]
+    perm = broadcast_(torch.randperm(x_all.shape[0]).to(x_k.device))
     unshuffle = torch.argsort(perm)
-    # x_k[perm] keeps a channels-last batch channels-last (index_select would not)
-    return key_encoder(x_k[perm]).index_select(0, unshuffle)
+    mine = perm[local_rows(perm.shape[0])]
+    # x[perm] keeps a channels-last batch channels-last (index_select would not)
+    k_shuffled, = gather_rows(key_encoder(x_all[mine]))                         # [B, D], shuffled order
+    return k_shuffled.index_select(0, unshuffle)
 
 
-class MoCo(nn.Module):
+class MoCo(ContrastiveMethod):
     """MoCo v2: a query encoder, its momentum copy, and the key queue.
 
     ``encoder`` maps images ``[B, C, H, W]`` to contrastive-space outputs
@@ -112,17 +121,21 @@ class MoCo(nn.Module):
     def forward(self, x_q: Tensor, x_k: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
         """One MoCo step's loss; also enqueues the batch's keys.
 
-        x_q, x_k: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``.
+        x_q, x_k: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``
+        (across processes: this rank's slice of the batch; the loss is the mean
+        over its queries, and the queue receives every rank's keys).
         Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
         """
         # embeddings, cosines and the loss in float32 under a bf16 autocast
         # too (GPUs): only the encoders and the [B, K] matmul run in bf16
-        q = F.normalize(full_precision(self.encoder_q(x_q)), dim=1)
+        q = F.normalize(full_precision(self.query_encoder(x_q)), dim=1)          # [B, D] (this rank's B/R)
         with torch.no_grad():
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)
             # shuffle-BN in training (module docstring); the order is irrelevant in eval mode
-            k = shuffled_keys(self.encoder_k, x_k) if self.training else self.encoder_k(x_k)
-            k = F.normalize(full_precision(k), dim=1)                             # [B, D]
+            k_all = shuffled_keys(self.encoder_k, x_k) if self.training else gather_rows(self.encoder_k(x_k))[0]
+            k_all = F.normalize(full_precision(k_all), dim=1)                     # [B, D] every rank's keys
+            labels_all, indices_all = gather_rows(labels, indices)
+        k = k_all[local_rows(k_all.shape[0])]                                     # this rank's positives
         l_pos = (q * k).sum(dim=1)
         # a snapshot (newest first in replace mode): the queue is updated in
         # place below, before backward
@@ -141,6 +154,6 @@ class MoCo(nn.Module):
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress, self.window)
         loss = self.criterion(l_pos, sim, selection, q)
-        self.queue.enqueue(k, labels, indices)
+        self.queue.enqueue(k_all, labels_all, indices_all)                        # the same on every rank
         kept = selection.kept_per_query(sim.shape[1])
         return loss, {"l_pos": l_pos.detach().mean(), "kept": kept}

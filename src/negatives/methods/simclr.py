@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
 from ..policies.selection import select
+from ..runtime.distributed import gather_rows, gather_with_grad, rank, world_size
+from .base import ContrastiveMethod
 from .loss import ContrastiveLoss, full_precision
 
 __all__ = ["SimCLR", "twin_index", "candidate_index"]
@@ -47,7 +49,7 @@ def candidate_index(batch: int, device=None) -> Tensor:
     return cols + (cols >= second)
 
 
-class SimCLR(nn.Module):
+class SimCLR(ContrastiveMethod):
     """SimCLR: one encoder, in-batch negatives (2B - 2 per view).
 
     ``encoder`` maps images ``[B, C, H, W]`` to contrastive-space outputs
@@ -76,26 +78,44 @@ class SimCLR(nn.Module):
     def forward(self, x_1: Tensor, x_2: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
         """One SimCLR step's loss over both views.
 
-        x_1, x_2: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``.
+        x_1, x_2: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``
+        (across processes: this rank's slice; its 2B/R views are the queries,
+        every rank's 2B views the candidates, as in one process).
         Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
         """
         b = x_1.shape[0]
         # one forward of both views; split batch-norm normalises contiguous
         # chunks, so no chunk holds both views of an image (no BN shortcut)
         # float32 under a bf16 autocast too (GPUs): only the encoder and the matmul in bf16
-        z = F.normalize(full_precision(self.encoder_q(torch.cat([x_1, x_2]))), dim=1)  # [2B, D]
-        s = full_precision(z @ z.T)                                                     # [2B, 2B]
-        l_pos = s.gather(1, twin_index(b, z.device).unsqueeze(1)).squeeze(1)           # [2B]
-        pool_index = self._candidates(b, z.device)                                      # [2B, 2B-2]
+        z = F.normalize(full_precision(self.query_encoder(torch.cat([x_1, x_2]))), dim=1)  # [2B, D]
+        z, mine = _whole_batch(z, b)              # across processes: every rank's views, and this rank's rows
+        batch = z.shape[0] // 2
+        s = full_precision(z[mine] @ z.T)                                               # [2B, 2B]
+        l_pos = s.gather(1, twin_index(batch, z.device)[mine].unsqueeze(1)).squeeze(1)  # [2B]
+        pool_index = self._candidates(batch, z.device)[mine]                            # [2B, 2B-2]
         sim = s.gather(1, pool_index)                                                   # [2B, 2B-2]
+        labels, indices = gather_rows(labels, indices)
         both_labels = torch.cat([labels, labels])
         candidates = Candidates(labels=both_labels, indices=torch.cat([indices, indices]), keys=z.detach(),
-                                query_labels=both_labels, queries=z.detach(), pool_index=pool_index)
+                                query_labels=both_labels[mine], queries=z[mine].detach(), pool_index=pool_index)
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress)
         mix_sim = None
         if selection.has_synthetic:
             # synthetic negatives are constants: their cosines' gradient reaches the query only
-            mix_sim = full_precision(z @ z.detach().T).gather(1, pool_index)          # [2B, 2B-2]
-        loss = self.criterion(l_pos, sim, selection, z, synthetic_sim=mix_sim)
+            mix_sim = full_precision(z[mine] @ z.detach().T).gather(1, pool_index)    # [2B, 2B-2]
+        loss = self.criterion(l_pos, sim, selection, z[mine], synthetic_sim=mix_sim)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
+
+
+def _whole_batch(z: Tensor, b: int) -> tuple[Tensor, slice | Tensor]:
+    """``z [2b, D]`` of this rank (its first views, then its second) ->
+    ``(Z [2B, D], rows)``: every rank's views gathered with their gradient in
+    the single-process layout (every first view in batch order, then every
+    second), and this rank's rows of ``Z``.  One process: ``(z, all rows)``."""
+    if world_size() == 1:
+        return z, slice(None)
+    n, r = world_size(), rank()
+    whole = gather_with_grad(z).view(n, 2, b, z.shape[1]).transpose(0, 1).reshape(2 * n * b, z.shape[1])
+    mine = torch.arange(b, device=z.device) + r * b
+    return whole, torch.cat([mine, mine + n * b])

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..queue import KeyQueue
+from ..runtime.distributed import sum_, world_size
 from .bands import band_ranks, top_k
 from .base import NegativePolicy
 from .candidates import Candidates
@@ -94,8 +95,10 @@ class RetainingQueue(KeyQueue):
         query's ``n`` hardest (distinct within a row)."""
         # index_add_, not bincount: bincount's output size is data-dependent (a host sync on GPU)
         flat = hardest.reshape(-1)
-        self.hard.index_add_(0, flat, torch.ones_like(flat, dtype=self.hard.dtype))
-        self.seen += hardest.shape[0]
+        counts = torch.zeros_like(self.hard).index_add_(0, flat, torch.ones_like(flat, dtype=self.hard.dtype))
+        # across processes every rank counts its own queries: the sums keep the ranks' queues one queue
+        self.hard += sum_(counts)
+        self.seen += hardest.shape[0] * world_size()
 
     def retained(self) -> Tensor:
         """``[K]`` bool: the keys protected from the next eviction."""

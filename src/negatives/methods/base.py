@@ -1,0 +1,31 @@
+"""What MoCo and SimCLR share: the query encoder, and how a trainer spreads
+it over processes without changing what the module saves."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+__all__ = ["ContrastiveMethod"]
+
+
+class ContrastiveMethod(nn.Module):
+    """A contrastive method with a query encoder ``encoder_q``.
+
+    Its ``forward`` runs the query encoder through :attr:`query_encoder`:
+    ``encoder_q`` itself, or the wrapper :meth:`distribute` set (PyTorch's
+    ``DistributedDataParallel``, which all-reduces the gradients during the
+    backward pass).  The wrapper is not a submodule, so state dicts and
+    checkpoints are those of a single process."""
+
+    encoder_q: nn.Module
+
+    @property
+    def query_encoder(self) -> nn.Module:
+        """The module the query views go through."""
+        return self.__dict__.get("_query_wrapper", self.encoder_q)
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Send the query views through ``wrap(encoder_q)`` from now on."""
+        self.__dict__["_query_wrapper"] = wrap(self.encoder_q)

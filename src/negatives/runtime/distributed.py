@@ -1,0 +1,139 @@
+"""One run across processes with ``torch.distributed``: the few collectives
+the methods and the trainer use, each the identity in a single process.
+
+The layout follows facebookresearch/moco's ``main_moco.py``: one process
+(rank) per device, the global batch ``B`` cut into contiguous slices of
+``B / R`` images, rank ``r`` holding rows ``r B / R .. (r + 1) B / R - 1``
+(:func:`local_rows`).  Gathers are in rank order, so a gathered tensor is
+the single-process batch.  Nothing here reads the config; without an
+initialised process group every function acts as in a one-process run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["rank", "world_size", "is_distributed", "local_rows", "gather_rows", "gather_with_grad",
+           "broadcast_", "sum_", "mean_", "any_rank", "average_buffers_"]
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several ranks of a run."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 in a single process)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """How many processes share the run (1 in a single process)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rows(batch: int) -> slice:
+    """The rows of a global batch of ``batch`` that this rank holds (its
+    contiguous slice; a ``ValueError`` when ``batch`` does not divide)."""
+    r, n = rank(), world_size()
+    if batch % n:
+        raise ValueError(f"a global batch of {batch} cannot be cut into {n} equal slices, one per process")
+    size = batch // n
+    return slice(r * size, (r + 1) * size)
+
+
+@torch.no_grad()
+def gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor ``[b, ...]`` of every rank concatenated in rank order:
+    ``[R b, ...]`` (no gradient; moco's ``concat_all_gather``)."""
+    if not is_distributed():
+        return tensors
+    out = []
+    for t in tensors:
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(world_size())]
+        dist.all_gather(parts, t)
+        out.append(torch.cat(parts))
+    return tuple(out)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sends every rank's gradient for a slice back
+    to the slice's owner, summed (solo-learn's ``GatherLayer``; with a mean
+    of per-rank losses and gradients averaged over ranks, the single-process
+    gradient of the whole batch's mean)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t)
+        ctx.rows = t.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)                      # every rank's gradient of every slice, summed
+        r = dist.get_rank()
+        return grad[r * ctx.rows:(r + 1) * ctx.rows]
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """:func:`gather_rows` of one tensor, differentiable (SimCLR's views)."""
+    return _GatherWithGrad.apply(t) if is_distributed() else t
+
+
+@torch.no_grad()
+def broadcast_(t: Tensor, src: int = 0) -> Tensor:
+    """``t`` replaced in place by rank ``src``'s (moco broadcasts its shuffle)."""
+    if is_distributed():
+        dist.broadcast(t, src)
+    return t
+
+
+@torch.no_grad()
+def sum_(t: Tensor) -> Tensor:
+    """``t`` replaced in place by its sum over the ranks."""
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
+
+
+@torch.no_grad()
+def mean_(t: Tensor) -> Tensor:
+    """``t`` replaced in place by its mean over the ranks."""
+    if is_distributed():
+        dist.all_reduce(t)
+        t.div_(world_size())
+    return t
+
+
+def any_rank(flag: bool, device=None) -> bool:
+    """Whether ``flag`` is true on any rank (every rank gets the same answer:
+    a stop or a non-finite loss on one rank stops all at the same step)."""
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+@torch.no_grad()
+def average_buffers_(module: nn.Module) -> None:
+    """The batch-norm running statistics of ``module`` replaced by their mean
+    over the ranks: each rank's running update saw its own splits, and the
+    mean of those linear updates is the single-process update over all splits."""
+    if not is_distributed():
+        return
+    buffers = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in (m.running_mean, m.running_var) if b is not None]
+    if not buffers:
+        return
+    flat = mean_(torch.cat([b.reshape(-1) for b in buffers]))
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()

@@ -1,0 +1,126 @@
+"""One run across processes (gloo on CPU) equals the run in one process with
+the same global batch: losses and weights within float32 rounding after
+several steps, the queue's labels, indices and pointer identical, and every
+rank holding the same model.  The methods' steps are run as the trainer runs
+them: each rank augments its slice with the whole batch's draws, the query
+encoder is wrapped in DistributedDataParallel, batch-norm running statistics
+are averaged after each step."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from negatives.data.augment import MoCoV2Augment
+from negatives.methods import build_method
+from negatives.models import build_encoder
+from negatives.policies import parse_policy
+from negatives.runtime import distributed
+
+B, SPLITS, K, EXTRA, STEPS, SIDE = 16, 8, 32, 16, 4, 16
+
+#: (method, policy): every family whose selection reads the whole queue or batch
+CASES = [("moco", "all"), ("moco", "keep[75_100)"), ("moco", "drop-same-class@replace"),
+         ("moco", "ring[100->10_10_linear_50]"), ("moco", "hard[1_0.1]"), ("moco", "retain-hard[0.25]"),
+         ("moco", "debiased[0.1]"), ("simclr", "all"), ("simclr", "keep[75_100)"), ("simclr", "hard[1_0.1]")]
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    n = B * STEPS
+    images = torch.randint(0, 256, (n, 1, SIDE, SIDE), generator=g, dtype=torch.uint8)
+    return images, torch.arange(n) % 10, torch.arange(n)
+
+
+def run_steps(method: str, policy: str) -> dict:
+    """``STEPS`` training steps of one run, in this process's share of the
+    batch; returns the model's state, the (global) losses and kept counts."""
+    world = distributed.world_size()
+    torch.manual_seed(0)
+    encoder = build_encoder("small-cnn", in_channels=1, width=4, dim=8, num_splits=SPLITS // world)
+    model = build_method(method, encoder, dim=8, queue_size=K, queue_extra=EXTRA, momentum=0.9, temperature=0.2,
+                         policy=parse_policy(policy), generator=torch.Generator().manual_seed(1))
+    if world > 1:
+        model.distribute(lambda m: DistributedDataParallel(m, broadcast_buffers=False))
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9)
+    aug = MoCoV2Augment(SIDE, 1, [0.5], [0.25], crop_scale=(0.2, 1.0), blur=True)
+    images, labels, indices = _data()
+    rows = distributed.local_rows(B)
+    losses, kept = [], []
+    for step in range(STEPS):
+        torch.manual_seed(100 + step)
+        batch = slice(step * B, (step + 1) * B)
+        x = images[batch][rows]
+        x_q, x_k = aug(x, batch=B, rows=rows), aug(x, batch=B, rows=rows)
+        loss, stats = model(x_q, x_k, labels[batch][rows], indices[batch][rows], progress=step / STEPS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        distributed.average_buffers_(model)
+        losses.append(distributed.mean_(loss.detach().clone()))
+        kept.append(distributed.mean_(torch.as_tensor(stats["kept"], dtype=torch.float64).clone()))
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "losses": torch.stack(losses),
+            "kept": torch.stack(kept)}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {case: run_steps(*case) for case in CASES}
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def single():
+    torch.set_num_threads(1)
+    return {case: run_steps(*case) for case in CASES}
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2 processes", "4 processes"])
+def ranks(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"ranks{request.param}")
+    mp.start_processes(_worker, args=(request.param, _free_port(), str(out)), nprocs=request.param,
+                       start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(request.param)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{m} {p}" for m, p in CASES])
+def test_a_run_across_processes_equals_the_run_in_one(single, ranks, case):
+    one = single[case]
+    for rank, result in enumerate(ranks):
+        got = result[case]
+        torch.testing.assert_close(got["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["kept"], one["kept"], rtol=1e-9, atol=1e-9)
+        assert got["state"].keys() == one["state"].keys()
+        for name, value in one["state"].items():
+            if value.is_floating_point():
+                torch.testing.assert_close(got["state"][name], value, rtol=1e-5, atol=1e-5, msg=name)
+            else:                                   # queue labels, indices, pointer, retain-hard counts
+                assert torch.equal(got["state"][name], value), name
+        for name, value in ranks[0][case]["state"].items():
+            assert torch.equal(got["state"][name], value), f"rank {rank} differs from rank 0 in {name}"
+
+
+def test_one_process_is_the_identity():
+    """Without a process group every collective leaves its input as it is."""
+    t = torch.arange(6.0).view(3, 2)
+    assert distributed.world_size() == 1 and distributed.rank() == 0
+    assert distributed.gather_rows(t)[0] is t and distributed.gather_with_grad(t) is t
+    assert distributed.local_rows(8) == slice(0, 8) and not distributed.any_rank(False)
+    assert torch.equal(distributed.mean_(t.clone()), t)
