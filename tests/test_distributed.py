@@ -8,20 +8,31 @@ are averaged after each step."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
+from negatives.data import prepare
 from negatives.data.augment import MoCoV2Augment
 from negatives.methods import build_method
 from negatives.models import build_encoder
 from negatives.policies import parse_policy
 from negatives.runtime import distributed
+from negatives.runtime.checkpoint import REQUEUE_EXIT_CODE, load_verified
+from negatives.training.pretrain import pretrain
+
+from conftest import ROOT, fake_fashion_mnist
 
 B, SPLITS, K, EXTRA, STEPS, SIDE = 16, 8, 32, 16, 4, 16
 
@@ -47,7 +58,7 @@ def run_steps(method: str, policy: str) -> dict:
     model = build_method(method, encoder, dim=8, queue_size=K, queue_extra=EXTRA, momentum=0.9, temperature=0.2,
                          policy=parse_policy(policy), generator=torch.Generator().manual_seed(1))
     if world > 1:
-        model.distribute(lambda m: DistributedDataParallel(m, broadcast_buffers=False))
+        model.distribute(lambda m: distributed.data_parallel(m, torch.device("cpu")))
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9)
     aug = MoCoV2Augment(SIDE, 1, [0.5], [0.25], crop_scale=(0.2, 1.0), blur=True)
     images, labels, indices = _data()
@@ -124,3 +135,114 @@ def test_one_process_is_the_identity():
     assert distributed.gather_rows(t)[0] is t and distributed.gather_with_grad(t) is t
     assert distributed.local_rows(8) == slice(0, 8) and not distributed.any_rank(False)
     assert torch.equal(distributed.mean_(t.clone()), t)
+
+
+# ------------------------------------------------------------------ the trainer
+
+RUN = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=4,
+           knn_monitor=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def data_path(fashion_root, tmp_path_factory):
+    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
+
+
+def _checkpoint(path):
+    return torch.load(path, weights_only=False)
+
+
+@pytest.mark.parametrize("method, policy", [("moco", "drop[90_100)"), ("simclr", "all")])
+def test_pretraining_with_two_processes_equals_one(tmp_path, data_path, method, policy):
+    runs = {n: _checkpoint(pretrain(data_path, method, policy, 0.2, 0, {**RUN, "processes": n}, tmp_path / str(n),
+                                    log=lambda m: None)) for n in (1, 2)}
+    one, two = runs[1], runs[2]
+    for name, value in one["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(two["model"][name], value), name
+    for a, b in zip(one["log"], two["log"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["negatives_kept"] == b["negatives_kept"]
+    assert one["meta"]["settings"]["processes"] == 1 and two["meta"]["settings"]["processes"] == 2
+    assert sorted(p.name for p in (tmp_path / "2").iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.pt", "train_log.csv"]
+
+
+LONG = {**RUN, "epochs": 4, "processes": 2}
+
+
+@pytest.fixture(scope="module")
+def long_data(tmp_path_factory):
+    """Enough images that an epoch outlasts a signal's way to the workers."""
+    root = fake_fashion_mnist(tmp_path_factory.mktemp("fmnist-long"), n_train=640, n_test=32)
+    return prepare("fashion-mnist", root, tmp_path_factory.mktemp("prepared-long"))
+
+
+def _cli(data, out, settings) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "negatives", "pretrain", "--data", str(data), "--policy",
+                             "drop[90_100)", "--temperature", "0.2", "--seed", "0", "--settings", json.dumps(settings),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _workers(parent: int) -> list[int]:
+    """The spawned training processes of ``parent``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _after_first_epoch(proc: subprocess.Popen, what) -> str:
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("epoch   1"):
+            what(proc)
+            break
+    out.append(proc.stdout.read())
+    proc.wait(timeout=120)
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(long_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return _checkpoint(pretrain(long_data, "moco", "drop[90_100)", 0.2, 0, LONG, out, log=lambda m: None))
+
+
+def test_a_stop_on_one_process_stops_all_and_the_run_resumes_to_the_same_weights(tmp_path, long_data,
+                                                                              uninterrupted):
+    run = tmp_path / "run"
+    proc = _cli(long_data, run, LONG)
+    said = _after_first_epoch(proc, lambda p: os.kill(_workers(p.pid)[-1], signal.SIGTERM))
+    assert proc.returncode == REQUEUE_EXIT_CODE, said
+    assert re.search(r"a stop on another process: saved .*last\.pt at epoch 1 step \d+", said), said
+    state = load_verified(run / "last.pt")
+    assert state["epoch"] == 1 and state["step_in_epoch"] > 0 and state["processes"] == 2
+    with pytest.raises(ValueError, match=r"saved mid-epoch by 2 process\(es\); resume it with pretrain\.processes 2"):
+        pretrain(long_data, "moco", "drop[90_100)", 0.2, 0, {**LONG, "processes": 1}, run, log=lambda m: None)
+    resumed = _checkpoint(pretrain(long_data, "moco", "drop[90_100)", 0.2, 0, LONG, run, log=lambda m: None))
+    for name, value in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+    assert [r["loss"] for r in resumed["log"]] == [r["loss"] for r in uninterrupted["log"]]
+
+
+def test_a_killed_process_ends_the_run_and_a_rerun_finishes_it(tmp_path, long_data, uninterrupted):
+    run = tmp_path / "run"
+    proc = _cli(long_data, run, LONG)
+    start = time.monotonic()
+    said = _after_first_epoch(proc, lambda p: os.kill(_workers(p.pid)[-1], signal.SIGKILL))
+    assert proc.returncode not in (0, REQUEUE_EXIT_CODE) and time.monotonic() - start < 120, said
+    assert "training process 1 of 2 exited with status -9" in said, said
+    assert not _workers(proc.pid) and (run / "last.pt").exists()       # nobody left waiting in a collective
+    resumed = _checkpoint(pretrain(long_data, "moco", "drop[90_100)", 0.2, 0, LONG, run, log=lambda m: None))
+    for name, value in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], value), name

@@ -33,7 +33,8 @@ def _with_threads(a) -> dict:
     """``--settings`` with ``--threads`` and ``--compile`` (how the workflow
     passes the speed-only settings, which its jobs' params leave out) applied."""
     compile_ = getattr(a, "compile", None)
-    speed = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_)}
+    speed = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_),
+             "processes": getattr(a, "processes", None)}
     return {**a.settings, **{k: v for k, v in speed.items() if v is not None}}
 
 
@@ -101,8 +102,11 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--temperature", type=float, required=True)
         q.add_argument("--seed", type=int, required=True)
         q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
-        q.add_argument("--threads", type=int, help="torch threads (pretrain.threads; speed only)")
+        q.add_argument("--threads", type=int, help="torch threads of the run, shared by its processes "
+                                                    "(pretrain.threads; speed only)")
         if name == "pretrain":
+            q.add_argument("--processes", type=int, help="processes that train the run together, one per GPU "
+                                                         "(pretrain.processes; speed only)")
             q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
                                                                        "(pretrain.compile; speed only)")
         q.add_argument("--out", required=True, help="run directory")

@@ -150,6 +150,10 @@ def check_pretrain_sizes(pretrain: dict) -> None:
         )
     if splits < 1 or batch % splits:
         raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
+    processes = pretrain.get("processes", 1)
+    if processes > 1 and splits % processes:
+        raise ConfigError(f"pretrain.processes: {processes} must divide pretrain.bn_splits ({splits}): each "
+                          "process normalises whole batch-norm splits of its slice of the batch")
 
 
 def _check_temperatures(cfg: dict, where: str = "temperatures") -> None:
@@ -293,6 +297,11 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
             raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none "
                               "(use the drop form)")
         raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
+    processes = pretrain.get("processes", 1)
+    if method == "simclr" and processes > 1 and (pretrain["bn_splits"] // processes) % 2:
+        raise ConfigError(f"pretrain.processes: SimCLR across {processes} processes needs an even number of "
+                          f"batch-norm splits per process (pretrain.bn_splits {pretrain['bn_splits']}), so no split "
+                          f"holds both views of an image; allowed: bn_splits {2 * processes}, {4 * processes}, ...")
     if pol.mode == "replace" and (extra <= 0 or extra % batch):
         raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
                           f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))

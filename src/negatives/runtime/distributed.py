@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["rank", "world_size", "is_distributed", "local_rows", "gather_rows", "gather_with_grad",
-           "broadcast_", "sum_", "mean_", "any_rank", "average_buffers_"]
+           "broadcast_", "sum_", "mean_", "any_rank", "average_buffers_", "data_parallel", "barrier", "free_port", "spawn"]
 
 
 def is_distributed() -> bool:
@@ -137,3 +137,86 @@ def average_buffers_(module: nn.Module) -> None:
     for b in buffers:
         b.copy_(flat[offset:offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel``, gradients averaged
+    over the ranks during backward; buffers are not synchronised in forward
+    (the trainer averages the batch-norm statistics after each step)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+def barrier() -> None:
+    """Wait until every rank is here."""
+    if is_distributed():
+        dist.barrier()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the local launcher's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(index: int, world: int, port: int, backend: str, fn, args) -> None:
+    import datetime
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(index))
+    dist.init_process_group(backend, rank=index, world_size=world, timeout=datetime.timedelta(minutes=10))
+    try:
+        fn(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None) -> None:
+    """Run ``fn(*args)`` in ``processes`` new processes on this machine that
+    form one process group (``backend``: gloo on CPU, nccl on GPUs).
+
+    SIGTERM and SIGUSR1 sent to this process are passed on to the workers
+    (they stop at the same step).  When a worker dies, the others are
+    stopped, so nobody waits in a collective.  A worker's exit status comes
+    back as ``SystemExit`` of that status when it is in ``exit_codes``
+    (the trainer's 75, a requeue); any other failure is a ``RuntimeError``
+    naming the worker, with its traceback."""
+    import os
+    import signal
+
+    import torch.multiprocessing as mp
+
+    from .checkpoint import StopSignals
+
+    ctx = mp.start_processes(_spawned, args=(processes, free_port(), backend, fn, args), nprocs=processes,
+                             start_method="spawn", join=False)
+    forwarded = None
+    try:
+        with StopSignals() as stop:
+            while not ctx.join(timeout=1):
+                if stop.requested and stop.requested != forwarded:
+                    forwarded = stop.requested
+                    for p in ctx.processes:
+                        if p.is_alive():
+                            os.kill(p.pid, getattr(signal, forwarded))
+    except mp.ProcessExitedException as e:
+        for p in ctx.processes:  # the others were sent SIGTERM: let them finish what they write
+            p.join()
+        if exit_codes and e.exit_code in exit_codes:
+            raise SystemExit(e.exit_code) from None
+        raise RuntimeError(f"training process {e.error_index} of {processes} exited with status {e.exit_code}") \
+            from None
+    except mp.ProcessRaisedException as e:
+        for p in ctx.processes:
+            p.join()
+        raise RuntimeError(f"training process {e.error_index} of {processes} failed:\n{e.msg}") from None

@@ -27,9 +27,10 @@ from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
 from ..optim import SGD
 from ..runtime import gpus
+from ..runtime import distributed
 from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RunLock
-from ..runtime.checkpoint import (Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
+from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
 from .settings import (PretrainSettings, cosine_lr, data_identity, epoch_seed, meta_differences, seeded_encoder,
                        step_precision)
@@ -118,9 +119,28 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)                              # a missing or damaged file, named
     _check_fits(method, s, open_train_source(data).num_images)
-    with StopSignals() as stop, RunLock(out_dir):                # one process per run
+    if distributed.is_distributed() and distributed.world_size() != s.processes:
+        raise ConfigError(f"pretrain.processes: {s.processes}, but this run was started as "
+                          f"{distributed.world_size()} processes (torchrun, srun); make them agree")
+    if distributed.rank() > 0:                                   # started with the others: rank 0 holds the lock
+        with StopSignals() as stop:
+            return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
+    with StopSignals() as stop, RunLock(out_dir):                # one run, one training
         _refuse_finished(Path(out_dir))                          # finished while we waited for the lock
+        if s.processes > 1 and not distributed.is_distributed():  # this process starts the others
+            backend = "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo"
+            distributed.spawn(_rank_main, s.processes, (data_path, method, policy, temperature, seed, settings,
+                                                        out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,))
+            return Path(out_dir) / "checkpoint.pt"
         return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
+
+
+def _rank_main(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict, out_dir) -> None:
+    """One process of a run the launching process checked and locked."""
+    s, pol = _checked(method, policy, temperature, settings)
+    log = print if distributed.rank() == 0 else (lambda message: None)
+    with StopSignals() as stop:
+        _pretrain(load_prepared(data_path), method, pol, temperature, seed, s, out_dir, log, stop)
 
 
 def _check_fits(method: str, s: PretrainSettings, n: int) -> None:
@@ -152,9 +172,11 @@ def _checked(method: str, policy: str, temperature: float, settings: dict):
     return s, check_run(method, policy, asdict(s))
 
 
-def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
+def _resume(last: Path, meta: dict, model, opt, device, log, processes: int = 1) -> dict | None:
     """Load the newest complete checkpoint into ``model`` and ``opt``; the
-    training position it records, or ``None`` when there is none."""
+    training position it records, or ``None`` when there is none.  A resume
+    mid-epoch must use the processes that saved it (at an epoch boundary
+    their number may change)."""
     found = load_latest(last, map_location=device, log=log)
     if found is None:
         return None
@@ -163,6 +185,10 @@ def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
     if changed:
         raise ValueError(f"{path} belongs to a different configuration ({'; '.join(changed)}); set it back, "
                          "or move the checkpoint away to start afresh")
+    saved_by = state.get("processes", 1)
+    if state["step_in_epoch"] and saved_by != processes:
+        raise ValueError(f"{path} was saved mid-epoch by {saved_by} process(es); resume it with pretrain.processes "
+                         f"{saved_by} (this run has {processes}), or move it away to start afresh")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     log(f"resuming from {path} at epoch {state['epoch']} step {state['step_in_epoch']}")
@@ -174,7 +200,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     out = Path(out_dir)
     final = out / "checkpoint.pt"
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(max(1, s.threads // s.processes))     # the run's threads, shared by its processes
     device = gpus.claim(gpus.resolve_device(s.device, "pretrain.device"), log=log)
 
     # the pretraining images (with any unlabeled ones, label -1): in memory on
@@ -185,7 +211,8 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     n, (c, h, _) = source.num_images, source.shape
     channels_last = torch.channels_last
 
-    encoder = seeded_encoder(s, c, seed)
+    world, rows = distributed.world_size(), distributed.local_rows(s.batch_size)   # this rank's slice of a batch
+    encoder = seeded_encoder(s, c, seed, num_splits=s.bn_splits // world)
     pol.start(s.epochs)
     model = build_method(method, encoder, dim=s.dim, queue_size=s.queue_size, queue_extra=s.queue_extra,
                          momentum=s.momentum, temperature=temperature, policy=pol,
@@ -197,6 +224,8 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         for name in ("encoder_q", "encoder_k"):
             if hasattr(model, name):
                 getattr(model, name).compile()
+    if world > 1:  # gradients averaged over the ranks during backward; buffers averaged after each step
+        model.distribute(lambda m: distributed.data_parallel(m, device))
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
     meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
@@ -205,8 +234,9 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     # room for last.pt, last.prev.pt and checkpoint.pt (model, optimiser state), known before the first step
     check_writable(final, need_bytes=3 * (_tensor_bytes(model.state_dict().values())
                                           + _tensor_bytes(model.encoder_q.parameters())))
-    resumed = _resume(last, meta, model, opt, device, log)
-    start_epoch, start_i, rows = (resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed else (0, 0, [])
+    resumed = _resume(last, meta, model, opt, device, log, world)
+    start_epoch, start_i, log_rows = ((resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed
+                                      else (0, 0, []))
 
     monitor = _KnnMonitor(data, s.knn_monitor, device, every=s.knn_monitor_every, epochs=s.epochs)
     steps_per_epoch = n // s.batch_size
@@ -225,48 +255,61 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         if start_i and epoch == start_epoch:  # mid-epoch resume: the draws and sums go on where they stopped
             set_rng_state(resumed["rng"], device)
             first, loss_sum, kept_sum, done = start_i, resumed["loss_sum"].to(device), resumed["kept_sum"], resumed["done"]
-        batches = source.batches(order[first * s.batch_size : steps_per_epoch * s.batch_size], s.batch_size,
-                                 drop_last=True)
+        # this rank's images of every batch of the epoch, in order
+        mine = order[:steps_per_epoch * s.batch_size].view(steps_per_epoch, s.batch_size)[:, rows].reshape(-1)
+        b = rows.stop - rows.start
+        batches = source.batches(mine[first * b:], b, drop_last=True)
         for i, (x, y, idx) in enumerate(batches, start=first):
             if s.max_steps and step >= s.max_steps:
                 break
-            if stop.requested:
-                save_rolling({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "epoch": epoch, "step_in_epoch": i, "log": rows, "rng": rng_state(device),
-                              "loss_sum": loss_sum.cpu(), "kept_sum": kept_sum, "done": done}, last)
-                message = (f"{stop.requested}: saved {last} at epoch {epoch} step {i}; "
-                           "start the job again to resume (exit status 75: requeue)")
+            if distributed.any_rank(stop.requested is not None, device):  # every rank stops at the same step
+                # the partial sums as their mean over the ranks: a resume goes on from there on every rank
+                loss_part = distributed.mean_(loss_sum.detach().clone()).cpu()
+                kept_part = float(distributed.mean_(torch.as_tensor(kept_sum, dtype=torch.float64, device=device)))
+                if distributed.rank() == 0:
+                    save_rolling({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "epoch": epoch, "step_in_epoch": i, "log": log_rows, "rng": rng_state(device),
+                                  "loss_sum": loss_part, "kept_sum": kept_part, "done": done, "processes": world}, last)
+                distributed.barrier()                                # nobody exits before last.pt is written
+                message = (f"{stop.requested or 'a stop on another process'}: saved {last} at epoch {epoch} step "
+                           f"{i}; start the job again to resume (exit status 75: requeue)")
                 log(message)
                 raise Preempted(message)
             x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
-            x_q = aug(x).contiguous(memory_format=channels_last)
-            x_k = aug(x).contiguous(memory_format=channels_last)
+            x_q = aug(x, batch=s.batch_size, rows=rows).contiguous(memory_format=channels_last)
+            x_k = aug(x, batch=s.batch_size, rows=rows).contiguous(memory_format=channels_last)
             with step_precision(device):
                 # progress as the exact fraction: scheduled bounds count exactly
                 loss, stats = model(x_q, x_k, y, idx, progress=Fraction(step, max(1, total_steps)))
             # a host sync: every step on CPU (free there), only at the end of
             # the epoch on a GPU (a non-finite loss makes every later one
             # non-finite too, and nothing is saved before the check)
-            if device.type == "cpu" and not torch.isfinite(loss):
+            if device.type == "cpu" and distributed.any_rank(not torch.isfinite(loss)):
                 _non_finite(loss, epoch, i, last)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            distributed.average_buffers_(model)
             loss_sum += loss.detach()
             kept_sum = kept_sum + stats["kept"].detach()
             done += 1
             step += 1
-        if not torch.isfinite(loss_sum):
+        # the epoch's loss and kept counts over every rank's queries
+        loss_sum = distributed.mean_(loss_sum.detach())
+        kept_sum = distributed.mean_(torch.as_tensor(kept_sum, dtype=torch.float64, device=device))
+        if distributed.any_rank(not torch.isfinite(loss_sum)):
             _non_finite(loss_sum, epoch, done - 1, last)
         elapsed = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1, "loss": float(loss_sum) / max(1, done), "lr": lr,
-            "knn_top1": monitor(model.encoder_q, epoch), "images_per_s": done * s.batch_size / max(elapsed, 1e-9),
+            "knn_top1": monitor(model.encoder_q, epoch) if distributed.rank() == 0 else float("nan"),
+            "images_per_s": done * s.batch_size / max(elapsed, 1e-9),
             "negatives_kept": float(kept_sum) / max(1, done), "seconds": elapsed,
         }
-        rows.append(row)
-        save_rolling({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "epoch": epoch + 1, "step_in_epoch": 0, "log": rows}, last)
+        log_rows.append(row)
+        if distributed.rank() == 0:  # one writer: every rank holds the same model
+            save_rolling({"meta": meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "epoch": epoch + 1, "step_in_epoch": 0, "log": log_rows}, last)
         log("epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
             "negatives {negatives_kept:.0f}".format(**row))
         if abs(row["loss"] - math.log1p(row["negatives_kept"])) < 1e-3:
@@ -276,13 +319,14 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         if s.max_steps and step >= s.max_steps:
             break
 
-    _write_log(rows, out / "train_log.csv")
-    # the training cost, for the methods figure: median images/s over the epochs
-    speed = sorted(r["images_per_s"] for r in rows)[len(rows) // 2] if rows else None
-    atomic_torch_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
-                  "model": model.state_dict(), "log": rows}, final)
-    last.unlink(missing_ok=True)
-    previous_path(last).unlink(missing_ok=True)
+    if distributed.rank() == 0:
+        _write_log(log_rows, out / "train_log.csv")
+        # the training cost, for the methods figure: median images/s over the epochs
+        speed = sorted(r["images_per_s"] for r in log_rows)[len(log_rows) // 2] if log_rows else None
+        atomic_torch_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
+                           "model": model.state_dict(), "log": log_rows}, final)
+        last.unlink(missing_ok=True)
+        previous_path(last).unlink(missing_ok=True)
     return final
 
 

@@ -50,6 +50,7 @@ class PretrainSettings:
     bn_splits: int = _DEFAULTS["bn_splits"]
     queue_extra: int = _DEFAULTS["queue_extra"]
     threads: int = _DEFAULTS["threads"]
+    processes: int = _DEFAULTS["processes"]
     device: str = _DEFAULTS["device"]
     compile: bool = _DEFAULTS["compile"]
     crop_scale_min: float = _DEFAULTS["crop_scale_min"]
@@ -106,11 +107,13 @@ def cosine_lr(base: float, epoch: int, epochs: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
-def seeded_encoder(settings: PretrainSettings, in_channels: int, seed: int):
-    """The untrained encoder of run ``seed`` (initialised from the seed of epoch -1)."""
+def seeded_encoder(settings: PretrainSettings, in_channels: int, seed: int, num_splits: int | None = None):
+    """The untrained encoder of run ``seed`` (initialised from the seed of epoch -1);
+    ``num_splits``: its batch-norm splits (default ``bn_splits``; one process's share of them)."""
     torch.manual_seed(epoch_seed(seed, -1))
     return build_encoder(settings.backbone, in_channels, dim=settings.dim, hidden_dim=settings.hidden_dim,
-                         num_splits=settings.bn_splits, width=settings.width, small_stem=settings.small_stem)
+                         num_splits=settings.bn_splits if num_splits is None else num_splits, width=settings.width,
+                         small_stem=settings.small_stem)
 
 
 def load_encoder(path: str | os.PathLike):
