@@ -34,7 +34,7 @@ def _with_threads(a) -> dict:
     passes the speed-only settings, which its jobs' params leave out) applied."""
     compile_ = getattr(a, "compile", None)
     speed = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_),
-             "processes": getattr(a, "processes", None)}
+             "processes": getattr(a, "processes", None), "nodes": getattr(a, "nodes", None)}
     return {**a.settings, **{k: v for k, v in speed.items() if v is not None}}
 
 
@@ -106,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
                                                     "(pretrain.threads; speed only)")
         if name == "pretrain":
             q.add_argument("--processes", type=int, help="processes that train the run together, one per GPU "
-                                                         "(pretrain.processes; speed only)")
+                                                         "(pretrain.processes, on each machine; speed only)")
+            q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; speed only)")
             q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
                                                                        "(pretrain.compile; speed only)")
         q.add_argument("--out", required=True, help="run directory")

@@ -150,10 +150,21 @@ def check_pretrain_sizes(pretrain: dict) -> None:
         )
     if splits < 1 or batch % splits:
         raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
-    processes = pretrain.get("processes", 1)
+    processes = _world(pretrain)
     if processes > 1 and splits % processes:
-        raise ConfigError(f"pretrain.processes: {processes} must divide pretrain.bn_splits ({splits}): each "
-                          "process normalises whole batch-norm splits of its slice of the batch")
+        raise ConfigError(f"pretrain.processes: {_world_text(pretrain)} must divide pretrain.bn_splits ({splits}): "
+                          "each process normalises whole batch-norm splits of its slice of the batch")
+
+
+def _world(pretrain: dict) -> int:
+    """How many processes train a run: ``processes`` on each of ``nodes``."""
+    return pretrain.get("processes", 1) * pretrain.get("nodes", 1)
+
+
+def _world_text(pretrain: dict) -> str:
+    nodes = pretrain.get("nodes", 1)
+    return str(pretrain.get("processes", 1)) if nodes == 1 else \
+        f"{pretrain.get('processes', 1)} x pretrain.nodes {nodes} = {_world(pretrain)}"
 
 
 def _check_temperatures(cfg: dict, where: str = "temperatures") -> None:
@@ -297,9 +308,9 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
             raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none "
                               "(use the drop form)")
         raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
-    processes = pretrain.get("processes", 1)
+    processes = _world(pretrain)
     if method == "simclr" and processes > 1 and (pretrain["bn_splits"] // processes) % 2:
-        raise ConfigError(f"pretrain.processes: SimCLR across {processes} processes needs an even number of "
+        raise ConfigError(f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes needs an even number of "
                           f"batch-norm splits per process (pretrain.bn_splits {pretrain['bn_splits']}), so no split "
                           f"holds both views of an image; allowed: bn_splits {2 * processes}, {4 * processes}, ...")
     if pol.mode == "replace" and (extra <= 0 or extra % batch):

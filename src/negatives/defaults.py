@@ -66,7 +66,7 @@ def speed_only(section: str) -> tuple[str, ...]:
     """The keys of a config section marked ``speed_only`` in the schema.
 
     >>> speed_only("pretrain")
-    ('threads', 'processes', 'compile')
+    ('threads', 'processes', 'nodes', 'compile')
     """
     root = schema()
     props = _resolve(root["properties"][section], root).get("properties", {})

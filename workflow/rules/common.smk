@@ -5,6 +5,7 @@ import json
 from negatives import grid
 from negatives.defaults import speed_only
 from negatives.runtime.atomic import verify_existing
+from negatives.runtime.launch import pretrain_resources
 
 R = config["results"]  # results root (docs/INTERFACES.md: results/...)
 
@@ -59,6 +60,10 @@ def cpus(wildcards, threads):
     return threads
 
 
+# a pretraining run's GPUs, and on SLURM its nodes and tasks (negatives.runtime.launch)
+PRETRAIN_RESOURCES = {"cpus_per_task": cpus, **pretrain_resources(config["pretrain"])}
+
+
 def figure_outputs(figure):
     return grid.figure_outputs(config, figure)
 
@@ -78,11 +83,18 @@ def figure_inputs(figure):
     return paths
 
 
-# On SLURM, once the jobs are planned and before any is submitted (the
-# executor is known only then): SLURM answers from this machine, and the
-# sacct status command is refused where the cluster keeps no accounting (the
-# executor would wait forever). A dry run runs no hook: it plans without SLURM.
+# Once the jobs are planned and before any is submitted (the executor is
+# known only then): runs that span machines need SLURM; on SLURM, SLURM
+# answers from this machine, and the sacct status command is refused where
+# the cluster keeps no accounting (the executor would wait forever). A dry
+# run runs no hook: it plans without SLURM.
 onstart:
+    from negatives.runtime.launch import check_executor
+
+    try:
+        check_executor(config["pretrain"], getattr(workflow.executor_plugin, "name", None))
+    except ValueError as e:
+        raise WorkflowError(str(e)) from None
     if getattr(workflow.executor_plugin, "name", None) == "slurm":
         from negatives.runtime.cluster import check_status_command, slurm_config
 

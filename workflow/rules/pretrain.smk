@@ -9,11 +9,12 @@ rule pretrain:
         out=subpath(output.checkpoint, parent=True),
     threads: config["pretrain"]["threads"]
     resources:
-        mem_mb=per_attempt(8000),
+        mem_mb=per_attempt(8000 * config["pretrain"]["processes"]),  # each process holds the data
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
-        cpus_per_task=cpus,
-        gpu=GPUS,
-        compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY)
+        compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY), as the others:
+        processes=config["pretrain"]["processes"],
+        run_nodes=config["pretrain"]["nodes"],
+        **PRETRAIN_RESOURCES,
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/pretrain.log",
     conda:
@@ -21,7 +22,8 @@ rule pretrain:
     shell:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --threads {threads} --compile {resources.compile} --out {params.out:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --compile {resources.compile}"
+        " --processes {resources.processes} --nodes {resources.run_nodes} --out {params.out:q} > {log:q} 2>&1"
 
 
 # the untrained encoder of each seed: the floor every figure is read against

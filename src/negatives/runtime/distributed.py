@@ -11,12 +11,14 @@ initialised process group every function acts as in a one-process run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["rank", "world_size", "is_distributed", "local_rows", "gather_rows", "gather_with_grad",
-           "broadcast_", "sum_", "mean_", "any_rank", "average_buffers_", "data_parallel", "barrier", "free_port", "spawn"]
+           "broadcast_", "sum_", "mean_", "any_rank", "average_buffers_", "data_parallel", "barrier", "free_port", "spawn", "Launch", "launched", "init_launched", "destroy"]
 
 
 def is_distributed() -> bool:
@@ -168,17 +170,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(index: int, world: int, port: int, backend: str, fn, args) -> None:
+@dataclass(frozen=True)
+class Launch:
+    """Where a started process sits in its run: its ``rank`` of ``world``
+    processes, ``local_rank`` on its machine, and the rendezvous of rank 0
+    (``master_addr``, ``master_port``)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``gpu[03-04,07],cpu1`` -> ``gpu03``),
+    as ``scontrol show hostnames`` expands it (the same rule, without a call)."""
+    import re
+
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if head is None:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
+    prefix, ranges = head.group(1), head.group(2)
+    return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
+
+
+def launched(env=None) -> Launch | None:
+    """This process's place when a launcher started the run's processes:
+    torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+    ``MASTER_PORT``) or a SLURM job step of several tasks, ``srun``
+    (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; rank 0's host is
+    the first of the step's node list and the port follows from the job id,
+    unless ``MASTER_ADDR`` / ``MASTER_PORT`` say otherwise).  ``None`` for a
+    process started alone, or as the only task of a step."""
+    import os
+
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env and "RANK" in env and "MASTER_ADDR" in env:
+        if int(env["WORLD_SIZE"]) < 2:
+            return None
+        return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])),
+                      env["MASTER_ADDR"], int(env.get("MASTER_PORT", 29500)), "torchrun")
+    # a step of several tasks (srun sets the SLURM_STEP_* variables; a job's batch script is not a step of them)
+    if int(env.get("SLURM_STEP_NUM_TASKS", 1)) > 1 and "SLURM_PROCID" in env:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+        addr = env.get("MASTER_ADDR") or (_first_host(nodes) if nodes else "127.0.0.1")
+        port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)
+        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                      addr, port, "srun")
+    return None
+
+
+def init_launched(launch: Launch, backend: str) -> None:
+    """Join the process group of a launched run (see :func:`launched`)."""
     import datetime
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(index))
-    dist.init_process_group(backend, rank=index, world_size=world, timeout=datetime.timedelta(minutes=10))
+    os.environ.update(MASTER_ADDR=launch.master_addr, MASTER_PORT=str(launch.master_port), RANK=str(launch.rank),
+                      WORLD_SIZE=str(launch.world), LOCAL_RANK=str(launch.local_rank))
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world,
+                            timeout=datetime.timedelta(minutes=10))
+
+
+def destroy() -> None:
+    """Leave the process group (after :func:`init_launched`)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _spawned(index: int, world: int, port: int, backend: str, fn, args) -> None:
+    init_launched(Launch(index, world, index, "127.0.0.1", port, "spawn"), backend)
     try:
         fn(*args)
     finally:
-        dist.destroy_process_group()
+        destroy()
 
 
 def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None) -> None:

@@ -11,7 +11,11 @@ exactly what the uninterrupted run did from epoch ``e`` on (on CPU).
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
+import shlex
+import sys
 import time
 from dataclasses import asdict
 from fractions import Fraction
@@ -28,6 +32,7 @@ from ..methods import build_method
 from ..optim import SGD
 from ..runtime import gpus
 from ..runtime import distributed
+from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RunLock
 from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
@@ -115,30 +120,62 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
     _check_seed(seed)
     gpus.resolve_device(s.device, "pretrain.device")             # a GPU asked for where there is none
+    launch = None if distributed.is_distributed() else distributed.launched()
+    started = distributed.world_size() if launch is None else launch.world
+    if started > 1 and started != s.processes * s.nodes:
+        raise ConfigError(f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
+                          f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree")
+    handover = started == 1 and s.processes * s.nodes > 1 and launch_plan.in_slurm_job()
+    if s.nodes > 1 and started == 1 and not handover:
+        raise ConfigError(f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
+                          "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
+                          "torchrun --nnodes; this process was started alone")
+    if launch is not None:                                       # one of the processes srun or torchrun started
+        distributed.init_launched(launch, "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo")
+        try:
+            return pretrain(data_path, method, policy, temperature, seed, settings, out_dir, log)
+        finally:
+            distributed.destroy()
     _refuse_finished(Path(out_dir))
     check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)                              # a missing or damaged file, named
     _check_fits(method, s, open_train_source(data).num_images)
-    if distributed.is_distributed() and distributed.world_size() != s.processes:
-        raise ConfigError(f"pretrain.processes: {s.processes}, but this run was started as "
-                          f"{distributed.world_size()} processes (torchrun, srun); make them agree")
+    if handover:                                                 # in a SLURM job: srun starts every process
+        command = launch_plan.srun_command(s.processes, s.nodes, s.threads, _command(
+            data_path, method, policy, temperature, seed, settings, out_dir))
+        log(f"starting the run's {s.processes * s.nodes} processes: {shlex.join(command)}")
+        sys.stdout.flush()
+        os.execvp(command[0], command)
     if distributed.rank() > 0:                                   # started with the others: rank 0 holds the lock
         with StopSignals() as stop:
-            return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
+            return _pretrain(data, method, pol, temperature, seed, s, out_dir, _silent, stop)
     with StopSignals() as stop, RunLock(out_dir):                # one run, one training
         _refuse_finished(Path(out_dir))                          # finished while we waited for the lock
         if s.processes > 1 and not distributed.is_distributed():  # this process starts the others
             backend = "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo"
+            del data                                             # each process loads its own
             distributed.spawn(_rank_main, s.processes, (data_path, method, policy, temperature, seed, settings,
                                                         out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,))
             return Path(out_dir) / "checkpoint.pt"
         return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
 
 
+def _command(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
+             out_dir) -> list[str]:
+    """The command line of :func:`pretrain` with these arguments."""
+    return [sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--method", method,
+            "--policy", policy, "--temperature", repr(float(temperature)), "--seed", str(seed),
+            "--settings", json.dumps(settings, sort_keys=True), "--out", str(out_dir)]
+
+
+def _silent(message: str) -> None:
+    """The log of a rank other than 0 (rank 0 says everything once)."""
+
+
 def _rank_main(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict, out_dir) -> None:
     """One process of a run the launching process checked and locked."""
     s, pol = _checked(method, policy, temperature, settings)
-    log = print if distributed.rank() == 0 else (lambda message: None)
+    log = print if distributed.rank() == 0 else _silent
     with StopSignals() as stop:
         _pretrain(load_prepared(data_path), method, pol, temperature, seed, s, out_dir, log, stop)
 
@@ -327,6 +364,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
                            "model": model.state_dict(), "log": log_rows}, final)
         last.unlink(missing_ok=True)
         previous_path(last).unlink(missing_ok=True)
+    distributed.barrier()  # nobody ends before the checkpoint is written (srun stops a step's other tasks then)
     return final
 
 

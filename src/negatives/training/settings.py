@@ -51,6 +51,7 @@ class PretrainSettings:
     queue_extra: int = _DEFAULTS["queue_extra"]
     threads: int = _DEFAULTS["threads"]
     processes: int = _DEFAULTS["processes"]
+    nodes: int = _DEFAULTS["nodes"]
     device: str = _DEFAULTS["device"]
     compile: bool = _DEFAULTS["compile"]
     crop_scale_min: float = _DEFAULTS["crop_scale_min"]
