@@ -121,3 +121,30 @@ def test_dry_run_without_the_data(tmp_path):
     assert res.returncode == 0, out
     assert "UserWarning: datasets.imagenet.root: data directory data/imagenet" in out
     assert job_table(out)["total"] == EXPECTED_JOBS["imagenet-paper.yaml"][0]
+
+
+def _pretrain_resources(out: str) -> set[str]:
+    """The resources of the planned pretraining jobs (each ``key=value``)."""
+    found = set()
+    for block in out.split("rule pretrain:")[1:]:
+        line = next(x for x in block.splitlines() if x.strip().startswith("resources:"))
+        found.update(kv.strip() for kv in line.split(":", 1)[1].split(","))
+    return found
+
+
+@pytest.mark.parametrize("layout, want", [
+    ({}, {"gpu=8", "mpi=srun", "nodes=1", "tasks_per_node=8", "cpus_per_task=4", "processes=8"}),
+    ({"processes": 4, "nodes": 2}, {"gpu=0", "gres=gpu:4", "mpi=srun", "nodes=2", "tasks_per_node=4",
+                                    "cpus_per_task=8", "run_nodes=2"}),
+], ids=["8 GPUs", "2 nodes of 4"])
+def test_the_paper_config_asks_for_the_gpus_of_one_run(tmp_path, layout, want):
+    """configs/imagenet-paper.yaml trains each run on 8 GPUs (MoCo v2's
+    setting); processes 4 x nodes 2 asks SLURM for 2 machines of 4."""
+    root = fake_imagenet(tmp_path / "data")
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"datasets": {"imagenet": {"root": str(root)}}, "pretrain": layout}))
+    res = dry_run(tmp_path, [ROOT / "configs" / "imagenet-paper.yaml", override])
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    asked = _pretrain_resources(out)
+    assert want <= asked, sorted(asked)

@@ -62,7 +62,7 @@ def run_steps(method: str, policy: str) -> dict:
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9)
     aug = MoCoV2Augment(SIDE, 1, [0.5], [0.25], crop_scale=(0.2, 1.0), blur=True)
     images, labels, indices = _data()
-    rows = distributed.local_rows(B)
+    rows = model.image_rows(B)
     losses, kept = [], []
     for step in range(STEPS):
         torch.manual_seed(100 + step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from negatives.config import ConfigError
 from negatives.data import prepare
@@ -24,7 +26,7 @@ from negatives.runtime import distributed
 from negatives.runtime.launch import check_executor, pretrain_resources, srun_command
 from negatives.training.pretrain import pretrain
 
-from conftest import ROOT
+from conftest import ROOT, fake_fashion_mnist
 
 RUN = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=4,
            knn_monitor=0, threads=2)
@@ -219,3 +221,18 @@ def test_the_slurm_job_asks_for_the_runs_nodes_tasks_and_gpus(pretrain, want, ab
     for flag in absent:
         assert flag not in line, line
     assert ("mpi" in resources) == (pretrain["processes"] * pretrain["nodes"] > 1)
+
+
+def test_the_workflow_refuses_runs_across_machines_without_slurm(tmp_path):
+    """The executor is known once the plan is made: before the first job."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    root = fake_fashion_mnist(tmp_path / "fmnist")
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump({
+        "datasets": {"fashion-mnist": {"root": str(root)}}, "pretrain": {"processes": 2, "nodes": 2}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                           "--cores", "1", "--configfile", str(tmp_path / "override.yaml")],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "pretrain.nodes: 2 machines per run need a cluster: run the workflow with --profile slurm" in out, out
+    assert "Traceback" not in out and not (tmp_path / "results").exists(), out[-3000:]

@@ -309,10 +309,9 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
                               "(use the drop form)")
         raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
     processes = _world(pretrain)
-    if method == "simclr" and processes > 1 and (pretrain["bn_splits"] // processes) % 2:
-        raise ConfigError(f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes needs an even number of "
-                          f"batch-norm splits per process (pretrain.bn_splits {pretrain['bn_splits']}), so no split "
-                          f"holds both views of an image; allowed: bn_splits {2 * processes}, {4 * processes}, ...")
+    if method == "simclr" and processes % 2 and processes > 1:
+        raise ConfigError(f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes: half of them "
+                          "train on the first views, half on the second, so their number must be even (or 1)")
     if pol.mode == "replace" and (extra <= 0 or extra % batch):
         raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
                           f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))

@@ -7,6 +7,8 @@ from typing import Callable
 
 from torch import nn
 
+from ..runtime.distributed import local_rows
+
 __all__ = ["ContrastiveMethod"]
 
 
@@ -25,6 +27,11 @@ class ContrastiveMethod(nn.Module):
     def query_encoder(self) -> nn.Module:
         """The module the query views go through."""
         return self.__dict__.get("_query_wrapper", self.encoder_q)
+
+    def image_rows(self, batch: int) -> slice:
+        """The images of a global batch of ``batch`` that this process trains
+        on: its contiguous slice (all of them in a single process)."""
+        return local_rows(batch)
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Send the query views through ``wrap(encoder_q)`` from now on."""

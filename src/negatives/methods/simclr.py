@@ -75,28 +75,49 @@ class SimCLR(ContrastiveMethod):
             self._index[key] = candidate_index(batch, device)
         return self._index[key]
 
+    def image_rows(self, batch: int) -> slice:
+        """Across ``R`` processes each holds ``2B / R`` of the ``2B`` views, in
+        the single-process order (every first view, then every second): the
+        first ``R / 2`` processes the first views of their slices of the
+        images, the others the second views.  So every process normalises
+        whole batch-norm splits of the single-process layout, and a run on
+        ``R`` processes is the run on one for any ``R`` dividing
+        ``bn_splits``; ``R`` must be even."""
+        n, r = world_size(), rank()
+        if n == 1:
+            return slice(0, batch)
+        if n % 2 or (2 * batch) % n:
+            raise ValueError(f"SimCLR across {n} processes: each takes 2 x {batch} / {n} views of one kind, so the "
+                             "number of processes must be even and divide 2 x pretrain.batch_size")
+        size = 2 * batch // n
+        start = (r % (n // 2)) * size
+        return slice(start, start + size)
+
     def forward(self, x_1: Tensor, x_2: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
         """One SimCLR step's loss over both views.
 
         x_1, x_2: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``
-        (across processes: this rank's slice; its 2B/R views are the queries,
-        every rank's 2B views the candidates, as in one process).
+        (across processes: the images of :meth:`image_rows`, whose first or
+        second views are this process's queries; every process's views are
+        the candidates, as in one process).
         Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
         """
-        b = x_1.shape[0]
-        # one forward of both views; split batch-norm normalises contiguous
-        # chunks, so no chunk holds both views of an image (no BN shortcut)
+        n = world_size()
+        # one forward of this process's views; split batch-norm normalises
+        # contiguous chunks, so no chunk holds both views of an image (no BN shortcut)
+        views = torch.cat([x_1, x_2]) if n == 1 else (x_1 if rank() < n // 2 else x_2)
         # float32 under a bf16 autocast too (GPUs): only the encoder and the matmul in bf16
-        z = F.normalize(full_precision(self.query_encoder(torch.cat([x_1, x_2]))), dim=1)  # [2B, D]
-        z, mine = _whole_batch(z, b)              # across processes: every rank's views, and this rank's rows
+        z = F.normalize(full_precision(self.query_encoder(views)), dim=1)               # [2B / R, D]
+        z, mine = _whole_batch(z)                 # across processes: every process's views, and this one's rows
         batch = z.shape[0] // 2
         s = full_precision(z[mine] @ z.T)                                               # [2B, 2B]
         l_pos = s.gather(1, twin_index(batch, z.device)[mine].unsqueeze(1)).squeeze(1)  # [2B]
         pool_index = self._candidates(batch, z.device)[mine]                            # [2B, 2B-2]
         sim = s.gather(1, pool_index)                                                   # [2B, 2B-2]
-        labels, indices = gather_rows(labels, indices)
-        both_labels = torch.cat([labels, labels])
-        candidates = Candidates(labels=both_labels, indices=torch.cat([indices, indices]), keys=z.detach(),
+        # every view's label and index (across processes, gathered: the first halves', then the second's)
+        both_labels, both_indices = (torch.cat([labels, labels]), torch.cat([indices, indices])) if n == 1 \
+            else gather_rows(labels, indices)
+        candidates = Candidates(labels=both_labels, indices=both_indices, keys=z.detach(),
                                 query_labels=both_labels[mine], queries=z[mine].detach(), pool_index=pool_index)
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress)
@@ -108,14 +129,12 @@ class SimCLR(ContrastiveMethod):
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 
 
-def _whole_batch(z: Tensor, b: int) -> tuple[Tensor, slice | Tensor]:
-    """``z [2b, D]`` of this rank (its first views, then its second) ->
-    ``(Z [2B, D], rows)``: every rank's views gathered with their gradient in
-    the single-process layout (every first view in batch order, then every
-    second), and this rank's rows of ``Z``.  One process: ``(z, all rows)``."""
+def _whole_batch(z: Tensor) -> tuple[Tensor, slice]:
+    """``z [2B / R, D]`` of this process -> ``(Z [2B, D], rows)``: every
+    process's views gathered with their gradient, in rank order the
+    single-process layout (:meth:`SimCLR.image_rows`), and this process's
+    rows of ``Z``.  One process: ``(z, all rows)``."""
     if world_size() == 1:
         return z, slice(None)
-    n, r = world_size(), rank()
-    whole = gather_with_grad(z).view(n, 2, b, z.shape[1]).transpose(0, 1).reshape(2 * n * b, z.shape[1])
-    mine = torch.arange(b, device=z.device) + r * b
-    return whole, torch.cat([mine, mine + n * b])
+    r, size = rank(), z.shape[0]
+    return gather_with_grad(z), slice(r * size, (r + 1) * size)

@@ -248,7 +248,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     n, (c, h, _) = source.num_images, source.shape
     channels_last = torch.channels_last
 
-    world, rows = distributed.world_size(), distributed.local_rows(s.batch_size)   # this rank's slice of a batch
+    world = distributed.world_size()
     encoder = seeded_encoder(s, c, seed, num_splits=s.bn_splits // world)
     pol.start(s.epochs)
     model = build_method(method, encoder, dim=s.dim, queue_size=s.queue_size, queue_extra=s.queue_extra,
@@ -261,6 +261,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         for name in ("encoder_q", "encoder_k"):
             if hasattr(model, name):
                 getattr(model, name).compile()
+    rows = model.image_rows(s.batch_size)                        # this rank's images of every batch
     if world > 1:  # gradients averaged over the ranks during backward; buffers averaged after each step
         model.distribute(lambda m: distributed.data_parallel(m, device))
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
