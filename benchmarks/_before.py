@@ -22,7 +22,11 @@ def extract_src(rev: str) -> Path:
     """A temporary ``src`` folder whose ``negatives`` package is the one of
     revision ``rev`` (for ``PYTHONPATH``)."""
     tmp = Path(tempfile.mkdtemp(prefix="negatives_before_"))
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/negatives"], check=True,
+    # the schema lives in workflow/schemas, linked from the package (where the revision has it)
+    paths = ["src/negatives"] + (["workflow/schemas"] if subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:workflow/schemas"], capture_output=True).returncode == 0
+        else [])
+    blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths], check=True,
                           capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(tmp, filter="data")

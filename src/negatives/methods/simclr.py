@@ -109,8 +109,9 @@ class SimCLR(ContrastiveMethod):
         # float32 under a bf16 autocast too (GPUs): only the encoder and the matmul in bf16
         z = F.normalize(full_precision(self.query_encoder(views)), dim=1)               # [2B / R, D]
         z, mine = _whole_batch(z)                 # across processes: every process's views, and this one's rows
+        q = z if n == 1 else z[mine]              # the queries (one node: autograd sums as in the plain form)
         batch = z.shape[0] // 2
-        s = full_precision(z[mine] @ z.T)                                               # [2B, 2B]
+        s = full_precision(q @ z.T)                                                     # [2B, 2B]
         l_pos = s.gather(1, twin_index(batch, z.device)[mine].unsqueeze(1)).squeeze(1)  # [2B]
         pool_index = self._candidates(batch, z.device)[mine]                            # [2B, 2B-2]
         sim = s.gather(1, pool_index)                                                   # [2B, 2B-2]
@@ -118,14 +119,14 @@ class SimCLR(ContrastiveMethod):
         both_labels, both_indices = (torch.cat([labels, labels]), torch.cat([indices, indices])) if n == 1 \
             else gather_rows(labels, indices)
         candidates = Candidates(labels=both_labels, indices=both_indices, keys=z.detach(),
-                                query_labels=both_labels[mine], queries=z[mine].detach(), pool_index=pool_index)
+                                query_labels=both_labels[mine], queries=q.detach(), pool_index=pool_index)
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress)
         mix_sim = None
         if selection.has_synthetic:
             # synthetic negatives are constants: their cosines' gradient reaches the query only
-            mix_sim = full_precision(z[mine] @ z.detach().T).gather(1, pool_index)    # [2B, 2B-2]
-        loss = self.criterion(l_pos, sim, selection, z[mine], synthetic_sim=mix_sim)
+            mix_sim = full_precision(q @ z.detach().T).gather(1, pool_index)          # [2B, 2B-2]
+        loss = self.criterion(l_pos, sim, selection, q, synthetic_sim=mix_sim)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 
 
