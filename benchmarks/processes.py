@@ -62,7 +62,9 @@ def main() -> None:
                 ckpt = torch.load(pretrain(data, "moco", a.policy, 0.2, 0, {**settings, "processes": n}, out,
                                            log=lambda m: None), weights_only=False)
                 speeds[n].append(statistics.median(row["images_per_s"] for row in ckpt["log"][1:]))
-    cpu = platform.processor() or platform.machine()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    cpu = cpu or platform.processor() or platform.machine()
     print(f"# {a.device}, {os.cpu_count()} cores ({cpu}), torch {torch.__version__}; MoCo {a.policy}, {a.backbone}, "
           f"batch {a.batch}, {a.images} images, threads {a.threads} shared by the processes; "
           f"median of {a.rounds} rounds of epochs 2..{a.epochs}")

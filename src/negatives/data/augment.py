@@ -12,7 +12,10 @@ std -- the torchvision pipeline of the MoCo v2 code, batched:
   ``grid_sample`` (bilinear, border clamping = torchvision's bilinear resize
   without antialias, which a crop never needs: it is only ever enlarged);
   crop boxes are drawn like ``torchvision.transforms.RandomResizedCrop``
-  (10 attempts, then the central-crop fallback), all samples at once;
+  (10 attempts, then the central-crop fallback), all samples at once.
+  Streamed image folders (ImageNet) are cropped when they are decoded
+  instead, on the full image as the official pipeline crops it
+  (:class:`negatives.data.sources.FolderSource`); here they are only flipped;
 * colour jitter: brightness, contrast, saturation, hue with per-sample
   factors (the identity factor for samples it skips), in one random order
   per batch (torchvision draws the order per image);
@@ -47,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MoCoV2Augment", "Normalize", "blur_kernel_size", "crop_params",
+__all__ = ["MoCoV2Augment", "Normalize", "blur_kernel_size", "crop_params", "crop_draws", "boxes_from_draws",
            "resized_crop_flip", "gaussian_kernels", "blur"]
 
 
@@ -73,19 +76,29 @@ class Normalize(nn.Module):
 
 # ----------------------------------------------------------------- crop + flip
 
-def crop_params(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
-                generator: torch.Generator | None = None, device=None, attempts: int = 10) -> Tensor:
-    """Per-sample RandomResizedCrop boxes ``[B, 4]`` int64 ``(top, left, h, w)``.
+def crop_draws(batch: int, attempts: int = 10, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """The uniform draws of ``batch`` RandomResizedCrop boxes, ``[B, 2 attempts + 2]``
+    float64: each attempt's area fraction and log aspect ratio, then the
+    offset (see :func:`boxes_from_draws`)."""
+    u = torch.rand(batch, attempts, 2, generator=generator, device=device, dtype=torch.float64)
+    off = torch.rand(batch, 2, generator=generator, device=device, dtype=torch.float64)
+    return torch.cat([u.flatten(1), off], dim=1)
+
+
+def boxes_from_draws(draws: Tensor, height: int, width: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> Tensor:
+    """RandomResizedCrop boxes ``[B, 4]`` int64 ``(top, left, h, w)`` of an
+    image of ``height x width`` from the draws of :func:`crop_draws`.
 
     As ``torchvision.transforms.RandomResizedCrop.get_params``, for every
-    sample at once: ``attempts`` candidates (area fraction uniform in
-    ``scale``, log aspect ratio uniform in ``log(ratio)``, sides rounded); the
+    sample at once: candidates with the area fraction uniform in ``scale``
+    and the log aspect ratio uniform in ``log(ratio)``, sides rounded; the
     first that fits is taken, with its offset uniform over the valid
     positions; a sample with no fitting candidate gets torchvision's fallback,
     the central crop of the whole image clamped to ``ratio``.
     """
+    batch = draws.shape[0]
+    u, off = draws[:, :-2].view(batch, -1, 2), draws[:, -2:]
     area = height * width
-    u = torch.rand(batch, attempts, 2, generator=generator, device=device, dtype=torch.float64)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
@@ -106,10 +119,17 @@ def crop_params(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 
     found = ok.any(1)
     w = torch.where(found, w, fw)
     h = torch.where(found, h, fh)
-    off = torch.rand(batch, 2, generator=generator, device=device, dtype=torch.float64)
     top = torch.where(found, (off[:, 0] * (height - h + 1)).long().clamp_max(height - h), (height - fh) // 2)
     left = torch.where(found, (off[:, 1] * (width - w + 1)).long().clamp_max(width - w), (width - fw) // 2)
     return torch.stack([top, left, h, w], dim=1)
+
+
+def crop_params(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
+                generator: torch.Generator | None = None, device=None, attempts: int = 10) -> Tensor:
+    """Per-sample RandomResizedCrop boxes ``[B, 4]`` int64 ``(top, left, h, w)``
+    of images of ``height x width``: :func:`boxes_from_draws` of fresh
+    :func:`crop_draws`."""
+    return boxes_from_draws(crop_draws(batch, attempts, generator, device), height, width, scale, ratio)
 
 
 def _sample_coords(start: Tensor, length: Tensor, out: int, size: int) -> Tensor:
@@ -273,11 +293,14 @@ class MoCoV2Augment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None, batch: int | None = None,
-                rows: slice | None = None) -> Tensor:
+                rows: slice | None = None, cropped: bool = False) -> Tensor:
         """Two calls, two views.  ``x [b, C, H, W]``: a batch, or the ``rows``
         of a ``batch`` of images (a process's slice of the global batch): the
         draws are then the whole batch's, so every process augments its
-        images as one process augments the batch."""
+        images as one process augments the batch.  ``cropped``: ``x`` is a
+        view whose random-resized crop was taken when it was decoded (a
+        streamed folder, :meth:`negatives.data.sources.FolderSource.batches`),
+        so it is only flipped here."""
         b, c, h, w = x.shape
         dev = x.device
         g = generator
@@ -288,7 +311,8 @@ class MoCoV2Augment(nn.Module):
             return torch.rand(n, *shape, generator=g, device=dev)[pick]
 
         # every draw, in a fixed order
-        boxes = crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)[pick]
+        boxes = (torch.tensor([[0, 0, h, w]], device=dev).expand(b, 4) if cropped else
+                 crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)[pick])
         flip = rand() < self.flip_p
         bri, con, sat, hue = self.jitter
         jit = rand() < self.jitter_p

@@ -180,3 +180,31 @@ def decode_image(path: str | os.PathLike, size: int):
     if min(im.size) != size:
         im = TF.resize(im, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(im, [size, size]))
+
+
+def decode_views(path: str | os.PathLike, size: int, draws, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
+    """One image file -> uint8 ``[V, 3, size, size]``: decoded as RGB at its own
+    size, then for each of the ``V`` rows of ``draws`` (float64
+    ``[V, D]``, :func:`negatives.data.augment.crop_draws`) the
+    RandomResizedCrop box they give on the full image
+    (:func:`negatives.data.augment.boxes_from_draws`), resized to ``size x
+    size`` (bilinear, antialiased) -- the official pipeline's
+    ``RandomResizedCrop(size, scale)`` on the decoded image, so a crop may
+    reach the image's borders.  Raises ``ValueError`` naming the file when
+    it is not an image."""
+    import torch
+    import torchvision.transforms.functional as TF
+    from PIL import Image, UnidentifiedImageError
+
+    from .augment import boxes_from_draws
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: cannot decode the image ({e})") from None
+    width, height = im.size
+    boxes = boxes_from_draws(torch.as_tensor(draws, dtype=torch.float64), height, width, scale, ratio)
+    return torch.stack([TF.pil_to_tensor(TF.resized_crop(im, *box.tolist(), [size, size],
+                                                         interpolation=TF.InterpolationMode.BILINEAR,
+                                                         antialias=True)) for box in boxes])

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 
 from ..runtime.atomic import torch_load
-from .folders import decode_image
+from .folders import decode_image, decode_views
 
 __all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
            "load_prepared"]
@@ -68,6 +68,33 @@ class _Decode(torch.utils.data.Dataset):
         return decode_image(self.root / self.files[i], self.size), self.labels[i], i
 
 
+class _DecodeViews(_Decode):
+    """Items ``(index, draws [V, D])``: the ``V`` views of :func:`decode_views`."""
+
+    def __init__(self, root: Path, files: list[str], labels: torch.Tensor, size: int, scale, ratio):
+        super().__init__(root, files, labels, size)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+
+    def __getitem__(self, item):
+        i, draws = item
+        return decode_views(self.root / self.files[i], self.size, draws, self.scale, self.ratio), self.labels[i], i
+
+
+class _WithDraws:
+    """A batch sampler: each chunk of indices paired, row by row, with the next
+    draws of an iterator (made as the loader asks for the batch)."""
+
+    def __init__(self, chunks: list[list[int]], draws):
+        self.chunks, self.draws = chunks, draws
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self):
+        for chunk, draws in zip(self.chunks, self.draws):
+            yield list(zip(chunk, draws))
+
+
 def default_workers() -> int:
     """Decoding processes when none are given: the CPU count, at most 8."""
     return min(8, os.cpu_count() or 1)
@@ -104,6 +131,23 @@ class FolderSource:
         loader = torch.utils.data.DataLoader(
             _Decode(self.root, self.files, self.labels, self.image_size), batch_sampler=chunks,
             num_workers=min(self.workers, len(chunks)), pin_memory=torch.cuda.is_available())
+        yield from loader
+
+    def view_batches(self, order, batch_size: int, draws, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Training views, cropped as they are decoded: for each full batch of
+        ``order``, ``(uint8 views [B, V, 3, S, S], labels [B], indices [B])``,
+        each image's ``V`` random-resized crops taken on the full decoded
+        image (:func:`decode_views`) by the next item of ``draws`` (float64
+        ``[B, V, D]`` per batch, :func:`negatives.data.augment.crop_draws`).
+        Only the images of ``order`` are decoded (a process's own slice)."""
+        chunks = [c.tolist() for c in _chunks(order, batch_size, drop_last=True)]
+        if not chunks:
+            return
+        loader = torch.utils.data.DataLoader(
+            _DecodeViews(self.root, self.files, self.labels, self.image_size, scale, ratio),
+            batch_sampler=_WithDraws(chunks, iter(draws)), num_workers=min(self.workers, len(chunks)),
+            pin_memory=torch.cuda.is_available())
         yield from loader
 
 

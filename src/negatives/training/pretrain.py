@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.augment import MoCoV2Augment
-from ..data.sources import TensorSource, load_prepared, open_source, open_train_source, read_images
+from ..data.augment import MoCoV2Augment, crop_draws
+from ..data.sources import FolderSource, TensorSource, load_prepared, open_source, open_train_source, read_images
 from ..evaluation.features import extract_features, knn_classify, topk_accuracy
 from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
@@ -296,7 +296,12 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         # this rank's images of every batch of the epoch, in order
         mine = order[:steps_per_epoch * s.batch_size].view(steps_per_epoch, s.batch_size)[:, rows].reshape(-1)
         b = rows.stop - rows.start
-        batches = source.batches(mine[first * b:], b, drop_last=True)
+        if isinstance(source, FolderSource):   # cropped as decoded, on the full image (the official pipeline)
+            batches = source.view_batches(mine[first * b:].cpu(), b, _view_draws(seed, epoch, first, steps_per_epoch,
+                                                                                 s.batch_size, rows),
+                                          scale=(s.crop_scale_min, 1.0), ratio=aug.crop_ratio)
+        else:
+            batches = source.batches(mine[first * b:], b, drop_last=True)
         for i, (x, y, idx) in enumerate(batches, start=first):
             if s.max_steps and step >= s.max_steps:
                 break
@@ -314,8 +319,12 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
                 log(message)
                 raise Preempted(message)
             x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
-            x_q = aug(x, batch=s.batch_size, rows=rows).contiguous(memory_format=channels_last)
-            x_k = aug(x, batch=s.batch_size, rows=rows).contiguous(memory_format=channels_last)
+            if x.dim() == 5:                   # [b, 2, C, H, W]: the two views, cropped as they were decoded
+                x_q = aug(x[:, 0], batch=s.batch_size, rows=rows, cropped=True)
+                x_k = aug(x[:, 1], batch=s.batch_size, rows=rows, cropped=True)
+            else:
+                x_q, x_k = aug(x, batch=s.batch_size, rows=rows), aug(x, batch=s.batch_size, rows=rows)
+            x_q, x_k = (v.contiguous(memory_format=channels_last) for v in (x_q, x_k))
             with step_precision(device):
                 # progress as the exact fraction: scheduled bounds count exactly
                 loss, stats = model(x_q, x_k, y, idx, progress=Fraction(step, max(1, total_steps)))
@@ -367,6 +376,16 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         previous_path(last).unlink(missing_ok=True)
     distributed.barrier()  # nobody ends before the checkpoint is written (srun stops a step's other tasks then)
     return final
+
+
+def _view_draws(seed: int, epoch: int, first: int, steps: int, batch: int, rows: slice):
+    """The crop draws of steps ``first ..`` of an epoch, this process's rows of
+    each: ``[b, 2, D]`` per step (two views), from a generator of the run,
+    epoch and step alone, so every process, and a resumed run, draws the
+    single-process run's crops."""
+    for step in range(first, steps):
+        g = torch.Generator().manual_seed((epoch_seed(seed, epoch) * 1_000_003 + step) % 2**63)
+        yield torch.stack([crop_draws(batch, generator=g), crop_draws(batch, generator=g)], dim=1)[rows]
 
 
 def _tensor_bytes(tensors) -> int:
