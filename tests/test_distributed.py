@@ -39,7 +39,8 @@ B, SPLITS, K, EXTRA, STEPS, SIDE = 16, 8, 32, 16, 4, 16
 #: (method, policy): every family whose selection reads the whole queue or batch
 CASES = [("moco", "all"), ("moco", "keep[75_100)"), ("moco", "drop-same-class@replace"),
          ("moco", "ring[100->10_10_linear_50]"), ("moco", "hard[1_0.1]"), ("moco", "retain-hard[0.25]"),
-         ("moco", "debiased[0.1]"), ("simclr", "all"), ("simclr", "keep[75_100)"), ("simclr", "hard[1_0.1]")]
+         ("moco", "debiased[0.1]"), ("moco", "mochi[16_8_4]"), ("simclr", "all"), ("simclr", "keep[75_100)"),
+         ("simclr", "hard[1_0.1]"), ("simclr", "mochi[8_4_2]")]
 
 
 def _data():

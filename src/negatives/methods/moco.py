@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
 from ..policies.selection import select
-from ..runtime.distributed import broadcast_, gather_rows, local_rows
+from ..runtime.distributed import broadcast_, gather_rows, local_rows, rank, world_size
 from .base import ContrastiveMethod
 from .loss import ContrastiveLoss, full_precision
 
@@ -150,10 +150,15 @@ class MoCo(ContrastiveMethod):
         keys = keys.to(q.dtype)                                                   # [K(+E), D]
         sim = full_precision(q @ keys.T)                                          # [B, K(+E)]
         candidates = Candidates(labels=cand_labels, indices=cand_indices, keys=keys,
-                                query_labels=labels, queries=q.detach())
+                                query_labels=labels, queries=q.detach(), query_rows=_query_rows(q.shape[0]))
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress, self.window)
         loss = self.criterion(l_pos, sim, selection, q)
         self.queue.enqueue(k_all, labels_all, indices_all)                        # the same on every rank
         kept = selection.kept_per_query(sim.shape[1])
         return loss, {"l_pos": l_pos.detach().mean(), "kept": kept}
+
+
+def _query_rows(b: int) -> tuple[int, int] | None:
+    """This process's ``b`` queries as rows of the step's (``None`` alone)."""
+    return None if world_size() == 1 else (rank() * b, world_size() * b)

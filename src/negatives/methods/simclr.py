@@ -119,7 +119,8 @@ class SimCLR(ContrastiveMethod):
         both_labels, both_indices = (torch.cat([labels, labels]), torch.cat([indices, indices])) if n == 1 \
             else gather_rows(labels, indices)
         candidates = Candidates(labels=both_labels, indices=both_indices, keys=z.detach(),
-                                query_labels=both_labels[mine], queries=q.detach(), pool_index=pool_index)
+                                query_labels=both_labels[mine], queries=q.detach(), pool_index=pool_index,
+                                query_rows=None if n == 1 else (mine.start, z.shape[0]))
         with torch.no_grad():
             selection = select(self.policy, sim.detach(), candidates, progress)
         mix_sim = None

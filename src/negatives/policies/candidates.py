@@ -27,6 +27,12 @@ class Candidates:
                   (SimCLR: each view's candidates are the *other* views);
                   ``None`` when every query's candidates are the whole pool in
                   order (MoCo: the pool is the queue, ``K = M``).
+    query_rows:   ``(start, total)``: the queries are rows ``start ..
+                  start + B - 1`` of the step's ``total`` queries (a process's
+                  share of a run across processes); ``None``: all of them.  A
+                  policy that draws random numbers per query draws them for
+                  all ``total`` and keeps its rows, so its draws do not depend
+                  on how the queries are spread over processes.
 
     Every field is optional; a policy that needs one that is missing raises.
     """
@@ -37,6 +43,7 @@ class Candidates:
     query_labels: Tensor | None = None
     queries: Tensor | None = None
     pool_index: Tensor | None = None
+    query_rows: tuple[int, int] | None = None
 
     def candidate_labels(self) -> Tensor:
         """Label of each candidate: ``[K]`` (shared pool) or ``[B, K]``."""
@@ -80,7 +87,8 @@ class Candidates:
         if self.pool_index is not None:
             raise ValueError("rows() needs a shared pool (pool_index None)")
         cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
-        return Candidates(cut(self.labels), cut(self.indices), cut(self.keys), self.query_labels, self.queries)
+        return Candidates(cut(self.labels), cut(self.indices), cut(self.keys), self.query_labels, self.queries,
+                          query_rows=self.query_rows)
 
     def embeddings(self, index: Tensor) -> Tensor:
         """Embeddings of the candidates ``index [B, n]`` of each query: ``[B, n, D]``."""

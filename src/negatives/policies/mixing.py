@@ -53,7 +53,9 @@ on the device of ``sim``.  The trainer reseeds the global generator at every
 epoch from ``(seed, epoch)``, so the default is deterministic *and*
 resumable from an epoch checkpoint without saving any policy state; a policy
 that holds its own generator would need it in the checkpoint to resume
-exactly.
+exactly.  Across processes the draws are made for every query of the step
+and each process keeps its rows (``Candidates.query_rows``), so the mixes
+are those of the run in one process.
 
 Policy string: ``mochi[N,s,s']`` or ``mochi[N,s,s',w]`` (``w`` warm-up
 epochs, default 0; written only when non-zero).  The paper's ImageNet setting
@@ -208,11 +210,14 @@ class MoCHi(NegativePolicy):
         with torch.no_grad():
             hard = hardest(sim, self.n_hard)                                     # [B, N] positions
             dev, g = sim.device, self.generator
-            i = _randint(self.n_hard, (b, self.s), dev, g)
-            j = _randint(self.n_hard, (b, self.s), dev, g)
-            alpha = _uniform((b, self.s), dev, g)
-            jq = _randint(self.n_hard, (b, self.s_query), dev, g)
-            beta = 0.5 * _uniform((b, self.s_query), dev, g)                  # [0, 0.5)
+            # drawn for every query of the step, this process's rows kept (candidates.query_rows)
+            first, total = candidates.query_rows or (0, b)
+            mine = slice(first, first + b)
+            i = _randint(self.n_hard, (total, self.s), dev, g)[mine]
+            j = _randint(self.n_hard, (total, self.s), dev, g)[mine]
+            alpha = _uniform((total, self.s), dev, g)[mine]
+            jq = _randint(self.n_hard, (total, self.s_query), dev, g)[mine]
+            beta = 0.5 * _uniform((total, self.s_query), dev, g)[mine]        # [0, 0.5)
             pi, pj, pq = hard.gather(1, i), hard.gather(1, j), hard.gather(1, jq)  # positions in sim
             dot = pair_dots(candidates, pi, pj)                                    # n_i . n_j  [B, s]
             x, y = alpha.to(dot.dtype), beta.to(dot.dtype)

@@ -33,10 +33,12 @@ stop (every process exits 75 at the same step) keeps its status.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 
-__all__ = ["pretrain_resources", "check_executor", "srun_command", "in_slurm_job", "STEP_WAIT_SECONDS"]
+__all__ = ["pretrain_resources", "check_executor", "pretrain_command", "srun_command", "in_slurm_job", "STEP_WAIT_SECONDS"]
 
 #: how long srun lets a step's other tasks run after one ended
 STEP_WAIT_SECONDS = 120
@@ -85,6 +87,14 @@ def in_slurm_job(env=None) -> bool:
     """Whether this process runs inside a SLURM job (and can start a step)."""
     env = os.environ if env is None else env
     return bool(env.get("SLURM_JOB_ID")) and shutil.which("srun") is not None
+
+
+def pretrain_command(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
+             out_dir) -> list[str]:
+    """The command line of :func:`pretrain` with these arguments."""
+    return [sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--method", method,
+            "--policy", policy, "--temperature", repr(float(temperature)), "--seed", str(seed),
+            "--settings", json.dumps(settings, sort_keys=True), "--out", str(out_dir)]
 
 
 def srun_command(processes: int, nodes: int, threads: int, command: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ exactly what the uninterrupted run did from epoch ``e`` on (on CPU).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shlex
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.augment import MoCoV2Augment, crop_draws
+from ..data.augment import MoCoV2Augment
 from ..data.sources import FolderSource, TensorSource, load_prepared, open_source, open_train_source, read_images
 from ..evaluation.features import extract_features, knn_classify, topk_accuracy
 from ..config import ConfigError, check_partial, check_run
@@ -38,7 +37,7 @@ from ..runtime.locks import RunLock
 from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
 from .settings import (PretrainSettings, cosine_lr, data_identity, epoch_seed, meta_differences, seeded_encoder,
-                       step_precision)
+                       step_precision, view_crop_draws)
 
 __all__ = ["pretrain", "init_checkpoint"]
 
@@ -141,7 +140,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     data = load_prepared(data_path)                              # a missing or damaged file, named
     _check_fits(method, s, open_train_source(data).num_images)
     if handover:                                                 # in a SLURM job: srun starts every process
-        command = launch_plan.srun_command(s.processes, s.nodes, s.threads, _command(
+        command = launch_plan.srun_command(s.processes, s.nodes, s.threads, launch_plan.pretrain_command(
             data_path, method, policy, temperature, seed, settings, out_dir))
         log(f"starting the run's {s.processes * s.nodes} processes: {shlex.join(command)}")
         sys.stdout.flush()
@@ -158,14 +157,6 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
                                                         out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,))
             return Path(out_dir) / "checkpoint.pt"
         return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
-
-
-def _command(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
-             out_dir) -> list[str]:
-    """The command line of :func:`pretrain` with these arguments."""
-    return [sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--method", method,
-            "--policy", policy, "--temperature", repr(float(temperature)), "--seed", str(seed),
-            "--settings", json.dumps(settings, sort_keys=True), "--out", str(out_dir)]
 
 
 def _silent(message: str) -> None:
@@ -297,7 +288,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         mine = order[:steps_per_epoch * s.batch_size].view(steps_per_epoch, s.batch_size)[:, rows].reshape(-1)
         b = rows.stop - rows.start
         if isinstance(source, FolderSource):   # cropped as decoded, on the full image (the official pipeline)
-            batches = source.view_batches(mine[first * b:].cpu(), b, _view_draws(seed, epoch, first, steps_per_epoch,
+            batches = source.view_batches(mine[first * b:].cpu(), b, view_crop_draws(seed, epoch, first, steps_per_epoch,
                                                                                  s.batch_size, rows),
                                           scale=(s.crop_scale_min, 1.0), ratio=aug.crop_ratio)
         else:
@@ -376,16 +367,6 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         previous_path(last).unlink(missing_ok=True)
     distributed.barrier()  # nobody ends before the checkpoint is written (srun stops a step's other tasks then)
     return final
-
-
-def _view_draws(seed: int, epoch: int, first: int, steps: int, batch: int, rows: slice):
-    """The crop draws of steps ``first ..`` of an epoch, this process's rows of
-    each: ``[b, 2, D]`` per step (two views), from a generator of the run,
-    epoch and step alone, so every process, and a resumed run, draws the
-    single-process run's crops."""
-    for step in range(first, steps):
-        g = torch.Generator().manual_seed((epoch_seed(seed, epoch) * 1_000_003 + step) % 2**63)
-        yield torch.stack([crop_draws(batch, generator=g), crop_draws(batch, generator=g)], dim=1)[rows]
 
 
 def _tensor_bytes(tensors) -> int:

@@ -13,11 +13,12 @@ import torch
 
 from ..config import check_pretrain_sizes, check_section
 from ..defaults import schema_defaults, speed_only
+from ..data.augment import crop_draws
 from ..data.sources import open_source
 from ..models import build_encoder
 from ..runtime.atomic import torch_load
 
-__all__ = ["SPEED_ONLY", "DATA_IDENTITY", "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "cosine_lr", "seeded_encoder", "load_encoder"]
+__all__ = ["SPEED_ONLY", "DATA_IDENTITY", "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "view_crop_draws", "cosine_lr", "seeded_encoder", "load_encoder"]
 
 
 #: settings that change how fast a run trains, never what it computes: a resume
@@ -101,6 +102,16 @@ def step_precision(device: torch.device):
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` of run ``seed`` (epoch -1: initialisation)."""
     return (seed * 1_000_003 + epoch + 1) % (2**63)
+
+
+def view_crop_draws(seed: int, epoch: int, first: int, steps: int, batch: int, rows: slice):
+    """The crop draws of steps ``first ..`` of an epoch, this process's rows of
+    each: ``[b, 2, D]`` per step (two views), from a generator of the run,
+    epoch and step alone, so every process, and a resumed run, draws the
+    single-process run's crops."""
+    for step in range(first, steps):
+        g = torch.Generator().manual_seed((epoch_seed(seed, epoch) * 1_000_003 + step) % 2**63)
+        yield torch.stack([crop_draws(batch, generator=g), crop_draws(batch, generator=g)], dim=1)[rows]
 
 
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
