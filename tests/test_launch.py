@@ -177,6 +177,21 @@ def test_in_a_slurm_job_the_command_becomes_srun_of_its_processes(tmp_path, data
     _same_run(tmp_path / "run" / "checkpoint.pt", alone)
 
 
+def test_a_one_task_allocation_spawns_the_processes_on_its_machine(tmp_path, data_path, alone):
+    """An interactive allocation of one task (salloc -n1, SLURM_NTASKS=1) is
+    a workstation: the command spawns its processes, it does not call srun."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    srun = bin_ / "srun"
+    srun.write_text("#!/bin/sh\nexit 9\n")
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    env = _env(SLURM_JOB_ID="79", SLURM_NTASKS="1", PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(_command(data_path, tmp_path / "run", {**RUN, "processes": 2}), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "srun" not in done.stdout, done.stdout + done.stderr
+    _same_run(tmp_path / "run" / "checkpoint.pt", alone)
+
+
 def test_srun_gets_each_process_its_share_of_the_threads():
     assert srun_command(4, 2, 16, ["x"]) == ["srun", "--kill-on-bad-exit=0", "--wait=120", "--nodes=2",
                                               "--ntasks=8", "--ntasks-per-node=4", "--cpus-per-task=4", "x"]

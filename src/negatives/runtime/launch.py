@@ -38,7 +38,7 @@ import os
 import shutil
 import sys
 
-__all__ = ["pretrain_resources", "check_executor", "pretrain_command", "srun_command", "in_slurm_job", "STEP_WAIT_SECONDS"]
+__all__ = ["pretrain_resources", "check_executor", "pretrain_command", "srun_command", "srun_starts", "STEP_WAIT_SECONDS"]
 
 #: how long srun lets a step's other tasks run after one ended
 STEP_WAIT_SECONDS = 120
@@ -83,10 +83,24 @@ def check_executor(pretrain: dict, executor: str | None) -> None:
                          "each machine)")
 
 
-def in_slurm_job(env=None) -> bool:
-    """Whether this process runs inside a SLURM job (and can start a step)."""
+def srun_starts(world: int, env=None) -> bool:
+    """Whether a run of ``world`` processes, started here alone, is started
+    by ``srun`` instead: inside a SLURM job (``SLURM_JOB_ID``, and ``srun``
+    on the path) that holds that many tasks.  The workflow's job on SLURM
+    has its ``SLURM_*`` settings stripped by the executor plugin, so its
+    size is the run's; an allocation that says it holds fewer tasks (an
+    interactive ``salloc`` of one task, say) spawns the processes on its
+    machine instead, as a workstation does.
+
+    >>> srun_starts(2, {})
+    False
+    >>> srun_starts(2, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})
+    False
+    """
     env = os.environ if env is None else env
-    return bool(env.get("SLURM_JOB_ID")) and shutil.which("srun") is not None
+    if not env.get("SLURM_JOB_ID") or shutil.which("srun") is None:
+        return False
+    return int(env.get("SLURM_NTASKS", world)) >= world
 
 
 def pretrain_command(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,

@@ -124,7 +124,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     if started > 1 and started != s.processes * s.nodes:
         raise ConfigError(f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
                           f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree")
-    handover = started == 1 and s.processes * s.nodes > 1 and launch_plan.in_slurm_job()
+    handover = started == 1 and s.processes * s.nodes > 1 and launch_plan.srun_starts(s.processes * s.nodes)
     if s.nodes > 1 and started == 1 and not handover:
         raise ConfigError(f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
                           "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
