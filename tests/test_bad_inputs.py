@@ -359,6 +359,10 @@ WORKFLOW_CATALOGUE = [
      r"datasets\.fashion-mnist\.root: data directory /nonexistent/fmnist .* does not exist"),
     ("a queue longer than the images", _config(datasets={"fashion-mnist": {"train_images": 4000}}), ["-n"],
      r"pretrain\.queue_size: 4096 is larger than the 4000 training images"),
+    ("no job per GPU", _config(jobs_per_gpu=0), ["-n"], r"0 is less than the minimum of 1"),
+    ("GPUs shared by runs of several processes", _config(jobs_per_gpu=2, pretrain={"processes": 2, "device": "cuda"}),
+     ["-n"], r"jobs_per_gpu: 2 jobs sharing a GPU are for small runs of one process; this config trains each run "
+             r"on 2 processes"),
     ("splits that do not divide the batch", _config(pretrain={"bn_splits": 3}), ["-n"],
      r"pretrain\.bn_splits: 3 must divide pretrain\.batch_size \(256\)"),
     ("few labels more than the subset", _config(evaluate={"fewshot_labels_per_class": 900}), ["-n"],

@@ -76,6 +76,14 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     # a second invocation has nothing to do: nothing computed is redone
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, timeout=300, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # nor when a rule's command reads differently (a new speed-only flag, say): the
+    # workflow's profile leaves out Snakemake's code trigger
+    for record in (tmp_path / ".snakemake" / "metadata").iterdir():
+        meta = json.loads(record.read_text())
+        if meta.get("code"):
+            record.write_text(json.dumps({**meta, "code": meta["code"] + " --a-new-flag"}))
+    again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, timeout=300, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout + again.stderr
 
     # a damaged input (a truncated probe.json, a pairs table cut short) stops the workflow
     # before any job: the figures built from them keep their previous files

@@ -129,3 +129,75 @@ def test_claim_maps_cuda_to_the_leased_index_and_leaves_other_devices(tmp_path, 
 def test_no_visible_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no GPU is visible: set pretrain.device to 'cpu' or 'auto'"):
         gpus.acquire(0, lock_dir=tmp_path)
+
+
+# ------------------------------------------------------------ GPUs shared by jobs
+
+SLOT_HOLDER = HOLDER.replace('print(f"got {lease.index} {lease.ident}", flush=True)',
+                             'print(f"got {lease.index} {lease.path.name}", flush=True)')
+
+
+def _slot_holder(lock_dir, slots: int):
+    env = {**os.environ, "NEGATIVES_JOBS_PER_GPU": str(slots),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, str(lock_dir), "none"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_jobs_share_a_gpu_up_to_its_slots_spread_over_the_gpus_first(tmp_path):
+    """jobs_per_gpu 2 on 2 GPUs: four jobs hold the GPUs' first slots, then
+    their second ones; a fifth waits until a slot is given back."""
+    holders = []
+    try:
+        got = []
+        for _ in range(4):  # one after the other, so the order is the slots' order
+            holders.append(_slot_holder(tmp_path, 2))
+            got.append(_line(holders[-1]))
+        assert got == ["got 0 gpu-0.lock", "got 1 gpu-1.lock", "got 0 gpu-0.slot1.lock", "got 1 gpu-1.slot1.lock"]
+        fifth = _slot_holder(tmp_path, 2)
+        holders.append(fifth)
+        assert _line(fifth) == (f"all 2 GPUs (2 jobs each) are taken by other processes ({tmp_path}); waiting for one "
+                                "to be free")
+        assert _line(fifth, 2.0) is None
+        holders[2].stdin.close()       # the job in GPU 0's second slot ends
+        holders[2].wait(timeout=30)
+        assert _line(fifth) == "got 0 gpu-0.slot1.lock"
+        assert all(h.poll() is None for i, h in enumerate(holders) if i != 2)
+    finally:
+        _stop(*holders)
+
+
+def test_the_slots_order_spreads_jobs_over_the_gpus(tmp_path):
+    order = [(i, p.name) for i, _, p in gpus.slot_paths(["3", "5"], tmp_path, 3)]
+    assert order == [(0, "gpu-3.lock"), (1, "gpu-5.lock"), (0, "gpu-3.slot1.lock"), (1, "gpu-5.slot1.lock"),
+                     (0, "gpu-3.slot2.lock"), (1, "gpu-5.slot2.lock")]
+    assert [p.name for _, _, p in gpus.slot_paths(["0"], tmp_path, 1)] == ["gpu-0.lock"]
+
+
+def test_a_run_beside_another_trains_the_run_alone(tmp_path, fashion_root):
+    """Results do not depend on how many jobs share the machine: a run trained
+    while another trains beside it has the weights of the run trained alone."""
+    import json
+
+    from negatives.data import prepare
+
+    data = prepare("fashion-mnist", fashion_root, tmp_path / "prepared")
+    settings = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2,
+                    knn_monitor=0, threads=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+    def start(out, seed):
+        return subprocess.Popen([sys.executable, "-m", "negatives", "pretrain", "--data", str(data), "--policy",
+                                 "drop[90_100)", "--temperature", "0.2", "--seed", str(seed), "--settings",
+                                 json.dumps(settings), "--jobs-per-gpu", "2", "--out", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    alone = start(tmp_path / "alone", 0)
+    assert alone.wait(timeout=300) == 0, alone.stdout.read()
+    pair = [start(tmp_path / "beside", 0), start(tmp_path / "other", 1)]
+    assert [p.wait(timeout=300) for p in pair] == [0, 0], [p.stdout.read() for p in pair]
+    a = torch.load(tmp_path / "alone" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "beside" / "checkpoint.pt", weights_only=False)
+    for name, value in a["model"].items():
+        assert torch.equal(b["model"][name], value), name
+    assert [r["loss"] for r in a["log"]] == [r["loss"] for r in b["log"]]

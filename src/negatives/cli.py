@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -15,6 +16,13 @@ def _json(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -110,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; speed only)")
             q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
                                                                        "(pretrain.compile; speed only)")
+        if name == "pretrain":
+            _jobs_per_gpu(q)
         q.add_argument("--out", required=True, help="run directory")
         q.set_defaults(func=func)
 
@@ -118,6 +128,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--settings", type=_json, default={}, help="JSON of the config's evaluate section")
     q.add_argument("--threads", type=int, help="torch threads (evaluate.threads; speed only)")
+    _jobs_per_gpu(q)
     q.add_argument("--out", required=True, help="probe.json")
     q.set_defaults(func=cmd_evaluate)
 
@@ -138,9 +149,14 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--similarity", required=True, help="wordnet_similarity.tsv")
     q.add_argument("--settings", type=_json, default={}, help="JSON of the config's analysis section")
+    _jobs_per_gpu(q)
     q.add_argument("--out", required=True, help="pairs.parquet")
     q.set_defaults(func=cmd_analyze)
     return p
+
+
+def _jobs_per_gpu(q) -> None:
+    q.add_argument("--jobs-per-gpu", type=_positive, help="jobs that may share one GPU (jobs_per_gpu; speed only)")
 
 
 #: what a bad input or a file problem raises: one line on stderr, exit status 2
@@ -153,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first large tensor: steps reuse freed memory (no page faults)
+    if getattr(args, "jobs_per_gpu", None):  # the GPU locks' slots (negatives.runtime.gpus), for spawned workers too
+        os.environ["NEGATIVES_JOBS_PER_GPU"] = str(args.jobs_per_gpu)
     try:
+        if args.command == "pretrain":
+            from .config import check_gpu_sharing
+
+            check_gpu_sharing(int(os.environ.get("NEGATIVES_JOBS_PER_GPU", 1)), _with_threads(args))
         args.func(args)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

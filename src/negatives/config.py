@@ -318,6 +318,15 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
     return pol
 
 
+def check_gpu_sharing(jobs_per_gpu: int, pretrain: dict) -> None:
+    """Runs of several processes on GPUs take a GPU each (NCCL refuses two
+    processes of one run on one device), so they cannot share GPUs."""
+    if jobs_per_gpu > 1 and _world(pretrain) > 1 and pretrain.get("device") in ("cuda", "auto"):
+        raise ConfigError(f"jobs_per_gpu: {jobs_per_gpu} jobs sharing a GPU are for small runs of one process; "
+                          f"this config trains each run on {_world_text(pretrain)} processes, one GPU each: set "
+                          "jobs_per_gpu: 1, or pretrain.processes: 1")
+
+
 def check_config(cfg: dict, check_data: bool | None = None) -> None:
     """Raise :class:`ConfigError` naming the key on the first problem found.
 
@@ -331,6 +340,7 @@ def check_config(cfg: dict, check_data: bool | None = None) -> None:
     _check_figures(cfg)
     _check_temperatures(cfg)
     _check_pretrain(cfg)
+    check_gpu_sharing(cfg.get("jobs_per_gpu", 1), cfg.get("pretrain", {}))
     _check_dataset(cfg, check_data)
     _check_evaluate(cfg)
     _check_analysis(cfg)

@@ -62,14 +62,17 @@ def schema_defaults(*section: str) -> dict:
             if "default" in _resolve(spec, root)}
 
 
-def speed_only(section: str) -> tuple[str, ...]:
-    """The keys of a config section marked ``speed_only`` in the schema.
+def speed_only(section: str | None = None) -> tuple[str, ...]:
+    """The keys of a config section (``None``: the top level) marked
+    ``speed_only`` in the schema.
 
     >>> speed_only("pretrain")
     ('threads', 'processes', 'nodes', 'compile')
+    >>> speed_only()
+    ('jobs_per_gpu',)
     """
     root = schema()
-    props = _resolve(root["properties"][section], root).get("properties", {})
+    props = (root if section is None else _resolve(root["properties"][section], root)).get("properties", {})
     return tuple(key for key, spec in props.items() if spec.get("speed_only"))
 
 

@@ -36,10 +36,12 @@ rule analyze:
         runtime=per_attempt(30),
         cpus_per_task=cpus,
         gpu=GPUS,
+        jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/analyze.log",
     conda:
         "../../envs/negatives.yaml"
     shell:
         "python -m negatives analyze --data {input.data:q} --checkpoint {input.checkpoint:q}"
-        " --similarity {input.similarity:q} --settings {params.settings:q} --out {output.pairs:q} > {log:q} 2>&1"
+        " --similarity {input.similarity:q} --settings {params.settings:q} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --out {output.pairs:q} > {log:q} 2>&1"

@@ -35,7 +35,8 @@ def settings(section):
 
 def config_json():
     """The whole config as JSON (for the figures), speed-only settings left out."""
-    return json.dumps({**config, **{section: _results_only(section) for section in ("pretrain", "evaluate")}},
+    top = {k: v for k, v in config.items() if k not in speed_only()}
+    return json.dumps({**top, **{section: _results_only(section) for section in ("pretrain", "evaluate")}},
                       sort_keys=True)
 
 
@@ -45,7 +46,8 @@ def dataset_option(key):
 
 
 # one job on a GPU when the config asks for CUDA; "auto" and "cpu" ask for none
-# (snakemake --resources gpu=N caps them; negatives.runtime.gpus gives each its own GPU)
+# (snakemake --resources gpu=N caps them; negatives.runtime.gpus gives each its own GPU,
+# or, with jobs_per_gpu K, one of the K slots of a GPU: then --resources gpu=GPUs x K)
 GPUS = 1 if config["pretrain"]["device"] == "cuda" else 0
 
 

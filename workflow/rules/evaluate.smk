@@ -17,10 +17,12 @@ rule evaluate:
         runtime=per_attempt(60),
         cpus_per_task=cpus,
         gpu=GPUS,
+        jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
     log:
         "logs/{dataset}/{method}/{run}/evaluate.log",
     conda:
         "../../envs/negatives.yaml"
     shell:
         "python -m negatives evaluate --data {input.data:q} --checkpoint {input.checkpoint:q}"
-        " --settings {params.settings:q} --threads {threads} --out {output.probe:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --out {output.probe:q} > {log:q} 2>&1"

@@ -14,6 +14,7 @@ rule pretrain:
         compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY), as the others:
         processes=config["pretrain"]["processes"],
         run_nodes=config["pretrain"]["nodes"],
+        jobs_per_gpu=config["jobs_per_gpu"],
         **PRETRAIN_RESOURCES,
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/pretrain.log",
@@ -23,7 +24,8 @@ rule pretrain:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --threads {threads} --compile {resources.compile}"
-        " --processes {resources.processes} --nodes {resources.run_nodes} --out {params.out:q} > {log:q} 2>&1"
+        " --processes {resources.processes} --nodes {resources.run_nodes} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 # the untrained encoder of each seed: the floor every figure is read against

@@ -7,6 +7,9 @@ exclusive ``flock`` on ``LOCK_DIR/gpu-<id>.lock`` (one file per visible GPU,
 ``<id>`` the entry of ``CUDA_VISIBLE_DEVICES`` or the index), and keeps it
 until the process exits (the kernel drops the lock then, even after
 SIGKILL).  A process holds at most one GPU; asking again returns the same.
+With ``jobs_per_gpu: K`` (``NEGATIVES_JOBS_PER_GPU``, set by the command
+line's ``--jobs-per-gpu``) each GPU has ``K`` such locks, slots, so up to
+``K`` jobs share it; jobs take the GPUs' first slots before their second.
 
 When every visible GPU is taken the caller *waits* (it says so once) until
 one is free, at most ``NEGATIVES_GPU_WAIT`` seconds (default: no limit);
@@ -31,7 +34,7 @@ from .locks import try_lock
 if TYPE_CHECKING:  # torch is imported where a device is claimed: locking alone stays light
     import torch
 
-__all__ = ["Lease", "NoFreeGPU", "LOCK_DIR", "acquire", "claim", "release", "device_ids", "resolve_device"]
+__all__ = ["Lease", "NoFreeGPU", "LOCK_DIR", "acquire", "slot_paths", "claim", "release", "device_ids", "resolve_device"]
 
 LOCK_DIR = Path(os.environ.get("NEGATIVES_GPU_LOCK_DIR", "/tmp/negatives-gpu-locks"))
 POLL_SECONDS = 0.5
@@ -83,30 +86,50 @@ def _wait_limit(timeout: float | None) -> float:
     return float(value) if value else math.inf
 
 
-def acquire(count: int, lock_dir=None, timeout: float | None = None, log=print) -> Lease:
-    """Lock one of ``count`` GPUs, the lowest free index first; wait while all
-    are taken (``timeout`` seconds, default ``NEGATIVES_GPU_WAIT`` or no limit)."""
+def _slots(slots: int | None) -> int:
+    if slots is not None:
+        return slots
+    value = os.environ.get("NEGATIVES_JOBS_PER_GPU", "")
+    return int(value) if value else 1
+
+
+def slot_paths(ids: list[str], directory: Path, slots: int) -> list[tuple[int, str, Path]]:
+    """``(index, ident, lock file)`` of every slot, in the order they are
+    taken: the first slot of every GPU, then the second of every GPU, ...
+    (jobs spread over the GPUs before they share one).  Slot 0 of a GPU is
+    ``gpu-<id>.lock``, slot ``k`` ``gpu-<id>.slot<k>.lock``."""
+    return [(index, ident, directory / (f"gpu-{ident}.lock" if k == 0 else f"gpu-{ident}.slot{k}.lock"))
+            for k in range(slots) for index, ident in enumerate(ids)]
+
+
+def acquire(count: int, lock_dir=None, timeout: float | None = None, log=print, slots: int | None = None) -> Lease:
+    """Lock a slot of one of ``count`` GPUs, each with ``slots`` slots
+    (default ``NEGATIVES_JOBS_PER_GPU`` or 1: ``jobs_per_gpu``), the lowest
+    free GPU first and the GPUs' first slots before their second; wait while
+    all are taken (``timeout`` seconds, default ``NEGATIVES_GPU_WAIT`` or no
+    limit)."""
     if count < 1:
         raise ValueError("no GPU is visible: set pretrain.device to 'cpu' or 'auto', or check CUDA_VISIBLE_DEVICES")
     directory = _lock_dir(lock_dir)
-    ids = device_ids(count)
-    paths = [directory / f"gpu-{ident}.lock" for ident in ids]
+    slots = _slots(slots)
+    order = slot_paths(device_ids(count), directory, slots)
     limit = _wait_limit(timeout)
     start, said = time.monotonic(), False
+    what = f"all {count} GPUs" + ("" if slots == 1 else f" ({slots} jobs each)")
     while True:
-        for index, (ident, path) in enumerate(zip(ids, paths)):
+        for index, ident, path in order:
             fd = try_lock(path, shared_with_others=True)
             if fd is not None:
                 return Lease(index, ident, path, fd)
         waited = time.monotonic() - start
         if waited >= limit:
             raise NoFreeGPU(
-                f"all {count} GPUs stayed taken for {waited:.0f} s (locks: {', '.join(map(str, paths))}, each "
+                f"{what} stayed taken for {waited:.0f} s (locks: {', '.join(str(p) for _, _, p in order)}, each "
                 "holding its owner's pid); run fewer GPU jobs at once (snakemake --resources gpu=N), or raise "
                 "NEGATIVES_GPU_WAIT"
             )
         if not said:
-            log(f"all {count} GPUs are taken by other processes ({directory}); waiting for one to be free")
+            log(f"{what} are taken by other processes ({directory}); waiting for one to be free")
             said = True
         time.sleep(min(POLL_SECONDS, max(0.0, limit - waited)))
 
