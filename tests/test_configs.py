@@ -35,6 +35,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 EXPECTED_JOBS = {
     "cifar10.yaml": (300, 138),
     "cifar100.yaml": (300, 138),
+    "fashion-mnist-gpu.yaml": (159, 69),
     "stl10.yaml": (252, 114),
     "tiny-imagenet.yaml": (300, 138),
     "imagenet-paper.yaml": (363, 168),
@@ -74,6 +75,8 @@ def test_config_passes_check_config(path, tmp_path, wordnet_reader):
     entry = cfg["datasets"][cfg["dataset"]]
     if path.name in FAKE_ROOTS:
         entry["root"] = str(FAKE_ROOTS[path.name](tmp_path / "data"))
+    elif path.name == "fashion-mnist-gpu.yaml":  # Debian's package, as config.yaml (a GPU machine downloads nothing)
+        assert entry["root"] == load(ROOT / "config.yaml")["datasets"]["fashion-mnist"]["root"]
     else:
         assert entry["download"] is True and not Path(entry["root"]).is_absolute()
     check_config(cfg)
@@ -148,3 +151,21 @@ def test_the_paper_config_asks_for_the_gpus_of_one_run(tmp_path, layout, want):
     assert res.returncode == 0, out
     asked = _pretrain_resources(out)
     assert want <= asked, sorted(asked)
+
+
+def test_the_gpu_config_plans_figure_2_on_one_gpu(tmp_path):
+    """configs/fashion-mnist-gpu.yaml: Figure 2 is 18 runs (6 policies x 3
+    seeds) of ResNet-18 on the full Fashion-MNIST, each evaluating job and
+    pretraining job on one of the GPU's 6 slots."""
+    cfg = load(ROOT / "configs" / "fashion-mnist-gpu.yaml")
+    entry = cfg["datasets"]["fashion-mnist"]
+    assert (entry["train_images"], entry["test_images"], entry["download"]) == (0, 0, False)
+    assert cfg["pretrain"]["backbone"] == "resnet18" and cfg["pretrain"]["device"] == "cuda"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "fig2",
+           "--configfile", str(ROOT / "configs" / "fashion-mnist-gpu.yaml")]
+    environ = {k: v for k, v in os.environ.items() if k != "NEGATIVES_SKIP_DATA_CHECK"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**environ, "PYTHONPATH": str(ROOT / "src")})
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert job_table(out) == {"prepare": 1, "pretrain": 18, "random_init": 3, "evaluate": 21, "fig2": 1, "total": 44}
+    assert {"gpu=1", "jobs_per_gpu=6"} <= _pretrain_resources(out)

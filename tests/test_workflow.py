@@ -209,7 +209,7 @@ def test_dry_run_analysis_figures_and_their_commands(workdir):
     run = "results/fashion-mnist/moco/all/t0.2/seed2"
     settings = json.dumps(cfg["analysis"], sort_keys=True)
     assert (f"python -m negatives analyze --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
-            f" --similarity {sim} --settings '{settings}' --out {run}/analysis/pairs.parquet >") in out
+            f" --similarity {sim} --settings '{settings}' --jobs-per-gpu 1 --out {run}/analysis/pairs.parquet >") in out
     assert f"{run}/analysis/pairs.parquet {sim} --out results/figures/tables_a4_a6 >" in out
     assert "python -m negatives figure fig4 --config-json '{" in out
 
@@ -258,21 +258,23 @@ def test_lint_is_clean(workdir):
 
 
 def test_speed_only_settings_stay_out_of_the_jobs_params(workdir):
-    """``pretrain.compile`` and ``threads`` (speed only) must not change the
-    --settings of finished runs (Snakemake would retrain them); they reach
-    the job as ``--compile`` and ``--threads``."""
+    """``pretrain.compile``, ``pretrain.processes``, ``threads`` and
+    ``jobs_per_gpu`` (speed only) must not change the --settings of finished
+    runs (Snakemake would retrain them); they reach the job as flags."""
     commands = {}
     for value in (False, True):
         res = snakemake(workdir, "-n", "-p", "--cores", "4", "fig2",
-                       config={"pretrain": {"compile": value, "threads": 1 + value}})
+                        config={"pretrain": {"compile": value, "threads": 1 + value, "processes": 1 + value},
+                                "jobs_per_gpu": 1 if value else 3})
         out = res.stdout + res.stderr
         assert res.returncode == 0, out
         commands[value] = [line for line in out.splitlines() if "python -m negatives pretrain" in line]
-        assert commands[value] and all(f"--threads {1 + value} --compile {int(value)} --out" in line
-                                       for line in commands[value])
+        flags = (f"--threads {1 + value} --compile {int(value)} --processes {1 + value} --nodes 1 "
+                 f"--jobs-per-gpu {1 if value else 3} --out")
+        assert commands[value] and all(flags in line for line in commands[value]), commands[value][0]
     settings = [[re.search(r"--settings '(\{.*?\})'", line)[1] for line in commands[v]] for v in (False, True)]
     assert settings[0] == settings[1] and '"epochs": 4' in settings[0][0]
-    assert all('"compile"' not in s and '"threads"' not in s for s in settings[0])
+    assert all(f'"{key}"' not in s for s in settings[0] for key in ("compile", "threads", "processes", "nodes"))
 
 
 def test_config_file_traps_are_named_or_read_right(workdir):
