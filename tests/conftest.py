@@ -48,6 +48,14 @@ def fashion_root(tmp_path_factory) -> Path:
     return fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
+@pytest.fixture(scope="module")
+def data_path(fashion_root, tmp_path_factory) -> Path:
+    """``data.pt`` prepared from :func:`fashion_root`."""
+    from negatives.data import prepare
+
+    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
+
+
 # ------------------------------------------------ the real datasets' formats
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -16,7 +16,6 @@ import torch
 
 from negatives.runtime.checkpoint import (REQUEUE_EXIT_CODE, CorruptCheckpoint, Preempted, StopSignals, load_latest,
                                   load_verified, previous_path, save_rolling)
-from negatives.data import prepare
 from negatives.training.pretrain import pretrain
 
 from conftest import ROOT
@@ -25,11 +24,6 @@ SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, q
                 bn_splits=2, knn_monitor=0, threads=1)
 POLICY, SEED = "drop[90_100)", 0
 STEPS = 3 * 64 // 16  # 3 epochs of 4 steps over the 64 fake images
-
-
-@pytest.fixture(scope="module")
-def data_path(fashion_root, tmp_path_factory):
-    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.fixture(scope="module")

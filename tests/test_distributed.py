@@ -144,11 +144,6 @@ RUN = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_
            knn_monitor=0, threads=1)
 
 
-@pytest.fixture(scope="module")
-def data_path(fashion_root, tmp_path_factory):
-    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
-
-
 def _checkpoint(path):
     return torch.load(path, weights_only=False)
 

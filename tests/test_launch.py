@@ -21,7 +21,6 @@ import torch
 import yaml
 
 from negatives.config import ConfigError
-from negatives.data import prepare
 from negatives.runtime import distributed
 from negatives.runtime.launch import check_executor, pretrain_resources, srun_command
 from negatives.training.pretrain import pretrain
@@ -81,11 +80,6 @@ def test_runs_across_machines_need_a_launcher(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------- runs started from outside
-
-@pytest.fixture(scope="module")
-def data_path(fashion_root, tmp_path_factory):
-    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
-
 
 @pytest.fixture(scope="module")
 def alone(data_path, tmp_path_factory):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from negatives.data import check_root, prepare, read_idx
+from negatives.data import check_root, read_idx
 from negatives.training.pretrain import init_checkpoint, pretrain
 from negatives.training.settings import load_encoder
 
@@ -18,11 +18,6 @@ from conftest import write_idx
 
 SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32,
                 bn_splits=2, knn_monitor=0, threads=1)
-
-
-@pytest.fixture(scope="module")
-def data_path(fashion_root, tmp_path_factory):
-    return prepare("fashion-mnist", fashion_root, tmp_path_factory.mktemp("prepared"))
 
 
 def test_idx_round_trip_and_prepared_format(tmp_path, data_path):

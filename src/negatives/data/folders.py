@@ -163,6 +163,18 @@ def index_tiny_imagenet(root: str | os.PathLike) -> FolderIndex:
                        wnids=wnids, classes=_words(root / "words.txt", wnids))
 
 
+def _open_rgb(path: str | os.PathLike):
+    """The image at ``path`` as RGB (grayscale and CMYK JPEGs included); a
+    file that is not an image is a ``ValueError`` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: cannot decode the image ({e})") from None
+
+
 def decode_image(path: str | os.PathLike, size: int):
     """One image file -> uint8 tensor ``[3, size, size]``: decoded as RGB
     (grayscale and CMYK JPEGs included), the shorter side resized to ``size``
@@ -170,13 +182,8 @@ def decode_image(path: str | os.PathLike, size: int):
     centre ``size x size`` crop.  Raises ``ValueError`` naming the file when
     it is not an image."""
     import torchvision.transforms.functional as TF
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot decode the image ({e})") from None
+    im = _open_rgb(path)
     if min(im.size) != size:
         im = TF.resize(im, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(im, [size, size]))
@@ -194,15 +201,10 @@ def decode_views(path: str | os.PathLike, size: int, draws, scale=(0.2, 1.0), ra
     it is not an image."""
     import torch
     import torchvision.transforms.functional as TF
-    from PIL import Image, UnidentifiedImageError
 
     from .augment import boxes_from_draws
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot decode the image ({e})") from None
+    im = _open_rgb(path)
     width, height = im.size
     boxes = boxes_from_draws(torch.as_tensor(draws, dtype=torch.float64), height, width, scale, ratio)
     return torch.stack([TF.pil_to_tensor(TF.resized_crop(im, *box.tolist(), [size, size],
