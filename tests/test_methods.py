@@ -19,7 +19,7 @@ from negatives.methods.moco import MoCo
 from negatives.losses import Terms, fused_info_nce, info_nce
 from negatives.methods.loss import ContrastiveLoss
 from negatives.queue import KeyQueue
-from negatives.policies import Band, Candidates, Mix, PolicyError, Selection, parse_policy
+from negatives.policies import Candidates, Mix, PolicyError, Selection, parse_policy
 from negatives.policies.retention import RetainHard, RetainingQueue
 from negatives.methods.simclr import SimCLR, candidate_index, twin_index
 

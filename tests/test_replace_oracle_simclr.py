@@ -11,7 +11,7 @@ from scipy.stats import ttest_ind
 from negatives.analysis.figures import against_baseline
 from negatives.methods.moco import MoCo
 from negatives.methods.loss import ContrastiveLoss
-from negatives.policies import (Candidates, ClassFilter, PolicyError, Selection, Swap, parse_policy, replace_removed,
+from negatives.policies import (Candidates, PolicyError, Selection, Swap, parse_policy, replace_removed,
                                 select, stand_ins)
 from negatives.methods.simclr import SimCLR, candidate_index, twin_index
 
