@@ -115,6 +115,12 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     step boundary and raises :class:`negatives.runtime.checkpoint.Preempted`
     (exit status 75, requeue).  With ``device`` cuda the process takes a GPU
     of its own (:mod:`negatives.runtime.gpus`).
+
+    A run of ``processes x nodes > 1`` processes: a process started by
+    torchrun or srun joins the others (:func:`negatives.runtime.distributed.launched`);
+    one started alone inside a SLURM job that holds the run's tasks becomes
+    ``srun`` of them (:mod:`negatives.runtime.launch`); otherwise it spawns
+    ``processes`` workers on this machine.
     """
     s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
     _check_seed(seed)
