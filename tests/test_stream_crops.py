@@ -114,3 +114,19 @@ def test_a_streamed_run_on_two_processes_is_the_run_on_one(streamed, tmp_path):
         else:
             assert torch.equal(runs[2]["model"][name], value), name
     assert [r["loss"] for r in runs[1]["log"]] == pytest.approx([r["loss"] for r in runs[2]["log"]], rel=1e-5)
+
+
+def test_a_view_cropped_as_decoded_is_only_mirrored_on_the_device():
+    """``cropped=True``: no second crop; with the colour ops and the blur off,
+    the output is the normalised view, mirrored exactly where the flip drew."""
+    from negatives.data.augment import MoCoV2Augment
+
+    aug = MoCoV2Augment(16, 3, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], blur=False)
+    aug.jitter_p = aug.grayscale_p = 0.0
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(3)
+    y = aug(x, generator=g, cropped=True)
+    plain = aug.normalize(x.float().mul_(1.0 / 255.0))
+    flipped = [bool(torch.equal(y[i], plain[i].flip(2))) for i in range(64)]
+    assert all(flipped[i] or torch.equal(y[i], plain[i]) for i in range(64))
+    assert 10 < sum(flipped) < 54                   # p = 0.5 of 64

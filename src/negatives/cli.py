@@ -47,8 +47,10 @@ def _with_threads(a) -> dict:
 
 
 def cmd_pretrain(a) -> None:
+    from .config import check_gpu_sharing
     from .training.pretrain import pretrain
 
+    check_gpu_sharing(int(os.environ.get("NEGATIVES_JOBS_PER_GPU", 1)), _with_threads(a))  # main() set it from the flag
     path = pretrain(a.data, a.method, a.policy, a.temperature, a.seed, _with_threads(a), a.out, log=_log)
     _log(f"wrote {path}")
 
@@ -172,10 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "jobs_per_gpu", None):  # the GPU locks' slots (negatives.runtime.gpus), for spawned workers too
         os.environ["NEGATIVES_JOBS_PER_GPU"] = str(args.jobs_per_gpu)
     try:
-        if args.command == "pretrain":
-            from .config import check_gpu_sharing
-
-            check_gpu_sharing(int(os.environ.get("NEGATIVES_JOBS_PER_GPU", 1)), _with_threads(args))
         args.func(args)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

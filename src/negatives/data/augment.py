@@ -311,8 +311,8 @@ class MoCoV2Augment(nn.Module):
             return torch.rand(n, *shape, generator=g, device=dev)[pick]
 
         # every draw, in a fixed order
-        boxes = (torch.tensor([[0, 0, h, w]], device=dev).expand(b, 4) if cropped else
-                 crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)[pick])
+        boxes = None if cropped else crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g,
+                                                  device=dev)[pick]
         flip = rand() < self.flip_p
         bri, con, sat, hue = self.jitter
         jit = rand() < self.jitter_p
@@ -332,7 +332,9 @@ class MoCoV2Augment(nn.Module):
         else:
             x = x.float()
             scale = 1.0
-        y = resized_crop_flip(x, boxes, flip, (self.size, self.size))
+        # a view cropped as it was decoded is only mirrored (exactly, no resampling)
+        y = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x) if cropped else \
+            resized_crop_flip(x, boxes, flip, (self.size, self.size))
         if scale != 1.0:
             y.mul_(scale)
 

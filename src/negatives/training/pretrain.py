@@ -127,10 +127,10 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     gpus.resolve_device(s.device, "pretrain.device")             # a GPU asked for where there is none
     launch = None if distributed.is_distributed() else distributed.launched()
     started = distributed.world_size() if launch is None else launch.world
-    if started > 1 and started != s.processes * s.nodes:
+    if started > 1 and started != s.world:
         raise ConfigError(f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
                           f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree")
-    handover = started == 1 and s.processes * s.nodes > 1 and launch_plan.srun_starts(s.processes * s.nodes)
+    handover = started == 1 and s.world > 1 and launch_plan.srun_starts(s.world)
     if s.nodes > 1 and started == 1 and not handover:
         raise ConfigError(f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
                           "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
@@ -148,7 +148,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     if handover:                                                 # in a SLURM job: srun starts every process
         command = launch_plan.srun_command(s.processes, s.nodes, s.threads, launch_plan.pretrain_command(
             data_path, method, policy, temperature, seed, settings, out_dir))
-        log(f"starting the run's {s.processes * s.nodes} processes: {shlex.join(command)}")
+        log(f"starting the run's {s.world} processes: {shlex.join(command)}")
         sys.stdout.flush()
         os.execvp(command[0], command)
     if distributed.rank() > 0:                                   # started with the others: rank 0 holds the lock

@@ -62,6 +62,11 @@ class PretrainSettings:
     #: not a config key: stop after this many steps in total (0: no limit; for tests and benchmarks)
     max_steps: int = 0
 
+    @property
+    def world(self) -> int:
+        """The processes that train the run: ``processes`` on each of ``nodes``."""
+        return self.processes * self.nodes
+
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainSettings":
         """The settings of a ``pretrain`` section, checked as the workflow checks
