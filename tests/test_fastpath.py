@@ -198,3 +198,86 @@ def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_st
         losses[precision] = loss
     assert losses["fp32"].dtype == losses["bf16"].dtype == torch.float32
     torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=5e-3, atol=5e-3)
+
+
+def _per_split_reference(x, weight, bias, running_mean, running_var, s, momentum=0.1, eps=1e-5):
+    """Split batch-norm by its definition: F.batch_norm per contiguous split,
+    the running statistics the average of the splits' updates."""
+    outs, ms, vs = [], [], []
+    for chunk in x.chunk(s):
+        m, v = running_mean.clone(), running_var.clone()
+        outs.append(F.batch_norm(chunk, m, v, weight, bias, True, momentum, eps))
+        ms.append(m)
+        vs.append(v)
+    return torch.cat(outs), torch.stack(ms).mean(0), torch.stack(vs).mean(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("splits", [2, 3, 8])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_split_batchnorm_gpu_form_equals_per_split_batch_norm(fmt, splits, dtype):
+    """The GPU form (one group norm over every split) against the definition:
+    output, input/weight/bias gradients and running statistics, in both memory
+    formats, the output and input gradient in the input's format."""
+    torch.manual_seed(splits)
+    bn = SplitBatchNorm2d(5, num_splits=splits).to(dtype)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-1, 1)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    x = (3 * torch.randn(4 * splits, 5, 6, 7, dtype=dtype) + 2).contiguous(memory_format=fmt).requires_grad_(True)
+    y = bn.grouped(x)
+    gy = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad(y, (x, bn.weight, bn.bias), gy)
+    ref, ref_rm, ref_rv = _per_split_reference(x, bn.weight, bn.bias, rm, rv, splits)
+    rx, rw, rb = torch.autograd.grad(ref, (x, bn.weight, bn.bias), gy)
+    tol = {} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    for got, want in ((y, ref), (gx, rx), (gw, rw), (gb, rb), (bn.running_mean, ref_rm), (bn.running_var, ref_rv)):
+        torch.testing.assert_close(got, want, **tol)
+    assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_split_batchnorm_gpu_form_under_bf16_autocast_keeps_float32_statistics():
+    """bf16 activations (what autocast hands a GPU's batch-norm): the output
+    and input gradient are bf16 in the input's format, the statistics come
+    from the float32 values, so the running statistics equal the float32
+    definition's on the same bf16 input."""
+    torch.manual_seed(0)
+    bn = SplitBatchNorm2d(4, num_splits=4)
+    x = (2 * torch.randn(16, 4, 5, 5) + 1).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = bn.grouped(x)
+    (gx,) = torch.autograd.grad(y, (x,), torch.ones_like(y))
+    ref, ref_rm, ref_rv = _per_split_reference(x.detach().float(), bn.weight, bn.bias, torch.zeros(4), torch.ones(4), 4)
+    assert y.dtype == gx.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=2e-2)
+    torch.testing.assert_close(bn.running_mean, ref_rm)
+    torch.testing.assert_close(bn.running_var, ref_rv)
+
+
+def test_split_batchnorm_off_the_cpu_makes_as_many_calls_whatever_the_splits():
+    """On a non-CPU device (meta: the GPU branches) a split layer's forward and
+    backward make the same number of ATen calls for 2 splits and for 16, and
+    few: the per-split loop made 4 calls per split forward and 3 backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view and func.overloadpacket.__name__ not in ("empty", "empty_like", "empty_strided",
+                                                                         "detach"):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for splits in (2, 16):
+        bn = SplitBatchNorm2d(64, num_splits=splits).to("meta")
+        x = torch.empty(64, 64, 8, 8, device="meta").contiguous(memory_format=torch.channels_last).requires_grad_()
+        Count.n = 0
+        with Count():
+            bn(x).sum().backward()
+        counts.append(Count.n)
+    assert counts[0] == counts[1] <= 13, counts

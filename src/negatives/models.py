@@ -72,6 +72,49 @@ def _format_of(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+class _SplitGroupNormFn(torch.autograd.Function):
+    """Training-mode batch-norm of ``num_splits`` contiguous sub-batches in a
+    constant number of calls whatever the split count: channel ``c`` of split
+    ``j`` is group ``c`` of sample ``j`` of a group norm over the view
+    ``[s, C, B/s, H, W]``, so one ``native_group_norm`` (and one backward)
+    normalises every split by its own statistics.  The view is copied into a
+    contiguous tensor of the parameters' dtype (the layout group norm wants on
+    a GPU; float32 statistics under a bf16 autocast too) and the output copied back
+    into the input's dtype and memory format: 3 calls forward, 3 backward.
+    Returns the output and each split's mean and ``1 / sqrt(var + eps)``
+    ``[s, C]`` (biased variance, for the running statistics)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, s: int, eps: float):
+        b, c, h, w = x.shape
+        n = b // s
+        # in the parameters' precision (float32 under a bf16 autocast too)
+        xg = x.unflatten(0, (s, n)).transpose(1, 2).to(weight.dtype, memory_format=torch.contiguous_format)
+        out, mean, rstd = torch.native_group_norm(xg, weight, bias, s, c, n * h * w, c, eps)
+        y = torch.empty_like(x)                                  # x's dtype and memory format
+        y.unflatten(0, (s, n)).copy_(out.transpose(1, 2))
+        ctx.save_for_backward(xg, weight, mean, rstd)
+        ctx.x_dtype, ctx.x_format = x.dtype, _format_of(x)
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)                         # no zero gradients for the statistics
+        return y, mean, rstd
+
+    @staticmethod
+    def backward(ctx, grad_y, _gm, _gr):
+        xg, weight, mean, rstd = ctx.saved_tensors
+        s, c, n, h, w = xg.shape
+        if grad_y is None:
+            return None, None, None, None, None
+        gg = grad_y.unflatten(0, (s, n)).transpose(1, 2).to(xg.dtype, memory_format=torch.contiguous_format)
+        gxg, gw, gb = torch.ops.aten.native_group_norm_backward(gg, xg, mean, rstd, weight, s, c, n * h * w, c,
+                                                                list(ctx.needs_input_grad[:3]))
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.empty((s * n, c, h, w), dtype=ctx.x_dtype, device=xg.device, memory_format=ctx.x_format)
+            gx.unflatten(0, (s, n)).copy_(gxg.transpose(1, 2))
+        return gx, gw, gb, None, None
+
+
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """Batch-norm over ``num_splits`` sub-batches, as if on that many GPUs (MoCo's CIFAR demo).
 
@@ -85,14 +128,22 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     image apart.)  In eval mode it is plain batch-norm with the running
     statistics averaged over the splits.
 
-    On CPU the splits are normalised into one preallocated output
-    (:class:`_SplitBatchNormFn`); elsewhere, and under ``torch.compile``
-    (which fuses it itself), per-split ``F.batch_norm`` and a concatenation.
-    Both give the same numbers."""
+    The definition is :meth:`reference`: each split through ``F.batch_norm``
+    with its own copy of the running statistics, then the average of the
+    splits' updates.  Two faster forms compute the same numbers: on CPU the
+    splits are normalised into one preallocated output
+    (:class:`_SplitBatchNormFn`, bit-identical); on a GPU, where each call
+    launches kernels and the per-split loop would make a step launch-bound,
+    one group norm over all the splits (:class:`_SplitGroupNormFn`: about
+    as many calls as plain batch-norm, equal to the definition up to float
+    rounding).  Under ``torch.compile`` the definition (the compiler fuses
+    the loop itself)."""
 
     def __init__(self, num_features: int, num_splits: int = 1, **kw):
         super().__init__(num_features, **kw)
         self.num_splits = num_splits
+        # averages the splits' statistics in one call (not saved: the state dict is plain batch-norm's)
+        self.register_buffer("split_weights", torch.ones(1, num_splits), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.num_splits
@@ -100,26 +151,53 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if x.shape[0] % s:
             raise ValueError(f"batch of {x.shape[0]} cannot be split into {s} batch-norm splits")
-        if (x.device.type == "cpu" and self.affine and self.track_running_stats and x.dim() == 4
-                and x.dtype == self.weight.dtype and not torch.compiler.is_compiling()):
+        if torch.compiler.is_compiling() or not (self.affine and self.track_running_stats and x.dim() == 4):
+            return self.reference(x)
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype:
             out, means, vars_ = _SplitBatchNormFn.apply(x, self.weight, self.bias, self.running_mean,
                                                         self.running_var, s, self.momentum, self.eps)
-        else:
-            # each split is normalised by its own statistics; chunks along the
-            # batch keep the memory format
-            outs, ms, vs = [], [], []
-            for chunk in x.chunk(s):
-                mean, var = self.running_mean.clone(), self.running_var.clone()
-                outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias,
-                                         training=True, momentum=self.momentum, eps=self.eps))
-                ms.append(mean)
-                vs.append(var)
-            out, means, vars_ = torch.cat(outs), torch.stack(ms), torch.stack(vs)
-        with torch.no_grad():  # running statistics: the average of the splits' updates
-            self.running_mean.copy_(means.mean(0))
-            self.running_var.copy_(vars_.mean(0))
+            self._update_running(means, vars_)
+            return out
+        return self.grouped(x)
+
+    def grouped(self, x: Tensor) -> Tensor:
+        """The GPU form: every split at once through one group norm
+        (:class:`_SplitGroupNormFn`), the running statistics updated in
+        three calls.  Equal to :meth:`reference` up to float rounding."""
+        s = self.num_splits
+        out, mean, rstd = _SplitGroupNormFn.apply(x, self.weight, self.bias, s, self.eps)
+        with torch.no_grad():
+            # the average of the splits' updates, (1 - m) r + m mean_j(stat_j), the
+            # variance unbiased over a split's count; one call each (a [1, s] x [s, C] product)
+            m, c, count = self.momentum, x.shape[1], x.numel() // (s * x.shape[1])
+            unbias = count / max(count - 1, 1)
+            ones = self.split_weights
+            self.running_mean.view(1, c).addmm_(ones, mean, beta=1 - m, alpha=m / s)
+            self.running_var.view(1, c).addmm_(ones, rstd.pow(-2), beta=1 - m, alpha=m * unbias / s).sub_(
+                m * unbias * self.eps)
             self.num_batches_tracked.add_(1)
         return out
+
+    def reference(self, x: Tensor) -> Tensor:
+        """The definition: each split normalised by its own statistics
+        (chunks along the batch keep the memory format), the running
+        statistics the average of the splits' updates."""
+        outs, ms, vs = [], [], []
+        for chunk in x.chunk(self.num_splits):
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias,
+                                     training=True, momentum=self.momentum, eps=self.eps))
+            ms.append(mean)
+            vs.append(var)
+        self._update_running(torch.stack(ms), torch.stack(vs))
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def _update_running(self, means: Tensor, vars_: Tensor) -> None:
+        """The running statistics from the splits' updated copies ``[s, C]``: their average."""
+        self.running_mean.copy_(means.mean(0))
+        self.running_var.copy_(vars_.mean(0))
+        self.num_batches_tracked.add_(1)
 
 
 def _norm(num_splits: int):
