@@ -40,7 +40,8 @@ from negatives import grid
 from negatives.methods import build_method
 from negatives.policies import Candidates, parse_policy
 from negatives.optim import SGD
-from negatives.training.settings import PretrainSettings, seeded_encoder, step_precision
+from negatives.training.settings import PretrainSettings, seeded_encoder
+from negatives.training.step import train_step
 from negatives.runtime.memory import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,13 +108,7 @@ def main() -> None:
                 if cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                x_q = aug(images).contiguous(memory_format=torch.channels_last)
-                x_k = aug(images).contiguous(memory_format=torch.channels_last)
-                with step_precision(dev):
-                    loss, _ = model(x_q, x_k, labels, idx, progress=0.5)  # past any warm-up
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(model, aug, opt, images, labels, idx, progress=0.5)  # past any warm-up
                 if cuda:
                     torch.cuda.synchronize()
                 if step >= args.warmup:

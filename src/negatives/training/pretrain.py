@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from ..data.augment import MoCoV2Augment
-from ..data.sources import FolderSource, TensorSource, load_prepared, open_source, open_train_source, read_images
+from ..data.sources import (FolderSource, TensorSource, load_prepared, loader_workers, open_source,
+                            open_train_source, read_images)
 from ..evaluation.features import extract_features, knn_classify, topk_accuracy
 from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
@@ -37,7 +38,8 @@ from ..runtime.locks import RunLock
 from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
 from .settings import (PretrainSettings, cosine_lr, data_identity, epoch_seed, meta_differences, seeded_encoder,
-                       step_precision, view_crop_draws)
+                       view_crop_draws)
+from .step import train_step
 
 __all__ = ["pretrain", "init_checkpoint"]
 
@@ -234,12 +236,13 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     out = Path(out_dir)
     final = out / "checkpoint.pt"
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, s.threads // s.processes))     # the run's threads, shared by its processes
+    cpus = max(1, s.threads // s.processes)                     # the job's CPUs, shared by this machine's processes
+    torch.set_num_threads(cpus)
     device = gpus.claim(gpus.resolve_device(s.device, "pretrain.device"), log=log)
 
     # the pretraining images (with any unlabeled ones, label -1): in memory on
     # the training device, or streamed from the image files batch by batch
-    source = open_train_source(data)
+    source = open_train_source(data, workers=loader_workers(cpus))   # streamed: decoders within the job's CPUs
     if isinstance(source, TensorSource):
         source = TensorSource(source.images.to(device), source.labels.to(device))
     n, (c, h, _) = source.num_images, source.shape
@@ -316,26 +319,16 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
                 log(message)
                 raise Preempted(message)
             x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
-            if x.dim() == 5:                   # [b, 2, C, H, W]: the two views, cropped as they were decoded
-                x_q = aug(x[:, 0], batch=s.batch_size, rows=rows, cropped=True)
-                x_k = aug(x[:, 1], batch=s.batch_size, rows=rows, cropped=True)
-            else:
-                x_q, x_k = aug(x, batch=s.batch_size, rows=rows), aug(x, batch=s.batch_size, rows=rows)
-            x_q, x_k = (v.contiguous(memory_format=channels_last) for v in (x_q, x_k))
-            with step_precision(device):
-                # progress as the exact fraction: scheduled bounds count exactly
-                loss, stats = model(x_q, x_k, y, idx, progress=Fraction(step, max(1, total_steps)))
+            # progress as the exact fraction: scheduled bounds count exactly
+            loss, stats = train_step(model, aug, opt, x, y, idx, progress=Fraction(step, max(1, total_steps)),
+                                     batch=s.batch_size, rows=rows)
             # a host sync: every step on CPU (free there), only at the end of
             # the epoch on a GPU (a non-finite loss makes every later one
             # non-finite too, and nothing is saved before the check)
             if device.type == "cpu" and distributed.any_rank(not torch.isfinite(loss)):
                 _non_finite(loss, epoch, i, last)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            distributed.average_buffers_(model)
-            loss_sum += loss.detach()
-            kept_sum = kept_sum + stats["kept"].detach()
+            loss_sum += loss
+            kept_sum = kept_sum + stats["kept"]
             done += 1
             step += 1
         # the epoch's loss and kept counts over every rank's queries
