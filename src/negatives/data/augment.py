@@ -197,20 +197,28 @@ def _rgb_to_hsv(x: Tensor) -> Tensor:
     return torch.stack((h, s, maxc), dim=1)
 
 
-def _hsv_to_rgb(x: Tensor) -> Tensor:
+def _hsv_offsets() -> Tensor:
+    """``[1, 3, 1, 1]`` float32: the offsets n = 5, 3, 1 of R, G, B in :func:`_hsv_to_rgb`."""
+    return torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+
+
+def _hsv_to_rgb(x: Tensor, n: Tensor | None = None) -> Tensor:
     """HSV -> RGB, ``c_n = v - v s clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6h) mod 6``,
-    n = 5, 3, 1 for R, G, B (the same values as torchvision's table form)."""
+    n = 5, 3, 1 for R, G, B (the same values as torchvision's table form).
+    ``n``: :func:`_hsv_offsets` already on ``x``'s device (a module's buffer:
+    made here, it would be a host-to-device copy on every call)."""
     h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = (_hsv_offsets() if n is None else n).to(device=x.device, dtype=x.dtype)
     k = torch.remainder(n + 6.0 * h, 6.0)
     return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
-def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """torchvision's ``adjust_hue`` with a per-sample shift ``[B]`` in [-0.5, 0.5]."""
+def _adjust_hue(x: Tensor, shift: Tensor, n: Tensor | None = None) -> Tensor:
+    """torchvision's ``adjust_hue`` with a per-sample shift ``[B]`` in [-0.5, 0.5]
+    (``n``: as for :func:`_hsv_to_rgb`)."""
     hsv = _rgb_to_hsv(x)
     h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
-    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1), n)
 
 
 # ------------------------------------------------------------------------ blur
@@ -290,6 +298,8 @@ class MoCoV2Augment(nn.Module):
         self.blur_size = blur_kernel_size(size, self.blur_sigma[1])
         self.flip_p = 0.5
         self.normalize = Normalize(mean, std)
+        # the hue's constants live on the module's device: none is copied there inside forward
+        self.register_buffer("hsv_offsets", _hsv_offsets(), persistent=False)
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None, batch: int | None = None,
@@ -356,7 +366,7 @@ class MoCoV2Augment(nn.Module):
                 elif op == 2 and sat:
                     y = _blend(y, _gray(y), factors[2])
                 elif op == 3 and hue:
-                    y = torch.where(jit.view(view), _adjust_hue(y, factors[3]), y)
+                    y = torch.where(jit.view(view), _adjust_hue(y, factors[3], self.hsv_offsets), y)
         if self.grayscale_p > 0:
             y = torch.where(gray.view(view), _gray(y).expand_as(y), y)
         if self.blur_p > 0:

@@ -39,6 +39,7 @@ from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
 from ..policies.selection import select
 from ..runtime.distributed import broadcast_, gather_rows, local_rows, rank, world_size
+from ..runtime.transfer import to_device_async
 from .base import ContrastiveMethod
 from .loss import ContrastiveLoss, full_precision
 
@@ -71,9 +72,12 @@ def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
     (``x_k [B/R, C, H, W] -> [B, D]``, every rank's keys in batch order): the
     official ``_batch_shuffle_ddp`` -- the batch gathered, shuffled by rank
     0's permutation, each rank encoding its slice of the shuffled batch, the
-    keys gathered and put back in order."""
+    keys gathered and put back in order.  The permutation reaches the
+    device without a blocking copy (:func:`~negatives.runtime.transfer.to_device_async`)."""
     x_all, = gather_rows(x_k)                                                   # [B, C, H, W]
-    perm = broadcast_(torch.randperm(x_all.shape[0]).to(x_k.device))
+    # drawn on the CPU as in the official code, sent through pinned memory:
+    # no blocking host-to-device copy inside the step
+    perm = broadcast_(to_device_async(torch.randperm(x_all.shape[0]), x_k.device))
     unshuffle = torch.argsort(perm)
     mine = perm[local_rows(perm.shape[0])]
     # x[perm] keeps a channels-last batch channels-last (index_select would not)

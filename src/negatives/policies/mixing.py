@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..runtime.transfer import to_device_async
 from .bands import top_k
 from .base import NegativePolicy
 from .candidates import Candidates
@@ -92,17 +93,19 @@ _EPS = 1e-9
 
 
 def _uniform(shape: tuple[int, ...], device, generator: torch.Generator | None) -> Tensor:
-    """``U[0, 1)`` draws of ``shape`` on ``device`` from ``generator`` (None: global)."""
+    """``U[0, 1)`` draws of ``shape`` on ``device`` from ``generator`` (None: global);
+    a generator of another device (the CPU) draws there and the draws are sent
+    without a blocking copy."""
     if generator is None:
         return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return to_device_async(torch.rand(shape, generator=generator, device=generator.device), device)
 
 
 def _randint(high: int, shape: tuple[int, ...], device, generator: torch.Generator | None) -> Tensor:
-    """Uniform integers in ``[0, high)`` of ``shape`` on ``device``."""
+    """Uniform integers in ``[0, high)`` of ``shape`` on ``device`` (the generator as in :func:`_uniform`)."""
     if generator is None:
         return torch.randint(high, shape, device=device)
-    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+    return to_device_async(torch.randint(high, shape, generator=generator, device=generator.device), device)
 
 
 def hardest(sim: Tensor, n: int) -> Tensor:

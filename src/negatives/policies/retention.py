@@ -129,8 +129,10 @@ class RetainingQueue(KeyQueue):
         self.labels[slots] = labels
         self.indices[slots] = indices
         self.stamp[slots] = self.clock + torch.arange(b, device=self.stamp.device)
-        self.hard[slots] = 0
-        self.seen[slots] = 0
+        # index_fill_, not `hard[slots] = 0`: on a GPU that assignment copies the
+        # 0 from the host with a blocking copy (index_put_ of a CPU scalar)
+        self.hard.index_fill_(0, slots, 0)
+        self.seen.index_fill_(0, slots, 0)
         self.clock += b
         self.ptr.add_(b).remainder_(self.size)
 

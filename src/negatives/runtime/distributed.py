@@ -11,6 +11,7 @@ initialised process group every function acts as in a one-process run.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["rank", "world_size", "is_distributed", "local_rows", "gather_rows", "gather_with_grad",
-           "broadcast_", "sum_", "mean_", "any_rank", "average_buffers_", "data_parallel", "barrier", "free_port", "spawn", "Launch", "launched", "init_launched", "destroy"]
+           "broadcast_", "sum_", "mean_", "host_group", "any_rank", "average_buffers_", "data_parallel", "barrier",
+           "free_port", "spawn", "Launch", "launched", "init_launched", "destroy"]
+
+#: how long a collective waits for the other ranks before the run fails
+_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def is_distributed() -> bool:
@@ -113,13 +118,38 @@ def mean_(t: Tensor) -> Tensor:
     return t
 
 
+#: ``(default group, gloo group)``: the group of the host-side collectives
+#: when the default group's backend takes no CPU tensors (NCCL)
+_host: tuple | None = None
+
+
+def host_group():
+    """The process group of collectives over CPU tensors: the default group
+    when its backend takes them (gloo, or a ``cpu:gloo,cuda:nccl`` group),
+    else a gloo group of the same ranks, made once (every rank must reach the
+    first call together: :func:`init_launched` makes it right after the
+    default group)."""
+    global _host
+    world = dist.group.WORLD
+    if "cpu:" in dist.get_backend_config(world):
+        return world
+    if _host is None or _host[0] is not world:
+        _host = (world, dist.new_group(backend="gloo", timeout=_TIMEOUT))
+    return _host[1]
+
+
 def any_rank(flag: bool, device=None) -> bool:
     """Whether ``flag`` is true on any rank (every rank gets the same answer:
-    a stop or a non-finite loss on one rank stops all at the same step)."""
+    a stop or a non-finite loss on one rank stops all at the same step).
+
+    The vote is a CPU tensor reduced over :func:`host_group`: it touches no
+    device tensor, so a trainer can hold it every step without waiting for a
+    GPU.  ``device`` is ignored (the vote never goes to a device); it stays
+    for the callers that pass the step's."""
     if not is_distributed():
         return bool(flag)
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor(float(flag))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return bool(t.item())
 
 
@@ -224,17 +254,20 @@ def launched(env=None) -> Launch | None:
 
 def init_launched(launch: Launch, backend: str) -> None:
     """Join the process group of a launched run (see :func:`launched`)."""
-    import datetime
     import os
 
     os.environ.update(MASTER_ADDR=launch.master_addr, MASTER_PORT=str(launch.master_port), RANK=str(launch.rank),
                       WORLD_SIZE=str(launch.world), LOCAL_RANK=str(launch.local_rank))
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world,
-                            timeout=datetime.timedelta(minutes=10))
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world, timeout=_TIMEOUT)
+    if dist.get_world_size() > 1:
+        host_group()  # made by every rank now, not at the first vote
 
 
 def destroy() -> None:
-    """Leave the process group (after :func:`init_launched`)."""
+    """Leave the process group (after :func:`init_launched`), and the gloo
+    group of :func:`host_group` with it."""
+    global _host
+    _host = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
