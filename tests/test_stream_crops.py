@@ -16,7 +16,7 @@ from PIL import Image
 from negatives import data
 from negatives.data.augment import boxes_from_draws, crop_draws
 from negatives.data.folders import decode_views
-from negatives.data.sources import open_train_source
+from negatives.data.sources import loader_workers, open_train_source
 from negatives.training.pretrain import pretrain
 
 from conftest import fake_imagenet
@@ -130,3 +130,21 @@ def test_a_view_cropped_as_decoded_is_only_mirrored_on_the_device():
     flipped = [bool(torch.equal(y[i], plain[i].flip(2))) for i in range(64)]
     assert all(flipped[i] or torch.equal(y[i], plain[i]) for i in range(64))
     assert 10 < sum(flipped) < 54                   # p = 0.5 of 64
+
+
+@pytest.mark.parametrize("threads, workers", [(3, 2), (1, 0)])
+def test_a_training_process_decodes_within_the_jobs_cpus(streamed, tmp_path, monkeypatch, threads, workers):
+    """The decoding workers of a training process follow the CPUs given to
+    the job (pretrain.threads, shared by its processes on the machine; one
+    left for the step), not the machine's CPU count."""
+    import negatives.training.pretrain as trainer
+
+    seen = []
+    real = trainer.open_train_source
+    monkeypatch.setattr(trainer, "open_train_source",
+                        lambda d, workers=None: (seen.append(workers), real(d, workers=workers))[1])
+    settings = dict(backbone="small-cnn", width=4, dim=8, epochs=1, batch_size=8, queue_size=16, bn_splits=2,
+                    knn_monitor=0, threads=threads)
+    pretrain(streamed, "moco", "all", 0.2, 0, settings, tmp_path, log=lambda m: None)
+    assert seen[-1] == workers           # the source it trains from (the first call only counts the images)
+    assert [loader_workers(c) for c in (1, 2, 4, 16)] == [0, 1, 3, 15]    # 16 CPUs over 2 processes: 8 each

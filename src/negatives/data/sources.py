@@ -16,7 +16,7 @@ from ..runtime.atomic import torch_load
 from .folders import decode_image, decode_views
 
 __all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
-           "load_prepared"]
+           "loader_workers", "load_prepared"]
 
 
 # ------------------------------------------------------------------ sources
@@ -96,8 +96,15 @@ class _WithDraws:
 
 
 def default_workers() -> int:
-    """Decoding processes when none are given: the CPU count, at most 8."""
-    return min(8, os.cpu_count() or 1)
+    """Decoding processes when none are given: the CPUs this process may run
+    on (its affinity, which SLURM and taskset restrict), at most 8."""
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def loader_workers(cpus: int) -> int:
+    """Decoding processes for a training process given ``cpus`` CPUs: all but
+    the one that runs the step (none below two: it decodes in-process)."""
+    return cpus - 1 if cpus > 1 else 0
 
 
 class FolderSource:
