@@ -53,7 +53,8 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
         raise ValueError(f"beta must be >= 0, got {beta}")
     pos = l_pos / temperature                                                   # [B]
     with torch.no_grad():
-        m = torch.maximum(sim.amax(dim=1) / temperature, pos)                   # [B], as info_nce
+        top = sim.amax(dim=1) / temperature                                     # [B] largest s / t
+        m = torch.maximum(top, pos)                                             # [B], as info_nce
     if keep is None:
         n = torch.full_like(pos, float(sim.shape[1]))
     else:
@@ -63,10 +64,11 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     else:
         # weights scaled by the row's largest kept one (which is then 1): no
         # overflow, and removed negatives weigh exactly 0
-        with torch.no_grad():
-            kept_max = sim.amax(dim=1) if keep is None else sim.masked_fill(~keep, float("-inf")).amax(dim=1)
-            top_w = kept_max / temperature
-            top_w = torch.where(torch.isfinite(top_w), top_w, torch.zeros_like(top_w))
+        top_w = top
+        if keep is not None:
+            with torch.no_grad():
+                top_w = sim.masked_fill(~keep, float("-inf")).amax(dim=1) / temperature
+                top_w = torch.where(torch.isfinite(top_w), top_w, torch.zeros_like(top_w))   # a row keeping none
         imp_sum, weighted = ImportanceSums.apply(sim, m, top_w, temperature, beta, keep)
         mean_imp = imp_sum / n.clamp(min=1)                                     # (1/N) sum_j w_j
         negative = weighted / mean_imp.clamp(min=torch.finfo(sim.dtype).tiny)  # sum w_j e^{s_j/t} / mean
