@@ -4,7 +4,7 @@ MoCHi's), and a few candidates exchanged one for one (:class:`Swap`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -22,7 +22,9 @@ class Mix:
         cos[b, t] = a[b, t] sim[b, i[b, t]] + c[b, t] sim[b, j[b, t]] + d[b, t] (q_b . q_b)
 
     i, j:    ``[B, s]`` int64 positions into ``sim``'s columns (the candidates);
-    a, c, d: ``[B, s]`` float coefficients, detached constants.
+    a, c, d: ``[B, s]`` float coefficients, detached constants;
+    ij:      optional ``[B, 2s]``, ``i`` and ``j`` side by side, when the maker
+             has them so (``i``, ``j`` its views): :meth:`parents` without a copy.
 
     This is exactly ``q . h`` for the detached vector ``h = a n_i + c n_j + d q``
     (``n`` the candidates' embeddings; MoCHi's coefficients make it unit
@@ -34,6 +36,7 @@ class Mix:
     a: Tensor
     c: Tensor
     d: Tensor
+    ij: Tensor | None = field(default=None, repr=False, compare=False)
 
     def logits(self, q: Tensor, sim: Tensor) -> Tensor:
         """``q [B, D]`` queries, ``sim [B, K]`` query-candidate cosines whose
@@ -48,7 +51,7 @@ class Mix:
 
     def parents(self) -> Tensor:
         """``[B, 2s]``: the positions ``i``, then ``j``."""
-        return torch.cat([self.i, self.j], dim=1)
+        return torch.cat([self.i, self.j], dim=1) if self.ij is None else self.ij
 
     def combine(self, parent_cos: Tensor, qq: Tensor) -> Tensor:
         """``a sim_i + c sim_j + d (q . q)`` from the parents' cosines

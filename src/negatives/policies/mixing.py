@@ -128,8 +128,9 @@ def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
     if pi.device.type == "cpu" and candidates.keys is not None:
         rows = max(1, (1 << 17) // max(1, s * candidates.keys.shape[1]))
     # the product in place, into the first gathered block (fresh memory)
-    return torch.cat([candidates.embeddings(pi[r:r + rows]).mul_(candidates.embeddings(pj[r:r + rows])).sum(2)
-                      for r in range(0, b, rows)])
+    blocks = [candidates.embeddings(pi[r:r + rows]).mul_(candidates.embeddings(pj[r:r + rows])).sum(2)
+              for r in range(0, b, rows)]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
 def mix_pairs(n_i: Tensor, n_j: Tensor, alpha: Tensor) -> Tensor:
@@ -221,16 +222,19 @@ class MoCHi(NegativePolicy):
             alpha = _uniform((total, self.s), dev, g)[mine]
             jq = _randint(self.n_hard, (total, self.s_query), dev, g)[mine]
             beta = 0.5 * _uniform((total, self.s_query), dev, g)[mine]        # [0, 0.5)
-            pi, pj, pq = hard.gather(1, i), hard.gather(1, j), hard.gather(1, jq)  # positions in sim
+            # the parents' positions in sim, laid out as the Mix reads them
+            # (i then j; the query mixes' j twice): one gather, no copies later
+            n_mix, s = self.s + self.s_query, self.s
+            ij = hard.gather(1, torch.cat([i, jq, j, jq], 1))                      # [B, 2(s + s')]
+            pi, pq, pj = ij[:, :s], ij[:, s:n_mix], ij[:, n_mix:n_mix + s]
             dot = pair_dots(candidates, pi, pj)                                    # n_i . n_j  [B, s]
             x, y = alpha.to(dot.dtype), beta.to(dot.dtype)
-            r = (x * x + (1 - x) ** 2 + 2 * x * (1 - x) * dot).sqrt()            # |x n_i + (1-x) n_j|
+            u, v = 1 - x, 1 - y
+            r = (x * x + u ** 2 + 2 * x * u * dot).sqrt()                          # |x n_i + (1-x) n_j|
             sim_jq = sim.gather(1, pq).to(dot.dtype)                               # q . n_j  [B, s']
-            r_q = (y * y + (1 - y) ** 2 + 2 * y * (1 - y) * sim_jq).sqrt()        # |y q + (1-y) n_j|
-            mix = Mix(i=torch.cat([pi, pq], 1), j=torch.cat([pj, pq], 1),
-                      a=torch.cat([x / r, torch.zeros_like(y)], 1),
-                      c=torch.cat([(1 - x) / r, (1 - y) / r_q], 1),
-                      d=torch.cat([torch.zeros_like(x), y / r_q], 1))
+            r_q = (y * y + v ** 2 + 2 * y * v * sim_jq).sqrt()                     # |y q + (1-y) n_j|
+            mix = Mix(i=ij[:, :n_mix], j=ij[:, n_mix:], a=F.pad(x / r, (0, self.s_query)),
+                      c=torch.cat([u / r, v / r_q], 1), d=F.pad(y / r_q, (s, 0)), ij=ij)
         self.last_mix = {"hard": hard, "i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
         return Selection.every().with_mix(mix)
 
