@@ -13,10 +13,13 @@
 #   summary.txt                    the device, date, command and wall time of the run
 #   nvidia-smi.csv                 GPU utilisation and memory every 5 s during the run (on a GPU)
 #
-# Needs python3 with torch, torchvision, numpy, pandas, matplotlib, seaborn,
-# scipy, pyyaml, pillow and snakemake. Wheels of what a machine lacks (it
-# may reach no package index) can travel with the tree in .whl/: they are
-# installed into /tmp/site first. Fashion-MNIST is read from
+# Needs python3 (NEGATIVES_GPU_PYTHON) with torch, torchvision, numpy, pandas,
+# matplotlib, seaborn, scipy, pyyaml, pillow and snakemake. Wheels of what a
+# machine lacks (it may reach no package index) can travel with the tree in
+# .whl/ (benchmarks/device_bundle.sh): they are installed into /tmp/site
+# first, unless NEGATIVES_GPU_SITE names the folder a caller installed them
+# into (benchmarks/device_all.sh). Snakemake schedules greedily: the runs only
+# share the GPU's slots, and no ILP solver is needed. Fashion-MNIST is read from
 # NEGATIVES_FASHION_MNIST, else .data/fashion-mnist (the IDX files carried
 # with the tree), else Debian's /usr/share/datasets/fashion-mnist. The exit
 # status is snakemake's.
@@ -32,7 +35,9 @@ out="$(cd "$out" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 root="$PWD"
 py="${NEGATIVES_GPU_PYTHON:-python3}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ -n "${NEGATIVES_GPU_SITE:-}" ]; then
+    export PYTHONPATH="$NEGATIVES_GPU_SITE${PYTHONPATH:+:$PYTHONPATH}"   # installed there by the caller
+elif compgen -G ".whl/*.whl" >/dev/null; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -64,8 +69,8 @@ else
     echo "datasets: {fashion-mnist: {root: \"$data\"}}" >"$override"
 fi
 
-cmd=("$py" -m snakemake fig2 -s "$root/Snakefile" -d "$work" --cores "$(nproc)" --resources "gpu=$slots"
-     --configfile "$root/configs/fashion-mnist-gpu.yaml" "$override")
+cmd=("$py" -m snakemake fig2 -s "$root/Snakefile" -d "$work" --cores "$(nproc)" --scheduler greedy
+     --resources "gpu=$slots" --configfile "$root/configs/fashion-mnist-gpu.yaml" "$override")
 smi=""
 if [ "$smoke" = 0 ] && command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,memory.total --format=csv -l 5 >"$out/nvidia-smi.csv" &
