@@ -11,7 +11,7 @@
 #    (NEGATIVES_GPU_SITE, default /tmp/negatives-site) put on PYTHONPATH; none: nothing to install;
 # 2. reads Fashion-MNIST from .data/fashion-mnist unless NEGATIVES_FASHION_MNIST names it;
 # 3. runs benchmarks/gpu_checks.sh, then benchmarks/gpu_figure2.sh, each bounded in time
-#    (--checks-limit, NEGATIVES_CHECKS_LIMIT: 170 s; --figure-limit, NEGATIVES_FIGURE_LIMIT: 270 s;
+#    (--checks-limit, NEGATIVES_CHECKS_LIMIT: 160 s; --figure-limit, NEGATIVES_FIGURE_LIMIT: 250 s;
 #    600 s and 900 s with --smoke): a part that overruns is cut, its whole process group
 #    (snakemake's jobs, nvidia-smi) killed, and the next part still runs;
 # 4. where Figure 2 misses its goal (not finished, over 10 minutes, or the GPU busy under 80% of
@@ -50,7 +50,7 @@ done
 if [ "$smoke" = 1 ]; then
     checks_limit="${checks_limit:-600}" figure_limit="${figure_limit:-900}"
 else
-    checks_limit="${checks_limit:-170}" figure_limit="${figure_limit:-270}"
+    checks_limit="${checks_limit:-160}" figure_limit="${figure_limit:-250}"
 fi
 out="${out:-${OUT:-/tmp/device_all}}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
@@ -132,13 +132,13 @@ note "data: ${NEGATIVES_FASHION_MNIST:-none given (gpu_figure2.sh looks in /usr/
 
 # ----------------------------------------------------------------- the parts
 # part NAME LIMIT COMMAND...: run it under `timeout` (which makes it a process group of its own and
-# signals that whole group: TERM at LIMIT, KILL 10 s later), its output in logs/NAME.log and shown live
+# signals that whole group: TERM at LIMIT, KILL 5 s later), its output in logs/NAME.log and shown live
 part() {
     local name="$1" limit="$2" start=$SECONDS pid status wall
     shift 2
     echo "==> $name: $* (limit $limit s)"
     : >"$work/logs/$name.log"
-    timeout -k 10 "$limit" "$@" </dev/null >"$work/logs/$name.log" 2>&1 &
+    timeout -k 5 "$limit" "$@" </dev/null >"$work/logs/$name.log" 2>&1 &
     pid=$!
     tail --pid="$pid" -n +1 -f "$work/logs/$name.log"
     wait "$pid"

@@ -95,5 +95,7 @@ class Candidates:
         if self.keys is None:
             raise PolicyError("this policy needs the negatives' embeddings, which this step does not have")
         rows = index if self.pool_index is None else self.pool_index.gather(1, index)
+        if rows.device.type != "cpu":
+            return self.keys[rows]                  # one call (a strided index would be copied to flatten it)
         # index_select on flattened rows: several times faster on CPU than keys[rows]
         return self.keys.index_select(0, rows.reshape(-1)).view(*rows.shape, self.keys.shape[1])
