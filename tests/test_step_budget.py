@@ -47,16 +47,17 @@ def test_split_batch_norm_costs_the_same_whatever_the_splits(baseline):
     assert _total("all", bn_splits=2) == baseline
 
 
-#: the policies over 5%, each held to its count: MoCHi's closed form makes its
-#: coefficients in ~40 small calls and its loss terms in ~25 more; a class
-#: relation in replace mode looks for stand-ins among the older negatives
-OVER = {"mochi[256_128_64_1]": 999, "drop[99.9_100)&other-class@replace": 1005}
+#: the policies over 5%, each held to its own ratio (measured: +5.7% and
+#: +7.4% with torch 2.14): MoCHi's closed form makes its coefficients in about
+#: 30 small calls and its loss terms in about 25 more; a class relation in
+#: replace mode looks for stand-ins among the older negatives
+OVER = {"mochi[256_128_64_1]": 1.06, "drop[99.9_100)&other-class@replace": 1.08}
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_launches_at_most_5_percent_more_than_all(baseline, policy):
     n = _total(policy, progress=0.5)
-    limit = OVER.get(policy, 1.05 * baseline)
+    limit = OVER.get(policy, 1.05) * baseline
     assert n <= limit, f"{policy}: {n} calls, all: {baseline} (+{n / baseline - 1:.1%}; limit {limit:.0f})"
 
 
@@ -67,5 +68,5 @@ def test_scheduled_policies_stay_within_their_limit_as_training_goes(baseline, p
     """A warm-up (MoCHi's) or a moving window (ring, curriculum) changes the
     calls with the progress: at the start and near the end too."""
     n = _total(policy, progress=progress)
-    limit = OVER.get(policy, 1.05 * baseline)
+    limit = OVER.get(policy, 1.05) * baseline
     assert n <= limit, f"{policy} at {progress}: {n} calls, all: {baseline} (limit {limit:.0f})"

@@ -89,7 +89,9 @@ class _SplitGroupNormFn(torch.autograd.Function):
         b, c, h, w = x.shape
         n = b // s
         # in the parameters' precision (float32 under a bf16 autocast too)
-        xg = x.unflatten(0, (s, n)).transpose(1, 2).to(weight.dtype, memory_format=torch.contiguous_format)
+        # (empty + copy_: Tensor.to(dtype, memory_format=...) keeps a view's strides when the dtype matches)
+        xg = torch.empty((s, c, n, h, w), dtype=weight.dtype, device=x.device)
+        xg.copy_(x.unflatten(0, (s, n)).transpose(1, 2))
         out, mean, rstd = torch.native_group_norm(xg, weight, bias, s, c, n * h * w, c, eps)
         y = torch.empty_like(x)                                  # x's dtype and memory format
         y.unflatten(0, (s, n)).copy_(out.transpose(1, 2))
@@ -105,7 +107,8 @@ class _SplitGroupNormFn(torch.autograd.Function):
         s, c, n, h, w = xg.shape
         if grad_y is None:
             return None, None, None, None, None
-        gg = grad_y.unflatten(0, (s, n)).transpose(1, 2).to(xg.dtype, memory_format=torch.contiguous_format)
+        gg = torch.empty_like(xg)
+        gg.copy_(grad_y.unflatten(0, (s, n)).transpose(1, 2))
         gxg, gw, gb = torch.ops.aten.native_group_norm_backward(gg, xg, mean, rstd, weight, s, c, n * h * w, c,
                                                                 list(ctx.needs_input_grad[:3]))
         gx = None

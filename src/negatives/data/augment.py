@@ -105,7 +105,8 @@ def boxes_from_draws(draws: Tensor, height: int, width: int, scale=(0.2, 1.0), r
     w = torch.round(torch.sqrt(target * aspect)).long()
     h = torch.round(torch.sqrt(target / aspect)).long()
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)                       # [B, attempts]
-    first = torch.where(ok.any(1), ok.long().argmax(1), 0)                     # first fitting attempt
+    found = ok.any(1)
+    first = torch.where(found, ok.long().argmax(1), 0)                         # first fitting attempt
     w = w.gather(1, first[:, None]).squeeze(1)
     h = h.gather(1, first[:, None]).squeeze(1)
     # fallback: torchvision's central crop
@@ -116,7 +117,6 @@ def boxes_from_draws(draws: Tensor, height: int, width: int, scale=(0.2, 1.0), r
         fw, fh = int(round(height * max(ratio))), height
     else:
         fw, fh = width, height
-    found = ok.any(1)
     w = torch.where(found, w, fw)
     h = torch.where(found, h, fh)
     top = torch.where(found, (off[:, 0] * (height - h + 1)).long().clamp_max(height - h), (height - fh) // 2)
@@ -132,13 +132,14 @@ def crop_params(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 
     return boxes_from_draws(crop_draws(batch, attempts, generator, device), height, width, scale, ratio)
 
 
-def _sample_coords(start: Tensor, length: Tensor, out: int, size: int) -> Tensor:
+def _sample_coords(start: Tensor, length: Tensor, out: int, size: int, centres: Tensor | None = None) -> Tensor:
     """``[B, out]`` normalised (``align_corners=False``) input coordinates at
     which output pixels ``0 .. out-1`` sample the span ``[start, start+length)``
     of an input side of ``size`` pixels: ``start + (o + 0.5) length / out - 0.5``,
     clamped to the span's first and last pixel centres -- torchvision's
-    bilinear resize of the cropped image, edges included."""
-    o = torch.arange(out, device=start.device, dtype=torch.float32) + 0.5
+    bilinear resize of the cropped image, edges included.  ``centres``: the
+    float32 ``o + 0.5`` when the caller has them."""
+    o = torch.arange(out, device=start.device, dtype=torch.float32) + 0.5 if centres is None else centres
     start, length = start.float().unsqueeze(1), length.float().unsqueeze(1)
     src = start + o * (length / out) - 0.5
     src = torch.minimum(torch.maximum(src, start), start + length - 1)
@@ -159,10 +160,11 @@ def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, i
     """
     b, c, hgt, wid = x.shape
     oh, ow = size or (hgt, wid)
-    boxes, flip = boxes.to(x.device), flip.to(x.device)
-    gx = _sample_coords(boxes[:, 1], boxes[:, 3], ow, wid)                   # [B, ow]
+    boxes, flip = boxes.to(x.device).float(), flip.to(x.device)
+    centres = torch.arange(max(oh, ow), device=x.device, dtype=torch.float32) + 0.5
+    gx = _sample_coords(boxes[:, 1], boxes[:, 3], ow, wid, centres[:ow])     # [B, ow]
     gx = torch.where(flip.unsqueeze(1), gx.flip(1), gx)
-    gy = _sample_coords(boxes[:, 0], boxes[:, 2], oh, hgt)                   # [B, oh]
+    gy = _sample_coords(boxes[:, 0], boxes[:, 2], oh, hgt, centres[:oh])     # [B, oh]
     grid = torch.stack(torch.broadcast_tensors(gx.unsqueeze(1), gy.unsqueeze(2)), dim=-1)  # [B, oh, ow, 2]
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -298,6 +300,12 @@ class MoCoV2Augment(nn.Module):
         self.blur_size = blur_kernel_size(size, self.blur_sigma[1])
         self.flip_p = 0.5
         self.normalize = Normalize(mean, std)
+        # each jitter factor is lo + span u (u ~ U[0, 1)), the identity for a sample it skips:
+        # the four made in one go from these (not saved: derived from the settings)
+        bri, con, sat, hue = self.jitter
+        self.register_buffer("jitter_lo", torch.tensor([1 - bri, 1 - con, 1 - sat, -hue]), persistent=False)
+        self.register_buffer("jitter_span", torch.tensor([2 * bri, 2 * con, 2 * sat, 2 * hue]), persistent=False)
+        self.register_buffer("jitter_identity", torch.tensor([1.0, 1.0, 1.0, 0.0]), persistent=False)
         # the hue's constants live on the module's device: none is copied there inside forward
         self.register_buffer("hsv_offsets", _hsv_offsets(), persistent=False)
 
@@ -348,14 +356,11 @@ class MoCoV2Augment(nn.Module):
         if scale != 1.0:
             y.mul_(scale)
 
-        one = torch.ones((), device=dev)
         view = (b, 1, 1, 1)
-        factors = {
-            0: torch.where(jit, 1 - bri + 2 * bri * f[:, 0], one).view(view),
-            1: torch.where(jit, 1 - con + 2 * con * f[:, 1], one).view(view),
-            2: torch.where(jit, 1 - sat + 2 * sat * f[:, 2], one).view(view),
-            3: torch.where(jit, -hue + 2 * hue * f[:, 3], 0 * one),
-        }
+        # brightness, contrast, saturation, hue factors [B, 4]
+        jitter = torch.where(jit.unsqueeze(1), self.jitter_lo + self.jitter_span * f, self.jitter_identity)
+        factors = {0: jitter[:, 0].view(view), 1: jitter[:, 1].view(view), 2: jitter[:, 2].view(view),
+                   3: jitter[:, 3]}
         if self.jitter_p > 0:
             for op in order:
                 if op == 0 and bri:

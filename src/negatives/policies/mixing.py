@@ -228,13 +228,15 @@ class MoCHi(NegativePolicy):
             ij = hard.gather(1, torch.cat([i, jq, j, jq], 1))                      # [B, 2(s + s')]
             pi, pq, pj = ij[:, :s], ij[:, s:n_mix], ij[:, n_mix:n_mix + s]
             dot = pair_dots(candidates, pi, pj)                                    # n_i . n_j  [B, s]
-            x, y = alpha.to(dot.dtype), beta.to(dot.dtype)
-            u, v = 1 - x, 1 - y
-            r = (x * x + u ** 2 + 2 * x * u * dot).sqrt()                          # |x n_i + (1-x) n_j|
-            sim_jq = sim.gather(1, pq).to(dot.dtype)                               # q . n_j  [B, s']
-            r_q = (y * y + v ** 2 + 2 * y * v * sim_jq).sqrt()                     # |y q + (1-y) n_j|
-            mix = Mix(i=ij[:, :n_mix], j=ij[:, n_mix:], a=F.pad(x / r, (0, self.s_query)),
-                      c=torch.cat([u / r, v / r_q], 1), d=F.pad(y / r_q, (s, 0)), ij=ij)
+            # both kinds at once, elementwise: the pairs' weights x = alpha with
+            # their parents' cosine, then the query mixes' y = beta with q . n_j
+            x = torch.cat([alpha, beta], 1).to(dot.dtype)                          # [B, s + s']
+            cos = torch.cat([dot, sim.gather(1, pq).to(dot.dtype)], 1)             # [B, s + s']
+            u = 1 - x
+            r = (x * x + u ** 2 + 2 * x * u * cos).sqrt()      # |x n_i + (1-x) n_j|, then |y q + (1-y) n_j|
+            xr = x / r
+            mix = Mix(i=ij[:, :n_mix], j=ij[:, n_mix:], a=F.pad(xr[:, :s], (0, self.s_query)), c=u / r,
+                      d=F.pad(xr[:, s:], (s, 0)), ij=ij)
         self.last_mix = {"hard": hard, "i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
         return Selection.every().with_mix(mix)
 
