@@ -100,11 +100,16 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     cfg = yaml.safe_load(open(a.config))
-    s = PretrainSettings.from_dict({**cfg["pretrain"], "device": a.device})
+    settings = {**cfg["pretrain"], "device": a.device}
     if a.tiny:
-        a.images, s.batch_size, s.queue_size, s.backbone, s.bn_splits = 512, 64, 256, "small-cnn", 2
-    s.batch_size, s.queue_size = a.batch or s.batch_size, a.queue or s.queue_size
-    s.bn_splits = a.bn_splits or s.bn_splits
+        a.images = 512
+        settings.update(batch_size=64, queue_size=256, backbone="small-cnn", bn_splits=2)
+    for key, value in (("batch_size", a.batch), ("queue_size", a.queue), ("bn_splits", a.bn_splits)):
+        settings[key] = value or settings[key]
+    try:  # checked as a run's settings are (a split count that does not divide the batch, say)
+        s = PretrainSettings.from_dict(settings)
+    except ValueError as e:
+        p.error(str(e))
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
