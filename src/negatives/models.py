@@ -165,13 +165,14 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
     def grouped(self, x: Tensor) -> Tensor:
         """The GPU form: every split at once through one group norm
-        (:class:`_SplitGroupNormFn`), the running statistics updated in
-        three calls.  Equal to :meth:`reference` up to float rounding."""
+        (:class:`_SplitGroupNormFn`), the running statistics updated in five
+        calls whatever the split count.  Equal to :meth:`reference` up to
+        float rounding."""
         s = self.num_splits
         out, mean, rstd = _SplitGroupNormFn.apply(x, self.weight, self.bias, s, self.eps)
         with torch.no_grad():
             # the average of the splits' updates, (1 - m) r + m mean_j(stat_j), the
-            # variance unbiased over a split's count; one call each (a [1, s] x [s, C] product)
+            # variance unbiased over a split's count: each average a [1, s] x [s, C] product
             m, c, count = self.momentum, x.shape[1], x.numel() // (s * x.shape[1])
             unbias = count / max(count - 1, 1)
             ones = self.split_weights
