@@ -41,6 +41,16 @@ try:
 except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}") from None
 
+# an edit that would change a finished (or interrupted) run is refused before
+# any job is planned (negatives.training.identity); jobs skip it
+if workflow.is_main_process:
+    from negatives.training.identity import check_planned_runs
+
+    try:
+        check_planned_runs(config)
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
+
 
 include: "workflow/rules/common.smk"
 

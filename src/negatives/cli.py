@@ -33,17 +33,18 @@ def _log(msg: str) -> None:
 def cmd_prepare(a) -> None:
     from .data.prepare import prepare
 
-    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, a.download, **a.settings)
+    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, bool(a.download), **a.settings)
     _log(f"wrote {path}")
 
 
 def _with_threads(a) -> dict:
-    """``--settings`` with ``--threads`` and ``--compile`` (how the workflow
-    passes the speed-only settings, which its jobs' params leave out) applied."""
+    """``--settings`` with ``--threads``, ``--compile``, ``--device``, ... applied:
+    how the workflow passes the settings outside a run's identity, which its
+    jobs' params leave out (negatives.training.identity)."""
     compile_ = getattr(a, "compile", None)
-    speed = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_),
-             "processes": getattr(a, "processes", None), "nodes": getattr(a, "nodes", None)}
-    return {**a.settings, **{k: v for k, v in speed.items() if v is not None}}
+    apart = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_),
+             **{k: getattr(a, k, None) for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every")}}
+    return {**a.settings, **{k: v for k, v in apart.items() if v is not None}}
 
 
 def cmd_pretrain(a) -> None:
@@ -97,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.add_argument("--train-images", type=int, default=0)
     q.add_argument("--test-images", type=int, default=0)
-    q.add_argument("--download", action="store_true")
+    q.add_argument("--download", type=int, choices=(0, 1), nargs="?", const=1, default=0,
+                   help="fetch missing files where the format allows (alone or 1; 0: no)")
     q.add_argument("--settings", type=_json, default={},
                    help="JSON of the dataset's other keys in datasets.NAME (storage, stream_above_gb, labels, ...)")
     q.set_defaults(func=cmd_prepare)
@@ -120,6 +122,9 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; speed only)")
             q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
                                                                        "(pretrain.compile; speed only)")
+            q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="pretrain.device")
+            q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
+            q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
         if name == "pretrain":
             _jobs_per_gpu(q)
         q.add_argument("--out", required=True, help="run directory")

@@ -16,7 +16,7 @@ import copy
 import functools
 from pathlib import Path
 
-__all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "check_partial", "check_section"]
+__all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "log_only", "check_partial", "check_section"]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
@@ -74,6 +74,19 @@ def speed_only(section: str | None = None) -> tuple[str, ...]:
     root = schema()
     props = (root if section is None else _resolve(root["properties"][section], root)).get("properties", {})
     return tuple(key for key, spec in props.items() if spec.get("speed_only"))
+
+
+def log_only(section: str) -> tuple[str, ...]:
+    """The keys of a config section marked ``log_only`` in the schema: they
+    change what the training log shows, never the weights, so they are no
+    part of a run's identity either.
+
+    >>> log_only("pretrain")
+    ('knn_monitor_every', 'knn_monitor')
+    """
+    root = schema()
+    props = _resolve(root["properties"][section], root).get("properties", {})
+    return tuple(key for key, spec in props.items() if spec.get("log_only"))
 
 
 def check_partial(fragment: dict, library_only: dict[str, tuple[str, ...]] | None = None) -> None:

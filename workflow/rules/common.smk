@@ -6,6 +6,7 @@ from negatives import grid
 from negatives.defaults import speed_only
 from negatives.runtime.atomic import verify_existing
 from negatives.runtime.launch import pretrain_resources
+from negatives.training.settings import run_identity
 
 R = config["results"]  # results root (docs/INTERFACES.md: results/...)
 
@@ -15,12 +16,13 @@ SEED = r"\d+"
 TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 
 
-# Settings that change how fast a job runs, not its results (marked
-# speed_only in the schema), must not make Snakemake retrain finished runs
-# (it reruns a job whose params or command template changed): they are left
-# out of the params and reach the jobs as the rule's threads (`--threads
-# {threads}`) and resources (`--compile {resources.compile}`), which
-# Snakemake never compares
+# A run's identity is what changes its weights (negatives.training.identity):
+# Snakemake reruns a job whose params changed, so a pretraining job's params
+# hold its identity and nothing else. The speed-only settings reach the jobs
+# as the rule's threads (`--threads {threads}`) and the others outside the
+# identity as resources (`--compile {resources.compile}`, `--device ...`),
+# which Snakemake never compares; the untrained encoder's params hold only
+# the architecture. Every other section leaves out its speed-only keys.
 SPEED_ONLY = {section: speed_only(section) for section in ("pretrain", "evaluate")}
 
 
@@ -31,6 +33,11 @@ def _results_only(section):
 def settings(section):
     """The JSON the library gets as --settings: one config section."""
     return json.dumps(_results_only(section), sort_keys=True)
+
+
+def identity(untrained=False):
+    """The JSON a pretraining job gets as --settings: the run's identity."""
+    return json.dumps(run_identity(config["pretrain"], untrained), sort_keys=True)
 
 
 def config_json():

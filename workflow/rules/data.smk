@@ -1,5 +1,15 @@
+import os
+
 # keys of datasets.NAME that prepare takes as its own arguments; the rest go to --settings
 PREPARE_ARGUMENTS = ("root", "download", "train_images", "test_images")
+
+
+def may_stream(dataset):
+    """Whether storage auto may choose to stream this dataset (image folders only)."""
+    from negatives.data.datasets import dataset_spec
+
+    entry = config["datasets"][dataset]
+    return entry.get("storage", "auto") == "auto" and dataset_spec(dataset).is_folder
 
 
 rule prepare:
@@ -7,18 +17,22 @@ rule prepare:
         data=f"{R}/data/{{dataset}}/data.pt",
         classes=f"{R}/data/{{dataset}}/classes.tsv",
     params:
-        root=dataset_option("root"),
+        # one folder reached through another path is the same data
+        root=lambda wildcards: os.path.realpath(os.path.expanduser(config["datasets"][wildcards.dataset]["root"])),
         train_images=dataset_option("train_images"),
         test_images=dataset_option("test_images"),
-        download=lambda wildcards: "--download" if config["datasets"][wildcards.dataset]["download"] else "",
-        # the format's own keys (storage, labels, image_size, ...): negatives.data.prepare(**settings)
+        # the format's own keys (storage, labels, image_size, ...): negatives.data.prepare(**settings);
+        # stream_above_gb only where it can choose the storage
         settings=lambda wildcards: json.dumps(
-            {k: v for k, v in config["datasets"][wildcards.dataset].items() if k not in PREPARE_ARGUMENTS},
+            {k: v for k, v in config["datasets"][wildcards.dataset].items()
+             if k not in PREPARE_ARGUMENTS and (k != "stream_above_gb" or may_stream(wildcards.dataset))},
             sort_keys=True,
         ),
         out=subpath(output.data, parent=True),
     threads: 1
     resources:
+        # only fetches files that are missing: never a reason to prepare the data again
+        download=lambda wildcards: int(config["datasets"][wildcards.dataset]["download"]),
         mem_mb=per_attempt(4000),
         runtime=per_attempt(30),
         cpus_per_task=cpus,
@@ -30,4 +44,4 @@ rule prepare:
     shell:
         "python -m negatives prepare --dataset {wildcards.dataset:q} --root {params.root:q}"
         " --out {params.out:q} --train-images {params.train_images} --test-images {params.test_images}"
-        " --settings {params.settings:q} {params.download} > {log:q} 2>&1"
+        " --settings {params.settings:q} --download {resources.download} > {log:q} 2>&1"

@@ -1,17 +1,24 @@
+# A finished run is kept whatever else changes (negatives.training.identity):
+# a job run again for a finished run puts its kept files back, and data.pt
+# is ancient here, since a data.pt prepared again is compared by its digest
+# when a run resumes or is evaluated, not by its date
 rule pretrain:
     input:
-        data=f"{R}/data/{{dataset}}/data.pt",
+        data=ancient(f"{R}/data/{{dataset}}/data.pt"),
     output:
         checkpoint=f"{R}/{{dataset}}/{{method}}/{{policy}}/t{{temperature}}/seed{{seed}}/checkpoint.pt",
         train_log=f"{R}/{{dataset}}/{{method}}/{{policy}}/t{{temperature}}/seed{{seed}}/train_log.csv",
     params:
-        settings=settings("pretrain"),
+        settings=identity(),
         out=subpath(output.checkpoint, parent=True),
     threads: config["pretrain"]["threads"]
     resources:
         mem_mb=per_attempt(8000 * config["pretrain"]["processes"]),  # each process holds the data
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
         compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY), as the others:
+        device=config["pretrain"]["device"],  # outside the identity: compared as the device type it resolves to
+        knn_monitor=config["pretrain"]["knn_monitor"],  # log only
+        knn_monitor_every=config["pretrain"]["knn_monitor_every"],
         processes=config["pretrain"]["processes"],
         run_nodes=config["pretrain"]["nodes"],
         jobs_per_gpu=config["jobs_per_gpu"],
@@ -24,6 +31,8 @@ rule pretrain:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --threads {threads} --compile {resources.compile}"
+        " --device {resources.device} --knn-monitor {resources.knn_monitor}"
+        " --knn-monitor-every {resources.knn_monitor_every}"
         " --processes {resources.processes} --nodes {resources.run_nodes} --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
@@ -31,11 +40,11 @@ rule pretrain:
 # the untrained encoder of each seed: the floor every figure is read against
 rule random_init:
     input:
-        data=f"{R}/data/{{dataset}}/data.pt",
+        data=ancient(f"{R}/data/{{dataset}}/data.pt"),
     output:
         checkpoint=f"{R}/{{dataset}}/{{method}}/random-init/seed{{seed}}/checkpoint.pt",
     params:
-        settings=settings("pretrain"),
+        settings=identity(untrained=True),
         out=subpath(output.checkpoint, parent=True),
     threads: 1
     resources:

@@ -221,7 +221,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     from ..data.sources import load_prepared, open_source, read_images
     from ..data.wordnet import read_similarity
     from ..runtime.gpus import resolve_device
-    from ..training.settings import PretrainSettings, load_encoder
+    from ..training.settings import PretrainSettings, check_matches, load_encoder
 
     s = _settings(settings)
     device = resolve_device(s["device"], "analysis device")
@@ -229,6 +229,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     encoder, meta = load_encoder(checkpoint)
     encoder.to(device)
     data = load_prepared(data_path)
+    check_matches(meta, data, checkpoint, data_path)             # the images the run was trained on
     names, sim = read_similarity(similarity_tsv)
     if names != list(data["classes"]):
         raise ValueError(f"{similarity_tsv} lists classes {names}, {data_path} has {data['classes']}")

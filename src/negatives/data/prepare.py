@@ -28,7 +28,7 @@ from ..defaults import check_partial
 from ..runtime.atomic import atomic_torch_save, atomic_write
 from .datasets import DATASETS, check_root, class_map, dataset_spec, folder_synsets, reader_options
 from .readers import FolderIndex, RawDataset
-from .sources import FolderSource
+from .sources import FolderSource, data_digest
 
 __all__ = ["STORAGES", "STATS_ELEMENTS", "balanced_subset", "channel_stats", "prepare"]
 
@@ -147,6 +147,23 @@ def _prepare_folder(name: str, index: FolderIndex, train_images: int, test_image
     return data
 
 
+#: keys of ``datasets.NAME`` that say where the images are read from or how
+#: they are stored, or touch only the test split: not which training images
+#: a run sees
+_NOT_TRAINING = ("root", "download", "storage", "stream_above_gb", "test_images")
+
+
+def training_data_settings(dataset: dict) -> dict:
+    """The settings of one ``datasets.NAME`` entry that decide which training
+    images a ``data.pt`` holds (``train_images`` and the format's own keys);
+    ``data.pt`` records them and a run's checkpoint copies them.
+
+    >>> training_data_settings({"root": "/d", "train_images": 8000, "test_images": 0, "storage": "auto"})
+    {'train_images': 8000}
+    """
+    return {k: v for k, v in dataset.items() if k not in _NOT_TRAINING}
+
+
 def _write_classes(out: Path, rows: list[tuple[int, str, str]]) -> None:
     text = "index\tname\tsynset\n" + "".join(f"{i}\t{c}\t{s}\n" for i, c, s in rows)
     atomic_write(out / "classes.tsv", lambda tmp: tmp.write_text(text))
@@ -206,6 +223,8 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_classes(out, rows)
+    data["digest"] = data_digest(data)                          # what a run trained on it records
+    data["settings"] = training_data_settings({"train_images": train_images, **options})
     path = out / "data.pt"
     atomic_torch_save(data, path)
     return path

@@ -6,6 +6,7 @@ memory (:class:`TensorSource`) or image files decoded in DataLoader workers
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +17,7 @@ from ..runtime.atomic import torch_load
 from .folders import decode_image, decode_views
 
 __all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
-           "loader_workers", "load_prepared"]
+           "loader_workers", "load_prepared", "data_digest", "split_digest"]
 
 
 # ------------------------------------------------------------------ sources
@@ -212,3 +213,48 @@ def load_prepared(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is not a prepared dataset (data.pt); delete it and build it again "
                          f"(snakemake {path})")
     return data
+
+
+# ------------------------------------------------------------------ identity
+
+#: what :func:`split_digest` hashes of each split: the images (or, streamed,
+#: the image files' names) and the labels, in their order
+_SPLIT_KEYS = {"train": ("train_images", "train_files", "train_labels", "unlabeled_images"),
+               "test": ("test_images", "test_files", "test_labels")}
+
+
+def _feed(h, key: str, value) -> None:
+    h.update(key.encode() + b"\0")
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        h.update(repr(value).encode())
+    h.update(b"\0")
+
+
+def split_digest(data: dict, split: str) -> str:
+    """The identity of one split of a prepared dataset: a SHA-256 (16 hex
+    digits) of its images, their labels and their order, with the dataset's
+    name, storage and classes.  A streamed split is hashed by its image
+    files' names (relative to the root), not their pixels: reading every
+    file of an ImageNet-sized folder would cost as much as an epoch."""
+    h = hashlib.sha256()
+    for key in ("dataset", "storage", "classes", "image_size"):
+        _feed(h, key, data.get(key))
+    for key in _SPLIT_KEYS[split]:
+        if key in data:
+            _feed(h, key, data[key])
+    return h.hexdigest()[:16]
+
+
+def data_digest(data: dict) -> dict[str, str]:
+    """``{"train": ..., "test": ...}``: the :func:`split_digest` of both splits,
+    recorded in ``data.pt`` when it is written (computed here for one written
+    before).  A run records its training split's, and is resumed, evaluated
+    and analysed only on data with the same digests."""
+    recorded = data.get("digest")
+    if isinstance(recorded, dict) and set(recorded) == {"train", "test"}:
+        return dict(recorded)
+    return {split: split_digest(data, split) for split in ("train", "test")}

@@ -35,21 +35,26 @@ from ..runtime import distributed
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RunLock
+from ..runtime.versions import versions
 from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
 from .settings import (PretrainSettings, cosine_lr, data_identity, epoch_seed, meta_differences, seeded_encoder,
                        view_crop_draws)
+from .identity import keep_finished, restore_finished
 from .step import train_step
 
 __all__ = ["pretrain", "init_checkpoint"]
 
 
 def _meta(data: dict, method: str, policy: str | None, temperature: float | None, seed: int,
-          settings: PretrainSettings, epochs: int, uses_labels: bool) -> dict:
+          settings: PretrainSettings, epochs: int, uses_labels: bool, device_type: str) -> dict:
+    """What a checkpoint records of its run: what it is (its identity, compared
+    on resume and by the workflow before it plans the run) and what made it
+    (the software's versions, recorded only)."""
     return {
         "dataset": data["dataset"], "method": method, "policy": policy, "temperature": temperature,
         "seed": seed, "uses_labels": uses_labels, "epochs": epochs, "settings": asdict(settings),
-        **data_identity(data),
+        "device_type": device_type, **data_identity(data), "versions": versions(),
     }
 
 
@@ -65,7 +70,7 @@ def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) 
     enc = seeded_encoder(s, int(open_source(data, "train").shape[0]), seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = _meta(data, method, "random-init", None, seed, s, 0, False)
+    meta = _meta(data, method, "random-init", None, seed, s, 0, False, "cpu")
     path = out / "checkpoint.pt"
     atomic_torch_save({"meta": meta, "encoder": enc.state_dict()}, path)
     return path
@@ -147,6 +152,10 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)                              # a missing or damaged file, named
     _check_fits(method, s, open_train_source(data).num_images)
+    device_type = gpus.resolve_device(s.device).type
+    if restore_finished(Path(out_dir), _meta(data, method, pol.name, temperature, seed, s, s.epochs,
+                                              pol.uses_labels, device_type), log):
+        return Path(out_dir) / "checkpoint.pt"
     if handover:                                                 # in a SLURM job: srun starts every process
         command = launch_plan.srun_command(s.processes, s.nodes, s.threads, launch_plan.pretrain_command(
             data_path, method, policy, temperature, seed, settings, out_dir))
@@ -196,7 +205,7 @@ def _check_seed(seed) -> None:
 def _refuse_finished(out: Path) -> None:
     final = out / "checkpoint.pt"
     if final.exists():
-        raise FileExistsError(f"{final} exists: the run is finished; delete it to train again")
+        raise FileExistsError(f"{final} exists: the run is finished; delete {out} to train it again")
 
 
 def _checked(method: str, policy: str, temperature: float, settings: dict):
@@ -219,8 +228,9 @@ def _resume(last: Path, meta: dict, model, opt, device, log, processes: int = 1)
     state, path = found
     changed = meta_differences(state["meta"], meta)
     if changed:
-        raise ValueError(f"{path} belongs to a different configuration ({'; '.join(changed)}); set it back, "
-                         "or move the checkpoint away to start afresh")
+        raise ValueError(f"{path} is an interrupted run of other settings or data ({'; '.join(changed)}): it is "
+                         f"not resumed; set them back to resume it, or delete {path.parent / 'last*.pt'} to "
+                         "start this run afresh")
     saved_by = state.get("processes", 1)
     if state["step_in_epoch"] and saved_by != processes:
         raise ValueError(f"{path} was saved mid-epoch by {saved_by} process(es); resume it with pretrain.processes "
@@ -266,7 +276,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         model.distribute(lambda m: distributed.data_parallel(m, device))
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
-    meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels)
+    meta = _meta(data, method, pol.name, temperature, seed, s, s.epochs, pol.uses_labels, device.type)
 
     last = out / "last.pt"
     # room for last.pt, last.prev.pt and checkpoint.pt (model, optimiser state), known before the first step
@@ -362,6 +372,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
         speed = sorted(r["images_per_s"] for r in log_rows)[len(log_rows) // 2] if log_rows else None
         atomic_torch_save({"meta": {**meta, "train_images_per_s": speed}, "encoder": model.encoder_q.state_dict(),
                            "model": model.state_dict(), "log": log_rows}, final)
+        keep_finished(out)
         last.unlink(missing_ok=True)
         previous_path(last).unlink(missing_ok=True)
     distributed.barrier()  # nobody ends before the checkpoint is written (srun stops a step's other tasks then)

@@ -12,20 +12,29 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config import check_pretrain_sizes, check_section
-from ..defaults import schema_defaults, speed_only
+from ..defaults import log_only, schema_defaults, speed_only
 from ..data.augment import crop_draws
-from ..data.sources import open_source
+from ..data.sources import data_digest, open_source
 from ..models import build_encoder
 from ..runtime.atomic import torch_load
 
-__all__ = ["SPEED_ONLY", "DATA_IDENTITY", "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "view_crop_draws", "cosine_lr", "seeded_encoder", "load_encoder"]
+__all__ = ["SPEED_ONLY", "LOG_ONLY", "OUTSIDE_IDENTITY", "ARCHITECTURE", "DATA_IDENTITY", "run_identity",
+           "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "view_crop_draws", "cosine_lr", "seeded_encoder", "load_encoder"]
 
 
 #: settings that change how fast a run trains, never what it computes: a resume
 #: may change them, and the workflow never retrains a finished run for them
 SPEED_ONLY = speed_only("pretrain")
+#: settings that change the training log (the kNN monitor), never the weights
+LOG_ONLY = log_only("pretrain")
+#: the ``pretrain`` keys that are no part of a run's identity: the speed-only
+#: and log-only ones, and ``device``, which is compared as the device type the
+#: run resolved it to (``auto`` finds the same GPU or CPU again)
+OUTSIDE_IDENTITY = (*SPEED_ONLY, *LOG_ONLY, "device")
+#: the settings an untrained (random-init) encoder depends on
+ARCHITECTURE = ("backbone", "width", "small_stem", "dim", "hidden_dim", "bn_splits")
 #: the keys of :func:`data_identity`
-DATA_IDENTITY = ("in_channels", "image_size", "num_classes")
+DATA_IDENTITY = ("in_channels", "image_size", "num_classes", "train_images", "data_digest", "data_settings")
 
 #: the schema's defaults of the ``pretrain`` section, the only place they are written
 _DEFAULTS = schema_defaults("pretrain")
@@ -79,18 +88,43 @@ class PretrainSettings:
         return settings
 
 
+def run_identity(settings: dict, untrained: bool = False) -> dict:
+    """The settings that make a run's weights what they are: every ``pretrain``
+    key but :data:`OUTSIDE_IDENTITY` (only :data:`ARCHITECTURE` for an
+    untrained encoder).  Two runs of one dataset, method, policy, temperature
+    and seed with equal identities train the same weights; a change of any
+    other key never retrains a finished run.
+
+    >>> sorted(run_identity({"lr": 0.1, "threads": 8, "knn_monitor": 0, "device": "auto"}))
+    ['lr']
+    """
+    if untrained:
+        return {k: v for k, v in settings.items() if k in ARCHITECTURE}
+    return {k: v for k, v in settings.items() if k not in OUTSIDE_IDENTITY}
+
+
 def meta_differences(saved: dict, now: dict) -> list[str]:
     """What differs between the meta of a saved checkpoint and of the run now,
-    as ``key: saved -> now`` (``pretrain.KEY`` for a setting); speed-only
-    settings (:data:`SPEED_ONLY`) are not differences."""
+    as ``key: saved -> now`` (``pretrain.KEY`` for a setting): the run's
+    identity (:func:`run_identity`), the device type it resolved to and the
+    data it trains on (:func:`data_identity`; a key a checkpoint does not
+    record is not compared).  The versions of the software are recorded,
+    not compared."""
     out = []
     for key in sorted(set(saved) | set(now)):
-        if key in DATA_IDENTITY and key not in saved:  # not recorded there: the dataset name ties the data
+        if key in (*DATA_IDENTITY, "device_type") and key not in saved:  # written before it was recorded
+            continue
+        if key in ("versions", "train_images_per_s"):
             continue
         a, b = saved.get(key), now.get(key)
         if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = run_identity(a), run_identity(b)
             out += [f"pretrain.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                    if k not in SPEED_ONLY and a.get(k) != b.get(k)]
+                    if a.get(k) != b.get(k)]
+        elif key == "data_digest" and a != b:
+            out.append(f"the training images (their pixels, labels or order; digest {a} -> {b})")
+        elif key == "device_type" and a != b:
+            out.append(f"the device: {a} -> {b} (pretrain.device)")
         elif a != b:
             out.append(f"{key}: {a!r} -> {b!r}")
     return out
@@ -153,18 +187,32 @@ def load_encoder(path: str | os.PathLike):
 
 def data_identity(data: dict) -> dict:
     """What a checkpoint records of the prepared data it was trained on, and
-    :func:`check_matches` compares: image channels, size and class count."""
-    c, h, w = open_source(data, "train").shape
-    return {"in_channels": int(c), "image_size": [int(h), int(w)], "num_classes": len(data["classes"])}
+    :func:`check_matches` compares: image channels, size, class count, the
+    number of training images and the digest of the training split
+    (:func:`negatives.data.sources.data_digest`: which images, their order
+    and content)."""
+    source = open_source(data, "train")
+    c, h, w = source.shape
+    return {"in_channels": int(c), "image_size": [int(h), int(w)], "num_classes": len(data["classes"]),
+            "train_images": int(source.num_images), "data_digest": data_digest(data)["train"],
+            **({"data_settings": data["settings"]} if isinstance(data.get("settings"), dict) else {})}
 
 
 def check_matches(meta: dict, data: dict, checkpoint_path, data_path) -> None:
-    """A checkpoint is read on the dataset it was trained on: the same name,
-    image channels, image size and classes (a :class:`ValueError` naming both
-    files otherwise; a checkpoint that does not record one is not compared on it)."""
+    """A checkpoint is read on the data it was trained on: the same dataset,
+    image channels, image size, classes and training images (a
+    :class:`ValueError` naming both files otherwise; a checkpoint that does
+    not record one is not compared on it)."""
     now = {"dataset": data.get("dataset"), **data_identity(data)}
     differ = [f"{k} {meta.get(k)!r} there, {v!r} here" for k, v in now.items() if k in meta and meta[k] != v]
-    if differ or "dataset" not in meta:
-        raise ValueError(f"{checkpoint_path} was trained on {meta.get('dataset')!r} ({meta.get('in_channels')} "
-                         f"channels), but {data_path} holds {data.get('dataset')!r} ({now['in_channels']} channels): "
-                         f"{'; '.join(differ) or 'no dataset recorded'}; give the checkpoint its own dataset's data.pt")
+    if "dataset" not in meta:
+        differ.append("no dataset recorded")
+    if not differ:
+        return
+    if meta.get("dataset") == data.get("dataset") and meta.get("in_channels") == now["in_channels"]:
+        raise ValueError(f"{checkpoint_path} was trained on other {data.get('dataset')!r} images than {data_path} "
+                         f"holds ({'; '.join(differ)}): the data was prepared again with other settings or "
+                         "files since; evaluate it on the data.pt it was trained on, or train the run again")
+    raise ValueError(f"{checkpoint_path} was trained on {meta.get('dataset')!r} ({meta.get('in_channels')} "
+                     f"channels), but {data_path} holds {data.get('dataset')!r} ({now['in_channels']} channels): "
+                     f"{'; '.join(differ)}; give the checkpoint its own dataset's data.pt")
