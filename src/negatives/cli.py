@@ -38,8 +38,9 @@ def cmd_prepare(a) -> None:
 
 
 def _with_threads(a) -> dict:
-    """``--settings`` with ``--threads`` and ``--compile`` (how the workflow
-    passes the speed-only settings, which its jobs' params leave out) applied."""
+    """``--settings`` with ``--threads``, ``--compile``, ``--processes`` and
+    ``--nodes`` applied (the workflow passes evaluate.threads, speed only, so;
+    a pretraining job's come in ``--settings``, being part of the run)."""
     compile_ = getattr(a, "compile", None)
     speed = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_),
              "processes": getattr(a, "processes", None), "nodes": getattr(a, "nodes", None)}
@@ -113,13 +114,13 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, required=True)
         q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
         q.add_argument("--threads", type=int, help="torch threads of the run, shared by its processes "
-                                                    "(pretrain.threads; speed only)")
+                                                    "(pretrain.threads; part of the run)")
         if name == "pretrain":
             q.add_argument("--processes", type=int, help="processes that train the run together, one per GPU "
-                                                         "(pretrain.processes, on each machine; speed only)")
-            q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; speed only)")
+                                                         "(pretrain.processes, on each machine; part of the run)")
+            q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; part of the run)")
             q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
-                                                                       "(pretrain.compile; speed only)")
+                                                                       "(pretrain.compile; part of the run)")
         if name == "pretrain":
             _jobs_per_gpu(q)
         q.add_argument("--out", required=True, help="run directory")

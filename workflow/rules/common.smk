@@ -15,22 +15,26 @@ SEED = r"\d+"
 TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 
 
-# Settings that change how fast a job runs, not its results (marked
-# speed_only in the schema), must not make Snakemake retrain finished runs
-# (it reruns a job whose params or command template changed): they are left
-# out of the params and reach the jobs as the rule's threads (`--threads
-# {threads}`) and resources (`--compile {resources.compile}`), which
-# Snakemake never compares
+# Settings that change how fast a job runs, not its results bit for bit
+# (marked speed_only in the schema: evaluate.threads, jobs_per_gpu), must
+# not make Snakemake retrain finished runs (it reruns a job whose params
+# changed): they are left out of the params and reach the jobs as the rule's
+# threads (`--threads {threads}`) and resources (`--jobs-per-gpu
+# {resources.jobs_per_gpu}`), which Snakemake never compares
 SPEED_ONLY = {section: speed_only(section) for section in ("pretrain", "evaluate")}
 
 
-def _results_only(section):
-    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ())}
+# how a run trains, not how its untrained encoder is drawn (random_init leaves them out)
+HOW_A_RUN_TRAINS = ("threads", "processes", "nodes", "compile")
 
 
-def settings(section):
-    """The JSON the library gets as --settings: one config section."""
-    return json.dumps(_results_only(section), sort_keys=True)
+def _results_only(section, leave_out=()):
+    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ()) + tuple(leave_out)}
+
+
+def settings(section, leave_out=()):
+    """The JSON the library gets as --settings: one config section (less ``leave_out``)."""
+    return json.dumps(_results_only(section, leave_out), sort_keys=True)
 
 
 def config_json():

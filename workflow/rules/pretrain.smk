@@ -11,20 +11,18 @@ rule pretrain:
     resources:
         mem_mb=per_attempt(8000 * config["pretrain"]["processes"]),  # each process holds the data
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
-        compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY), as the others:
-        processes=config["pretrain"]["processes"],
-        run_nodes=config["pretrain"]["nodes"],
-        jobs_per_gpu=config["jobs_per_gpu"],
+        jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/pretrain.log",
     conda:
         "../../envs/negatives.yaml"
+    # threads, processes, nodes and compile are part of the run: they come in
+    # --settings, not as flags (Snakemake lowers {threads} to --cores)
     shell:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --threads {threads} --compile {resources.compile}"
-        " --processes {resources.processes} --nodes {resources.run_nodes} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --settings {params.settings:q} --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -35,7 +33,7 @@ rule random_init:
     output:
         checkpoint=f"{R}/{{dataset}}/{{method}}/random-init/seed{{seed}}/checkpoint.pt",
     params:
-        settings=settings("pretrain"),
+        settings=settings("pretrain", leave_out=HOW_A_RUN_TRAINS),  # they draw no weight
         out=subpath(output.checkpoint, parent=True),
     threads: 1
     resources:
