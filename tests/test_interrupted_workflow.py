@@ -82,10 +82,11 @@ def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
 
 
 def test_changing_speed_only_settings_over_finished_runs_retrains_nothing(tmp_path):
-    """``threads`` and ``compile`` are speed only: changed for training and
-    evaluation after a run and its probe finished, ``snakemake -n`` has
-    nothing to do; a setting
-    that changes results (epochs) plans the run again."""
+    """``evaluate.threads`` and ``jobs_per_gpu`` are speed only: changed after
+    a run and its probe finished, ``snakemake -n`` has nothing to do; a
+    setting that changes results (epochs), or a run's last bits
+    (pretrain.threads, pretrain.compile), is refused, naming it: it would
+    replace the finished run."""
     cfg = tiny_config(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -94,13 +95,13 @@ def test_changing_speed_only_settings_over_finished_runs_retrains_nothing(tmp_pa
            "--cores", "1", target]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for section in ("pretrain", "evaluate"):
-        cfg[section]["threads"] = 2
-    cfg["pretrain"]["compile"] = True
+    cfg["evaluate"]["threads"] = 2
+    cfg["jobs_per_gpu"] = 3
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     plan = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
     assert plan.returncode == 0 and "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout + plan.stderr
-    cfg["pretrain"]["epochs"] = 2
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    plan = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
-    assert re.search(r"pretrain\s+1", plan.stdout + plan.stderr), plan.stdout + plan.stderr
+    for key, value in (("epochs", 2), ("threads", 2), ("compile", True)):  # refused: it would replace the run
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "pretrain": {**cfg["pretrain"], key: value}}))
+        plan = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
+        said = plan.stdout + plan.stderr
+        assert plan.returncode != 0 and f"pretrain.{key} " in said and "never replaces a finished run" in said, said

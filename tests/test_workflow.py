@@ -258,23 +258,32 @@ def test_lint_is_clean(workdir):
 
 
 def test_speed_only_settings_stay_out_of_the_jobs_params(workdir):
-    """``pretrain.compile``, ``pretrain.processes``, ``threads`` and
-    ``jobs_per_gpu`` (speed only) must not change the --settings of finished
-    runs (Snakemake would retrain them); they reach the job as flags."""
-    commands = {}
+    """``evaluate.threads`` and ``jobs_per_gpu`` (speed only) must not change
+    the --settings of finished jobs (Snakemake would redo them); they reach
+    the job as flags.  ``pretrain``'s threads, processes, nodes and compile
+    change a run's last bits: they are in its --settings, not flags (which
+    Snakemake's --cores could lower), and out of random-init's, whose
+    encoder they do not change."""
+    lines = {}
     for value in (False, True):
         res = snakemake(workdir, "-n", "-p", "--cores", "4", "fig2",
                         config={"pretrain": {"compile": value, "threads": 1 + value, "processes": 1 + value},
-                                "jobs_per_gpu": 1 if value else 3})
+                                "evaluate": {"threads": 1 + value}, "jobs_per_gpu": 1 if value else 3})
         out = res.stdout + res.stderr
         assert res.returncode == 0, out
-        commands[value] = [line for line in out.splitlines() if "python -m negatives pretrain" in line]
-        flags = (f"--threads {1 + value} --compile {int(value)} --processes {1 + value} --nodes 1 "
-                 f"--jobs-per-gpu {1 if value else 3} --out")
-        assert commands[value] and all(flags in line for line in commands[value]), commands[value][0]
-    settings = [[re.search(r"--settings '(\{.*?\})'", line)[1] for line in commands[v]] for v in (False, True)]
-    assert settings[0] == settings[1] and '"epochs": 4' in settings[0][0]
-    assert all(f'"{key}"' not in s for s in settings[0] for key in ("compile", "threads", "processes", "nodes"))
+        lines[value] = {rule: [line for line in out.splitlines() if f"python -m negatives {rule} " in line]
+                        for rule in ("pretrain", "init", "evaluate")}
+        assert all(lines[value].values()), out[-3000:]
+        assert all(f"--jobs-per-gpu {1 if value else 3} --out" in line for line in lines[value]["pretrain"])
+        assert all(f"--threads {1 + value} --jobs-per-gpu" in line for line in lines[value]["evaluate"])
+        assert not any("--threads" in line or "--compile" in line for line in lines[value]["pretrain"])
+    settings = {rule: [[re.search(r"--settings '(\{.*?\})'", line)[1] for line in lines[v][rule]] for v in (False, True)]
+                for rule in ("pretrain", "init", "evaluate")}
+    assert settings["init"][0] == settings["init"][1] and settings["evaluate"][0] == settings["evaluate"][1]
+    assert all('"threads"' not in s for s in settings["evaluate"][0] + settings["init"][0])
+    for value in (False, True):
+        assert all(f'"compile": {str(value).lower()}' in s and f'"threads": {1 + value}' in s
+                   and f'"processes": {1 + value}' in s and '"nodes": 1' in s for s in settings["pretrain"][value])
 
 
 def test_config_file_traps_are_named_or_read_right(workdir):

@@ -115,13 +115,13 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, required=True)
         q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
         q.add_argument("--threads", type=int, help="torch threads of the run, shared by its processes "
-                                                    "(pretrain.threads; speed only)")
+                                                    "(pretrain.threads; part of the run)")
         if name == "pretrain":
             q.add_argument("--processes", type=int, help="processes that train the run together, one per GPU "
-                                                         "(pretrain.processes, on each machine; speed only)")
-            q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; speed only)")
+                                                         "(pretrain.processes, on each machine; part of the run)")
+            q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; part of the run)")
             q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
-                                                                       "(pretrain.compile; speed only)")
+                                                                       "(pretrain.compile; part of the run)")
             q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="pretrain.device")
             q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
             q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")

@@ -6,7 +6,8 @@ from here, so a run started by hand gets the same values as one the workflow
 starts.
 
 A key marked ``speed_only: true`` in the schema changes how fast a job runs,
-not what it computes: a finished run is never redone when it changes.
+not what it computes, bit for bit (tests/test_speed_only.py shows it for each
+one): a finished run is never redone when it changes.
 :func:`check_partial` checks the part of a config an entry point was given
 by hand against the same schema, as Snakemake's validation checks the whole."""
 
@@ -66,8 +67,10 @@ def speed_only(section: str | None = None) -> tuple[str, ...]:
     """The keys of a config section (``None``: the top level) marked
     ``speed_only`` in the schema.
 
+    >>> speed_only("evaluate")
+    ('threads',)
     >>> speed_only("pretrain")
-    ('threads', 'processes', 'nodes', 'compile')
+    ()
     >>> speed_only()
     ('jobs_per_gpu',)
     """

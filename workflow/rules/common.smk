@@ -18,21 +18,27 @@ TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 
 # A run's identity is what changes its weights (negatives.training.identity):
 # Snakemake reruns a job whose params changed, so a pretraining job's params
-# hold its identity and nothing else. The speed-only settings reach the jobs
-# as the rule's threads (`--threads {threads}`) and the others outside the
-# identity as resources (`--compile {resources.compile}`, `--device ...`),
-# which Snakemake never compares; the untrained encoder's params hold only
-# the architecture. Every other section leaves out its speed-only keys.
+# hold its identity and nothing else; the settings outside it (log only, and
+# device, compared as the device type it resolves to) reach the job as
+# resources (`--device {resources.device}`, ...), which Snakemake never
+# compares, and the untrained encoder's params hold only the architecture.
+# Every other section leaves out its speed-only keys (bit-identical:
+# evaluate.threads, jobs_per_gpu), passed as `--threads {threads}` and
+# `--jobs-per-gpu {resources.jobs_per_gpu}`.
 SPEED_ONLY = {section: speed_only(section) for section in ("pretrain", "evaluate")}
 
 
-def _results_only(section):
-    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ())}
+# how a run trains, not how its untrained encoder is drawn (random_init leaves them out)
+HOW_A_RUN_TRAINS = ("threads", "processes", "nodes", "compile")
 
 
-def settings(section):
-    """The JSON the library gets as --settings: one config section."""
-    return json.dumps(_results_only(section), sort_keys=True)
+def _results_only(section, leave_out=()):
+    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ()) + tuple(leave_out)}
+
+
+def settings(section, leave_out=()):
+    """The JSON the library gets as --settings: one config section (less ``leave_out``)."""
+    return json.dumps(_results_only(section, leave_out), sort_keys=True)
 
 
 def identity(untrained=False):

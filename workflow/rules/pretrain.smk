@@ -15,25 +15,22 @@ rule pretrain:
     resources:
         mem_mb=per_attempt(8000 * config["pretrain"]["processes"]),  # each process holds the data
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
-        compile=int(config["pretrain"]["compile"]),  # speed only (see SPEED_ONLY), as the others:
         device=config["pretrain"]["device"],  # outside the identity: compared as the device type it resolves to
         knn_monitor=config["pretrain"]["knn_monitor"],  # log only
         knn_monitor_every=config["pretrain"]["knn_monitor_every"],
-        processes=config["pretrain"]["processes"],
-        run_nodes=config["pretrain"]["nodes"],
-        jobs_per_gpu=config["jobs_per_gpu"],
+        jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
         "logs/{dataset}/{method}/{policy}/t{temperature}/seed{seed}/pretrain.log",
     conda:
         "../../envs/negatives.yaml"
+    # threads, processes, nodes and compile are part of the run: they come in
+    # --settings, not as flags (Snakemake lowers {threads} to --cores)
     shell:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --threads {threads} --compile {resources.compile}"
-        " --device {resources.device} --knn-monitor {resources.knn_monitor}"
-        " --knn-monitor-every {resources.knn_monitor_every}"
-        " --processes {resources.processes} --nodes {resources.run_nodes} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --settings {params.settings:q} --device {resources.device} --knn-monitor {resources.knn_monitor}"
+        " --knn-monitor-every {resources.knn_monitor_every} --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 

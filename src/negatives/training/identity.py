@@ -2,8 +2,8 @@
 
 The rule: a run is its dataset, method, policy, temperature and seed (its
 folder) and the settings that change its weights (:func:`run_identity`:
-every ``pretrain`` key but the speed-only and log-only ones and ``device``,
-which counts as the device type it resolved to), on the training images it
+every ``pretrain`` key but the log-only ones and ``device``, which counts as
+the device type it resolved to), on the training images it
 recorded (:func:`negatives.data.sources.data_digest`).  An edit of any other
 key never retrains it: the workflow leaves those keys out of what Snakemake
 compares; and when Snakemake deletes a finished run's outputs to run it

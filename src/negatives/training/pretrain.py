@@ -5,7 +5,9 @@ non-finite loss.
 Determinism: the model is initialised from ``seed``; every epoch reseeds the
 global generator (used by the batched augmentation) and the data order from
 ``(seed, epoch)``, so a run resumed from the checkpoint of epoch ``e`` does
-exactly what the uninterrupted run did from epoch ``e`` on (on CPU).
+exactly what the uninterrupted run did from epoch ``e`` on (on CPU), bit for
+bit, given the same ``threads``, ``processes``, ``nodes`` and ``compile``:
+each of those changes the last bits, so they are part of the run.
 """
 
 from __future__ import annotations
@@ -217,11 +219,12 @@ def _checked(method: str, policy: str, temperature: float, settings: dict):
     return s, check_run(method, policy, asdict(s))
 
 
-def _resume(last: Path, meta: dict, model, opt, device, log, processes: int = 1) -> dict | None:
+def _resume(last: Path, meta: dict, model, opt, device, log) -> dict | None:
     """Load the newest complete checkpoint into ``model`` and ``opt``; the
     training position it records, or ``None`` when there is none.  A resume
-    mid-epoch must use the processes that saved it (at an epoch boundary
-    their number may change)."""
+    that would change a setting other than a speed-only one is refused
+    (threads, processes, nodes and compile included: each changes the last
+    bits of the weights)."""
     found = load_latest(last, map_location=device, log=log)
     if found is None:
         return None
@@ -231,10 +234,6 @@ def _resume(last: Path, meta: dict, model, opt, device, log, processes: int = 1)
         raise ValueError(f"{path} is an interrupted run of other settings or data ({'; '.join(changed)}): it is "
                          f"not resumed; set them back to resume it, or delete {path.parent / 'last*.pt'} to "
                          "start this run afresh")
-    saved_by = state.get("processes", 1)
-    if state["step_in_epoch"] and saved_by != processes:
-        raise ValueError(f"{path} was saved mid-epoch by {saved_by} process(es); resume it with pretrain.processes "
-                         f"{saved_by} (this run has {processes}), or move it away to start afresh")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     log(f"resuming from {path} at epoch {state['epoch']} step {state['step_in_epoch']}")
@@ -282,7 +281,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     # room for last.pt, last.prev.pt and checkpoint.pt (model, optimiser state), known before the first step
     check_writable(final, need_bytes=3 * (_tensor_bytes(model.state_dict().values())
                                           + _tensor_bytes(model.encoder_q.parameters())))
-    resumed = _resume(last, meta, model, opt, device, log, world)
+    resumed = _resume(last, meta, model, opt, device, log)
     start_epoch, start_i, log_rows = ((resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed
                                       else (0, 0, []))
 

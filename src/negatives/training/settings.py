@@ -22,8 +22,10 @@ __all__ = ["SPEED_ONLY", "LOG_ONLY", "OUTSIDE_IDENTITY", "ARCHITECTURE", "DATA_I
            "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "view_crop_draws", "cosine_lr", "seeded_encoder", "load_encoder"]
 
 
-#: settings that change how fast a run trains, never what it computes: a resume
-#: may change them, and the workflow never retrains a finished run for them
+#: settings that change how fast a run trains, never what it computes (bit for
+#: bit): a resume may change them, and the workflow never retrains a finished
+#: run for them.  None at present: threads, processes, nodes and compile each
+#: change the last bits of the weights, so they are part of the run
 SPEED_ONLY = speed_only("pretrain")
 #: settings that change the training log (the kNN monitor), never the weights
 LOG_ONLY = log_only("pretrain")
