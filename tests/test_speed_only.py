@@ -197,7 +197,7 @@ def _kill_after_epoch_1(message: str) -> None:
 def test_a_resume_with_other_threads_or_compile_is_refused_naming_the_key(tmp_path, data_path, key, value):
     with pytest.raises(Killed):
         pretrain(data_path, "moco", POLICY, 0.2, 0, SETTINGS, tmp_path, log=_kill_after_epoch_1)
-    with pytest.raises(ValueError, match=rf"different configuration \(pretrain\.{key}: {SETTINGS.get(key, False)!r} "
+    with pytest.raises(ValueError, match=rf"interrupted run of other settings or data \(pretrain\.{key}: {SETTINGS.get(key, False)!r} "
                                          rf"-> {value!r}\)"):
         pretrain(data_path, "moco", POLICY, 0.2, 0, {**SETTINGS, key: value}, tmp_path, log=lambda m: None)
     assert not (tmp_path / "checkpoint.pt").exists()

@@ -97,7 +97,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, data_pat
         pretrain(data_path, "moco", "all", 0.1, 0, SETTINGS, tmp_path, log=lambda m: None)
     with pytest.raises(ValueError, match=r"interrupted run of other settings or data \(pretrain.lr: 0.06 -> 0.1\)"):
         pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "lr": 0.1}, tmp_path, log=lambda m: None)
-    with pytest.raises(ValueError, match=r"different configuration \(pretrain.threads: 1 -> 2\)"):
+    with pytest.raises(ValueError, match=r"interrupted run of other settings or data \(pretrain.threads: 1 -> 2\)"):
         pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "threads": 2}, tmp_path, log=lambda m: None)
     pretrain(data_path, "moco", "all", 0.2, 0, SETTINGS, tmp_path, log=lambda m: None)   # set back: the run goes on
     assert (tmp_path / "checkpoint.pt").exists()

@@ -1,6 +1,7 @@
 # Helpers shared by the rules. Which runs a figure needs is decided in one
 # place, negatives.grid; the rules only turn its answers into file names.
 import json
+import os
 
 from negatives import grid
 from negatives.defaults import speed_only
@@ -62,6 +63,14 @@ def dataset_option(key):
 # (snakemake --resources gpu=N caps them; negatives.runtime.gpus gives each its own GPU,
 # or, with jobs_per_gpu K, one of the K slots of a GPU: then --resources gpu=GPUs x K)
 GPUS = 1 if config["pretrain"]["device"] == "cuda" else 0
+
+
+def may_stream(dataset):
+    """Whether storage auto may choose to stream this dataset (image folders only)."""
+    from negatives.data.datasets import dataset_spec
+
+    entry = config["datasets"][dataset]
+    return entry.get("storage", "auto") == "auto" and dataset_spec(dataset).is_folder
 
 
 def per_attempt(base):

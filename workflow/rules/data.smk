@@ -1,15 +1,5 @@
-import os
-
 # keys of datasets.NAME that prepare takes as its own arguments; the rest go to --settings
 PREPARE_ARGUMENTS = ("root", "download", "train_images", "test_images")
-
-
-def may_stream(dataset):
-    """Whether storage auto may choose to stream this dataset (image folders only)."""
-    from negatives.data.datasets import dataset_spec
-
-    entry = config["datasets"][dataset]
-    return entry.get("storage", "auto") == "auto" and dataset_spec(dataset).is_folder
 
 
 rule prepare:

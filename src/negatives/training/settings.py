@@ -98,7 +98,7 @@ def run_identity(settings: dict, untrained: bool = False) -> dict:
     other key never retrains a finished run.
 
     >>> sorted(run_identity({"lr": 0.1, "threads": 8, "knn_monitor": 0, "device": "auto"}))
-    ['lr']
+    ['lr', 'threads']
     """
     if untrained:
         return {k: v for k, v in settings.items() if k in ARCHITECTURE}
