@@ -26,7 +26,7 @@ from negatives.runtime.locks import RankLock, RunLock, RunLocked
 from conftest import ROOT, written
 from test_distributed import RUN, _workers
 
-SETTINGS = {**RUN, "epochs": 12, "processes": 2}
+SETTINGS = {**RUN, "epochs": 20, "processes": 2}      # epochs to spare after the first: it is stopped then
 
 #: every write of a file named checkpoint.pt by any process (workers included), one pid a line
 HOOK = """
@@ -135,7 +135,7 @@ def test_ranks_started_by_torchrun_are_all_refused_when_rank_0_is(tmp_path, data
     other ranks take theirs; they learn its answer, so none trains and
     none waits for the others."""
     run = tmp_path / "run"
-    holder = _hold("run", run)
+    holder, procs = _hold("run", run), []
     try:
         before = _snapshot(run)
         env = {k: v for k, v in _env(tmp_path).items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))}
@@ -150,8 +150,9 @@ def test_ranks_started_by_torchrun_are_all_refused_when_rank_0_is(tmp_path, data
         assert len(said[1]) == 1 and "rank 0 of this run was refused it" in said[1][0], said
         assert _snapshot(run) == before
     finally:
-        holder.kill()
-        holder.wait()
+        for proc in (holder, *procs):                   # a rank left waiting for the other, were it to wait
+            proc.kill()
+            proc.wait()
 
 
 #: a launcher (holding the run's lock) whose two workers wait for a stop, as trainers do, and say which they got
