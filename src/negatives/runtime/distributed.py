@@ -272,24 +272,40 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def _spawned(index: int, world: int, port: int, backend: str, fn, args) -> None:
-    init_launched(Launch(index, world, index, "127.0.0.1", port, "spawn"), backend)
-    try:
-        fn(*args)
-    finally:
-        destroy()
+def _spawned(index: int, world: int, port: int, backend: str, fn, args, parent: int, lock_dir) -> None:
+    import contextlib
+    import sys
+
+    from .locks import RankLock, die_with_parent
+
+    # the run's lock of this worker, then the launcher's death as a SIGTERM (a preemption): a launcher
+    # killed with SIGKILL stops its workers, and the run stays locked until the last of them has exited
+    with RankLock(lock_dir, index) if lock_dir is not None else contextlib.nullcontext():
+        if not die_with_parent(parent):          # it died before it could be asked for
+            print(f"training process {index} of {world}: the process that started it (pid {parent}) is gone; "
+                  "stopping", file=sys.stderr)
+            raise SystemExit(1)
+        init_launched(Launch(index, world, index, "127.0.0.1", port, "spawn"), backend)
+        try:
+            fn(*args)
+        finally:
+            destroy()
 
 
-def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None) -> None:
+def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None, lock_dir=None) -> None:
     """Run ``fn(*args)`` in ``processes`` new processes on this machine that
     form one process group (``backend``: gloo on CPU, nccl on GPUs).
 
     SIGTERM and SIGUSR1 sent to this process are passed on to the workers
     (they stop at the same step).  When a worker dies, the others are
-    stopped, so nobody waits in a collective.  A worker's exit status comes
-    back as ``SystemExit`` of that status when it is in ``exit_codes``
-    (the trainer's 75, a requeue); any other failure is a ``RuntimeError``
-    naming the worker, with its traceback."""
+    stopped, so nobody waits in a collective.  When this process dies, however
+    it dies (SIGKILL too), each worker gets SIGTERM (Linux's parent-death
+    signal): they stop as on a preemption.  ``lock_dir``: each worker holds
+    :class:`.locks.RankLock` of that run folder while it lives, so the run
+    stays locked after this process is gone and until they are.  A worker's
+    exit status comes back as ``SystemExit`` of that status when it is in
+    ``exit_codes`` (the trainer's 75, a requeue); any other failure is a
+    ``RuntimeError`` naming the worker, with its traceback."""
     import os
     import signal
 
@@ -297,7 +313,8 @@ def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None) -> Non
 
     from .checkpoint import StopSignals
 
-    ctx = mp.start_processes(_spawned, args=(processes, free_port(), backend, fn, args), nprocs=processes,
+    ctx = mp.start_processes(_spawned, args=(processes, free_port(), backend, fn, args, os.getpid(),
+                                            None if lock_dir is None else str(lock_dir)), nprocs=processes,
                              start_method="spawn", join=False)
     forwarded = None
     try:

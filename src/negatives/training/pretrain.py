@@ -36,7 +36,7 @@ from ..runtime import gpus
 from ..runtime import distributed
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
-from ..runtime.locks import RunLock
+from ..runtime.locks import RankLock, RunLock
 from ..runtime.versions import versions
 from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, load_latest, previous_path, rng_state, save_rolling,
                                   set_rng_state)
@@ -164,16 +164,17 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
         log(f"starting the run's {s.world} processes: {shlex.join(command)}")
         sys.stdout.flush()
         os.execvp(command[0], command)
-    if distributed.rank() > 0:                                   # started with the others: rank 0 holds the lock
-        with StopSignals() as stop:
+    if distributed.rank() > 0:                                   # started with the others: rank 0 holds the run's lock
+        with StopSignals() as stop, RankLock(out_dir, distributed.rank()):   # and each other rank one of its own
             return _pretrain(data, method, pol, temperature, seed, s, out_dir, _silent, stop)
-    with StopSignals() as stop, RunLock(out_dir):                # one run, one training
-        _refuse_finished(Path(out_dir))                          # finished while we waited for the lock
+    # one run, one training; a run finished while another process held it is refused too (on every rank)
+    with StopSignals() as stop, RunLock(out_dir, check=lambda: _refuse_finished(Path(out_dir))):
         if s.processes > 1 and not distributed.is_distributed():  # this process starts the others
             backend = "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo"
             del data                                             # each process loads its own
             distributed.spawn(_rank_main, s.processes, (data_path, method, policy, temperature, seed, settings,
-                                                        out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,))
+                                                        out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,),
+                              lock_dir=out_dir)                  # each worker locks the run too: it may outlive us
             return Path(out_dir) / "checkpoint.pt"
         return _pretrain(data, method, pol, temperature, seed, s, out_dir, log, stop)
 
