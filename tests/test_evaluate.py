@@ -18,15 +18,17 @@ QUERY = torch.tensor([[0.8, 0.6]])  # cosines: 0.8 (c0), 0.96 (c1), 0.6 (c1), -0
 
 
 def test_knn_exact_scores_k3():
+    # the vote exp(sim / t), each row divided by exp(top / t): top = 0.96
     s = knn_classify(TRAIN, TRAIN_Y, QUERY, num_classes=2, k=3, temperature=0.1)
-    expected = torch.tensor([[math.exp(8.0), math.exp(9.6) + math.exp(6.0)]])
+    expected = torch.tensor([[math.exp(8.0 - 9.6), 1.0 + math.exp(6.0 - 9.6)]], dtype=torch.float64)
     torch.testing.assert_close(s, expected, rtol=1e-5, atol=0)
 
 
 def test_knn_normalises_features_and_clamps_k():
     # features scaled arbitrarily: cosine, not dot product; k=200 > N=4 -> all four vote
     s = knn_classify(TRAIN * torch.tensor([[3.0], [0.5], [2.0], [7.0]]), TRAIN_Y, QUERY * 5, 3, k=200, temperature=0.1)
-    expected = torch.tensor([[math.exp(8.0) + math.exp(-8.0), math.exp(9.6) + math.exp(6.0), 0.0]])
+    expected = torch.tensor([[math.exp(8.0 - 9.6) + math.exp(-8.0 - 9.6), 1.0 + math.exp(6.0 - 9.6), 0.0]],
+                            dtype=torch.float64)
     torch.testing.assert_close(s, expected, rtol=1e-5, atol=0)
 
 
@@ -134,7 +136,13 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     assert list(written) == ["dataset", "method", "policy", "temperature", "seed", "uses_labels", "epochs",
                              "train_images_per_s",
                              "linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5",
-                             "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5"]
+                             "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5",
+                             "evaluation", "ran_with", "versions"]
+    assert written["evaluation"] == probes.evaluation_record(settings) == {
+        "probe": "fast", "knn_k": 200, "knn_temperature": 0.1, "fewshot_labels_per_class": 2,
+        "fewshot_draws": FEWSHOT_DRAWS}
+    assert written["ran_with"] == {"device": "cpu", "threads": 1}
+    assert set(written["versions"]) == {"negatives", "torch", "torchvision", "python"}
     assert written["policy"] == "keep[95_100)" and written["seed"] == 1 and written["fewshot_draws"] == FEWSHOT_DRAWS
     for k in ("linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5", "knn_top1", "knn_top5"):
         assert 0.0 <= written[k] <= 100.0

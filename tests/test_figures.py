@@ -15,7 +15,9 @@ METRICS = [f"{e}_{k}" for e in ("linear", "fewshot", "knn") for k in ("top1", "t
 def _probe(policy, temperature, seed, rng):
     p = {"dataset": "fashion-mnist", "method": "moco", "policy": policy, "temperature": temperature, "seed": seed,
          "uses_labels": False, "epochs": 0 if policy == "random-init" else 20,
-         "fewshot_labels_per_class": 10, "fewshot_draws": 5}
+         "fewshot_labels_per_class": 10, "fewshot_draws": 5,
+         "evaluation": {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1, "fewshot_labels_per_class": 10,
+                        "fewshot_draws": 5}}
     p.update({m: float(rng.uniform(40, 99)) for m in METRICS})
     return p
 

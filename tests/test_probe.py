@@ -132,5 +132,7 @@ def test_evaluate_checkpoint_with_the_faithful_probe(tmp_path, fashion_root, mon
     monkeypatch.setattr(probe, "faithful_probe", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     res = evaluate_checkpoint(ckpt, path, cfg, tmp_path / "probe.json")
     assert calls == [cfg["faithful"]]
+    assert res["evaluation"]["probe"] == "faithful" and res["evaluation"]["faithful"] == cfg["faithful"]
+    assert res["evaluation"]["knn_k"] == 5 and "device" not in res["evaluation"]
     assert json.loads((tmp_path / "probe.json").read_text()) == res
     assert 0 <= res["linear_top1"] <= 100 and res["policy"] == "random-init"

@@ -38,7 +38,8 @@ FIGURES = {
     "fig3": lambda paths, out, fig: fig3(load_probes(paths), out, fig["removed"]),
     "table1": lambda paths, out, fig: table1(load_probes(paths), out, fig["removed"]),
     "simclr": lambda paths, out, fig: simclr(load_probes(paths), out, fig["policies"]),
-    "fig_methods": lambda paths, out, fig: fig_methods(load_probes(paths), out, fig["policies"], fig["band"]),
+    "fig_methods": lambda paths, out, fig: fig_methods(load_probes(paths, extra_metrics=("train_images_per_s",)), out,
+                                                       fig["policies"], fig["band"]),
     "fig4": lambda paths, out, fig: fig4(load_analyses(paths)[0], out, **fig),
     "fig5": lambda paths, out, fig: fig5(load_analyses(paths)[0], out, **fig),
     "fig6": lambda paths, out, fig: fig6(load_analyses(paths)[0], out, **fig),
@@ -50,7 +51,10 @@ def build(name: str, paths, out_prefix, config: dict) -> pd.DataFrame:
     """``python -m negatives figure NAME``: draw figure ``name`` from its input
     files (probe.json files; or pairs.parquet files, plus the similarity .tsv
     for the tables) with its section of the full config; returns the table
-    written to CSV."""
+    written to CSV.  Probe files are checked before anything is drawn
+    (:func:`negatives.analysis.plotting.load_probes`): a damaged one, one
+    without a metric or without its ``evaluation`` record, or two evaluated
+    with different settings are one error naming the file(s)."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; allowed: {', '.join(FIGURES)}")
     section = config.get("figures", {}).get(name)

@@ -18,8 +18,8 @@ import seaborn as sns  # noqa: E402
 from ..policies.registry import parse_policy  # noqa: E402
 from ..runtime.atomic import atomic_write, verify  # noqa: E402
 
-__all__ = ["EVALUATIONS", "RANDOM_INIT", "GROUP", "read_probe", "load_probes", "summarize", "canonical", "fmt_pct", "write_figure",
-           "single_value", "seed_range", "ttest_p", "temperature_colours", "p_text"]
+__all__ = ["EVALUATIONS", "METRICS", "RANDOM_INIT", "GROUP", "read_probe", "load_probes", "summarize", "canonical",
+           "fmt_pct", "write_figure", "single_value", "seed_range", "ttest_p", "temperature_colours", "p_text"]
 
 
 #: probe.json metric prefix -> row label
@@ -28,16 +28,74 @@ RANDOM_INIT = "random-init"
 GROUP = ["policy", "temperature", "metric"]
 
 
-def load_probes(paths) -> pd.DataFrame:
+#: the accuracies every probe.json holds (``null`` where not reported, e.g. top-5 with <= 5 classes)
+METRICS = tuple(f"{e}_{k}" for e in EVALUATIONS for k in ("top1", "top5"))
+
+
+def load_probes(paths, extra_metrics=()) -> pd.DataFrame:
     """One row per ``probe.json`` (its fields as columns, plus ``path``).
     Missing accuracies (``null``, e.g. top-5 with <= 5 classes) become NaN,
-    and so does the random-init runs' ``temperature``."""
-    rows = [{**read_probe(p), "path": str(p)} for p in paths]
+    and so does the random-init runs' ``temperature``.
+
+    Refused, one error naming a file, before a figure draws anything: a
+    missing, damaged or foreign file (:func:`read_probe`); a file without one
+    of :data:`METRICS` or ``extra_metrics``; a file without its
+    ``evaluation`` record (written before probe.json kept one: its kNN
+    temperature, k and linear probe are unknown, and a kNN temperature
+    under 0.0113 overflowed then; evaluating it again writes the record);
+    two files whose ``evaluation`` records differ (naming both and the
+    first key that differs).  The records themselves (``evaluation``,
+    ``ran_with``, ``versions``) are checked, not tabled; ``ran_with`` and
+    ``versions`` may differ between the files.
+    """
+    paths = [Path(p) for p in paths]
+    probes = [read_probe(p) for p in paths]
+    for path, probe in zip(paths, probes):
+        missing = [m for m in (*METRICS, *extra_metrics) if m not in probe]
+        if missing:
+            raise ValueError(f"{path} lacks the metric {missing[0]}; delete it and evaluate the run again "
+                             f"(snakemake {path})")
+        if not isinstance(probe.get("evaluation"), dict):
+            raise ValueError(f"{path} does not record how it was evaluated (no 'evaluation': a probe.json from an "
+                             f"older version); evaluate the runs again (snakemake --forcerun evaluate)")
+    for path, probe in zip(paths[1:], probes[1:]):
+        key = _first_difference(probes[0]["evaluation"], probe["evaluation"])
+        if key is not None:
+            a, b = (_lookup(p["evaluation"], key) for p in (probes[0], probe))
+            raise ValueError(f"{paths[0]} and {path} were evaluated differently (evaluation.{key}: {a} vs {b}); "
+                             f"a figure compares runs evaluated alike: evaluate them with the same evaluate settings "
+                             f"(snakemake --forcerun evaluate)")
+    rows = [{**{k: v for k, v in probe.items() if not isinstance(v, dict)}, "path": str(p)}
+            for p, probe in zip(paths, probes)]
     df = pd.DataFrame(rows)
     for col in df.columns:
         if col.endswith(("_top1", "_top5")) or col == "temperature":
             df[col] = pd.to_numeric(df[col]).astype(float)
     return df
+
+
+_ABSENT = "(absent)"
+
+
+def _lookup(record: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(record, dict) or part not in record:
+            return _ABSENT
+        record = record[part]
+    return json.dumps(record)
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first dotted key (``a``'s order, then ``b``'s new keys) whose value differs, or ``None``."""
+    for key in dict.fromkeys([*a, *b]):
+        x, y = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = _first_difference(x, y, f"{prefix}{key}.")
+            if inner is not None:
+                return inner
+        elif x != y:
+            return prefix + key
+    return None
 
 
 def read_probe(path) -> dict:

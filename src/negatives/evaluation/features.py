@@ -10,8 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.augment import Normalize
+from ..defaults import schema
 
-__all__ = ["extract_features", "knn_classify", "topk_accuracy"]
+__all__ = ["KNN_MIN_TEMPERATURE", "extract_features", "knn_classify", "topk_accuracy"]
+
+#: the smallest kNN temperature, the config schema's minimum of ``evaluate.knn_temperature``:
+#: down to it the smallest weight :func:`knn_classify` gives, ``exp(-2 / t)``, is a
+#: normal float64 (that needs ``2 / t <= 708``, t >= 0.00283), so every weight is exact
+KNN_MIN_TEMPERATURE: float = schema()["properties"]["evaluate"]["properties"]["knn_temperature"]["minimum"]
 
 
 def _fuse_conv_bn(module: nn.Module) -> nn.Module:
@@ -64,20 +70,33 @@ def extract_features(encoder: nn.Module, images, mean, std, batch_size: int = 20
 @torch.no_grad()
 def knn_classify(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
                  k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
-    """Weighted kNN scores ``[M, num_classes]``.
+    """Weighted kNN scores ``[M, num_classes]`` (float64).
 
     train_feats ``[N, F]``, train_labels ``[N]``, test_feats ``[M, F]``.  For
     each test row: cosine similarity to every train row, the ``k`` most similar
-    (``k`` clamped to ``N``) each add ``exp(sim / temperature)`` to their class.
+    (``k`` clamped to ``N``) each add ``exp((sim - top) / temperature)`` to
+    their class, ``top`` being the row's largest similarity.  That is the vote
+    ``exp(sim / temperature)`` of InstDisc times ``exp(-top / temperature)``,
+    one positive factor per row, so every ranking of the classes is the
+    vote's; but no weight exceeds 1, so none overflows at any temperature.
+    The weights are float64: every one, at least ``exp(-2 / temperature)``,
+    is a normal number (exact to float64 rounding, never flushed to 0) for
+    every temperature down to :data:`KNN_MIN_TEMPERATURE`.  Similarities and
+    the choice of neighbours are float32.
     """
     bank = F.normalize(train_feats.float(), dim=1)
     k = min(k, len(bank))
+    if k == 0:  # no train image: no vote (and no top similarity to shift by)
+        return torch.zeros(len(test_feats), num_classes, dtype=torch.float64)
     scores = []
     for q in F.normalize(test_feats.float(), dim=1).split(chunk):
         sim, idx = (q @ bank.T).topk(k, dim=1, sorted=False)         # [m, k]
-        votes = torch.zeros(len(q), num_classes)
-        scores.append(votes.scatter_add_(1, train_labels[idx], sim.div_(temperature).exp_()))
-    return torch.cat(scores) if scores else torch.zeros(0, num_classes)
+        sim = sim.double()
+        # exp(sim / t) in float32 is inf for t < 0.0113 (1/t > 88.7): shift each row to a top of 0
+        weights = sim.sub_(sim.amax(1, keepdim=True)).div_(temperature).exp_()
+        votes = torch.zeros(len(q), num_classes, dtype=torch.float64)
+        scores.append(votes.scatter_add_(1, train_labels[idx], weights))
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes, dtype=torch.float64)
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, ks=(1, 5)) -> dict:

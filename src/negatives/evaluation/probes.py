@@ -24,10 +24,11 @@ from torch import Tensor
 
 from ..config import check_section
 from ..data.sources import load_prepared, open_source
-from ..defaults import schema_defaults
+from ..defaults import schema_defaults, speed_only
 from ..optim import avoid_dynamo_import
 from ..runtime.atomic import atomic_write, check_writable
 from ..runtime.gpus import resolve_device
+from ..runtime.versions import versions
 from ..training.settings import check_matches
 from ..training.settings import load_encoder
 from .features import extract_features, knn_classify, topk_accuracy
@@ -36,6 +37,7 @@ __all__ = [
     "FEWSHOT_DRAWS",
     "linear_probe",
     "fewshot_indices",
+    "evaluation_record",
     "evaluate_checkpoint",
 ]
 
@@ -44,6 +46,9 @@ __all__ = [
 FEWSHOT_DRAWS = 5
 #: the linear probes, as the schema lists them (faithful: negatives.evaluation.faithful, the paper's SGD probe)
 PROBES = ("fast", "faithful")
+#: ``evaluate`` keys that change how fast, not what, a probe computes: recorded
+#: apart from the evaluation (the device changes float rounding only)
+RAN_WITH = (*speed_only("evaluate"), "device")
 
 
 def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
@@ -119,6 +124,27 @@ def _check_fewshot(per_class: int, data: dict, data_path) -> None:
                          f"allowed: at most {int(counts.min())}")
 
 
+def evaluation_record(settings: dict) -> dict:
+    """The settings a ``probe.json``'s numbers depend on (its ``evaluation``).
+
+    Besides the checkpoint and the data: the ``evaluate`` section (checked,
+    the schema's defaults filled in) without the keys of :data:`RAN_WITH`;
+    ``faithful`` (every key, with its defaults) only for ``probe: faithful``;
+    plus :data:`FEWSHOT_DRAWS`.  Two probes with different records were
+    evaluated differently, and the figures refuse to compare them.
+
+    >>> evaluation_record({})
+    {'probe': 'fast', 'knn_k': 200, 'knn_temperature': 0.1, 'fewshot_labels_per_class': 10, 'fewshot_draws': 5}
+    """
+    settings = _with_defaults(settings)
+    record = {key: value for key, value in settings.items() if key not in RAN_WITH and key != "faithful"}
+    if settings["probe"] == "faithful":
+        record["faithful"] = {**schema_defaults("evaluate", "faithful"), **settings["faithful"]}
+    record["knn_temperature"] = float(record["knn_temperature"])  # 1 and 1.0: one setting
+    record["fewshot_draws"] = FEWSHOT_DRAWS
+    return record
+
+
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
     """Evaluate one checkpoint and write ``probe.json`` to ``out_path``.
 
@@ -127,7 +153,10 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     with the settings under ``faithful``),
     ``knn_k``, ``knn_temperature``, ``fewshot_labels_per_class``, ``threads``,
     ``device`` (cpu | cuda | auto); a key it lacks takes the config schema's default.
-    Returns the dict written.
+    Returns the dict written: the run, the accuracies, ``evaluation`` (the
+    settings that produced them, :func:`evaluation_record`), ``ran_with``
+    (the device and torch threads: speed, not results) and ``versions``
+    (:func:`negatives.runtime.versions.versions`).
     """
     settings = _with_defaults(settings)
     probe = settings["probe"]
@@ -174,6 +203,9 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
         linear_top1=linear[1], linear_top5=linear[5],
         fewshot_top1=fewshot[1], fewshot_top5=fewshot[5], fewshot_labels_per_class=n, fewshot_draws=FEWSHOT_DRAWS,
         knn_top1=knn[1], knn_top5=knn[5],
+        evaluation=evaluation_record(settings),
+        ran_with={"device": str(device), "threads": torch.get_num_threads()},
+        versions=versions(),
     )
     atomic_write(out_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     return result
