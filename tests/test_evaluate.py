@@ -8,6 +8,7 @@ from conftest import written as outputs_in
 from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluate_checkpoint, fewshot_indices, linear_probe
 from negatives.evaluation.features import extract_features, knn_classify, topk_accuracy
 from negatives.data.augment import Normalize
+from negatives.data.sources import data_digest, load_prepared
 from negatives.evaluation import probes
 from negatives.models import build_encoder
 
@@ -138,9 +139,11 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
                              "linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5",
                              "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5",
                              "evaluation", "ran_with", "versions"]
-    assert written["evaluation"] == probes.evaluation_record(settings) == {
-        "probe": "fast", "knn_k": 200, "knn_temperature": 0.1, "fewshot_labels_per_class": 2,
-        "fewshot_draws": FEWSHOT_DRAWS}
+    assert written["evaluation"] == {**probes.evaluation_record(settings), "data": data_digest(load_prepared(
+        tmp_path / "data.pt"))} == {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1,
+                                    "fewshot_labels_per_class": 2, "fewshot_draws": FEWSHOT_DRAWS,
+                                    "data": written["evaluation"]["data"]}
+    assert set(written["evaluation"]["data"]) == {"train", "test"}
     assert written["ran_with"] == {"device": "cpu", "threads": 1}
     assert set(written["versions"]) == {"negatives", "torch", "torchvision", "python"}
     assert written["policy"] == "keep[95_100)" and written["seed"] == 1 and written["fewshot_draws"] == FEWSHOT_DRAWS

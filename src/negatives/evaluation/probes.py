@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import check_section
-from ..data.sources import load_prepared, open_source
+from ..data.sources import data_digest, load_prepared, open_source
 from ..defaults import schema_defaults, speed_only
 from ..optim import avoid_dynamo_import
 from ..runtime.atomic import atomic_write, check_writable
@@ -203,7 +203,8 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
         linear_top1=linear[1], linear_top5=linear[5],
         fewshot_top1=fewshot[1], fewshot_top5=fewshot[5], fewshot_labels_per_class=n, fewshot_draws=FEWSHOT_DRAWS,
         knn_top1=knn[1], knn_top5=knn[5],
-        evaluation=evaluation_record(settings),
+        # and the images it was evaluated on: figures refuse runs evaluated on other data
+        evaluation={**evaluation_record(settings), "data": data_digest(data)},
         ran_with={"device": str(device), "threads": torch.get_num_threads()},
         versions=versions(),
     )
