@@ -43,7 +43,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..runtime.atomic import atomic_write, verify
+from ..runtime.atomic import atomic_write
+from .tables import read_classes, read_similarity
 
 __all__ = [
     "DEBIAN_DIR",
@@ -366,52 +367,10 @@ def write_similarity(classes_tsv: str | os.PathLike, out_tsv: str | os.PathLike,
     """``classes.tsv`` (index, name, synset) -> ``wordnet_similarity.tsv``: a
     header ``class`` + the class names, then one row per class (its name, then
     its C depths).  Checks every synset first; written atomically."""
-    what, rebuild = "class list (classes.tsv)", f"prepare the dataset again (snakemake {classes_tsv})"
-    rows = _table(classes_tsv, what, rebuild)
-    if rows[0] != ["index", "name", "synset"]:
-        raise ValueError(f"{classes_tsv}: its first line is not the header 'index<TAB>name<TAB>synset' of a {what}; "
-                         f"{rebuild}")
-    for n, r in enumerate(rows[1:], 2):
-        if len(r) != 3 or not all(r):
-            raise ValueError(f"{classes_tsv}:{n}: {len(r)} columns, expected 3 (index, name, synset); {rebuild}")
-    if len(rows) < 2:
-        raise ValueError(f"{classes_tsv}: lists no classes ({what}); {rebuild}")
-    names, synsets = [r[1] for r in rows[1:]], [r[2] for r in rows[1:]]
+    names, synsets = read_classes(classes_tsv)
     wn = wn if wn is not None else load_wordnet()
     check_synsets(synsets, wordnet=wn)
     m = similarity_matrix(synsets, wn)
     text = "\t".join(["class", *names]) + "\n"
     text += "".join("\t".join([n, *map(str, row)]) + "\n" for n, row in zip(names, m.tolist()))
     return atomic_write(out_tsv, lambda tmp: tmp.write_text(text))
-
-
-def read_similarity(tsv: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """``wordnet_similarity.tsv -> (class names, [C, C] int64 matrix)``."""
-    what, rebuild = "class similarity table", f"build it again (snakemake {tsv})"
-    rows = _table(tsv, what, rebuild)
-    names = rows[0][1:]
-    if rows[0][0] != "class" or not names:
-        raise ValueError(f"{tsv}: its first line is not the header 'class' + the class names of a {what}; {rebuild}")
-    if [r[0] for r in rows[1:]] != names:
-        raise ValueError(f"{tsv}: the rows' class names differ from the header's ({len(rows) - 1} rows for "
-                         f"{len(names)} classes); {rebuild}")
-    for n, r in enumerate(rows[1:], 2):
-        if len(r) != len(names) + 1 or not all(v.isdigit() for v in r[1:]):
-            raise ValueError(f"{tsv}:{n}: expected the class name and {len(names)} whole numbers (WordNet depths), "
-                             f"got {len(r) - 1} values; {rebuild}")
-    return names, np.array([[int(v) for v in r[1:]] for r in rows[1:]], dtype=np.int64)
-
-
-def _table(path, what: str, rebuild: str) -> list[list[str]]:
-    """The non-blank lines of the tab-separated ``path``, split; a file that
-    is not there, damaged, empty or not text is a ``ValueError`` (or
-    ``FileNotFoundError``) naming it, ``what`` it should be and how to ``rebuild`` it."""
-    verify(path, what, rebuild)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file, so not a {what}; {rebuild}") from None
-    rows = [line.rstrip("\r").split("\t") for line in text.splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{path}: empty, not a {what}; {rebuild}")
-    return rows

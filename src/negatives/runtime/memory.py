@@ -97,11 +97,12 @@ def check_fits(need: int, what: str, fix: str, available: int | None = None, whe
                        f"{where}; {fix}")
 
 
-def pretrain_bytes(method: str, settings, shape) -> dict[str, tuple[int, str, str]]:
-    """What a run of ``settings`` (a ``PretrainSettings``) holds at least, on
-    images of ``shape`` ``(C, H, W)``, per part: ``{part: (bytes, what, fix)}``.
-    The network is built on the meta device: its parameters are counted,
-    not allocated."""
+def pretrain_bytes(method: str, settings, shape, processes: int = 1) -> dict[str, tuple[int, str, str]]:
+    """What ``processes`` processes of a run of ``settings`` (a
+    ``PretrainSettings``) sharing one memory hold at least, on images of
+    ``shape`` ``(C, H, W)``, per part: ``{part: (bytes, what, fix)}``.  The
+    network is built on the meta device: its parameters are counted, not
+    allocated."""
     import torch
 
     from ..models import build_encoder
@@ -113,17 +114,17 @@ def pretrain_bytes(method: str, settings, shape) -> dict[str, tuple[int, str, st
                                 width=s.width, small_stem=s.small_stem)
     params = sum(t.numel() for t in encoder.parameters())
     copies = 4 if method == "moco" else 3  # weights, gradients, SGD momentum (and MoCo's key encoder)
-    processes = s.processes                # each process on a machine holds its own network and queue
     stem = 1 if s.small_stem else 4        # the first layer's output: at full resolution, or a quarter of it
     return {
         "network": (params * 4 * copies * processes,
                     f"pretrain.width {s.width}, pretrain.dim {s.dim}, pretrain.hidden_dim {s.hidden_dim} "
                     f"(backbone {s.backbone}: {params:,} parameters, with their gradients and optimizer state)",
                     "lower pretrain.width, pretrain.dim or pretrain.hidden_dim"),
-        "queue": ((s.queue_size + s.queue_extra) * s.dim * 4 * processes if method == "moco" else 0,
-                  f"pretrain.queue_size {s.queue_size} (+ queue_extra {s.queue_extra}) x pretrain.dim {s.dim} "
-                  "(MoCo's queue)", "lower pretrain.queue_size or pretrain.dim"),
-        "batch": (s.batch_size * 2 * (c * h * w + s.width * h * w // stem) * 4,
+        # queue_extra left out: only a replace-mode policy adds it
+        "queue": (s.queue_size * s.dim * 4 * processes if method == "moco" else 0,
+                  f"pretrain.queue_size {s.queue_size} x pretrain.dim {s.dim} (MoCo's queue)",
+                  "lower pretrain.queue_size or pretrain.dim"),
+        "batch": (s.batch_size * processes // s.processes * 2 * (c * h * w + s.width * h * w // stem) * 4,
                   f"pretrain.batch_size {s.batch_size} x 2 views of {c}x{h}x{w} images (and the first layer's "
                   f"{s.width} channels)", "lower pretrain.batch_size (or the image size)"),
     }
@@ -137,10 +138,10 @@ def check_pretrain(method: str, settings, shape) -> None:
 
     from .gpus import resolve_device
 
-    parts = pretrain_bytes(method, settings, shape)
     device = resolve_device(settings.device, "pretrain.device")
-    available, where = None, ""
-    if device.type == "cuda":
-        available, where = torch.cuda.get_device_properties(device.index or 0).total_memory, " on one GPU"
+    available, where, sharing = None, "", settings.processes  # the machine's processes share its memory
+    if device.type == "cuda":                                  # each process has a GPU of its own
+        available, where, sharing = torch.cuda.get_device_properties(device.index or 0).total_memory, " on one GPU", 1
+    parts = pretrain_bytes(method, settings, shape, sharing)
     _, what, fix = max(parts.values())
     check_fits(sum(b for b, _, _ in parts.values()), what, fix, available, where)
