@@ -95,8 +95,8 @@ CATALOGUE = [
     ("similarity table header only", lambda root, data: _similarity(root, data, _table(root).splitlines()[0],
                                                                     "sim-header.tsv"),
      r"sim-header\.tsv: the rows' class names differ from the header's \(0 rows for 10 classes\)"),
-    ("similarity table not numbers", lambda root, data: _similarity(root, data, _table(root).replace("\t1\n", "\tx\n", 1),
-                                                                    "sim-text.tsv"),
+    ("similarity table not numbers",
+     lambda root, data: _similarity(root, data, _table(root).replace("\t1\n", "\tx\n", 1), "sim-text.tsv"),
      r"sim-text\.tsv:2: 'x' is not a whole number \(a WordNet depth\); build it again"),
     ("similarity table a short row", lambda root, data: _similarity(root, data, _table(root).replace("\t1\n", "\n", 3),
                                                                     "sim-short.tsv"),
@@ -243,7 +243,8 @@ def test_an_image_size_larger_than_memory_is_refused_before_decoding(streamed, c
     tmp, _ = streamed
     before = _snapshot(tmp)
     for storage, message in (("memory", r"datasets\.imagenet\.storage memory: 32 decoded images of "
-                                        r"3x1000000x1000000 .* need about [\d.]+ [TP]iB of memory, but .* is available; "
+                                        r"3x1000000x1000000 .* need about [\d.]+ [TP]iB of memory, but .* is "
+                                        r"available; "
                                         r"use datasets\.imagenet\.storage: stream"),
                              ("stream", r"datasets\.imagenet\.image_size 1000000: 1 decoded images .* need about "
                                         r"[\d.]+ TiB of memory, .*; lower datasets\.imagenet\.image_size")):
@@ -321,8 +322,8 @@ def test_run_sh_names_a_configfile_that_is_not_a_config_file(work, make, message
     before = _snapshot(work)
     proc = _run_sh(work, path)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1 and re.search(rf"--configfile {re.escape(str(path))}: {message}", lines[0]), \
-        proc.stderr[-2000:]
+    named = re.search(rf"--configfile {re.escape(str(path))}: {message}", proc.stderr)
+    assert proc.returncode == 1 and len(lines) == 1 and named, proc.stderr[-2000:]
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     assert _snapshot(work) == before and not (work / "venv").exists()
 

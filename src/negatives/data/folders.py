@@ -20,7 +20,8 @@ import numpy as np
 
 from .readers import FolderIndex
 
-__all__ = ["IMAGE_SUFFIXES", "UnreadableImage", "index_imagenet", "index_tiny_imagenet", "decode_image", "is_wnid", "check_imagenet",
+__all__ = ["IMAGE_SUFFIXES", "UnreadableImage",
+           "index_imagenet", "index_tiny_imagenet", "decode_image", "is_wnid", "check_imagenet",
            "check_tiny_imagenet"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")

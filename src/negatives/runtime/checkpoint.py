@@ -40,7 +40,8 @@ import torch
 from .atomic import write_failed
 
 __all__ = [
-    "MAGIC", "REQUEUE_EXIT_CODE", "INTERRUPT_EXIT_CODE", "STOP_SIGNALS", "CorruptCheckpoint", "Preempted", "StopSignals",
+    "MAGIC", "REQUEUE_EXIT_CODE", "INTERRUPT_EXIT_CODE", "STOP_SIGNALS", "CorruptCheckpoint", "Preempted",
+    "StopSignals",
     "save_rolling", "load_verified", "load_latest", "previous_path", "rng_state", "set_rng_state",
 ]
 

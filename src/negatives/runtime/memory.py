@@ -79,8 +79,9 @@ def available_bytes() -> int | None:
             found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),             # cgroup v2
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    v1 = "/sys/fs/cgroup/memory/memory."
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
         cap, used = _read_int(limit), _read_int(usage)
         if cap is not None and cap < 2**60 and used is not None:  # v1 writes "no limit" as a huge number
             found.append(max(0, cap - used))
