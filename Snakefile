@@ -17,7 +17,7 @@ sys.path.insert(0, SRC)
 shell.prefix(f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 
 from negatives.config import ConfigError, check_config
-from negatives.config_files import check_config_file, numbers_as_numbers
+from negatives.config_files import check_config_file, numbers_as_numbers, schema_message
 
 # config files read strictly first: a YAML error names its line, a key written
 # twice is refused (YAML would keep the last silently). config.yaml when it is
@@ -35,7 +35,10 @@ configfile: "config.yaml"
 
 # the whole config is checked once, before any job starts; 1e-3 is a number
 numbers_as_numbers(config)
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as e:  # its own message prints the schema of the key: hundreds of lines for a section
+    raise WorkflowError(f"invalid config: {schema_message(e)}") from None
 try:
     check_config(config)
 except ConfigError as e:

@@ -169,6 +169,8 @@ def _jobs_per_gpu(q) -> None:
 #: what a bad input or a file problem raises: one line on stderr, exit status 2
 #: (anything else is a bug and keeps its traceback)
 USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
+#: exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"negatives {args.command}: error: {message}", file=sys.stderr, flush=True)
         return 2
+    except (MemoryError, RuntimeError) as e:  # an allocation the checks before the work did not foresee
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate" in str(e)):
+            raise
+        print(f"negatives {args.command}: error: out of memory ({(str(e).strip().splitlines() or ['-'])[-1][:160]}); "
+              "lower the sizes in its settings, or run it where there is more memory", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        again = " to resume from its last checkpoint" if args.command == "pretrain" else ""
+        print(f"negatives {args.command}: interrupted; nothing more was written: run the same command again{again}",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
+    except SystemExit as e:  # the trainer's stop on Ctrl-C, after saving (its message says where)
+        if e.code != INTERRUPTED:
+            raise
+        message = getattr(e, "message", "interrupted; run the same command again to resume")
+        print(f"negatives {args.command}: {message}", file=sys.stderr, flush=True)
+        return INTERRUPTED
     return 0
 
 

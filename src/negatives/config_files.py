@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["check_config_file", "numbers_as_numbers"]
+__all__ = ["check_config_file", "numbers_as_numbers", "schema_message"]
 
 #: a number with an exponent and no dot before it, as YAML 1.1 leaves it a string
 _EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
@@ -67,3 +67,50 @@ def numbers_as_numbers(value):
     elif isinstance(value, str) and _EXPONENT.match(value.strip()):
         return float(value)
     return value
+
+
+_BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+def _allowed(schema: dict) -> str:
+    """What a (sub)schema allows, in a few words."""
+    if "$ref" in schema:  # "#/$defs/NAME" of the config schema
+        from .defaults import schema as config_schema
+
+        schema = {**config_schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]],
+                  **{k: v for k, v in schema.items() if k != "$ref"}}
+    if "enum" in schema:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    if "properties" in schema and schema.get("additionalProperties") is False:
+        return "the keys " + ", ".join(sorted(schema["properties"]))
+    parts = [" or ".join(schema["type"]) if isinstance(schema.get("type"), list) else schema.get("type", "")]
+    parts += [f"{op} {schema[k]}" for k, op in _BOUNDS.items() if k in schema]
+    for alt in ("oneOf", "anyOf"):
+        if alt in schema:
+            parts.append(" | ".join(_allowed(s) for s in schema[alt]))
+    return " ".join(p for p in parts if p) or schema.get("description", "") or "see the schema"
+
+
+def schema_message(error) -> str:
+    """One line of a failed schema validation (Snakemake's ``WorkflowError``
+    around a jsonschema ``ValidationError``, or that error itself): the key,
+    its value and what is allowed -- not the error's print of the schema."""
+    import jsonschema
+
+    # Snakemake's WorkflowError keeps only the text; the error it was raised in handling is its context
+    found = next((x for x in (error, error.__cause__, error.__context__) if isinstance(x, jsonschema.ValidationError)),
+                 None)
+    if found is None:
+        return (str(error).strip().splitlines() or ["the config does not match its schema"])[0]
+    e = found
+    key = ".".join(map(str, e.absolute_path)) or "top level"
+    message = e.message if len(e.message) <= 200 else e.message[:200] + "..."
+    if e.validator == "additionalProperties":
+        allowed = ", ".join(sorted(e.schema.get("properties", {})))
+    elif e.validator in _BOUNDS or e.validator in ("type", "enum"):
+        allowed = _allowed(e.schema)
+    elif e.validator == "required":
+        allowed = "a mapping with " + ", ".join(map(str, e.validator_value))
+    else:
+        allowed = _allowed(e.schema)
+    return f"{key}: {message}; allowed: {allowed}"

@@ -52,8 +52,17 @@ neg_check_configfiles() {
             -*) reading=0; continue ;;
             *) [ "$reading" = 1 ] || continue; file="$arg" ;;
         esac
-        (cd "$NEGATIVES_ROOT" && [ -f "$file" ]) || die "--configfile $file: no such file (relative paths are read from $NEGATIVES_ROOT; a target goes before --configfile, which takes every word after it)"
+        (cd "$NEGATIVES_ROOT" && [ -e "$file" ]) || die "--configfile $file: no such file (relative paths are read from $NEGATIVES_ROOT; a target goes before --configfile, which takes every word after it)"
+        (cd "$NEGATIVES_ROOT" && [ ! -d "$file" ]) || die "--configfile $file: a folder, not a config file; give a YAML file (e.g. $file/config.yaml)"
+        (cd "$NEGATIVES_ROOT" && [ -f "$file" ] && [ -r "$file" ]) || die "--configfile $file: not a readable file; give a YAML config file"
+        (cd "$NEGATIVES_ROOT" && _neg_is_text "$file") || die "--configfile $file: binary data, not a YAML config file (YAML is UTF-8 text); give the config's .yaml file"
     done
+}
+
+# True when the file holds text: no NUL byte, and valid UTF-8 where iconv can tell.
+_neg_is_text() {
+    [ "$(tr -d '\000' <"$1" | wc -c)" = "$(wc -c <"$1")" ] || return 1
+    ! command -v iconv >/dev/null 2>&1 || iconv -f UTF-8 -t UTF-8 "$1" >/dev/null 2>&1
 }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

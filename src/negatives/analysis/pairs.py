@@ -171,6 +171,12 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
+#: memory one (query, negative) pair takes while analysed: the difficulty and
+#: percentile matrices, the label and index columns built, the table (25
+#: bytes a row) and its Arrow copy written
+PAIR_BYTES = 80
+
+
 def pair_table(d, pct, query_labels, negative_labels, similarity, query_idx, negative_idx) -> pd.DataFrame:
     """One row per (query, negative), query-major, with :data:`COLUMNS`.
 
@@ -221,9 +227,13 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     from ..data.sources import load_prepared, open_source, read_images
     from ..data.wordnet import read_similarity
     from ..runtime.gpus import resolve_device
+    from ..runtime.memory import check_fits
     from ..training.settings import PretrainSettings, check_matches, load_encoder
 
     s = _settings(settings)
+    pairs = s["queries"] * s["negatives"]
+    check_fits(pairs * PAIR_BYTES, f"analysis.queries {s['queries']} x analysis.negatives {s['negatives']} "
+               f"({pairs:,} pairs, {PAIR_BYTES} bytes each)", "lower analysis.queries or analysis.negatives")
     device = resolve_device(s["device"], "analysis device")
     check_writable(out_path)
     encoder, meta = load_encoder(checkpoint)

@@ -51,6 +51,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX file (its header names {ndim} dimensions, the file ends first)")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = raw[4 + 4 * ndim :]
     expected = int(np.prod(shape)) * dtype.itemsize
@@ -81,11 +83,23 @@ def _idx_path(root: Path, stem: str) -> Path | None:
 def read_fashion_mnist(root: str | os.PathLike) -> RawDataset:
     root = Path(root)
     check_root("fashion-mnist", root)
-    arrays = {k: read_idx(_idx_path(root, stem)) for k, stem in FASHION_MNIST_FILES.items()}
+    paths = {k: _idx_path(root, stem) for k, stem in FASHION_MNIST_FILES.items()}
+    arrays = {k: read_idx(p) for k, p in paths.items()}
+    for key, array in arrays.items():  # image and label files swapped, or another IDX file under the name
+        want = "images [N, 28, 28]" if key.endswith("images") else "labels [N]"
+        if array.ndim != (3 if key.endswith("images") else 1) or array.dtype != np.uint8:
+            swapped = " (it holds labels: are the image and label files swapped?)" if array.ndim == 1 else \
+                " (it holds images: are the image and label files swapped?)" if array.ndim == 3 else ""
+            raise ValueError(f"{paths[key]}: {array.ndim}-d {array.dtype} IDX data {list(array.shape)}, expected "
+                             f"uint8 {want}{swapped}; put the Fashion-MNIST files under their own names")
     for split in ("train", "test"):
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise ValueError(f"{root}: {split} split has {n_img} images but {n_lab} labels")
+        labels = arrays[f"{split}_labels"]
+        if n_lab and labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise ValueError(f"{paths[f'{split}_labels']}: label {labels.max()} outside 0..9; it is not a "
+                             "Fashion-MNIST label file")
     return RawDataset(
         train_images=arrays["train_images"][:, None].copy(),
         train_labels=arrays["train_labels"].astype(np.int64),

@@ -20,7 +20,8 @@ import numpy as np
 
 from .readers import FolderIndex
 
-__all__ = ["IMAGE_SUFFIXES", "index_imagenet", "index_tiny_imagenet", "decode_image", "is_wnid", "check_imagenet",
+__all__ = ["IMAGE_SUFFIXES", "UnreadableImage",
+           "index_imagenet", "index_tiny_imagenet", "decode_image", "is_wnid", "check_imagenet",
            "check_tiny_imagenet"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -163,16 +164,36 @@ def index_tiny_imagenet(root: str | os.PathLike) -> FolderIndex:
                        wnids=wnids, classes=_words(root / "words.txt", wnids))
 
 
+class UnreadableImage(ValueError):
+    """An image file of a folder that is missing, unreadable or not an image.
+
+    Raised in a DataLoader worker, torch raises it again in the main process
+    made from its text "Caught UnreadableImage ... Original Traceback ...";
+    only the original message (that text's last line) is kept."""
+
+    def __init__(self, message: str):
+        if message.startswith(f"Caught {type(self).__name__} "):
+            message = message.rstrip().splitlines()[-1].partition(": ")[2]
+        super().__init__(message)
+
+
 def _open_rgb(path: str | os.PathLike):
     """The image at ``path`` as RGB (grayscale and CMYK JPEGs included); a
-    file that is not an image is a ``ValueError`` naming it."""
+    file that is missing, unreadable or not an image is an
+    :class:`UnreadableImage` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
+    except FileNotFoundError:
+        raise UnreadableImage(f"{path}: no such image; the folder changed after the dataset was prepared: put the "
+                              "file back, or prepare the dataset again") from None
+    except PermissionError as e:
+        raise UnreadableImage(f"{path}: cannot be read ({e.strerror}); make it readable (chmod a+r)") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot decode the image ({e})") from None
+        raise UnreadableImage(f"{path}: cannot decode the image ({e}); replace it with a good copy, or remove it "
+                              "and prepare the dataset again") from None
 
 
 def decode_image(path: str | os.PathLike, size: int):

@@ -26,6 +26,7 @@ import torch
 
 from ..defaults import check_partial
 from ..runtime.atomic import atomic_torch_save, atomic_write
+from ..runtime.memory import check_fits
 from .datasets import DATASETS, check_root, class_map, dataset_spec, folder_synsets, reader_options
 from .readers import FolderIndex, RawDataset
 from .sources import FolderSource, data_digest
@@ -135,6 +136,7 @@ def _prepare_folder(name: str, index: FolderIndex, train_images: int, test_image
     per_image = 3 * image_size * image_size
     storage = _choose_storage(storage, (train.num_images + test.num_images) * per_image, stream_above_gb)
     data = {"dataset": name, "storage": storage, "classes": index.classes, "image_size": image_size}
+    _check_memory(name, storage, train.num_images, test.num_images, image_size)
     if storage == "stream":
         sample = _decode_all(train, _stats_sample(train.num_images, per_image))
         data.update(root=str(index.root.resolve()), train_files=train.files, train_labels=train.labels,
@@ -162,6 +164,24 @@ def training_data_settings(dataset: dict) -> dict:
     {'train_images': 8000}
     """
     return {k: v for k, v in dataset.items() if k not in _NOT_TRAINING}
+
+
+def _check_memory(name: str, storage: str, n_train: int, n_test: int, image_size: int) -> None:
+    """Refuse, before decoding, images that cannot fit in memory: all of
+    them (``memory``), or the sample the statistics are computed on
+    (``stream``), each with its float copy for :func:`channel_stats`."""
+    per_image = 3 * image_size * image_size
+    sample = len(_stats_sample(n_train, per_image))
+    stats = sample * per_image * 4
+    if storage == "memory":
+        check_fits((n_train + n_test) * per_image + stats,
+                   f"datasets.{name}.storage memory: {n_train + n_test:,} decoded images of 3x{image_size}x"
+                   f"{image_size} (datasets.{name}.image_size {image_size})",
+                   f"use datasets.{name}.storage: stream, or lower image_size or train_images / test_images")
+    else:
+        check_fits(sample * per_image + stats,
+                   f"datasets.{name}.image_size {image_size}: {sample:,} decoded images of 3x{image_size}x{image_size}"
+                   " for the channel statistics", f"lower datasets.{name}.image_size")
 
 
 def _write_classes(out: Path, rows: list[tuple[int, str, str]]) -> None:

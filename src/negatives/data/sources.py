@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 
 from ..runtime.atomic import torch_load
+from ..runtime.memory import check_fits
 from .folders import decode_image, decode_views
 
 __all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
@@ -108,6 +109,14 @@ def loader_workers(cpus: int) -> int:
     return cpus - 1 if cpus > 1 else 0
 
 
+def _ignore_interrupt(worker: int) -> None:
+    """A decoding worker ignores Ctrl-C: the training process, which the
+    terminal interrupts too, decides when to stop and ends its workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class FolderSource:
     """Images streamed from files under ``root``: each decoded as RGB, resized
     (shorter side) and centre-cropped to ``image_size`` (:func:`decode_image`)
@@ -138,7 +147,8 @@ class FolderSource:
             return
         loader = torch.utils.data.DataLoader(
             _Decode(self.root, self.files, self.labels, self.image_size), batch_sampler=chunks,
-            num_workers=min(self.workers, len(chunks)), pin_memory=torch.cuda.is_available())
+            num_workers=min(self.workers, len(chunks)), pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_interrupt)
         yield from loader
 
     def view_batches(self, order, batch_size: int, draws, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
@@ -155,7 +165,7 @@ class FolderSource:
         loader = torch.utils.data.DataLoader(
             _DecodeViews(self.root, self.files, self.labels, self.image_size, scale, ratio),
             batch_sampler=_WithDraws(chunks, iter(draws)), num_workers=min(self.workers, len(chunks)),
-            pin_memory=torch.cuda.is_available())
+            pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_interrupt)
         yield from loader
 
 
@@ -208,6 +218,10 @@ def open_train_source(prepared, workers: int | None = None):
 def load_prepared(path: str | os.PathLike) -> dict:
     """Load ``data.pt`` (see docs/INTERFACES.md); a missing or damaged file is
     one error naming it and how to rebuild it."""
+    if os.path.isfile(path):  # torch.load reads it whole
+        size = os.path.getsize(path)
+        check_fits(size, f"{path} ({size:,} bytes)", "run this where there is more memory, or prepare the dataset "
+                   "with storage: stream (image folders) or fewer train_images / test_images")
     data = torch_load(path, "prepared dataset (data.pt)", f"build it again (snakemake {path})")
     if not isinstance(data, dict) or "classes" not in data:
         raise ValueError(f"{path} is not a prepared dataset (data.pt); delete it and build it again "

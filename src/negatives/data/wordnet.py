@@ -43,7 +43,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..runtime.atomic import atomic_write, verify
+from ..runtime.atomic import atomic_write
+from .tables import read_classes, read_similarity
 
 __all__ = [
     "DEBIAN_DIR",
@@ -366,25 +367,10 @@ def write_similarity(classes_tsv: str | os.PathLike, out_tsv: str | os.PathLike,
     """``classes.tsv`` (index, name, synset) -> ``wordnet_similarity.tsv``: a
     header ``class`` + the class names, then one row per class (its name, then
     its C depths).  Checks every synset first; written atomically."""
-    verify(classes_tsv, "class list (classes.tsv)", f"prepare the dataset again (snakemake {classes_tsv})")
-    rows = [line.rstrip("\n").split("\t") for line in Path(classes_tsv).read_text().splitlines()]
-    if rows[0] != ["index", "name", "synset"]:
-        raise ValueError(f"{classes_tsv}: expected header 'index\\tname\\tsynset'")
-    rows = [r for r in rows[1:] if any(r)]
-    names, synsets = [r[1] for r in rows], [r[2] for r in rows]
+    names, synsets = read_classes(classes_tsv)
     wn = wn if wn is not None else load_wordnet()
     check_synsets(synsets, wordnet=wn)
     m = similarity_matrix(synsets, wn)
     text = "\t".join(["class", *names]) + "\n"
     text += "".join("\t".join([n, *map(str, row)]) + "\n" for n, row in zip(names, m.tolist()))
     return atomic_write(out_tsv, lambda tmp: tmp.write_text(text))
-
-
-def read_similarity(tsv: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """``wordnet_similarity.tsv -> (class names, [C, C] int64 matrix)``."""
-    verify(tsv, "class similarity table", f"build it again (snakemake {tsv})")
-    lines = [line.split("\t") for line in Path(tsv).read_text().splitlines() if line.strip()]
-    names = lines[0][1:]
-    if [r[0] for r in lines[1:]] != names:
-        raise ValueError(f"{tsv}: row names differ from the header's class names")
-    return names, np.array([[int(v) for v in r[1:]] for r in lines[1:]], dtype=np.int64).reshape(len(names), len(names))

@@ -18,7 +18,9 @@ least one complete checkpoint is on disk (after the first save).
 Preemption: :class:`StopSignals` turns SIGTERM and SIGUSR1 into a flag the
 training loop reads between steps; the loop saves and raises
 :class:`Preempted`, a ``SystemExit`` with status :data:`REQUEUE_EXIT_CODE`
-(75, ``EX_TEMPFAIL``: "temporary failure, try again").  Under SLURM,
+(75, ``EX_TEMPFAIL``: "temporary failure, try again").  Ctrl-C (SIGINT) stops
+the same way with status :data:`INTERRUPT_EXIT_CODE` (130, as a shell reports
+it); a second Ctrl-C before the step ends stops at once.  Under SLURM,
 ``RequeueExit=75`` in slurm.conf requeues a batch job that exits so; under
 Snakemake, the job fails and ``retries`` submits it again, and the new job
 resumes from the checkpoint.
@@ -38,14 +40,16 @@ import torch
 from .atomic import write_failed
 
 __all__ = [
-    "MAGIC", "REQUEUE_EXIT_CODE", "STOP_SIGNALS", "CorruptCheckpoint", "Preempted", "StopSignals",
+    "MAGIC", "REQUEUE_EXIT_CODE", "INTERRUPT_EXIT_CODE", "STOP_SIGNALS", "CorruptCheckpoint", "Preempted",
+    "StopSignals",
     "save_rolling", "load_verified", "load_latest", "previous_path", "rng_state", "set_rng_state",
 ]
 
 MAGIC = b"NEGCKPT1"
 _HEADER = struct.Struct(">8sQ32s")  # magic, payload length, sha256
 REQUEUE_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL; SLURM: RequeueExit=75
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class CorruptCheckpoint(ValueError):
@@ -54,14 +58,25 @@ class CorruptCheckpoint(ValueError):
 
 class Preempted(SystemExit):
     """Raised after the checkpoint of a stop request is on disk; exits the
-    process with :data:`REQUEUE_EXIT_CODE` unless caught."""
+    process with ``code`` (:data:`REQUEUE_EXIT_CODE`; :data:`INTERRUPT_EXIT_CODE`
+    after Ctrl-C) unless caught."""
 
-    def __init__(self, message: str):
-        super().__init__(REQUEUE_EXIT_CODE)
+    def __init__(self, message: str, code: int = REQUEUE_EXIT_CODE):
+        super().__init__(code)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
+
+    @classmethod
+    def saved(cls, signal_name: str | None, path, epoch: int, step: int) -> "Preempted":
+        """The stop after ``path`` was saved at ``epoch`` / ``step`` on
+        ``signal_name`` (``None``: a stop asked of another process)."""
+        if signal_name == "SIGINT":  # a user at a terminal: no requeue to speak of
+            return cls(f"interrupted: saved {path} at epoch {epoch} step {step}; run the same command again to "
+                       "resume", INTERRUPT_EXIT_CODE)
+        return cls(f"{signal_name or 'a stop on another process'}: saved {path} at epoch {epoch} step {step}; "
+                   f"start the job again to resume (exit status {REQUEUE_EXIT_CODE}: requeue)")
 
 
 def previous_path(path: Path) -> Path:
@@ -166,9 +181,10 @@ def load_latest(path: str | os.PathLike, map_location="cpu", log=print) -> tuple
 
 
 class StopSignals:
-    """Context manager: while active, SIGTERM and SIGUSR1 set :attr:`requested`
-    (the signal's name) instead of killing the process; the previous handlers
-    come back on exit.  Only the main thread can install handlers; elsewhere
+    """Context manager: while active, SIGTERM, SIGUSR1 and SIGINT set
+    :attr:`requested` (the signal's name) instead of killing the process (a
+    second SIGINT raises ``KeyboardInterrupt``); the previous handlers come
+    back on exit.  Only the main thread can install handlers; elsewhere
     it does nothing (and ``requested`` stays ``None``)."""
 
     def __init__(self, signals=STOP_SIGNALS):
@@ -177,6 +193,8 @@ class StopSignals:
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested == "SIGINT":  # Ctrl-C twice: do not wait for the step
+            raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
     def __enter__(self) -> "StopSignals":

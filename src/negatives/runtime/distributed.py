@@ -297,21 +297,21 @@ def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None, lock_d
     form one process group (``backend``: gloo on CPU, nccl on GPUs).
 
     SIGTERM and SIGUSR1 sent to this process are passed on to the workers
-    (they stop at the same step).  When a worker dies, the others are
+    (they stop at the same step; Ctrl-C reaches them from the terminal).  When a worker dies, the others are
     stopped, so nobody waits in a collective.  When this process dies, however
     it dies (SIGKILL too), each worker gets SIGTERM (Linux's parent-death
     signal): they stop as on a preemption.  ``lock_dir``: each worker holds
     :class:`.locks.RankLock` of that run folder while it lives, so the run
     stays locked after this process is gone and until they are.  A worker's
     exit status comes back as ``SystemExit`` of that status when it is in
-    ``exit_codes`` (the trainer's 75, a requeue); any other failure is a
-    ``RuntimeError`` naming the worker, with its traceback."""
+    ``exit_codes`` (the trainer's 75, a requeue) or is 130 (Ctrl-C); any other
+    failure is a ``RuntimeError`` naming the worker, with its traceback."""
     import os
     import signal
 
     import torch.multiprocessing as mp
 
-    from .checkpoint import StopSignals
+    from .checkpoint import INTERRUPT_EXIT_CODE, StopSignals
 
     ctx = mp.start_processes(_spawned, args=(processes, free_port(), backend, fn, args, os.getpid(),
                                             None if lock_dir is None else str(lock_dir)), nprocs=processes,
@@ -320,7 +320,8 @@ def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None, lock_d
     try:
         with StopSignals() as stop:
             while not ctx.join(timeout=1):
-                if stop.requested and stop.requested != forwarded:
+                # Ctrl-C reaches every process of the terminal's group already: not passed on (twice stops at once)
+                if stop.requested and stop.requested not in (forwarded, "SIGINT"):
                     forwarded = stop.requested
                     for p in ctx.processes:
                         if p.is_alive():
@@ -328,7 +329,7 @@ def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None, lock_d
     except mp.ProcessExitedException as e:
         for p in ctx.processes:  # the others were sent SIGTERM: let them finish what they write
             p.join()
-        if exit_codes and e.exit_code in exit_codes:
+        if e.exit_code == INTERRUPT_EXIT_CODE or (exit_codes and e.exit_code in exit_codes):
             raise SystemExit(e.exit_code) from None
         raise RuntimeError(f"training process {e.error_index} of {processes} exited with status {e.exit_code}") \
             from None

@@ -33,7 +33,7 @@ from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
 from ..optim import SGD
 from ..runtime import gpus
-from ..runtime import distributed
+from ..runtime import distributed, memory
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RankLock, RunLock
@@ -154,6 +154,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)                              # a missing or damaged file, named
     _check_fits(method, s, open_train_source(data).num_images)
+    memory.check_pretrain(method, s, open_train_source(data).shape)  # before the network is allocated
     device_type = gpus.resolve_device(s.device).type
     if restore_finished(Path(out_dir), _meta(data, method, pol.name, temperature, seed, s, s.epochs,
                                               pol.uses_labels, device_type), log):
@@ -324,10 +325,10 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
                                   "epoch": epoch, "step_in_epoch": i, "log": log_rows, "rng": rng_state(device),
                                   "loss_sum": loss_part, "kept_sum": kept_part, "done": done, "processes": world}, last)
                 distributed.barrier()                                # nobody exits before last.pt is written
-                message = (f"{stop.requested or 'a stop on another process'}: saved {last} at epoch {epoch} step "
-                           f"{i}; start the job again to resume (exit status 75: requeue)")
-                log(message)
-                raise Preempted(message)
+                stopped = Preempted.saved(stop.requested, last, epoch, i)
+                if stopped.code == REQUEUE_EXIT_CODE:  # Ctrl-C: said once, on stderr, by python -m negatives
+                    log(str(stopped))
+                raise stopped
             x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
             # progress as the exact fraction: scheduled bounds count exactly
             loss, stats = train_step(model, aug, opt, x, y, idx, progress=Fraction(step, max(1, total_steps)),

@@ -180,10 +180,17 @@ def load_encoder(path: str | os.PathLike):
         raise ValueError(f"{path} is not a finished run's checkpoint.pt (a rolling last.pt is read by the "
                          f"trainer only); delete it and {rebuild}")
     meta = ckpt["meta"]
-    s = PretrainSettings.from_dict(meta["settings"])
-    enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
-                        num_splits=s.bn_splits, width=s.width, small_stem=s.small_stem)
-    enc.load_state_dict(ckpt["encoder"])
+    try:
+        s = PretrainSettings.from_dict(meta["settings"])
+        enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
+                            num_splits=s.bn_splits, width=s.width, small_stem=s.small_stem)
+        enc.load_state_dict(ckpt["encoder"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        # the weights are not those of the network its metadata describes: one altered, or written by other code
+        lines = str(e).strip().splitlines() or [repr(e)]  # torch: a heading, then one line per mismatch
+        raise ValueError(f"{path}: its weights do not fit the network its metadata describes "
+                         f"({lines[min(1, len(lines) - 1)].strip()[:200]}); "
+                         f"delete it and {rebuild}") from None
     return enc.eval(), meta
 
 
