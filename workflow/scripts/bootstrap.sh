@@ -5,8 +5,13 @@
 #
 # 1. a virtual environment at ${NEGATIVES_VENV:-<repo>/.venv} (python3 -m venv;
 #    as root with apt-get, Debian's python3-venv is installed when venv is missing);
-# 2. `pip install -e '.[test]'` into it, only when pyproject.toml, the checkout
-#    or the Python changed since the last install (a stamp file in the venv);
+# 2. the dependencies into it, only when pyproject.toml, the lock file, the
+#    checkout or the Python changed since the last install (a stamp file in the
+#    venv): where requirements/<os>-<arch>-<python>.txt exists for this platform
+#    (made by workflow/scripts/lock.sh), its exact versions, every file checked
+#    against its hashes (pip install --require-hashes -r LOCK), then the project
+#    itself (pip install --no-deps --no-build-isolation -e .); elsewhere, or with
+#    NEGATIVES_LOCK=none, `pip install -e '.[test]'` from pyproject.toml's ranges;
 # 3. the data: Debian's dataset-fashion-mnist, wordnet-base and
 #    wordnet-sense-index, installed with apt-get when missing and we are root;
 #    otherwise, for `run`, torchvision's download of Fashion-MNIST (a config
@@ -15,7 +20,9 @@
 #
 # Knobs: NEGATIVES_VENV (venv path), NEGATIVES_PYTHON (interpreter that makes
 # it, default python3), NEGATIVES_PIP_ARGS (extra `pip install` arguments,
-# e.g. "--extra-index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch).
+# e.g. "--extra-index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch,
+# with NEGATIVES_LOCK=none: the lock's hashes are PyPI's builds), NEGATIVES_LOCK=none
+# (pyproject.toml's ranges even where a lock file exists).
 # After it, NEGATIVES_SNAKEMAKE_ARGS holds the extra snakemake arguments and
 # NEGATIVES_DOWNLOADS is 1 when the jobs will download data.
 
@@ -121,19 +128,54 @@ _neg_ensure_venv() {
     _neg_make_venv
 }
 
+# This platform's name in requirements/: os-arch-python, e.g. linux-x86_64-cp311.
+neg_platform_key() {
+    "${1:-$NEGATIVES_VENV/bin/python}" -c 'import platform, sys
+impl = {"cpython": "cp", "pypy": "pp"}.get(sys.implementation.name, sys.implementation.name)
+print(f"{platform.system()}-{platform.machine()}-{impl}{sys.version_info[0]}{sys.version_info[1]}".lower())'
+}
+
+# The lock file the venv installs from; empty for pyproject.toml's ranges.
+_neg_lock_file() {
+    [ "${NEGATIVES_LOCK:-}" = none ] && return 0
+    local lock
+    lock="$NEGATIVES_ROOT/requirements/$(neg_platform_key).txt"
+    if [ -f "$lock" ]; then printf '%s\n' "$lock"; fi
+}
+
+_neg_lock_platforms() {
+    local f names=()
+    for f in "$NEGATIVES_ROOT"/requirements/*.txt; do
+        if [ -f "$f" ]; then names+=("$(basename "$f" .txt)"); fi
+    done
+    printf '%s' "${names[*]:-none}"
+}
+
 # What the installed environment was made from: when it changes, reinstall.
 _neg_stamp() {
-    "$NEGATIVES_VENV/bin/python" - "$NEGATIVES_ROOT" "${NEGATIVES_PIP_ARGS:-}" <<'PY'
+    "$NEGATIVES_VENV/bin/python" - "$NEGATIVES_ROOT" "${NEGATIVES_PIP_ARGS:-}" "$1" <<'PY'
 import hashlib, sys
-root, pip_args = sys.argv[1], sys.argv[2]
-h = hashlib.sha256(open(f"{root}/pyproject.toml", "rb").read()).hexdigest()
-print(f"pyproject.toml sha256 {h}\ncheckout {root}\npython {sys.version.split()[0]}\npip args {pip_args}")
+root, pip_args, lock = sys.argv[1:]
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+print(f"pyproject.toml sha256 {sha(f'{root}/pyproject.toml')}")
+print(f"lock {lock} sha256 {sha(lock)}" if lock else "lock none (pyproject.toml's ranges)")
+print(f"checkout {root}\npython {sys.version.split()[0]}\npip args {pip_args}")
 PY
 }
 
+# pip install ARGS... into the venv; pip's notes about local index folders it
+# skips are noise, everything else passes.
+_neg_pip_install() {
+    # shellcheck disable=SC2086  # NEGATIVES_PIP_ARGS is a list of words
+    PIP_NO_INPUT=1 "$NEGATIVES_VENV/bin/python" -m pip install ${NEGATIVES_PIP_ARGS:-} "$@" 2>&1 \
+        | sed -u '/^WARNING: Location .* is ignored: it is neither a file nor a directory\.$/d' >&2
+}
+
 _neg_ensure_installed() {
-    local stamp_file="$NEGATIVES_VENV/.negatives-installed" want
-    want="$(_neg_stamp)"
+    local stamp_file="$NEGATIVES_VENV/.negatives-installed" want lock rel
+    lock="$(_neg_lock_file)"
+    want="$(_neg_stamp "$lock")"
     if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ]; then
         return 0
     fi
@@ -143,13 +185,24 @@ _neg_ensure_installed() {
         rm -rf "$NEGATIVES_VENV"
         _neg_make_venv
     fi
-    say "installing negatives and its dependencies into $NEGATIVES_VENV: pip install ${NEGATIVES_PIP_ARGS:-}${NEGATIVES_PIP_ARGS:+ }-e '.[test]' (torch, torchvision, snakemake, pytest, ...)"
     local start=$SECONDS
-    # pip's notes about local index folders it skips are noise; everything else passes
-    # shellcheck disable=SC2086  # NEGATIVES_PIP_ARGS is a list of words
-    if ! PIP_NO_INPUT=1 "$NEGATIVES_VENV/bin/python" -m pip install ${NEGATIVES_PIP_ARGS:-} -e "${NEGATIVES_ROOT}[test]" 2>&1 \
-        | sed -u '/^WARNING: Location .* is ignored: it is neither a file nor a directory\.$/d' >&2; then
-        die "pip install -e '.[test]' failed (see above); it needs PyPI (or a mirror set in pip's config) to be reachable"
+    if [ -n "$lock" ]; then
+        rel="${lock#"$NEGATIVES_ROOT"/}"
+        say "installing the locked dependencies into $NEGATIVES_VENV: pip install --require-hashes -r $rel (exact versions: torch, torchvision, snakemake, pytest, ...), then negatives itself: pip install --no-deps --no-build-isolation -e ."
+        _neg_pip_install --require-hashes -r "$lock" \
+            || die "pip install --require-hashes -r $rel failed (see above); it needs PyPI (or a mirror set in pip's config) to be reachable; NEGATIVES_LOCK=none installs from pyproject.toml's ranges instead"
+        # the build backend (setuptools) comes from the lock too, not from an unchecked build env
+        _neg_pip_install --no-deps --no-build-isolation -e "$NEGATIVES_ROOT" \
+            || die "pip install --no-deps --no-build-isolation -e . failed (see above)"
+    else
+        if [ "${NEGATIVES_LOCK:-}" = none ]; then
+            say "NEGATIVES_LOCK=none: installing from pyproject.toml's version ranges, not a lock file"
+        else
+            say "no lock file for this platform, $(neg_platform_key) (requirements/ has locks for: $(_neg_lock_platforms)): installing from pyproject.toml's version ranges, so versions may differ from the tested ones (bash workflow/scripts/lock.sh makes a lock for it)"
+        fi
+        say "installing negatives and its dependencies into $NEGATIVES_VENV: pip install ${NEGATIVES_PIP_ARGS:-}${NEGATIVES_PIP_ARGS:+ }-e '.[test]' (torch, torchvision, snakemake, pytest, ...)"
+        _neg_pip_install -e "${NEGATIVES_ROOT}[test]" \
+            || die "pip install -e '.[test]' failed (see above); it needs PyPI (or a mirror set in pip's config) to be reachable"
     fi
     printf '%s\n' "$want" >"$stamp_file"
     say "installed in $((SECONDS - start)) s"
