@@ -32,8 +32,7 @@ from ..evaluation.features import extract_features, knn_classify, topk_accuracy
 from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
 from ..optim import SGD
-from ..runtime import gpus
-from ..runtime import distributed, memory
+from ..runtime import distributed, gpus, memory
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, atomic_write, check_writable
 from ..runtime.locks import RankLock, RunLock
