@@ -242,3 +242,20 @@ def test_every_setting_outside_the_identity_reaches_the_job_as_a_flag():
     flags = {k for k in OUTSIDE_IDENTITY if f"--{k.replace('_', '-')} {{" in rule}
     assert flags == set(OUTSIDE_IDENTITY)
     assert "settings=identity()," in rule and "settings=identity(untrained=True)," in rule
+
+
+def test_the_training_data_settings_that_count_are_compared():
+    from negatives.training.identity import run_differences
+
+    cfg = {"pretrain": {}, "datasets": {"folders": {"root": "/a", "train_images": 300, "test_images": 100,
+                                                    "storage": "auto", "stream_above_gb": 8, "download": False}}}
+    meta = {"settings": {}, "dataset": "folders", "data_settings": {"train_images": 300, "storage": "memory"}}
+    assert run_differences(meta, cfg) == []                      # auto: whichever it chose
+    moved = json.loads(json.dumps(cfg))
+    moved["datasets"]["folders"].update(root="/b", test_images=50, stream_above_gb=1, download=True)
+    assert run_differences(meta, moved) == []
+    streamed = json.loads(json.dumps(cfg))
+    streamed["datasets"]["folders"].update(storage="stream", train_images=200)
+    assert run_differences(meta, streamed) == [("datasets.folders.storage", "memory", "stream"),
+                                               ("datasets.folders.train_images", 300, 200)]
+    assert run_differences(meta, streamed, untrained=True) == []  # an untrained encoder sees no image

@@ -244,7 +244,8 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     _write_classes(out, rows)
     data["digest"] = data_digest(data)                          # what a run trained on it records
-    data["settings"] = training_data_settings({"train_images": train_images, **options})
+    # the storage as chosen: streamed images are cropped from the full file, so it changes a run
+    data["settings"] = {**training_data_settings({"train_images": train_images, **options}), "storage": data["storage"]}
     path = out / "data.pt"
     atomic_torch_save(data, path)
     return path

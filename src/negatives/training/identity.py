@@ -60,7 +60,10 @@ def run_differences(meta: dict, cfg: dict, untrained: bool = False) -> list[tupl
     recorded = meta.get("data_settings")
     if not untrained and isinstance(recorded, dict):   # keys one side lacks: prepared by hand, not compared
         name = meta.get("dataset")
-        current = training_data_settings(cfg["datasets"].get(name, {}))
+        dataset = cfg["datasets"].get(name, {})
+        current = training_data_settings(dataset)
+        if dataset.get("storage", "auto") != "auto":                # auto: whichever it chose, it may choose again
+            current["storage"] = dataset["storage"]
         out += [(f"datasets.{name}.{k}", recorded[k], current[k]) for k in sorted(set(recorded) & set(current))
                 if recorded[k] != current[k]]
     return out
