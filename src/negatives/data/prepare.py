@@ -192,6 +192,10 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}; {spec.hint}") from None
     raw = spec.reader(root, **reader_options(spec, options))
+    from ..config import check_subset_size  # lazily: the config module imports the data registry
+
+    for split, n in (("train_images", train_images), ("test_images", test_images)):
+        check_subset_size(f"datasets.{name}.{split}", n, len(raw.classes))
     if isinstance(raw, FolderIndex):
         synsets = folder_synsets(name, root, raw.wnids, wordnet)
         rows = [(i, c, s) for i, (c, s) in enumerate(zip(raw.classes, synsets))]

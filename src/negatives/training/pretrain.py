@@ -203,8 +203,10 @@ def _checked(method: str, policy: str, temperature: float, settings: dict):
     """``(PretrainSettings, policy)`` of a run, checked as the workflow checks
     every run it plans (:func:`negatives.config.check_run`)."""
     s = PretrainSettings.from_dict(settings)
-    if not (isinstance(temperature, Real) and temperature > 0):
-        raise ConfigError(f"temperature: must be a positive number, got {temperature!r}")
+    if not (isinstance(temperature, Real) and temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature: must be a positive number, got {temperature!r}"
+                          + (" (NaN and infinity are refused)" if isinstance(temperature, float)
+                             and not math.isfinite(temperature) else ""))
     return s, check_run(method, policy, asdict(s))
 
 
