@@ -15,7 +15,8 @@ import os
 import warnings
 from numbers import Real
 
-from .defaults import ConfigError, check_finite, check_integers, check_partial, check_section, not_an_integer
+from .defaults import (ConfigError, check_finite, check_integers, check_partial, check_section, check_subset_size,
+                       not_an_integer)
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
@@ -144,13 +145,6 @@ def check_knn_k(knn_k: int, train: int, where: str) -> None:
     if knn_k > train:
         raise ConfigError(f"evaluate.knn_k: {knn_k} neighbours, but {where} holds {train} training images; "
                           f"allowed: at most {train}")
-
-
-def check_subset_size(key: str, n: int, classes: int) -> None:
-    """A class-balanced subset of ``n`` images (0: all) holds at least one image of each of ``classes``."""
-    if 0 < n < classes:
-        raise ConfigError(f"{key}: {n} images are fewer than the {classes} classes: a class-balanced subset holds "
-                          f"at least one of each; allowed: 0 (all) or at least {classes}")
 
 
 def _check_pretrain(cfg: dict) -> None:

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 __all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "check_finite", "check_partial",
-           "check_section", "check_integers", "not_an_integer"]
+           "check_section", "check_integers", "check_subset_size", "not_an_integer"]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
@@ -163,6 +163,13 @@ def check_integers(fragment: dict) -> None:
     for e in _errors(fragment):
         if isinstance(e.instance, float) and e.instance.is_integer() and _wants_integer(e):
             raise ConfigError(f"{_key(e, fragment)}: {not_an_integer(e.instance)}")
+
+
+def check_subset_size(key: str, n: int, classes: int) -> None:
+    """A class-balanced subset of ``n`` images (0: all) holds at least one image of each of ``classes``."""
+    if 0 < n < classes:
+        raise ConfigError(f"{key}: {n} images are fewer than the {classes} classes: a class-balanced subset holds "
+                          f"at least one of each; allowed: 0 (all) or at least {classes}")
 
 
 def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:

@@ -72,9 +72,11 @@ _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:e-?[0-9]+)?")
 
 
 def refuse_non_finite(text: str) -> None:
-    """:class:`PolicyError` when a policy string holds NaN or infinity,
-    written out or as a number too large for a float (``9...9`` with 400
-    digits reads as inf), before any family's parser turns it into one."""
+    """Refuse a policy string that holds NaN or infinity.
+
+    :class:`PolicyError` when ``text`` holds NaN or infinity, written out
+    or as a number too large for a float (``9...9`` with 400 digits reads as
+    inf), before any family's parser turns it into one."""
     m = _NON_FINITE_WORD.search(text)
     if m:
         raise PolicyError(f"policy {text!r}: {m.group(1)} is not a finite number (NaN and infinity are refused)")
