@@ -16,7 +16,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 shell.prefix(f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 
-from negatives.config import ConfigError, check_config
+from negatives.config import ConfigError, check_config, check_finite
 from negatives.config_files import check_config_file, numbers_as_numbers, schema_message
 
 # config files read strictly first: a YAML error names its line, a key written
@@ -33,8 +33,13 @@ except ConfigError as e:
 configfile: "config.yaml"
 
 
-# the whole config is checked once, before any job starts; 1e-3 is a number
+# the whole config is checked once, before any job starts; 1e-3 is a number,
+# and NaN or infinity (.nan, 1e400) is named before the schema, whose ranges let NaN through
 numbers_as_numbers(config)
+try:
+    check_finite(config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError as e:  # its own message prints the schema of the key: hundreds of lines for a section

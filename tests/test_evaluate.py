@@ -129,7 +129,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
                 epochs=3, settings={}, in_channels=1)
     enc = build_encoder("small-cnn", 1, dim=8, width=4)
     monkeypatch.setattr(probes, "load_encoder", lambda path: (enc, meta))
-    settings = dict(probe="fast", knn_k=200, knn_temperature=0.1, fewshot_labels_per_class=2, threads=1)
+    settings = dict(probe="fast", knn_k=72, knn_temperature=0.1, fewshot_labels_per_class=2, threads=1)  # every image
     out = tmp_path / "run" / "probe.json"
     res = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", settings, out)
     written = json.loads(out.read_text())
@@ -140,7 +140,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
                              "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5",
                              "evaluation", "ran_with", "versions"]
     assert written["evaluation"] == {**probes.evaluation_record(settings), "data": data_digest(load_prepared(
-        tmp_path / "data.pt"))} == {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1,
+        tmp_path / "data.pt"))} == {"probe": "fast", "knn_k": settings["knn_k"], "knn_temperature": 0.1,
                                     "fewshot_labels_per_class": 2, "fewshot_draws": FEWSHOT_DRAWS,
                                     "data": written["evaluation"]["data"]}
     assert set(written["evaluation"]["data"]) == {"train", "test"}
@@ -156,7 +156,10 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
         evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "probe": "paper"}, out)
     with pytest.raises(ValueError, match="'knn_kk' was unexpected.*allowed: .*knn_k"):
         evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "knn_kk": 3}, out)
+    with pytest.raises(ValueError, match=r"evaluate\.knn_k: 200 neighbours, but .*data\.pt holds 72 training images"):
+        evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "knn_k": 200}, out)  # the default
     # a key left out takes the schema's default, as in the workflow
     out.unlink()
-    partial = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {"fewshot_labels_per_class": 2, "threads": 1}, out)
+    partial = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {"fewshot_labels_per_class": 2, "threads": 1,
+                                                                     "knn_k": 72}, out)
     assert partial["knn_top1"] == res["knn_top1"] and partial["linear_top1"] == res["linear_top1"]

@@ -100,21 +100,21 @@ def test_knn_scores_are_the_vote_divided_by_exp_of_each_rows_top_similarity(t):
 
 def test_the_training_monitor_votes_with_the_same_function():
     from negatives.evaluation import features
-    from negatives.training import pretrain
+    from negatives.training import monitor
 
-    assert pretrain.knn_classify is features.knn_classify
+    assert monitor.knn_classify is features.knn_classify
 
 
 # ------------------------------------------------------------------ probe.json's record
 
 def test_the_evaluation_record_holds_what_changes_the_numbers_only():
     fast = evaluation_record({"knn_k": 50, "knn_temperature": 1, "threads": 8, "device": "cpu",
-                              "faithful": {"epochs": 3}})
+                              "faithful": {"epochs": 3, "milestones": [1, 2]}})
     assert fast == {"probe": "fast", "knn_k": 50, "knn_temperature": 1.0, "fewshot_labels_per_class": 10,
                     "fewshot_draws": FEWSHOT_DRAWS}
-    faithful = evaluation_record({"probe": "faithful", "faithful": {"epochs": 3}})
+    faithful = evaluation_record({"probe": "faithful", "faithful": {"epochs": 3, "milestones": [1, 2]}})
     assert faithful["probe"] == "faithful" and faithful["faithful"]["epochs"] == 3
-    assert faithful["faithful"]["lr"] == 30.0 and faithful["faithful"]["milestones"] == [60, 80]  # defaults filled in
+    assert faithful["faithful"]["lr"] == 30.0 and faithful["faithful"]["gamma"] == 0.1  # defaults filled in
     assert evaluation_record({"probe": "faithful"})["faithful"] == evaluation_record(
         {"probe": "faithful", "faithful": {"lr": 30.0}})["faithful"]  # a default said or left out: one setting
 

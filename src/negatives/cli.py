@@ -9,14 +9,70 @@ import os
 import sys
 
 
+class _Object(dict):
+    """A JSON object as read, with the keys it wrote more than once (JSON keeps the last silently)."""
+
+    twice: tuple[str, ...] = ()
+
+
+def _object(pairs) -> _Object:
+    out = _Object(pairs)
+    keys = [k for k, _ in pairs]
+    out.twice = tuple(dict.fromkeys(k for k in keys if keys.count(k) > 1))
+    return out
+
+
 def _json(text: str) -> dict:
-    try:
-        value = json.loads(text)
+    try:  # NaN and Infinity are read as Python reads them, so the section's check names their key
+        value = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def _written_twice(value, key: str) -> str | None:
+    """The first key (dotted, under ``key``) that a ``--settings`` object wrote twice."""
+    if isinstance(value, list):
+        return next((k for i, v in enumerate(value) if (k := _written_twice(v, f"{key}[{i}]"))), None)
+    if not isinstance(value, dict):
+        return None
+    if getattr(value, "twice", ()):
+        return f"{key}.{value.twice[0]}" if key else value.twice[0]
+    return next((k for name, v in value.items() if (k := _written_twice(v, f"{key}.{name}" if key else name))), None)
+
+
+#: the config section each command's ``--settings`` is
+SECTIONS = {"pretrain": "pretrain", "init": "pretrain", "evaluate": "evaluate", "analyze": "analysis"}
+#: keys the Python API takes that the config refuses: ``max_steps`` stops a run
+#: early and writes its checkpoint.pt as if it were finished
+LIBRARY_ONLY = {"pretrain": ("max_steps",)}
+
+
+def _plain(value):
+    """``value`` with every :class:`_Object` a plain dict (what the library keeps and pickles)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, list) else value
+
+
+def _check_settings(a) -> None:
+    """What the workflow refuses in a config, refused in ``--settings`` and
+    ``--config-json`` before any work: a key written twice, a library-only key."""
+    from .config import ConfigError
+
+    for option, name in (("--settings", "settings"), ("--config-json", "config_json")):
+        section = SECTIONS.get(a.command, f"datasets.{getattr(a, 'dataset', '')}" if a.command == "prepare" else "")
+        twice = _written_twice(getattr(a, name, None), section if option == "--settings" else "")
+        if twice:
+            raise ConfigError(f"{twice}: written twice in {option} (JSON would keep only the last); write it once")
+        if hasattr(a, name):
+            setattr(a, name, _plain(getattr(a, name)))
+    for key in LIBRARY_ONLY.get(SECTIONS.get(a.command), ()):
+        if key in a.settings:
+            raise ConfigError(f"pretrain.{key}: not a config key (the Python API's step limit for tests and "
+                              f"benchmarks): a run it stops would be written as finished; leave it out")
 
 
 def _positive(text: str) -> int:
@@ -71,7 +127,11 @@ def cmd_evaluate(a) -> None:
 
 def cmd_figure(a) -> None:
     from .analysis import figures
+    from .config import check_partial
+    from .defaults import schema
 
+    # the config's values as the workflow checks them (its keys are the figure's to name)
+    check_partial({k: v for k, v in a.config_json.items() if k in schema()["properties"]})
     figures.build(a.name, a.probes, a.out, a.config_json)
     _log(f"wrote {a.out}.{{pdf,png,csv}}")
 
@@ -181,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "jobs_per_gpu", None):  # the GPU locks' slots (negatives.runtime.gpus), for spawned workers too
         os.environ["NEGATIVES_JOBS_PER_GPU"] = str(args.jobs_per_gpu)
     try:
+        _check_settings(args)
         args.func(args)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -15,12 +15,14 @@ import os
 import warnings
 from numbers import Real
 
-from .defaults import ConfigError, check_partial, check_section
+from .defaults import (ConfigError, check_finite, check_integers, check_partial, check_section, check_subset_size,
+                       not_an_integer)
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
 
-__all__ = ["ConfigError", "check_config", "check_partial", "check_section", "check_run", "check_pretrain_sizes"]
+__all__ = ["ConfigError", "check_config", "check_finite", "check_partial", "check_section", "check_run",
+           "check_pretrain_sizes", "check_milestones", "check_knn_k", "check_subset_size"]
 
 
 def _get(cfg: dict, key: str, kind: type | tuple[type, ...]):
@@ -37,6 +39,8 @@ def _get(cfg: dict, key: str, kind: type | tuple[type, ...]):
 def _check_type(key: str, value, kind) -> None:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int to Python, never to a config
+    if int in kinds and isinstance(value, float) and value.is_integer() and float not in kinds:
+        raise ConfigError(f"{key}: {not_an_integer(value)}")
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = " or ".join("number" if k is Real else k.__name__ for k in kinds)
         raise ConfigError(f"{key}: must be {names}, got {value!r}")
@@ -121,13 +125,26 @@ def _check_evaluate(cfg: dict) -> None:
         raise ConfigError(f"evaluate.probe: {probe!r}; allowed: {', '.join(probes)}")
     if probe != "faithful":
         return
-    epochs = _get(cfg, "evaluate.faithful.epochs", int)
-    milestones = _get(cfg, "evaluate.faithful.milestones", list)
-    for i, m in enumerate(milestones):
+    _get(cfg, "evaluate.faithful.epochs", int)
+    for i, m in enumerate(_get(cfg, "evaluate.faithful.milestones", list)):
         _check_type(f"evaluate.faithful.milestones[{i}]", m, int)
+    check_milestones(cfg["evaluate"]["faithful"])
+
+
+def check_milestones(faithful: dict) -> None:
+    """The faithful probe's learning-rate milestones are increasing epochs
+    before its last (``faithful``: the ``evaluate.faithful`` section, defaults filled in)."""
+    epochs, milestones = faithful["epochs"], list(faithful["milestones"])
     if any(not 0 < m < epochs for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(f"evaluate.faithful.milestones: {milestones} must be increasing epochs in 1..{epochs - 1} "
                           f"(evaluate.faithful.epochs is {epochs})")
+
+
+def check_knn_k(knn_k: int, train: int, where: str) -> None:
+    """The kNN probe's neighbours are at most the ``train`` training images (``where`` says whose)."""
+    if knn_k > train:
+        raise ConfigError(f"evaluate.knn_k: {knn_k} neighbours, but {where} holds {train} training images; "
+                          f"allowed: at most {train}")
 
 
 def _check_pretrain(cfg: dict) -> None:
@@ -244,6 +261,23 @@ def _check_analysis(cfg: dict) -> None:
                           f"and fit in the easiest decile; allowed: {100 / negatives:g} to 10")
 
 
+def _check_subsets(cfg: dict) -> None:
+    """The selected dataset's subsets hold every class; kNN's neighbours fit
+    in its training subset (where the config says its size)."""
+    from .data.datasets import known_classes
+
+    name = _get(cfg, "dataset", str)
+    entry = cfg["datasets"][name]
+    classes = known_classes(name, entry)
+    for split in ("train_images", "test_images"):
+        n = entry.get(split, 0)
+        _check_type(f"datasets.{name}.{split}", n, int)
+        if classes:
+            check_subset_size(f"datasets.{name}.{split}", n, classes)
+    if entry.get("train_images", 0):
+        check_knn_k(_get(cfg, "evaluate.knn_k", int), entry["train_images"], f"datasets.{name}.train_images")
+
+
 def _check_fewshot(cfg: dict) -> None:
     """The few-label probe's labels per class fit in the class-balanced
     training subset (when the config says its size and the dataset its classes)."""
@@ -337,13 +371,20 @@ def check_config(cfg: dict, check_data: bool | None = None) -> None:
     """
     if not isinstance(cfg, dict):
         raise ConfigError(f"config: must be a mapping, got {type(cfg).__name__}")
+    check_finite(cfg)            # first: NaN passes every range below
     _check_figures(cfg)
     _check_temperatures(cfg)
     _check_pretrain(cfg)
     check_gpu_sharing(cfg.get("jobs_per_gpu", 1), cfg.get("pretrain", {}))
     _check_dataset(cfg, check_data)
+    _check_subsets(cfg)
     _check_evaluate(cfg)
     _check_analysis(cfg)
     _check_fewshot(cfg)
     _check_queue_fits(cfg)
     _check_runs(cfg)
+    # last, as the jobs' own check: integer keys hold ints (Snakemake's
+    # validation takes 16.0 for an integer; a job would fail on it)
+    from .defaults import schema
+
+    check_integers({k: v for k, v in cfg.items() if k in schema()["properties"]})

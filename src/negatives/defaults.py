@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from pathlib import Path
 
-__all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "log_only", "check_partial", "check_section"]
+__all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "log_only", "check_finite",
+           "check_partial", "check_section", "check_integers", "check_subset_size", "not_an_integer"]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
@@ -92,28 +94,98 @@ def log_only(section: str) -> tuple[str, ...]:
     return tuple(key for key, spec in props.items() if spec.get("log_only"))
 
 
+def check_finite(value, key: str = "") -> None:
+    """Raise :class:`ConfigError` naming the key of the first NaN or infinity
+    in ``value`` (a config or part of one): no key takes them, and a JSON
+    schema's ranges let NaN through (every comparison with it is false)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key or 'value'}: must be a finite number, got {value!r} (NaN and infinity are refused)")
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_validator():
+    """Draft 2020-12 whose ``integer`` is an int only: 16.0 is refused (the
+    draft's own accepts it, and a float size fails deep inside a job)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    ints = base.TYPE_CHECKER.redefine("integer", lambda checker, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(base, type_checker=ints)
+
+
+def _wants_integer(e) -> bool:
+    """Whether a validation error is (or, under oneOf, holds) an ``integer`` type error."""
+    if e.validator == "type":
+        return "integer" in (e.validator_value if isinstance(e.validator_value, list) else [e.validator_value])
+    return any(_wants_integer(c) for c in e.context or ())
+
+
+def not_an_integer(value: float) -> str:
+    """The integer rule, for a whole float such as 16.0 given to an integer key."""
+    return f"{value!r} is not an integer (integer keys take whole numbers written without a point: {int(value)})"
+
+
+def _message(e) -> str:
+    """jsonschema's message, with the integer rule spelled out for a float such as 16.0."""
+    if isinstance(e.instance, float) and e.instance.is_integer() and _wants_integer(e):
+        return not_an_integer(e.instance)
+    return e.message
+
+
 def check_partial(fragment: dict, library_only: dict[str, tuple[str, ...]] | None = None) -> None:
     """Check the part of a config an entry point was given by hand (e.g.
     ``{"seeds": [seed], "datasets": {name: entry}}``) against the config
     schema, as the workflow's validation does: unknown keys, types and ranges
     of what is there (``library_only``: per section, keys the library takes
-    that are not config keys).  Raises :class:`ConfigError` naming the key."""
-    import jsonschema
-
-    root = schema()
+    that are not config keys).  NaN, infinity and a float for an integer key
+    (16.0) are refused too.  Raises :class:`ConfigError` naming the key."""
+    check_finite(fragment)
     library_only = library_only or {}
     fragment = {section: {k: v for k, v in value.items() if k not in library_only[section]}
                 if section in library_only and isinstance(value, dict) else value for section, value in fragment.items()}
-    properties = {section: root["properties"][section] for section in fragment}
-    validator = jsonschema.Draft202012Validator({"type": "object", "properties": properties, "$defs": root["$defs"]})
-    errors = sorted(validator.iter_errors(fragment), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = _errors(fragment)
     if errors:
         e = errors[0]
-        key = ".".join(map(str, e.absolute_path)) or next(iter(fragment))
+        key = _key(e, fragment)
         if e.validator == "additionalProperties":  # e.schema: the mapping's own schema
             allowed = sorted(e.schema.get("properties", {})) + list(library_only.get(str(e.absolute_path[0]), ()))
             raise ConfigError(f"{key}: {e.message}; allowed: {', '.join(allowed)}")
-        raise ConfigError(f"{key}: {e.message}")
+        raise ConfigError(f"{key}: {_message(e)}")
+
+
+def _errors(fragment: dict) -> list:
+    """The schema's errors of ``fragment`` (top-level keys: config keys), integers strict, in key order."""
+    root = schema()
+    properties = {section: root["properties"][section] for section in fragment}
+    validator = _strict_validator()({"type": "object", "properties": properties, "$defs": root["$defs"]})
+    return sorted(validator.iter_errors(fragment), key=lambda e: [str(p) for p in e.absolute_path])
+
+
+def _key(e, fragment: dict) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".") \
+        or next(iter(fragment))
+
+
+def check_integers(fragment: dict) -> None:
+    """Only the integer rule of :func:`check_partial`: raise
+    :class:`ConfigError` naming the first integer key given a float (16.0),
+    which a validator that reads the draft as written lets through."""
+    for e in _errors(fragment):
+        if isinstance(e.instance, float) and e.instance.is_integer() and _wants_integer(e):
+            raise ConfigError(f"{_key(e, fragment)}: {not_an_integer(e.instance)}")
+
+
+def check_subset_size(key: str, n: int, classes: int) -> None:
+    """A class-balanced subset of ``n`` images (0: all) holds at least one image of each of ``classes``."""
+    if 0 < n < classes:
+        raise ConfigError(f"{key}: {n} images are fewer than the {classes} classes: a class-balanced subset holds "
+                          f"at least one of each; allowed: 0 (all) or at least {classes}")
 
 
 def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..defaults import check_partial
+from ..defaults import check_partial, check_subset_size
 from ..runtime.atomic import atomic_torch_save, atomic_write
 from ..runtime.memory import check_fits
 from .datasets import DATASETS, check_root, class_map, dataset_spec, folder_synsets, reader_options
@@ -229,6 +229,8 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}; {spec.hint}") from None
     raw = spec.reader(root, **reader_options(spec, options))
+    for split, n in (("train_images", train_images), ("test_images", test_images)):
+        check_subset_size(f"datasets.{name}.{split}", n, len(raw.classes))
     if isinstance(raw, FolderIndex):
         synsets = folder_synsets(name, root, raw.wnids, wordnet)
         rows = [(i, c, s) for i, (c, s) in enumerate(zip(raw.classes, synsets))]

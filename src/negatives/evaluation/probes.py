@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import check_section
+from ..config import check_knn_k, check_milestones, check_section
 from ..data.sources import data_digest, load_prepared, open_source
 from ..defaults import schema_defaults, speed_only
 from ..optim import avoid_dynamo_import
@@ -110,7 +110,10 @@ def _with_defaults(settings: dict) -> dict:
     (:func:`negatives.config.check_section`), with the schema's defaults for
     the keys it lacks."""
     check_section("evaluate", settings)
-    return {**schema_defaults("evaluate"), **settings}
+    settings = {**schema_defaults("evaluate"), **settings}
+    if settings["probe"] == "faithful":
+        check_milestones({**schema_defaults("evaluate", "faithful"), **settings["faithful"]})
+    return settings
 
 
 def _check_fewshot(per_class: int, data: dict, data_path) -> None:
@@ -171,6 +174,7 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     data = load_prepared(data_path)
     check_matches(meta, data, checkpoint_path, data_path)
     _check_fewshot(int(settings["fewshot_labels_per_class"]), data, data_path)
+    check_knn_k(settings["knn_k"], len(open_source(data, "train").labels), str(data_path))
     encoder.to(device)
     num_classes = len(data["classes"])
     # in memory or streamed from the image files (storage: stream)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import bands, mixing, retention, reweighted, ring
 from .base import All, NegativePolicy, Replace
-from .grammar import SEP, PolicyError
+from .grammar import SEP, PolicyError, refuse_non_finite
 
 __all__ = ["PARSERS", "POLICY_GRAMMAR", "parse_policy"]
 
@@ -47,6 +47,7 @@ def parse_policy(text: str) -> NegativePolicy:
     """
     if not isinstance(text, str):
         raise PolicyError(f"policy must be a string, got {text!r}; allowed: {POLICY_GRAMMAR}")
+    refuse_non_finite(text)
     t = text.strip().replace(SEP, ",")
     base, sep, mode = t.partition("@")
     base = base.strip()

@@ -272,6 +272,13 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
+def agree(refused: bool) -> bool:
+    """Whether any process of the run was refused (every rank votes), or this
+    process's own answer outside a process group: how the ranks of a run
+    decide together whether to go on (:class:`.locks.RunLock`)."""
+    return any_rank(refused) if is_distributed() else refused
+
+
 def _spawned(index: int, world: int, port: int, backend: str, fn, args, parent: int, lock_dir) -> None:
     import contextlib
     import sys

@@ -92,16 +92,9 @@ def _refusal(run_dir: Path, held: list[Path]) -> RunLocked:
                      f"{'that process' if len(held) == 1 else 'those processes'}")
 
 
-def _agree(refused: bool) -> bool:
-    """In a run whose processes torchrun or srun started: whether rank 0
-    was refused the run (every rank votes; only rank 0 may say yes).
-    The other ranks lock their own files only after rank 0 has looked at
-    every rank's, so it never mistakes its own run's ranks for another's."""
-    if "torch.distributed" not in sys.modules:  # no process group without it (and no torch import for a lock)
-        return refused
-    from . import distributed
-
-    return distributed.any_rank(refused) if distributed.is_distributed() else refused
+def _alone(refused: bool) -> bool:
+    """The vote of a process that starts a run alone: its own answer."""
+    return refused
 
 
 class _Held:
@@ -129,13 +122,15 @@ class RunLock(_Held):
     holder, and changes no file.  ``check``: called once the lock is held,
     its exception a refusal as well (a run finished meanwhile).  Under
     torchrun or srun rank 0 takes it, and the other ranks learn from it
-    whether to go on (:class:`RankLock`), so that none waits for the others."""
+    whether to go on (:class:`RankLock`), so that none waits for the others:
+    ``agree(refused) -> bool`` is that vote over the run's processes
+    (:func:`negatives.runtime.distributed.agree`)."""
 
     NAME = ".pretrain.lock"
 
-    def __init__(self, run_dir: str | os.PathLike, check=None):
+    def __init__(self, run_dir: str | os.PathLike, check=None, agree=_alone):
         super().__init__(Path(run_dir) / self.NAME)
-        self.check = check
+        self.check, self.agree = check, agree
 
     def __enter__(self) -> "RunLock":
         run = self.path.parent
@@ -157,7 +152,7 @@ class RunLock(_Held):
                 self.check()                    # e.g. finished while the lock was held by others
             except Exception as e:
                 error = e
-        if _agree(error is not None):
+        if self.agree(error is not None):
             if fd is not None:
                 os.close(fd)                    # unsigned: the file still names its last owner
             raise error if error is not None else RunLocked(f"{run}: another rank of this run was refused it")
@@ -175,11 +170,12 @@ class RankLock(_Held):
 
     PATTERN = ".pretrain.rank*.lock"
 
-    def __init__(self, run_dir: str | os.PathLike, rank: int):
+    def __init__(self, run_dir: str | os.PathLike, rank: int, agree=_alone):
         super().__init__(Path(run_dir) / f".pretrain.rank{rank}.lock")
+        self.agree = agree
 
     def __enter__(self) -> "RankLock":
-        if _agree(False):
+        if self.agree(False):
             raise RunLocked(f"{self.path.parent}: rank 0 of this run was refused it (its message says why)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = try_lock(self.path)

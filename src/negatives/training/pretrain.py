@@ -26,9 +26,7 @@ from pathlib import Path
 import torch
 
 from ..data.augment import MoCoV2Augment
-from ..data.sources import (FolderSource, TensorSource, load_prepared, loader_workers, open_source,
-                            open_train_source, read_images)
-from ..evaluation.features import extract_features, knn_classify, topk_accuracy
+from ..data.sources import FolderSource, TensorSource, load_prepared, loader_workers, open_source, open_train_source
 from ..config import ConfigError, check_partial, check_run
 from ..methods import build_method
 from ..optim import SGD
@@ -42,6 +40,7 @@ from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, loa
 from .settings import (PretrainSettings, cosine_lr, data_identity, epoch_seed, meta_differences, seeded_encoder,
                        view_crop_draws)
 from .identity import keep_finished, restore_finished
+from .monitor import KnnMonitor
 from .step import train_step
 
 __all__ = ["pretrain", "init_checkpoint"]
@@ -75,38 +74,6 @@ def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) 
     path = out / "checkpoint.pt"
     atomic_torch_save({"meta": meta, "encoder": enc.state_dict()}, path)
     return path
-
-
-class _KnnMonitor:
-    """kNN accuracy on a fixed slice of the data (cheap, once an epoch, or
-    every ``every`` epochs and after the last; NaN in the log otherwise)."""
-
-    def __init__(self, data: dict, n: int, device, every: int = 1, epochs: int = 0):
-        self.n = n
-        self.every = max(1, int(every))
-        self.epochs = epochs
-        if n <= 0:
-            return
-        # the first n images of each split, in memory (decoded once, for a streamed dataset)
-        train, test = open_source(data, "train"), open_source(data, "test")
-        self.xtr, self.ytr = read_images(train, torch.arange(min(n, train.num_images)))
-        self.xte, self.yte = read_images(test, torch.arange(min(n, test.num_images)))
-        self.mean, self.std = data["mean"], data["std"]
-        self.num_classes = len(data["classes"])
-
-    def due(self, epoch: int) -> bool:
-        """Whether the monitor runs after (0-based) ``epoch``."""
-        return self.n > 0 and ((epoch + 1) % self.every == 0 or epoch + 1 >= self.epochs)
-
-    def __call__(self, encoder, epoch: int | None = None) -> float:
-        if self.n <= 0 or (epoch is not None and not self.due(epoch)):
-            return float("nan")
-        was_training = encoder.training
-        ftr = extract_features(encoder, self.xtr, self.mean, self.std)
-        fte = extract_features(encoder, self.xte, self.mean, self.std)
-        encoder.train(was_training)
-        scores = knn_classify(ftr, self.ytr, fte, self.num_classes, k=200, temperature=0.1)
-        return float(topk_accuracy(scores, self.yte, ks=(1,))[1])
 
 
 def pretrain(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
@@ -165,10 +132,10 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
         sys.stdout.flush()
         os.execvp(command[0], command)
     if distributed.rank() > 0:                                   # started with the others: rank 0 holds the run's lock
-        with StopSignals() as stop, RankLock(out_dir, distributed.rank()):   # and each other rank one of its own
+        with StopSignals() as stop, RankLock(out_dir, distributed.rank(), distributed.agree):  # and each one its own
             return _pretrain(data, method, pol, temperature, seed, s, out_dir, _silent, stop)
     # one run, one training; a run finished while another process held it is refused too (on every rank)
-    with StopSignals() as stop, RunLock(out_dir, check=lambda: _refuse_finished(Path(out_dir))):
+    with StopSignals() as stop, RunLock(out_dir, lambda: _refuse_finished(Path(out_dir)), distributed.agree):
         if s.processes > 1 and not distributed.is_distributed():  # this process starts the others
             backend = "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo"
             del data                                             # each process loads its own
@@ -215,8 +182,10 @@ def _checked(method: str, policy: str, temperature: float, settings: dict):
     """``(PretrainSettings, policy)`` of a run, checked as the workflow checks
     every run it plans (:func:`negatives.config.check_run`)."""
     s = PretrainSettings.from_dict(settings)
-    if not (isinstance(temperature, Real) and temperature > 0):
-        raise ConfigError(f"temperature: must be a positive number, got {temperature!r}")
+    if not (isinstance(temperature, Real) and temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature: must be a positive number, got {temperature!r}"
+                          + (" (NaN and infinity are refused)" if isinstance(temperature, float)
+                             and not math.isfinite(temperature) else ""))
     return s, check_run(method, policy, asdict(s))
 
 
@@ -286,7 +255,7 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
     start_epoch, start_i, log_rows = ((resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed
                                       else (0, 0, []))
 
-    monitor = _KnnMonitor(data, s.knn_monitor, device, every=s.knn_monitor_every, epochs=s.epochs)
+    monitor = KnnMonitor(data, s.knn_monitor, device, every=s.knn_monitor_every, epochs=s.epochs)
     steps_per_epoch = n // s.batch_size
     total_steps = steps_per_epoch * s.epochs
     step = start_epoch * steps_per_epoch + start_i

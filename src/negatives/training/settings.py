@@ -174,11 +174,19 @@ def load_encoder(path: str | os.PathLike):
 
     A missing or damaged file, or one that is not a finished run's checkpoint
     (``last.pt``, say), is one error naming it and how to rebuild it."""
+    from ..runtime.checkpoint import MAGIC
+
     rebuild = f"train the run (snakemake {path})"
+    # a last.pt given by mistake is named as such and kept: the run resumes from it
+    unfinished = (f"{path} is not a finished run's checkpoint.pt: a last.pt is an unfinished run's rolling "
+                  "checkpoint, read by the trainer only and left as it is; give the run's checkpoint.pt once the run "
+                  f"is finished (snakemake {os.path.join(os.path.dirname(path), 'checkpoint.pt')})")
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise ValueError(unfinished)
     ckpt = torch_load(path, "finished run's checkpoint", rebuild)
     if not isinstance(ckpt, dict) or not {"meta", "encoder"} <= set(ckpt):
-        raise ValueError(f"{path} is not a finished run's checkpoint.pt (a rolling last.pt is read by the "
-                         f"trainer only); delete it and {rebuild}")
+        raise ValueError(unfinished)
     meta = ckpt["meta"]
     try:
         s = PretrainSettings.from_dict(meta["settings"])
