@@ -226,7 +226,8 @@ def check_matches(meta: dict, data: dict, checkpoint_path, data_path) -> None:
         differ.append("no dataset recorded")
     if not differ:
         return
-    if meta.get("dataset") == data.get("dataset") and meta.get("in_channels") == now["in_channels"]:
+    shape = ("dataset", "in_channels", "image_size", "num_classes")
+    if all(meta.get(k, now[k]) == now[k] for k in shape):      # the same dataset, other images of it
         raise ValueError(f"{checkpoint_path} was trained on other {data.get('dataset')!r} images than {data_path} "
                          f"holds ({'; '.join(differ)}): the data was prepared again with other settings or "
                          "files since; evaluate it on the data.pt it was trained on, or train the run again")
