@@ -315,7 +315,7 @@ def test_prepare_cli_takes_the_dataset_settings(tmp_path, wordnet_reader, monkey
 def test_fashion_mnist_prepared_format_unchanged(tmp_path, fashion_root):
     path = data.prepare("fashion-mnist", fashion_root, tmp_path / "out", 40, 20)
     d = data.load_prepared(path)
-    assert set(d) == {"dataset", "storage", "train_images", "train_labels", "test_images", "test_labels",
+    assert set(d) == {"dataset", "storage", "settings", "digest", "train_images", "train_labels", "test_images", "test_labels",
                       "classes", "mean", "std"}
     xf = d["train_images"].float().div(255.0)
     assert d["mean"] == xf.mean(dim=(0, 2, 3)).tolist() and d["std"] == xf.std(dim=(0, 2, 3)).tolist()

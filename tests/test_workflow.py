@@ -236,7 +236,7 @@ BAD_THROUGH_SNAKEMAKE = [
     ({"pretrain": {"queue_size": 100}}, "pretrain.queue_size"),
     ({"datasets": {"fashion-mnist": {"root": "/nonexistent/fmnist"}}}, "datasets.fashion-mnist.root"),
     ({"analysis": {"queries": 9000}}, "analysis.queries"),
-    ({"figures": {"fig6": {"hard_cut": 100}}}, "['fig6']['properties']['hard_cut']"),
+    ({"figures": {"fig6": {"hard_cut": 100}}}, "figures.fig6.hard_cut: 100 is greater than or equal to the maximum"),
 ]
 
 
