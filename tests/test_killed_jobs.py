@@ -45,7 +45,8 @@ def _run(argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-@pytest.mark.parametrize("job", ["prepare", "init", "evaluate", "analyze"])
+@pytest.mark.parametrize("job", ["prepare", "evaluate", *(pytest.param(j, marks=pytest.mark.slow)
+                                                         for j in ("init", "analyze"))])
 def test_a_job_killed_at_any_moment_leaves_no_partial_output_and_runs_again(files, tmp_path, job):  # noqa: F811
     root, data = files
     argv, output = _jobs(root, Path(data), tmp_path)[job]

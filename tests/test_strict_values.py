@@ -174,8 +174,12 @@ WORKFLOW_CATALOGUE = [
 ]
 
 
-@pytest.mark.parametrize("setup, extra, message", [c[1:] for c in WORKFLOW_CATALOGUE],
-                         ids=[c[0] for c in WORKFLOW_CATALOGUE])
+#: the entries CI runs (a workflow plan is several seconds each); the rest are marked slow
+IN_CI = ("lr .nan", "width 16.0", "knn_k above the training images")
+
+
+@pytest.mark.parametrize("setup, extra, message", [pytest.param(*c[1:], marks=[pytest.mark.slow] * (c[0] not in IN_CI))
+                                                   for c in WORKFLOW_CATALOGUE], ids=[c[0] for c in WORKFLOW_CATALOGUE])
 def test_a_bad_config_value_is_named_before_any_job_and_changes_nothing(work, setup, extra, message):
     setup(work)
     before = _files(work)
