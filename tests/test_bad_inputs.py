@@ -168,19 +168,27 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("builder, message", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
-def test_a_bad_input_is_one_line_naming_it_and_changes_nothing(files, capsys, builder, message):
-    root, data = files
+def refused(root: Path, argv: list[str], message: str, capsys) -> str:
+    """Run ``python -m negatives argv`` in-process and check a catalogue entry:
+    exit status 2, one line on stderr (no traceback) matching ``message``,
+    every file under ``root`` as it was, no run folder made.  The line."""
     before = _snapshot(root)
-    status = main(builder(root, data))
+    status = main(argv)
     err = capsys.readouterr().err
     assert status == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert pytest.importorskip("re").search(message, lines[0]), lines[0]
+    assert re.search(message, lines[0]), lines[0]
     assert lines[0].startswith("negatives ")
     assert _snapshot(root) == before                     # nothing written, nothing changed
     assert not (root / "new").exists()                   # refused before any work: no run folder made
+    return lines[0]
+
+
+@pytest.mark.parametrize("builder, message", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+def test_a_bad_input_is_one_line_naming_it_and_changes_nothing(files, capsys, builder, message):
+    root, data = files
+    refused(root, builder(root, data), message, capsys)
 
 
 def test_a_run_being_trained_is_refused_and_left_alone(files, capsys):
