@@ -1,5 +1,5 @@
-"""Every job kill-safe: a ``prepare``, ``init``, ``evaluate`` or ``analyze``
-command killed (SIGKILL, or SIGTERM) at any moment leaves no partial
+"""Every job kill-safe: a ``prepare``, ``init``, ``evaluate``, ``similarity``
+or ``analyze`` command killed (SIGKILL, or SIGTERM) at any moment leaves no partial
 output (its files are either absent or whole, as their check files say)
 and changes no other file; the same command then runs to the end.  (Pretraining's own
 kills, mid-step and mid-write, are in tests/test_checkpoint.py,
@@ -34,6 +34,8 @@ def _jobs(root: Path, data: Path, out: Path) -> dict[str, tuple[list[str], Path]
         "evaluate": (["evaluate", "--data", str(data), "--checkpoint", checkpoint, "--settings",
                       json.dumps({"knn_k": 5, "fewshot_labels_per_class": 1}), "--out", str(out / "probe.json")],
                      out / "probe.json"),
+        "similarity": (["similarity", "--classes", str(root / "data" / "classes.tsv"), "--out",
+                        str(out / "similarity.tsv")], out / "similarity.tsv"),
         "analyze": (["analyze", "--data", str(data), "--checkpoint", checkpoint, "--similarity",
                      str(root / "data" / "similarity.tsv"), "--settings", json.dumps({"queries": 20, "negatives": 20}),
                      "--out", str(out / "pairs.parquet")], out / "pairs.parquet"),
@@ -46,7 +48,7 @@ def _run(argv: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("job", ["prepare", "evaluate", *(pytest.param(j, marks=pytest.mark.slow)
-                                                         for j in ("init", "analyze"))])
+                                                         for j in ("init", "similarity", "analyze"))])
 def test_a_job_killed_at_any_moment_leaves_no_partial_output_and_runs_again(files, tmp_path, job):  # noqa: F811
     root, data = files
     argv, output = _jobs(root, Path(data), tmp_path)[job]
