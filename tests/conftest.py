@@ -14,10 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def written(folder: Path) -> list[str]:
     """The files in ``folder``, each output's check file (``.NAME.sha256``)
-    folded into it: fails on any other hidden file (a temporary one left)."""
-    names = sorted(p.name for p in Path(folder).iterdir())
+    folded into it: fails on any other hidden file (a temporary one left).
+    A finished run's ``.finished/`` (the second names of its checkpoint and
+    log) is part of it: its files must be those outputs, hard links to them."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.name != ".finished")
     outputs = [n for n in names if not n.startswith(".")]
     assert [n for n in names if n.startswith(".")] == sorted(f".{n}.sha256" for n in outputs), names
+    kept = folder / ".finished"
+    if kept.exists():
+        assert sorted(p.name for p in kept.iterdir()) == ["checkpoint.pt", "train_log.csv"]
+        assert all((kept / n).stat().st_ino == (folder / n).stat().st_ino for n in ("checkpoint.pt", "train_log.csv"))
     return outputs
 
 

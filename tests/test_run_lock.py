@@ -63,11 +63,15 @@ def _in_background(command: list[str], log: Path, env: dict) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` may still hold a file: a zombie holds none (nobody may
+    reap an orphan here), but a main thread that has ended shows as one while
+    the process's other threads, which share its files, are still ending."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
     except OSError:
         return False
-    return state != "Z"                        # a zombie holds no file (nobody may reap an orphan here)
+    return state != "Z" or threads > 1
 
 
 def _wait(condition, seconds: float, what: str) -> None:
