@@ -1,5 +1,5 @@
-"""Every job kill-safe: a ``prepare``, ``init``, ``evaluate``, ``similarity``
-or ``analyze`` command killed (SIGKILL, or SIGTERM) at any moment leaves no partial
+"""Every job kill-safe: a ``prepare``, ``init``, ``evaluate``, ``similarity``,
+``analyze`` or ``figure`` command killed (SIGKILL, or SIGTERM) at any moment leaves no partial
 output (its files are either absent or whole, as their check files say)
 and changes no other file; the same command then runs to the end.  (Pretraining's own
 kills, mid-step and mid-write, are in tests/test_checkpoint.py,
@@ -17,16 +17,35 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from negatives.runtime.atomic import verify
+
+from conftest import ROOT
 
 from test_bad_inputs import TINY, _snapshot, files  # noqa: F401 -- the shared prepared data and finished run
 
 
+def _figure_inputs(out: Path) -> list[str]:
+    """Fig. 2's probes of two seeds of ``all`` and one band, and a random init."""
+    from test_knn_and_probe_records import _probe, _write
+
+    (out / "probes").mkdir(exist_ok=True)
+    paths = [_write(out / "probes", f"{policy}-{seed}.json", _probe(policy=policy, seed=seed))
+             for policy in ("all", "keep[95_100)") for seed in (0, 1)]
+    untrained = {**_probe(policy="random-init"), "epochs": 0, "temperature": None}
+    return [*map(str, paths), str(_write(out / "probes", "random-init.json", untrained))]
+
+
 def _jobs(root: Path, data: Path, out: Path) -> dict[str, tuple[list[str], Path]]:
-    """Each command, and the file it writes under ``out``."""
+    """Each command, and the file it writes under ``out`` (the figure's
+    command is made when asked for: it writes its probes first)."""
     checkpoint = str(root / "finished" / "checkpoint.pt")
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["figures"]["fig2"] = {"segments": ["keep[95_100)"], "easiest": []}
     return {
+        "figure": (lambda: ["figure", "fig2", "--probes", *_figure_inputs(out), "--config-json", json.dumps(cfg),
+                            "--out", str(out / "figures" / "fig2")], out / "figures" / "fig2.png"),
         "prepare": (["prepare", "--dataset", "fashion-mnist", "--root", str(root.parent / f"{root.name}-source"),
                      "--out", str(out / "data")], out / "data" / "data.pt"),
         "init": (["init", "--data", str(data), "--seed", "0", "--settings", json.dumps(TINY), "--out",
@@ -48,10 +67,11 @@ def _run(argv: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("job", ["prepare", "evaluate", *(pytest.param(j, marks=pytest.mark.slow)
-                                                         for j in ("init", "similarity", "analyze"))])
+                                                         for j in ("init", "similarity", "analyze", "figure"))])
 def test_a_job_killed_at_any_moment_leaves_no_partial_output_and_runs_again(files, tmp_path, job):  # noqa: F811
     root, data = files
     argv, output = _jobs(root, Path(data), tmp_path)[job]
+    argv = argv() if callable(argv) else argv
     start = time.monotonic()
     whole = _run(argv)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
