@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -227,6 +228,7 @@ def test_a_run_snakemake_runs_again_is_put_back_not_trained_again(finished):
     run = work / RUN
     before = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "train_log.csv")}
     inode = (run / "checkpoint.pt").stat().st_ino
+    shutil.rmtree(run / ".finished")              # as a run finished by an older version: planning keeps it
     forced = _snakemake(work, f"{RUN}/probe.json", "--forcerun", "pretrain")
     assert forced.returncode == 0, (forced.stdout + forced.stderr)[-3000:]
     assert "pretrain" in _planned(forced)

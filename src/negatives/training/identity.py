@@ -94,7 +94,10 @@ def check_planned_runs(cfg: dict) -> None:
     config plans is finished, or interrupted, with other identity settings
     than the config's: training it would replace the finished run (or
     resume the interrupted one on other settings).  Runs without a
-    checkpoint, and checkpoints that record no settings, pass."""
+    checkpoint, and checkpoints that record no settings, pass; a finished
+    run of the same identity that keeps no second names of its files yet
+    (finished by an older version) gets them, so that a job Snakemake runs
+    again for it puts them back."""
     finished, interrupted = [], []
     for folder, untrained in _planned(cfg):
         for name, found in (("checkpoint.pt", finished), ("last.pt", interrupted)):
@@ -107,6 +110,8 @@ def check_planned_runs(cfg: dict) -> None:
             differ = run_differences(meta, cfg, untrained)
             if differ:
                 found.append((folder, differ))
+            elif name == "checkpoint.pt" and not untrained and not (folder / KEPT).exists():
+                keep_finished(folder)           # a run finished before runs kept their files: from now on
             break
     if not finished and not interrupted:
         return
