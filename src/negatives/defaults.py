@@ -76,9 +76,7 @@ def speed_only(section: str | None = None) -> tuple[str, ...]:
     >>> speed_only()
     ('jobs_per_gpu',)
     """
-    root = schema()
-    props = (root if section is None else _resolve(root["properties"][section], root)).get("properties", {})
-    return tuple(key for key, spec in props.items() if spec.get("speed_only"))
+    return _marked("speed_only", section)
 
 
 def log_only(section: str) -> tuple[str, ...]:
@@ -89,9 +87,14 @@ def log_only(section: str) -> tuple[str, ...]:
     >>> log_only("pretrain")
     ('knn_monitor_every', 'knn_monitor')
     """
+    return _marked("log_only", section)
+
+
+def _marked(mark: str, section: str | None) -> tuple[str, ...]:
+    """The keys of a config section (``None``: the top level) that carry ``mark: true`` in the schema."""
     root = schema()
-    props = _resolve(root["properties"][section], root).get("properties", {})
-    return tuple(key for key, spec in props.items() if spec.get("log_only"))
+    props = (root if section is None else _resolve(root["properties"][section], root)).get("properties", {})
+    return tuple(key for key, spec in props.items() if spec.get(mark))
 
 
 def check_finite(value, key: str = "") -> None:
@@ -131,11 +134,14 @@ def not_an_integer(value: float) -> str:
     return f"{value!r} is not an integer (integer keys take whole numbers written without a point: {int(value)})"
 
 
+def _float_for_integer(e) -> bool:
+    """Whether a validation error is a whole float (16.0) given to an integer key."""
+    return isinstance(e.instance, float) and e.instance.is_integer() and _wants_integer(e)
+
+
 def _message(e) -> str:
     """jsonschema's message, with the integer rule spelled out for a float such as 16.0."""
-    if isinstance(e.instance, float) and e.instance.is_integer() and _wants_integer(e):
-        return not_an_integer(e.instance)
-    return e.message
+    return not_an_integer(e.instance) if _float_for_integer(e) else e.message
 
 
 def check_partial(fragment: dict, library_only: dict[str, tuple[str, ...]] | None = None) -> None:
@@ -177,7 +183,7 @@ def check_integers(fragment: dict) -> None:
     :class:`ConfigError` naming the first integer key given a float (16.0),
     which a validator that reads the draft as written lets through."""
     for e in _errors(fragment):
-        if isinstance(e.instance, float) and e.instance.is_integer() and _wants_integer(e):
+        if _float_for_integer(e):
             raise ConfigError(f"{_key(e, fragment)}: {not_an_integer(e.instance)}")
 
 

@@ -29,17 +29,13 @@ TEMPERATURE = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # format(t, "g"): 0.2, 0.07, 1e-05
 SPEED_ONLY = {section: speed_only(section) for section in ("pretrain", "evaluate")}
 
 
-# how a run trains, not how its untrained encoder is drawn (random_init leaves them out)
-HOW_A_RUN_TRAINS = ("threads", "processes", "nodes", "compile")
+def _results_only(section):
+    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ())}
 
 
-def _results_only(section, leave_out=()):
-    return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ()) + tuple(leave_out)}
-
-
-def settings(section, leave_out=()):
-    """The JSON the library gets as --settings: one config section (less ``leave_out``)."""
-    return json.dumps(_results_only(section, leave_out), sort_keys=True)
+def settings(section):
+    """The JSON the library gets as --settings: one config section."""
+    return json.dumps(_results_only(section), sort_keys=True)
 
 
 def identity(untrained=False):
