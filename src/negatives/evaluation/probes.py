@@ -111,8 +111,9 @@ def _with_defaults(settings: dict) -> dict:
     the keys it lacks."""
     check_section("evaluate", settings)
     settings = {**schema_defaults("evaluate"), **settings}
+    settings["faithful"] = {**schema_defaults("evaluate", "faithful"), **settings["faithful"]}
     if settings["probe"] == "faithful":
-        check_milestones({**schema_defaults("evaluate", "faithful"), **settings["faithful"]})
+        check_milestones(settings["faithful"])
     return settings
 
 
@@ -142,7 +143,7 @@ def evaluation_record(settings: dict) -> dict:
     settings = _with_defaults(settings)
     record = {key: value for key, value in settings.items() if key not in RAN_WITH and key != "faithful"}
     if settings["probe"] == "faithful":
-        record["faithful"] = {**schema_defaults("evaluate", "faithful"), **settings["faithful"]}
+        record["faithful"] = settings["faithful"]
     record["knn_temperature"] = float(record["knn_temperature"])  # 1 and 1.0: one setting
     record["fewshot_draws"] = FEWSHOT_DRAWS
     return record
@@ -174,11 +175,11 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     data = load_prepared(data_path)
     check_matches(meta, data, checkpoint_path, data_path)
     _check_fewshot(int(settings["fewshot_labels_per_class"]), data, data_path)
-    check_knn_k(settings["knn_k"], len(open_source(data, "train").labels), str(data_path))
-    encoder.to(device)
-    num_classes = len(data["classes"])
     # in memory or streamed from the image files (storage: stream)
     train, test = open_source(data, "train"), open_source(data, "test")
+    check_knn_k(settings["knn_k"], len(train.labels), str(data_path))
+    encoder.to(device)
+    num_classes = len(data["classes"])
     y_train, y_test = train.labels, test.labels
     x_train = extract_features(encoder, train, data["mean"], data["std"])
     x_test = extract_features(encoder, test, data["mean"], data["std"])

@@ -147,17 +147,19 @@ def keep_finished(out: Path) -> None:
             shutil.copy2(out / name, kept / name)
 
 
-def restore_finished(out: Path, meta: dict, log) -> bool:
+def restore_finished(out: Path, meta, log) -> bool:
     """When a finished run's outputs were deleted but its kept files are there
     (Snakemake runs a job again for reasons that cannot change its weights: a
     changed rule, ``--forcerun``): put them back and say so, instead of
-    training the same weights again.  A kept run of other settings or data is
-    refused: an edit never replaces a finished run.  ``False``: nothing kept."""
+    training the same weights again.  A kept run of other settings or data
+    than ``meta()`` (the run's meta now, made only when there is one to
+    compare) is refused: an edit never replaces a finished run.  ``False``:
+    nothing kept."""
     kept = out / KEPT / "checkpoint.pt"
     if (out / "checkpoint.pt").exists() or not kept.exists() or not (out / KEPT / "train_log.csv").exists():
         return False
     saved = torch_load(kept, "finished run's checkpoint", f"delete {out} to train the run again")["meta"]
-    changed = meta_differences(saved, meta)
+    changed = meta_differences(saved, meta())
     if changed:
         raise FileExistsError(f"{out} finished with other settings or data ({'; '.join(changed)}): an edit never "
                               f"replaces a finished run; delete {out} to train it again, or give the new settings "

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import asdict
 from fractions import Fraction
+from functools import partial
 from numbers import Real
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     """
     s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
     _check_seed(seed)
-    gpus.resolve_device(s.device, "pretrain.device")             # a GPU asked for where there is none
+    device = gpus.resolve_device(s.device, "pretrain.device")    # a GPU asked for where there is none
     launch = None if distributed.is_distributed() else distributed.launched()
     started = distributed.world_size() if launch is None else launch.world
     if started > 1 and started != s.world:
@@ -111,7 +112,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
                           "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
                           "torchrun --nnodes; this process was started alone")
     if launch is not None:                                       # one of the processes srun or torchrun started
-        distributed.init_launched(launch, "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo")
+        distributed.init_launched(launch, "nccl" if device.type == "cuda" else "gloo")
         try:
             return pretrain(data_path, method, policy, temperature, seed, settings, out_dir, log)
         finally:
@@ -119,11 +120,11 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     _refuse_finished(Path(out_dir))
     check_writable(Path(out_dir) / "checkpoint.pt")
     data = load_prepared(data_path)                              # a missing or damaged file, named
-    _check_fits(method, s, open_train_source(data).num_images)
-    memory.check_pretrain(method, s, open_train_source(data).shape)  # before the network is allocated
-    device_type = gpus.resolve_device(s.device).type
-    if restore_finished(Path(out_dir), _meta(data, method, pol.name, temperature, seed, s, s.epochs,
-                                              pol.uses_labels, device_type), log):
+    train = open_train_source(data)
+    _check_fits(method, s, train.num_images)
+    memory.check_pretrain(method, s, train.shape)                # before the network is allocated
+    if restore_finished(Path(out_dir), partial(_meta, data, method, pol.name, temperature, seed, s, s.epochs,
+                                               pol.uses_labels, device.type), log):
         return Path(out_dir) / "checkpoint.pt"
     if handover:                                                 # in a SLURM job: srun starts every process
         command = launch_plan.srun_command(s.processes, s.nodes, s.threads, launch_plan.pretrain_command(
@@ -137,7 +138,7 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     # one run, one training; a run finished while another process held it is refused too (on every rank)
     with StopSignals() as stop, RunLock(out_dir, lambda: _refuse_finished(Path(out_dir)), distributed.agree):
         if s.processes > 1 and not distributed.is_distributed():  # this process starts the others
-            backend = "nccl" if gpus.resolve_device(s.device).type == "cuda" else "gloo"
+            backend = "nccl" if device.type == "cuda" else "gloo"
             del data                                             # each process loads its own
             distributed.spawn(_rank_main, s.processes, (data_path, method, policy, temperature, seed, settings,
                                                         out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,),
