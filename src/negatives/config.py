@@ -338,7 +338,7 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
         raise ConfigError(f"{key} removes negatives by class, but the pretraining images include unlabeled ones; "
                           "use a label-free policy or a labeled split")
     if pol.needs_queue and method != "moco":
-        if pol.mode == "replace":
+        if pol.replace:
             raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none "
                               "(use the drop form)")
         raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
@@ -346,7 +346,7 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
     if method == "simclr" and processes % 2 and processes > 1:
         raise ConfigError(f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes: half of them "
                           "train on the first views, half on the second, so their number must be even (or 1)")
-    if pol.mode == "replace" and (extra <= 0 or extra % batch):
+    if pol.replace and (extra <= 0 or extra % batch):
         raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
                           f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))
     return pol

@@ -24,7 +24,7 @@ __all__ = ["fig2", "against_baseline", "fig3", "table1", "simclr", "fig_methods"
 
 
 def _keep_band(name: str) -> Band:
-    p = parse_policy(name)
+    p = parse_policy(name).policy
     if not (isinstance(p, Band) and p.action == "keep"):
         raise ValueError(f"figure 2 plots 'keep[a,b)' policies, got {name!r}")
     return p
@@ -251,7 +251,7 @@ def _comparison_figure(df: pd.DataFrame, out_prefix, labels: dict[str, str], nam
 
 
 def _removed_band(name: str) -> Band:
-    p = parse_policy(name)
+    p = parse_policy(name).policy
     if not (isinstance(p, Band) and p.action == "drop" and p.hi_pct == 100):
         raise ValueError(f"figure 3 plots the removal of the hardest x%, 'drop[a,100)'; got {name!r}")
     return p
@@ -271,7 +271,7 @@ def fig3(df: pd.DataFrame, out_prefix, removed: list[str]) -> pd.DataFrame:
 
 def _removal_label(name: str) -> str:
     p = parse_policy(name)
-    inner = getattr(p, "inner", p)
+    inner = getattr(p.policy, "inner", p.policy)
     if isinstance(inner, Band):
         text = f"remove hardest {fmt_pct(100 - inner.lo_pct)}%" if inner.hi_pct == 100 else f"remove {inner.name}"
     elif getattr(inner, "band", None) is None:
@@ -280,7 +280,7 @@ def _removal_label(name: str) -> str:
         b = inner.band
         band = f"hardest {fmt_pct(100 - b.lo_pct)}%" if b.hi_pct == 100 else b.name
         text = f"remove {band} & {inner.relation.replace('-class', ' class')}"
-    if p.mode == "replace":
+    if p.replace:
         text += " (replaced)"
     return text + (" [labels]" if p.uses_labels else "")
 
@@ -300,7 +300,7 @@ def simclr(df: pd.DataFrame, out_prefix, policies: list[str]) -> pd.DataFrame:
     hardest 5%, the easiest 95%) against SimCLR on all of them."""
     labels = {}
     for name in policies:
-        p = parse_policy(name)
+        p = parse_policy(name).policy
         labels[p.name] = (f"{p.action} {fmt_pct(p.lo_pct)}-{fmt_pct(p.hi_pct)}%" if isinstance(p, Band)
                           else _removal_label(p.name))
     labels["all"] = "baseline (all negatives)"
@@ -314,7 +314,7 @@ def fig_methods(df: pd.DataFrame, out_prefix, policies: list[str], band: str) ->
     training cost (median images/s over its epochs)."""
     labels = {}
     for text in policies:
-        p = parse_policy(text)
+        p = parse_policy(text).policy
         # Wu et al.'s Ring, or their Ball (no inner ball)
         labels[p.name] = p.name + ((" (Ring)" if p.inner > 0 else " (Ball)") if isinstance(p, Ring) else "")
     labels[parse_policy(band).name] = f"{parse_policy(band).name} (band)"

@@ -3,18 +3,17 @@
 ``moco``:   MoCo v2, a queue of K negatives (:mod:`negatives.methods.moco`);
 ``simclr``: SimCLR, the other ``2B - 2`` views of the batch (:mod:`negatives.methods.simclr`).
 
-Both turn a policy's selection into the loss with the same
-:class:`~negatives.methods.loss.ContrastiveLoss`.
-
-Both take the same negative policies; the trainer asks :func:`build_method`
-for the model and never knows which method or policy it runs.
+Both take the same policies and losses, chosen by a policy name
+(:class:`~negatives.policies.recipe.Recipe`); the trainer asks
+:func:`build_method` for the model and never knows which method or policy it runs.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..policies.base import NegativePolicy
+from ..policies.recipe import Recipe
 from .moco import MoCo
 from .simclr import SimCLR
 
@@ -35,14 +34,29 @@ def num_candidates(method: str, queue_size: int, batch_size: int) -> int:
     return queue_size if method == "moco" else 2 * batch_size - 2
 
 
-def build_method(method: str, encoder: nn.Module, *, dim: int, queue_size: int, queue_extra: int,
-                 momentum: float, temperature: float, policy: NegativePolicy, generator=None) -> nn.Module:
-    """The training model of a method, with its negative policy.
+def build_method(method: str, encoder: nn.Module, recipe: Recipe, settings, temperature: float,
+                 generator: torch.Generator | None = None) -> nn.Module:
+    """The training model of a method, with a policy name's negatives.
 
-    The training model: ``model(x_q, x_k, labels, indices, progress) -> (loss, stats)``,
-    with the trained encoder as ``model.encoder_q``."""
+    Args:
+        method: ``"moco"`` or ``"simclr"``.
+        encoder: the query encoder (backbone + head).
+        recipe: the policy name's :class:`~negatives.policies.recipe.Recipe`.
+        settings: the pretraining settings (``dim``, ``queue_size``,
+            ``queue_extra``, ``momentum``: a
+            :class:`~negatives.training.settings.PretrainSettings`).
+        temperature: τ.
+        generator: for MoCo's random start-up keys.
+
+    Returns:
+        ``model(x_q, x_k, labels, indices, progress) -> (loss, stats)``, with
+        the trained encoder as ``model.encoder_q``.
+    """
     _check(method)
-    if method == "moco":
-        return MoCo(encoder, dim, queue_size, momentum, temperature, policy, generator=generator,
-                    queue_extra=queue_extra)
-    return SimCLR(encoder, temperature, policy)
+    if method == "simclr":
+        if recipe.needs_queue:
+            raise ValueError(f"policy {recipe.name!r} works through MoCo's queue of negatives (replace mode, "
+                             "retain-hard); SimCLR has none (use method moco, or the drop form of the policy)")
+        return SimCLR(encoder, recipe.policy, recipe.loss, temperature)
+    queue = recipe.make_queue(settings.queue_size, settings.queue_extra, settings.dim, generator)
+    return MoCo(encoder, queue, recipe.policy, recipe.loss, settings.momentum, temperature)

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..runtime.distributed import local_rows
 
-__all__ = ["ContrastiveMethod"]
+__all__ = ["ContrastiveMethod", "full_precision"]
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is bf16 or fp16 (under an autocast), else
+    ``t`` itself (no copy): embeddings, cosines and the loss are never
+    computed in a half-precision type."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class ContrastiveMethod(nn.Module):

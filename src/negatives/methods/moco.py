@@ -1,17 +1,16 @@
-"""MoCo v2 (Chen et al. 2020) with a pluggable negative policy.
+"""MoCo v2 (Chen et al. 2020, arXiv:2003.04297; He et al. 2020, arXiv:1911.05722) with a pluggable negative policy.
 
-The pieces, in the order of one training step::
+One training step, as Algorithm 1 of the MoCo paper::
 
     q = normalize(f_q(x_q))                       [B, D]   query embeddings
     momentum_update(f_q -> f_k, m)
     k = normalize(f_k(x_k[perm]))[argsort(perm)]  [B, D]   positive keys (no grad), shuffle-BN
     l_pos = q . k                                 [B]
     sim   = q . queue^T                           [B, K]   difficulty of each negative
-    sel   = policy(sim, queue candidates)                  which negatives count:
-                                                  a [B, K] mask, or the [B, n] positions kept
-                                                  (+ synthetic negatives, for MoCHi)
-    loss  = InfoNCE(l_pos, sim[sel], tau)         (or the policy's own loss: ContrastiveLoss)
-    queue.enqueue(k, labels, indices)
+    sel   = policy(sim, candidates)                        which negatives count: keep [B, K]
+                                                           (+ MoCHi's synthetic negatives)
+    loss  = loss(l_pos, sim, sel.keep, tau, synthetic)     InfoNCE (or debiased, hard)
+    queue.enqueue(k)
 
 Shuffle-BN (MoCo, Section 3.3): in training mode the key encoder sees the
 batch in a random order and its outputs are put back in query order, so the
@@ -35,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..losses.info_nce import info_nce
 from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
-from ..policies.selection import select
+from ..queues.fifo import KeyQueue
 from ..runtime.distributed import broadcast_, gather_rows, local_rows, rank, world_size
 from ..runtime.transfer import to_device_async
-from .base import ContrastiveMethod
-from .loss import ContrastiveLoss, full_precision
+from .base import ContrastiveMethod, full_precision
 
 __all__ = ["momentum_update", "shuffled_keys", "MoCo"]
 
@@ -86,49 +85,50 @@ def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
 
 
 class MoCo(ContrastiveMethod):
-    """MoCo v2: a query encoder, its momentum copy, and the key queue.
+    """MoCo v2: a query encoder, its momentum copy, the key queue, a policy and a loss.
 
-    ``encoder`` maps images ``[B, C, H, W]`` to contrastive-space outputs
-    ``[B, D]`` (backbone + MLP head); it is normalised here.
+    Args:
+        encoder: images ``[B, C, H, W]`` -> contrastive-space outputs ``[B, D]``
+            (backbone + MLP head); normalised here.
+        queue: the negatives (:class:`~negatives.queues.fifo.KeyQueue`, or one
+            from a policy name's :meth:`~negatives.policies.recipe.Recipe.make_queue`).
+        policy: which negatives count (default: all).
+        loss: ``(l_pos, sim, keep, temperature, synthetic) -> 0-d`` (default InfoNCE).
+        momentum: m of the key encoder's update.
+        temperature: τ.
+
+    >>> from negatives.models import build_encoder
+    >>> moco = MoCo(build_encoder("small-cnn", 1, 8, width=4), KeyQueue(8, 8))
+    >>> loss, stats = moco(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.zeros(4), torch.arange(4))
+    >>> loss.shape, float(stats["kept"])
+    (torch.Size([]), 8.0)
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        dim: int,
-        queue_size: int,
-        momentum: float = 0.99,
-        temperature: float = 0.2,
-        policy: NegativePolicy | None = None,
-        generator: torch.Generator | None = None,
-        queue_extra: int = 0,
-    ):
-        """``queue_extra``: extra queue length for a ``replace``-mode policy
-        (ignored otherwise): the queue holds ``queue_size + queue_extra`` keys
-        and each query sees ``queue_size`` of them."""
+    def __init__(self, encoder: nn.Module, queue: KeyQueue, policy: NegativePolicy | None = None,
+                 loss=info_nce, momentum: float = 0.99, temperature: float = 0.2):
         super().__init__()
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
+        self.queue = queue
         self.policy = policy or All()
-        self.window = queue_size if self.policy.mode == "replace" else None
-        extra = queue_extra if self.policy.mode == "replace" else 0
-        if self.window is not None and extra <= 0:
-            raise ValueError("a replace-mode policy needs pretrain.queue_extra > 0 (the older negatives "
-                             "that stand in for removed ones)")
-        self.queue = self.policy.make_queue(queue_size + extra, dim, generator=generator)
+        self.loss = loss
         self.momentum = momentum
         self.temperature = temperature
-        self.criterion = ContrastiveLoss(temperature, self.policy.loss)
 
     def forward(self, x_q: Tensor, x_k: Tensor, labels: Tensor, indices: Tensor, progress: float = 0.0):
         """One MoCo step's loss; also enqueues the batch's keys.
 
-        x_q, x_k: ``[B, C, H, W]`` two augmented views; labels, indices: ``[B]``
-        (across processes: this rank's slice of the batch; the loss is the mean
-        over its queries, and the queue receives every rank's keys).
-        Returns ``(loss, stats)`` with stats a dict of 0-d tensors.
+        Args:
+            x_q, x_k: ``[B, C, H, W]`` two augmented views.
+            labels, indices: ``[B]`` (across processes: this rank's slice of
+                the batch; the loss is the mean over its queries, and the
+                queue receives every rank's keys).
+            progress: the fraction of training done.
+
+        Returns:
+            ``(loss, stats)``: the 0-d loss, and a dict of 0-d tensors.
         """
         # embeddings, cosines and the loss in float32 under a bf16 autocast
         # too (GPUs): only the encoders and the [B, K] matmul run in bf16
@@ -140,27 +140,19 @@ class MoCo(ContrastiveMethod):
             k_all = F.normalize(full_precision(k_all), dim=1)                     # [B, D] every rank's keys
             labels_all, indices_all = gather_rows(labels, indices)
         k = k_all[local_rows(k_all.shape[0])]                                     # this rank's positives
-        l_pos = (q * k).sum(dim=1)
-        # a snapshot (newest first in replace mode): the queue is updated in
-        # place below, before backward
+        l_pos = (q * k).sum(dim=1)                                                # [B]
+        # a snapshot: the queue is updated in place below, before backward
         queue = self.queue
-        if self.window is not None:
-            # index_select copies (cheaper on CPU than queue.keys[pos])
-            pos = queue.newest_first()
-            keys, cand_labels, cand_indices = (t.index_select(0, pos) for t in (queue.keys, queue.labels,
-                                                                                 queue.indices))
-        else:
-            keys, cand_labels, cand_indices = queue.keys.clone(), queue.labels, queue.indices
-        keys = keys.to(q.dtype)                                                   # [K(+E), D]
-        sim = full_precision(q @ keys.T)                                          # [B, K(+E)]
-        candidates = Candidates(labels=cand_labels, indices=cand_indices, keys=keys,
-                                query_labels=labels, queries=q.detach(), query_rows=_query_rows(q.shape[0]))
+        keys = queue.keys.clone().to(q.dtype)                                     # [K, D]
+        sim = full_precision(q @ keys.T)                                          # [B, K]
+        candidates = Candidates(labels=queue.labels, indices=queue.indices, keys=keys, query_labels=labels,
+                                queries=q.detach(), newest_first=queue.newest_first(),
+                                query_rows=_query_rows(q.shape[0]))
         with torch.no_grad():
-            selection = select(self.policy, sim.detach(), candidates, progress, self.window)
-        loss = self.criterion(l_pos, sim, selection, q)
-        self.queue.enqueue(k_all, labels_all, indices_all)                        # the same on every rank
-        kept = selection.kept_per_query(sim.shape[1])
-        return loss, {"l_pos": l_pos.detach().mean(), "kept": kept}
+            selection = self.policy(sim.detach(), candidates, progress)
+        loss = self.loss(l_pos, sim, selection.keep, self.temperature, selection.synthetic(q, sim))
+        self.queue.enqueue(k_all, labels_all, indices_all, sim=sim.detach())    # the same on every rank
+        return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 
 
 def _query_rows(b: int) -> tuple[int, int] | None:

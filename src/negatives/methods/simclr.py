@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al. 2020) with a pluggable negative policy (paper appendix A.2).
+"""SimCLR (Chen et al. 2020, arXiv:2002.05709) with a pluggable negative policy (Cai et al.'s appendix A.2).
 
 No queue and no momentum encoder: both views of a batch go through the one
 encoder, and each of the ``2B`` views has its twin as positive and the other
@@ -8,8 +8,8 @@ encoder, and each of the ``2B`` views has its twin as positive and the other
     s     = z z^T                                 [2B, 2B]
     l_pos = s[i, twin(i)]                         [2B]
     sim   = s[i, candidates(i)]                   [2B, 2B-2]  every view but i and twin(i)
-    sel   = policy(sim, candidates)
-    loss  = info_nce(l_pos, sim[sel], tau)        (NT-Xent when every negative is kept)
+    sel   = policy(sim, candidates)                           keep [B, 2B-2] (+ MoCHi's synthetic negatives)
+    loss  = loss(l_pos, sim, sel.keep, tau, synthetic)     (NT-Xent when every negative is kept)
 
 Gradients flow through queries and negatives alike, as in SimCLR.
 """
@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..losses.info_nce import info_nce
 from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
-from ..policies.selection import select
 from ..runtime.distributed import gather_rows, gather_with_grad, rank, world_size
-from .base import ContrastiveMethod
-from .loss import ContrastiveLoss, full_precision
+from .base import ContrastiveMethod, full_precision
 
 __all__ = ["SimCLR", "twin_index", "candidate_index"]
 
@@ -52,21 +51,29 @@ def candidate_index(batch: int, device=None) -> Tensor:
 class SimCLR(ContrastiveMethod):
     """SimCLR: one encoder, in-batch negatives (2B - 2 per view).
 
-    ``encoder`` maps images ``[B, C, H, W]`` to contrastive-space outputs
-    ``[B, D]`` (backbone + MLP head); it is normalised here.  Named
-    ``encoder_q`` like MoCo's query encoder, so checkpoints and the
-    evaluation read both the same way.
+    Args:
+        encoder: images ``[B, C, H, W]`` -> contrastive-space outputs ``[B, D]``
+            (backbone + MLP head); normalised here.  Named ``encoder_q`` like
+            MoCo's query encoder, so checkpoints and the evaluation read both alike.
+        policy: which negatives count (default: all); one that needs MoCo's
+            queue is refused by the policy name's check (:attr:`~negatives.policies.recipe.Recipe.needs_queue`).
+        loss: ``(l_pos, sim, keep, temperature, synthetic) -> 0-d`` (default InfoNCE).
+        temperature: τ.
+
+    >>> from negatives.models import build_encoder
+    >>> simclr = SimCLR(build_encoder("small-cnn", 1, 8, width=4))
+    >>> loss, stats = simclr(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.zeros(4), torch.arange(4))
+    >>> float(stats["kept"])                                     # 2B - 2
+    6.0
     """
 
-    def __init__(self, encoder: nn.Module, temperature: float = 0.2, policy: NegativePolicy | None = None):
+    def __init__(self, encoder: nn.Module, policy: NegativePolicy | None = None, loss=info_nce,
+                 temperature: float = 0.2):
         super().__init__()
         self.encoder_q = encoder
-        self.temperature = temperature
         self.policy = policy or All()
-        self.criterion = ContrastiveLoss(temperature, self.policy.loss)
-        if self.policy.needs_queue:
-            raise ValueError(f"policy {self.policy.name!r} works through MoCo's queue of negatives (replace mode, "
-                             "retain-hard); SimCLR has none (use method moco, or the drop form of the policy)")
+        self.loss = loss
+        self.temperature = temperature
         self._index: dict[tuple[int, str], Tensor] = {}
 
     def _candidates(self, batch: int, device) -> Tensor:
@@ -122,12 +129,11 @@ class SimCLR(ContrastiveMethod):
                                 query_labels=both_labels[mine], queries=q.detach(), pool_index=pool_index,
                                 query_rows=None if n == 1 else (mine.start, z.shape[0]))
         with torch.no_grad():
-            selection = select(self.policy, sim.detach(), candidates, progress)
-        mix_sim = None
-        if selection.has_synthetic:
-            # synthetic negatives are constants: their cosines' gradient reaches the query only
-            mix_sim = full_precision(q @ z.detach().T).gather(1, pool_index)          # [2B, 2B-2]
-        loss = self.criterion(l_pos, sim, selection, q, synthetic_sim=mix_sim)
+            selection = self.policy(sim.detach(), candidates, progress)
+        # synthetic negatives are constants: their cosines' gradient reaches the query only
+        mix_sim = None if selection.mix is None else full_precision(q @ z.detach().T).gather(1, pool_index)
+        synthetic = None if mix_sim is None else selection.synthetic(q, mix_sim)         # [2B, s]
+        loss = self.loss(l_pos, sim, selection.keep, self.temperature, synthetic)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 
 

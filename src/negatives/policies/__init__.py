@@ -12,15 +12,16 @@ Every policy is a small object with one interface::
 * ``progress``   -- fraction of training done, in ``[0, 1]`` (for annealed
                     policies; the band policies ignore it).
 
-and returns a :class:`Selection`: which candidates count for each query
-(:meth:`Selection.mask`, ``[B, K]`` bool), plus any synthetic negatives
-(:meth:`Selection.synthetic`).  The method turns the selection into the loss
-(:class:`negatives.methods.loss.ContrastiveLoss`); the trainer never knows
-which policy it runs.
+and answers a :class:`Selection`: ``keep``, a ``[B, K]`` bool mask of the
+candidates that count (None: all), and for MoCHi ``mix``, its synthetic
+negatives.  The loss reads only that
+(:func:`negatives.losses.info_nce.info_nce`); the trainer never knows which
+policy it runs.
 
 A policy is named by a short string that is parsed and validated in one place,
 :func:`parse_policy` (an explicit registry of every family's parser,
-:data:`PARSERS`), and is also its results folder name:
+:data:`PARSERS`), and is also its results folder name.  The name chooses a
+:class:`Recipe`: the policy, and for some names the loss or MoCo's queue:
 
 ==============================  ===========================================
 ``all``                         every negative (the baseline)
@@ -38,13 +39,13 @@ A policy is named by a short string that is parsed and validated in one place,
 ==============================  ===========================================
 
 and the neighbouring methods: ``mochi[...]`` (:mod:`.mixing`), ``ring[...]``
-and ``curriculum[...]`` (:mod:`.ring`), ``debiased[...]`` and ``hard[...]``
-(:mod:`.reweighted`), ``retain-hard[...]`` (:mod:`.retention`).
+and ``curriculum[...]`` (:mod:`.ring`); ``debiased[...]`` and ``hard[...]``
+choose a loss (:mod:`.reweighted`), ``retain-hard[...]`` a queue (:mod:`.retention`).
 
-Rooms: :mod:`.grammar` (names, errors), :mod:`.candidates`, :mod:`.selection`
-and :mod:`.encodings` (a policy's answer), :mod:`.base` (the interface,
-``all``, ``@replace``), :mod:`.bands` (the paper's bands and class filters),
-the families above, and :mod:`.registry` (the parser).
+Rooms: :mod:`.base` (the interface, its answer :class:`Selection`, ``all``),
+:mod:`.candidates`, :mod:`.grammar` (names, errors), :mod:`.bands` (the
+paper's bands and class filters), :mod:`.replace` (``@replace``), the
+families above, :mod:`.recipe` and :mod:`.registry` (the parser).
 
 Percentiles.  For one query the K candidates are ranked by difficulty, rank
 ``r = 0`` the easiest and ``r = K - 1`` the hardest; the percentile of rank
@@ -57,26 +58,24 @@ and ``K b / 100`` are whole numbers these are exactly the ranks with
 ``a <= p < b``; otherwise the band differs from that set by at most one
 negative at an edge, which is the price of the exact count.  A band touching
 100 always holds the hardest ``n``; one touching 0 the easiest ``n``.
-Ties are broken by the partial selection's order (:func:`top_k`: numpy's
+Ties are broken by the partial selection's order (:func:`negatives.ranking.top_k`: numpy's
 ``argpartition`` on CPU, :func:`torch.topk` elsewhere), which is
 deterministic for a given device and input.
 """
 
-from .bands import Band, ClassFilter, band_ranks, rank_window, top_k
-from .base import All, NegativePolicy, Replace
+from .bands import Band, ClassFilter, band_mask, band_ranks, rank_window
+from .base import All, Mix, NegativePolicy, Selection
 from .candidates import Candidates
-from .encodings import Mix, Swap
-from .grammar import SEP, PolicyError, exact, fmt_number, match_form
+from .grammar import SEP, PolicyError, fmt_number, match_form
 from .mixing import MoCHi
+from .recipe import Recipe
 from .registry import PARSERS, POLICY_GRAMMAR, parse_policy
-from .retention import RetainHard, RetainingQueue
-from .reweighted import Debiased, HardWeighted
+from .replace import Replace, replace_removed
 from .ring import Curriculum, Ring, Schedule, ScheduledBand, parse_schedule
-from .selection import Selection, replace_removed, select, stand_ins
 
 __all__ = [
-    "Candidates", "Selection", "Mix", "Swap", "NegativePolicy", "All", "Band", "ClassFilter", "Replace",
-    "MoCHi", "Ring", "Curriculum", "Schedule", "ScheduledBand", "RetainHard", "RetainingQueue", "Debiased",
-    "HardWeighted", "replace_removed", "stand_ins", "select", "PolicyError", "parse_policy", "parse_schedule",
-    "band_ranks", "rank_window", "top_k", "exact", "fmt_number", "match_form", "SEP", "PARSERS", "POLICY_GRAMMAR",
+    "Candidates", "Selection", "Mix", "NegativePolicy", "All", "Band", "ClassFilter", "Replace", "Recipe",
+    "MoCHi", "Ring", "Curriculum", "Schedule", "ScheduledBand", "replace_removed", "PolicyError", "parse_policy",
+    "parse_schedule", "band_ranks", "band_mask", "rank_window", "fmt_number", "match_form", "SEP", "PARSERS",
+    "POLICY_GRAMMAR",
 ]

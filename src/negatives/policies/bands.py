@@ -1,11 +1,10 @@
-"""Bands of difficulty and class filters: the policies of the paper.
+"""Bands of difficulty: the policies of Cai et al. 2020 (arXiv:2010.06682).
 
 ``keep[a,b)`` keeps only the negatives whose difficulty percentile lies in
-``[a, b)`` (Figure 2), ``drop[a,b)`` removes that band (Figure 3), and the
-class filters remove a query's negatives of its own class, everywhere
-(``drop-same-class``) or within a band (``drop[a,b)&same-class``,
-``drop[a,b)&other-class``; Table 1).  Percentiles and the exact count of a
-band: :func:`band_ranks` and the package docstring of :mod:`negatives.policies`.
+``[a, b)`` (Figure 2), ``drop[a,b)`` removes that band (Figure 3).
+Percentiles and the exact count of a band: :func:`band_ranks` and the
+package docstring of :mod:`negatives.policies`.  The class filters of their
+Table 1 are in :mod:`.classes`.
 """
 
 from __future__ import annotations
@@ -14,17 +13,15 @@ import functools
 import re
 from fractions import Fraction
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .base import NegativePolicy
+from ..ranking import exact, percent_of, top_k
+from .base import NegativePolicy, Selection
 from .candidates import Candidates
-from .encodings import Swap
-from .grammar import SEP, PolicyError, exact, fmt_number
-from .selection import Selection
+from .grammar import SEP, PolicyError, fmt_number
 
-__all__ = ["Band", "ClassFilter", "band_ranks", "top_k", "rank_window", "check_band", "parse", "GRAMMAR"]
+__all__ = ["Band", "ClassFilter", "band_ranks", "band_mask", "rank_window", "marked", "check_band", "parse", "GRAMMAR"]
 
 GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
            "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'")
@@ -40,11 +37,6 @@ def check_band(lo: float, hi: float, text: str) -> None:
         raise PolicyError(f"policy {text!r}: band bounds must lie in [0, 100], got a={lo}, b={hi}")
     if not lo < hi:
         raise PolicyError(f"policy {text!r}: band needs a < b, got a={lo}, b={hi}")
-
-
-def _percent_of(k: int, pct: Fraction) -> int:
-    """``round(k pct / 100)``, half up, in integers."""
-    return (2 * k * pct.numerator + 100 * pct.denominator) // (200 * pct.denominator)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -69,35 +61,9 @@ def band_ranks(num_candidates: int, lo_pct, hi_pct) -> tuple[int, int]:
     """
     k = num_candidates
     a, width = _band(lo_pct, hi_pct)
-    n = _percent_of(k, width)
-    lo = min(_percent_of(k, a), k - n)
+    n = percent_of(k, width)
+    lo = min(percent_of(k, a), k - n)
     return lo, lo + n
-
-
-def top_k(x: Tensor, k: int, largest: bool = True) -> Tensor:
-    """Positions of the ``k`` largest (or smallest) entries of every row, in no order.
-
-    Positions of the ``k`` largest (``largest=False``: smallest) entries of
-    every row, in no particular order: ``x [B, K] -> [B, k]`` int64, exactly
-    ``k`` per row whatever the ties (an unsorted ``topk``).
-
-    On CPU (float32/64, no gradient) this is numpy's ``argpartition``, an
-    introselect that numpy runs with SIMD (AVX-512 / AVX2), cheaper there
-    than ``torch.topk`` (``benchmarks/band_overhead.py``, figures in
-    benchmarks/RESULTS.md) -- except for the few largest (``k <= 4``: the
-    hardest 0.1% of 4096), where ``torch.topk`` is the cheaper one.
-    Elsewhere (GPU, ``meta``, bf16) it is :func:`torch.topk`,
-    which is fast on a GPU and never syncs.  The two may break ties
-    differently, never the count.
-    """
-    n = x.shape[1]
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n
-            and not (largest and k <= 4)):
-        kth = n - k if largest else k - 1
-        part = np.argpartition(x.detach().numpy(), kth, axis=1)
-        pick = part[:, n - k:] if largest else part[:, :k]
-        return torch.from_numpy(np.ascontiguousarray(pick, dtype=np.int64))
-    return torch.topk(x, k, dim=1, largest=largest, sorted=False).indices
 
 
 def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
@@ -146,11 +112,33 @@ def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | 
     return idx.gather(1, inner), None
 
 
-class Band(NegativePolicy):
-    """Keep (``keep[a,b)``) or remove (``drop[a,b)``) a difficulty band.
+def band_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
+    """``[B, K]`` bool: True on the candidates of ranks ``[lo, hi)`` of every row (:func:`rank_window`)."""
+    index, mask = rank_window(sim, lo, hi)
+    return mask if index is None else marked(sim, index, True)
 
-    ``sim [B, K] -> keep [B, K]``: for ``keep`` exactly ``round(K w/100)``
-    True per row, for ``drop`` exactly ``K - round(K w/100)``.
+
+def marked(sim: Tensor, index: Tensor, value) -> Tensor:
+    """``[B, K]`` bool like ``sim``: ``value`` at the positions ``index [B, n]``
+    (a bool or a ``[B, n]`` bool tensor), the opposite of a bool ``value``
+    elsewhere (True elsewhere for a tensor)."""
+    fill = not value if isinstance(value, bool) else True
+    return torch.full(sim.shape, fill, dtype=torch.bool, device=sim.device).scatter_(1, index, value)
+
+
+class Band(NegativePolicy):
+    """Keep (``keep[a,b)``) or remove (``drop[a,b)``) a band of difficulty percentiles.
+
+    Args:
+        action: ``"keep"`` or ``"drop"``.
+        lo_pct, hi_pct: the band ``[a, b)``, ``0 <= a < b <= 100``.
+
+    Called with ``sim [B, K]``, it answers a ``[B, K]`` mask: for ``keep``
+    exactly ``round(K (b - a) / 100)`` True per row, for ``drop`` exactly
+    ``K`` minus that (:func:`band_ranks`).
+
+    >>> Band("keep", 50, 100)(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), None).keep    # the hardest half
+    tensor([[False,  True, False,  True]])
     """
 
     def __init__(self, action: str, lo_pct: float, hi_pct: float):
@@ -163,22 +151,17 @@ class Band(NegativePolicy):
         self.name = f"{action}[{fmt_number(lo_pct)}{SEP}{fmt_number(hi_pct)})"
 
     def ranks(self, num_candidates: int) -> tuple[int, int]:
+        """The band's rank interval ``[lo, hi)`` among ``num_candidates`` (0 = easiest)."""
         return band_ranks(num_candidates, self.lo_pct, self.hi_pct)
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        lo, hi = self.ranks(sim.shape[1])
         k = sim.shape[1]
-        if self.action == "keep":
-            if lo == 0 and 0 < k - hi < hi:
-                # the easiest hi: cheapest as the K - hi hardest removed
-                drop = top_k(sim, k - hi)
-                return Selection.without(drop)
-            index, mask = rank_window(sim, lo, hi)
-            return Selection.where(mask) if index is None else Selection.at(index)
-        index, mask = rank_window(sim, lo, hi)
-        if index is not None and index.shape[1] < k:
-            return Selection.without(index)      # the band's positions are the removed ones
-        return Selection.where(~(mask if index is None else Selection.at(index).mask(sim.shape)))
+        lo, hi = self.ranks(k)
+        if self.action == "keep" and lo == 0 and 0 < k - hi < hi:
+            # the easiest hi: cheapest as the K - hi hardest removed
+            return Selection(keep=marked(sim, top_k(sim, k - hi), False))
+        band = band_mask(sim, lo, hi)                                               # [B, K]
+        return Selection(keep=band if self.action == "keep" else ~band)
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         lo, hi = self.ranks(num_candidates)
@@ -191,14 +174,20 @@ class Band(NegativePolicy):
 
 
 class ClassFilter(NegativePolicy):
-    """Oracle policies that read labels (Table 1).
+    """Remove a query's negatives of its own class, everywhere or in a band (oracles, Cai et al.'s Table 1).
 
     ``drop-same-class``: remove every negative of the query's class;
     ``drop[a,b)&same-class`` / ``drop[a,b)&other-class``: remove only the
     negatives of the band ``[a, b)`` that share (do not share) the query's
     class.  Negatives or queries of unknown class (-1) are never removed.
 
-    ``sim [B, K] -> keep [B, K]``.
+    Args:
+        relation: ``"same-class"`` or ``"other-class"``.
+        band: a ``drop`` :class:`Band`, or None (everywhere; same-class only).
+
+    >>> c = Candidates(labels=torch.tensor([0, 1, 1]), query_labels=torch.tensor([1]))
+    >>> ClassFilter("same-class")(torch.zeros(1, 3), c).keep
+    tensor([[ True, False, False]])
     """
 
     uses_labels = True
@@ -215,18 +204,34 @@ class ClassFilter(NegativePolicy):
         self.band = band
         self.name = "drop-same-class" if band is None else f"{band.name}&{relation}"
 
-    def _related(self, candidates: Candidates, at: Tensor | None = None) -> Tensor:
-        return candidates.same_class(at) if self.relation == "same-class" else candidates.other_class(at)
+    def related(self, candidates: Candidates, at: Tensor | None = None) -> Tensor:
+        """``[B, K]`` bool (``[B, n]`` at the positions ``at``): the candidate
+        is of the query's class (same-class) or of another known one (other-class)."""
+        if candidates.labels is None or candidates.query_labels is None:
+            raise PolicyError(f"policy {self.name!r} needs the class labels of the queries and their negatives, "
+                              "which this step does not have")
+        cand = candidates.labels.clamp(min=-1)
+        if candidates.pool_index is not None:
+            cand = cand[candidates.pool_index]                                        # [B, K]
+        if at is not None:
+            cand = cand[at] if cand.dim() == 1 else cand.gather(1, at)
+        q = candidates.query_labels.unsqueeze(1)                                      # [B, 1]
+        # an unknown query label (-1) maps to -2, which no candidate label equals
+        same = cand == torch.where(q >= 0, q, -2)
+        if self.relation == "same-class":
+            return same
+        # & with the [B, 1] known-query mask as a uint8 product: a row-broadcast bool & is ~10x slower on CPU
+        other = ~same & (cand >= 0)
+        return (other.view(torch.uint8) * (q >= 0).view(torch.uint8)).view(torch.bool)
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         if self.band is None:
-            return Selection.where(~self._related(candidates).expand_as(sim))
+            return Selection(keep=~self.related(candidates).expand_as(sim))
         index, mask = rank_window(sim, *self.band.ranks(sim.shape[1]))
         if index is None:
-            return Selection.where(~(self._related(candidates).expand_as(sim) & mask))
-        # a narrow band: the relation is read at its n positions only, and
-        # the related ones are swapped for nothing (no [B, K] comparison or mask)
-        return Selection.exchanging(Swap(at=index, to=index, valid=~self._related(candidates, index)))
+            return Selection(keep=~(self.related(candidates).expand_as(sim) & mask))
+        # a narrow band: the relation is read at its n positions only
+        return Selection(keep=marked(sim, index, ~self.related(candidates, index)))
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         if self.band is not None:
@@ -234,7 +239,7 @@ class ClassFilter(NegativePolicy):
 
     def eligible(self, candidates: Candidates) -> Tensor:
         # a stand-in must not be what the policy removes for its class
-        return ~self._related(candidates)
+        return ~self.related(candidates)
 
 
 def parse(text: str) -> NegativePolicy | None:

@@ -1,65 +1,135 @@
-"""The interface every negative policy has, the baseline that keeps every
-negative, and ``@replace``, the mode that replaces removed negatives by older ones."""
+"""What every negative policy is: a call that answers, for one step, which
+candidates count for each query (a :class:`Selection`), and the baseline
+``all`` that keeps every one."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..queue import KeyQueue
 from .candidates import Candidates
-from .grammar import PolicyError
-from .selection import Selection
 
-__all__ = ["NegativePolicy", "All", "Replace"]
+__all__ = ["Selection", "Mix", "NegativePolicy", "All"]
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Synthetic negatives given by their cosines to the queries (MoCHi's closed form).
+
+    For each query ``b`` and synthetic negative ``t``::
+
+        cos[b, t] = a[b, t] sim[b, i[b, t]] + c[b, t] sim[b, j[b, t]] + d[b, t] (q_b . q_b)
+
+    exactly ``q . h`` for the detached vector ``h = a n_i + c n_j + d q`` (``n``
+    the candidates' embeddings), with the same gradient: ``h`` to the query.
+
+    Args:
+        i, j: ``[B, s]`` int64 positions into ``sim``'s columns (the candidates).
+        a, c, d: ``[B, s]`` float coefficients, detached constants.
+    """
+
+    i: Tensor
+    j: Tensor
+    a: Tensor
+    c: Tensor
+    d: Tensor
+
+    def logits(self, q: Tensor, sim: Tensor) -> Tensor:
+        """The synthetic negatives' cosines.
+
+        Args:
+            q: ``[B, D]`` the queries.
+            sim: ``[B, K]`` query-candidate cosines whose gradient reaches the
+                query only (``q @ keys.T`` with the keys detached).
+
+        Returns:
+            ``[B, s]``.  ``q . q`` is taken as ``q . q.detach()``, so its term
+            contributes ``d q`` to the gradient, not ``2 d q``.
+
+        >>> q = torch.tensor([[1.0, 0.0]])
+        >>> mix = Mix(*(torch.tensor([[v]]) for v in (0, 1)), *(torch.tensor([[v]]) for v in (0.5, 0.25, 0.25)))
+        >>> mix.logits(q, torch.tensor([[0.2, 0.6]]))           # 0.5 * 0.2 + 0.25 * 0.6 + 0.25 * 1
+        tensor([[0.5000]])
+        """
+        qq = (q * q.detach()).sum(1, keepdim=True)                                     # [B, 1]
+        return self.a * sim.gather(1, self.i) + self.c * sim.gather(1, self.j) + self.d * qq
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A policy's answer for one step: which candidates count, plus any synthetic negatives.
+
+    Args:
+        keep: ``[B, K]`` bool, True for a candidate that is one of the query's
+            negatives; None: every candidate.
+        mix: synthetic negatives (MoCHi's :class:`Mix`), or None.
+
+    >>> Selection(keep=torch.tensor([[True, False, True]])).kept_per_query(3)
+    tensor(2.)
+    """
+
+    keep: Tensor | None = None
+    mix: Mix | None = None
+
+    def synthetic(self, q: Tensor, sim: Tensor) -> Tensor | None:
+        """``[B, s]`` cosines of the synthetic negatives to the queries ``q
+        [B, D]``, from ``sim [B, K]`` (:meth:`Mix.logits`), or None."""
+        return None if self.mix is None else self.mix.logits(q, sim)
+
+    def kept_per_query(self, num_candidates: int) -> Tensor:
+        """Mean count of negatives a query sees, synthetic ones included (a 0-d tensor: no host sync)."""
+        if self.keep is None:
+            n = torch.tensor(float(num_candidates))
+        else:
+            n = torch.count_nonzero(self.keep).float() / self.keep.shape[0]
+        return n if self.mix is None else n + self.mix.i.shape[1]
 
 
 class NegativePolicy:
-    """Base class: keep every negative.
+    """Base class of every policy, and ``all``: keep every negative.
 
-    Besides ``__call__``, a policy may override:
+    A policy is called once per step, ``policy(sim, candidates, progress)``:
 
-    * :meth:`validate` -- raise :class:`PolicyError` when the policy makes no
-      sense for ``num_candidates`` negatives or ``epochs`` of training (called
-      by the config check before any job starts, and by the trainer);
-    * :meth:`start` -- told the length of training once, before the first step;
-    * :meth:`eligible` -- in ``replace`` mode, which older negatives may stand
-      in for removed ones (default: any);
-    * ``loss`` -- a callable with :func:`negatives.losses.info_nce.info_nce`'s
-      signature, for policies that change the loss rather than the negatives.
+    Args:
+        sim: ``[B, K]`` cosine of each query to each candidate negative (its
+            difficulty), detached.
+        candidates: :class:`~negatives.policies.candidates.Candidates`, what
+            is known about the queries and their candidates (labels, dataset
+            indices, embeddings); most policies ignore it.
+        progress: the fraction of training done, in ``[0, 1]``.
+
+    Returns:
+        :class:`Selection`.
+
+    It may also override :meth:`validate` (called before any job starts),
+    :meth:`start` (told the run's length once) and :meth:`eligible` (which
+    older negatives may stand in for removed ones, ``@replace``).
     """
 
     #: the policy's canonical string (its results folder name)
     name: str = "all"
     #: True when the policy reads class labels (an oracle, not self-supervised)
     uses_labels: bool = False
-    #: "drop": removed negatives are absent; "replace": each is replaced by the
-    #: next older negative of a longer queue, so every query sees exactly K
-    mode: str = "drop"
-    #: None: InfoNCE; otherwise a callable ``(l_pos, neg, keep, temperature) -> loss``
-    loss = None
-    #: True when the policy works through MoCo's queue of older negatives
-    #: (replace mode, ``retain-hard``): a method without one cannot run it
-    needs_queue: bool = False
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        return Selection.every()
+        return Selection()
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
-        """Raise :class:`PolicyError` if the policy is empty or meaningless here."""
+        """Raise :class:`~negatives.policies.grammar.PolicyError` if the policy
+        is empty or meaningless for ``num_candidates`` negatives and ``epochs``."""
 
-    def start(self, epochs: int) -> None:
-        """Called once by the trainer with the number of epochs."""
+    def start(self, epochs: int, num_candidates: int) -> None:
+        """Told once, before the first step, the run's epochs and each query's candidates."""
 
     def eligible(self, candidates: Candidates) -> Tensor | None:
-        """``[B, E]`` bool: older negatives allowed to replace removed ones
-        (``None``: every one)."""
+        """``[B, E]`` or ``[E]`` bool: which older candidates may stand in for
+        removed ones (``@replace``); None: every one."""
         return None
 
-    def make_queue(self, size: int, dim: int, generator: torch.Generator | None = None):
-        """The key queue MoCo keeps for this policy (default: the FIFO
-        :class:`negatives.queue.KeyQueue`; ``retain-hard`` returns its own)."""
-        return KeyQueue(size, dim, generator=generator)
+    def __str__(self) -> str:
+        return self.name
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"{type(self).__name__}({self.name!r})"
@@ -69,33 +139,3 @@ class All(NegativePolicy):
     """The baseline: every candidate negative is used."""
 
     name = "all"
-
-
-class Replace(NegativePolicy):
-    """``<drop policy>@replace``: the same removal, in ``replace`` mode.
-
-    The queue is longer than K (by ``queue_extra``); for each query the
-    policy is applied to the K newest negatives, and each removed one is
-    replaced by the next older negative that the policy allows to stand in
-    (:meth:`NegativePolicy.eligible`; older negatives are not re-ranked), so
-    the query sees exactly K.  See :func:`negatives.policies.selection.select`.
-    """
-
-    mode = "replace"
-    needs_queue = True
-
-    def __init__(self, inner: NegativePolicy):
-        if isinstance(inner, Replace) or not inner.name.startswith("drop"):
-            raise PolicyError(f"'@replace' applies to a removal policy (drop...), got {inner.name!r}")
-        self.inner = inner
-        self.name = f"{inner.name}@replace"
-        self.uses_labels = inner.uses_labels
-
-    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        return self.inner(sim, candidates, progress)
-
-    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
-        self.inner.validate(num_candidates, epochs)
-
-    def eligible(self, candidates: Candidates) -> Tensor | None:
-        return self.inner.eligible(candidates)

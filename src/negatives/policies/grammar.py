@@ -3,11 +3,11 @@ the canonical form of a number, and the first step of every family's parser."""
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from decimal import Decimal
-from fractions import Fraction
+
+from ..ranking import exact
 
 __all__ = ["SEP", "PolicyError", "exact", "fmt_number", "match_form", "refuse_non_finite"]
 
@@ -19,23 +19,6 @@ SEP = "_"
 
 class PolicyError(ValueError):
     """A policy string that cannot be parsed or makes no sense."""
-
-
-def exact(x) -> Fraction:
-    """A percentile as the exact rational number it was written as.
-
-    A percentile as written: an int or :class:`~fractions.Fraction` as
-    it is, a float as its shortest decimal (``99.9 -> 999/10``, never the
-    binary ``99.900000000000005684...``), so counts are computed in exact
-    arithmetic."""
-    if isinstance(x, (int, Fraction)):
-        return Fraction(x)
-    return _decimal(float(x))
-
-
-@functools.lru_cache(maxsize=4096)
-def _decimal(x: float) -> Fraction:
-    return Fraction(repr(x))
 
 
 def fmt_number(x: float) -> str:

@@ -1,9 +1,9 @@
-"""MoCHi: hard negative mixing (Kalantidis et al. 2020).
+"""MoCHi: hard negative mixing (Kalantidis et al. 2020, arXiv:2010.01028).
 
 For every query ``q`` (unit norm) with candidate negatives ``n_1 .. n_K``:
 
 1. ``Q~^N``: the ``N`` hardest candidates, by ``q . n`` (ties:
-   :func:`negatives.policies.top_k`'s deterministic order);
+   :func:`negatives.ranking.top_k`'s deterministic order);
 2. ``s`` synthetic negatives mixed from *pairs* of them::
 
        h_k = normalize(alpha_k n_i + (1 - alpha_k) n_j),   alpha_k ~ U[0, 1),
@@ -31,8 +31,8 @@ distributes over the sum and the norm expands::
 
 exact up to rounding, not an approximation.  Only the pair products
 ``n_i . n_j [B, s]`` need the parents' embeddings; :class:`MoCHi` returns the
-coefficients as ``Selection.every().with_mix(Mix(i, j, a, c, d))`` ``[B, s + s']`` and the
-loss evaluates them with :meth:`Mix.logits <negatives.policies.encodings.Mix.logits>`.
+coefficients as ``Selection(mix=Mix(i, j, a, c, d))`` ``[B, s + s']`` and the
+loss evaluates them with :meth:`Mix.logits <negatives.policies.base.Mix.logits>`.
 
 The gradient is the explicit form's too.  There ``h`` is a detached constant,
 so ``d(q . h)/dq = h``.  Here ``alpha``, ``beta``, ``r``, ``r'`` are detached
@@ -73,13 +73,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ranking import top_k
 from ..runtime.transfer import to_device_async
-from .bands import top_k
-from .base import NegativePolicy
+from .base import Mix, NegativePolicy, Selection
 from .candidates import Candidates
-from .encodings import Mix
 from .grammar import SEP, PolicyError, match_form
-from .selection import Selection
 
 __all__ = ["MoCHi", "hardest", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
@@ -156,7 +154,7 @@ class MoCHi(NegativePolicy):
     ``mochi[N,s,s',w]``: every negative, plus ``s + s'`` synthetic hard
     negatives per query once ``w`` epochs are done (see the module docstring).
 
-    ``sim [B, K] -> Selection.every().with_mix(Mix [B, s + s'])``: the synthetic
+    ``sim [B, K] -> Selection(mix=Mix [B, s + s'])``: the synthetic
     negatives' cosines in closed form, pair mixes first.  ``last_mix`` keeps
     the last draw (``hard [B, N]`` the positions of the N hardest; ``i, j,
     alpha`` for the pairs and ``jq, beta`` for the query mixes, positions
@@ -186,7 +184,7 @@ class MoCHi(NegativePolicy):
 
     # -- the interface ------------------------------------------------------
 
-    def start(self, epochs: int) -> None:
+    def start(self, epochs: int, num_candidates: int) -> None:
         self.epochs = int(epochs)
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
@@ -202,12 +200,12 @@ class MoCHi(NegativePolicy):
         if self.warmup == 0:
             return True
         if self.epochs is None:
-            raise PolicyError(f"policy {self.name!r} has a warm-up in epochs: call start(epochs) before training")
+            raise PolicyError(f"policy {self.name!r} has a warm-up in epochs: call start(epochs, K) before training")
         return progress * self.epochs >= self.warmup - _EPS
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         if not self.mixing(progress):
-            return Selection.every()
+            return Selection()
         b, k = sim.shape
         if self.n_hard > k:
             raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest out of only {k} candidates")
@@ -236,9 +234,9 @@ class MoCHi(NegativePolicy):
             r = (x * x + u ** 2 + 2 * x * u * cos).sqrt()      # |x n_i + (1-x) n_j|, then |y q + (1-y) n_j|
             xr = x / r
             mix = Mix(i=ij[:, :n_mix], j=ij[:, n_mix:], a=F.pad(xr[:, :s], (0, self.s_query)), c=u / r,
-                      d=F.pad(xr[:, s:], (s, 0)), ij=ij)
+                      d=F.pad(xr[:, s:], (s, 0)))
         self.last_mix = {"hard": hard, "i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
-        return Selection.every().with_mix(mix)
+        return Selection(mix=mix)
 
     def embeddings(self, candidates: Candidates) -> Tensor:
         """The last draw's synthetic negatives, materialised by the explicit

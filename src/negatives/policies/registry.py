@@ -1,16 +1,20 @@
 """The one place a policy string is read: an explicit registry of every
-family's parser, the whole grammar, and ``@replace``."""
+family's parser, the whole grammar, and ``@replace``.  A name becomes a
+:class:`~negatives.policies.recipe.Recipe`: which candidates count, the loss
+(``debiased[..]``, ``hard[..]``) and MoCo's queue (``retain-hard[..]``)."""
 
 from __future__ import annotations
 
 from . import bands, mixing, retention, reweighted, ring
-from .base import All, NegativePolicy, Replace
+from .base import NegativePolicy
 from .grammar import SEP, PolicyError, refuse_non_finite
+from .recipe import Recipe
+from .replace import Replace
 
 __all__ = ["PARSERS", "POLICY_GRAMMAR", "parse_policy"]
 
-#: every family's parser, ``parse(text) -> NegativePolicy | None`` (None: not
-#: of this family; :class:`PolicyError`: of this family but malformed)
+#: every family's parser, ``parse(text) -> NegativePolicy | Recipe | None``
+#: (None: not of this family; :class:`PolicyError`: of this family but malformed)
 PARSERS = {
     "bands": bands.parse,            # keep[a,b), drop[a,b), class filters (the paper)
     "mixing": mixing.parse,          # mochi[...]
@@ -30,8 +34,8 @@ POLICY_GRAMMAR = (
 )
 
 
-def parse_policy(text: str) -> NegativePolicy:
-    """Parse a policy string into a policy object; its ``name`` is canonical.
+def parse_policy(text: str) -> Recipe:
+    """Parse a policy string into what the run uses; its ``name`` is canonical.
 
     Numbers are separated by ``,`` or ``_`` on input and by ``_`` in the
     canonical name (the results folder name).
@@ -50,19 +54,23 @@ def parse_policy(text: str) -> NegativePolicy:
     refuse_non_finite(text)
     t = text.strip().replace(SEP, ",")
     base, sep, mode = t.partition("@")
-    base = base.strip()
-    if sep:
-        if mode.strip() != "replace":
-            raise PolicyError(f"policy {text!r}: unknown mode {mode.strip()!r} after '@'; allowed: 'replace'")
-        return Replace(_parse_base(base, text))
-    return _parse_base(base, text)
+    found = _parse_base(base.strip(), text)
+    recipe = found if isinstance(found, Recipe) else Recipe(found.name, found)
+    if not sep:
+        return recipe
+    if mode.strip() != "replace":
+        raise PolicyError(f"policy {text!r}: unknown mode {mode.strip()!r} after '@'; allowed: 'replace'")
+    if recipe != Recipe(recipe.name, recipe.policy):
+        raise PolicyError(f"'@replace' applies to a removal policy (drop...), got {recipe.name!r}")
+    policy = Replace(recipe.policy)
+    return Recipe(policy.name, policy)
 
 
-def _parse_base(t: str, text: str) -> NegativePolicy:
+def _parse_base(t: str, text: str) -> NegativePolicy | Recipe:
     if t == "all":
-        return All()
+        return Recipe("all")
     for parse in PARSERS.values():
-        policy = parse(t)
-        if policy is not None:
-            return policy
+        found = parse(t)
+        if found is not None:
+            return found
     raise PolicyError(f"unknown policy {text!r}; allowed: {POLICY_GRAMMAR}")

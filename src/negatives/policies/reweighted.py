@@ -1,40 +1,23 @@
-"""The reweighted losses as policies: ``debiased[tau_plus]`` (Chuang et al.
-2020) and ``hard[beta,tau_plus]`` (Robinson et al. 2021) keep every negative
-and change the loss (:mod:`negatives.losses.reweighted`)."""
+"""``debiased[tau_plus]`` (Chuang et al. 2020, arXiv:2007.00224) and
+``hard[beta,tau_plus]`` (Robinson et al. 2021, arXiv:2010.04592): every
+negative kept, the loss changed (:mod:`negatives.losses.reweighted`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
-from torch import Tensor
-
 from ..losses.reweighted import reweighted_nce
-from .base import NegativePolicy
-from .candidates import Candidates
 from .grammar import SEP, PolicyError, fmt_number, match_form
-from .selection import Selection
+from .recipe import Recipe
 
-__all__ = ["Debiased", "HardWeighted", "parse", "GRAMMAR", "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
+__all__ = ["debiased", "hard", "parse", "GRAMMAR", "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
 
 DEBIASED_GRAMMAR = "'debiased[tau_plus]' with 0 <= tau_plus < 1 (class prior of Chuang et al. 2020)"
 HARD_GRAMMAR = ("'hard[beta,tau_plus]' with beta >= 0 (concentration) and 0 <= tau_plus < 1 "
                 "(Robinson et al. 2021)")
 GRAMMAR = f"{DEBIASED_GRAMMAR}; {HARD_GRAMMAR}"
-
-
-class _LossPolicy(NegativePolicy):
-    """Every negative is kept; the loss is changed (``loss`` has
-    :func:`negatives.losses.info_nce.info_nce`'s signature)."""
-
-    tau_plus: float = 0.0
-    beta: float = 0.0
-
-    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        return Selection.every()
-
-    def loss(self, l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float) -> Tensor:
-        return reweighted_nce(l_pos, sim, keep, temperature, tau_plus=self.tau_plus, beta=self.beta)
 
 
 def _check(tau_plus: float, beta: float, name: str, grammar: str) -> None:
@@ -44,22 +27,26 @@ def _check(tau_plus: float, beta: float, name: str, grammar: str) -> None:
         raise PolicyError(f"policy {name!r}: beta must be >= 0, got {fmt_number(beta)}; allowed: {grammar}")
 
 
-class Debiased(_LossPolicy):
-    """``debiased[tau_plus]``: the debiased contrastive loss of Chuang et al. 2020."""
+def debiased(tau_plus: float) -> Recipe:
+    """``debiased[tau_plus]``: every negative, the debiased loss of Chuang et al. 2020.
 
-    def __init__(self, tau_plus: float):
-        self.tau_plus = float(tau_plus)
-        self.name = f"debiased[{fmt_number(self.tau_plus)}]"
-        _check(self.tau_plus, 0.0, self.name, DEBIASED_GRAMMAR)
+    >>> debiased(0.1).name
+    'debiased[0.1]'
+    """
+    name = f"debiased[{fmt_number(tau_plus)}]"
+    _check(float(tau_plus), 0.0, name, DEBIASED_GRAMMAR)
+    return Recipe(name, loss=functools.partial(reweighted_nce, tau_plus=float(tau_plus)))
 
 
-class HardWeighted(_LossPolicy):
-    """``hard[beta,tau_plus]``: the hard-negative weighted loss of Robinson et al. 2021."""
+def hard(beta: float, tau_plus: float) -> Recipe:
+    """``hard[beta,tau_plus]``: every negative, the hard-negative weighted loss of Robinson et al. 2021.
 
-    def __init__(self, beta: float, tau_plus: float):
-        self.beta, self.tau_plus = float(beta), float(tau_plus)
-        self.name = f"hard[{fmt_number(self.beta)}{SEP}{fmt_number(self.tau_plus)}]"
-        _check(self.tau_plus, self.beta, self.name, HARD_GRAMMAR)
+    >>> hard(1, 0.1).name
+    'hard[1_0.1]'
+    """
+    name = f"hard[{fmt_number(beta)}{SEP}{fmt_number(tau_plus)}]"
+    _check(float(tau_plus), float(beta), name, HARD_GRAMMAR)
+    return Recipe(name, loss=functools.partial(reweighted_nce, tau_plus=float(tau_plus), beta=float(beta)))
 
 
 _N = r"\s*(-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*"
@@ -67,11 +54,11 @@ _DEBIASED_RE = re.compile(rf"^debiased\[{_N}\]$")
 _HARD_RE = re.compile(rf"^hard\[{_N},{_N}\]$")
 
 
-def parse(text: str) -> _LossPolicy | None:
+def parse(text: str) -> Recipe | None:
     """Parse ``debiased[...]`` and ``hard[...]``; None for any other form.
 
-    ``debiased[tau+]`` / ``hard[beta,tau+]`` -> policy; None when ``text``
-    is neither; :class:`PolicyError` when it is one of them but malformed.
+    ``debiased[tau+]`` / ``hard[beta,tau+]`` -> :class:`~negatives.policies.recipe.Recipe`;
+    None when ``text`` is neither; :class:`PolicyError` when it is one of them but malformed.
 
     >>> parse("debiased[0.10]").name
     'debiased[0.1]'
@@ -80,8 +67,8 @@ def parse(text: str) -> _LossPolicy | None:
     """
     m = match_form(text, "debiased", _DEBIASED_RE, DEBIASED_GRAMMAR)
     if m is not None:
-        return Debiased(float(m.group(1)))
+        return debiased(float(m.group(1)))
     m = match_form(text, "hard", _HARD_RE, HARD_GRAMMAR)
     if m is not None:
-        return HardWeighted(float(m.group(1)), float(m.group(2)))
+        return hard(float(m.group(1)), float(m.group(2)))
     return None

@@ -4,7 +4,7 @@ band curricula.
 Both keep, at every step, one window of each query's K candidates ranked by
 difficulty (rank 0 the easiest, K - 1 the hardest), re-evaluated at every
 step from ``progress``, the fraction of training done; counts are computed
-in exact arithmetic (:func:`negatives.policies.exact`).
+in exact arithmetic (:func:`negatives.ranking.exact`).
 
 Ring (Wu et al. 2020, "Conditional negative sampling", their released
 ``MoCoRing``).  Sort a query's similarities hardest first; keep
@@ -78,11 +78,11 @@ from fractions import Fraction
 
 from torch import Tensor
 
-from .bands import band_ranks, rank_window
-from .base import NegativePolicy
+from ..ranking import exact
+from .bands import band_mask, band_ranks
+from .base import NegativePolicy, Selection
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, exact, fmt_number, match_form
-from .selection import Selection
+from .grammar import SEP, PolicyError, fmt_number, match_form
 
 __all__ = ["Schedule", "ScheduledBand", "Ring", "Curriculum", "parse_schedule", "parse", "GRAMMAR",
            "RING_GRAMMAR", "CURRICULUM_GRAMMAR", "SCHEDULE_GRAMMAR"]
@@ -185,8 +185,7 @@ def parse_schedule(text: str, until: str | float | None = None) -> Schedule:
 class ScheduledBand(NegativePolicy):
     """A window of each query's ranked candidates that moves with ``progress``.
 
-    ``sim [B, K] -> Selection.at(index [B, n])`` (or a ``[B, K]`` mask when the
-    complement is cheaper) with the ``n`` candidates of ranks :meth:`ranks`.
+    ``sim [B, K] -> Selection(keep [B, K])`` with the candidates of ranks :meth:`ranks`.
     Subclasses give ``name``, ``schedule`` and :meth:`ranks`.
     """
 
@@ -201,9 +200,7 @@ class ScheduledBand(NegativePolicy):
         raise NotImplementedError
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress=0.0) -> Selection:
-        lo, hi = self.ranks(sim.shape[1], progress)
-        index, mask = rank_window(sim, lo, hi)
-        return Selection.where(mask) if index is None else Selection.at(index)
+        return Selection(keep=band_mask(sim, *self.ranks(sim.shape[1], progress)))
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         # window sizes are monotone in progress: the ends bound every step

@@ -29,7 +29,7 @@ import torch
 from ..data.augment import MoCoV2Augment
 from ..data.sources import FolderSource, TensorSource, load_prepared, loader_workers, open_source, open_train_source
 from ..config import ConfigError, check_partial, check_run
-from ..methods import build_method
+from ..methods import build_method, num_candidates
 from ..optim import SGD
 from ..runtime import distributed, gpus, memory
 from ..runtime import launch as launch_plan
@@ -230,9 +230,8 @@ def _pretrain(data: dict, method: str, pol, temperature: float, seed: int, s: Pr
 
     world = distributed.world_size()
     encoder = seeded_encoder(s, c, seed, num_splits=s.bn_splits // world)
-    pol.start(s.epochs)
-    model = build_method(method, encoder, dim=s.dim, queue_size=s.queue_size, queue_extra=s.queue_extra,
-                         momentum=s.momentum, temperature=temperature, policy=pol,
+    pol.policy.start(s.epochs, num_candidates(method, s.queue_size, s.batch_size))
+    model = build_method(method, encoder, pol, s, temperature,
                          generator=torch.Generator().manual_seed(epoch_seed(seed, -2))).to(device)
     model = model.to(memory_format=channels_last)
     if s.compile:

@@ -1,5 +1,6 @@
-"""MoCo's queue of negatives: the keys of earlier batches, with each key's
-label and dataset index (read only by oracle policies and the analyses)."""
+"""MoCo's queue of negatives (He et al. 2020, arXiv:1911.05722): the keys of
+earlier batches, with each key's label and dataset index (read only by oracle
+policies and the analyses)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ class KeyQueue(nn.Module):
     :meth:`ordered` returns the keys oldest first.  K must be a multiple of
     the batch size, as in the reference implementation, so a batch never
     wraps around the end.
+
+    Args:
+        size: K, the number of keys.
+        dim: D, the embedding size.
+        generator: for the random start-up keys.
+
+    >>> queue = KeyQueue(4, 2)
+    >>> queue.enqueue(torch.eye(2), torch.tensor([3, 5]), torch.tensor([0, 1]))
+    >>> queue.labels.tolist(), int(queue.ptr)
+    ([3, 5, -1, -1], 2)
     """
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
@@ -38,9 +49,11 @@ class KeyQueue(nn.Module):
         return self.keys.shape[0]
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor, labels: Tensor, indices: Tensor) -> None:
+    def enqueue(self, keys: Tensor, labels: Tensor, indices: Tensor, sim: Tensor | None = None) -> None:
         """Replace the ``B`` oldest entries by ``keys [B, D]`` (and their
-        ``labels [B]``, ``indices [B]``)."""
+        ``labels [B]``, ``indices [B]``).  ``sim [B, K]``, the step's cosines
+        to the queue's slots, is for queues that keep keys by difficulty
+        (:class:`~negatives.queues.retaining.RetainingQueue`); unused here."""
         b = keys.shape[0]
         if self.size % b != 0:
             raise ValueError(f"queue size {self.size} must be a multiple of the batch size {b}")

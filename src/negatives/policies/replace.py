@@ -1,0 +1,90 @@
+"""``<drop policy>@replace``: the same removal, each removed negative replaced
+by an older one, so every query sees exactly K (Cai et al. 2020,
+arXiv:2010.06682: "we replace them with slightly older negatives")."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import NegativePolicy, Selection
+from .candidates import Candidates
+from .grammar import PolicyError
+
+__all__ = ["Replace", "replace_removed"]
+
+
+def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
+    """Which older negatives stand in for the removed ones.
+
+    Args:
+        keep: ``[B, K]`` bool, the policy's choice among the K newest negatives.
+        eligible: ``[B, E]`` bool, the E older negatives, newest first, that may stand in.
+
+    Returns:
+        ``[B, E]`` bool: for each query, the first ``K - kept`` eligible older
+        negatives.  When fewer are eligible, all of them are used and the
+        query sees fewer than K (the trainer logs the count; make
+        ``queue_extra`` larger to avoid it).
+
+    >>> replace_removed(torch.tensor([[True, False, False]]), torch.tensor([[True, False, True, True]]))
+    tensor([[ True, False,  True, False]])
+    """
+    # int32 counts: a bool sum accumulates in int64, 3-4x slower on CPU
+    missing = keep.shape[1] - keep.sum(1, keepdim=True, dtype=torch.int32)
+    return eligible & (eligible.cumsum(1, dtype=torch.int32) <= missing)
+
+
+class Replace(NegativePolicy):
+    """``<drop policy>@replace``: the removal of ``inner`` among the K newest
+    negatives, each removed one replaced by the next older one it allows.
+
+    MoCo's queue holds K + E keys (``pretrain.queue_extra`` = E); ``inner``
+    sees the K newest, and the older ones stand in, newest first, where
+    ``inner.eligible`` allows (older negatives are not re-ranked).
+
+    Args:
+        inner: a removal policy (``drop...``).
+
+    Called with ``sim [B, K + E]`` and candidates whose ``newest_first``
+    orders the queue, it answers a ``[B, K + E]`` mask; :meth:`start` tells
+    it K.
+
+    >>> from negatives.policies.bands import Band
+    >>> policy = Replace(Band("drop", 50, 100)); policy.start(1, num_candidates=2)
+    >>> sim = torch.tensor([[0.9, 0.1, 0.5, 0.2]])              # slots 3, 2 newest, then 1, 0
+    >>> policy(sim, Candidates(newest_first=torch.tensor([3, 2, 1, 0]))).keep
+    tensor([[False,  True, False,  True]])
+    """
+
+    def __init__(self, inner: NegativePolicy):
+        if isinstance(inner, Replace) or not inner.name.startswith("drop"):
+            raise PolicyError(f"'@replace' applies to a removal policy (drop...), got {inner.name!r}")
+        self.inner = inner
+        self.name = f"{inner.name}@replace"
+        self.uses_labels = inner.uses_labels
+        self.window: int | None = None
+
+    def start(self, epochs: int, num_candidates: int) -> None:
+        self.window = num_candidates
+        self.inner.start(epochs, num_candidates)
+
+    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
+        self.inner.validate(num_candidates, epochs)
+
+    def eligible(self, candidates: Candidates) -> Tensor | None:
+        return self.inner.eligible(candidates)
+
+    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
+        if self.window is None or candidates.newest_first is None:
+            raise PolicyError(f"policy {self.name!r} needs MoCo's queue in age order and start(epochs, K) first")
+        newest, older = candidates.newest_first[:self.window], candidates.newest_first[self.window:]
+        chosen = self.inner(sim.index_select(1, newest), candidates.take(newest), progress)
+        keep = torch.ones_like(sim[:, :self.window], dtype=torch.bool) if chosen.keep is None else chosen.keep
+        eligible = self.inner.eligible(candidates.take(older))                          # [B, E], [E] or None
+        if eligible is None:
+            eligible = torch.ones((1, older.shape[0]), dtype=torch.bool, device=sim.device)
+        stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))              # [B, E]
+        # back in the queue's slot order, the columns of sim
+        full = torch.empty_like(sim, dtype=torch.bool).index_copy_(1, newest, keep).index_copy_(1, older, stand_in)
+        return Selection(keep=full, mix=chosen.mix)
