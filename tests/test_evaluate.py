@@ -6,10 +6,10 @@ import torch
 
 from conftest import written as outputs_in
 from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluate_checkpoint, fewshot_indices, linear_probe
-from negatives.evaluation.features import extract_features, knn_classify, topk_accuracy
 from negatives.data.augment import Normalize
 from negatives.data.sources import data_digest, load_prepared
 from negatives.evaluation import probes
+from negatives.features import extract_features, knn_classify, topk_accuracy
 from negatives.models import build_encoder
 
 # kNN by hand: four unit train vectors, one query at 36.87 degrees

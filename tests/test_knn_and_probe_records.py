@@ -13,8 +13,8 @@ import yaml
 from conftest import ROOT
 from negatives.cli import main
 from negatives.config import ConfigError, check_section
-from negatives.evaluation.features import KNN_MIN_TEMPERATURE, knn_classify
 from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluation_record
+from negatives.features import KNN_MIN_TEMPERATURE, knn_classify
 from negatives.analysis.plotting import load_probes
 
 TEMPERATURES = [1.0, 0.5, 0.2, 0.1, 0.07, 0.05, 0.02, 0.01, KNN_MIN_TEMPERATURE]
@@ -99,10 +99,11 @@ def test_knn_scores_are_the_vote_divided_by_exp_of_each_rows_top_similarity(t):
 
 
 def test_the_training_monitor_votes_with_the_same_function():
-    from negatives.evaluation import features
+    from negatives import features
+    from negatives.evaluation import probes
     from negatives.training import monitor
 
-    assert monitor.knn_classify is features.knn_classify
+    assert monitor.knn_classify is probes.knn_classify is features.knn_classify
 
 
 # ------------------------------------------------------------------ probe.json's record

@@ -16,7 +16,7 @@ from torch import nn
 from negatives import data
 from negatives.optim import SGD
 from negatives.evaluation.probes import evaluate_checkpoint
-from negatives.evaluation.features import topk_accuracy
+from negatives.features import topk_accuracy
 from negatives.models import Encoder, MLPHead
 from negatives.evaluation.faithful import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
 

@@ -108,8 +108,8 @@ def test_evaluate_threads_give_the_same_features_and_scores(data_path, trained, 
     and the kNN's scores are the same bits with 1 and 2 threads (a tie in an
     accuracy could hide a difference)."""
     from negatives.data import load_prepared
-    from negatives.evaluation.features import extract_features, knn_classify
     from negatives.evaluation.probes import linear_probe
+    from negatives.features import extract_features, knn_classify
 
     encoder, _ = load_encoder(trained)
     data = load_prepared(data_path)

@@ -5,8 +5,9 @@ The library behind the Snakemake workflow that rebuilds Cai et al. 2020,
 Laid out by concept: ``queue`` (MoCo's key queue), ``losses`` (InfoNCE and
 the reweighted losses), ``policies`` (which negatives a query sees),
 ``methods`` (MoCo, SimCLR, and the glue from a selection to the loss),
-``models``, ``data``, ``training``, ``evaluation``, ``analysis`` (Section 4
-and every figure), ``runtime`` (checkpoints, atomic writes, GPU locks);
+``models``, ``features`` (a frozen encoder's features and kNN), ``data``,
+``training``, ``evaluation``, ``analysis`` (Section 4 and every figure),
+``runtime`` (checkpoints, atomic writes, GPU locks);
 ``config``, ``grid`` and ``defaults`` serve the workflow, and
 ``python -m negatives`` is the command line its rules call.
 """

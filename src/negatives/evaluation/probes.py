@@ -25,13 +25,13 @@ from torch import Tensor
 from ..config import check_knn_k, check_milestones, check_section
 from ..data.sources import data_digest, load_prepared, open_source
 from ..defaults import schema_defaults, speed_only
+from ..features import extract_features, knn_classify, topk_accuracy
 from ..optim import avoid_dynamo_import
 from ..runtime.atomic import atomic_write, check_writable
 from ..runtime.gpus import resolve_device
 from ..runtime.versions import versions
 from ..training.settings import check_matches
 from ..training.settings import load_encoder
-from .features import extract_features, knn_classify, topk_accuracy
 
 __all__ = [
     "FEWSHOT_DRAWS",

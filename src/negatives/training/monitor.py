@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..data.sources import open_source, read_images
-from ..evaluation.features import extract_features, knn_classify, topk_accuracy
+from ..features import extract_features, knn_classify, topk_accuracy
 
 __all__ = ["KnnMonitor"]
 

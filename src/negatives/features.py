@@ -1,7 +1,7 @@
 """Features of a frozen encoder, and the kNN classifier on them (InstDisc /
 the MoCo demo's monitor: cosine similarity, the ``k`` nearest train images vote
 with weight ``exp(sim / t)``).  Used by the probes and by the trainer's
-per-epoch monitor."""
+per-epoch monitor, so it lies beneath both ``evaluation`` and ``training``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.augment import Normalize
-from ..defaults import schema
+from .data.augment import Normalize
+from .defaults import schema
 
 __all__ = ["KNN_MIN_TEMPERATURE", "extract_features", "knn_classify", "topk_accuracy"]
 
