@@ -14,9 +14,11 @@ __all__ = ["ContrastiveMethod", "full_precision"]
 
 
 def full_precision(t: Tensor) -> Tensor:
-    """``t`` in float32 when it is bf16 or fp16 (under an autocast), else
-    ``t`` itself (no copy): embeddings, cosines and the loss are never
-    computed in a half-precision type."""
+    """A tensor in float32 when it is half precision, else unchanged (no copy).
+
+    ``t`` in float32 when it is bf16 or fp16 (under an autocast), else ``t``
+    itself: embeddings, cosines and the loss are never computed in a
+    half-precision type."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 

@@ -119,7 +119,9 @@ def band_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
 
 
 def marked(sim: Tensor, index: Tensor, value) -> Tensor:
-    """``[B, K]`` bool like ``sim``: ``value`` at the positions ``index [B, n]``
+    """A ``[B, K]`` mask with ``value`` at the positions ``index`` of each row.
+
+    ``[B, K]`` bool like ``sim``: ``value`` at the positions ``index [B, n]``
     (a bool or a ``[B, n]`` bool tensor), the opposite of a bool ``value``
     elsewhere (True elsewhere for a tensor)."""
     fill = not value if isinstance(value, bool) else True

@@ -36,9 +36,10 @@ def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
 
 
 class Replace(NegativePolicy):
-    """``<drop policy>@replace``: the removal of ``inner`` among the K newest
-    negatives, each removed one replaced by the next older one it allows.
+    """A removal among the K newest negatives, each removed one replaced by an older one.
 
+    ``<drop policy>@replace``: the removal of ``inner`` among the K newest
+    negatives, each removed one replaced by the next older one it allows.
     MoCo's queue holds K + E keys (``pretrain.queue_extra`` = E); ``inner``
     sees the K newest, and the older ones stand in, newest first, where
     ``inner.eligible`` allows (older negatives are not re-ranked).
