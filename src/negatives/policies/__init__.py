@@ -43,8 +43,8 @@ and ``curriculum[...]`` (:mod:`.ring`); ``debiased[...]`` and ``hard[...]``
 choose a loss (:mod:`.reweighted`), ``retain-hard[...]`` a queue (:mod:`.retention`).
 
 Rooms: :mod:`.base` (the interface, its answer :class:`Selection`, ``all``),
-:mod:`.candidates`, :mod:`.grammar` (names, errors), :mod:`.bands` (the
-paper's bands and class filters), :mod:`.replace` (``@replace``), the
+:mod:`.candidates`, :mod:`.grammar` (names, errors), :mod:`.bands` and
+:mod:`.classes` (the paper's bands and class filters), :mod:`.replace` (``@replace``), the
 families above, :mod:`.recipe` and :mod:`.registry` (the parser).
 
 Percentiles.  For one query the K candidates are ranked by difficulty, rank
@@ -63,9 +63,10 @@ Ties are broken by the partial selection's order (:func:`negatives.ranking.top_k
 deterministic for a given device and input.
 """
 
-from .bands import Band, ClassFilter, band_mask, band_ranks, rank_window
+from .bands import Band, band_mask, band_ranks, rank_window
 from .base import All, Mix, NegativePolicy, Selection
 from .candidates import Candidates
+from .classes import ClassFilter
 from .grammar import SEP, PolicyError, fmt_number, match_form
 from .mixing import MoCHi
 from .recipe import Recipe

@@ -21,7 +21,7 @@ from .base import NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import SEP, PolicyError, fmt_number
 
-__all__ = ["Band", "ClassFilter", "band_ranks", "band_mask", "rank_window", "marked", "check_band", "parse", "GRAMMAR"]
+__all__ = ["Band", "band_ranks", "band_mask", "rank_window", "marked", "check_band", "parse", "GRAMMAR"]
 
 GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
            "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'")
@@ -29,7 +29,6 @@ GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of di
 _NUM = r"[0-9]+(?:\.[0-9]+)?"
 _BAND = rf"(keep|drop)\[\s*({_NUM})\s*,\s*({_NUM})\s*\)"
 _BAND_RE = re.compile(rf"^{_BAND}$")
-_CLASS_RE = re.compile(rf"^drop\[\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*&\s*(same-class|other-class)$")
 
 def check_band(lo: float, hi: float, text: str) -> None:
     """Raise :class:`PolicyError` unless ``0 <= lo < hi <= 100``."""
@@ -175,94 +174,20 @@ class Band(NegativePolicy):
             raise PolicyError(f"policy {self.name!r} removes every one of the {num_candidates} negatives")
 
 
-class ClassFilter(NegativePolicy):
-    """Remove a query's negatives of its own class, everywhere or in a band (oracles, Cai et al.'s Table 1).
+def parse(text: str) -> Band | None:
+    """Parse the paper's bands; None for any other form.
 
-    ``drop-same-class``: remove every negative of the query's class;
-    ``drop[a,b)&same-class`` / ``drop[a,b)&other-class``: remove only the
-    negatives of the band ``[a, b)`` that share (do not share) the query's
-    class.  Negatives or queries of unknown class (-1) are never removed.
-
-    Args:
-        relation: ``"same-class"`` or ``"other-class"``.
-        band: a ``drop`` :class:`Band`, or None (everywhere; same-class only).
-
-    >>> c = Candidates(labels=torch.tensor([0, 1, 1]), query_labels=torch.tensor([1]))
-    >>> ClassFilter("same-class")(torch.zeros(1, 3), c).keep
-    tensor([[ True, False, False]])
-    """
-
-    uses_labels = True
-
-    def __init__(self, relation: str, band: Band | None = None):
-        if relation not in ("same-class", "other-class"):
-            raise PolicyError(f"class relation must be 'same-class' or 'other-class', got {relation!r}")
-        if band is None and relation != "same-class":
-            raise PolicyError("'drop-other-class' would remove nearly every negative; combine it with a band: "
-                              "'drop[a,b)&other-class'")
-        if band is not None and band.action != "drop":
-            raise PolicyError(f"a class relation combines with a drop band, got {band.name!r}")
-        self.relation = relation
-        self.band = band
-        self.name = "drop-same-class" if band is None else f"{band.name}&{relation}"
-
-    def related(self, candidates: Candidates, at: Tensor | None = None) -> Tensor:
-        """``[B, K]`` bool (``[B, n]`` at the positions ``at``): the candidate
-        is of the query's class (same-class) or of another known one (other-class)."""
-        if candidates.labels is None or candidates.query_labels is None:
-            raise PolicyError(f"policy {self.name!r} needs the class labels of the queries and their negatives, "
-                              "which this step does not have")
-        cand = candidates.labels.clamp(min=-1)
-        if candidates.pool_index is not None:
-            cand = cand[candidates.pool_index]                                        # [B, K]
-        if at is not None:
-            cand = cand[at] if cand.dim() == 1 else cand.gather(1, at)
-        q = candidates.query_labels.unsqueeze(1)                                      # [B, 1]
-        # an unknown query label (-1) maps to -2, which no candidate label equals
-        same = cand == torch.where(q >= 0, q, -2)
-        if self.relation == "same-class":
-            return same
-        # & with the [B, 1] known-query mask as a uint8 product: a row-broadcast bool & is ~10x slower on CPU
-        other = ~same & (cand >= 0)
-        return (other.view(torch.uint8) * (q >= 0).view(torch.uint8)).view(torch.bool)
-
-    def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        if self.band is None:
-            return Selection(keep=~self.related(candidates).expand_as(sim))
-        index, mask = rank_window(sim, *self.band.ranks(sim.shape[1]))
-        if index is None:
-            return Selection(keep=~(self.related(candidates).expand_as(sim) & mask))
-        # a narrow band: the relation is read at its n positions only
-        return Selection(keep=marked(sim, index, ~self.related(candidates, index)))
-
-    def validate(self, num_candidates: int, epochs: int | None = None) -> None:
-        if self.band is not None:
-            Band("keep", self.band.lo_pct, self.band.hi_pct).validate(num_candidates, epochs)
-
-    def eligible(self, candidates: Candidates) -> Tensor:
-        # a stand-in must not be what the policy removes for its class
-        return ~self.related(candidates)
-
-
-def parse(text: str) -> NegativePolicy | None:
-    """Parse the paper's bands and class filters; None for any other form.
-
-    ``keep[a,b)``, ``drop[a,b)``, ``drop-same-class`` and
-    ``drop[a,b)&same-class`` / ``&other-class`` -> policy; None when ``text``
-    is none of them; :class:`PolicyError` when it is a band but malformed.
+    ``keep[a,b)``, ``drop[a,b)`` -> :class:`Band`; None when ``text`` is
+    neither; :class:`PolicyError` when it is a band but malformed (the class
+    filters, ``drop[a,b)&same-class``, are parsed first, by :mod:`.classes`).
 
     >>> parse("keep[95,100)").name
     'keep[95_100)'
     """
     t = text.strip().replace(SEP, ",")
-    if t == "drop-same-class":
-        return ClassFilter("same-class")
     m = _BAND_RE.match(t)
     if m:
         return Band(m.group(1), float(m.group(2)), float(m.group(3)))
-    m = _CLASS_RE.match(t)
-    if m:
-        return ClassFilter(m.group(3), Band("drop", float(m.group(1)), float(m.group(2))))
     if re.match(r"^(keep|drop)\[", t):
         # recognisably a band with bad bounds: say which part is wrong
         nums = re.findall(r"-?[0-9]+(?:\.[0-9]+)?", t)

@@ -5,7 +5,7 @@ family's parser, the whole grammar, and ``@replace``.  A name becomes a
 
 from __future__ import annotations
 
-from . import bands, mixing, retention, reweighted, ring
+from . import bands, classes, mixing, retention, reweighted, ring
 from .base import NegativePolicy
 from .grammar import SEP, PolicyError, refuse_non_finite
 from .recipe import Recipe
@@ -16,7 +16,8 @@ __all__ = ["PARSERS", "POLICY_GRAMMAR", "parse_policy"]
 #: every family's parser, ``parse(text) -> NegativePolicy | Recipe | None``
 #: (None: not of this family; :class:`PolicyError`: of this family but malformed)
 PARSERS = {
-    "bands": bands.parse,            # keep[a,b), drop[a,b), class filters (the paper)
+    "classes": classes.parse,        # drop-same-class, drop[a,b)&same-class (the paper's Table 1)
+    "bands": bands.parse,            # keep[a,b), drop[a,b) (the paper)
     "mixing": mixing.parse,          # mochi[...]
     "ring": ring.parse,              # ring[...], curriculum[...]
     "reweighted": reweighted.parse,  # debiased[...], hard[...]
