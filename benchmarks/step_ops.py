@@ -19,12 +19,13 @@ import argparse
 import contextlib
 from collections import Counter
 from fractions import Fraction
+from types import SimpleNamespace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from negatives.data.augment import MoCoV2Augment
-from negatives.methods import build_method
+from negatives.methods import build_method, num_candidates
 from negatives.methods import moco as moco_module
 from negatives.models import build_encoder
 from negatives.optim import SGD
@@ -86,8 +87,8 @@ def _phases(counter: OpCounter, model, aug, opt):
     patch(model.encoder_q, "forward", "query fwd")
     patch(moco_module, "shuffled_keys", "key fwd")
     patch(moco_module, "momentum_update", "momentum")
-    patch(moco_module, "select", "selection")
-    patch(model, "criterion", "loss")
+    patch(model, "policy", "selection")
+    patch(model, "loss", "loss")
     if hasattr(model, "queue"):
         patch(model.queue, "enqueue", "enqueue")
     patch(opt, "step", "opt step")
@@ -117,10 +118,10 @@ def build_step(policy: str = "all", *, method: str = "moco", backbone: str = "re
                width: int = 16, epochs: int = 10, device="meta"):
     """The pieces of one step as the trainer builds them: ``(model, aug, opt, images, labels)``."""
     pol = parse_policy(policy)
-    pol.start(epochs)
+    pol.policy.start(epochs, num_candidates(method, queue, batch))
     enc = build_encoder(backbone, channels, dim=128, num_splits=bn_splits, width=width)
-    model = build_method(method, enc, dim=128, queue_size=queue, queue_extra=1024, momentum=0.99, temperature=0.2,
-                         policy=pol).to(device, memory_format=torch.channels_last)
+    settings = SimpleNamespace(dim=128, queue_size=queue, queue_extra=1024, momentum=0.99)
+    model = build_method(method, enc, pol, settings, 0.2).to(device, memory_format=torch.channels_last)
     aug = MoCoV2Augment(image, channels, [0.5] * channels, [0.25] * channels, blur=blur).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
     x = torch.zeros(batch, channels, image, image, dtype=torch.uint8, device=device)

@@ -59,26 +59,26 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     if synthetic is not None:
         keep = None if keep is None else torch.cat([keep, keep.new_ones(synthetic.shape)], dim=1)
         sim = torch.cat([sim, synthetic], dim=1)
-    kept = torch.ones_like(sim, dtype=torch.bool) if keep is None else keep           # [B, K]
     pos, neg = l_pos / temperature, sim / temperature                                # [B], [B, K]
+    if keep is not None:
+        neg = neg.masked_fill(~keep, float("-inf"))               # a removed negative: e^{-inf} = 0 below
     with torch.no_grad():
-        m = torch.maximum(neg.amax(dim=1), pos).unsqueeze(1)                         # [B, 1] the shift
-    n = kept.sum(dim=1).to(pos.dtype)                                                # [B] N per query
-    e = torch.where(kept, torch.exp(neg - m), 0.0)                                   # e^{s/t} e^{-m}
-    if beta == 0:
-        negative = e.sum(dim=1)
-    else:
-        with torch.no_grad():
-            # the weights scaled by the row's largest kept one (then 1): no overflow
-            top = neg.masked_fill(~kept, float("-inf")).amax(dim=1, keepdim=True)
+        top = neg.amax(dim=1, keepdim=True)                                          # [B, 1] largest kept s/t
+        if keep is not None:
             top = torch.where(torch.isfinite(top), top, 0.0)                         # a row keeping none
-        # clamped: a removed negative above the top stays finite (it weighs 0)
-        w = torch.where(kept, torch.exp((beta * (neg - top)).clamp(max=0.0)), 0.0)   # w_j, unnormalised
-        mean_w = w.sum(dim=1) / n.clamp(min=1)                                       # (1/N) Σ_j w_j
-        negative = (w * e).sum(dim=1) / mean_w.clamp(min=torch.finfo(sim.dtype).tiny)
-    pos_e = torch.exp(pos - m.squeeze(1))                                            # e^{p/t} e^{-m}
+        m = torch.maximum(top, pos.unsqueeze(1))                                     # [B, 1] the shift
+    n = float(sim.shape[1]) if keep is None else keep.sum(dim=1).to(pos.dtype)       # N per query
+    if beta == 0:
+        negative = torch.exp(neg - m).sum(dim=1)                                     # Σ e^{s_j/t}, times e^{-m}
+    else:
+        x = beta * (neg - top)                         # log w_j up to a constant: w_j <= 1, the top one 1
+        w = torch.exp(x).sum(dim=1)
+        if keep is not None:
+            w = w.clamp(min=torch.finfo(sim.dtype).tiny)                             # a row keeping none
+        negative = torch.exp(x + neg - m).sum(dim=1) * n / w           # Σ w_j e^{s_j/t} / ((1/N) Σ_j w_j), e^{-m}
+    m = m.squeeze(1)
+    pos_e = torch.exp(pos - m)                                                       # e^{p/t} e^{-m}
     if tau_plus:
         negative = (negative - tau_plus * n * pos_e) / (1.0 - tau_plus)
-    floor = n * torch.exp(-1.0 / temperature - m.squeeze(1))                         # N e^{-1/t} e^{-m}
-    negative = torch.maximum(negative, floor)
-    return (m.squeeze(1) + torch.log(pos_e + negative) - pos).mean()
+    floor = n * torch.exp(-1.0 / temperature - m)                                    # N e^{-1/t} e^{-m}
+    return (m + torch.log(pos_e + torch.maximum(negative, floor)) - pos).mean()
