@@ -45,9 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(s: PretrainSettings, policy: str, channels: int, size: int, device: torch.device, compile_: bool):
     """The model, augmentation and optimiser as the trainer builds them."""
     pol = parse_policy(policy)
-    pol.start(s.epochs)
-    model = build_method("moco", seeded_encoder(s, channels, 0), dim=s.dim, queue_size=s.queue_size,
-                         queue_extra=s.queue_extra, momentum=s.momentum, temperature=0.2, policy=pol,
+    pol.policy.start(s.epochs, s.queue_size)
+    model = build_method("moco", seeded_encoder(s, channels, 0), pol, s, 0.2,
                          generator=torch.Generator().manual_seed(1)).to(device, memory_format=torch.channels_last)
     if compile_:
         model.encoder_q.compile()

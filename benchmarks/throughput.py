@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import ReferenceMoCo, reference_loader  # noqa: E402
 
 from negatives.data.augment import MoCoV2Augment  # noqa: E402
-from negatives.methods.moco import MoCo  # noqa: E402
+from negatives.methods import build_method  # noqa: E402
 from negatives.policies import parse_policy  # noqa: E402
 from negatives.training.settings import PretrainSettings, seeded_encoder, step_precision  # noqa: E402
 from negatives.optim import SGD  # noqa: E402
@@ -102,8 +102,10 @@ def main() -> None:
 
     cl = torch.channels_last
     def build_ours():
-        model = MoCo(seeded_encoder(s, c, 0), s.dim, k, s.momentum, tau, parse_policy(args.policy),
-                     generator=torch.Generator().manual_seed(1)).to(dev, memory_format=cl)
+        recipe = parse_policy(args.policy)
+        recipe.policy.start(s.epochs, k)
+        model = build_method("moco", seeded_encoder(s, c, 0), recipe, s, tau,
+                             generator=torch.Generator().manual_seed(1)).to(dev, memory_format=cl)
         return model, SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     trainers = {"ours": build_ours()}
