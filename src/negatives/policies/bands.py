@@ -21,7 +21,7 @@ from torch import Tensor
 from .base import NegativePolicy
 from .candidates import Candidates
 from .encodings import Swap
-from .grammar import SEP, PolicyError, exact, fmt_number
+from .grammar import SEP, PolicyError, exact, fields, fmt_number, malformed, numbers
 from .selection import Selection
 
 __all__ = ["Band", "ClassFilter", "band_ranks", "top_k", "rank_window", "check_band", "parse", "GRAMMAR"]
@@ -29,10 +29,9 @@ __all__ = ["Band", "ClassFilter", "band_ranks", "top_k", "rank_window", "check_b
 GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
            "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'")
 
-_NUM = r"[0-9]+(?:\.[0-9]+)?"
-_BAND = rf"(keep|drop)\[\s*({_NUM})\s*,\s*({_NUM})\s*\)"
-_BAND_RE = re.compile(rf"^{_BAND}$")
-_CLASS_RE = re.compile(rf"^drop\[\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*&\s*(same-class|other-class)$")
+#: the forms; the bounds are read by the shared number reader (:mod:`.grammar`)
+_BAND_RE = re.compile(r"^(keep|drop)\[([^\[\]()]*)\)$")
+_CLASS_RE = re.compile(r"^drop\[([^\[\]()]*)\)\s*&\s*(same-class|other-class)$")
 
 def check_band(lo: float, hi: float, text: str) -> None:
     """Raise :class:`PolicyError` unless ``0 <= lo < hi <= 100``."""
@@ -242,24 +241,23 @@ def parse(text: str) -> NegativePolicy | None:
 
     ``keep[a,b)``, ``drop[a,b)``, ``drop-same-class`` and
     ``drop[a,b)&same-class`` / ``&other-class`` -> policy; None when ``text``
-    is none of them; :class:`PolicyError` when it is a band but malformed.
+    is none of them; :class:`PolicyError` when it is a band but malformed
+    (bounds out of range: the range named).
 
     >>> parse("keep[95,100)").name
     'keep[95_100)'
+    >>> parse("drop[9.99e1_1E2) & same-class").name
+    'drop[99.9_100)&same-class'
     """
-    t = text.strip().replace(SEP, ",")
+    t = text.strip()
     if t == "drop-same-class":
         return ClassFilter("same-class")
     m = _BAND_RE.match(t)
-    if m:
-        return Band(m.group(1), float(m.group(2)), float(m.group(3)))
-    m = _CLASS_RE.match(t)
-    if m:
-        return ClassFilter(m.group(3), Band("drop", float(m.group(1)), float(m.group(2))))
-    if re.match(r"^(keep|drop)\[", t):
-        # recognisably a band with bad bounds: say which part is wrong
-        nums = re.findall(r"-?[0-9]+(?:\.[0-9]+)?", t)
-        if len(nums) == 2 and (t.endswith(")") or "&" in t):
-            check_band(float(nums[0]), float(nums[1]), t)
-        raise PolicyError(f"policy {text!r}: malformed band; allowed: {GRAMMAR}")
-    return None
+    c = None if m else _CLASS_RE.match(t)
+    if not (m or c):
+        if re.match(r"^(keep|drop)\[", t):
+            raise malformed(text, "band", GRAMMAR)
+        return None
+    lo, hi = numbers(fields(m.group(2) if m else c.group(1)), text, "band", GRAMMAR, counts=(2,))
+    check_band(lo, hi, text)
+    return Band(m.group(1), lo, hi) if m else ClassFilter(c.group(2), Band("drop", lo, hi))

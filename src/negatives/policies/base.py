@@ -64,6 +64,10 @@ class NegativePolicy:
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"{type(self).__name__}({self.name!r})"
 
+    def __str__(self) -> str:
+        """The canonical name, which parses back to this policy."""
+        return self.name
+
 
 class All(NegativePolicy):
     """The baseline: every candidate negative is used."""

@@ -43,7 +43,7 @@ from ..runtime.distributed import sum_, world_size
 from .bands import band_ranks, top_k
 from .base import NegativePolicy
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, exact, fmt_number, match_form
+from .grammar import SEP, PolicyError, exact, fields, fmt_number, match_form, numbers
 from .selection import Selection
 
 __all__ = ["RetainingQueue", "RetainHard", "parse", "GRAMMAR"]
@@ -199,8 +199,8 @@ class RetainHard(NegativePolicy):
         return Selection.every()
 
 
-_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?)\s*"
-_RE = re.compile(rf"^retain-hard\[{_N}(?:,{_N})?\]$")
+#: the form; the numbers are read by the shared number reader (:mod:`.grammar`)
+_RE = re.compile(r"^retain-hard\[([^\[\]]*)\]$")
 
 
 def parse(text: str) -> RetainHard | None:
@@ -212,10 +212,10 @@ def parse(text: str) -> RetainHard | None:
 
     >>> parse("retain-hard[0.25]").name
     'retain-hard[0.25]'
-    >>> parse("retain-hard[0.25, 5]").name
+    >>> parse("retain-hard[2.5e-1, 5]").name
     'retain-hard[0.25]'
     """
     m = match_form(text, "retain-hard", _RE, GRAMMAR)
     if m is None:
         return None
-    return RetainHard(float(m.group(1)), float(m.group(2)) if m.group(2) is not None else 5.0)
+    return RetainHard(*numbers(fields(m.group(1)), text, "retain-hard policy", GRAMMAR, counts=(1, 2)))

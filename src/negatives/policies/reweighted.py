@@ -12,7 +12,7 @@ from torch import Tensor
 from ..losses.reweighted import reweighted_nce
 from .base import NegativePolicy
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, fmt_number, match_form
+from .grammar import SEP, PolicyError, fields, fmt_number, match_form, numbers
 from .selection import Selection
 
 __all__ = ["Debiased", "HardWeighted", "parse", "GRAMMAR", "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
@@ -62,9 +62,9 @@ class HardWeighted(_LossPolicy):
         _check(self.tau_plus, self.beta, self.name, HARD_GRAMMAR)
 
 
-_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*"
-_DEBIASED_RE = re.compile(rf"^debiased\[{_N}\]$")
-_HARD_RE = re.compile(rf"^hard\[{_N},{_N}\]$")
+#: the forms; the numbers are read by the shared number reader (:mod:`.grammar`)
+_DEBIASED_RE = re.compile(r"^debiased\[([^\[\]]*)\]$")
+_HARD_RE = re.compile(r"^hard\[([^\[\]]*)\]$")
 
 
 def parse(text: str) -> _LossPolicy | None:
@@ -75,13 +75,13 @@ def parse(text: str) -> _LossPolicy | None:
 
     >>> parse("debiased[0.10]").name
     'debiased[0.1]'
-    >>> parse("hard[1.0, 0.1]").name
+    >>> parse("hard[1.0, 1e-1]").name
     'hard[1_0.1]'
     """
     m = match_form(text, "debiased", _DEBIASED_RE, DEBIASED_GRAMMAR)
     if m is not None:
-        return Debiased(float(m.group(1)))
+        return Debiased(*numbers(fields(m.group(1)), text, "debiased policy", DEBIASED_GRAMMAR, counts=(1,)))
     m = match_form(text, "hard", _HARD_RE, HARD_GRAMMAR)
     if m is not None:
-        return HardWeighted(float(m.group(1)), float(m.group(2)))
+        return HardWeighted(*numbers(fields(m.group(1)), text, "hard policy", HARD_GRAMMAR, counts=(2,)))
     return None
