@@ -126,6 +126,12 @@ def test_all_and_replace_mode_have_canonical_names_too(text, name):
     assert str(parse_policy(text)) == name and str(parse_policy(name)) == name
 
 
+def test_minus_zero_is_written_as_zero():
+    # a policy built from -0.0 (not only one parsed from '-0') names the folder of the one built from 0
+    assert fmt_number(-0.0) == "0" and fmt_number(-1e-300) == "-0." + "0" * 299 + "1"
+    assert Band("keep", -0.0, 5).name == "keep[0_5)" and Debiased(-0.0).name == "debiased[0]"
+
+
 def test_str_is_the_name():
     assert str(All()) == "all" and f"{Replace(Band('drop', 99.9, 100))}" == "drop[99.9_100)@replace"
     assert str(Ring((100, 10), 10, Schedule("linear", until=50))) == "ring[100->10_10_linear_50]"
@@ -298,15 +304,16 @@ def test_any_accepted_text_round_trips():
     ("mochi[8_4_2_-1]", "w must be a whole number >= 0, got -1"),
     ("mochi[8_4]", "malformed mochi policy (2 numbers, not 3 or 4)"),
     ("ring[100->10->5_10_linear]", "malformed ring policy ('10->5' is not a number)"),
-    ("ring[1e1]", "malformed ring policy (1 field, not 2 to 4)"), ("ring[1e3_10]", "outer ball at the start"),
+    ("ring[1e1]", "malformed ring policy (1 field, not 2 to 4)"), ("ring[1e3_10]", "policy 'ring[1000_10]': the outer ball at the start"),
     ("ring[100->10_10_step2.5]", "needs a whole number of stages"), ("ring[100->10_10_linear5]", "unknown schedule"),
     ("ring[100->10_10_exp0x1]", "unknown schedule 'exp0x1'"), ("ring[100->10_10_linear_1e3]", "share of training"),
+    ("ring[1e2->1e1_10]", "moving bounds need a schedule"), ("curriculum[0,1e2->95,1E2]", "need a schedule"),
     ("curriculum[0,100,95,100,linear]", "malformed curriculum policy (no '->')"),
     ("curriculum[0,100->95,100,linear,50,1]", "malformed curriculum policy (5 fields after '->', not 2 to 4)"),
     ("debiased[\u0663]", "malformed debiased policy ('\u0663' is not a number)"),
-    ("hard[1e-1]", "malformed hard policy (1 number, not 2)"), ("hard[1_1E0]", "tau_plus must lie in [0, 1), got 1"),
+    ("hard[1e-1]", "malformed hard policy (1 number, not 2)"), ("hard[1_1E0]", "policy 'hard[1_1]': tau_plus must lie in [0, 1), got 1"),
     ("retain-hard[1,2,3]", "malformed retain-hard policy (3 numbers, not 1 or 2)"),
-    ("retain-hard[1e0]", "r must lie in (0, 1), got 1"),
+    ("retain-hard[1e0]", "policy 'retain-hard[1]': r must lie in (0, 1), got 1"),
     ("hard[1e400_0.1]", "the number 1e400 is too large to be finite"), ("ring[1E400_10]", "too large to be finite"),
     ("keep[NaN_100)", "NaN is not a finite number"), ("ring[-inf->10_10_linear]", "inf is not a finite number"),
 ])
@@ -314,5 +321,7 @@ def test_refusals_are_one_line_and_name_what_is_allowed(text, fragment):
     with pytest.raises(PolicyError) as e:
         parse_policy(text)
     message = str(e.value)
-    assert fragment in message and "\n" not in message and message.startswith("policy '")
+    assert fragment in message and "\n" not in message
+    # the parser names the text as written; a policy's own range check names the policy (its canonical name)
+    assert message.startswith((f"policy {text!r}: ", fragment))
     assert "allowed" in message or "refused" in message or "band" in message
