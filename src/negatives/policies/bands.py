@@ -19,16 +19,15 @@ from torch import Tensor
 from ..ranking import exact, percent_of, top_k
 from .base import NegativePolicy, Selection
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, fmt_number
+from .grammar import SEP, PolicyError, fields, fmt_number, malformed, numbers
 
 __all__ = ["Band", "band_ranks", "band_mask", "rank_window", "marked", "check_band", "parse", "GRAMMAR"]
 
 GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
            "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'")
 
-_NUM = r"[0-9]+(?:\.[0-9]+)?"
-_BAND = rf"(keep|drop)\[\s*({_NUM})\s*,\s*({_NUM})\s*\)"
-_BAND_RE = re.compile(rf"^{_BAND}$")
+#: the form; the bounds are read by the shared number reader (:mod:`.grammar`)
+_BAND_RE = re.compile(r"^(keep|drop)\[([^\[\]()]*)\)$")
 
 def check_band(lo: float, hi: float, text: str) -> None:
     """Raise :class:`PolicyError` unless ``0 <= lo < hi <= 100``."""
@@ -181,17 +180,15 @@ def parse(text: str) -> Band | None:
     neither; :class:`PolicyError` when it is a band but malformed (the class
     filters, ``drop[a,b)&same-class``, are parsed first, by :mod:`.classes`).
 
-    >>> parse("keep[95,100)").name
-    'keep[95_100)'
+    >>> parse("keep[95,100)").name, parse("drop[9.99e1_1E2)").name
+    ('keep[95_100)', 'drop[99.9_100)')
     """
-    t = text.strip().replace(SEP, ",")
+    t = text.strip()
     m = _BAND_RE.match(t)
-    if m:
-        return Band(m.group(1), float(m.group(2)), float(m.group(3)))
-    if re.match(r"^(keep|drop)\[", t):
-        # recognisably a band with bad bounds: say which part is wrong
-        nums = re.findall(r"-?[0-9]+(?:\.[0-9]+)?", t)
-        if len(nums) == 2 and (t.endswith(")") or "&" in t):
-            check_band(float(nums[0]), float(nums[1]), t)
-        raise PolicyError(f"policy {text!r}: malformed band; allowed: {GRAMMAR}")
-    return None
+    if not m:
+        if re.match(r"^(keep|drop)\[", t):
+            raise malformed(text, "band", GRAMMAR)
+        return None
+    lo, hi = numbers(fields(m.group(2)), text, "band", GRAMMAR, counts=(2,))
+    check_band(lo, hi, text)
+    return Band(m.group(1), lo, hi)

@@ -128,11 +128,12 @@ class NegativePolicy:
         removed ones (``@replace``); None: every one."""
         return None
 
-    def __str__(self) -> str:
-        return self.name
-
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"{type(self).__name__}({self.name!r})"
+
+    def __str__(self) -> str:
+        """The canonical name, which parses back to this policy."""
+        return self.name
 
 
 class All(NegativePolicy):

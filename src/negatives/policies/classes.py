@@ -9,15 +9,15 @@ import re
 import torch
 from torch import Tensor
 
-from .bands import Band, marked, rank_window
+from .bands import GRAMMAR, Band, check_band, marked, rank_window
 from .base import NegativePolicy, Selection
 from .candidates import Candidates
-from .grammar import SEP, PolicyError
+from .grammar import PolicyError, fields, numbers
 
 __all__ = ["ClassFilter", "parse"]
 
-_NUM = r"[0-9]+(?:\.[0-9]+)?"
-_CLASS_RE = re.compile(rf"^drop\[\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*&\s*(same-class|other-class)$")
+#: the form; the bounds are read by the shared number reader (:mod:`.grammar`)
+_CLASS_RE = re.compile(r"^drop\[([^\[\]()]*)\)\s*&\s*(same-class|other-class)$")
 
 
 class ClassFilter(NegativePolicy):
@@ -96,13 +96,15 @@ def parse(text: str) -> ClassFilter | None:
     -> :class:`ClassFilter`; None when ``text`` is none of them (a malformed
     one is then refused by :func:`negatives.policies.bands.parse`).
 
-    >>> parse("drop[99.9, 100) & same-class").name
+    >>> parse("drop[9.99e1_1E2) & same-class").name
     'drop[99.9_100)&same-class'
     """
-    t = text.strip().replace(SEP, ",")
+    t = text.strip()
     if t == "drop-same-class":
         return ClassFilter("same-class")
     m = _CLASS_RE.match(t)
-    if m:
-        return ClassFilter(m.group(3), Band("drop", float(m.group(1)), float(m.group(2))))
-    return None
+    if m is None:
+        return None
+    lo, hi = numbers(fields(m.group(1)), text, "band", GRAMMAR, counts=(2,))
+    check_band(lo, hi, text)
+    return ClassFilter(m.group(2), Band("drop", lo, hi))

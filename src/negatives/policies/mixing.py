@@ -77,7 +77,7 @@ from ..ranking import top_k
 from ..runtime.transfer import to_device_async
 from .base import Mix, NegativePolicy, Selection
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, match_form
+from .grammar import SEP, PolicyError, fields, fmt_number, match_form, numbers
 
 __all__ = ["MoCHi", "hardest", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
@@ -255,14 +255,14 @@ class MoCHi(NegativePolicy):
                               mix_with_query(candidates.queries, parent(m["jq"]), m["beta"])], dim=1)
 
 
-_NUM = r"\s*([0-9]+(?:\.[0-9]*)?)\s*"
-_RE = re.compile(rf"^mochi\[{_NUM},{_NUM},{_NUM}(?:,{_NUM})?\]$")
+#: the form; the numbers are read by the shared number reader (:mod:`.grammar`)
+_RE = re.compile(r"^mochi\[([^\[\]]*)\]$")
 
 
-def _whole(x: str, label: str, text: str) -> int:
-    v = float(x)
-    if v != int(v):
-        raise PolicyError(f"policy {text!r}: {label} must be a whole number, got {x}; allowed: {GRAMMAR}")
+def _whole(v: float, label: str, text: str) -> int:
+    if v != int(v) or v < 0:
+        raise PolicyError(f"policy {text!r}: {label} must be a whole number >= 0, got {fmt_number(v)}; "
+                          f"allowed: {GRAMMAR}")
     return int(v)
 
 
@@ -277,10 +277,12 @@ def parse(text: str) -> MoCHi | None:
     'mochi[1024_512_256]'
     >>> parse("mochi[64,32,16,0]").name
     'mochi[64_32_16]'
+    >>> parse("mochi[1e3_5E2_2.5e2]").name
+    'mochi[1000_500_250]'
     """
     m = match_form(text, "mochi", _RE, GRAMMAR)
     if m is None:
         return None
-    n, s, sq, w = (g for g in m.groups())
+    n, s, sq, *w = numbers(fields(m.group(1)), text, "mochi policy", GRAMMAR, counts=(3, 4))
     return MoCHi(_whole(n, "N", text), _whole(s, "s", text), _whole(sq, "s'", text),
-                 _whole(w, "w", text) if w is not None else 0)
+                 _whole(w[0], "w", text) if w else 0)

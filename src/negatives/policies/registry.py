@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import bands, classes, mixing, retention, reweighted, ring
 from .base import NegativePolicy
-from .grammar import SEP, PolicyError, refuse_non_finite
+from .grammar import NUMBER_FORMS, PolicyError, refuse_non_finite
 from .recipe import Recipe
 from .replace import Replace
 
@@ -31,15 +31,19 @@ POLICY_GRAMMAR = (
     "'ring[o,i]' or 'ring[o,i,schedule]' (Wu et al.'s Ring: the o% hardest without the hardest i% of them; "
     "o fixed or moving as 'x->y'), 'curriculum[a0,b0->a1,b1,schedule]' "
     "(schedule: constant, linear, stepS, expL, then optionally the percent of training it takes), "
-    "'debiased[tau_plus]', 'hard[beta,tau_plus]', 'retain-hard[r]' or 'retain-hard[r,c]'"
+    "'debiased[tau_plus]', 'hard[beta,tau_plus]', 'retain-hard[r]' or 'retain-hard[r,c]'; "
+    f"{NUMBER_FORMS}"
 )
 
 
 def parse_policy(text: str) -> Recipe:
     """Parse a policy string into what the run uses; its ``name`` is canonical.
 
-    Numbers are separated by ``,`` or ``_`` on input and by ``_`` in the
-    canonical name (the results folder name).
+    Numbers are read by one reader (:func:`negatives.policies.grammar.number`:
+    ``95``, ``99.9``, ``.5``, ``1e-1``, whitespace around them), separated by
+    ``,`` or ``_`` on input; the canonical name (the results folder name)
+    writes each in its shortest decimal form, separated by ``_``, and parses
+    to itself (``parse_policy(str(p)).name == p.name``).
 
     >>> parse_policy("keep[95,100)").name
     'keep[95_100)'
@@ -53,8 +57,7 @@ def parse_policy(text: str) -> Recipe:
     if not isinstance(text, str):
         raise PolicyError(f"policy must be a string, got {text!r}; allowed: {POLICY_GRAMMAR}")
     refuse_non_finite(text)
-    t = text.strip().replace(SEP, ",")
-    base, sep, mode = t.partition("@")
+    base, sep, mode = text.strip().partition("@")
     found = _parse_base(base.strip(), text)
     recipe = found if isinstance(found, Recipe) else Recipe(found.name, found)
     if not sep:

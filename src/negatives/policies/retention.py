@@ -9,7 +9,7 @@ import math
 import re
 
 from ..queues.retaining import RetainingQueue
-from .grammar import SEP, PolicyError, fmt_number, match_form
+from .grammar import SEP, PolicyError, fields, fmt_number, match_form, numbers
 from .recipe import Recipe
 
 __all__ = ["retain_hard", "parse", "GRAMMAR"]
@@ -44,8 +44,8 @@ def retain_hard(retain: float, hard_pct: float = 5.0) -> Recipe:
                   check=functools.partial(_check, retain, hard_pct, name))
 
 
-_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?)\s*"
-_RE = re.compile(rf"^retain-hard\[{_N}(?:,{_N})?\]$")
+#: the form; the numbers are read by the shared number reader (:mod:`.grammar`)
+_RE = re.compile(r"^retain-hard\[([^\[\]]*)\]$")
 
 
 def parse(text: str) -> Recipe | None:
@@ -56,10 +56,10 @@ def parse(text: str) -> Recipe | None:
 
     >>> parse("retain-hard[0.25]").name
     'retain-hard[0.25]'
-    >>> parse("retain-hard[0.25, 5]").name
+    >>> parse("retain-hard[2.5e-1, 5]").name
     'retain-hard[0.25]'
     """
     m = match_form(text, "retain-hard", _RE, GRAMMAR)
     if m is None:
         return None
-    return retain_hard(float(m.group(1)), float(m.group(2)) if m.group(2) is not None else 5.0)
+    return retain_hard(*numbers(fields(m.group(1)), text, "retain-hard policy", GRAMMAR, counts=(1, 2)))

@@ -9,7 +9,7 @@ import math
 import re
 
 from ..losses.reweighted import reweighted_nce
-from .grammar import SEP, PolicyError, fmt_number, match_form
+from .grammar import SEP, PolicyError, fields, fmt_number, match_form, numbers
 from .recipe import Recipe
 
 __all__ = ["debiased", "hard", "parse", "GRAMMAR", "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
@@ -49,9 +49,9 @@ def hard(beta: float, tau_plus: float) -> Recipe:
     return Recipe(name, loss=functools.partial(reweighted_nce, tau_plus=float(tau_plus), beta=float(beta)))
 
 
-_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*"
-_DEBIASED_RE = re.compile(rf"^debiased\[{_N}\]$")
-_HARD_RE = re.compile(rf"^hard\[{_N},{_N}\]$")
+#: the forms; the numbers are read by the shared number reader (:mod:`.grammar`)
+_DEBIASED_RE = re.compile(r"^debiased\[([^\[\]]*)\]$")
+_HARD_RE = re.compile(r"^hard\[([^\[\]]*)\]$")
 
 
 def parse(text: str) -> Recipe | None:
@@ -62,13 +62,13 @@ def parse(text: str) -> Recipe | None:
 
     >>> parse("debiased[0.10]").name
     'debiased[0.1]'
-    >>> parse("hard[1.0, 0.1]").name
+    >>> parse("hard[1.0, 1e-1]").name
     'hard[1_0.1]'
     """
     m = match_form(text, "debiased", _DEBIASED_RE, DEBIASED_GRAMMAR)
     if m is not None:
-        return debiased(float(m.group(1)))
+        return debiased(*numbers(fields(m.group(1)), text, "debiased policy", DEBIASED_GRAMMAR, counts=(1,)))
     m = match_form(text, "hard", _HARD_RE, HARD_GRAMMAR)
     if m is not None:
-        return hard(float(m.group(1)), float(m.group(2)))
+        return hard(*numbers(fields(m.group(1)), text, "hard policy", HARD_GRAMMAR, counts=(2,)))
     return None

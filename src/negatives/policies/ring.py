@@ -82,7 +82,7 @@ from ..ranking import exact
 from .bands import band_mask, band_ranks
 from .base import NegativePolicy, Selection
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, fmt_number, match_form
+from .grammar import SEP, PolicyError, fields, fmt_number, malformed, match_form, moving, number, numbers
 
 __all__ = ["Schedule", "ScheduledBand", "Ring", "Curriculum", "parse_schedule", "parse", "GRAMMAR",
            "RING_GRAMMAR", "CURRICULUM_GRAMMAR", "SCHEDULE_GRAMMAR"]
@@ -164,22 +164,26 @@ class Schedule:
         return exact(round(float(v0) + float(v1 - v0) * f, _ROUND))
 
 
-def parse_schedule(text: str, until: str | float | None = None) -> Schedule:
+#: schedule names and their kinds; a step or exp schedule may be followed by its number
+_SCHEDULE_KINDS = {"constant": "constant", "linear": "linear", "step": "step", "exp": "exp", "exponential": "exp"}
+_SCHEDULE_DEFAULTS = {"step": 10.0, "exp": 5.0}
+
+
+def parse_schedule(text: str, until: float | None = None) -> Schedule:
     """Parse a schedule name (and the percent of training it takes).
 
-    ``'linear'``, ``'step4'``, ``'exp2.5'``, ... (and the percent of training
-    the move takes, default 100) -> :class:`Schedule`."""
+    ``'linear'``, ``'step4'``, ``'exp2.5'``, ``'exp1e-1'``, ... (and the
+    percent of training the move takes, default 100) -> :class:`Schedule`;
+    a stage count or rate is read by :func:`~negatives.policies.grammar.number`."""
     t = text.strip()
-    u = 100.0 if until is None else float(until)
-    if t in ("constant", "linear"):
-        return Schedule(t, until=u)
-    m = re.fullmatch(r"step([0-9]+)?", t)
-    if m:
-        return Schedule("step", float(m.group(1)) if m.group(1) else 10.0, until=u)
-    m = re.fullmatch(r"(?:exp|exponential)([0-9]+(?:\.[0-9]+)?)?", t)
-    if m:
-        return Schedule("exp", float(m.group(1)) if m.group(1) else 5.0, until=u)
-    raise PolicyError(f"unknown schedule {text!r}; allowed: {SCHEDULE_GRAMMAR}")
+    m = re.fullmatch(r"([a-z]+)(.*)", t)
+    kind = _SCHEDULE_KINDS.get(m.group(1)) if m else None
+    written = m.group(2) if m else ""
+    param = number(written, t) if written and kind in _SCHEDULE_DEFAULTS else _SCHEDULE_DEFAULTS.get(kind)
+    # only step and exp take a number ('linear5' is no schedule)
+    if kind is None or written and (kind not in _SCHEDULE_DEFAULTS or param is None):
+        raise PolicyError(f"unknown schedule {text!r}; allowed: {SCHEDULE_GRAMMAR}")
+    return Schedule(kind, param, until=100.0 if until is None else float(until))
 
 
 class ScheduledBand(NegativePolicy):
@@ -319,11 +323,9 @@ class Curriculum(ScheduledBand):
 # parsing
 # --------------------------------------------------------------------------
 
-_N = r"\s*(-?[0-9]+(?:\.[0-9]+)?)\s*"
-_BOUND = rf"{_N}(?:->{_N})?"
-_SCHED = rf"(?:,\s*([a-z]+[0-9.]*)\s*(?:,{_N})?)?"
-_RING_RE = re.compile(rf"^ring\[{_BOUND},{_N}{_SCHED}\]$")
-_CURRICULUM_RE = re.compile(rf"^curriculum\[{_N},{_N}->{_N},{_N}{_SCHED}\]$")
+#: the forms; the numbers are read by the shared number reader (:mod:`.grammar`)
+_RING_RE = re.compile(r"^ring\[([^\[\]]*)\]$")
+_CURRICULUM_RE = re.compile(r"^curriculum\[([^\[\]]*)\]$")
 
 
 def parse(text: str) -> ScheduledBand | None:
@@ -342,25 +344,36 @@ def parse(text: str) -> ScheduledBand | None:
     """
     m = match_form(text, "ring", _RING_RE, RING_GRAMMAR)
     if m is not None:
-        o0, o1, inner, sched, until = m.groups()
-        outer = (float(o0), float(o1 if o1 is not None else o0))
-        moving = outer[0] != outer[1]
-        return Ring(outer, float(inner), _schedule(sched, until, moving, text, RING_GRAMMAR))
+        items, form = fields(m.group(1)), "ring policy"
+        if not 2 <= len(items) <= 4:
+            raise malformed(text, form, RING_GRAMMAR, f"{len(items)} field{'s' * (len(items) != 1)}, not 2 to 4")
+        outer, (inner,) = moving(items[0], text, form, RING_GRAMMAR), numbers(items[1:2], text, form, RING_GRAMMAR)
+        return Ring(outer, inner, _schedule(items[2:], outer[0] != outer[1], text, form, RING_GRAMMAR))
     m = match_form(text, "curriculum", _CURRICULUM_RE, CURRICULUM_GRAMMAR)
     if m is not None:
-        a0, b0, a1, b1, sched, until = m.groups()
-        lo, hi = (float(a0), float(a1)), (float(b0), float(b1))
-        moving = lo[0] != lo[1] or hi[0] != hi[1]
-        return Curriculum(lo, hi, _schedule(sched, until, moving, text, CURRICULUM_GRAMMAR))
+        (start, arrow, end), form = m.group(1).partition("->"), "curriculum policy"
+        items = fields(end)
+        if not arrow or not 2 <= len(items) <= 4:
+            why = f"{len(items)} fields after '->', not 2 to 4" if arrow else "no '->'"
+            raise malformed(text, form, CURRICULUM_GRAMMAR, why)
+        a0, b0 = numbers(fields(start), text, form, CURRICULUM_GRAMMAR, counts=(2,))
+        a1, b1 = numbers(items[:2], text, form, CURRICULUM_GRAMMAR)
+        schedule = _schedule(items[2:], (a0, b0) != (a1, b1), text, form, CURRICULUM_GRAMMAR)
+        return Curriculum((a0, a1), (b0, b1), schedule)
     return None
 
 
-def _schedule(text: str | None, until: str | None, moving: bool, policy: str, grammar: str) -> Schedule:
-    if text is None:
-        if moving:
+def _schedule(items: list[str], moves: bool, policy: str, form: str, grammar: str) -> Schedule:
+    """The schedule of a ring or curriculum from its fields after the values: ``[]``,
+    ``[name]`` or ``[name, until]``."""
+    if not items:
+        if moves:
             raise PolicyError(f"policy {policy!r}: moving bounds need a schedule; allowed: {grammar}")
         return Schedule("constant")
+    until = None
+    if len(items) == 2:
+        (until,) = numbers(items[1:], policy, form, grammar)
     try:
-        return parse_schedule(text, until)
+        return parse_schedule(items[0], until)
     except PolicyError as e:
         raise PolicyError(f"policy {policy!r}: {e}") from None
