@@ -1,5 +1,6 @@
 """The library's layout: no import circles (function-local imports included),
-no ``importlib`` between our modules, no imports of another module's private
+no ``importlib`` between our modules (``importlib.metadata`` in the policy
+registry only), no imports of another module's private
 names, no module much over 400 lines, and no development history in the
 project's text."""
 
@@ -104,10 +105,16 @@ def test_the_circle_check_can_fail(monkeypatch):
         test_no_import_circle()
 
 
+#: the one module that reads installed packages' entry points (policy plugins), through importlib.metadata only
+METADATA_READER = "negatives.policies.registry"
+
+
 def test_no_importlib_and_no_private_names_across_modules():
     found = []
     for module, path in MODULES.items():
         text = path.read_text()
+        if module == METADATA_READER:
+            text = text.replace("importlib.metadata", "")
         if re.search(r"\bimportlib\b|__import__\(", text):
             found.append(f"{module}: importlib or __import__")
         for target, name, line in imports(module):
