@@ -160,6 +160,7 @@ def test_the_installed_policy_is_found_by_name_and_keeps_the_hardest_plus_random
     assert isinstance(policy, NegativePolicy) and type(policy).__name__ == "HardPlusRandom"
     assert type(policy).__module__ == "hard_plus_random" and policy.n == 20.0
     assert policy.name == "hard-plus-random[20]" == parse_policy("hard-plus-random[20]").name
+    assert repr(parse_policy("hard-plus-random[10]")) == "HardPlusRandom('hard-plus-random[10]')"   # as the page says
     assert (policy.mode, policy.uses_labels, policy.needs_queue) == ("drop", False, False)
     # 10 candidates, n = 20%: the 2 hardest and 2 of the other 8, drawn from torch's generator
     sim = torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.3, 0.0, 0.4, 0.5, 0.6, 0.7],
@@ -279,6 +280,15 @@ def test_one_name_in_two_packages_is_refused(tutorial_site, bad_site, on_path):
     assert str(e.value) == ("policy 'hard-plus-random[10]' (the plugin family 'hard-plus-random' of package "
                             "'hard-plus-random' and 'bad-policies'): one family declared by several packages; "
                             "uninstall all but one")
+
+
+def test_the_figures_label_it_by_its_name(tutorial_site, on_path):
+    """The SimCLR figure says what a band or a removal keeps and names every other policy (a plugin's too)."""
+    from negatives.analysis.probe_figures import _simclr_label
+
+    on_path(tutorial_site)
+    assert [_simclr_label(p) for p in ("hard-plus-random[10.0]", "mochi[8_4_2]", "keep[95,100)", "drop-same-class")] \
+        == ["hard-plus-random[10]", "mochi[8_4_2]", "keep 95-100%", "remove same-class [labels]"]
 
 
 # --------------------------------------------------- the command line and the workflow
