@@ -1,6 +1,7 @@
 """The library's layout: no import circles between modules or between
 packages (function-local and ``TYPE_CHECKING`` imports included),
-no ``importlib`` between our modules, no imports of another module's private
+no ``importlib`` between our modules (``importlib.metadata`` in the policy
+registry only), no imports of another module's private
 names, no module much over 400 lines, and no development history in the
 project's text."""
 
@@ -203,10 +204,16 @@ def test_the_circle_checks_find_a_planted_circle(tmp_path, monkeypatch, plant):
             test()
 
 
+#: the one module that reads installed packages' entry points (policy plugins), through importlib.metadata only
+METADATA_READER = "negatives.policies.registry"
+
+
 def test_no_importlib_and_no_private_names_across_modules():
     found = []
     for module, path in MODULES.items():
         text = path.read_text()
+        if module == METADATA_READER:
+            text = text.replace("importlib.metadata", "")
         if re.search(r"\bimportlib\b|__import__\(", text):
             found.append(f"{module}: importlib or __import__")
         for target, name, line in imports(module):

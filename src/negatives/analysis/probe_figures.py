@@ -15,6 +15,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..policies.bands import Band  # noqa: E402
+from ..policies.classes import ClassFilter  # noqa: E402
 from ..policies.registry import parse_policy  # noqa: E402
 from ..policies.ring import Ring  # noqa: E402
 from .plotting import (EVALUATIONS, RANDOM_INIT, canonical, fmt_pct, p_text, seed_range, temperature_colours,  # noqa: E402
@@ -295,14 +296,19 @@ def table1(df: pd.DataFrame, out_prefix, removed: list[str]) -> pd.DataFrame:
                               "negatives removed ([labels]: an oracle run that reads class labels)")
 
 
+def _simclr_label(name: str) -> str:
+    p = parse_policy(name).policy
+    if isinstance(p, Band):
+        return f"{p.action} {fmt_pct(p.lo_pct)}-{fmt_pct(p.hi_pct)}%"
+    if isinstance(getattr(p, "inner", p), (Band, ClassFilter)):
+        return _removal_label(p.name)
+    return p.name                     # another method, or a plugin's policy: its name says what it is
+
+
 def simclr(df: pd.DataFrame, out_prefix, policies: list[str]) -> pd.DataFrame:
     """Appendix A.2: SimCLR trained on bands of its in-batch negatives (the
     hardest 5%, the easiest 95%) against SimCLR on all of them."""
-    labels = {}
-    for name in policies:
-        p = parse_policy(name).policy
-        labels[p.name] = (f"{p.action} {fmt_pct(p.lo_pct)}-{fmt_pct(p.hi_pct)}%" if isinstance(p, Band)
-                          else _removal_label(p.name))
+    labels = {parse_policy(name).name: _simclr_label(name) for name in policies}
     labels["all"] = "baseline (all negatives)"
     return _comparison_figure(df, out_prefix, labels, "Appendix A.2 (SimCLR)", "negatives used (difficulty percentile)")
 
