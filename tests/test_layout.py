@@ -305,3 +305,24 @@ def test_the_probes_the_library_runs_are_the_schemas():
     from negatives.evaluation.probes import PROBES
 
     assert list(PROBES) == schema()["properties"]["evaluate"]["properties"]["probe"]["enum"]
+
+
+#: the files a reader opens to follow one MoCo step with a band policy, from
+#: MoCo.forward to the back-propagated number: the method, the queue, the policy, the loss
+ONE_STEP = ["methods/moco.py", "methods/base.py", "queues/fifo.py", "policies/base.py", "policies/candidates.py",
+            "policies/bands.py", "losses/info_nce.py"]
+
+
+def test_one_moco_step_with_a_band_policy_reads_in_at_most_700_lines():
+    lines = {f: len((SRC / "negatives" / f).read_text().splitlines()) for f in ONE_STEP}
+    assert sum(lines.values()) <= 700, lines
+
+
+def test_the_loss_is_one_call_from_forward():
+    # MoCo.forward and SimCLR.forward return what self.loss returns: the scalar is one call away
+    for path in ("methods/moco.py", "methods/simclr.py"):
+        tree = ast.parse((SRC / "negatives" / path).read_text())
+        forward = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "forward")
+        calls = [n for n in ast.walk(forward) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr == "loss" and isinstance(n.func.value, ast.Name) and n.func.value.id == "self"]
+        assert len(calls) == 1, path

@@ -38,7 +38,7 @@ from ..losses.info_nce import info_nce
 from ..policies.base import All, NegativePolicy
 from ..policies.candidates import Candidates
 from ..queues.fifo import KeyQueue
-from ..runtime.distributed import broadcast_, gather_rows, local_rows, rank, world_size
+from ..runtime.distributed import broadcast_, gather_rows, local_rows, step_rows
 from ..runtime.transfer import to_device_async
 from .base import ContrastiveMethod, full_precision
 
@@ -147,14 +147,10 @@ class MoCo(ContrastiveMethod):
         sim = full_precision(q @ keys.T)                                          # [B, K]
         candidates = Candidates(labels=queue.labels, indices=queue.indices, keys=keys, query_labels=labels,
                                 queries=q.detach(), newest_first=queue.newest_first(),
-                                query_rows=_query_rows(q.shape[0]))
+                                query_rows=step_rows(q.shape[0]))
         with torch.no_grad():
             selection = self.policy(sim.detach(), candidates, progress)
         loss = self.loss(l_pos, sim, selection.keep, self.temperature, selection.synthetic(q, sim))
         self.queue.enqueue(k_all, labels_all, indices_all, sim=sim.detach())    # the same on every rank
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 
-
-def _query_rows(b: int) -> tuple[int, int] | None:
-    """This process's ``b`` queries as rows of the step's (``None`` alone)."""
-    return None if world_size() == 1 else (rank() * b, world_size() * b)

@@ -9,9 +9,7 @@ Table 1 are in :mod:`.classes`.
 
 from __future__ import annotations
 
-import functools
 import re
-from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -29,19 +27,13 @@ GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of di
 #: the form; the bounds are read by the shared number reader (:mod:`.grammar`)
 _BAND_RE = re.compile(r"^(keep|drop)\[([^\[\]()]*)\)$")
 
+
 def check_band(lo: float, hi: float, text: str) -> None:
     """Raise :class:`PolicyError` unless ``0 <= lo < hi <= 100``."""
     if not (0.0 <= lo <= 100.0 and 0.0 <= hi <= 100.0):
         raise PolicyError(f"policy {text!r}: band bounds must lie in [0, 100], got a={lo}, b={hi}")
     if not lo < hi:
         raise PolicyError(f"policy {text!r}: band needs a < b, got a={lo}, b={hi}")
-
-
-@functools.lru_cache(maxsize=4096)
-def _band(lo_pct, hi_pct) -> tuple[Fraction, Fraction]:
-    """``(a, b - a)`` exact (cached: a band's bounds are the same every step)."""
-    a = exact(lo_pct)
-    return a, exact(hi_pct) - a
 
 
 def band_ranks(num_candidates: int, lo_pct, hi_pct) -> tuple[int, int]:
@@ -58,7 +50,7 @@ def band_ranks(num_candidates: int, lo_pct, hi_pct) -> tuple[int, int]:
     ((5, 5), (0, 1000))
     """
     k = num_candidates
-    a, width = _band(lo_pct, hi_pct)
+    a, width = exact(lo_pct), exact(hi_pct) - exact(lo_pct)
     n = percent_of(k, width)
     lo = min(percent_of(k, a), k - n)
     return lo, lo + n
@@ -84,8 +76,7 @@ def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | 
         return sim.new_zeros((b, 0), dtype=torch.long), None
     from_top, from_bottom, outside = k - lo, hi, (k - hi) + lo
     # the complement only for a band inside the queue (two selections either
-    # way): a band that reaches an end is one selection as an index, and the
-    # loss then gathers it instead of masking [B, K]
+    # way): a band that reaches an end is one selection as an index
     if 0 < lo and hi < k and outside < min(from_top, from_bottom):
         mask = torch.ones((b, k), dtype=torch.bool, device=sim.device)
         if k - hi:
@@ -117,11 +108,7 @@ def band_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
 
 
 def marked(sim: Tensor, index: Tensor, value) -> Tensor:
-    """A ``[B, K]`` mask with ``value`` at the positions ``index`` of each row.
-
-    ``[B, K]`` bool like ``sim``: ``value`` at the positions ``index [B, n]``
-    (a bool or a ``[B, n]`` bool tensor), the opposite of a bool ``value``
-    elsewhere (True elsewhere for a tensor)."""
+    """A ``[B, K]`` mask like ``sim``: ``value`` (a bool, or ``[B, n]`` bools) at ``index [B, n]``, else its opposite (True)."""
     fill = not value if isinstance(value, bool) else True
     return torch.full(sim.shape, fill, dtype=torch.bool, device=sim.device).scatter_(1, index, value)
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from .grammar import PolicyError
 
 __all__ = ["Candidates"]
 
@@ -53,13 +52,3 @@ class Candidates:
         pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
         return replace(self, labels=pick(self.labels), indices=pick(self.indices), keys=pick(self.keys),
                        newest_first=None)
-
-    def embeddings(self, index: Tensor) -> Tensor:
-        """Embeddings of the candidates ``index [B, n]`` of each query: ``[B, n, D]``."""
-        if self.keys is None:
-            raise PolicyError("this policy needs the negatives' embeddings, which this step does not have")
-        rows = index if self.pool_index is None else self.pool_index.gather(1, index)
-        if rows.device.type != "cpu":
-            return self.keys[rows]
-        # index_select on flattened rows: several times faster on CPU than keys[rows]
-        return self.keys.index_select(0, rows.reshape(-1)).view(*rows.shape, self.keys.shape[1])

@@ -62,7 +62,7 @@ epochs, default 0; written only when non-zero).  The paper's ImageNet setting
 is ``mochi[1024,512,256]`` (or ``mochi[1024,1024,256]``).  Applies to MoCo
 (the candidates are the queue) and to SimCLR (the other 2B-2 views): the
 positions index ``sim``'s columns and the parents are read through
-:meth:`Candidates.embeddings`.
+:func:`candidate_embeddings`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from .base import Mix, NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import SEP, PolicyError, fields, fmt_number, match_form, numbers
 
-__all__ = ["MoCHi", "hardest", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
+__all__ = ["MoCHi", "hardest", "candidate_embeddings", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
 GRAMMAR = ("'mochi[N,s,s']' or 'mochi[N,s,s',w]': per query, s negatives mixed from pairs of its N hardest "
            "and s' mixed from the query and one of them, after w warm-up epochs (integers, N >= 1, "
@@ -114,6 +114,18 @@ def hardest(sim: Tensor, n: int) -> Tensor:
     return top_k(sim, n)
 
 
+def candidate_embeddings(candidates: Candidates, index: Tensor) -> Tensor:
+    """Embeddings of the candidates ``index [B, n]`` of each query: ``[B, n, D]``."""
+    if candidates.keys is None:
+        raise PolicyError("this policy needs the negatives' embeddings, which this step does not have")
+    keys = candidates.keys
+    rows = index if candidates.pool_index is None else candidates.pool_index.gather(1, index)
+    if rows.device.type != "cpu":
+        return keys[rows]
+    # index_select on flattened rows: several times faster on CPU than keys[rows]
+    return keys.index_select(0, rows.reshape(-1)).view(*rows.shape, keys.shape[1])
+
+
 def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
     """Dot products of pairs of each query's candidates.
 
@@ -126,7 +138,8 @@ def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
     if pi.device.type == "cpu" and candidates.keys is not None:
         rows = max(1, (1 << 17) // max(1, s * candidates.keys.shape[1]))
     # the product in place, into the first gathered block (fresh memory)
-    blocks = [candidates.embeddings(pi[r:r + rows]).mul_(candidates.embeddings(pj[r:r + rows])).sum(2)
+    blocks = [candidate_embeddings(candidates, pi[r:r + rows]).mul_(candidate_embeddings(candidates, pj[r:r + rows]))
+              .sum(2)
               for r in range(0, b, rows)]
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
@@ -249,7 +262,7 @@ class MoCHi(NegativePolicy):
         if candidates.queries is None:
             raise PolicyError(f"policy {self.name!r} needs the query embeddings, which this step does not have")
         m = self.last_mix
-        parent = lambda pos: candidates.embeddings(m["hard"].gather(1, pos))  # noqa: E731  [B, s, D]
+        parent = lambda pos: candidate_embeddings(candidates, m["hard"].gather(1, pos))  # noqa: E731  [B, s, D]
         with torch.no_grad():
             return torch.cat([mix_pairs(parent(m["i"]), parent(m["j"]), m["alpha"]),
                               mix_with_query(candidates.queries, parent(m["jq"]), m["beta"])], dim=1)

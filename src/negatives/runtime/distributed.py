@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["rank", "world_size", "is_distributed", "local_rows", "gather_rows", "gather_with_grad",
+__all__ = ["rank", "world_size", "is_distributed", "local_rows", "step_rows", "gather_rows", "gather_with_grad",
            "broadcast_", "sum_", "mean_", "host_group", "any_rank", "average_buffers_", "data_parallel", "barrier",
            "free_port", "spawn", "Launch", "launched", "init_launched", "destroy"]
 
@@ -49,6 +49,11 @@ def local_rows(batch: int) -> slice:
         raise ValueError(f"a global batch of {batch} cannot be cut into {n} equal slices, one per process")
     size = batch // n
     return slice(r * size, (r + 1) * size)
+
+
+def step_rows(b: int) -> tuple[int, int] | None:
+    """This process's ``b`` queries as ``(start, total)`` rows of the step's (``None`` alone)."""
+    return None if world_size() == 1 else (rank() * b, world_size() * b)
 
 
 @torch.no_grad()
