@@ -326,3 +326,27 @@ def test_the_loss_is_one_call_from_forward():
         calls = [n for n in ast.walk(forward) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                  and n.func.attr == "loss" and isinstance(n.func.value, ast.Name) and n.func.value.id == "self"]
         assert len(calls) == 1, path
+
+
+#: every public science object: the losses, the policies, the methods, the queues
+SCIENCE = ["negatives.losses.info_nce:info_nce", "negatives.losses.reweighted:reweighted_nce",
+           "negatives.policies.bands:Band", "negatives.policies.classes:ClassFilter",
+           "negatives.policies.replace:Replace", "negatives.policies.mixing:MoCHi", "negatives.policies.ring:Ring",
+           "negatives.policies.ring:Curriculum", "negatives.methods.moco:MoCo", "negatives.methods.simclr:SimCLR",
+           "negatives.queues.fifo:KeyQueue", "negatives.queues.retaining:RetainingQueue"]
+
+
+@pytest.mark.parametrize("target", SCIENCE)
+def test_each_science_object_says_its_paper_its_arguments_and_shows_an_example(target):
+    import importlib as modules  # the test imports the objects to read their docstrings
+
+    module, name = target.split(":")
+    doc = getattr(modules.import_module(module), name).__doc__ or ""
+    lines = doc.splitlines()
+    assert lines and lines[0].rstrip().endswith("."), f"{target}: no one-line summary"
+    assert re.search(r"[A-Z][a-z]+ et al\.,? (19|20)\d\d, arXiv:\d{4}\.\d{4,5}", doc), f"{target}: no paper (authors, year, arXiv id)"
+    assert "Args:" in doc, f"{target}: no Args"
+    if ".queues." not in module:     # a queue is not called: its methods say what they return
+        assert "Returns:" in doc or "Called with" in doc, f"{target}: no Returns"
+    assert re.search(r"\[[BK][,\]]", doc), f"{target}: no shapes"
+    assert ">>> " in doc, f"{target}: no example"

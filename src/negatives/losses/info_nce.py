@@ -21,7 +21,7 @@ __all__ = ["info_nce"]
 
 def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
              synthetic: Tensor | None = None) -> Tensor:
-    """Mean InfoNCE over the batch.
+    """Mean InfoNCE over the batch (van den Oord et al. 2018, arXiv:1807.03748).
 
     Args:
         l_pos: ``[B]`` cosine of each query to its positive.

@@ -32,7 +32,9 @@ __all__ = ["reweighted_nce"]
 
 def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
                    synthetic: Tensor | None = None, *, tau_plus: float = 0.0, beta: float = 0.0) -> Tensor:
-    """Mean over the batch of ``-log(e^{p/t} / (e^{p/t} + Ng))`` (module docstring).
+    """Mean debiased (Chuang et al. 2020, arXiv:2007.00224) or hard-weighted (Robinson et al. 2021, arXiv:2010.04592) loss.
+
+    ``-log(e^{p/t} / (e^{p/t} + Ng))`` over the batch (module docstring).
 
     Args:
         l_pos: ``[B]`` cosine of each query to its positive.

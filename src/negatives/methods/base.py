@@ -14,11 +14,9 @@ __all__ = ["ContrastiveMethod", "full_precision"]
 
 
 def full_precision(t: Tensor) -> Tensor:
-    """A tensor in float32 when it is half precision, else unchanged (no copy).
+    """A tensor in float32 when it is half precision (bf16, fp16), else ``t`` itself, no copy.
 
-    ``t`` in float32 when it is bf16 or fp16 (under an autocast), else ``t``
-    itself: embeddings, cosines and the loss are never computed in a
-    half-precision type."""
+    Embeddings, cosines and the loss are never computed in a half-precision type."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 

@@ -85,7 +85,7 @@ def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
 
 
 class MoCo(ContrastiveMethod):
-    """MoCo v2: a query encoder, its momentum copy, the key queue, a policy and a loss.
+    """MoCo v2 with a negative policy (He et al. 2020, arXiv:1911.05722; Chen et al. 2020, arXiv:2003.04297).
 
     Args:
         encoder: images ``[B, C, H, W]`` -> contrastive-space outputs ``[B, D]``
@@ -96,6 +96,8 @@ class MoCo(ContrastiveMethod):
         loss: ``(l_pos, sim, keep, temperature, synthetic) -> 0-d`` (default InfoNCE).
         momentum: m of the key encoder's update.
         temperature: τ.
+
+    Called with two views ``[B, C, H, W]`` (:meth:`forward`): ``(loss, stats)``.
 
     >>> from negatives.models import build_encoder
     >>> moco = MoCo(build_encoder("small-cnn", 1, 8, width=4), KeyQueue(8, 8))

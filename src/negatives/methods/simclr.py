@@ -49,7 +49,7 @@ def candidate_index(batch: int, device=None) -> Tensor:
 
 
 class SimCLR(ContrastiveMethod):
-    """SimCLR: one encoder, in-batch negatives (2B - 2 per view).
+    """SimCLR with a negative policy: in-batch negatives, 2B - 2 per view (Chen et al. 2020, arXiv:2002.05709).
 
     Args:
         encoder: images ``[B, C, H, W]`` -> contrastive-space outputs ``[B, D]``
@@ -59,6 +59,8 @@ class SimCLR(ContrastiveMethod):
             queue is refused by the policy name's check (:attr:`~negatives.policies.recipe.Recipe.needs_queue`).
         loss: ``(l_pos, sim, keep, temperature, synthetic) -> 0-d`` (default InfoNCE).
         temperature: τ.
+
+    Called with two views ``[B, C, H, W]`` (:meth:`forward`): ``(loss, stats)``.
 
     >>> from negatives.models import build_encoder
     >>> simclr = SimCLR(build_encoder("small-cnn", 1, 8, width=4))

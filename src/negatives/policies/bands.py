@@ -114,10 +114,10 @@ def marked(sim: Tensor, index: Tensor, value) -> Tensor:
 
 
 class Band(NegativePolicy):
-    """Keep (``keep[a,b)``) or remove (``drop[a,b)``) a band of difficulty percentiles.
+    """Keep or remove a band of difficulty percentiles (Cai et al. 2020, arXiv:2010.06682).
 
     Args:
-        action: ``"keep"`` or ``"drop"``.
+        action: ``"keep"`` (``keep[a,b)``) or ``"drop"`` (``drop[a,b)``).
         lo_pct, hi_pct: the band ``[a, b)``, ``0 <= a < b <= 100``.
 
     Called with ``sim [B, K]``, it answers a ``[B, K]`` mask: for ``keep``

@@ -21,7 +21,7 @@ _CLASS_RE = re.compile(r"^drop\[([^\[\]()]*)\)\s*&\s*(same-class|other-class)$")
 
 
 class ClassFilter(NegativePolicy):
-    """Remove a query's negatives of its own class, everywhere or in a band (oracles, Cai et al.'s Table 1).
+    """Remove a query's negatives of its own class, everywhere or in a band (Cai et al. 2020, arXiv:2010.06682).
 
     ``drop-same-class``: remove every negative of the query's class;
     ``drop[a,b)&same-class`` / ``drop[a,b)&other-class``: remove only the
@@ -31,6 +31,8 @@ class ClassFilter(NegativePolicy):
     Args:
         relation: ``"same-class"`` or ``"other-class"``.
         band: a ``drop`` :class:`Band`, or None (everywhere; same-class only).
+
+    Called with ``sim [B, K]`` and candidates with labels, it answers a ``[B, K]`` mask (an oracle: Table 1).
 
     >>> c = Candidates(labels=torch.tensor([0, 1, 1]), query_labels=torch.tensor([1]))
     >>> ClassFilter("same-class")(torch.zeros(1, 3), c).keep

@@ -162,16 +162,30 @@ def mix_with_query(query: Tensor, n_j: Tensor, beta: Tensor) -> Tensor:
 
 
 class MoCHi(NegativePolicy):
-    """Hard negative mixing (Kalantidis et al. 2020): synthetic negatives from the hardest.
+    """Hard negative mixing: synthetic negatives from the hardest (Kalantidis et al. 2020, arXiv:2010.01028).
 
     ``mochi[N,s,s',w]``: every negative, plus ``s + s'`` synthetic hard
     negatives per query once ``w`` epochs are done (see the module docstring).
 
-    ``sim [B, K] -> Selection(mix=Mix [B, s + s'])``: the synthetic
-    negatives' cosines in closed form, pair mixes first.  ``last_mix`` keeps
-    the last draw (``hard [B, N]`` the positions of the N hardest; ``i, j,
-    alpha`` for the pairs and ``jq, beta`` for the query mixes, positions
-    into ``hard``); :meth:`embeddings` materialises it.
+    Args:
+        n_hard: N, the hardest negatives mixed.
+        s: mixes of two of them per query.
+        s_query: s', mixes of the query and one of them per query.
+        warmup: w, epochs before mixing starts.
+        generator: for the draws (None: torch's global generator).
+
+    Called with ``sim [B, K]``, it answers ``Selection(mix=Mix [B, s + s'])``:
+    the synthetic negatives' cosines in closed form, pair mixes first.
+    ``last_mix`` keeps the last draw (``hard [B, N]`` the positions of the N
+    hardest; ``i, j, alpha`` for the pairs and ``jq, beta`` for the query
+    mixes, positions into ``hard``); :meth:`embeddings` materialises it.
+
+    >>> from negatives.policies.candidates import Candidates
+    >>> keys = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    >>> q = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    >>> mix = MoCHi(3, 2, 1)(q @ keys.T, Candidates(keys=keys, queries=q)).mix
+    >>> mix.logits(q, q @ keys.T).shape                       # [B, s + s']
+    torch.Size([2, 3])
     """
 
     def __init__(self, n_hard: int, s: int, s_query: int, warmup: int = 0,

@@ -36,7 +36,7 @@ def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
 
 
 class Replace(NegativePolicy):
-    """A removal among the K newest negatives, each removed one replaced by an older one.
+    """A removal among the K newest negatives, each removed one replaced by an older one (Cai et al. 2020, arXiv:2010.06682).
 
     ``<drop policy>@replace``: the removal of ``inner`` among the K newest
     negatives, each removed one replaced by the next older one it allows.

@@ -230,14 +230,18 @@ def _checked_schedule(schedule: Schedule, moving: bool, name: str, grammar: str)
 
 
 class Ring(ScheduledBand):
-    """Wu et al.'s Ring (2020): the hardest ``o%`` of the queue without its hardest ``i%``.
+    """Ring: the hardest ``o%`` of the queue without its hardest ``i%`` (Wu et al. 2020, arXiv:2010.02037).
 
     The outer ball of the ``floor(K o / 100)`` hardest negatives without
     its inner ball, the ``floor(outer i / 100)`` hardest
     (module docstring); ``i = 0`` is their Ball.
 
-    outer: ``(o0, o1)`` percent of K at the start and end of the schedule;
-    inner: percent of the outer ball, fixed.
+    Args:
+        outer: ``(o0, o1)`` percent of K at the start and end of the schedule.
+        inner: percent of the outer ball, fixed.
+        schedule: how ``o`` moves from ``o0`` to ``o1`` (:class:`Schedule`).
+
+    Called with ``sim [B, K]``, it answers a ``[B, K]`` mask of the ranks :meth:`ranks`.
 
     >>> r = Ring((100, 10), 10, Schedule("linear", until=50))
     >>> r.name, r.ranks(4096, 0), r.ranks(4096, 1)   # all but the hardest 409; then sorted[40:409)
@@ -281,12 +285,20 @@ class Ring(ScheduledBand):
 
 
 class Curriculum(ScheduledBand):
-    """A percentile band whose bounds move over training.
+    """A percentile band whose bounds move over training (Cai et al. 2020, arXiv:2010.06682, future work).
 
     Keep the percentile band ``[a(p), b(p))`` of each query's candidates,
     ``n = round(K (b(p) - a(p)) / 100)`` of them, placed as the fixed bands.
 
-    lo, hi: ``(start, end)`` values of the lower and upper bound.
+    Args:
+        lo, hi: ``(start, end)`` values of the lower and upper bound.
+        schedule: how they move (:class:`Schedule`).
+
+    Called with ``sim [B, K]``, it answers a ``[B, K]`` mask of the ranks :meth:`ranks`.
+
+    >>> c = Curriculum((0, 95), (100, 100), Schedule("linear"))
+    >>> c.name, c.ranks(100, 0), c.ranks(100, 1)                # from all to the hardest 5%
+    ('curriculum[0_100->95_100_linear]', (0, 100), (95, 100))
     """
 
     def __init__(self, lo: tuple[float, float], hi: tuple[float, float], schedule: Schedule):

@@ -12,9 +12,9 @@ __all__ = ["KeyQueue"]
 
 
 class KeyQueue(nn.Module):
-    """MoCo's FIFO queue of keys from earlier batches, with their labels and indices.
+    """MoCo's FIFO queue of keys from earlier batches (He et al. 2020, arXiv:1911.05722, Sec. 3.2).
 
-    The newest batch's keys overwrite the oldest ones (He et al. 2020, Sec. 3.2).
+    The newest batch's keys overwrite the oldest ones; each key keeps its label and index.
 
     keys:    ``[K, D]`` float, L2-normalised (random unit vectors at start)
     labels:  ``[K]`` int64, -1 for the random start-up keys

@@ -39,7 +39,7 @@ __all__ = ["RetainingQueue"]
 
 
 class RetainingQueue(KeyQueue):
-    """A key queue that keeps the consistently hard keys past their turn.
+    """A key queue that keeps the consistently hard keys past their turn (Cai et al. 2020, arXiv:2010.06682, future work).
 
     A :class:`~negatives.queues.fifo.KeyQueue` that evicts the oldest keys except
     the ``R = floor(retain K)`` hardest-so-far (module docstring).
@@ -59,6 +59,10 @@ class RetainingQueue(KeyQueue):
 
     ``ptr`` is still advanced by ``B`` per batch but is not the oldest slot
     any more: :meth:`ordered` and :meth:`newest_first` read ``stamp``.
+
+    >>> queue = RetainingQueue(8, 2, retain=0.25)
+    >>> queue.retained_slots, queue.hard.shape                # R = floor(0.25 x 8); [K] counts
+    (2, torch.Size([8]))
     """
 
     def __init__(self, size: int, dim: int, retain: float, hard_pct: float = 5.0,
