@@ -100,3 +100,11 @@ def test_band_overhead_refuses_an_unknown_revision_or_policy_in_one_line():
     r = _band_overhead("--policies", "all", "keep[nonsense)")
     assert r.returncode == 2 and "--policies: 'keep[nonsense)' is no policy of the working tree" in r.stderr
     assert "policy" not in r.stdout
+
+
+def test_tolerances_can_be_set():
+    after = _run(scale=1 + 5e-5)
+    assert not within_tolerance(_run(), after)[0]
+    assert within_tolerance(_run(), after, tensors=1e-4)[0]
+    assert not within_tolerance(_run(), _run(loss=1 + 5e-4), tensors=1e-4)[0]
+    assert within_tolerance(_run(), _run(loss=1 + 5e-4), loss=1e-3)[0]
