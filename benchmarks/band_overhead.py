@@ -7,7 +7,8 @@ or, with ``--before REV``, of each policy against itself as built by the package
     python benchmarks/band_overhead.py --all-policies --rounds 3   # each raced 3 times: median and range
     python benchmarks/band_overhead.py --all-policies --device cuda --queue 65536 --batch 256 \
         --backbone resnet18 --image-size 32 --channels 3   # the GPU figure (bf16 autocast)
-    python benchmarks/band_overhead.py --before fbecef0 --all-policies --rounds 5   # each policy, REV vs now
+    python benchmarks/band_overhead.py --before fbecef0 --all-policies --rounds 5
+        # each policy of the working tree against itself at fbecef0
 
 Each policy races `all` (the first policy) on its own: their steps are
 interleaved (A, B, A, B, ...) on identically built models and the same
@@ -35,9 +36,10 @@ is slower) and the selection alone before and after.  A race's ratio is the
 median over its steps of each step's ratio to the one just before it, of the
 other side: neighbours in time share the machine's phase, which on a busy
 machine narrows the rounds' range next to a ratio of the two medians; the
-ratio printed is the median over the rounds, next to their range.  Each side is built through its own package only, in one function per
-side (:func:`working_tree_side`, :func:`revision_side`), so that the two may
-have different APIs.
+ratio printed is the median over the rounds, next to their range.  Each side
+is built through its own package only, in one function per side
+(:func:`working_tree_side`, :func:`revision_side`), so that the two may have
+different APIs.
 """
 
 from __future__ import annotations

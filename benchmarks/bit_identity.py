@@ -184,7 +184,8 @@ def main() -> int:
     grid = [(m, pol) for m, pol in GRID if (not args.policies or pol in args.policies)
             and (not args.methods or m in args.methods)]
     if not grid:
-        p.error(f"--methods: no run of the grid has {' or '.join(args.methods)} with --policies {' '.join(args.policies)}")
+        p.error(f"--methods: no run of the grid has {' or '.join(args.methods)} "
+                f"with --policies {' '.join(args.policies)}")
     try:
         before = extract_src(args.revision)
     except subprocess.CalledProcessError as e:

@@ -12,7 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bit_identity import differences, relative, within_tolerance  # noqa: E402
+from bit_identity import differences, relative, within_tolerance
 
 
 def _run(scale=1.0, loss=1.0, lr=0.06, knn=50.0, shape=(4,)):
@@ -61,7 +61,7 @@ def test_an_integer_tensor_off_by_one_is_beyond_tolerance():
 
 def test_bit_identity_refuses_a_policy_outside_its_grid_before_training():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bit_identity.py"), "HEAD", "--policies",
-                        "all", "keep[1_2)"], capture_output=True, text=True, timeout=60)
+                        "all", "keep[1_2)"], check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "--policies: keep[1_2) not in the grid" in r.stderr.splitlines()[-1]
     assert "training" not in r.stdout
@@ -70,15 +70,15 @@ def test_bit_identity_refuses_a_policy_outside_its_grid_before_training():
 def _band_overhead(*args):
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "band_overhead.py"), "--queue", "32",
                            "--batch", "16", "--steps", "1", "--warmup", "0", *args],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
 
 
 #: the revision whose API benchmarks/band_overhead.py's revision side speaks
 REVISION = "fbecef0"
 
 
-@pytest.mark.skipif(subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{REVISION}^{{commit}}"]).returncode != 0,
-                    reason=f"revision {REVISION} is not in this clone")
+@pytest.mark.skipif(subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{REVISION}^{{commit}}"],
+                                   check=False).returncode != 0, reason=f"revision {REVISION} is not in this clone")
 def test_band_overhead_races_each_policy_against_a_revision():
     head = REVISION
     policies = ["all", "keep[90_100)", "mochi[8_4_2]", "drop-same-class@replace"]
