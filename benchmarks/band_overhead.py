@@ -45,7 +45,9 @@ different APIs.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -306,7 +308,9 @@ def main() -> None:
     sides = {"the working tree": working_tree_side(x)}
     if args.before:
         try:
-            sides[args.before] = revision_side(load_before(args.before).__name__, x)
+            pkg = load_before(args.before)
+            atexit.register(shutil.rmtree, Path(pkg.__file__).parents[2], ignore_errors=True)  # its extracted copy
+            sides[args.before] = revision_side(pkg.__name__, x)
         except subprocess.CalledProcessError as e:
             p.error(f"--before: cannot read revision {args.before!r}: {e.stderr.decode().strip()}")
     for rev, side in sides.items():  # every policy parsed by every side before any race

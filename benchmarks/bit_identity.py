@@ -33,6 +33,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -220,7 +221,12 @@ def main() -> int:
     if args.tolerance:
         print(f"{len(close)} equal up to float order (tensors within {args.tensor_tolerance:g}, losses within "
               f"{args.loss_tolerance:g} relative){': ' + ', '.join(close) if close else ''}; {failed} beyond")
-    return 1 if failed else 0
+    if failed:
+        print(f"the runs are kept in {tmp} (before/, after/: run<i> is the i-th line above)")
+        return 1
+    for folder in (tmp, before.parent):   # the runs and the revision's package
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
