@@ -105,20 +105,21 @@ def working_tree_side(x: Inputs) -> Side:
 
     s = PretrainSettings.from_dict(x.settings)
     aug = MoCoV2Augment(x.image_size, x.channels, [0.5] * x.channels, [0.25] * x.channels).to(x.device)
-    cands = Candidates(labels=x.cand_labels, keys=x.keys, query_labels=x.labels, queries=x.queries)
+    k = x.sim.shape[1]
+    cands = Candidates(labels=x.cand_labels, keys=x.keys, query_labels=x.labels, queries=x.queries,
+                       newest_first=torch.arange(k, device=x.sim.device))
 
     def build(name):
-        policy = parse_policy(name)
-        policy.start(s.epochs)
-        model = build_method("moco", seeded_encoder(s, x.channels, 0), dim=s.dim, queue_size=s.queue_size,
-                             queue_extra=s.queue_extra, momentum=s.momentum, temperature=0.2, policy=policy,
+        recipe = parse_policy(name)
+        recipe.policy.start(s.epochs, s.queue_size)
+        model = build_method("moco", seeded_encoder(s, x.channels, 0), recipe, s, 0.2,
                              generator=torch.Generator().manual_seed(1)).to(x.device, memory_format=torch.channels_last)
         opt = SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9)
         return lambda: train_step(model, aug, opt, x.images, x.labels, x.idx, progress=0.5)  # past any warm-up
 
     def select(name):
-        policy = parse_policy(name)
-        policy.start(s.epochs)
+        policy = parse_policy(name).policy
+        policy.start(s.epochs, k)          # the selection alone: the K newest, no older stand-ins
         return lambda: policy(x.sim, cands, 0.5)
 
     return Side(build, select)
