@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from negatives.config_files import read_config
 from negatives.data.augment import MoCoV2Augment
 from negatives import grid
 from negatives.methods import build_method
@@ -70,7 +70,7 @@ def main() -> None:
         p.error(f"--rounds and --steps must be at least 1, got {args.rounds} and {args.steps}")
     keep_freed_memory()  # as python -m negatives does
 
-    cfg = yaml.safe_load(open(args.config))
+    cfg = read_config(args.config)
     s = PretrainSettings.from_dict(cfg["pretrain"])
     s.queue_size, s.batch_size = args.queue or s.queue_size, args.batch or s.batch_size
     s.backbone = args.backbone or s.backbone

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["base_config", "check_config_file", "merge_config", "read_config", "numbers_as_numbers", "schema_message"]
+__all__ = ["base_config", "check_config_file", "merge_config", "numbers_as_numbers", "read_config", "schema_message"]
 
 #: the checkout this package is part of (src/negatives/..): the workflow's own config.yaml is there
 _CHECKOUT = Path(__file__).resolve().parents[2]
