@@ -86,6 +86,17 @@ def test_overlay_gives_the_effective_config_of_its_full_file(path, tmp_path, mon
     assert effective(read_config(path)) == want
 
 
+def test_the_working_directorys_config_yaml_is_the_base(tmp_path, monkeypatch):
+    """As Snakemake's configfile: a config.yaml in the working directory, not the workflow's, is under an overlay."""
+    own = yaml.safe_load((ROOT / "config.yaml").read_text())
+    own["pretrain"]["lr"] = 0.1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(own))
+    monkeypatch.chdir(tmp_path)
+    assert base_config(ROOT) == Path("config.yaml")
+    cfg = read_config(ROOT / "configs" / "cifar10.yaml")
+    assert (cfg["pretrain"]["lr"], cfg["pretrain"]["epochs"]) == (0.1, 200)
+
+
 def _leaves(d: dict, prefix=()):
     for k, v in d.items():
         yield from (_leaves(v, (*prefix, k)) if isinstance(v, dict) and v else [(*prefix, k)])
@@ -174,7 +185,10 @@ def test_a_typo_in_an_overlay_names_the_key_and_the_file(tmp_path):
                                           r"\('downlaod' was unexpected\); allowed: .*download"):
         read_config(overlay, base=ROOT / "config.yaml")
     overlay.write_text("- pretrain\n")
-    with pytest.raises(ConfigError, match=rf"^{overlay}: holds list, not a mapping of config keys"):
+    with pytest.raises(ConfigError, match=rf"^{overlay}: holds a list, not a mapping of config keys"):
+        read_config(overlay)
+    overlay.write_text("# pretrain: {epochs: 10}\n")
+    with pytest.raises(ConfigError, match=rf"^{overlay}: holds nothing, not a mapping of config keys"):
         read_config(overlay)
 
 

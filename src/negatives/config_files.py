@@ -69,7 +69,8 @@ def check_config_file(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: holds {type(data).__name__}, not a mapping of config keys "
+        held = "nothing" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: holds {held}, not a mapping of config keys "
                           "(a config file writes keys such as 'pretrain: {epochs: 10}')")
     unknown = _unknown_key(data)
     if unknown is not None:
