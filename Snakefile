@@ -17,12 +17,16 @@ sys.path.insert(0, SRC)
 shell.prefix(f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 
 from negatives.config import ConfigError, check_config, check_finite
-from negatives.config_files import check_config_file, numbers_as_numbers, schema_message
+from negatives.config_files import base_config, check_config_file, numbers_as_numbers, schema_message
 
+# every --configfile is an overlay, merged onto config.yaml key by key (lists
+# replace): the working directory's config.yaml, else this workflow's own, so
+# an overlay keeps its base wherever it runs
+BASE = base_config(workflow.basedir)
 # config files read strictly first: a YAML error names its line, a key written
-# twice is refused (YAML would keep the last silently). config.yaml when it is
-# there (Snakemake names a missing one), then every --configfile
-CONFIG_FILES = [*(["config.yaml"] if Path("config.yaml").exists() else []), *workflow.overwrite_configfiles]
+# twice is refused (YAML would keep the last silently), a key the schema does
+# not know is named with its file (after merging, no file would be named)
+CONFIG_FILES = [*([BASE] if BASE else []), *workflow.overwrite_configfiles]
 try:
     for path in CONFIG_FILES:
         check_config_file(path)
@@ -30,7 +34,7 @@ except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}") from None
 
 
-configfile: "config.yaml"
+configfile: str(BASE or "config.yaml")
 
 
 # the whole config is checked once, before any job starts; 1e-3 is a number,

@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import yaml
 
+from negatives.config_files import read_config
 from negatives import grid
 from negatives.runtime.memory import keep_freed_memory
 from negatives.training.settings import PretrainSettings
@@ -279,8 +279,7 @@ def main() -> None:
                 f"got {args.rounds}, {args.steps} and {args.warmup}")
     keep_freed_memory()  # as python -m negatives does
 
-    with open(args.config) as f:
-        cfg = yaml.safe_load(f)
+    cfg = read_config(args.config)
     scale = {"queue_size": args.queue, "batch_size": args.batch, "backbone": args.backbone}
     settings = {**cfg["pretrain"], **{key: v for key, v in scale.items() if v}}
     try:

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _before import ROOT, load_before  # noqa: E402
 
+from negatives.config_files import read_config
 from negatives.evaluation.probes import evaluate_checkpoint  # noqa: E402
 
 KEYS = ("linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5", "knn_top1", "knn_top5")
@@ -44,7 +44,7 @@ def main() -> None:
     for f in (args.data, *args.checkpoints):
         if not Path(f).is_file():
             p.error(f"no such file: {f}")
-    settings = yaml.safe_load(open(args.config))["evaluate"]
+    settings = read_config(args.config)["evaluate"]
     torch.set_num_threads(int(settings.get("threads") or 1))
     import importlib
 

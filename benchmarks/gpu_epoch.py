@@ -30,8 +30,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-import yaml
 
+from negatives.config_files import read_config
 from negatives.data.augment import MoCoV2Augment
 from negatives.methods import build_method
 from negatives.optim import SGD
@@ -98,7 +98,7 @@ def main() -> None:
                         "same on the meta device)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
-    cfg = yaml.safe_load(open(a.config))
+    cfg = read_config(a.config)  # an overlay: layered on config.yaml
     settings = {**cfg["pretrain"], "device": a.device}
     if a.tiny:
         a.images = 512

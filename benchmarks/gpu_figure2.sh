@@ -52,7 +52,9 @@ fi
 work="$out/work"
 mkdir -p "$work"
 override="$work/override.yaml"
-slots=$("$py" -c 'import yaml; print(yaml.safe_load(open("configs/fashion-mnist-gpu.yaml"))["jobs_per_gpu"])')
+# the config is an overlay on config.yaml: read it layered, as the workflow does
+slots=$("$py" -c 'from negatives.config_files import read_config
+print(read_config("configs/fashion-mnist-gpu.yaml")["jobs_per_gpu"])')
 if [ "$smoke" = 1 ]; then
     # the same workflow, tiny and on the CPU
     slots=2

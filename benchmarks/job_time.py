@@ -30,6 +30,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _before import ROOT, extract_src  # noqa: E402
 
+from negatives.config_files import read_config
+
 
 def _run(src: Path, args: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
@@ -51,7 +53,7 @@ def main() -> None:
     # each revision runs its own config.yaml (its settings may differ in keys)
     configs = {"before": yaml.safe_load(subprocess.run(["git", "-C", str(ROOT), "show", f"{a.before}:config.yaml"],
                                                        check=True, capture_output=True, text=True).stdout),
-               "after": yaml.safe_load(open(a.config))}
+               "after": read_config(a.config)}
     pre = {who: json.dumps({**c["pretrain"], "epochs": a.epochs}) for who, c in configs.items()}
     ev = {who: json.dumps(c["evaluate"]) for who, c in configs.items()}
     times = {(who, job): [] for who in trees for job in ("pretrain", "evaluate")}

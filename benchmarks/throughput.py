@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import ReferenceMoCo, reference_loader  # noqa: E402
 
+from negatives.config_files import read_config
 from negatives.data.augment import MoCoV2Augment  # noqa: E402
 from negatives.methods import build_method  # noqa: E402
 from negatives.policies import parse_policy  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
     args = p.parse_args()
     keep_freed_memory()  # as python -m negatives does (both trainers share the process)
 
-    s = PretrainSettings.from_dict(yaml.safe_load(open(args.config))["pretrain"])
+    s = PretrainSettings.from_dict(read_config(args.config)["pretrain"])
     args.thread_counts = sorted(set(args.threads or [s.threads, os.cpu_count() or 1]))
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"

@@ -349,7 +349,8 @@ def _damaged_probe(work):
 #: (id, setup of the workdir, snakemake arguments, the message it must give);
 #: "run.sh" as the first argument runs ./run.sh instead of snakemake
 WORKFLOW_CATALOGUE = [
-    ("unknown key", _config(pretrain={"thread": 2}), ["-n"], r"Additional properties are not allowed \('thread'"),
+    ("unknown key", _config(pretrain={"thread": 2}), ["-n"],
+     r"invalid config: \S+/override\.yaml: pretrain: Additional properties are not allowed \('thread'"),
     ("a key of the wrong type", _config(pretrain={"lr": "fast"}), ["-n"], r"'fast' is not of type 'number'"),
     ("YAML syntax error", _config_text(lambda t: t.replace("  lr: 0.06 ", "  lr: [0.06 ", 1)), ["-n"],
      r"invalid config: .*config\.yaml:\d+:\d+: "),

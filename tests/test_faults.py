@@ -329,7 +329,8 @@ def test_run_sh_names_a_configfile_that_is_not_a_config_file(work, make, message
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"pretrainn": {"lr": 1}}, r"invalid config: top level: Additional properties are not allowed \('pretrainn' was "
+    ({"pretrainn": {"lr": 1}}, r"invalid config: \S+/override\.yaml: top level: Additional properties are not allowed "
+                               r"\('pretrainn' was "
                                r"unexpected\); allowed: analysis, dataset, datasets, .*temperatures$"),
     ({"pretrain": {"hidden_dim": -3}}, r"invalid config: pretrain\.hidden_dim: -3 is not valid under any of the given "
                                        r"schemas; allowed: integer >= 1 \| null$"),

@@ -1,14 +1,27 @@
 """Reading config files strictly, before Snakemake's loader can hide a mistake:
 a YAML error names the file and line, a key written twice in one mapping is
-an error (YAML keeps the last one silently), and numbers written with an
-exponent (``1e-3``, which YAML 1.1 reads as a string) are numbers."""
+an error (YAML keeps the last one silently), a key the schema does not know is
+named with its file, and numbers written with an exponent (``1e-3``, which
+YAML 1.1 reads as a string) are numbers.
+
+A config file is an overlay: ``snakemake --configfile F`` starts from the
+Snakefile's ``configfile:`` (:func:`base_config`: the working directory's
+config.yaml, else the workflow's own) and merges F on top (nested mappings key
+by key, lists and other values replaced); the schema fills in what none of
+them names.  :func:`read_config` layers files the same way for the library and
+the benchmarks."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-__all__ = ["check_config_file", "numbers_as_numbers", "schema_message"]
+__all__ = ["base_config", "check_config_file", "merge_config", "numbers_as_numbers", "read_config", "schema_message"]
+
+#: the checkout this package is part of (src/negatives/..): the workflow's own config.yaml is there
+_CHECKOUT = Path(__file__).resolve().parents[2]
+#: read_config's default: the base the workflow picks
+_PICK = object()
 
 #: a number with an exponent and no dot before it, as YAML 1.1 leaves it a string
 _EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
@@ -34,16 +47,19 @@ def _strict_loader():
     return Strict
 
 
-def check_config_file(path: str | Path) -> None:
-    """Raise ``ValueError`` naming ``path`` and the line when the file is not
-    valid YAML or writes a key twice in one mapping."""
+def check_config_file(path: str | Path) -> dict:
+    """The mapping in the config file ``path``; raise :class:`ConfigError`
+    naming ``path`` (and the line) when it is not valid YAML, writes a key twice
+    in one mapping, is not a mapping of config keys, or names a key the schema
+    does not know (a typo would otherwise be caught only after merging, with no
+    file to look in)."""
     import yaml
 
     from .config import ConfigError
 
     path = Path(path)
     try:
-        yaml.load(path.read_text(), Loader=_strict_loader())
+        data = yaml.load(path.read_text(), Loader=_strict_loader())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.MarkedYAMLError as e:
@@ -52,6 +68,74 @@ def check_config_file(path: str | Path) -> None:
         raise ConfigError(f"{where}: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: holds {held}, not a mapping of config keys "
+                          "(a config file writes keys such as 'pretrain: {epochs: 10}')")
+    unknown = _unknown_key(data)
+    if unknown is not None:
+        raise ConfigError(f"{path}: {schema_message(unknown)}")
+    return data
+
+
+def _unknown_key(data: dict):
+    """The schema's first error about a key it does not know in ``data``
+    (one file: a part of the config, so its missing keys are not errors)."""
+    import jsonschema
+
+    from .defaults import schema
+
+    errors = jsonschema.Draft202012Validator(schema()).iter_errors(data)
+    unknown = [e for e in errors if e.validator == "additionalProperties"]
+    return min(unknown, key=lambda e: [str(p) for p in e.absolute_path], default=None)
+
+
+def merge_config(base: dict, overlay: dict) -> dict:
+    """``base`` with ``overlay`` merged on top, as Snakemake merges a
+    ``--configfile`` onto the Snakefile's ``configfile:``: a mapping in both
+    merges key by key, anything else (a list included) replaces.  A new dict;
+    neither argument is changed."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        current = out.get(key, {})
+        if not isinstance(value, dict):
+            out[key] = copy.deepcopy(value)
+        elif isinstance(current, dict):
+            out[key] = merge_config(current, value)
+        elif value:  # a mapping replaces a value that is not one (an empty mapping leaves it, as Snakemake does)
+            out[key] = merge_config({}, value)
+    return out
+
+
+def base_config(workflow_dir: str | Path | None = None) -> Path | None:
+    """The config file every overlay is layered on: ``config.yaml`` of the
+    working directory (Snakemake's ``configfile:``), else the workflow's own in
+    ``workflow_dir`` (default: the checkout holding this package), so that an
+    overlay never loses its base when run from another directory; None when
+    neither is there."""
+    for path in (Path("config.yaml"), Path(workflow_dir or _CHECKOUT) / "config.yaml"):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_config(*overlays: str | Path, base=_PICK) -> dict:
+    """The config ``snakemake --configfile OVERLAYS...`` gets before its
+    schema fills the defaults: ``base`` (default :func:`base_config`; None:
+    none), then each overlay merged on top in order.  Every file is read
+    strictly (:func:`check_config_file`); numbers written ``1e-3`` are numbers."""
+    from .config import ConfigError
+
+    base = base_config() if base is _PICK else base
+    files = [*([base] if base is not None else []), *overlays]
+    if not files:
+        raise ConfigError("no config file: config.yaml is not in the working directory nor in the workflow")
+    config: dict = {}
+    for path in files:
+        config = merge_config(config, check_config_file(path))
+    return numbers_as_numbers(config)
 
 
 def numbers_as_numbers(value):
