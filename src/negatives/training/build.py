@@ -5,6 +5,7 @@ attempt reached (:func:`resume`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from ..data.augment import MoCoV2Augment
-from ..data.sources import TensorSource, loader_workers, open_train_source
+from ..data.sources import FolderSource, TensorSource, loader_workers, open_train_source
 from ..methods import build_method
 from ..optim import SGD
 from ..runtime import distributed, gpus
@@ -45,16 +46,16 @@ class Training:
     s: PretrainSettings
     seed: int
     out: Path
-    log: object
+    log: Callable[[str], None]
     device: torch.device
-    source: object               # a TensorSource on the device, or a streamed FolderSource
+    source: TensorSource | FolderSource          # in memory on the device, or streamed from the image files
     model: nn.Module
     aug: MoCoV2Augment
     opt: SGD
-    rows: slice                  # this rank's images of every batch
+    rows: slice                                  # this rank's images of every batch
     meta: dict
     monitor: KnnMonitor
-    resumed: dict | None         # the checkpoint a previous attempt left, or None
+    resumed: dict | None                         # the checkpoint a previous attempt left, or None
 
     @property
     def last(self) -> Path:
@@ -96,7 +97,7 @@ def build_training(data: dict, method: str, pol, temperature: float, seed: int, 
     return Training(s, seed, out, log, device, source, model, aug, opt, rows, meta, monitor, resumed)
 
 
-def _source(data: dict, cpus: int, device: torch.device):
+def _source(data: dict, cpus: int, device: torch.device) -> TensorSource | FolderSource:
     """The pretraining images (with any unlabeled ones, label -1): in memory on
     the training device, or streamed from the image files batch by batch."""
     source = open_train_source(data, workers=loader_workers(cpus))   # streamed: decoders within the job's CPUs
