@@ -154,14 +154,14 @@ def test_a_prepared_dataset_larger_than_memory_is_refused_before_it_is_read(file
 
 
 def test_an_allocation_that_fails_anyway_is_one_line(files, capsys, monkeypatch):
-    from negatives.training import pretrain
+    from negatives.training import build
 
     def refuse(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 2880000000000 bytes. Error code 12")
 
     root, data = files
-    monkeypatch.setattr(pretrain, "seeded_encoder", refuse)
+    monkeypatch.setattr(build, "seeded_encoder", refuse)
     _check_one_line(main(_pretrain(out="oom")(root, data)), capsys.readouterr().err,
                     r"error: out of memory \(.*you tried to allocate 2880000000000 bytes.*\); lower the sizes")
     shutil.rmtree(root / "oom")

@@ -1,9 +1,9 @@
 """The library's layout: no import circles between modules or between
 packages (function-local and ``TYPE_CHECKING`` imports included),
 no ``importlib`` between our modules (``importlib.metadata`` in the policy
-registry only), no imports of another module's private
-names, no module much over 400 lines, and no development history in the
-project's text."""
+registry only), no imports of another module's private names, no module
+much over 400 lines, no function over 80 lines or 8 parameters, and no
+development history in the project's text."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 MAX_LINES = 400
+#: a function read on one screen: def line to last line, docstring included
+MAX_FUNCTION_LINES = 80
+#: parameters of a function, self or cls left out
+MAX_PARAMETERS = 8
 
 
 def modules_under(src: Path) -> dict[str, Path]:
@@ -226,6 +230,57 @@ def test_no_importlib_and_no_private_names_across_modules():
 def test_no_module_much_over_400_lines(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by concept"
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Every parameter of ``node`` (keyword-only ones, ``*args`` and
+    ``**kwargs`` one each) but a first positional one named self or cls."""
+    a = node.args
+    positional = [*a.posonlyargs, *a.args]
+    bound = 1 if positional and positional[0].arg in ("self", "cls") else 0
+    return len(positional) - bound + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+
+
+def long_or_wide_functions(paths) -> list[str]:
+    """``path:line name (N lines / N params)`` for every function or method
+    (nested ones too) in ``paths`` longer than :data:`MAX_FUNCTION_LINES` or
+    with more than :data:`MAX_PARAMETERS` parameters, in file and line order."""
+    found = []
+    for path in map(Path, paths):
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        tree = ast.parse(path.read_text())
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for node in sorted(defs, key=lambda n: n.lineno):
+            lines, params = node.end_lineno - node.lineno + 1, parameter_count(node)
+            if lines > MAX_FUNCTION_LINES or params > MAX_PARAMETERS:
+                found.append(f"{where}:{node.lineno} {node.name} ({lines} lines / {params} params)")
+    return found
+
+
+def test_no_function_over_80_lines_or_8_parameters():
+    found = long_or_wide_functions(MODULES.values())
+    print("\n".join(found))
+    assert not found, "split these or give them fewer parameters:\n" + "\n".join(found)
+
+
+def test_the_function_check_counts_lines_and_parameters(tmp_path):
+    """The check itself, on a made-up module: the limits are inclusive, self
+    and cls are free, keyword-only parameters, *args and **kwargs count, and
+    methods and nested functions are seen."""
+    source = ["def eighty():", *[f"    x = {i}" for i in range(79)],             # lines 1-80
+              "def eighty_one():", *[f"    x = {i}" for i in range(80)],         # lines 81-161
+              "class C:",
+              "    def eight(self, a, b, c, d, e, f, g, h): pass",
+              "    @classmethod",
+              "    def nine(cls, a, b, c, d, e, f, g, *, h, i): pass",               # line 165
+              "def nine_with_stars(a, b, c, d, e, f, g, *args, **kwargs):",
+              "    def inner(a, b, c, d, e, f, g, h, i): pass",
+              "def eight_alone(a, b, /, c, d, e, f, *, g, h): pass"]
+    path = tmp_path / "made_up.py"
+    path.write_text("\n".join(source) + "\n")
+    assert long_or_wide_functions([path]) == [
+        f"{path}:81 eighty_one (81 lines / 0 params)", f"{path}:165 nine (1 lines / 9 params)",
+        f"{path}:166 nine_with_stars (2 lines / 9 params)", f"{path}:167 inner (1 lines / 9 params)"]
 
 
 def test_the_project_speaks_of_the_product_not_its_history():

@@ -213,7 +213,7 @@ def _processes(world: int):
 
 
 def _steps(method: str, policy: str, device: torch.device, cropped: bool = False):
-    """The trainer's steps (``training/pretrain.py``: the stop vote, the batch
+    """The trainer's steps (``training/loop.py``: the stop vote, the batch
     sent to the device, :func:`~negatives.training.step.train_step`, the
     epoch's sums) on this process's rows, set up outside the check and run
     inside it.  ``cropped``: the two views arrive cropped as they were decoded
@@ -236,8 +236,7 @@ def _steps(method: str, policy: str, device: torch.device, cropped: bool = False
         for step in range(STEPS):
             assert not distributed.any_rank(False, device)                   # the stop vote
             x, y, idx = (t.to(device, non_blocking=True) for t in batch)
-            loss, stats = train_step(model, aug, opt, x, y, idx, progress=Fraction(1 + step, 4), batch=BATCH,
-                                     rows=rows)
+            loss, stats = train_step(model, aug, opt, x, y, idx, progress=Fraction(1 + step, 4), split=(BATCH, rows))
             loss_sum += loss
             kept_sum = kept_sum + stats["kept"]
     return loss, stats

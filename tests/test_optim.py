@@ -89,7 +89,7 @@ opt.load_state_dict(opt.state_dict())
 _PROBE = """
 from negatives.evaluation.probes import linear_probe
 x, y = torch.randn(40, 4), torch.arange(40) % 3
-linear_probe(x, y, x, y, 3)
+linear_probe(x, y, x, 3)
 """
 
 

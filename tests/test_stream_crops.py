@@ -137,7 +137,7 @@ def test_a_training_process_decodes_within_the_jobs_cpus(streamed, tmp_path, mon
     """The decoding workers of a training process follow the CPUs given to
     the job (pretrain.threads, shared by its processes on the machine; one
     left for the step), not the machine's CPU count."""
-    import negatives.training.pretrain as trainer
+    import negatives.training.build as trainer
 
     seen = []
     real = trainer.open_train_source
@@ -146,5 +146,5 @@ def test_a_training_process_decodes_within_the_jobs_cpus(streamed, tmp_path, mon
     settings = dict(backbone="small-cnn", width=4, dim=8, epochs=1, batch_size=8, queue_size=16, bn_splits=2,
                     knn_monitor=0, threads=threads)
     pretrain(streamed, "moco", "all", 0.2, 0, settings, tmp_path, log=lambda m: None)
-    assert seen[-1] == workers           # the source it trains from (the first call only counts the images)
+    assert seen == [workers]             # the source it trains from (pretrain counts the images apart)
     assert [loader_workers(c) for c in (1, 2, 4, 16)] == [0, 1, 3, 15]    # 16 CPUs over 2 processes: 8 each

@@ -89,7 +89,7 @@ def _log(msg: str) -> None:
 def cmd_prepare(a) -> None:
     from .data.prepare import prepare
 
-    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, bool(a.download), **a.settings)
+    path = prepare(a.dataset, a.root, a.out, a.train_images, a.test_images, download=bool(a.download), **a.settings)
     _log(f"wrote {path}")
 
 

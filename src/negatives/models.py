@@ -29,7 +29,8 @@ class _SplitBatchNormFn(torch.autograd.Function):
     ``[s, C]``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, s: int, momentum: float, eps: float):
+    def forward(ctx, x, weight, bias, running: tuple[Tensor, Tensor], s: int, momentum: float, eps: float):
+        running_mean, running_var = running                   # read only: one argument, no gradient
         out = torch.empty_like(x)
         c = x.shape[1]
         means = running_mean.detach().expand(s, c).clone()
@@ -63,7 +64,7 @@ class _SplitBatchNormFn(torch.autograd.Function):
                 gw += dw
             if need_b:
                 gb += db
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None
 
 
 def _format_of(x: Tensor) -> torch.memory_format:
@@ -157,8 +158,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if torch.compiler.is_compiling() or not (self.affine and self.track_running_stats and x.dim() == 4):
             return self.reference(x)
         if x.device.type == "cpu" and x.dtype == self.weight.dtype:
-            out, means, vars_ = _SplitBatchNormFn.apply(x, self.weight, self.bias, self.running_mean,
-                                                        self.running_var, s, self.momentum, self.eps)
+            running = (self.running_mean, self.running_var)
+            out, means, vars_ = _SplitBatchNormFn.apply(x, self.weight, self.bias, running, s, self.momentum, self.eps)
             self._update_running(means, vars_)
             return out
         return self.grouped(x)

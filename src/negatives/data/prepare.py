@@ -184,27 +184,34 @@ def _check_memory(name: str, storage: str, n_train: int, n_test: int, image_size
                    " for the channel statistics", f"lower datasets.{name}.image_size")
 
 
+def _common_settings(settings: dict) -> tuple[bool, str, float, dict]:
+    """``(download, storage, stream_above_gb, the format's own keys)`` of a dataset's settings."""
+    options = dict(settings)
+    return options.pop("download", False), options.pop("storage", "auto"), options.pop("stream_above_gb", 8.0), options
+
+
 def _write_classes(out: Path, rows: list[tuple[int, str, str]]) -> None:
     text = "index\tname\tsynset\n" + "".join(f"{i}\t{c}\t{s}\n" for i, c, s in rows)
     atomic_write(out / "classes.tsv", lambda tmp: tmp.write_text(text))
 
 
 def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
-            train_images: int = 0, test_images: int = 0, download: bool = False, *,
-            storage: str = "auto", stream_above_gb: float = 8.0, workers: int | None = None,
-            wordnet=None, **options) -> Path:
+            train_images: int = 0, test_images: int = 0, *, workers: int | None = None,
+            wordnet=None, **settings) -> Path:
     """Read dataset ``name`` from ``root`` and write ``out_dir/data.pt`` and
     ``out_dir/classes.tsv``.  Returns the path of ``data.pt``.
 
     ``train_images`` / ``test_images``: class-balanced subsets (0: all);
-    ``download``: fetch missing files (torchvision) where the format allows;
-    ``storage`` (``auto``, ``memory``, ``stream``) and ``stream_above_gb``:
-    see the module docstring (``stream`` only for image folders);
-    ``workers``: decoding processes for image folders; ``options``: the
-    format's own keys (``labels`` for cifar100, ``unlabeled`` for stl10,
-    ``image_size`` for image folders).  ``wordnet``: the reader that maps
-    wnids to synsets (default: the offline WordNet).
+    ``workers``: decoding processes for image folders; ``wordnet``: the
+    reader that maps wnids to synsets (default: the offline WordNet).
+    ``settings``: the dataset's other config keys -- ``download`` (default
+    false: fetch missing files with torchvision where the format allows),
+    ``storage`` (``auto``, ``memory``, ``stream``; default ``auto``) and
+    ``stream_above_gb`` (default 8): see the module docstring (``stream``
+    only for image folders); then the format's own keys (``labels`` for
+    cifar100, ``unlabeled`` for stl10, ``image_size`` for image folders).
     """
+    download, storage, stream_above_gb, options = _common_settings(settings)
     spec = dataset_spec(name)
     check_partial({"datasets": {name: {"root": str(root), "download": download, "train_images": train_images,
                                        "test_images": test_images, "storage": storage,

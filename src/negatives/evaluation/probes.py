@@ -51,13 +51,12 @@ PROBES = ("fast", "faithful")
 RAN_WITH = (*speed_only("evaluate"), "device")
 
 
-def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 num_classes: int, epochs: int = 100, lr: float = 1.0, weight_decay: float = 1e-4,
-                 seed: int = 0) -> Tensor:
+def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
+                 epochs: int = 100, lr: float = 1.0, weight_decay: float = 1e-4, seed: int = 0) -> Tensor:
     """Fast linear probe; returns test scores (logits) ``[M, num_classes]``.
 
     train_feats ``[N, F]``, train_labels ``[N]``, test_feats ``[M, F]``
-    (test_labels ``[M]`` is accepted for symmetry and not used in training).
+    (the test labels score the result, :func:`topk_accuracy`; training never sees them).
     Features are standardised with the train mean and std; a multinomial
     logistic regression (weights and bias) minimises mean cross-entropy
     ``+ weight_decay / 2 * ||W||^2`` full-batch with L-BFGS (``epochs``
@@ -189,14 +188,14 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
 
         scores = faithful_probe(encoder, data, settings["faithful"], device)
     else:
-        scores = linear_probe(x_train, y_train, x_test, y_test, num_classes)
+        scores = linear_probe(x_train, y_train, x_test, num_classes)
     linear = topk_accuracy(scores, y_test)
 
     n = int(settings["fewshot_labels_per_class"])
     draws = []
     for draw in range(FEWSHOT_DRAWS):
         idx = fewshot_indices(y_train, n, seed=draw, num_classes=num_classes)
-        draws.append(topk_accuracy(linear_probe(x_train[idx], y_train[idx], x_test, y_test, num_classes), y_test))
+        draws.append(topk_accuracy(linear_probe(x_train[idx], y_train[idx], x_test, num_classes), y_test))
     fewshot = {k: None if draws[0][k] is None else sum(d[k] for d in draws) / len(draws) for k in draws[0]}
 
     knn = topk_accuracy(knn_classify(x_train, y_train, x_test, num_classes,

@@ -14,18 +14,19 @@ __all__ = ["train_step"]
 
 
 def train_step(model: nn.Module, aug: nn.Module, opt: torch.optim.Optimizer, x: Tensor, labels: Tensor,
-               indices: Tensor, progress=0.0, batch: int | None = None, rows: slice | None = None):
+               indices: Tensor, progress=0.0, split: tuple[int, slice] | None = None):
     """One step of ``model`` (MoCo or SimCLR) on the images ``x``; returns
     ``(loss, stats)``, detached, on the device (nothing is read back).
 
     ``x``: uint8 ``[b, C, H, W]``, both views drawn by ``aug`` from it, or
     ``[b, 2, C, H, W]``, the two views already cropped as they were decoded
-    (a streamed folder); ``batch``, ``rows``: the global batch size and this
-    process's rows of it (several processes; the draws are the whole
-    batch's).  ``progress``: the fraction of training done, for scheduled
-    policies.  Views go channels-last, the step runs in
+    (a streamed folder); ``split``: ``(batch, rows)``, the global batch size
+    and this process's rows of it (several processes; the draws are the
+    whole batch's).  ``progress``: the fraction of training done, for
+    scheduled policies.  Views go channels-last, the step runs in
     :func:`~negatives.training.settings.step_precision`, and across processes
     the batch-norm running statistics are averaged after the update."""
+    batch, rows = split or (None, None)
     if x.dim() == 5:
         x_q = aug(x[:, 0], batch=batch, rows=rows, cropped=True)
         x_k = aug(x[:, 1], batch=batch, rows=rows, cropped=True)
