@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from fractions import Fraction
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,10 +52,22 @@ def top_k(x: Tensor, k: int, largest: bool = True) -> Tensor:
         largest: False for the smallest.
 
     Returns:
-        ``[B, k]`` int64 positions: :func:`torch.topk` unsorted, a partial
-        selection (no sort) that never syncs with the host.
+        ``[B, k]`` int64 positions (an unsorted ``topk``).
+
+    On CPU (float32/64) this is numpy's ``argpartition``, an introselect that
+    numpy runs with SIMD, cheaper there than ``torch.topk``
+    (``benchmarks/band_overhead.py``), except for the few largest (``k <= 4``),
+    where ``torch.topk`` is the cheaper one.  Elsewhere (GPU, ``meta``, bf16)
+    it is :func:`torch.topk`, which never syncs.  The two may break ties
+    differently, never the count.
 
     >>> sorted(top_k(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), 2)[0].tolist())
     [1, 3]
     """
+    n = x.shape[1]
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < k < n and not (largest and k <= 4):
+        kth = n - k if largest else k - 1
+        part = np.argpartition(x.detach().numpy(), kth, axis=1)
+        pick = part[:, n - k :] if largest else part[:, :k]
+        return torch.from_numpy(np.ascontiguousarray(pick, dtype=np.int64))
     return torch.topk(x, k, dim=1, largest=largest, sorted=False).indices

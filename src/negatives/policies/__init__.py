@@ -58,8 +58,9 @@ and ``K b / 100`` are whole numbers these are exactly the ranks with
 ``a <= p < b``; otherwise the band differs from that set by at most one
 negative at an edge, which is the price of the exact count.  A band touching
 100 always holds the hardest ``n``; one touching 0 the easiest ``n``.
-Ties are broken by the partial selection's order (:func:`negatives.ranking.top_k`,
-an unsorted :func:`torch.topk`), which is deterministic for a given device and input.
+Ties are broken by the partial selection's order (:func:`negatives.ranking.top_k`: numpy's
+``argpartition`` on CPU, :func:`torch.topk` elsewhere), which is
+deterministic for a given device and input.
 """
 
 from .bands import Band, band_mask, band_ranks, rank_window
