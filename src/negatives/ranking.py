@@ -55,9 +55,11 @@ def top_k(x: Tensor, k: int, largest: bool = True) -> Tensor:
         ``[B, k]`` int64 positions (an unsorted ``topk``).
 
     On CPU (float32/64) this is numpy's ``argpartition``, an introselect that
-    numpy runs with SIMD, cheaper there than ``torch.topk``
-    (``benchmarks/band_overhead.py``), except for the few largest (``k <= 4``),
-    where ``torch.topk`` is the cheaper one.  Elsewhere (GPU, ``meta``, bf16)
+    numpy runs with SIMD: cheaper than ``torch.topk`` on an Intel Xeon with
+    AVX-512 (``benchmarks/RESULTS.md``), about as fast on an AMD EPYC; it
+    stays because the order it lists the positions in is part of a run (MoCHi
+    draws its pairs by position among the N hardest), except for the few
+    largest (``k <= 4``), where ``torch.topk`` is the cheaper one.  Elsewhere (GPU, ``meta``, bf16)
     it is :func:`torch.topk`, which never syncs.  The two may break ties
     differently, never the count.
 
