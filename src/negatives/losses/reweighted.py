@@ -72,8 +72,9 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
             # the weights scaled by the row's largest kept one (then 1): no overflow
             top = neg.masked_fill(~kept, float("-inf")).amax(dim=1, keepdim=True)
             top = torch.where(torch.isfinite(top), top, 0.0)                         # a row keeping none
-        # clamped: a removed negative above the top stays finite (it weighs 0)
-        w = torch.where(kept, torch.exp((beta * (neg - top)).clamp(max=0.0)), 0.0)   # w_j, unnormalised
+        # a removed negative (maybe above the top) is not exponentiated: finite, weighs 0; no clamp,
+        # whose zero gradient at the top would drop the hardest negative's weight gradient
+        w = torch.where(kept, torch.exp(beta * torch.where(kept, neg - top, 0.0)), 0.0)   # w_j, unnormalised
         mean_w = w.sum(dim=1) / n.clamp(min=1)                                       # (1/N) Σ_j w_j
         negative = (w * e).sum(dim=1) / mean_w.clamp(min=torch.finfo(sim.dtype).tiny)
     pos_e = torch.exp(pos - m.squeeze(1))                                            # e^{p/t} e^{-m}
