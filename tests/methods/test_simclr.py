@@ -70,7 +70,8 @@ def test_a_reweighted_simclr_step_is_the_authors_training_step(name, published):
     loss, stats = model(x1, x2, torch.zeros(6, dtype=torch.long), torch.arange(6))
     want = published(F.normalize(enc(x1), dim=1), F.normalize(enc(x2), dim=1), 0.5)
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
-    for got, ref in zip(torch.autograd.grad(loss, list(enc.parameters())), torch.autograd.grad(want, list(enc.parameters()))):
+    params = list(enc.parameters())
+    for got, ref in zip(torch.autograd.grad(loss, params), torch.autograd.grad(want, params)):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
     assert float(stats["kept"]) == 10
 
@@ -92,11 +93,13 @@ def test_mochi_on_simclr_gives_the_gradient_of_detached_mixes():
     torch.manual_seed(7)
     sel = model.policy(s.detach().gather(1, pool), Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool))
     h = model.policy.embeddings(Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool))
-    logits = torch.cat([s.gather(1, twin_index(b).unsqueeze(1)), s.gather(1, pool), torch.einsum("bd,bsd->bs", z, h)], 1)
+    logits = torch.cat([s.gather(1, twin_index(b).unsqueeze(1)), s.gather(1, pool), torch.einsum("bd,bsd->bs", z, h)],
+                       1)
     want = F.cross_entropy(logits / 0.5, torch.zeros(2 * b, dtype=torch.long))
     assert sel.keep is None
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
-    for got, ref in zip(torch.autograd.grad(loss, list(enc.parameters())), torch.autograd.grad(want, list(enc.parameters()))):
+    params = list(enc.parameters())
+    for got, ref in zip(torch.autograd.grad(loss, params), torch.autograd.grad(want, params)):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
 
 
