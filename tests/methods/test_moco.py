@@ -68,6 +68,9 @@ def test_mochi_enqueues_only_the_keys():
     assert torch.isfinite(loss) and float(stats["kept"]) == 40 + 8
     assert model.queue.keys.shape == (40, 8) and torch.equal(model.queue.keys[4:], before[4:])
     assert model.queue.labels[:4].tolist() == [1, 2, 3, 4] and (model.queue.labels[4:] == -1).all()
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_q.parameters())
 
 
 POLICIES = ["all", "keep[90_100)", "drop[50_100)", "drop-same-class", "drop[50_100)@replace",
