@@ -25,12 +25,13 @@ import torch.multiprocessing as mp
 
 from negatives.data import prepare
 from negatives.data.augment import MoCoV2Augment
-from negatives.methods import build_method
+from negatives.methods import build_method, num_candidates
 from negatives.models import build_encoder
 from negatives.policies import parse_policy
 from negatives.runtime import distributed
 from negatives.runtime.checkpoint import REQUEUE_EXIT_CODE, load_verified
 from negatives.training.pretrain import pretrain
+from negatives.training.settings import PretrainSettings
 
 from conftest import ROOT, fake_fashion_mnist
 
@@ -56,8 +57,10 @@ def run_steps(method: str, policy: str) -> dict:
     world = distributed.world_size()
     torch.manual_seed(0)
     encoder = build_encoder("small-cnn", in_channels=1, width=4, dim=8, num_splits=SPLITS // world)
-    model = build_method(method, encoder, dim=8, queue_size=K, queue_extra=EXTRA, momentum=0.9, temperature=0.2,
-                         policy=parse_policy(policy), generator=torch.Generator().manual_seed(1))
+    recipe = parse_policy(policy)
+    recipe.policy.start(1, num_candidates(method, K, B))
+    settings = PretrainSettings(dim=8, queue_size=K, queue_extra=EXTRA, momentum=0.9)
+    model = build_method(method, encoder, recipe, settings, 0.2, generator=torch.Generator().manual_seed(1))
     if world > 1:
         model.distribute(lambda m: distributed.data_parallel(m, torch.device("cpu")))
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import written
-from negatives.analysis.figures import build, fig2, load_probes, summarize
+from negatives.analysis.figures import against_baseline, build, fig2, load_probes, summarize
 
 SEGMENTS = ["keep[90_95)", "keep[95_100)", "keep[85_90)"]  # deliberately not hardest-first
 EASIEST = ["keep[0_95)", "keep[0_90)"]
@@ -115,3 +115,25 @@ def test_build_dispatches_with_config_section(probe_files, tmp_path):
         build("fig9", probe_files, tmp_path / "x", cfg)
     with pytest.raises(KeyError, match="figures.fig2"):
         build("fig2", probe_files, tmp_path / "x", {})
+
+
+def test_against_baseline_p_values_match_scipy():
+    from scipy.stats import ttest_ind
+
+    base = [70.1, 70.5, 69.8]
+    drop = [70.9, 71.2, 70.6]
+    def row(policy, seed, value, uses_labels=False):
+        return {"policy": policy, "temperature": 0.2, "seed": seed, "linear_top1": value, "uses_labels": uses_labels}
+
+    rows = [row("all", s, v) for s, v in enumerate(base)] + [row("drop[99.9_100)", s, v) for s, v in enumerate(drop)]
+    rows += [row("drop-same-class@replace", s, v, uses_labels=True) for s, v in enumerate([71.0, 71.1])]
+    table = against_baseline(pd.DataFrame(rows), {"drop[99.9_100)": "hardest 0.1%",
+                                                  "drop-same-class@replace": "same class"})
+    r = table.set_index("policy")
+    assert r.loc["drop[99.9_100)", "p_value"] == pytest.approx(ttest_ind(drop, base).pvalue, rel=1e-12)
+    assert r.loc["drop[99.9_100)", "delta"] == pytest.approx(np.mean(drop) - np.mean(base))
+    assert r.loc["drop[99.9_100)", "std"] == pytest.approx(np.std(drop, ddof=1))
+    assert r.loc["drop-same-class@replace", "n"] == 2 and r.loc["drop-same-class@replace", "uses_labels"]
+    assert np.isnan(r.loc["all", "p_value"]) and r.loc["all", "delta"] == 0
+    with pytest.raises(ValueError, match="missing"):
+        against_baseline(pd.DataFrame(rows), {"drop[99_100)": "hardest 1%"})

@@ -186,3 +186,21 @@ def test_blur_equals_the_plain_tap_by_tap_form(shape):
     delta = torch.zeros_like(k)
     delta[:, size // 2] = 1
     assert torch.equal(blur(x, delta), x)                    # a skipped image is left exactly as it was
+
+
+def test_split_batchnorm_normalises_each_split_separately():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4)
+    x[4:] += 5.0                                              # the second split with another mean
+    bn = SplitBatchNorm2d(3, num_splits=2).train()
+    y = bn(x)
+    torch.testing.assert_close(y[:4], F.batch_norm(x[:4], None, None, training=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[4:], F.batch_norm(x[4:], None, None, training=True), rtol=1e-5, atol=1e-5)
+    # the running mean: the average of the splits' updates
+    torch.testing.assert_close(bn.running_mean, 0.1 * (x[:4].mean((0, 2, 3)) + x[4:].mean((0, 2, 3))) / 2,
+                               rtol=1e-5, atol=1e-5)
+    bn.eval()                                                 # one normalisation by the running statistics
+    torch.testing.assert_close(bn(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False),
+                               rtol=1e-6, atol=1e-6)

@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from negatives.data.augment import MoCoV2Augment
-from negatives.methods import build_method
+from negatives.methods import build_method, num_candidates
 from negatives.models import build_encoder
 from negatives.optim import SGD
 from negatives.policies import mixing, parse_policy
@@ -51,6 +51,7 @@ from negatives.policies.grammar import SEP
 from negatives.policies.registry import PARSERS
 from negatives.runtime import distributed
 from negatives.runtime.transfer import to_device_async
+from negatives.training.settings import PretrainSettings
 from negatives.training.step import train_step
 
 POLICIES = ["all", "keep[95_100)", "keep[0_95)", "keep[40_60)", "drop[99_100)", "drop-same-class",
@@ -219,11 +220,11 @@ def _steps(method: str, policy: str, device: torch.device, cropped: bool = False
     inside it.  ``cropped``: the two views arrive cropped as they were decoded
     (a streamed folder)."""
     world = distributed.world_size()
-    pol = parse_policy(policy)
-    pol.start(4)
+    recipe = parse_policy(policy)
+    recipe.policy.start(4, num_candidates(method, QUEUE, BATCH))
     enc = build_encoder("small-cnn", CHANNELS, dim=DIM, num_splits=2 // world, width=8)
-    model = build_method(method, enc, dim=DIM, queue_size=QUEUE, queue_extra=EXTRA, momentum=0.99,
-                         temperature=0.2, policy=pol).to(device)
+    settings = PretrainSettings(dim=DIM, queue_size=QUEUE, queue_extra=EXTRA, momentum=0.99)
+    model = build_method(method, enc, recipe, settings, 0.2).to(device)
     aug = MoCoV2Augment(SIDE, CHANNELS, [0.5] * CHANNELS, [0.25] * CHANNELS).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     rows = model.image_rows(BATCH)
@@ -246,7 +247,7 @@ def _steps(method: str, policy: str, device: torch.device, cropped: bool = False
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("method", ["moco", "simclr"])
 def test_a_training_step_has_no_host_sync(method, policy, world):
-    if method == "simclr" and (policy.endswith("@replace") or policy.startswith("retain")):
+    if method == "simclr" and parse_policy(policy).needs_queue:
         pytest.skip("queue policies are MoCo's")
     with _processes(world):
         loss, stats = _steps(method, policy, torch.device("meta"))

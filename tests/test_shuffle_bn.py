@@ -11,6 +11,7 @@ from torch import nn
 from negatives.models import SplitBatchNorm2d, build_encoder
 from negatives.methods.moco import MoCo
 from negatives.methods.simclr import SimCLR
+from negatives.queues.fifo import KeyQueue
 
 B, K, DIM, T, M = 8, 32, 16, 0.2, 0.9
 
@@ -78,10 +79,14 @@ class Official:
         return loss
 
 
+def _queue(seed):
+    return KeyQueue(K, DIM, generator=torch.Generator().manual_seed(seed))
+
+
 def _model(splits=4, seed=0):
     torch.manual_seed(seed)
     enc = build_encoder("small-cnn", 1, dim=DIM, num_splits=splits, width=4).double()
-    return MoCo(enc, DIM, K, M, T, generator=torch.Generator().manual_seed(1)).double().train()
+    return MoCo(enc, _queue(1), momentum=M, temperature=T).double().train()
 
 
 def _views(step):
@@ -131,7 +136,7 @@ class Reveal(nn.Module):
 
 
 def test_each_enqueued_key_is_the_key_of_its_own_querys_image():
-    model = MoCo(Reveal(), DIM, K, M, T, generator=torch.Generator().manual_seed(0)).train()
+    model = MoCo(Reveal(), _queue(0), momentum=M, temperature=T).train()
     x = torch.eye(DIM)[:B].view(B, 1, 4, 4)                  # image i: pixel i lit
     torch.manual_seed(0)
     model(x, x, torch.arange(B) + 100, torch.arange(B) + 200)
@@ -146,7 +151,7 @@ def test_each_enqueued_key_is_the_key_of_its_own_querys_image():
 
 
 def test_no_shuffle_in_eval_mode():
-    model = MoCo(Reveal(), DIM, K, M, T, generator=torch.Generator().manual_seed(0)).eval()
+    model = MoCo(Reveal(), _queue(0), momentum=M, temperature=T).eval()
     x = torch.eye(DIM)[:B].view(B, 1, 4, 4)
     state = torch.get_rng_state()
     model(x, x, torch.arange(B), torch.arange(B))
@@ -157,7 +162,7 @@ def test_no_shuffle_in_eval_mode():
 def test_the_permutation_comes_from_the_seeded_global_generator():
     outs = []
     for _ in range(2):
-        model = MoCo(Reveal(), DIM, K, M, T, generator=torch.Generator().manual_seed(0)).train()
+        model = MoCo(Reveal(), _queue(0), momentum=M, temperature=T).train()
         torch.manual_seed(7)
         model(torch.eye(DIM)[:B].view(B, 1, 4, 4), torch.eye(DIM)[:B].view(B, 1, 4, 4),
               torch.arange(B), torch.arange(B))
@@ -173,7 +178,7 @@ def test_simclr_never_normalises_both_views_of_an_image_in_one_split(splits):
     enc.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
     bns = [m for m in enc.modules() if isinstance(m, SplitBatchNorm2d)]
     assert bns and all(m.num_splits == splits for m in bns)
-    model = SimCLR(enc, T).train()
+    model = SimCLR(enc, temperature=T).train()
     b = 8
     images = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, 8, 8)
     model(images, images + 0.0, torch.zeros(b, dtype=torch.long), torch.arange(b))

@@ -1,0 +1,1 @@
+"""Tests of negatives.losses, one file per loss module."""
