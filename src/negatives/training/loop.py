@@ -59,7 +59,7 @@ def train(t: Training, stop: StopSignals) -> Path:
         t0, sums, first = time.perf_counter(), _Sums(torch.zeros((), device=device)), 0
         if start_i and epoch == start_epoch:  # mid-epoch resume: the draws and sums go on where they stopped
             set_rng_state(resumed["rng"], device)
-            first, sums = start_i, _Sums(resumed["loss_sum"].to(device), resumed["kept_sum"], resumed["done"])
+            first, sums = start_i, _resumed_sums(resumed, device)
         for i, (x, y, idx) in enumerate(_batches(t, epoch, order, first), start=first):
             if s.max_steps and step >= s.max_steps:
                 break
@@ -104,12 +104,22 @@ def _batches(t: Training, epoch: int, order: torch.Tensor, first: int):
     return t.source.batches(mine[first * b:], b, drop_last=True)
 
 
+def _resumed_sums(resumed: dict, device: torch.device) -> _Sums:
+    """This rank's partial sums of a mid-epoch checkpoint (one per rank, in rank order; a checkpoint of
+    an earlier version holds their mean, a 0-d tensor and a float)."""
+    loss, kept = resumed["loss_sum"], resumed["kept_sum"]
+    if loss.dim():
+        loss, kept = loss[distributed.rank()], kept[distributed.rank()].to(device)
+    return _Sums(loss.to(device), kept, resumed["done"])
+
+
 def _save_and_stop(t: Training, stop: StopSignals, epoch: int, i: int, log_rows: list, sums: _Sums):
     """Save the position before step ``i`` of ``epoch`` in ``last.pt`` and raise
     :class:`Preempted` (every rank, once rank 0 has written it)."""
-    # the partial sums as their mean over the ranks: a resume goes on from there on every rank
-    loss_part = distributed.mean_(sums.loss.detach().clone()).cpu()
-    kept_part = float(distributed.mean_(torch.as_tensor(sums.kept, dtype=torch.float64, device=t.device)))
+    # every rank's own partial sums, in rank order: each rank of the resume goes on from its own, so the
+    # epoch's mean is summed in the order of the run straight through (a mean of means would round otherwise)
+    loss_part, kept_part = (distributed.gather_rows(torch.as_tensor(v, device=t.device).detach().reshape(1))[0].cpu()
+                            for v in (sums.loss, sums.kept))
     if distributed.rank() == 0:
         save_rolling({"meta": t.meta, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(),
                       "epoch": epoch, "step_in_epoch": i, "log": log_rows, "rng": rng_state(t.device),
