@@ -98,6 +98,6 @@ def test_top_k_multiset_equals_the_sorted_reference_with_ties():
 
 
 def test_percent_of_matches_math_for_whole_percents():
-    for k in range(0, 300):
+    for k in range(300):
         for pct in (0, 1, 5, 10, 12.5, 50, 95, 100):
             assert percent_of(k, pct) == math.floor(Fraction(k) * Fraction(str(pct)) / 100 + Fraction(1, 2))

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from negatives.policies import All, Band, Candidates, ClassFilter, PolicyError, Replace, Selection, parse_policy
+from negatives.policies import (
+    All,
+    Band,
+    Candidates,
+    ClassFilter,
+    PolicyError,
+    Replace,
+    Selection,
+    parse_policy,
+)
 from negatives.policies.bands import band_mask, band_ranks, marked, rank_window
 from negatives.policies.ring import Curriculum
 from negatives.queues.retaining import RetainingQueue

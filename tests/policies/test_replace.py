@@ -6,11 +6,18 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from negatives.losses.info_nce import info_nce
 from negatives.methods.moco import MoCo
-from negatives.policies import Band, Candidates, ClassFilter, PolicyError, Replace, parse_policy, replace_removed
+from negatives.policies import (
+    Band,
+    Candidates,
+    ClassFilter,
+    PolicyError,
+    Replace,
+    parse_policy,
+    replace_removed,
+)
 from negatives.policies.bands import band_ranks
 from negatives.queues.fifo import KeyQueue
 
@@ -192,7 +199,7 @@ def test_replace_mode_sees_exactly_k_negatives_all_older_than_the_removed():
     cands = Candidates(labels=labels, query_labels=torch.tensor([0, 1]), newest_first=queue.newest_first())
     keep = policy(sim, cands).keep
     assert (keep.sum(1) == k).all()                                   # exactly K each
-    kept = [sorted((order.index(s) for s in row.nonzero().flatten().tolist())) for row in keep]
+    kept = [sorted(order.index(s) for s in row.nonzero().flatten().tolist()) for row in keep]
     # query of class 0 loses the newest-first positions 0 and 4, gets 9 and 10 (8 is class 0)
     assert kept[0] == [1, 2, 3, 5, 6, 7, 9, 10]
     # query of class 1 loses positions 2, 5 and 7 and gets 8, 9, 11 (10 is class 1)
