@@ -160,7 +160,7 @@ def test_band_is_per_query():
     assert keep.tolist() == [[False, False, False, True], [True, False, False, False]]
 
 
-@pytest.mark.parametrize("k", [10, 100, 1000, 4096, 4097])
+@pytest.mark.parametrize("k", [10, 100, 1000, 4096, 4097, 65536])
 @pytest.mark.parametrize("band", [(95, 100), (90, 95), (85, 90), (0, 95), (0, 90), (99.9, 100), (99, 100),
                                   (0, 50), (12.5, 37.5), (3, 97), (0, 100)])
 def test_band_keeps_the_reference_ranks(k, band):

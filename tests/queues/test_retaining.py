@@ -131,6 +131,11 @@ def test_record_counts_each_querys_hardest_slots():
     assert queue.frequency().tolist() == [1 / 3, 1 / 3, 0, 1, 1 / 3]
     # R = 2: key 3, then of the tie at 1/3 the newest (start-up stamps -5 .. -1: slot 4)
     assert queue.retained().tolist() == [False, False, False, True, True]
+    # only keys that have been hard are retained, even with room for more
+    fresh = RetainingQueue(5, 2, 0.4)
+    assert not fresh.retained().any()
+    fresh.record(torch.tensor([[2]]))
+    assert fresh.retained().tolist() == [False, False, True, False, False]
 
 
 def test_retaining_queue_refusals_leave_it_unchanged():
