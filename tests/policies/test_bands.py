@@ -86,7 +86,7 @@ def _written_bands(recipe) -> list[tuple[str, str]]:
         return [(repr(policy.lo_pct), repr(policy.hi_pct))]
     if isinstance(policy, Curriculum):
         return [(repr(policy.lo[i]), repr(policy.hi[i])) for i in (0, 1)]
-    if recipe.queue is not RetainingQueue and getattr(recipe.queue, "func", None) is RetainingQueue:
+    if getattr(recipe.queue, "func", None) is RetainingQueue:
         c = recipe.queue.keywords["hard_pct"]                 # retain-hard's hardest c percent
         return [(str(Decimal(100) - Decimal(repr(c))), "100")]
     return []
@@ -166,14 +166,17 @@ def test_band_is_per_query():
 def test_band_keeps_the_reference_ranks(k, band):
     a, b = band
     g = torch.Generator().manual_seed(k)
-    sim = torch.rand(7, k, generator=g) * 2 - 1       # distinct: one right answer
-    lo, hi = band_ranks(k, a, b)
-    want = reference_band(sim, lo, hi)
+    sim = torch.rand(7, k, generator=g, dtype=torch.float64) * 2 - 1     # distinct (float32 repeats at 65536)
+    # the placement rule from its definition: n = round(K (b - a) / 100) from round(K a / 100), ending at K at most
+    n = reference_count(k, a, b)
+    lo = min(math.floor(k * Fraction(str(a)) / 100 + Fraction(1, 2)), k - n)
+    assert band_ranks(k, a, b) == (lo, lo + n)
+    want = reference_band(sim, lo, lo + n)
     keep = Band("keep", a, b)(sim, NO_INFO).keep
     drop = Band("drop", a, b)(sim, NO_INFO).keep
     assert keep.dtype == torch.bool and keep.shape == sim.shape
     assert torch.equal(keep, want) and torch.equal(drop, ~want)
-    assert (keep.sum(1) == reference_count(k, a, b)).all()
+    assert (keep.sum(1) == n).all()
 
 
 @pytest.mark.parametrize("band", [(95, 100), (90, 95), (0, 95), (99.9, 100), (30, 40)])
