@@ -61,7 +61,7 @@ def test_top_k_picks_the_k_extreme_positions_of_every_row(k, largest):
     order = torch.argsort(x, dim=1, descending=largest)
     want = _sorted_set(order[:, :k])
     assert torch.equal(_sorted_set(got), want)
-    # float64, bfloat16 (torch.topk's path), and a strided view (replace mode's columns)
+    # float64 and a strided view (replace mode's columns)
     assert torch.equal(_sorted_set(top_k(x.double(), k, largest)), want)
     wide = torch.cat([x, torch.randn(16, 50, generator=g)], dim=1)[:, :300]
     assert torch.equal(_sorted_set(top_k(wide, k, largest)), want)
@@ -71,7 +71,7 @@ def test_top_k_by_hand():
     x = torch.tensor([[0.1, 0.9, 0.5, 0.7, -0.2, 0.3]])
     assert sorted(top_k(x, 2)[0].tolist()) == [1, 3]
     assert sorted(top_k(x, 2, largest=False)[0].tolist()) == [0, 4]
-    assert sorted(top_k(x, 5)[0].tolist()) == [0, 1, 2, 3, 5]           # numpy's path (k > 4)
+    assert sorted(top_k(x, 5)[0].tolist()) == [0, 1, 2, 3, 5]
     assert sorted(top_k(x, 5, largest=False)[0].tolist()) == [0, 2, 3, 4, 5]
     assert sorted(top_k(x, 6)[0].tolist()) == [0, 1, 2, 3, 4, 5]
 
@@ -79,7 +79,7 @@ def test_top_k_by_hand():
 def test_top_k_keeps_exact_counts_under_ties_on_every_path():
     x = torch.zeros(4, 64)
     x[:, ::3] = 1.0
-    for t in (x, x.double(), x.to(torch.bfloat16)):          # numpy's argpartition, torch.topk
+    for t in (x, x.double(), x.to(torch.bfloat16)):
         for k, largest, ones in ((30, True, 22), (3, True, 3), (50, False, 8), (64, True, 22)):
             idx = top_k(t, k, largest)
             assert idx.shape == (4, k) and all(len(set(r)) == k for r in idx.tolist())

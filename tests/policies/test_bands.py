@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from negatives.config_files import read_config
 from negatives.policies import (
     All,
     Band,
@@ -104,11 +105,10 @@ def _strings(value):
 
 
 def _config_bands() -> set[tuple[str, str]]:
-    import yaml
-
     bands = set()
     for name in CONFIGS:
-        cfg = yaml.safe_load((REPO / name).read_text())
+        # an overlay in configs/ layered on config.yaml, as Snakemake reads it
+        cfg = read_config(*([] if name == "config.yaml" else [REPO / name]), base=REPO / "config.yaml")
         for value in _strings(cfg["figures"]):
             if not value.replace(".", "").isdigit():
                 bands.update(_written_bands(parse_policy(value)))

@@ -22,6 +22,7 @@ from negatives.policies import (
     Replace,
     Ring,
     bands,
+    classes,
     mixing,
     parse_policy,
     retention,
@@ -89,12 +90,22 @@ def test_replace_is_refused_on_names_that_remove_nothing(text):
     assert parse_policy(text).name.removesuffix("@replace") in str(e.value)
 
 
-@pytest.mark.parametrize("module", [bands, mixing, ring, reweighted, retention])
-def test_each_module_parser_ignores_the_others_forms(module):
-    mine = [f for f in FORMS if module.parse(f) is not None]
-    assert len(mine) >= 1 and all(parse_policy(f).name == module.parse(f).name for f in mine)
-    assert isinstance(module.GRAMMAR, str) and module.GRAMMAR and module.GRAMMAR.split(" ")[0] in POLICY_GRAMMAR
-    assert module.parse in PARSERS.values()
+def test_each_form_is_claimed_by_one_family_in_the_registrys_order():
+    """Asked in the registry's order, every family passes over the forms of
+    the families after it (None, no error), and the first that answers is
+    the one whose name parse_policy gives."""
+    claimed = {family: [] for family in PARSERS}
+    for form in FORMS[1:]:                                       # 'all' is the registry's own
+        for family, parse in PARSERS.items():
+            found = parse(form)
+            if found is not None:
+                assert found.name == parse_policy(form).name
+                claimed[family].append(form)
+                break
+    assert all(claimed.values()), claimed
+    assert sum(len(v) for v in claimed.values()) == len(FORMS) - 1
+    for module in (bands, classes, mixing, ring, reweighted, retention):
+        assert module.parse in PARSERS.values() and module.GRAMMAR.split(" ")[0] in POLICY_GRAMMAR
 
 
 # ------------------------------------------------------------------ what a name chooses

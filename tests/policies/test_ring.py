@@ -98,11 +98,11 @@ def test_the_annealed_ring_follows_their_linear_schedule_over_half_of_training()
                                     "configs/stl10.yaml", "configs/tiny-imagenet.yaml",
                                     "configs/imagenet-paper.yaml"])
 def test_fig_methods_ring_excludes_the_hardest_at_the_end_of_training(config):
-    import yaml
-
+    from negatives.config_files import read_config
     from negatives.methods import num_candidates
 
-    cfg = yaml.safe_load((REPO / config).read_text())
+    # an overlay in configs/ layered on config.yaml, as Snakemake reads it
+    cfg = read_config(*([] if config == "config.yaml" else [REPO / config]), base=REPO / "config.yaml")
     rings = [_policy(p) for p in cfg["figures"]["fig_methods"]["policies"] if p.startswith("ring")]
     method = cfg.get("method", "moco")
     pre = cfg["pretrain"]
