@@ -14,7 +14,7 @@ from negatives.ranking import exact, percent_of, top_k
 
 
 def test_exact_reads_a_number_as_written():
-    assert exact(99.9) == Fraction(999, 10) and exact(99.9) != Fraction(99.9)   # not the binary float
+    assert exact(99.9) == Fraction(999, 10) and exact(99.9) != Fraction(99.9)  # not the binary float
     assert exact(3) == Fraction(3) and isinstance(exact(3), Fraction)
     assert exact(Fraction(95, 3)) == Fraction(95, 3)
     assert exact(0.1) + exact(0.2) == exact(0.3)
@@ -23,9 +23,24 @@ def test_exact_reads_a_number_as_written():
     assert exact(np.float64(99.975)) == Fraction(3999, 40)
 
 
-@pytest.mark.parametrize("k,pct,n", [(4096, 0.1, 4), (1000, 99.95, 1000), (500, 0.1, 1), (1500, 0.1, 2),
-                                     (5, 0.1, 0), (2000, 99.975, 2000), (2000, 0.025, 1), (70_000, 0.001, 1),
-                                     (10, 15, 2), (10, 5, 1), (10, 4.9, 0), (0, 50, 0), (7, 100, 7)])
+@pytest.mark.parametrize(
+    "k,pct,n",
+    [
+        (4096, 0.1, 4),
+        (1000, 99.95, 1000),
+        (500, 0.1, 1),
+        (1500, 0.1, 2),
+        (5, 0.1, 0),
+        (2000, 99.975, 2000),
+        (2000, 0.025, 1),
+        (70_000, 0.001, 1),
+        (10, 15, 2),
+        (10, 5, 1),
+        (10, 4.9, 0),
+        (0, 50, 0),
+        (7, 100, 7),
+    ],
+)
 def test_percent_of_rounds_half_up_exactly(k, pct, n):
     # 500 x 0.1 / 100 = 0.5 exactly: with binary floats it is 0.4999...97 and would lose the negative
     assert percent_of(k, pct) == n
@@ -54,7 +69,7 @@ def _sorted_set(t):
 @pytest.mark.parametrize("k", [0, 1, 3, 4, 5, 37, 150, 299, 300])
 def test_top_k_picks_the_k_extreme_positions_of_every_row(k, largest):
     g = torch.Generator().manual_seed(k)
-    x = torch.randn(16, 300, generator=g)      # distinct values: one right answer
+    x = torch.randn(16, 300, generator=g)  # distinct values: one right answer
     got = top_k(x, k, largest=largest)
     assert got.shape == (16, k) and got.dtype == torch.long
     # the reference: a full sort of every row, its first (or last) k positions
@@ -83,14 +98,14 @@ def test_top_k_keeps_exact_counts_under_ties_on_every_path():
         for k, largest, ones in ((30, True, 22), (3, True, 3), (50, False, 8), (64, True, 22)):
             idx = top_k(t, k, largest)
             assert idx.shape == (4, k) and all(len(set(r)) == k for r in idx.tolist())
-            assert (t.gather(1, idx) == 1).sum(1).tolist() == [ones] * 4     # all the extremes, then the ties
-            assert torch.equal(idx, top_k(t.clone(), k, largest))             # deterministic
+            assert (t.gather(1, idx) == 1).sum(1).tolist() == [ones] * 4  # all the extremes, then the ties
+            assert torch.equal(idx, top_k(t.clone(), k, largest))  # deterministic
 
 
 def test_top_k_multiset_equals_the_sorted_reference_with_ties():
     g = torch.Generator().manual_seed(3)
     for k in (1, 7, 20, 33):
-        x = torch.randint(0, 5, (9, 40), generator=g).float()                 # many ties
+        x = torch.randint(0, 5, (9, 40), generator=g).float()  # many ties
         for largest in (True, False):
             got = x.gather(1, top_k(x, k, largest)).sort(1).values
             want = x.sort(1, descending=largest).values[:, :k].sort(1).values

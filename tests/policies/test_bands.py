@@ -49,26 +49,35 @@ def reference_count(k, a, b):
 
 def assert_is_the_band_under_ties(sim, keep, lo, hi):
     """Ties: the kept values of each row are the row's sorted values ``[lo, hi)``."""
-    for row, mask in zip(sim, keep):
+    for row, mask in zip(sim, keep, strict=True):
         assert torch.equal(row[mask].sort().values, row.sort().values[lo:hi])
 
 
 # ------------------------------------------------------------------ band_ranks
 
+
 def test_band_ranks_by_hand():
-    assert band_ranks(4096, 95, 100) == (3891, 4096)   # round(204.8) = 205 hardest
-    assert band_ranks(4096, 90, 95) == (3686, 3891)    # lo = round(3686.4), 205 of them
+    assert band_ranks(4096, 95, 100) == (3891, 4096)  # round(204.8) = 205 hardest
+    assert band_ranks(4096, 90, 95) == (3686, 3891)  # lo = round(3686.4), 205 of them
     assert band_ranks(4096, 0, 95) == (0, 3891)
     assert band_ranks(4096, 99.9, 100) == (4092, 4096)  # 4.096 -> 4
     assert band_ranks(1000, 99.9, 100) == (999, 1000)
-    assert band_ranks(10, 85, 100) == (8, 10)           # round(1.5) = 2, placed so it ends at K
-    assert band_ranks(10, 12, 37) == (1, 4)             # round(2.5) = 3 from round(1.2) = 1
-    assert band_ranks(5, 99.9, 100) == (5, 5)           # 0.005 -> none
-    assert band_ranks(1000, 0, 99.95) == (0, 1000)      # 999.5 -> 1000
+    assert band_ranks(10, 85, 100) == (8, 10)  # round(1.5) = 2, placed so it ends at K
+    assert band_ranks(10, 12, 37) == (1, 4)  # round(2.5) = 3 from round(1.2) = 1
+    assert band_ranks(5, 99.9, 100) == (5, 5)  # 0.005 -> none
+    assert band_ranks(1000, 0, 99.95) == (0, 1000)  # 999.5 -> 1000
 
 
-@pytest.mark.parametrize("k,band,n", [(500, (99.9, 100), 1), (1500, (99.9, 100), 2), (5, (99.9, 100), 0),
-                                      (2000, (0, 99.975), 2000), (70_000, (99.999, 100), 1)])
+@pytest.mark.parametrize(
+    "k,band,n",
+    [
+        (500, (99.9, 100), 1),
+        (1500, (99.9, 100), 2),
+        (5, (99.9, 100), 0),
+        (2000, (0, 99.975), 2000),
+        (70_000, (99.999, 100), 1),
+    ],
+)
 def test_counts_that_end_in_a_half_round_up(k, band, n):
     # 500 x 0.1 / 100 = 0.5 exactly: binary floats made it 0.4999...97 and lost the negative
     assert 500 * (100 - 99.9) / 100 < 0.5
@@ -88,7 +97,7 @@ def _written_bands(recipe) -> list[tuple[str, str]]:
     if isinstance(policy, Curriculum):
         return [(repr(policy.lo[i]), repr(policy.hi[i])) for i in (0, 1)]
     if getattr(recipe.queue, "func", None) is RetainingQueue:
-        c = recipe.queue.keywords["hard_pct"]                 # retain-hard's hardest c percent
+        c = recipe.queue.keywords["hard_pct"]  # retain-hard's hardest c percent
         return [(str(Decimal(100) - Decimal(repr(c))), "100")]
     return []
 
@@ -122,7 +131,7 @@ def test_every_config_band_is_counted_exactly_for_every_k_up_to_70000():
     for a, b in sorted(bands):
         # the reference in integers: percentiles as written, scaled by 10^d to whole numbers
         d = max(len(x.partition(".")[2]) for x in (a, b))
-        scale = 10 ** d
+        scale = 10**d
         lo_pct, hi_pct = (int(Decimal(x) * scale) for x in (a, b))
         n = (2 * k * (hi_pct - lo_pct) + 100 * scale) // (200 * scale)
         lo = np.minimum((2 * k * lo_pct + 100 * scale) // (200 * scale), k - n)
@@ -140,6 +149,7 @@ def test_retain_hard_counts_its_hardest_percent_as_the_band_does():
 
 # ------------------------------------------------------------------ which negatives
 
+
 def test_hardest_band_holds_the_largest_similarities():
     sim = torch.tensor([[0.1, 0.9, -0.5, 0.3, 0.95, 0.0, -0.9, 0.2, 0.5, 0.6]])
     keep = Band("keep", 80, 100)(sim, NO_INFO).keep
@@ -148,7 +158,7 @@ def test_hardest_band_holds_the_largest_similarities():
     assert easy[0].nonzero().flatten().tolist() == [2, 6]
     middle = Band("keep", 40, 60)(sim, NO_INFO).keep  # ranks 4, 5 -> values 0.2, 0.3
     assert middle[0].nonzero().flatten().tolist() == [3, 7]
-    drop = Band("drop", 90, 100)(sim, NO_INFO).keep   # the hardest one (0.95) out
+    drop = Band("drop", 90, 100)(sim, NO_INFO).keep  # the hardest one (0.95) out
     assert drop[0].tolist() == [True, True, True, True, False, True, True, True, True, True]
     easiest = Band("keep", 0, 70)(sim, NO_INFO).keep  # all but the 3 hardest (0.95, 0.9, 0.6)
     assert (~easiest[0]).nonzero().flatten().tolist() == [1, 4, 9]
@@ -161,12 +171,14 @@ def test_band_is_per_query():
 
 
 @pytest.mark.parametrize("k", [10, 100, 1000, 4096, 4097, 65536])
-@pytest.mark.parametrize("band", [(95, 100), (90, 95), (85, 90), (0, 95), (0, 90), (99.9, 100), (99, 100),
-                                  (0, 50), (12.5, 37.5), (3, 97), (0, 100)])
+@pytest.mark.parametrize(
+    "band",
+    [(95, 100), (90, 95), (85, 90), (0, 95), (0, 90), (99.9, 100), (99, 100), (0, 50), (12.5, 37.5), (3, 97), (0, 100)],
+)
 def test_band_keeps_the_reference_ranks(k, band):
     a, b = band
     g = torch.Generator().manual_seed(k)
-    sim = torch.rand(7, k, generator=g, dtype=torch.float64) * 2 - 1     # distinct (float32 repeats at 65536)
+    sim = torch.rand(7, k, generator=g, dtype=torch.float64) * 2 - 1  # distinct (float32 repeats at 65536)
     # the placement rule from its definition: n = round(K (b - a) / 100) from round(K a / 100), ending at K at most
     n = reference_count(k, a, b)
     lo = min(math.floor(k * Fraction(str(a)) / 100 + Fraction(1, 2)), k - n)
@@ -196,7 +208,7 @@ def test_ties_keep_exact_counts_deterministically(band):
     sim = torch.zeros(3, k)
     sim[:, ::2] = 0.5
     g = torch.Generator().manual_seed(0)
-    rounded = (torch.rand(4, k, generator=g) * 4).round() / 4            # five values, many ties
+    rounded = (torch.rand(4, k, generator=g) * 4).round() / 4  # five values, many ties
     for s in (sim, rounded, torch.ones(2, k)):
         keep = Band("keep", *band)(s, NO_INFO).keep
         drop = Band("drop", *band)(s, NO_INFO).keep
@@ -226,7 +238,7 @@ def test_band_mask_and_rank_window_are_every_rank_interval():
 
 
 def test_rank_window_by_hand():
-    sim = torch.tensor([[0.3, 0.1, 0.9, 0.5, 0.7, 0.2]])          # ranks 2, 0, 5, 3, 4, 1
+    sim = torch.tensor([[0.3, 0.1, 0.9, 0.5, 0.7, 0.2]])  # ranks 2, 0, 5, 3, 4, 1
     assert band_mask(sim, 2, 4)[0].tolist() == [True, False, False, True, False, False]
     assert band_mask(sim, 1, 5)[0].tolist() == [True, False, False, True, True, True]
     assert band_mask(sim, 4, 6)[0].tolist() == [False, False, True, False, True, False]
@@ -260,15 +272,16 @@ def test_kept_per_query_is_the_mean_count():
 
 # ------------------------------------------------------------------ refusals
 
+
 def test_band_validation_names_the_empty_or_total_band():
     with pytest.raises(PolicyError, match=r"holds no negative out of 400 \(round\(400 x 0.1 / 100\) = 0\)"):
         Band("keep", 99.9, 100).validate(400)
-    Band("keep", 99.9, 100).validate(500)                         # 0.5 rounds up: one negative
+    Band("keep", 99.9, 100).validate(500)  # 0.5 rounds up: one negative
     with pytest.raises(PolicyError, match="removes every one of the 100 negatives"):
         Band("drop", 0, 100).validate(100)
     Band("keep", 0, 100).validate(100)
     with pytest.raises(PolicyError, match="removes every one of the 3 negatives"):
-        Band("drop", 0, 99.9).validate(3)                         # round(2.997) = 3
+        Band("drop", 0, 99.9).validate(3)  # round(2.997) = 3
 
 
 def test_band_constructor_refusals():

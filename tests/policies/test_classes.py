@@ -10,11 +10,13 @@ from negatives.policies.bands import band_ranks
 #                 candidate:  0  1  2  3  4   5
 QUEUE_LABELS = torch.tensor([0, 1, 2, 0, 1, -1])
 QUERY_LABELS = torch.tensor([0, 1, -1])
-SIM = torch.tensor([
-    [0.9, 0.1, 0.2, 0.3, 0.8, 0.7],   # query of class 0: same class at 0, 3
-    [0.5, 0.6, 0.1, 0.2, 0.3, 0.9],   # class 1: same class at 1, 4
-    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],   # unknown class: never same or other
-])
+SIM = torch.tensor(
+    [
+        [0.9, 0.1, 0.2, 0.3, 0.8, 0.7],  # query of class 0: same class at 0, 3
+        [0.5, 0.6, 0.1, 0.2, 0.3, 0.9],  # class 1: same class at 1, 4
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # unknown class: never same or other
+    ]
+)
 CANDS = Candidates(labels=QUEUE_LABELS, query_labels=QUERY_LABELS)
 
 
@@ -42,21 +44,23 @@ def reference_filter(sim, cand_labels, query_labels, relation, band):
 
 def test_drop_same_class_on_a_hand_made_queue():
     keep = parse_policy("drop-same-class").policy(SIM, CANDS).keep
-    assert keep.int().tolist() == [[0, 1, 1, 0, 1, 1],
-                                   [1, 0, 1, 1, 0, 1],
-                                   [1, 1, 1, 1, 1, 1]]
+    assert keep.int().tolist() == [[0, 1, 1, 0, 1, 1], [1, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]]
 
 
 def test_band_and_class_on_a_hand_made_queue():
     # hardest 50% = 3 of 6: row 0 -> {0, 4, 5}; row 1 -> {5, 1, 0}; row 2 -> {3, 4, 5}
     same = parse_policy("drop[50_100)&same-class").policy(SIM, CANDS).keep
     other = parse_policy("drop[50_100)&other-class").policy(SIM, CANDS).keep
-    assert (~same).int().tolist() == [[1, 0, 0, 0, 0, 0],    # 0 is hard and class 0
-                                      [0, 1, 0, 0, 0, 0],    # 1 is hard and class 1
-                                      [0, 0, 0, 0, 0, 0]]
-    assert (~other).int().tolist() == [[0, 0, 0, 0, 1, 0],   # 4 hard, class 1; 5 hard but unknown
-                                       [1, 0, 0, 0, 0, 0],   # 0 hard, class 0; 5 unknown
-                                       [0, 0, 0, 0, 0, 0]]   # unknown query: nothing is "other"
+    assert (~same).int().tolist() == [
+        [1, 0, 0, 0, 0, 0],  # 0 is hard and class 0
+        [0, 1, 0, 0, 0, 0],  # 1 is hard and class 1
+        [0, 0, 0, 0, 0, 0],
+    ]
+    assert (~other).int().tolist() == [
+        [0, 0, 0, 0, 1, 0],  # 4 hard, class 1; 5 hard but unknown
+        [1, 0, 0, 0, 0, 0],  # 0 hard, class 0; 5 unknown
+        [0, 0, 0, 0, 0, 0],  # unknown query: nothing is "other"
+    ]
     # narrow bands (the relation read at the band's positions only): the hardest one of 6
     hardest = parse_policy("drop[90_100)&same-class").policy(SIM, CANDS).keep
     assert (~hardest).int().tolist() == [[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
@@ -71,7 +75,7 @@ def test_band_and_class_on_a_hand_made_queue():
 
 
 def test_related_and_eligible_by_hand():
-    labels = torch.tensor([0, 1, 2, 0, 1, -1, -3])          # -3: unknown like -1
+    labels = torch.tensor([0, 1, 2, 0, 1, -1, -3])  # -3: unknown like -1
     cands = Candidates(labels=labels, query_labels=torch.tensor([0, -1]))
     same, other = ClassFilter("same-class"), ClassFilter("other-class", Band("drop", 0, 50))
     assert same.related(cands).int().tolist() == [[1, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]]
@@ -83,8 +87,15 @@ def test_related_and_eligible_by_hand():
 
 
 @pytest.mark.parametrize("k", [6, 40, 333])
-@pytest.mark.parametrize("relation,band", [("same-class", None)] + [
-    (r, band) for r in ("same-class", "other-class") for band in ((99, 100), (90, 100), (50, 100), (10, 60), (0, 95))])
+@pytest.mark.parametrize(
+    "relation,band",
+    [("same-class", None)]
+    + [
+        (r, band)
+        for r in ("same-class", "other-class")
+        for band in ((99, 100), (90, 100), (50, 100), (10, 60), (0, 95))
+    ],
+)
 @pytest.mark.parametrize("pooled", [False, True])
 def test_class_filters_equal_the_reference(k, relation, band, pooled):
     g = torch.Generator().manual_seed(k)
@@ -110,13 +121,13 @@ def test_class_filters_under_ties_remove_only_related_negatives_of_a_band(relati
     k = 40
     lo, hi = band_ranks(k, *band)
     g = torch.Generator().manual_seed(1)
-    sim = (torch.rand(6, k, generator=g) * 3).round() / 3                # four values, many ties
+    sim = (torch.rand(6, k, generator=g) * 3).round() / 3  # four values, many ties
     cands = Candidates(labels=torch.randint(0, 3, (k,), generator=g), query_labels=torch.tensor([0, 1, 2, 0, 1, 2]))
     policy = ClassFilter(relation, Band("drop", *band))
     removed = ~policy(sim, cands).keep
     assert torch.equal(removed & ~policy.related(cands), torch.zeros_like(removed))
-    assert torch.equal(~policy(sim.clone(), cands).keep, removed)         # deterministic
-    for row, out in zip(sim, removed):
+    assert torch.equal(~policy(sim.clone(), cands).keep, removed)  # deterministic
+    for row, out in zip(sim, removed, strict=True):
         ordered = row.sort().values
         assert int(out.sum()) <= hi - lo
         assert (row[out] >= ordered[lo]).all() and (row[out] <= ordered[hi - 1]).all()
@@ -138,10 +149,10 @@ def test_class_policy_without_labels_is_a_clear_error():
 
 def test_empty_band_is_an_error_for_the_candidate_count():
     with pytest.raises(PolicyError, match="holds no negative"):
-        parse_policy("drop[99.99_100)&same-class").validate(4096)   # round(0.41) = 0
-    parse_policy("drop[99.99_100)&same-class").validate(65536)       # 7 negatives: fine
+        parse_policy("drop[99.99_100)&same-class").validate(4096)  # round(0.41) = 0
+    parse_policy("drop[99.99_100)&same-class").validate(65536)  # 7 negatives: fine
     parse_policy("drop-same-class").validate(1)
-    parse_policy("drop[0_100)&same-class").validate(10)             # removes only the same class
+    parse_policy("drop[0_100)&same-class").validate(10)  # removes only the same class
     with pytest.raises(PolicyError, match="every one"):
         parse_policy("drop[0_100)").validate(100)
 

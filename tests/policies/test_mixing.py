@@ -23,7 +23,7 @@ def _unit(*shape, seed=0, dtype=torch.float32):
 
 def _cone_coefficients(h, a, b):
     """``(x, y, residual)`` with ``h ~ x a + y b`` (least squares)."""
-    basis = torch.stack([a, b], dim=1).double()                  # [D, 2]
+    basis = torch.stack([a, b], dim=1).double()  # [D, 2]
     sol = torch.linalg.lstsq(basis, h.double().unsqueeze(1)).solution.flatten()
     residual = (basis @ sol - h.double()).norm().item()
     return sol[0].item(), sol[1].item(), residual
@@ -38,11 +38,11 @@ def reference_mixes(policy, keys, queries, sim):
     out = []
     for row in range(sim.shape[0]):
         hard = m["hard"][row].tolist()
-        assert sorted(hard) == sorted(torch.argsort(sim[row], descending=True)[:policy.n_hard].tolist())
+        assert sorted(hard) == sorted(torch.argsort(sim[row], descending=True)[: policy.n_hard].tolist())
         mixes = []
-        for i, j, a in zip(m["i"][row].tolist(), m["j"][row].tolist(), m["alpha"][row].tolist()):
+        for i, j, a in zip(m["i"][row].tolist(), m["j"][row].tolist(), m["alpha"][row].tolist(), strict=True):
             mixes.append(F.normalize(a * keys[hard[i]] + (1 - a) * keys[hard[j]], dim=0))
-        for j, b in zip(m["jq"][row].tolist(), m["beta"][row].tolist()):
+        for j, b in zip(m["jq"][row].tolist(), m["beta"][row].tolist(), strict=True):
             mixes.append(F.normalize(b * queries[row] + (1 - b) * keys[hard[j]], dim=0))
         out.append(torch.stack(mixes))
     return torch.stack(out)
@@ -69,6 +69,7 @@ def _mochi_step(policy, b=3, k=40, d=8, seed=0):
 
 # ------------------------------------------------------------------ by hand
 
+
 def test_mix_logits_by_hand():
     """q = (0.6, 0.8, 0), candidates e1, e2, e3: the pair mix of e1, e2 with
     alpha = 0.25 and the query mix of e3 with beta = 0.4."""
@@ -77,14 +78,18 @@ def test_mix_logits_by_hand():
     # h  = normalize(0.25 e1 + 0.75 e2):  |.|^2 = 0.0625 + 0.5625 = 0.625
     # h' = normalize(0.4 q + 0.6 e3):     |.|^2 = 0.16 + 0.36 + 2 (0.4)(0.6)(q . e3 = 0) = 0.52
     r, r_q = math.sqrt(0.625), math.sqrt(0.52)
-    mix = Mix(i=torch.tensor([[0, 2]]), j=torch.tensor([[1, 2]]),
-              a=torch.tensor([[0.25 / r, 0.0]], dtype=torch.float64),
-              c=torch.tensor([[0.75 / r, 0.6 / r_q]], dtype=torch.float64),
-              d=torch.tensor([[0.0, 0.4 / r_q]], dtype=torch.float64))
+    mix = Mix(
+        i=torch.tensor([[0, 2]]),
+        j=torch.tensor([[1, 2]]),
+        a=torch.tensor([[0.25 / r, 0.0]], dtype=torch.float64),
+        c=torch.tensor([[0.75 / r, 0.6 / r_q]], dtype=torch.float64),
+        d=torch.tensor([[0.0, 0.4 / r_q]], dtype=torch.float64),
+    )
     got = mix.logits(q, sim)
     # q . h = (0.25 * 0.6 + 0.75 * 0.8) / sqrt(0.625);  q . h' = (0.4 * 1 + 0.6 * 0) / sqrt(0.52)
-    torch.testing.assert_close(got, torch.tensor([[0.9486832980505138, 0.5547001962252291]], dtype=torch.float64),
-                               rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(
+        got, torch.tensor([[0.9486832980505138, 0.5547001962252291]], dtype=torch.float64), rtol=1e-14, atol=1e-14
+    )
     # gradient to q: h + h' = (0.25, 0.75, 0) / sqrt(0.625) + (0.24, 0.32, 0.6) / sqrt(0.52)
     (grad,) = torch.autograd.grad(got.sum(), q)
     want = torch.tensor([[0.25 / r + 0.24 / r_q, 0.75 / r + 0.32 / r_q, 0.6 / r_q]], dtype=torch.float64)
@@ -112,6 +117,7 @@ def test_mochi_of_the_single_hardest_by_hand():
 
 
 # ------------------------------------------------------------------ the closed form
+
 
 @pytest.mark.parametrize("k,n,s,s_query", [(6, 2, 3, 2), (40, 6, 10, 7), (300, 16, 64, 32), (50, 50, 5, 0)])
 def test_closed_form_equals_the_reference_mixes(k, n, s, s_query):
@@ -142,12 +148,17 @@ def test_closed_form_loss_and_gradient_equal_the_materialised_mixes(real):
     cand = Candidates(keys=keys, queries=q.detach())
     sel = pol(sim.detach(), cand, 0.0)
     h = reference_mixes(pol, keys, q.detach(), sim.detach())
-    keep = {"all": None, "band": Band("drop", 80, 100)(sim.detach(), cand).keep,
-            "random": torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7}[real]
+    keep = {
+        "all": None,
+        "band": Band("drop", 80, 100)(sim.detach(), cand).keep,
+        "random": torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7,
+    }[real]
     fast = info_nce(l_pos, sim, keep, 0.2, sel.synthetic(q, sim))
     plain = _with_embeddings(keep, h, q, l_pos, sim, 0.2)
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
-    for got, want in zip(torch.autograd.grad(fast, [raw, q], retain_graph=True), torch.autograd.grad(plain, [raw, q])):
+    for got, want in zip(
+        torch.autograd.grad(fast, [raw, q], retain_graph=True), torch.autograd.grad(plain, [raw, q]), strict=True
+    ):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -155,12 +166,12 @@ def test_mochi_pair_mixes_are_unit_and_in_the_cone_of_two_of_the_n_hardest():
     n = 5
     pol = MoCHi(n, 12, 0, generator=torch.Generator().manual_seed(1))
     q, keys, sim, sel, h_all = _mochi_step(pol)
-    assert sel.keep is None                                               # every real negative is kept
+    assert sel.keep is None  # every real negative is kept
     assert h_all.shape == (3, 12, 8) and not h_all.requires_grad
     assert torch.allclose(h_all.norm(dim=2), torch.ones(3, 12), atol=1e-6)
     torch.testing.assert_close(sel.synthetic(q, sim), torch.einsum("bd,bsd->bs", q, h_all))
     for row in range(3):
-        hard = keys[torch.argsort(sim[row], descending=True)[:n]]   # the N hardest, the slow way
+        hard = keys[torch.argsort(sim[row], descending=True)[:n]]  # the N hardest, the slow way
         for h in h_all[row]:
             # some pair (i, j) of the N hardest has h = x n_i + y n_j with x, y >= 0
             fits = []
@@ -183,14 +194,15 @@ def test_mochi_query_mixes_weigh_the_query_below_one_half():
         for h in h_all[row]:
             x, y, res = min((_cone_coefficients(h, q[row], hard[j]) for j in range(n)), key=lambda t: t[2])
             assert res < 1e-5 and x >= -1e-6 and y > 0
-            betas.append(x / (x + y))                       # the query's weight before normalising
+            betas.append(x / (x + y))  # the query's weight before normalising
     betas = torch.tensor(betas)
     assert betas.max() < 0.5
-    assert betas.max() > 0.45 and betas.min() < 0.05       # beta ~ U[0, 0.5), not a constant
+    assert betas.max() > 0.45 and betas.min() < 0.05  # beta ~ U[0, 0.5), not a constant
     assert torch.allclose(pol.last_mix["beta"].flatten().double(), betas.double(), atol=1e-4)
 
 
 # ------------------------------------------------------------------ draws
+
 
 def test_mochi_draws_from_the_global_generator_deterministically():
     pol = MoCHi(6, 8, 4)
@@ -214,7 +226,8 @@ def test_mochi_draws_for_every_query_of_the_step_and_keeps_its_rows():
     for first in (0, 2, 4, 6):
         rows = slice(first, first + 2)
         part = MoCHi(5, 4, 3, generator=torch.Generator().manual_seed(3))(
-            sim[rows], Candidates(keys=keys, queries=q[rows], query_rows=(first, b)))
+            sim[rows], Candidates(keys=keys, queries=q[rows], query_rows=(first, b))
+        )
         for f in "ijacd":
             assert torch.equal(getattr(part.mix, f), getattr(whole.mix, f)[rows]), (first, f)
 
@@ -235,15 +248,15 @@ def test_mochi_warm_up_in_epochs():
     sim = torch.randn(2, 10)
     cand = Candidates(keys=_unit(10, 4), queries=_unit(2, 4, seed=1))
     with pytest.raises(PolicyError, match="start"):
-        pol(sim, cand, 0.5)                                # epochs unknown
+        pol(sim, cand, 0.5)  # epochs unknown
     pol.start(10, num_candidates=10)
-    steps = 7                                              # per epoch; progress = step / (7 * 10)
-    before = pol(sim, cand, (3 * steps - 1) / (10 * steps))     # the last step of the third epoch
+    steps = 7  # per epoch; progress = step / (7 * 10)
+    before = pol(sim, cand, (3 * steps - 1) / (10 * steps))  # the last step of the third epoch
     assert before.mix is None and before.keep is None and float(before.kept_per_query(10)) == 10
-    after = pol(sim, cand, (3 * steps) / (10 * steps))          # the first step of the fourth
+    after = pol(sim, cand, (3 * steps) / (10 * steps))  # the first step of the fourth
     assert after.mix.i.shape == (2, 4) and float(after.kept_per_query(10)) == 14
     assert pol.embeddings(cand).shape == (2, 4, 4)
-    assert parse_policy("mochi[4,2,2]").policy(sim, cand, 0.0).mix is not None       # no warm-up
+    assert parse_policy("mochi[4,2,2]").policy(sim, cand, 0.0).mix is not None  # no warm-up
     assert [pol.mixing(p) for p in (0.0, 0.29, 0.3 - 1e-12, 0.3, 1.0)] == [False, False, True, True, True]
 
 
@@ -257,12 +270,13 @@ def test_mochi_needs_the_embeddings():
 
 # ------------------------------------------------------------------ SimCLR and MoCo
 
+
 def test_mochi_works_on_simclr_candidates_through_pool_index():
     """SimCLR: 2B views, each query's candidates are the other 2B-2 views
     (pool_index [2B, 2B-2]); mixes come from the query's own candidates."""
     b2, d, n = 6, 5, 2
     views = _unit(b2, d, seed=3)
-    pool_index = candidate_index(b2 // 2)                          # [2B, 2B-2]
+    pool_index = candidate_index(b2 // 2)  # [2B, 2B-2]
     sim = torch.einsum("bd,bkd->bk", views, views[pool_index])
     pol = MoCHi(n, 3, 0, generator=torch.Generator().manual_seed(0))
     cand = Candidates(keys=views, queries=views, pool_index=pool_index)
@@ -273,8 +287,14 @@ def test_mochi_works_on_simclr_candidates_through_pool_index():
     for row in range(b2):
         own = views[pool_index[row][torch.argsort(sim[row], descending=True)[:n]]]
         for h in h_all[row]:
-            assert min(_cone_coefficients(h, own[0], own[1])[2], _cone_coefficients(h, own[0], own[0])[2],
-                       _cone_coefficients(h, own[1], own[1])[2]) < 1e-5
+            assert (
+                min(
+                    _cone_coefficients(h, own[0], own[1])[2],
+                    _cone_coefficients(h, own[0], own[0])[2],
+                    _cone_coefficients(h, own[1], own[1])[2],
+                )
+                < 1e-5
+            )
 
 
 def test_mochi_on_simclr_gives_the_gradient_of_detached_mixes():
@@ -296,7 +316,7 @@ def test_mochi_on_simclr_gives_the_gradient_of_detached_mixes():
     h = pol.embeddings(Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool_index))
     plain = _with_embeddings(None, h, z, l_pos, s.gather(1, pool_index), 0.2)
     torch.testing.assert_close(loss, plain, rtol=1e-12, atol=1e-12)
-    for got, want in zip(grad, torch.autograd.grad(plain, list(enc.parameters()))):
+    for got, want in zip(grad, torch.autograd.grad(plain, list(enc.parameters())), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -324,10 +344,11 @@ def test_moco_with_mochi_enqueues_only_keys_and_gives_no_key_encoder_gradient():
 
 # ------------------------------------------------------------------ refusals
 
+
 def test_mochi_bad_settings_are_policy_errors():
     with pytest.raises(PolicyError, match=r"N\*N = 16 pairs"):
         parse_policy("mochi[4,17,1]")
-    parse_policy("mochi[4,16,1]")                          # exactly N*N is fine
+    parse_policy("mochi[4,16,1]")  # exactly N*N is fine
     with pytest.raises(PolicyError, match="warm-up of 10 epochs"):
         parse_policy("mochi[4,2,2,10]").validate(100, epochs=10)
     parse_policy("mochi[4,2,2,9]").validate(100, epochs=10)

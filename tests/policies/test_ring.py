@@ -31,6 +31,7 @@ def _kept(pol, sim, progress):
 # dynamic_inner, the only form their trainer runs), written from their code
 # --------------------------------------------------------------------------
 
+
 def _wu_ring(q, k, queue, t, thres_outer, thres_inner):
     """Their loss and kept negatives, in their float arithmetic: sort the
     [B, K] logits descending, keep ``sorted[int(i * outer) : outer)`` with
@@ -84,7 +85,7 @@ def test_the_annealed_ring_follows_their_linear_schedule_over_half_of_training()
     theirs = np.concatenate([np.linspace(0.1, 1.0, m)[::-1], np.full(total - m + 1, 0.1)])
     pol = _policy("ring[100->10_10_linear_50]")
     for step in range(total):
-        value = pol.schedule.value(*pol.outer, Fraction(step, total))       # percent of K, exact
+        value = pol.schedule.value(*pol.outer, Fraction(step, total))  # percent of K, exact
         o = float(value) / 100
         # ours reaches 0.1 at step M, theirs at M - 1: at most one of their steps apart, equal at both ends
         assert abs(o - theirs[step]) <= 0.9 / (m - 1) + 1e-12, step
@@ -94,9 +95,17 @@ def test_the_annealed_ring_follows_their_linear_schedule_over_half_of_training()
         assert pol.balls(k, Fraction(step, total)) == (outer, outer // 10), step
 
 
-@pytest.mark.parametrize("config", ["config.yaml", "configs/cifar10.yaml", "configs/cifar100.yaml",
-                                    "configs/stl10.yaml", "configs/tiny-imagenet.yaml",
-                                    "configs/imagenet-paper.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "config.yaml",
+        "configs/cifar10.yaml",
+        "configs/cifar100.yaml",
+        "configs/stl10.yaml",
+        "configs/tiny-imagenet.yaml",
+        "configs/imagenet-paper.yaml",
+    ],
+)
 def test_fig_methods_ring_excludes_the_hardest_at_the_end_of_training(config):
     from negatives.config_files import read_config
     from negatives.methods import num_candidates
@@ -111,24 +120,31 @@ def test_fig_methods_ring_excludes_the_hardest_at_the_end_of_training(config):
     assert ring, f"{config}: fig_methods runs no Ring with an inner ball"
     for r in ring:
         lo, hi = r.ranks(k, 1)
-        assert 0 < lo < hi < k, (config, r.name, lo, hi)        # the hardest K - hi are out
+        assert 0 < lo < hi < k, (config, r.name, lo, hi)  # the hardest K - hi are out
         outer, inner = r.balls(k, 1)
-        assert (outer, inner) == (int(0.1 * k), int(0.1 * int(0.1 * k)))   # Wu et al.'s o = i = 0.1
+        assert (outer, inner) == (int(0.1 * k), int(0.1 * int(0.1 * k)))  # Wu et al.'s o = i = 0.1
 
 
 @pytest.mark.parametrize("k", [10, 37, 256])
-@pytest.mark.parametrize("text,progress", [("ring[50,20]", 0), ("ring[100->10,10,linear]", Fraction(1, 3)),
-                                           ("ring[100->10,25,step4,50]", Fraction(1, 4)), ("ring[30,0]", 0)])
+@pytest.mark.parametrize(
+    "text,progress",
+    [
+        ("ring[50,20]", 0),
+        ("ring[100->10,10,linear]", Fraction(1, 3)),
+        ("ring[100->10,25,step4,50]", Fraction(1, 4)),
+        ("ring[30,0]", 0),
+    ],
+)
 def test_ring_under_ties_keeps_the_values_of_wu_et_als_sorted_slice(k, text, progress):
     """Ties: the kept values of each row are those of their slice
     ``sorted_desc[inner:outer]`` (which ties they keep is theirs to choose)."""
     pol = _policy(text)
-    sim = (torch.rand(5, k, generator=torch.Generator().manual_seed(k)) * 4).round() / 4    # five values
+    sim = (torch.rand(5, k, generator=torch.Generator().manual_seed(k)) * 4).round() / 4  # five values
     o = pol.schedule.value(*pol.outer, progress)
     outer = math.floor(k * o / 100)
     inner = math.floor(outer * Fraction(repr(pol.inner)) / 100)
     kept = _kept(pol, sim, progress)
-    for row, mask in zip(sim, kept):
+    for row, mask in zip(sim, kept, strict=True):
         want = row.sort(descending=True).values[inner:outer]
         assert torch.equal(row[mask].sort().values, want.sort().values)
 
@@ -139,14 +155,15 @@ def test_a_curriculum_by_hand():
     pol = _policy("curriculum[0,100->50,100,linear]")
     assert pol.bounds(Fraction(1, 2)) == (25, 100) and pol.ranks(10, Fraction(1, 2)) == (2, 10)
     sim = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.7, 0.0, 0.2, 0.8, 0.4, 0.6]])
-    assert (~_kept(pol, sim, Fraction(1, 2)))[0].nonzero().flatten().tolist() == [1, 5]   # the 2 easiest out
-    assert _kept(pol, sim, 1)[0].nonzero().flatten().tolist() == [0, 2, 4, 7, 9]             # the hardest 5
+    assert (~_kept(pol, sim, Fraction(1, 2)))[0].nonzero().flatten().tolist() == [1, 5]  # the 2 easiest out
+    assert _kept(pol, sim, 1)[0].nonzero().flatten().tolist() == [0, 2, 4, 7, 9]  # the hardest 5
     assert _kept(pol, sim, 0).all()
 
 
 @pytest.mark.parametrize("k", [7, 100, 509])
-@pytest.mark.parametrize("text", ["curriculum[0,100->95,100,linear]", "curriculum[10,100->60,90,step4]",
-                                  "curriculum[0,50->50,100,exp3,50]"])
+@pytest.mark.parametrize(
+    "text", ["curriculum[0,100->95,100,linear]", "curriculum[10,100->60,90,step4]", "curriculum[0,50->50,100,exp3,50]"]
+)
 def test_curriculum_keeps_the_reference_ranks_at_every_step(k, text):
     """The band [a(p), b(p)) of a full sort of each row: n = round(K (b - a) / 100)
     from lo = round(K a / 100), moved down so it ends at K at the latest."""
@@ -160,10 +177,10 @@ def test_curriculum_keeps_the_reference_ranks_at_every_step(k, text):
         a, b = (Fraction(v) for v in pol.bounds(p))
         n = math.floor(k * (b - a) / 100 + Fraction(1, 2))
         lo = min(math.floor(k * a / 100 + Fraction(1, 2)), k - n)
-        want = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, order[:, lo:lo + n], True)
+        want = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, order[:, lo : lo + n], True)
         assert torch.equal(_kept(pol, sim, p), want), (text, step)
-        for row, mask in zip(tied, _kept(pol, tied, p)):
-            assert torch.equal(row[mask].sort().values, row.sort().values[lo:lo + n])
+        for row, mask in zip(tied, _kept(pol, tied, p), strict=True):
+            assert torch.equal(row[mask].sort().values, row.sort().values[lo : lo + n])
 
 
 def test_inner_zero_is_their_ball():
@@ -184,27 +201,33 @@ def test_exact_outer_ball_where_binary_floats_lose_one():
     "policy,epoch,expected",
     [
         # K = 1000, 10 epochs; outer o -> floor(10 o), inner floor(outer / 10)
-        ("ring[100->10,10,linear]", 0, 900), ("ring[100->10,10,linear]", 5, 495),
+        ("ring[100->10,10,linear]", 0, 900),
+        ("ring[100->10,10,linear]", 5, 495),
         ("ring[100->10,10,linear]", 10, 90),
-        ("ring[100->10,10,linear,50]", 2, 576), ("ring[100->10,10,linear,50]", 5, 90),
+        ("ring[100->10,10,linear,50]", 2, 576),
+        ("ring[100->10,10,linear,50]", 5, 90),
         ("ring[100->10,10,linear,50]", 8, 90),
-        ("ring[100->10,0,linear]", 1, 910), ("ring[100->10,0,linear]", 10, 100),
+        ("ring[100->10,0,linear]", 1, 910),
+        ("ring[100->10,0,linear]", 10, 100),
         # step5: o = 100, 77.5, 55, 32.5, 10 on [0, .2), [.2, .4), ... [.8, 1]
-        ("ring[100->10,0,step5]", 1, 1000), ("ring[100->10,0,step5]", 2, 775),
-        ("ring[100->10,0,step5]", 7, 325), ("ring[100->10,0,step5]", 10, 100),
-        ("ring[100->10,0,exp5]", 5, 168),        # o = 100 - 90 (1 - e^-2.5) / (1 - e^-5) = 16.83
+        ("ring[100->10,0,step5]", 1, 1000),
+        ("ring[100->10,0,step5]", 2, 775),
+        ("ring[100->10,0,step5]", 7, 325),
+        ("ring[100->10,0,step5]", 10, 100),
+        ("ring[100->10,0,exp5]", 5, 168),  # o = 100 - 90 (1 - e^-2.5) / (1 - e^-5) = 16.83
         ("ring[10,10]", 7, 90),
         # curriculum: all -> the hardest 5%
-        ("curriculum[0,100->95,100,linear]", 0, 1000), ("curriculum[0,100->95,100,linear]", 4, 620),
+        ("curriculum[0,100->95,100,linear]", 0, 1000),
+        ("curriculum[0,100->95,100,linear]", 4, 620),
         ("curriculum[0,100->95,100,linear]", 10, 50),
-        ("curriculum[0,50->50,100,linear]", 3, 500),   # a window of constant width sliding up
+        ("curriculum[0,50->50,100,linear]", 3, 500),  # a window of constant width sliding up
         ("curriculum[0,100->95,100,linear,50]", 4, 240),  # 80% of the way: [76, 100)
     ],
 )
 def test_scheduled_windows_keep_the_expected_count_at_given_epochs(policy, epoch, expected):
     pol = _policy(policy)
     k, epochs, steps = 1000, 10, 3
-    progress = Fraction(epoch * steps, epochs * steps)     # the trainer's step / total_steps
+    progress = Fraction(epoch * steps, epochs * steps)  # the trainer's step / total_steps
     sim = torch.randn(4, k, generator=torch.Generator().manual_seed(epoch))
     assert (_kept(pol, sim, progress).sum(1) == expected).all()
 
@@ -260,31 +283,40 @@ def test_curriculum_keeps_the_same_negatives_as_the_fixed_band(progress):
 
 @pytest.mark.parametrize(
     "text,name",
-    [("ring[100->10,10,linear,50]", "ring[100->10_10_linear_50]"),
-     ("ring[ 100 -> 10.0 , 10 , step ]", "ring[100->10_10_step10]"),
-     ("ring[10,10]", "ring[10_10]"), ("ring[10,10,linear]", "ring[10_10]"),
-     ("ring[100->10,0,exponential2.5]", "ring[100->10_0_exp2.5]"),
-     ("ring[100->10,10,linear,100]", "ring[100->10_10_linear]"),
-     ("curriculum[0,100->95,100,linear]", "curriculum[0_100->95_100_linear]"),
-     ("curriculum[0.0, 100 -> 95, 100, step4, 50]", "curriculum[0_100->95_100_step4_50]")],
+    [
+        ("ring[100->10,10,linear,50]", "ring[100->10_10_linear_50]"),
+        ("ring[ 100 -> 10.0 , 10 , step ]", "ring[100->10_10_step10]"),
+        ("ring[10,10]", "ring[10_10]"),
+        ("ring[10,10,linear]", "ring[10_10]"),
+        ("ring[100->10,0,exponential2.5]", "ring[100->10_0_exp2.5]"),
+        ("ring[100->10,10,linear,100]", "ring[100->10_10_linear]"),
+        ("curriculum[0,100->95,100,linear]", "curriculum[0_100->95_100_linear]"),
+        ("curriculum[0.0, 100 -> 95, 100, step4, 50]", "curriculum[0_100->95_100_step4_50]"),
+    ],
 )
 def test_canonical_names(text, name):
     pol = _policy(text)
     assert pol.name == name and "/" not in pol.name
-    assert parse_policy(pol.name).name == name              # the canonical name parses to itself
+    assert parse_policy(pol.name).name == name  # the canonical name parses to itself
     assert not pol.uses_labels and isinstance(pol, (Ring, Curriculum))
 
 
 @pytest.mark.parametrize(
     "text,fragment",
-    [("ring[0->90,100,linear]", "outer ball at the start"),     # a band of percentiles is not a ring
-     ("ring[100->0,10,linear]", "outer ball at the end"), ("ring[10,100]", "inner ball"),
-     ("ring[120,10]", "outer ball"), ("ring[100->10,10,constant]", "constant"),
-     ("ring[100->10,10]", "need a schedule"), ("ring[100->10,10,cosine]", "unknown schedule"),
-     ("ring[100->10,10,linear,0]", "share of training"), ("ring[10]", "malformed ring"),
-     ("ring[100->10,10,linear,50,3]", "malformed ring"),
-     ("curriculum[0,100->95,90,linear]", "lower bound is not below the upper bound at the end"),
-     ("curriculum[0,100,95,100,linear]", "malformed curriculum")],
+    [
+        ("ring[0->90,100,linear]", "outer ball at the start"),  # a band of percentiles is not a ring
+        ("ring[100->0,10,linear]", "outer ball at the end"),
+        ("ring[10,100]", "inner ball"),
+        ("ring[120,10]", "outer ball"),
+        ("ring[100->10,10,constant]", "constant"),
+        ("ring[100->10,10]", "need a schedule"),
+        ("ring[100->10,10,cosine]", "unknown schedule"),
+        ("ring[100->10,10,linear,0]", "share of training"),
+        ("ring[10]", "malformed ring"),
+        ("ring[100->10,10,linear,50,3]", "malformed ring"),
+        ("curriculum[0,100->95,90,linear]", "lower bound is not below the upper bound at the end"),
+        ("curriculum[0,100,95,100,linear]", "malformed curriculum"),
+    ],
 )
 def test_bad_policies_are_rejected(text, fragment):
     with pytest.raises(PolicyError) as e:
@@ -294,10 +326,10 @@ def test_bad_policies_are_rejected(text, fragment):
 
 def test_an_empty_window_is_rejected_by_validate():
     with pytest.raises(PolicyError, match="start of training holds no negative"):
-        parse_policy("ring[10,10]").validate(5)                       # floor(0.5) = 0
+        parse_policy("ring[10,10]").validate(5)  # floor(0.5) = 0
     with pytest.raises(PolicyError, match="end of training holds no negative"):
         parse_policy("ring[100->1,0,linear]").validate(50)
-    parse_policy("ring[100->1,0,linear]").validate(100)              # one negative at the end
+    parse_policy("ring[100->1,0,linear]").validate(100)  # one negative at the end
     with pytest.raises(PolicyError, match="end of training holds no negative"):
         parse_policy("curriculum[0,100->99.99,100,linear]").validate(1000)
     parse_policy("curriculum[0,100->99.9,100,linear]").validate(1000)

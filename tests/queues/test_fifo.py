@@ -9,7 +9,7 @@ from negatives.queues.fifo import KeyQueue
 def test_fifo_by_hand():
     queue = KeyQueue(4, 2, generator=torch.Generator().manual_seed(0))
     assert queue.size == 4 and queue.labels.tolist() == [-1] * 4 and queue.indices.tolist() == [-1] * 4
-    assert torch.allclose(queue.keys.norm(dim=1), torch.ones(4))                 # random unit start-up keys
+    assert torch.allclose(queue.keys.norm(dim=1), torch.ones(4))  # random unit start-up keys
     start = queue.keys.clone()
     queue.enqueue(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 5]), torch.tensor([0, 1]))
     assert queue.labels.tolist() == [3, 5, -1, -1] and int(queue.ptr) == 2
@@ -21,7 +21,7 @@ def test_fifo_by_hand():
     assert queue.labels.tolist() == [3, 5, 7, 8] and int(queue.ptr) == 0
     assert queue.newest_first().tolist() == [3, 2, 1, 0]
     queue.enqueue(torch.tensor([[-1.0, 0.0], [0.0, -1.0]]), torch.tensor([9, 4]), torch.tensor([4, 5]))
-    assert queue.labels.tolist() == [9, 4, 7, 8] and int(queue.ptr) == 2          # the oldest two overwritten
+    assert queue.labels.tolist() == [9, 4, 7, 8] and int(queue.ptr) == 2  # the oldest two overwritten
     assert queue.ordered()[1].tolist() == [7, 8, 9, 4]
     assert queue.ordered()[2].tolist() == [2, 3, 4, 5]
     assert queue.newest_first().tolist() == [1, 0, 3, 2]
@@ -33,11 +33,11 @@ def test_fifo_equals_a_list_of_the_last_keys(size, batch):
     g = torch.Generator().manual_seed(size + batch)
     queue = KeyQueue(size, 3, generator=g)
     start_keys = queue.keys.clone()
-    entries = [(start_keys[i], -1, -1) for i in range(size)]                     # oldest first
+    entries = [(start_keys[i], -1, -1) for i in range(size)]  # oldest first
     for step in range(3 * size // batch + 1):
         keys = torch.randn(batch, 3, generator=g)
         ids = torch.arange(step * batch, (step + 1) * batch)
-        queue.enqueue(keys, ids % 5, 1000 + ids, sim=torch.randn(batch, size, generator=g))   # sim: unused
+        queue.enqueue(keys, ids % 5, 1000 + ids, sim=torch.randn(batch, size, generator=g))  # sim: unused
         entries = (entries + [(keys[i], int(ids[i]) % 5, 1000 + int(ids[i])) for i in range(batch)])[-size:]
         keys_o, labels_o, indices_o = queue.ordered()
         assert torch.equal(keys_o, torch.stack([e[0] for e in entries]))
@@ -52,7 +52,7 @@ def test_fifo_refuses_a_batch_that_does_not_divide_the_queue():
     queue = KeyQueue(6, 2)
     with pytest.raises(ValueError, match="queue size 6 must be a multiple of the batch size 4"):
         queue.enqueue(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
-    assert queue.labels.tolist() == [-1] * 6 and int(queue.ptr) == 0                # nothing changed
+    assert queue.labels.tolist() == [-1] * 6 and int(queue.ptr) == 0  # nothing changed
 
 
 def test_fifo_start_up_keys_follow_the_generator_and_live_in_the_state_dict():
