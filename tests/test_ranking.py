@@ -94,7 +94,7 @@ def test_top_k_by_hand():
 def test_top_k_keeps_exact_counts_under_ties_on_every_path():
     x = torch.zeros(4, 64)
     x[:, ::3] = 1.0
-    for t in (x, x.double(), x.to(torch.bfloat16)):
+    for t in (x, x.double(), x.to(torch.bfloat16)):  # numpy's argpartition on CPU floats, torch.topk for bf16
         for k, largest, ones in ((30, True, 22), (3, True, 3), (50, False, 8), (64, True, 22)):
             idx = top_k(t, k, largest)
             assert idx.shape == (4, k) and all(len(set(r)) == k for r in idx.tolist())
