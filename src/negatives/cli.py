@@ -143,7 +143,7 @@ def cmd_similarity(a) -> None:
 
 
 def cmd_analyze(a) -> None:
-    from .analysis.pairs import analyze_checkpoint
+    from .analysis.analyze import analyze_checkpoint
 
     _log(f"wrote {analyze_checkpoint(a.checkpoint, a.data, a.similarity, a.settings, a.out)}")
 
