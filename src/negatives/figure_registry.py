@@ -60,7 +60,7 @@ class Figure:
     source: str = "probes"
     method: str | None = None  # its runs' method; None: the config's ``method``
     similarity: bool = False  # also reads the dataset's WordNet similarity file (the class names)
-    mem_mb: int = 2000  # the figure job's memory (doubled on each retry)
+    mem_mb: int = 2000  # the figure job's memory in MB (times the attempt on a retry)
     extensions: tuple[str, ...] = FIGURE_EXTENSIONS
 
     @property

@@ -16,7 +16,7 @@ for figure in FIGURE_RECORDS.values():
         params:
             figure=figure.name,
             config=config_json(),
-            out=grid.figure_prefix(config, figure.name),
+            out=subpath(output[0], strip_suffix=f".{figure.extensions[0]}"),
         threads: 1
         resources:
             mem_mb=per_attempt(figure.mem_mb),
