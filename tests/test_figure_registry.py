@@ -144,6 +144,46 @@ def test_an_analysis_figure_with_its_own_temperatures_draws(tmp_path):
     pd.testing.assert_frame_equal(table, build("fig4", paths, str(tmp_path / "b"), {"figures": {"fig4": {"hard_cut": 95}}}))
 
 
+def _probe_files(folder: Path, cfg: dict, name: str) -> list[str]:
+    """probe.json files of every run figure ``name`` plots (2 seeds), and of the untrained encoders."""
+    paths = []
+    runs = [(p, 0.2) for p in grid.figure_policies(cfg, name)] + [("random-init", None)]
+    for i, (policy, t) in enumerate(runs):
+        for seed in (0, 1):
+            probe = {"dataset": "fashion-mnist", "method": grid.figure_method(cfg, name), "policy": policy,
+                     "temperature": t, "seed": seed, "uses_labels": False, "epochs": 0 if t is None else 4,
+                     "train_images_per_s": 1000.0 + i, "fewshot_labels_per_class": 10, "fewshot_draws": 5,
+                     "evaluation": {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1,
+                                    "fewshot_labels_per_class": 10, "fewshot_draws": 5}}
+            probe.update({f"{e}_{k}": 50.0 + i + seed for e in ("linear", "fewshot", "knn") for k in ("top1", "top5")})
+            paths.append(folder / f"{i}-{seed}.json")
+            paths[-1].write_text(json.dumps(probe))
+    return [str(p) for p in paths]
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if record(n).source == "probes"])
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")  # equal values by construction
+def test_each_probe_figure_draws_its_section_as_its_science_function_does(tmp_path, name):
+    """The record's function hands the right keys of its section to the right arguments."""
+    from negatives.analysis import probe_figures
+    from negatives.analysis.plotting import load_probes
+
+    cfg = default_config()
+    fig = cfg["figures"][name]
+    paths = _probe_files(tmp_path, cfg, name)
+    table = build(name, paths, str(tmp_path / "built"), cfg)
+    df = load_probes(paths, extra_metrics=("train_images_per_s",) if name == "fig_methods" else ())
+    direct = {"fig2": lambda out: probe_figures.fig2(df, out, fig["segments"], fig["easiest"]),
+              "fig3": lambda out: probe_figures.fig3(df, out, fig["removed"]),
+              "table1": lambda out: probe_figures.table1(df, out, fig["removed"]),
+              "simclr": lambda out: probe_figures.simclr(df, out, fig["policies"]),
+              "fig_methods": lambda out: probe_figures.fig_methods(df, out, fig["policies"], fig["band"])}[name]
+    expected = direct(str(tmp_path / "direct"))
+    pd.testing.assert_frame_equal(table, expected)
+    assert (tmp_path / "built.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
+    assert set(table["policy"]) >= set(grid.figure_policies(cfg, name))
+
+
 # ------------------------------------------------------------- a figure added as one record
 
 NEW = "baseline_knn"
