@@ -18,6 +18,14 @@ shell.prefix(f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTH
 
 from negatives.config import ConfigError, check_config, check_finite
 from negatives.config_files import base_config, check_config_file, numbers_as_numbers, schema_message
+from negatives.figure_registry import check_records
+
+# every figure record has its caption and its section in the schema, and
+# every section a record (negatives.figure_registry)
+try:
+    check_records(workflow.basedir)
+except ValueError as e:
+    raise WorkflowError(f"invalid figure records: {e}") from None
 
 # every --configfile is an overlay, merged onto config.yaml key by key (lists
 # replace): the working directory's config.yaml, else this workflow's own, so

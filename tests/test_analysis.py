@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from negatives.analysis import pairs as A
+from negatives.evaluation.analyze import analyze_checkpoint
 from negatives.cli import main
 from negatives.data import prepare
 from negatives.training.pretrain import init_checkpoint
@@ -201,7 +202,7 @@ def run(fashion_root, tmp_path_factory):
 def test_analyze_checkpoint_end_to_end(run):
     root, data, sim, (ckpt, _) = run
     settings = {"queries": 20, "negatives": 30, "seed": 0}
-    out = A.analyze_checkpoint(ckpt, data, sim, settings, root / "seed0" / "analysis" / "pairs.parquet")
+    out = analyze_checkpoint(ckpt, data, sim, settings, root / "seed0" / "analysis" / "pairs.parquet")
     assert out.is_file() and not list(out.parent.glob("*.tmp"))              # no temporary file left
     t = pd.read_parquet(out)
     assert list(t.columns) == list(A.COLUMNS) and {c: str(t[c].dtype) for c in t.columns} == A.COLUMNS
@@ -220,7 +221,7 @@ def test_analyze_checkpoint_end_to_end(run):
     assert ident == {"dataset": "fashion-mnist", "method": "moco", "policy": "random-init", "temperature": None,
                      "seed": 0, "analysis": settings}
     assert b"dataset" in pq.read_schema(out).metadata
-    again = A.analyze_checkpoint(ckpt, data, sim, settings, root / "again.parquet")
+    again = analyze_checkpoint(ckpt, data, sim, settings, root / "again.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(again), t)   # reproducible
 
 
@@ -243,8 +244,8 @@ def test_analyze_cli_and_load_pairs(run):
 def test_analyze_rejects_bad_settings_and_mismatched_classes(run, tmp_path):
     root, data, sim, (ckpt, _) = run
     with pytest.raises(ValueError, match=r"'querys' was unexpected\); allowed: .*queries"):
-        A.analyze_checkpoint(ckpt, data, sim, {"querys": 5}, tmp_path / "x.parquet")
+        analyze_checkpoint(ckpt, data, sim, {"querys": 5}, tmp_path / "x.parquet")
     bad = tmp_path / "sim.tsv"
     bad.write_text("class\ta\tb\na\t1\t0\nb\t0\t1\n")
     with pytest.raises(ValueError, match="classes"):
-        A.analyze_checkpoint(ckpt, data, bad, {"queries": 5, "negatives": 5}, tmp_path / "x.parquet")
+        analyze_checkpoint(ckpt, data, bad, {"queries": 5, "negatives": 5}, tmp_path / "x.parquet")

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from conftest import written
-from negatives.analysis.figures import against_baseline, build, fig2, load_probes, summarize
+from negatives.analysis.figures import against_baseline, fig2, load_probes, summarize
+from negatives.figure_registry import build
 
 SEGMENTS = ["keep[90_95)", "keep[95_100)", "keep[85_90)"]  # deliberately not hardest-first
 EASIEST = ["keep[0_95)", "keep[0_90)"]

@@ -126,13 +126,13 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_figure(a) -> None:
-    from .analysis import figures
     from .config import check_partial
+    from .figure_registry import build
     from .defaults import schema
 
     # the config's values as the workflow checks them (its keys are the figure's to name)
     check_partial({k: v for k, v in a.config_json.items() if k in schema()["properties"]})
-    figures.build(a.name, a.probes, a.out, a.config_json)
+    build(a.name, a.probes, a.out, a.config_json)
     _log(f"wrote {a.out}.{{pdf,png,csv}}")
 
 
@@ -143,7 +143,7 @@ def cmd_similarity(a) -> None:
 
 
 def cmd_analyze(a) -> None:
-    from .analysis.pairs import analyze_checkpoint
+    from .evaluation.analyze import analyze_checkpoint
 
     _log(f"wrote {analyze_checkpoint(a.checkpoint, a.data, a.similarity, a.settings, a.out)}")
 

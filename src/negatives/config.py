@@ -17,6 +17,7 @@ from numbers import Real
 
 from .defaults import (ConfigError, check_finite, check_integers, check_partial, check_section, check_subset_size,
                        not_an_integer)
+from .figure_registry import REGISTRY
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
@@ -214,10 +215,14 @@ def _walk_policies(value, key: str, in_list: bool = False):
 
 def _check_figures(cfg: dict) -> None:
     for name, section in _get(cfg, "figures", dict).items():
+        if name not in REGISTRY:
+            raise ConfigError(f"figures.{name}: unknown figure; allowed: {', '.join(REGISTRY)}")
         if isinstance(section, dict) and "temperatures" in section:  # the figure's own temperatures
             _check_temperatures(cfg, f"figures.{name}.temperatures")
-            section = {k: v for k, v in section.items() if k != "temperatures"}
-        if name in ANALYSES:  # numbers, not policies: see _check_analysis
+        keys = REGISTRY[name].policy_keys  # the others hold numbers: see _check_analysis
+        if isinstance(section, dict):
+            section = {k: section[k] for k in keys if k in section}
+        elif not keys:
             continue
         for key, text in _walk_policies(section, f"figures.{name}"):
             try:

@@ -1,4 +1,5 @@
-"""Which runs each figure needs, computed in one place from the config.
+"""Which runs each figure needs, computed in one place from the config and
+the figure's record (:mod:`negatives.figure_registry`).
 
 The workflow (``workflow/rules/common.smk``) asks this module for the files a
 figure target plots, so ``snakemake fig2`` builds exactly the runs fig2 uses,
@@ -10,40 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .figure_registry import REGISTRY, record
 from .policies.registry import parse_policy
 
 __all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds", "random_init_dir",
            "figure_method", "figure_temperatures", "figure_probes", "figure_pairs", "figure_inputs",
-           "similarity_file", "figure_outputs"]
+           "similarity_file", "figure_prefix", "figure_outputs"]
 
-#: figure -> the policy strings it trains, read from ``cfg["figures"][figure]``;
-#: adding a figure here adds it to ``FIGURES`` and to ``rule all``
-_POLICIES = {
-    "fig2": lambda fig: ["all", *fig["segments"], *fig["easiest"]],
-    "fig3": lambda fig: ["all", *fig["removed"]],
-    "table1": lambda fig: ["all", *fig["removed"]],
-    # Section 4: the baseline runs, analysed (pairs.parquet) instead of probed
-    "fig4": lambda fig: ["all"],
-    "fig5": lambda fig: ["all"],
-    "fig6": lambda fig: ["all"],
-    "tables_a4_a6": lambda fig: ["all"],
-    # appendix A.2: the same question with SimCLR's in-batch negatives
-    "simclr": lambda fig: ["all", *fig["policies"]],
-    # the neighbouring methods beside our best band and the baseline
-    "fig_methods": lambda fig: ["all", fig["band"], *fig["policies"]],
-}
-
-#: figures trained with another method than the config's ``method``
-_METHODS = {"simclr": "simclr"}
+#: every figure target the project builds (``rule all`` builds them all), in the registry's order
+FIGURES = tuple(REGISTRY)
 
 #: figures drawn from the runs' Section 4 analyses rather than their probes
-ANALYSES = ("fig4", "fig5", "fig6", "tables_a4_a6")
-
-#: every figure target the project builds so far (``rule all`` builds them all)
-FIGURES = tuple(_POLICIES)
-
-#: file types every figure writes beside each other
-FIGURE_EXTENSIONS = ("pdf", "png", "csv")
+ANALYSES = tuple(name for name, fig in REGISTRY.items() if fig.source == "analyses")
 
 
 @dataclass(frozen=True)
@@ -60,29 +39,22 @@ class Run:
         return f"{results}/{self.dataset}/{self.method}/{self.policy}/t{self.temperature:g}/seed{self.seed}"
 
 
-def _check_figure(figure: str) -> None:
-    if figure not in FIGURES:
-        raise ValueError(f"unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
-
-
 def figure_policies(cfg: dict, figure: str) -> list[str]:
     """Canonical names of the policies a figure trains, baseline first, no duplicates."""
-    _check_figure(figure)
-    texts = _POLICIES[figure](cfg["figures"].get(figure, {}))
+    texts = record(figure).policies(cfg["figures"].get(figure, {}))
     names = (parse_policy(t).name for t in texts)
     return list(dict.fromkeys(names))
 
 
 def figure_method(cfg: dict, figure: str) -> str:
-    """The method a figure's runs train with (``simclr`` for appendix A.2, else the config's)."""
-    _check_figure(figure)
-    return _METHODS.get(figure, cfg["method"])
+    """The method a figure's runs train with: its record's (``simclr`` for appendix A.2), else the config's."""
+    return record(figure).method or cfg["method"]
 
 
 def figure_temperatures(cfg: dict, figure: str) -> list[float]:
     """The temperatures a figure's runs train at: its own
     ``figures.NAME.temperatures`` when given, else the config's."""
-    _check_figure(figure)
+    record(figure)
     return list(cfg["figures"].get(figure, {}).get("temperatures", cfg["temperatures"]))
 
 
@@ -112,7 +84,7 @@ def random_init_dir(cfg: dict, seed: int, results: str | None = None) -> str:
 
 def figure_probes(cfg: dict, figure: str) -> list[str]:
     """Paths of every probe.json a figure plots: training runs, then random init."""
-    if figure in ANALYSES:
+    if record(figure).source != "probes":
         raise ValueError(f"{figure} is drawn from analyses (figure_pairs), not from probes")
     results = cfg.get("results", "results")
     trained = [f"{run.dir(results)}/probe.json" for run in runs_for(cfg, figure)]
@@ -122,8 +94,7 @@ def figure_probes(cfg: dict, figure: str) -> list[str]:
 
 def figure_pairs(cfg: dict, figure: str) -> list[str]:
     """Paths of the ``analysis/pairs.parquet`` of every run a Section 4 figure uses."""
-    if figure not in ANALYSES:
-        _check_figure(figure)
+    if record(figure).source != "analyses":
         raise ValueError(f"{figure} is drawn from probes (figure_probes), not from analyses")
     results = cfg.get("results", "results")
     return [f"{run.dir(results)}/analysis/pairs.parquet" for run in runs_for(cfg, figure)]
@@ -131,10 +102,11 @@ def figure_pairs(cfg: dict, figure: str) -> list[str]:
 
 def figure_inputs(cfg: dict, figure: str) -> list[str]:
     """The files ``python -m negatives figure`` draws a figure from: its probes,
-    or its analyses (and, for the tables, the similarity file naming the classes)."""
-    if figure not in ANALYSES:
+    or its analyses (and, where its record says so, the similarity file naming the classes)."""
+    fig = record(figure)
+    if fig.source == "probes":
         return figure_probes(cfg, figure)
-    return figure_pairs(cfg, figure) + ([similarity_file(cfg)] if figure == "tables_a4_a6" else [])
+    return figure_pairs(cfg, figure) + ([similarity_file(cfg)] if fig.similarity else [])
 
 
 def similarity_file(cfg: dict) -> str:
@@ -143,8 +115,12 @@ def similarity_file(cfg: dict) -> str:
     return f"{cfg.get('results', 'results')}/data/{cfg['dataset']}/wordnet_similarity.tsv"
 
 
+def figure_prefix(cfg: dict, figure: str) -> str:
+    """Where a figure's files go, less their extension: ``results/figures/{figure}``."""
+    record(figure)
+    return f"{cfg.get('results', 'results')}/figures/{figure}"
+
+
 def figure_outputs(cfg: dict, figure: str) -> list[str]:
-    """The files a figure target writes: ``results/figures/{figure}.{pdf,png,csv}``."""
-    _check_figure(figure)
-    results = cfg.get("results", "results")
-    return [f"{results}/figures/{figure}.{ext}" for ext in FIGURE_EXTENSIONS]
+    """The files a figure target writes: its prefix + each of its record's extensions (pdf, png, csv)."""
+    return [f"{figure_prefix(cfg, figure)}.{ext}" for ext in record(figure).extensions]

@@ -4,6 +4,7 @@ import json
 import os
 
 from negatives import grid
+from negatives.figure_registry import REGISTRY as FIGURE_RECORDS
 from negatives.defaults import speed_only
 from negatives.runtime.atomic import verify_existing
 from negatives.runtime.launch import pretrain_resources
@@ -86,6 +87,11 @@ PRETRAIN_RESOURCES = {"cpus_per_task": cpus, **pretrain_resources(config["pretra
 
 def figure_outputs(figure):
     return grid.figure_outputs(config, figure)
+
+
+def figure_caption(record):
+    """A figure record's report caption, as a path Snakemake reads from anywhere."""
+    return os.path.join(workflow.basedir, record.caption)
 
 
 def figure_inputs(figure):

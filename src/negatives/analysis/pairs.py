@@ -16,7 +16,7 @@ index) has percentile ``100 r / N`` in ``[0, 100)``, so a band ``[a, b)`` of
 width ``w`` holds about ``N w / 100`` negatives and each decile exactly
 ``N / 10`` when ``N`` is divisible by 10.
 
-Everything except :func:`embed_views` and :func:`analyze_checkpoint` is a pure
+Everything except :func:`embed_views` and the reading of the tables is a pure
 tensor function, vectorised over whole ``[Q, N]`` matrices (timed at 10,000 x
 10,000 by benchmarks/analysis_scale.py).
 """
@@ -24,7 +24,6 @@ tensor function, vectorised over whole ``[Q, N]`` matrices (timed at 10,000 x
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -33,15 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import check_section
 from ..data.augment import MoCoV2Augment
 from ..defaults import schema_defaults
-from ..runtime.atomic import atomic_write, check_writable, verify
+from ..runtime.atomic import verify
 
 __all__ = [
     "ANALYSIS_DEFAULTS", "COLUMNS", "IDENTITY", "embed_views", "select_images", "difficulty",
     "percentile_ranks", "deciles", "hard_frequency", "shuffle_within_queries", "pair_table",
-    "analyze_checkpoint", "read_identity", "load_pairs",
+    "PAIR_BYTES", "read_identity", "load_pairs",
 ]
 
 #: The config's ``analysis`` section (the schema's defaults), plus ``batch_size``
@@ -202,64 +200,7 @@ def pair_table(d, pct, query_labels, negative_labels, similarity, query_idx, neg
     })
 
 
-# ---------------------------------------------------------------- runs
-
-def _settings(settings: dict) -> dict:
-    """The ``analysis`` section, checked as the workflow checks the config, with the defaults."""
-    check_section("analysis", settings, library_only=("batch_size", "device"))
-    return {**ANALYSIS_DEFAULTS, **settings}
-
-
-def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, out_path) -> Path:
-    """Analyse one run: write ``out_path`` (``pairs.parquet``) and return it.
-
-    Loads the query encoder of ``checkpoint`` and the prepared dataset's train
-    split, picks ``settings['queries']`` queries and ``settings['negatives']``
-    negatives with :func:`select_images` (``settings['seed']``), embeds one
-    view each (:func:`embed_views`, same seed, the run's own crop/blur
-    settings), and writes the :func:`pair_table` atomically, with the run
-    identity (:data:`IDENTITY`, from the checkpoint's meta) and the settings
-    as JSON values in the parquet schema metadata.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..data.sources import load_prepared, open_source, read_images
-    from ..data.wordnet import read_similarity
-    from ..runtime.gpus import resolve_device
-    from ..runtime.memory import check_fits
-    from ..training.settings import PretrainSettings, check_matches, load_encoder
-
-    s = _settings(settings)
-    pairs = s["queries"] * s["negatives"]
-    check_fits(pairs * PAIR_BYTES, f"analysis.queries {s['queries']} x analysis.negatives {s['negatives']} "
-               f"({pairs:,} pairs, {PAIR_BYTES} bytes each)", "lower analysis.queries or analysis.negatives")
-    device = resolve_device(s["device"], "analysis device")
-    check_writable(out_path)
-    encoder, meta = load_encoder(checkpoint)
-    encoder.to(device)
-    data = load_prepared(data_path)
-    check_matches(meta, data, checkpoint, data_path)             # the images the run was trained on
-    names, sim = read_similarity(similarity_tsv)
-    if names != list(data["classes"]):
-        raise ValueError(f"{similarity_tsv} lists classes {names}, {data_path} has {data['classes']}")
-    train = open_source(data, "train")  # in memory, or streamed from the image files
-    labels = train.labels
-    qi, ni = select_images(labels.numpy(), s["queries"], s["negatives"], s["seed"])
-    idx = torch.from_numpy(np.concatenate([qi, ni]))
-    run = PretrainSettings.from_dict(meta["settings"])           # the run's own crop and blur
-    z = embed_views(encoder, read_images(train, idx)[0], data["mean"], data["std"], s["seed"], s["batch_size"],
-                    run.crop_scale_min, run.blur)
-    zq, zn = z[:len(qi)], z[len(qi):]
-    d = difficulty(zq, zn)
-    table = pair_table(d, percentile_ranks(d), labels[qi], labels[ni], sim, qi, ni)
-
-    at = pa.Table.from_pandas(table, preserve_index=False)
-    extra = {k: json.dumps(meta.get(k)) for k in IDENTITY}
-    extra["analysis"] = json.dumps({k: s[k] for k in ("queries", "negatives", "seed")})
-    at = at.replace_schema_metadata({**(at.schema.metadata or {}), **{k.encode(): v.encode() for k, v in extra.items()}})
-    return atomic_write(out_path, lambda tmp: pq.write_table(at, tmp))
-
+# ---------------------------------------------------------------- reading the tables
 
 def read_identity(path) -> dict:
     """The run identity of a ``pairs.parquet`` (``dataset, method, policy,

@@ -297,12 +297,13 @@ def table1(df: pd.DataFrame, out_prefix, removed: list[str]) -> pd.DataFrame:
 
 
 def _simclr_label(name: str) -> str:
-    p = parse_policy(name).policy
+    recipe = parse_policy(name)
+    p = recipe.policy
     if isinstance(p, Band):
         return f"{p.action} {fmt_pct(p.lo_pct)}-{fmt_pct(p.hi_pct)}%"
     if isinstance(getattr(p, "inner", p), (Band, ClassFilter)):
         return _removal_label(p.name)
-    return p.name                     # another method, or a plugin's policy: its name says what it is
+    return recipe.name                # another method, or a plugin's policy: its name says what it is
 
 
 def simclr(df: pd.DataFrame, out_prefix, policies: list[str]) -> pd.DataFrame:
@@ -320,9 +321,9 @@ def fig_methods(df: pd.DataFrame, out_prefix, policies: list[str], band: str) ->
     training cost (median images/s over its epochs)."""
     labels = {}
     for text in policies:
-        p = parse_policy(text).policy
+        name, p = parse_policy(text).name, parse_policy(text).policy
         # Wu et al.'s Ring, or their Ball (no inner ball)
-        labels[p.name] = p.name + ((" (Ring)" if p.inner > 0 else " (Ball)") if isinstance(p, Ring) else "")
+        labels[name] = name + ((" (Ring)" if p.inner > 0 else " (Ball)") if isinstance(p, Ring) else "")
     labels[parse_policy(band).name] = f"{parse_policy(band).name} (band)"
     labels["all"] = "baseline (all negatives)"
     return _comparison_figure(df, out_prefix, labels, "Methods", "policy", extra_metrics=("train_images_per_s",))
