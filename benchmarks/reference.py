@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
+from negatives.policies.candidates import Candidates
+
 
 class TwoCrops:
     def __init__(self, transform):
@@ -109,7 +111,7 @@ class ReferenceMoCo(nn.Module):
 
     def forward(self, im_q, im_k, policy=None):
         """``policy`` (a negatives policy, or None: all) removes negatives the
-        plain way: its ``[B, K]`` mask sets their logits to ``-inf``."""
+        plain way: its ``[B, K]`` mask (``policy(sim, candidates).keep``) sets their logits to ``-inf``."""
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self._momentum_update_key_encoder()
@@ -120,7 +122,7 @@ class ReferenceMoCo(nn.Module):
         l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
         l_neg = torch.einsum("nc,ck->nk", [q, self.queue.clone().detach()])
         if policy is not None:
-            mask = policy(l_neg.detach(), None).mask(l_neg.shape)
+            mask = policy(l_neg.detach(), Candidates()).keep
             if mask is not None:
                 l_neg = l_neg.masked_fill(~mask, float("-inf"))
         logits = torch.cat([l_pos, l_neg], dim=1) / self.T

@@ -324,3 +324,12 @@ def test_replace_mode_loss_is_info_nce_over_the_masks_columns(name):
         terms.append(-math.log(math.exp(l_pos[i] / tau) / denominator))
     assert float(loss.detach()) == pytest.approx(sum(terms) / 4, rel=1e-5)
     assert float(stats["kept"]) == float(keep.sum()) / 4
+
+
+def test_replace_mode_without_older_keys_is_refused_when_the_queue_is_made():
+    from negatives.policies import parse_policy
+
+    with pytest.raises(ValueError, match=r"policy 'drop\[50_100\)@replace' needs pretrain\.queue_extra > 0"):
+        parse_policy("drop[50_100)@replace").make_queue(8, 0, 4)
+    assert parse_policy("drop[50_100)@replace").make_queue(8, 4, 4).size == 12
+    assert parse_policy("drop[50_100)").make_queue(8, 0, 4).size == 8
