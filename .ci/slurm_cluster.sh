@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real, single-node SLURM cluster with accounting, started by hand (no
-# systemd) in a directory of its own, for the cluster test (tests/test_slurm.py).
+# systemd) in a directory of its own, for the cluster test (tests/workflow/test_slurm.py).
 #
 #   .ci/slurm_cluster.sh start DIR   install what is missing (apt-get, as root), write the
 #                                    configs into DIR, start munged, mariadbd, slurmdbd,

@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--profile", metavar="FILE", help="also profile one step after the epoch into FILE")
     p.add_argument("--tiny", action="store_true", help="small-cnn, 512 images, batch 64, K=256: a CPU smoke run")
     p.add_argument("--sync-debug", default="error", choices=["warn", "error"],
-                   help="error (default): a host sync inside a step raises (tests/test_no_host_sync.py checks the "
+                   help="error (default): a host sync inside a step raises (tests/training/test_no_host_sync.py checks the "
                         "same on the meta device)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()

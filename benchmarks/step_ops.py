@@ -10,7 +10,7 @@ Every ATen call that touches a device tensor is counted with a
 (``empty*``); each counted call launches at least one kernel on a GPU, so
 the count is a floor on the step's launches.  The count does not depend on
 the batch size.  The phases are the library's own functions, wrapped only to
-label the calls they make.  ``tests/test_step_budget.py`` holds the budget.
+label the calls they make.  ``tests/training/test_step_budget.py`` holds the budget.
 """
 
 from __future__ import annotations

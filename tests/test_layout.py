@@ -405,3 +405,32 @@ def test_each_science_object_says_its_paper_its_arguments_and_shows_an_example(t
         assert "Returns:" in doc or "Called with" in doc, f"{target}: no Returns"
     assert re.search(r"\[[BK][,\]]", doc), f"{target}: no shapes"
     assert ">>> " in doc, f"{target}: no example"
+
+
+def private_fields_in_assertions(root: Path) -> list[str]:
+    """``path:line .name`` for every ``assert`` of a test that reads an attribute with a leading underscore."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert):
+                found += [f"{path.relative_to(root)}:{node.lineno} .{a.attr}" for a in ast.walk(node)
+                          if isinstance(a, ast.Attribute) and a.attr.startswith("_") and not a.attr.startswith("__")]
+    return found
+
+
+def test_no_test_asserts_on_a_private_field():
+    assert not private_fields_in_assertions(ROOT / "tests")
+
+
+def test_the_private_field_check_can_fail(tmp_path):
+    (tmp_path / "test_x.py").write_text("def test_x(sel):\n    assert sel._keep is None\n    assert sel.__class__\n")
+    assert private_fields_in_assertions(tmp_path) == ["test_x.py:2 ._keep"]
+
+
+def test_the_tests_are_laid_out_like_the_library():
+    # a test file sits in the folder of the package it tests (tests/policies/ for negatives.policies, ...);
+    # the top-level modules' and the house's tests at the top
+    packages = {p.name for p in (SRC / "negatives").iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= packages | {"models", "workflow", "benchmarks"}, folders - packages
+    assert {"policies", "losses", "methods", "queues", "training", "workflow"} <= folders

@@ -6,7 +6,7 @@ from here, so a run started by hand gets the same values as one the workflow
 starts.
 
 A key marked ``speed_only: true`` in the schema changes how fast a job runs,
-not what it computes, bit for bit (tests/test_speed_only.py shows it for each
+not what it computes, bit for bit (tests/training/test_speed_only.py shows it for each
 one): a finished run is never redone when it changes.
 :func:`check_partial` checks the part of a config an entry point was given
 by hand against the same schema, as Snakemake's validation checks the whole."""

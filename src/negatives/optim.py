@@ -20,7 +20,7 @@ workflow paid it.
   written out in ``torch._foreach`` ops: the same arithmetic, operation for
   operation, as torch's own step (its per-tensor loop on CPU, its foreach
   path on GPU), so the parameters and momentum buffers are bit-identical
-  (``tests/test_optim.py``), and the same ``state_dict``.
+  (``tests/training/test_optim.py``), and the same ``state_dict``.
 
 ``torch.optim.LBFGS`` (the fast linear probe) needs only the first.
 """

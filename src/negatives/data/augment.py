@@ -268,7 +268,7 @@ def blur(x: Tensor, kernels: Tensor) -> Tensor:
 
     ``y = M_h x M_w^T`` per sample, with ``M`` the banded matrices of the
     kernel (reflect padding inside them): two batched matrix products, the
-    numbers of the tap-by-tap form up to rounding (``tests/test_models_augment.py``)
+    numbers of the tap-by-tap form up to rounding (``tests/models/test_models_augment.py``)
     in fewer passes; a delta kernel gives the identity exactly.
     """
     b, c, h, w = x.shape

@@ -17,7 +17,7 @@ from negatives.policies.reweighted import debiased, hard
 from negatives.policies.grammar import moving, number
 from negatives.policies.registry import PARSERS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "src" / "negatives" / "policies"
 
 # -- the number reader --------------------------------------------------------

@@ -123,7 +123,12 @@ def test_claim_maps_cuda_to_the_leased_index_and_leaves_other_devices(tmp_path, 
     finally:
         gpus.release()
         os.close(other.fd)
-    assert gpus._LEASE is None
+    said.clear()
+    try:  # released: the next claim takes a lease anew (and says so), here the GPU the other process freed
+        assert gpus.claim(torch.device("cuda"), log=said.append, lock_dir=tmp_path, count=2) == torch.device("cuda", 0)
+        assert len(said) == 1
+    finally:
+        gpus.release()
 
 
 def test_no_visible_gpu_is_a_clear_error(tmp_path):

@@ -21,7 +21,7 @@ from negatives.policies import PolicyError
 
 from conftest import fake_fashion_mnist
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAKEFILE = ROOT / "Snakefile"
 
 

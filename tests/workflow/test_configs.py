@@ -2,7 +2,7 @@
 effective config its full file gave, repeats no default, passes the schema and
 check_config, and a dry run plans the expected number of jobs.
 
-tests/effective_configs/NAME.json is the effective config (config.yaml + the
+tests/workflow/effective_configs/NAME.json is the effective config (config.yaml + the
 file, the schema's defaults filled in, as the workflow saw it run from the
 checkout) of each config at fbecef0, when configs/ held full files; written
 once from ``git show fbecef0:...`` so that the check needs no git history.
@@ -31,10 +31,10 @@ from negatives.config_files import base_config, check_config_file, merge_config,
 
 from conftest import fake_imagenet, fake_tiny_imagenet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-EFFECTIVE = ROOT / "tests" / "effective_configs"
+EFFECTIVE = ROOT / "tests" / "workflow" / "effective_configs"
 
 #: config -> (jobs in the dry run of the default target, of which pretraining runs)
 #: cifar10/100, tiny-imagenet: 22 policies (fig2 6, fig3 +3, table1 +4, simclr 3 with SimCLR, fig_methods +6)

@@ -21,7 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "workflow" / "scripts" / "bootstrap.sh"
 LOCKS = sorted((ROOT / "requirements").glob("*.txt"))
 

@@ -24,7 +24,7 @@ from negatives.data.wordnet import check_synsets
 from conftest import (CIFAR10_CLASSES, IMAGENET_WNIDS, STL10_CLASSES, cifar100_class_names, fake_cifar10,
                       fake_cifar100, fake_imagenet, fake_stl10, fake_tiny_imagenet)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "src" / "negatives" / "data" / "resources"
 
 

@@ -300,7 +300,7 @@ def test_a_read_only_folder_is_named_before_any_work(files, capsys, monkeypatch)
 def test_a_figure_names_the_damaged_input_and_writes_nothing(tmp_path, capsys):
     import yaml
 
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"dataset": "d", "method": "moco", "policy": "all", "temperature": 0.2, "seed": 0,
                                 "linear_top1": 50.0}))

@@ -15,7 +15,7 @@ from negatives.config import ConfigError, check_config
 
 from conftest import fake_fashion_mnist
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 @pytest.fixture

@@ -24,7 +24,7 @@ Part of the run, measured on CPU (torch 2.14, 2 threads):
   world of ``processes x nodes`` (where they run does not enter the numbers),
   each backpropagates its slice of the batch and the gradients are averaged
   over the world, another order of additions than one backward over the whole
-  batch: equal within float rounding (tests/test_distributed.py), not bit for bit;
+  batch: equal within float rounding (tests/runtime/test_distributed.py), not bit for bit;
 * ``pretrain.compile``: inductor's fused kernels change the last bits.
 """
 
@@ -211,7 +211,7 @@ def test_a_resume_with_other_threads_or_compile_is_refused_naming_the_key(tmp_pa
 def test_the_settings_that_change_the_last_bits_are_differences_of_a_run(key):
     """What a resume compares: processes and nodes as threads and compile
     (a resume with another process count is refused by each process of the
-    run; tests/test_distributed.py starts one)."""
+    run; tests/runtime/test_distributed.py starts one)."""
     saved = {"seed": 0, "settings": {"threads": 1, "processes": 1, "nodes": 1, "compile": False}}
     now = {**saved, "settings": {**saved["settings"], key: 2 if key != "compile" else True}}
     assert meta_differences(saved, now) == [f"pretrain.{key}: {saved['settings'][key]!r} -> {now['settings'][key]!r}"]

@@ -20,7 +20,7 @@ from negatives.features import topk_accuracy
 from negatives.models import Encoder, MLPHead
 from negatives.evaluation.faithful import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def colour_images(n_per_class: int, seed: int, size: int = 16):

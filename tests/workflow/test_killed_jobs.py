@@ -2,9 +2,9 @@
 ``analyze`` or ``figure`` command killed (SIGKILL, or SIGTERM) at any moment leaves no partial
 output (its files are either absent or whole, as their check files say)
 and changes no other file; the same command then runs to the end.  (Pretraining's own
-kills, mid-step and mid-write, are in tests/test_checkpoint.py,
-tests/test_distributed.py and tests/test_run_lock.py; the workflow's in
-tests/test_interrupted_workflow.py.)"""
+kills, mid-step and mid-write, are in tests/training/test_checkpoint.py,
+tests/runtime/test_distributed.py and tests/training/test_run_lock.py; the workflow's in
+tests/workflow/test_interrupted_workflow.py.)"""
 
 from __future__ import annotations
 
