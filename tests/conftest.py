@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# the tests sit in folders laid out like the library; a test file imports another's helpers by its name,
+# wherever it sits (the names are unique: tests/test_layout.py checks it)
+for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and not (p / "__init__.py").exists()):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 def written(folder: Path) -> list[str]:

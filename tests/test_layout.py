@@ -434,3 +434,5 @@ def test_the_tests_are_laid_out_like_the_library():
     folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders <= packages | {"models", "workflow", "benchmarks"}, folders - packages
     assert {"policies", "losses", "methods", "queues", "training", "workflow"} <= folders
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), "two test files of one name"     # they import one another by name
