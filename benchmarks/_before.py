@@ -23,11 +23,15 @@ def extract_src(rev: str) -> Path:
     revision ``rev`` (for ``PYTHONPATH``)."""
     tmp = Path(tempfile.mkdtemp(prefix="negatives_before_"))
     # the schema lives in workflow/schemas, linked from the package (where the revision has it)
-    paths = ["src/negatives"] + (["workflow/schemas"] if subprocess.run(
-        ["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:workflow/schemas"], capture_output=True).returncode == 0
-        else [])
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths], check=True,
-                          capture_output=True).stdout
+    paths = ["src/negatives"] + (
+        ["workflow/schemas"]
+        if subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:workflow/schemas"], capture_output=True
+        ).returncode
+        == 0
+        else []
+    )
+    blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(tmp, filter="data")
     return tmp / "src"

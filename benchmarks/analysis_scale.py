@@ -55,17 +55,22 @@ def summaries(d, pct, same, wnet, cut=95.0, chunk=1024):
     negatives, accumulated over row chunks (no boolean indexing of [Q, N])."""
     by_decile, hard_sum = torch.zeros(4, 10, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
     for i in range(0, d.shape[0], chunk):
-        p = pct[i:i + chunk]
-        x = torch.stack([torch.ones_like(p), same[i:i + chunk].float(), wnet[i:i + chunk], d[i:i + chunk]])
+        p = pct[i : i + chunk]
+        x = torch.stack([torch.ones_like(p), same[i : i + chunk].float(), wnet[i : i + chunk], d[i : i + chunk]])
         dec = A.deciles(p).expand_as(x)
         by_decile += torch.zeros(*x.shape[:2], 10).scatter_add_(2, dec, x).sum(1, dtype=torch.float64)
         hard_sum += (x * (p >= cut)).sum((1, 2), dtype=torch.float64)
     easy_sum = by_decile.sum(1) - hard_sum
     mean = by_decile[1:] / by_decile[0]
-    return {"same_hard": float(hard_sum[1] / hard_sum[0]), "same_easy": float(easy_sum[1] / easy_sum[0]),
-            "wordnet_hard": float(hard_sum[2] / hard_sum[0]), "wordnet_easy": float(easy_sum[2] / easy_sum[0]),
-            "same_by_decile": mean[0].tolist(), "wordnet_by_decile": mean[1].tolist(),
-            "difficulty_by_decile": mean[2].tolist()}
+    return {
+        "same_hard": float(hard_sum[1] / hard_sum[0]),
+        "same_easy": float(easy_sum[1] / easy_sum[0]),
+        "wordnet_hard": float(hard_sum[2] / hard_sum[0]),
+        "wordnet_easy": float(easy_sum[2] / easy_sum[0]),
+        "same_by_decile": mean[0].tolist(),
+        "wordnet_by_decile": mean[1].tolist(),
+        "difficulty_by_decile": mean[2].tolist(),
+    }
 
 
 def main() -> None:
@@ -86,8 +91,10 @@ def main() -> None:
     nl = torch.randint(0, args.classes, (args.negatives,), generator=g)
     sim = torch.randint(0, 18, (args.classes, args.classes), generator=g)
     sim = torch.maximum(sim, sim.T).float()
-    print(f"{args.queries} queries x {args.negatives} negatives, D={args.dim}, {args.classes} classes, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.queries} queries x {args.negatives} negatives, D={args.dim}, {args.classes} classes, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     t = Timer()
     d = t("1 difficulty (cosine)", A.difficulty, q, n)
@@ -97,18 +104,30 @@ def main() -> None:
     wnet = t("4 wordnet lookups (array indexing)", lambda: sim[ql][:, nl])
     s = t("5 summaries (Fig. 4, Fig. 5)", summaries, d, pct, same, wnet)
     freq = t("6 hard frequency (Fig. 6)", A.hard_frequency, pct)
-    null = t("7 null model: shuffle percentiles + hard frequency",
-             lambda: A.hard_frequency(A.shuffle_within_queries(pct, 0)))
+    null = t(
+        "7 null model: shuffle percentiles + hard frequency", lambda: A.hard_frequency(A.shuffle_within_queries(pct, 0))
+    )
     total = sum(sec for _, sec in t.rows)
     print(f"  {'total':<50s} {total:7.2f} s   target {args.target:.0f} s: {'PASS' if total < args.target else 'FAIL'}")
-    print(f"  check: hard same-class {s['same_hard']:.4f} vs easy {s['same_easy']:.4f} (random data: equal); "
-          f"hard frequency mean {freq.mean():.4f}, null mean {null.mean():.4f} (both 0.05)")
+    print(
+        f"  check: hard same-class {s['same_hard']:.4f} vs easy {s['same_easy']:.4f} (random data: equal); "
+        f"hard frequency mean {freq.mean():.4f}, null mean {null.mean():.4f} (both 0.05)"
+    )
 
     print("apart from the total:")
     if args.table:
         k = args.table
-        t("tidy table, pair_table at %d x %d" % (k, k), A.pair_table, d[:k, :k], pct[:k, :k], ql[:k], nl[:k],
-          sim.numpy(), np.arange(k), np.arange(k, 2 * k))
+        t(
+            f"tidy table, pair_table at {k} x {k}",
+            A.pair_table,
+            d[:k, :k],
+            pct[:k, :k],
+            ql[:k],
+            nl[:k],
+            sim.numpy(),
+            np.arange(k),
+            np.arange(k, 2 * k),
+        )
     try:
         from negatives.data import class_map
         from negatives.data.wordnet import load_wordnet, similarity_matrix

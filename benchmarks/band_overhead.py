@@ -58,8 +58,8 @@ from typing import NamedTuple
 
 import torch
 
-from negatives.config_files import read_config
 from negatives import grid
+from negatives.config_files import read_config
 from negatives.runtime.memory import keep_freed_memory
 from negatives.training.settings import PretrainSettings
 
@@ -70,17 +70,17 @@ from _before import ROOT, load_before
 class Inputs(NamedTuple):
     """What both sides are given: the scale and the same tensors."""
 
-    settings: dict          # the config's pretrain section at the command line's scale
+    settings: dict  # the config's pretrain section at the command line's scale
     channels: int
     image_size: int
     device: torch.device
-    images: torch.Tensor    # uint8 [B, C, H, W]
-    labels: torch.Tensor    # [B], 10 classes
-    idx: torch.Tensor       # [B]
-    sim: torch.Tensor       # [B, K], for the selection alone
+    images: torch.Tensor  # uint8 [B, C, H, W]
+    labels: torch.Tensor  # [B], 10 classes
+    idx: torch.Tensor  # [B]
+    sim: torch.Tensor  # [B, K], for the selection alone
     cand_labels: torch.Tensor
-    keys: torch.Tensor      # [K, dim]
-    queries: torch.Tensor   # [B, dim]
+    keys: torch.Tensor  # [K, dim]
+    queries: torch.Tensor  # [B, dim]
 
 
 class Side(NamedTuple):
@@ -106,20 +106,26 @@ def working_tree_side(x: Inputs) -> Side:
     s = PretrainSettings.from_dict(x.settings)
     aug = MoCoV2Augment(x.image_size, x.channels, [0.5] * x.channels, [0.25] * x.channels).to(x.device)
     k = x.sim.shape[1]
-    cands = Candidates(labels=x.cand_labels, keys=x.keys, query_labels=x.labels, queries=x.queries,
-                       newest_first=torch.arange(k, device=x.sim.device))
+    cands = Candidates(
+        labels=x.cand_labels,
+        keys=x.keys,
+        query_labels=x.labels,
+        queries=x.queries,
+        newest_first=torch.arange(k, device=x.sim.device),
+    )
 
     def build(name):
         recipe = parse_policy(name)
         recipe.policy.start(s.epochs, s.queue_size)
-        model = build_method("moco", seeded_encoder(s, x.channels, 0), recipe, s, 0.2,
-                             generator=torch.Generator().manual_seed(1)).to(x.device, memory_format=torch.channels_last)
+        model = build_method(
+            "moco", seeded_encoder(s, x.channels, 0), recipe, s, 0.2, generator=torch.Generator().manual_seed(1)
+        ).to(x.device, memory_format=torch.channels_last)
         opt = SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9)
         return lambda: train_step(model, aug, opt, x.images, x.labels, x.idx, progress=0.5)  # past any warm-up
 
     def select(name):
         policy = parse_policy(name).policy
-        policy.start(s.epochs, k)          # the selection alone: the K newest, no older stand-ins
+        policy.start(s.epochs, k)  # the selection alone: the K newest, no older stand-ins
         return lambda: policy(x.sim, cands, 0.5)
 
     return Side(build, select)
@@ -130,13 +136,18 @@ def revision_side(pkg: str, x: Inputs) -> Side:
     benchmark makes into it is here, and only here, through its API as of
     fbecef0 (a model built as that revision's trainer builds it; settings it
     does not know are left out)."""
-    mod = {m: importlib.import_module(f"{pkg}.{m}") for m in (
-        "data.augment", "methods", "optim", "policies", "training.settings", "training.step")}
+    mod = {
+        m: importlib.import_module(f"{pkg}.{m}")
+        for m in ("data.augment", "methods", "optim", "policies", "training.settings", "training.step")
+    }
     settings = mod["training.settings"]
     known = set(settings.PretrainSettings.__dataclass_fields__)
     s = settings.PretrainSettings.from_dict({k: v for k, v in x.settings.items() if k in known})
-    aug = mod["data.augment"].MoCoV2Augment(x.image_size, x.channels, [0.5] * x.channels,
-                                            [0.25] * x.channels).to(x.device)
+    aug = (
+        mod["data.augment"]
+        .MoCoV2Augment(x.image_size, x.channels, [0.5] * x.channels, [0.25] * x.channels)
+        .to(x.device)
+    )
     parse_policy = mod["policies"].parse_policy
     cands = mod["policies"].Candidates(labels=x.cand_labels, keys=x.keys, query_labels=x.labels, queries=x.queries)
     train_step = mod["training.step"].train_step
@@ -144,10 +155,21 @@ def revision_side(pkg: str, x: Inputs) -> Side:
     def build(name):
         policy = parse_policy(name)
         policy.start(s.epochs)
-        model = mod["methods"].build_method(
-            "moco", settings.seeded_encoder(s, x.channels, 0), dim=s.dim, queue_size=s.queue_size,
-            queue_extra=s.queue_extra, momentum=s.momentum, temperature=0.2, policy=policy,
-            generator=torch.Generator().manual_seed(1)).to(x.device, memory_format=torch.channels_last)
+        model = (
+            mod["methods"]
+            .build_method(
+                "moco",
+                settings.seeded_encoder(s, x.channels, 0),
+                dim=s.dim,
+                queue_size=s.queue_size,
+                queue_extra=s.queue_extra,
+                momentum=s.momentum,
+                temperature=0.2,
+                policy=policy,
+                generator=torch.Generator().manual_seed(1),
+            )
+            .to(x.device, memory_format=torch.channels_last)
+        )
         opt = mod["optim"].SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9)
         return lambda: train_step(model, aug, opt, x.images, x.labels, x.idx, progress=0.5)
 
@@ -204,8 +226,10 @@ def against_first(args, x: Inputs, side: Side, cuda: bool) -> None:
             rounds[name].append({n: statistics.median(t) for n, t in times.items()})
 
     spread = args.rounds > 1
-    print(f"\n{'policy':<36}{'images/s':>10}{'step ms':>10}{first + ' ms':>10}{'vs ' + first:>10}"
-          f"{'selection ms':>14}{'sel / step':>12}" + (f"{'range of ' + str(args.rounds):>18}" if spread else ""))
+    print(
+        f"\n{'policy':<36}{'images/s':>10}{'step ms':>10}{first + ' ms':>10}{'vs ' + first:>10}"
+        f"{'selection ms':>14}{'sel / step':>12}" + (f"{'range of ' + str(args.rounds):>18}" if spread else "")
+    )
     worst = 0.0
     for name, races in rounds.items():
         ratios = sorted(r[name] / r[first] for r in races)
@@ -213,9 +237,11 @@ def against_first(args, x: Inputs, side: Side, cuda: bool) -> None:
         sel = call_time(side.select(name), cuda)
         ratio = statistics.median(ratios)
         worst = max(worst, ratio)
-        print(f"{name:<36}{b / med[name]:>10.0f}{med[name] * 1e3:>10.1f}{med[first] * 1e3:>10.1f}{ratio:>9.3f}x"
-              f"{sel * 1e3:>14.2f}{100 * sel / med[first]:>11.1f}%"
-              + (f"{ratios[0]:>9.3f}-{ratios[-1]:.3f}x" if spread else ""))
+        print(
+            f"{name:<36}{b / med[name]:>10.0f}{med[name] * 1e3:>10.1f}{med[first] * 1e3:>10.1f}{ratio:>9.3f}x"
+            f"{sel * 1e3:>14.2f}{100 * sel / med[first]:>11.1f}%"
+            + (f"{ratios[0]:>9.3f}-{ratios[-1]:.3f}x" if spread else "")
+        )
     target = "+5% on GPU (K=65536, batch 256)" if cuda else "+10% on CPU"
     median = "median of the rounds' ratios, " if spread else ""
     print(f"\nworst overhead over {first} ({median}each policy): {100 * (worst - 1):+.1f}% (target: at most {target})")
@@ -229,11 +255,17 @@ def against_revision(args, x: Inputs, before: Side, after: Side, cuda: bool) -> 
     for _ in range(args.rounds):
         for name, runs in models.items():
             times = race(runs, args.steps, args.warmup, cuda)
-            rounds[name].append({"ratio": statistics.median(a / b for a, b in zip(times["after"], times["before"])),
-                                 **{side: statistics.median(t) for side, t in times.items()}})
+            rounds[name].append(
+                {
+                    "ratio": statistics.median(a / b for a, b in zip(times["after"], times["before"])),
+                    **{side: statistics.median(t) for side, t in times.items()},
+                }
+            )
 
-    print(f"\n{'policy':<36}{'before img/s':>13}{'after img/s':>12}{'after/before':>13}"
-          f"{'range of ' + str(args.rounds):>16}{'sel before ms':>15}{'sel after ms':>14}")
+    print(
+        f"\n{'policy':<36}{'before img/s':>13}{'after img/s':>12}{'after/before':>13}"
+        f"{'range of ' + str(args.rounds):>16}{'sel before ms':>15}{'sel after ms':>14}"
+    )
     worst = (0.0, "")
     for name, races in rounds.items():
         ratios = sorted(r["ratio"] for r in races)
@@ -246,11 +278,15 @@ def against_revision(args, x: Inputs, before: Side, after: Side, cuda: bool) -> 
                 sel[side].append(call_time(call, cuda))
         ratio = statistics.median(ratios)
         worst = max(worst, (ratio, name))
-        print(f"{name:<36}{b / med['before']:>13.0f}{b / med['after']:>12.0f}{ratio:>12.3f}x"
-              f"{ratios[0]:>9.3f}-{ratios[-1]:.3f}x{statistics.median(sel['before']) * 1e3:>15.2f}"
-              f"{statistics.median(sel['after']) * 1e3:>14.2f}")
-    print(f"\nslowest against {args.before} (median of {args.rounds} round(s) of {args.steps} steps): {worst[1]} "
-          f"{100 * (worst[0] - 1):+.1f}% per step")
+        print(
+            f"{name:<36}{b / med['before']:>13.0f}{b / med['after']:>12.0f}{ratio:>12.3f}x"
+            f"{ratios[0]:>9.3f}-{ratios[-1]:.3f}x{statistics.median(sel['before']) * 1e3:>15.2f}"
+            f"{statistics.median(sel['after']) * 1e3:>14.2f}"
+        )
+    print(
+        f"\nslowest against {args.before} (median of {args.rounds} round(s) of {args.steps} steps): {worst[1]} "
+        f"{100 * (worst[0] - 1):+.1f}% per step"
+    )
 
 
 def main() -> None:
@@ -258,15 +294,24 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "config.yaml"))
     p.add_argument("--policies", nargs="+", default=["all", "keep[95_100)", "keep[0_95)", "drop[99.9_100)"])
     p.add_argument("--all-policies", action="store_true", help="every MoCo policy of the config's figures")
-    p.add_argument("--before", metavar="REV",
-                   help="race each policy against itself as built by the package at this git revision")
+    p.add_argument(
+        "--before", metavar="REV", help="race each policy against itself as built by the package at this git revision"
+    )
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=10,
-                   help="untimed steps at the start of each race (a model idle through the other races "
-                        "comes back with cold caches and allocator state, which a training process pays once)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="race every policy this many times, in rounds spread over the run; report the median "
-                        "ratio and its range (one race's ratio moves by a few points with the machine's phase)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed steps at the start of each race (a model idle through the other races "
+        "comes back with cold caches and allocator state, which a training process pays once)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="race every policy this many times, in rounds spread over the run; report the median "
+        "ratio and its range (one race's ratio moves by a few points with the machine's phase)",
+    )
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU: bf16 autocast, steps timed to a synchronize)")
@@ -275,8 +320,10 @@ def main() -> None:
     p.add_argument("--backbone", help="default: pretrain.backbone (the GPU figure: resnet18 on 32x32x3)")
     args = p.parse_args()
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        p.error(f"--rounds and --steps must be at least 1 and --warmup at least 0, "
-                f"got {args.rounds}, {args.steps} and {args.warmup}")
+        p.error(
+            f"--rounds and --steps must be at least 1 and --warmup at least 0, "
+            f"got {args.rounds}, {args.steps} and {args.warmup}"
+        )
     keep_freed_memory()  # as python -m negatives does
 
     cfg = read_config(args.config)
@@ -291,13 +338,22 @@ def main() -> None:
     torch.set_num_threads(s.threads)
     b, k = s.batch_size, s.queue_size
     if args.all_policies:
-        args.policies = list(dict.fromkeys(
-            ["all"] + [p for f in grid.FIGURES if f not in grid.ANALYSES and grid.figure_method(cfg, f) == "moco"
-                       for p in grid.figure_policies(cfg, f)]))
+        args.policies = list(
+            dict.fromkeys(
+                ["all"]
+                + [
+                    p
+                    for f in grid.FIGURES
+                    if f not in grid.ANALYSES and grid.figure_method(cfg, f) == "moco"
+                    for p in grid.figure_policies(cfg, f)
+                ]
+            )
+        )
 
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (b, args.channels, args.image_size, args.image_size), dtype=torch.uint8,
-                           generator=g).to(dev)
+    images = torch.randint(
+        0, 256, (b, args.channels, args.image_size, args.image_size), dtype=torch.uint8, generator=g
+    ).to(dev)
     labels, idx = torch.randint(0, 10, (b,), generator=g).to(dev), torch.arange(b, device=dev)
     sim = (torch.rand(b, k, generator=g) * 2 - 1).to(dev)
     keys = torch.nn.functional.normalize(torch.randn(k, s.dim, generator=g), dim=1).to(dev)
@@ -320,9 +376,11 @@ def main() -> None:
             except ValueError as e:
                 p.error(f"--policies: {name!r} is no policy of {rev}: {e}")
     after, before = sides["the working tree"], sides.get(args.before)
-    print(f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {args.image_size}px x{args.channels}, "
-          f"device {dev}, threads {s.threads}, torch {torch.__version__}"
-          + (f"; {args.before} against the working tree" if before else ""))
+    print(
+        f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {args.image_size}px x{args.channels}, "
+        f"device {dev}, threads {s.threads}, torch {torch.__version__}"
+        + (f"; {args.before} against the working tree" if before else "")
+    )
     if before:
         against_revision(args, x, before, after, cuda)
     else:

@@ -48,18 +48,59 @@ from _before import extract_src  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (method, policy): every policy family, in both methods where it applies
-GRID = [("moco", p) for p in (
-    "all", "keep[90_100)", "keep[0_75)", "keep[40_60)", "drop[90_100)", "drop[5_95)", "drop-same-class",
-    "drop[75_100)&same-class", "drop[90_100)&other-class", "drop[90_100)@replace",
-    "drop[90_100)&same-class@replace", "drop-same-class@replace", "mochi[16_8_4_1]", "mochi[16_8_4]",
-    "ring[100->10_10_linear_50]", "ring[20_10]", "curriculum[0_100->90_100_linear]", "debiased[0.1]",
-    "hard[1_0.1]", "retain-hard[0.1]", "retain-hard[0.25_50]")] + [("simclr", p) for p in (
-    "all", "keep[90_100)", "drop[90_100)", "drop-same-class", "drop[75_100)&same-class", "mochi[16_8_4_1]",
-    "ring[100->10_10_linear_50]", "debiased[0.1]", "hard[1_0.1]")]
+GRID = [
+    ("moco", p)
+    for p in (
+        "all",
+        "keep[90_100)",
+        "keep[0_75)",
+        "keep[40_60)",
+        "drop[90_100)",
+        "drop[5_95)",
+        "drop-same-class",
+        "drop[75_100)&same-class",
+        "drop[90_100)&other-class",
+        "drop[90_100)@replace",
+        "drop[90_100)&same-class@replace",
+        "drop-same-class@replace",
+        "mochi[16_8_4_1]",
+        "mochi[16_8_4]",
+        "ring[100->10_10_linear_50]",
+        "ring[20_10]",
+        "curriculum[0_100->90_100_linear]",
+        "debiased[0.1]",
+        "hard[1_0.1]",
+        "retain-hard[0.1]",
+        "retain-hard[0.25_50]",
+    )
+] + [
+    ("simclr", p)
+    for p in (
+        "all",
+        "keep[90_100)",
+        "drop[90_100)",
+        "drop-same-class",
+        "drop[75_100)&same-class",
+        "mochi[16_8_4_1]",
+        "ring[100->10_10_linear_50]",
+        "debiased[0.1]",
+        "hard[1_0.1]",
+    )
+]
 
-SETTINGS = {"backbone": "small-cnn", "width": 8, "dim": 16, "batch_size": 32, "queue_size": 64,
-            "queue_extra": 32, "bn_splits": 2, "knn_monitor": 64, "knn_monitor_every": 1, "threads": 1,
-            "device": "cpu"}
+SETTINGS = {
+    "backbone": "small-cnn",
+    "width": 8,
+    "dim": 16,
+    "batch_size": 32,
+    "queue_size": 64,
+    "queue_extra": 32,
+    "bn_splits": 2,
+    "knn_monitor": 64,
+    "knn_monitor_every": 1,
+    "threads": 1,
+    "device": "cpu",
+}
 
 #: run in each side's process: prepare the dataset, then every run of the grid
 CHILD = r"""
@@ -84,15 +125,20 @@ def fake_fashion_mnist(root: Path, n_train: int = 128, n_test: int = 64) -> None
     for split, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % 10
         images = rng.integers(0, 256, size=(n, 28, 28))
-        images[:, :, :14] //= labels[:, None, None] + 1       # a little class structure
+        images[:, :, :14] //= labels[:, None, None] + 1  # a little class structure
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
 
 
 def run_side(src: Path, root: Path, work: Path, settings: dict, grid: list) -> None:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", CHILD, str(root), str(work), json.dumps(grid), json.dumps(settings)],
-                   check=True, env=env, cwd=work, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(work), json.dumps(grid), json.dumps(settings)],
+        check=True,
+        env=env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 #: ``--tolerance``: the largest relative difference "beyond float order" allows, of a checkpoint tensor and of a loss
@@ -131,8 +177,9 @@ def relative(a, b) -> float:
     return diff / scale if scale else (0.0 if diff == 0 else float("inf"))
 
 
-def within_tolerance(x: dict, y: dict, tensors: float = TENSOR_TOLERANCE, loss: float = LOSS_TOLERANCE
-                     ) -> tuple[bool, str]:
+def within_tolerance(
+    x: dict, y: dict, tensors: float = TENSOR_TOLERANCE, loss: float = LOSS_TOLERANCE
+) -> tuple[bool, str]:
     """Whether two runs' checkpoints agree up to float order (every tensor
     within ``tensors`` relative, every per-epoch loss within ``loss``), and a
     line saying by how much (the largest tensor and loss differences)."""
@@ -154,8 +201,9 @@ def within_tolerance(x: dict, y: dict, tensors: float = TENSOR_TOLERANCE, loss: 
         if [r[key] for r in x["log"]] != [r[key] for r in y["log"]]:
             notes.append(f"log {key}: {[r[key] for r in x['log']]} vs {[r[key] for r in y['log']]}")
     ok = not failures and worst[0] <= tensors and loss_diff <= loss
-    line = (f"largest relative difference: tensor {worst[0]:.1e} ({worst[1]}), per-epoch loss {loss_diff:.1e}"
-            + "".join(f"; {f}" for f in failures + notes))
+    line = f"largest relative difference: tensor {worst[0]:.1e} ({worst[1]}), per-epoch loss {loss_diff:.1e}" + "".join(
+        f"; {f}" for f in failures + notes
+    )
     return ok, line
 
 
@@ -165,13 +213,26 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--policies", nargs="+", metavar="POLICY", help="only the grid's runs of these policies")
     p.add_argument("--methods", nargs="+", choices=("moco", "simclr"), help="only the grid's runs of these methods")
-    p.add_argument("--tolerance", action="store_true",
-                   help=f"pass runs equal up to float order (tensors within --tensor-tolerance relative, "
-                        f"per-epoch losses within --loss-tolerance), listing them")
-    p.add_argument("--tensor-tolerance", type=float, default=TENSOR_TOLERANCE, metavar="REL",
-                   help="--tolerance: the largest relative difference of a checkpoint tensor (default %(default)g)")
-    p.add_argument("--loss-tolerance", type=float, default=LOSS_TOLERANCE, metavar="REL",
-                   help="--tolerance: the largest relative difference of a per-epoch loss (default %(default)g)")
+    p.add_argument(
+        "--tolerance",
+        action="store_true",
+        help="pass runs equal up to float order (tensors within --tensor-tolerance relative, "
+        "per-epoch losses within --loss-tolerance), listing them",
+    )
+    p.add_argument(
+        "--tensor-tolerance",
+        type=float,
+        default=TENSOR_TOLERANCE,
+        metavar="REL",
+        help="--tolerance: the largest relative difference of a checkpoint tensor (default %(default)g)",
+    )
+    p.add_argument(
+        "--loss-tolerance",
+        type=float,
+        default=LOSS_TOLERANCE,
+        metavar="REL",
+        help="--tolerance: the largest relative difference of a per-epoch loss (default %(default)g)",
+    )
     args = p.parse_args()
     if args.epochs < 1:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
@@ -180,13 +241,19 @@ def main() -> int:
             p.error(f"--{key.replace('_', '-')} must be a finite number at least 0, got {getattr(args, key)}")
     unknown = sorted(set(args.policies or ()) - {policy for _, policy in GRID})
     if unknown:
-        p.error(f"--policies: {', '.join(unknown)} not in the grid; its policies: "
-                f"{' '.join(dict.fromkeys(policy for _, policy in GRID))}")
-    grid = [(m, pol) for m, pol in GRID if (not args.policies or pol in args.policies)
-            and (not args.methods or m in args.methods)]
+        p.error(
+            f"--policies: {', '.join(unknown)} not in the grid; its policies: "
+            f"{' '.join(dict.fromkeys(policy for _, policy in GRID))}"
+        )
+    grid = [
+        (m, pol)
+        for m, pol in GRID
+        if (not args.policies or pol in args.policies) and (not args.methods or m in args.methods)
+    ]
     if not grid:
-        p.error(f"--methods: no run of the grid has {' or '.join(args.methods)} "
-                f"with --policies {' '.join(args.policies)}")
+        p.error(
+            f"--methods: no run of the grid has {' or '.join(args.methods)} with --policies {' '.join(args.policies)}"
+        )
     try:
         before = extract_src(args.revision)
     except subprocess.CalledProcessError as e:
@@ -216,15 +283,19 @@ def main() -> int:
             failed += 1
             line = "DIFFERS: " + "; ".join(diff[:4])
         print(f"{method:7s} {policy:36s} {line}")
-    print(f"{len(grid) - failed - len(close)} of {len(grid)} runs bit-identical (revision {args.revision} vs the "
-          f"working tree; {args.epochs} epochs of {128 // SETTINGS['batch_size']} steps)")
+    print(
+        f"{len(grid) - failed - len(close)} of {len(grid)} runs bit-identical (revision {args.revision} vs the "
+        f"working tree; {args.epochs} epochs of {128 // SETTINGS['batch_size']} steps)"
+    )
     if args.tolerance:
-        print(f"{len(close)} equal up to float order (tensors within {args.tensor_tolerance:g}, losses within "
-              f"{args.loss_tolerance:g} relative){': ' + ', '.join(close) if close else ''}; {failed} beyond")
+        print(
+            f"{len(close)} equal up to float order (tensors within {args.tensor_tolerance:g}, losses within "
+            f"{args.loss_tolerance:g} relative){': ' + ', '.join(close) if close else ''}; {failed} beyond"
+        )
     if failed:
         print(f"the runs are kept in {tmp} (before/, after/: run<i> is the i-th line above)")
         return 1
-    for folder in (tmp, before.parent):   # the runs and the revision's package
+    for folder in (tmp, before.parent):  # the runs and the revision's package
         shutil.rmtree(folder, ignore_errors=True)
     return 0
 

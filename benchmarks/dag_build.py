@@ -26,8 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dry_run(config: Path, workdir: Path) -> tuple[float, int, str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(config.resolve()), "-n", "--quiet", "rules"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config.resolve()),
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -39,8 +51,9 @@ def dry_run(config: Path, workdir: Path) -> tuple[float, int, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", action="append", type=Path,
-                    help="config file(s) (default: config.yaml and every configs/*.yaml)")
+    ap.add_argument(
+        "--config", action="append", type=Path, help="config file(s) (default: config.yaml and every configs/*.yaml)"
+    )
     args = ap.parse_args()
     configs = args.config or [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
     print(f"{'config':40s} {'jobs':>6s} {'seconds':>8s}")

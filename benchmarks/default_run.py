@@ -52,7 +52,7 @@ def job_seconds(log: str) -> tuple[dict[str, list[float]], dict[str, int], int, 
             start[m.group(1)], rule_of[m.group(1)], started, rule = now, rule, rule, None
             first = first or now
         elif (m := re.match(r"\s+threads: (\d+)", line)) and started:
-            threads[started] = int(m.group(1))                # in the block of the job just started
+            threads[started] = int(m.group(1))  # in the block of the job just started
         elif (m := re.match(r"Finished job(?:id:)? (\d+)", line)) and m.group(1) in start:
             j = m.group(1)
             seconds[rule_of[j]].append((now - start[j]).total_seconds())
@@ -70,10 +70,14 @@ def report(log: str, wall: float | None = None) -> None:
     print(f"{jobs} jobs on {cores} cores: wall {minutes} min {seconds_left:02d} s ({wall:.0f} s)")
     for r, v in sorted(seconds.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {r:<14} {len(v):4d} jobs  {sum(v):7.0f} s  ({sum(v) / len(v):5.1f} s each)")
-    print(f"job seconds {total:.0f} over {wall:.0f} s x {cores} cores: the cores were busy "
-          f"{100 * total / max(wall * cores, 1e-9):.1f}% of the time (timestamps have 1 s resolution)")
-    print(f"target: within 30 min: {'yes' if wall <= 1800 else 'NO'}; "
-          f"the further goal, half of that (15 min): {'yes' if wall <= 900 else 'NO'}")
+    print(
+        f"job seconds {total:.0f} over {wall:.0f} s x {cores} cores: the cores were busy "
+        f"{100 * total / max(wall * cores, 1e-9):.1f}% of the time (timestamps have 1 s resolution)"
+    )
+    print(
+        f"target: within 30 min: {'yes' if wall <= 1800 else 'NO'}; "
+        f"the further goal, half of that (15 min): {'yes' if wall <= 900 else 'NO'}"
+    )
 
 
 def main() -> None:
@@ -90,12 +94,19 @@ def main() -> None:
     subprocess.run(["git", "-C", str(where), "checkout", "-q", a.rev], check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "all"], cwd=where, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "--cores", "all"],
+        cwd=where,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t0
     log = max((where / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda f: f.stat().st_mtime)
-    rev = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
+    rev = subprocess.run(
+        ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     print(f"snakemake --cores all in a fresh clone of {rev} ({where})")
     report(log.read_text(), wall)
     if not a.keep:

@@ -55,12 +55,14 @@ def main() -> None:
     old = importlib.import_module(before.__name__ + ".evaluate")
     impls = {"before": old.evaluate_checkpoint, "after": evaluate_checkpoint}
     out = Path(tempfile.mkdtemp()) / "probe.json"
-    impls["after"](args.checkpoints[0], args.data, settings, out)   # warm-up: one-off imports
+    impls["after"](args.checkpoints[0], args.data, settings, out)  # warm-up: one-off imports
     try:
         impls["before"](args.checkpoints[0], args.data, settings, out)
     except (ValueError, KeyError, TypeError) as e:
-        p.error(f"revision {args.before} cannot evaluate {args.checkpoints[0]} with this config's settings "
-                f"(its code is older than they are: {e}); pick a newer --before")
+        p.error(
+            f"revision {args.before} cannot evaluate {args.checkpoints[0]} with this config's settings "
+            f"(its code is older than they are: {e}); pick a newer --before"
+        )
     times = {k: [] for k in impls}
     results = {k: {} for k in impls}
     for _ in range(args.repeats):
@@ -70,8 +72,10 @@ def main() -> None:
                 results[name][ckpt] = f(ckpt, args.data, settings, out)
                 times[name].append(time.perf_counter() - t0)
     b, a = statistics.median(times["before"]), statistics.median(times["after"])
-    print(f"seconds per evaluation (median of {len(times['after'])}): before {b:.2f}  after {a:.2f}  "
-          f"speed-up {b / a:.2f}x")
+    print(
+        f"seconds per evaluation (median of {len(times['after'])}): before {b:.2f}  after {a:.2f}  "
+        f"speed-up {b / a:.2f}x"
+    )
     print(f"{'checkpoint':<50}" + "".join(f"{k:>14}" for k in KEYS))
     for ckpt in args.checkpoints:
         rb, ra = results["before"][ckpt], results["after"][ckpt]

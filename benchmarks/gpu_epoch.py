@@ -46,13 +46,15 @@ def build(s: PretrainSettings, policy: str, channels: int, size: int, device: to
     """The model, augmentation and optimiser as the trainer builds them."""
     pol = parse_policy(policy)
     pol.policy.start(s.epochs, s.queue_size)
-    model = build_method("moco", seeded_encoder(s, channels, 0), pol, s, 0.2,
-                         generator=torch.Generator().manual_seed(1)).to(device, memory_format=torch.channels_last)
+    model = build_method(
+        "moco", seeded_encoder(s, channels, 0), pol, s, 0.2, generator=torch.Generator().manual_seed(1)
+    ).to(device, memory_format=torch.channels_last)
     if compile_:
         model.encoder_q.compile()
         model.encoder_k.compile()
-    aug = MoCoV2Augment(size, channels, [0.5] * channels, [0.25] * channels,
-                        crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
+    aug = MoCoV2Augment(
+        size, channels, [0.5] * channels, [0.25] * channels, crop_scale=(s.crop_scale_min, 1.0), blur=s.blur
+    ).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
     return model, aug, opt
 
@@ -69,8 +71,11 @@ def profile_step(step, path: str, cuda: bool, top: int = 10) -> None:
             torch.cuda.synchronize()
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=top)
-    kernels = sum(e.count for e in prof.key_averages() if getattr(e, "device_type", None) is not None
-                  and str(e.device_type).endswith("CUDA"))
+    kernels = sum(
+        e.count
+        for e in prof.key_averages()
+        if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")
+    )
     with open(path, "w") as f:
         f.write(f"one step, top {top} by {sort}; {kernels} GPU kernel events\n{table}\n")
     print(f"profile of one step written to {path}")
@@ -86,16 +91,21 @@ def main() -> None:
     p.add_argument("--queue", type=int, help="default: the config's pretrain.queue_size")
     p.add_argument("--bn-splits", type=int, help="default: the config's pretrain.bn_splits")
     p.add_argument("--policy", default="all")
-    p.add_argument("--epoch", type=int, help="which epoch of the run (its progress goes to the policy; "
-                                             "default: the middle one)")
+    p.add_argument(
+        "--epoch", type=int, help="which epoch of the run (its progress goes to the policy; default: the middle one)"
+    )
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before the epoch")
     p.add_argument("--profile", metavar="FILE", help="also profile one step after the epoch into FILE")
     p.add_argument("--tiny", action="store_true", help="small-cnn, 512 images, batch 64, K=256: a CPU smoke run")
-    p.add_argument("--sync-debug", default="error", choices=["warn", "error"],
-                   help="error (default): a host sync inside a step raises (tests/training/test_no_host_sync.py checks the "
-                        "same on the meta device)")
+    p.add_argument(
+        "--sync-debug",
+        default="error",
+        choices=["warn", "error"],
+        help="error (default): a host sync inside a step raises (tests/training/test_no_host_sync.py checks the "
+        "same on the meta device)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     cfg = read_config(a.config)  # an overlay: layered on config.yaml
@@ -121,9 +131,16 @@ def main() -> None:
     order = torch.randperm(a.images, device=dev)
 
     def step(i: int):
-        idx = order[(i % steps) * s.batch_size:(i % steps + 1) * s.batch_size]
-        return train_step(model, aug, opt, images[idx], labels[idx], idx,
-                          progress=Fraction(epoch * steps + i % steps, s.epochs * steps))[0]
+        idx = order[(i % steps) * s.batch_size : (i % steps + 1) * s.batch_size]
+        return train_step(
+            model,
+            aug,
+            opt,
+            images[idx],
+            labels[idx],
+            idx,
+            progress=Fraction(epoch * steps + i % steps, s.epochs * steps),
+        )[0]
 
     for i in range(a.warmup):  # compilation, cuDNN, the allocator
         step(i)
@@ -138,10 +155,12 @@ def main() -> None:
         torch.cuda.set_sync_debug_mode(0)
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    print(f"{s.backbone} bn_splits {s.bn_splits} batch {s.batch_size} K={s.queue_size} {a.policy} "
-          f"blur {'on' if s.blur else 'off'}, epoch {epoch} of {s.epochs}, {steps} steps, on {dev} "
-          f"(compile={a.compile}, cudnn.benchmark={a.cudnn_benchmark}, torch {torch.__version__}): "
-          f"{steps * s.batch_size / dt:.0f} images/s, epoch {dt:.2f} s, mean loss {float(total) / steps:.3f}")
+    print(
+        f"{s.backbone} bn_splits {s.bn_splits} batch {s.batch_size} K={s.queue_size} {a.policy} "
+        f"blur {'on' if s.blur else 'off'}, epoch {epoch} of {s.epochs}, {steps} steps, on {dev} "
+        f"(compile={a.compile}, cudnn.benchmark={a.cudnn_benchmark}, torch {torch.__version__}): "
+        f"{steps * s.batch_size / dt:.0f} images/s, epoch {dt:.2f} s, mean loss {float(total) / steps:.3f}"
+    )
     if a.profile:
         profile_step(lambda: step(0), a.profile, cuda)
     sys.stdout.flush()

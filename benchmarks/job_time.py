@@ -46,14 +46,22 @@ def main() -> None:
     p.add_argument("--before", default="5182727")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--config", default=str(ROOT / "config.yaml"), help="the working tree's config ('before' runs "
-                   "its own revision's config.yaml)")
+    p.add_argument(
+        "--config",
+        default=str(ROOT / "config.yaml"),
+        help="the working tree's config ('before' runs its own revision's config.yaml)",
+    )
     a = p.parse_args()
     trees = {"before": extract_src(a.before), "after": ROOT / "src"}
     # each revision runs its own config.yaml (its settings may differ in keys)
-    configs = {"before": yaml.safe_load(subprocess.run(["git", "-C", str(ROOT), "show", f"{a.before}:config.yaml"],
-                                                       check=True, capture_output=True, text=True).stdout),
-               "after": read_config(a.config)}
+    configs = {
+        "before": yaml.safe_load(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{a.before}:config.yaml"], check=True, capture_output=True, text=True
+            ).stdout
+        ),
+        "after": read_config(a.config),
+    }
     pre = {who: json.dumps({**c["pretrain"], "epochs": a.epochs}) for who, c in configs.items()}
     ev = {who: json.dumps(c["evaluate"]) for who, c in configs.items()}
     times = {(who, job): [] for who in trees for job in ("pretrain", "evaluate")}
@@ -61,14 +69,48 @@ def main() -> None:
     for r in range(a.repeats):
         for who, src in trees.items():
             out = work / f"{who}{r}"
-            times[(who, "pretrain")].append(_run(src, [
-                "pretrain", "--data", a.data, "--method", "moco", "--policy", "all", "--temperature", "0.2",
-                "--seed", "0", "--settings", pre[who], "--out", str(out)]))
-            times[(who, "evaluate")].append(_run(src, [
-                "evaluate", "--data", a.data, "--checkpoint", str(out / "checkpoint.pt"), "--settings", ev[who],
-                "--out", str(out / "probe.json")]))
-    print(f"revision {a.before} (before) against the working tree (after); pretrain: {a.epochs} epoch(s) of "
-          f"{a.config}; median of {a.repeats}")
+            times[(who, "pretrain")].append(
+                _run(
+                    src,
+                    [
+                        "pretrain",
+                        "--data",
+                        a.data,
+                        "--method",
+                        "moco",
+                        "--policy",
+                        "all",
+                        "--temperature",
+                        "0.2",
+                        "--seed",
+                        "0",
+                        "--settings",
+                        pre[who],
+                        "--out",
+                        str(out),
+                    ],
+                )
+            )
+            times[(who, "evaluate")].append(
+                _run(
+                    src,
+                    [
+                        "evaluate",
+                        "--data",
+                        a.data,
+                        "--checkpoint",
+                        str(out / "checkpoint.pt"),
+                        "--settings",
+                        ev[who],
+                        "--out",
+                        str(out / "probe.json"),
+                    ],
+                )
+            )
+    print(
+        f"revision {a.before} (before) against the working tree (after); pretrain: {a.epochs} epoch(s) of "
+        f"{a.config}; median of {a.repeats}"
+    )
     for job in ("pretrain", "evaluate"):
         b, f = statistics.median(times[("before", job)]), statistics.median(times[("after", job)])
         print(f"{job:<9} before {b:6.2f} s   after {f:6.2f} s   {b / f:.2f}x   saved {b - f:5.2f} s per job")

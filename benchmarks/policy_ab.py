@@ -34,9 +34,19 @@ from negatives.runtime.memory import keep_freed_memory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _before import load_before  # noqa: E402
 
-POLICIES = ["all", "keep[95_100)", "keep[0_95)", "drop[99_100)", "drop-same-class@replace",
-            "drop[99.9_100)@replace", "drop[99.9_100)&other-class@replace", "mochi[256_128_64_1]",
-            "ring[100->10_10_linear_50]", "hard[1_0.1]", "curriculum[0_100->95_100_linear]"]
+POLICIES = [
+    "all",
+    "keep[95_100)",
+    "keep[0_95)",
+    "drop[99_100)",
+    "drop-same-class@replace",
+    "drop[99.9_100)@replace",
+    "drop[99.9_100)&other-class@replace",
+    "mochi[256_128_64_1]",
+    "ring[100->10_10_linear_50]",
+    "hard[1_0.1]",
+    "curriculum[0_100->95_100_linear]",
+]
 B, K, D, EXTRA = 256, 4096, 64, 1024
 
 
@@ -61,7 +71,7 @@ def main() -> None:
         p.error(f"--steps must be at least 1, got {args.steps}")
     for name in args.policies:
         try:
-            parse_policy(name)              # an unknown policy: its error before anything is timed
+            parse_policy(name)  # an unknown policy: its error before anything is timed
         except PolicyError as e:
             p.error(str(e))
     try:
@@ -70,8 +80,10 @@ def main() -> None:
         p.error(f"cannot read revision {args.revision!r}: {e.stderr.decode().strip()}")
     keep_freed_memory()
     torch.set_num_threads(1)
-    versions = {tag: (importlib.import_module(f"{pkg}.policies"), _loss(pkg))
-                for tag, pkg in (("before", before.__name__), ("after", "negatives"))}
+    versions = {
+        tag: (importlib.import_module(f"{pkg}.policies"), _loss(pkg))
+        for tag, pkg in (("before", before.__name__), ("after", "negatives"))
+    }
 
     g = torch.Generator().manual_seed(0)
     q_raw = torch.randn(B, D, generator=g)
@@ -92,15 +104,19 @@ def main() -> None:
             q = F.normalize(q_raw.clone().requires_grad_(True), dim=1)
             l_pos = (q * q.detach().roll(1, 0)).sum(1)
             sim = q @ keys.T
-            cands = P.Candidates(labels=key_labels[:n], indices=torch.arange(n), keys=keys,
-                                 query_labels=labels, queries=q.detach())
+            cands = P.Candidates(
+                labels=key_labels[:n], indices=torch.arange(n), keys=keys, query_labels=labels, queries=q.detach()
+            )
             with torch.no_grad():
                 sel = P.select(policy, sim.detach(), cands, 0.5, window)
             M(policy, sel, q, l_pos, sim).backward()
+
         return step
 
-    print(f"batch {B}, K={K} (+{EXTRA} in replace mode), D={D}, 1 thread, torch {torch.__version__}; "
-          f"before = {args.revision}, after = working tree")
+    print(
+        f"batch {B}, K={K} (+{EXTRA} in replace mode), D={D}, 1 thread, torch {torch.__version__}; "
+        f"before = {args.revision}, after = working tree"
+    )
     print(f"\n{'policy':<38}{'before ms':>10}{'after ms':>10}{'change':>9}{'before - all':>14}{'after - all':>13}")
     medians = {}
     for name in args.policies:
@@ -115,8 +131,10 @@ def main() -> None:
         medians[name] = {tag: statistics.median(t) * 1e3 for tag, t in times.items()}
         m = medians[name]
         base = medians.get("all", {"before": float("nan"), "after": float("nan")})
-        print(f"{name:<38}{m['before']:>10.2f}{m['after']:>10.2f}{m['after'] - m['before']:>+9.2f}"
-              f"{m['before'] - base['before']:>+14.2f}{m['after'] - base['after']:>+13.2f}")
+        print(
+            f"{name:<38}{m['before']:>10.2f}{m['after']:>10.2f}{m['after'] - m['before']:>+9.2f}"
+            f"{m['before'] - base['before']:>+14.2f}{m['after'] - base['after']:>+13.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,21 +53,45 @@ def main() -> None:
         tmp = Path(tmp)
         root = fake_fashion_mnist(tmp / "fmnist", n_train=a.images, n_test=64)
         data = prepare("fashion-mnist", root, tmp / "prepared")
-        settings = dict(backbone=a.backbone, width=16, dim=64, epochs=a.epochs, batch_size=a.batch,
-                        queue_size=8 * a.batch, bn_splits=splits, knn_monitor=0, threads=a.threads, device=a.device)
+        settings = dict(
+            backbone=a.backbone,
+            width=16,
+            dim=64,
+            epochs=a.epochs,
+            batch_size=a.batch,
+            queue_size=8 * a.batch,
+            bn_splits=splits,
+            knn_monitor=0,
+            threads=a.threads,
+            device=a.device,
+        )
         speeds: dict[int, list[float]] = {n: [] for n in a.processes}
         for r in range(a.rounds):
             for n in a.processes:
                 out = tmp / f"run-{n}-{r}"
-                ckpt = torch.load(pretrain(data, "moco", a.policy, 0.2, 0, {**settings, "processes": n}, out,
-                                           log=lambda m: None), weights_only=False)
+                ckpt = torch.load(
+                    pretrain(data, "moco", a.policy, 0.2, 0, {**settings, "processes": n}, out, log=lambda m: None),
+                    weights_only=False,
+                )
                 speeds[n].append(statistics.median(row["images_per_s"] for row in ckpt["log"][1:]))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
+        if Path("/proc/cpuinfo").exists()
+        else None
+    )
     cpu = cpu or platform.processor() or platform.machine()
-    print(f"# {a.device}, {os.cpu_count()} cores ({cpu}), torch {torch.__version__}; MoCo {a.policy}, {a.backbone}, "
-          f"batch {a.batch}, {a.images} images, threads {a.threads} shared by the processes; "
-          f"median of {a.rounds} rounds of epochs 2..{a.epochs}")
+    print(
+        f"# {a.device}, {os.cpu_count()} cores ({cpu}), torch {torch.__version__}; MoCo {a.policy}, {a.backbone}, "
+        f"batch {a.batch}, {a.images} images, threads {a.threads} shared by the processes; "
+        f"median of {a.rounds} rounds of epochs 2..{a.epochs}"
+    )
     base = statistics.median(speeds[a.processes[0]])
     print(f"{'processes':>9}  {'images/s':>9}  {'vs ' + str(a.processes[0]):>6}")
     for n in a.processes:

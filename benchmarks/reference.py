@@ -51,8 +51,10 @@ class GaussianBlur:
 
 def moco_v2_transform(size: int, channels: int, mean, std, crop_scale=(0.2, 1.0), blur: bool = True):
     colour = channels == 3
-    ops = [T.RandomResizedCrop(size, scale=crop_scale),
-           T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0)], p=0.8)]
+    ops = [
+        T.RandomResizedCrop(size, scale=crop_scale),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0)], p=0.8),
+    ]
     if colour:
         ops.append(T.RandomGrayscale(p=0.2))
     if blur:
@@ -84,8 +86,15 @@ class ReferenceMoCo(nn.Module):
     the keys shuffled around the key encoder as the CIFAR demo's
     ``_batch_shuffle_single_gpu`` (with split batch-norm, as ours)."""
 
-    def __init__(self, encoder: nn.Module, dim: int = 128, K: int = 65536, m: float = 0.999, T: float = 0.07,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.07,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.K, self.m, self.T = K, m, T
         self.encoder_q = encoder
@@ -106,7 +115,7 @@ class ReferenceMoCo(nn.Module):
         batch_size = keys.shape[0]
         ptr = int(self.queue_ptr)
         assert self.K % batch_size == 0
-        self.queue[:, ptr:ptr + batch_size] = keys.T
+        self.queue[:, ptr : ptr + batch_size] = keys.T
         self.queue_ptr[0] = (ptr + batch_size) % self.K
 
     def forward(self, im_q, im_k, policy=None):
@@ -131,8 +140,9 @@ class ReferenceMoCo(nn.Module):
         return logits, labels
 
 
-def reference_loss(q: torch.Tensor, k: torch.Tensor, queue_keys: torch.Tensor, T: float,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+def reference_loss(
+    q: torch.Tensor, k: torch.Tensor, queue_keys: torch.Tensor, T: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """The reference formulation of the loss from embeddings: queue_keys ``[K, D]``."""
     l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
     l_neg = torch.einsum("nc,ck->nk", [q, queue_keys.T])
@@ -142,10 +152,18 @@ def reference_loss(q: torch.Tensor, k: torch.Tensor, queue_keys: torch.Tensor, T
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
-def reference_loader(images, labels, mean, std, batch_size: int, num_workers: int = 1, seed: int = 0,
-                     pin_memory: bool = False):
+def reference_loader(
+    images, labels, mean, std, batch_size: int, num_workers: int = 1, seed: int = 0, pin_memory: bool = False
+):
     size, channels = images.shape[2], images.shape[1]
     ds = ImageDataset(images, labels, TwoCrops(moco_v2_transform(size, channels, mean, std)))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                       drop_last=True, persistent_workers=num_workers > 0, pin_memory=pin_memory,
-                                       generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -113,9 +113,21 @@ def _phases(counter: OpCounter, model, aug, opt):
 _MISSING = object()
 
 
-def build_step(policy: str = "all", *, method: str = "moco", backbone: str = "resnet18", bn_splits: int = 8,
-               batch: int = 512, queue: int = 4096, image: int = 32, channels: int = 3, blur: bool = False,
-               width: int = 16, epochs: int = 10, device="meta"):
+def build_step(
+    policy: str = "all",
+    *,
+    method: str = "moco",
+    backbone: str = "resnet18",
+    bn_splits: int = 8,
+    batch: int = 512,
+    queue: int = 4096,
+    image: int = 32,
+    channels: int = 3,
+    blur: bool = False,
+    width: int = 16,
+    epochs: int = 10,
+    device="meta",
+):
     """The pieces of one step as the trainer builds them: ``(model, aug, opt, images, labels)``."""
     pol = parse_policy(policy)
     pol.policy.start(epochs, num_candidates(method, queue, batch))
@@ -144,8 +156,11 @@ def count_step(policy: str = "all", progress: float = 0.5, **kw) -> OpCounter:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policies", nargs="+", default=["all", "keep[95_100)", "mochi[256_128_64_1]",
-                                                     "ring[100->10_10_linear_50]", "drop[99_100)@replace"])
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=["all", "keep[95_100)", "mochi[256_128_64_1]", "ring[100->10_10_linear_50]", "drop[99_100)@replace"],
+    )
     p.add_argument("--method", default="moco", choices=["moco", "simclr"])
     p.add_argument("--bn-splits", type=int, default=8)
     p.add_argument("--batch", type=int, default=512)
@@ -154,13 +169,16 @@ def main() -> None:
     p.add_argument("--progress", type=float, default=0.5, help="training progress passed to the policy")
     p.add_argument("--top", type=int, default=0, help="also print the N most frequent ops")
     a = p.parse_args()
-    print(f"{a.method}, ResNet-18 small stem, bn_splits {a.bn_splits}, batch {a.batch}, K={a.queue}, 3x32x32, "
-          f"blur {'on' if a.blur else 'off'}, progress {a.progress}: kernel-launching ATen calls per step (meta)")
+    print(
+        f"{a.method}, ResNet-18 small stem, bn_splits {a.bn_splits}, batch {a.batch}, K={a.queue}, 3x32x32, "
+        f"blur {'on' if a.blur else 'off'}, progress {a.progress}: kernel-launching ATen calls per step (meta)"
+    )
     print("| policy | " + " | ".join(PHASES) + " | total |")
     print("| --- |" + " ---: |" * (len(PHASES) + 1))
     for policy in a.policies:
-        c = count_step(policy, a.progress, method=a.method, bn_splits=a.bn_splits, batch=a.batch, queue=a.queue,
-                       blur=a.blur)
+        c = count_step(
+            policy, a.progress, method=a.method, bn_splits=a.bn_splits, batch=a.batch, queue=a.queue, blur=a.blur
+        )
         print(f"| `{policy}` | " + " | ".join(str(c.counts[ph]) for ph in PHASES) + f" | {sum(c.counts.values())} |")
         if a.top:
             for (phase, op), n in c.ops.most_common(a.top):

@@ -27,11 +27,20 @@ from _before import ROOT, load_before  # noqa: E402
 
 
 def build(pkg: str, s: dict, policy: str, c: int, h: int, mean, std):
-    aug_m, moco_m, pol_m, train_m = (importlib.import_module(f"{pkg}.{m}") for m in ("augment", "moco", "policies", "train"))
+    aug_m, moco_m, pol_m, train_m = (
+        importlib.import_module(f"{pkg}.{m}") for m in ("augment", "moco", "policies", "train")
+    )
     known = {f.name for f in dataclasses.fields(train_m.PretrainSettings)}
     st = train_m.PretrainSettings.from_dict({k: v for k, v in s.items() if k in known})  # older revisions know fewer
-    model = moco_m.MoCo(train_m.seeded_encoder(st, c, 0), st.dim, st.queue_size, st.momentum, 0.2, pol_m.parse_policy(policy),
-                        generator=torch.Generator().manual_seed(1)).to(memory_format=torch.channels_last)
+    model = moco_m.MoCo(
+        train_m.seeded_encoder(st, c, 0),
+        st.dim,
+        st.queue_size,
+        st.momentum,
+        0.2,
+        pol_m.parse_policy(policy),
+        generator=torch.Generator().manual_seed(1),
+    ).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
     aug = aug_m.MoCoV2Augment(h, c, mean, std)
     return model, opt, aug
@@ -56,10 +65,11 @@ def main() -> None:
         mean, std = [0.5], [0.25]
     n, c, h, w = images.shape
     labels, idx = torch.zeros(n, dtype=torch.long), torch.arange(n)
-    runs = {(pkg, pol): (*build(pkg, s, pol, c, h, mean, std), [])
-            for pol in args.policies for pkg in (before, "negatives")}
+    runs = {
+        (pkg, pol): (*build(pkg, s, pol, c, h, mean, std), []) for pol in args.policies for pkg in (before, "negatives")
+    }
     for step in range(args.warmup + args.steps):
-        for (pkg, pol), (model, opt, aug, times) in runs.items():
+        for model, opt, aug, times in runs.values():
             torch.manual_seed(step)
             t0 = time.perf_counter()
             x_q = aug(images).contiguous(memory_format=torch.channels_last)

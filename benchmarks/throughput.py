@@ -43,10 +43,10 @@ from reference import ReferenceMoCo, reference_loader  # noqa: E402
 from negatives.config_files import read_config
 from negatives.data.augment import MoCoV2Augment  # noqa: E402
 from negatives.methods import build_method  # noqa: E402
-from negatives.policies import parse_policy  # noqa: E402
-from negatives.training.settings import PretrainSettings, seeded_encoder, step_precision  # noqa: E402
 from negatives.optim import SGD  # noqa: E402
+from negatives.policies import parse_policy  # noqa: E402
 from negatives.runtime.memory import keep_freed_memory  # noqa: E402
+from negatives.training.settings import PretrainSettings, seeded_encoder, step_precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,23 +58,44 @@ def main() -> None:
     p.add_argument("--policy", default="all")
     p.add_argument("--steps", type=int, default=24, help="timed steps per configuration")
     p.add_argument("--block", type=int, default=6, help="timed steps per block")
-    p.add_argument("--block-warmup", type=int, default=1,
-                   help="untimed steps at the start of each block (the reference's: at least 2 x workers + 1, "
-                        "the batches its loader prefetched before the block)")
+    p.add_argument(
+        "--block-warmup",
+        type=int,
+        default=1,
+        help="untimed steps at the start of each block (the reference's: at least 2 x workers + 1, "
+        "the batches its loader prefetched before the block)",
+    )
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--settle", type=float, default=2.0,
-                   help="seconds of rest before each block, while the reference's workers refill their queues")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                   help="the reference's DataLoader worker counts to measure")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds of rest before each block, while the reference's workers refill their queues",
+    )
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="the reference's DataLoader worker counts to measure"
+    )
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--compile", action="store_true", help="also ours with torch.compile'd encoders (pretrain.compile)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda: both trainers' models (ours: data, augmentation "
-                   "and bf16 autocast on the device; the reference: fp32, batches from its DataLoader)")
-    p.add_argument("--cifar-scale", action="store_true",
-                   help="the GPU scale: ResNet-18, batch 512, K=4096, 50,000 random 32x32x3 images")
-    p.add_argument("--threads", type=int, nargs="+", default=None,
-                   help="torch thread counts to measure, each for both trainers (default: pretrain.threads "
-                        "and every core); the reference's DataLoader workers come on top")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda: both trainers' models (ours: data, augmentation "
+        "and bf16 autocast on the device; the reference: fp32, batches from its DataLoader)",
+    )
+    p.add_argument(
+        "--cifar-scale",
+        action="store_true",
+        help="the GPU scale: ResNet-18, batch 512, K=4096, 50,000 random 32x32x3 images",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch thread counts to measure, each for both trainers (default: pretrain.threads "
+        "and every core); the reference's DataLoader workers come on top",
+    )
     args = p.parse_args()
     keep_freed_memory()  # as python -m negatives does (both trainers share the process)
 
@@ -96,16 +117,20 @@ def main() -> None:
         labels, mean, std = torch.zeros(10000, dtype=torch.long), [0.5], [0.25]
     n, c, h, w = images.shape
     b, k, tau = s.batch_size, s.queue_size, args.temperature
-    print(f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {h}x{w}x{c}, device {dev}, "
-          f"threads {args.thread_counts}, reference workers {args.workers}, torch {torch.__version__}")
-    dev_images, dev_labels = images.to(dev), labels.to(dev)      # ours: the whole dataset on the device
+    print(
+        f"scale: {s.backbone} width {s.width}, batch {b}, K={k}, {h}x{w}x{c}, device {dev}, "
+        f"threads {args.thread_counts}, reference workers {args.workers}, torch {torch.__version__}"
+    )
+    dev_images, dev_labels = images.to(dev), labels.to(dev)  # ours: the whole dataset on the device
 
     cl = torch.channels_last
+
     def build_ours():
         recipe = parse_policy(args.policy)
         recipe.policy.start(s.epochs, k)
-        model = build_method("moco", seeded_encoder(s, c, 0), recipe, s, tau,
-                             generator=torch.Generator().manual_seed(1)).to(dev, memory_format=cl)
+        model = build_method(
+            "moco", seeded_encoder(s, c, 0), recipe, s, tau, generator=torch.Generator().manual_seed(1)
+        ).to(dev, memory_format=cl)
         return model, SGD(model.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     trainers = {"ours": build_ours()}
@@ -114,18 +139,21 @@ def main() -> None:
         for enc in (trainers["ours-compiled"][0].encoder_q, trainers["ours-compiled"][0].encoder_k):
             enc.compile()
     aug = MoCoV2Augment(h, c, mean, std, crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(dev)
-    ref = ReferenceMoCo(seeded_encoder(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1)).to(dev)
+    ref = ReferenceMoCo(
+        seeded_encoder(s, c, 0), s.dim, k, s.momentum, tau, generator=torch.Generator().manual_seed(1)
+    ).to(dev)
     opt_r = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     # one persistent loader per worker count; a loader's iterator restarts at its epoch's end
-    loaders = {wk: reference_loader(images, labels, mean, std, b, num_workers=wk, pin_memory=cuda)
-               for wk in args.workers}
+    loaders = {
+        wk: reference_loader(images, labels, mean, std, b, num_workers=wk, pin_memory=cuda) for wk in args.workers
+    }
     iters = {wk: iter(dl) for wk, dl in loaders.items()}
     order = torch.randperm(n, device=dev)
     pol = parse_policy(args.policy)
 
     def step_ours(i, _workers=None, name="ours"):
         model, opt = trainers[name]
-        idx = order[(i * b) % (n - b + 1):][:b]
+        idx = order[(i * b) % (n - b + 1) :][:b]
         x = dev_images[idx]
         x_q = aug(x).contiguous(memory_format=cl)
         x_k = aug(x).contiguous(memory_format=cl)
@@ -159,16 +187,17 @@ def main() -> None:
         t0 = time.perf_counter()
         steps["ours-compiled"](0, None)
         print(f"compiling the encoders (first step): {time.perf_counter() - t0:.1f} s")
-    configs = ([(name, t, None) for name in trainers for t in args.thread_counts]
-               + [("reference", t, wk) for t in args.thread_counts for wk in args.workers])
+    configs = [(name, t, None) for name in trainers for t in args.thread_counts] + [
+        ("reference", t, wk) for t in args.thread_counts for wk in args.workers
+    ]
     times = {cfg: [] for cfg in configs}
-    for (name, t, wk) in configs:
+    for name, t, wk in configs:
         torch.set_num_threads(t)
         for _ in range(args.warmup):
             steps[name](0, wk)
     i = 0
     for _ in range(max(1, -(-args.steps // args.block))):
-        for (name, t, wk) in configs:
+        for name, t, wk in configs:
             torch.set_num_threads(t)
             time.sleep(args.settle)  # the reference's workers refill their prefetch queues now, not during a block
             # a reference loader holds up to 2 batches per worker from before
@@ -186,20 +215,28 @@ def main() -> None:
     med = {cfg: statistics.median(v) for cfg, v in times.items()}
     for (name, t, wk), m in med.items():
         setting = f"{t} thread(s)" + (f" + {wk} worker process(es)" if name == "reference" else "")
-        print(f"{name:<14} {setting:<36} {b / m:8.0f} images/s  {1e3 * m:7.1f} ms/step  "
-              f"({len(times[(name, t, wk)])} steps)")
+        print(
+            f"{name:<14} {setting:<36} {b / m:8.0f} images/s  {1e3 * m:7.1f} ms/step  "
+            f"({len(times[(name, t, wk)])} steps)"
+        )
     t0 = min(args.thread_counts)
     same = min(m for (name, t, _), m in med.items() if name == "reference" and t == t0)
-    print(f"ours / reference at {t0} torch thread(s) each (reference: its best worker count): "
-          f"{same / med[('ours', t0, None)]:.2f}x images/s")
+    print(
+        f"ours / reference at {t0} torch thread(s) each (reference: its best worker count): "
+        f"{same / med[('ours', t0, None)]:.2f}x images/s"
+    )
     best_o = min((m, cfg) for cfg, m in med.items() if cfg[0].startswith("ours"))
     if args.compile:
         for t in args.thread_counts:
-            print(f"compiled / eager encoders at {t} thread(s): "
-                  f"{med[('ours', t, None)] / med[('ours-compiled', t, None)]:.2f}x images/s")
+            print(
+                f"compiled / eager encoders at {t} thread(s): "
+                f"{med[('ours', t, None)] / med[('ours-compiled', t, None)]:.2f}x images/s"
+            )
     best_r = min((m, cfg) for cfg, m in med.items() if cfg[0] == "reference")
-    print(f"ours / reference, each at its best setting ({best_o[1][0]} {best_o[1][1]} thread(s); reference {best_r[1][1]} "
-          f"thread(s) + {best_r[1][2]} worker(s)): {best_r[0] / best_o[0]:.2f}x images/s (target: at least 2x)")
+    print(
+        f"ours / reference, each at its best setting ({best_o[1][0]} {best_o[1][1]} thread(s); reference {best_r[1][1]} "
+        f"thread(s) + {best_r[1][2]} worker(s)): {best_r[0] / best_o[0]:.2f}x images/s (target: at least 2x)"
+    )
 
 
 if __name__ == "__main__":

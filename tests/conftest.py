@@ -95,13 +95,21 @@ def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         images = rng.integers(0, 256, size=(per_batch, 3, 32, 32), dtype=np.uint8)
         labels = rng.integers(0, 10, size=per_batch).tolist()
-        _cifar_pickle(base / name, {"batch_label": name, "labels": labels, "data": images.reshape(per_batch, -1),
-                                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)]})
+        _cifar_pickle(
+            base / name,
+            {
+                "batch_label": name,
+                "labels": labels,
+                "data": images.reshape(per_batch, -1),
+                "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+            },
+        )
         split = "test" if name == "test_batch" else "train"
         out.setdefault(f"{split}_images", []).append(images)
         out.setdefault(f"{split}_labels", []).append(np.asarray(labels))
-    _cifar_pickle(base / "batches.meta", {"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch,
-                                          "num_vis": 3072})
+    _cifar_pickle(
+        base / "batches.meta", {"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}
+    )
     result = {k: np.concatenate(v) for k, v in out.items()}
     result["classes"] = list(CIFAR10_CLASSES)
     return result
@@ -110,8 +118,10 @@ def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict:
 def cifar100_class_names() -> tuple[list[str], list[str]]:
     """(fine, coarse) class names, as resources/cifar100{,-coarse}.tsv list them."""
     res = ROOT / "src" / "negatives" / "data" / "resources"
-    names = [[line.split("\t")[1] for line in (res / f).read_text().splitlines()[1:] if line.strip()]
-             for f in ("cifar100.tsv", "cifar100-coarse.tsv")]
+    names = [
+        [line.split("\t")[1] for line in (res / f).read_text().splitlines()[1:] if line.strip()]
+        for f in ("cifar100.tsv", "cifar100-coarse.tsv")
+    ]
     return names[0], names[1]
 
 
@@ -125,9 +135,16 @@ def fake_cifar100(root: Path, n_train: int = 6, n_test: int = 4, seed: int = 0) 
     for split, n in (("train", n_train), ("test", n_test)):
         images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
         fl, cl = rng.integers(0, 100, size=n), rng.integers(0, 20, size=n)
-        _cifar_pickle(base / split, {"filenames": [f"{i}.png" for i in range(n)], "batch_label": split,
-                                     "fine_labels": fl.tolist(), "coarse_labels": cl.tolist(),
-                                     "data": images.reshape(n, -1)})
+        _cifar_pickle(
+            base / split,
+            {
+                "filenames": [f"{i}.png" for i in range(n)],
+                "batch_label": split,
+                "fine_labels": fl.tolist(),
+                "coarse_labels": cl.tolist(),
+                "data": images.reshape(n, -1),
+            },
+        )
         out.update({f"{split}_images": images, f"{split}_fine": fl, f"{split}_coarse": cl})
     _cifar_pickle(base / "meta", {"fine_label_names": fine, "coarse_label_names": coarse})
     return out
@@ -174,7 +191,9 @@ def fake_imagenet(root: Path, per_class: int = 3, seed: int = 0, wnids=tuple(IMA
             for i in range(per_class):
                 size = (16, 24) if i % 3 == 2 else (20, 16)
                 _write_jpeg(root / split / wnid / f"{wnid}_{i}.JPEG", rng, size, colour=c % 3)
-    (root / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+    )
     return root
 
 
@@ -185,8 +204,9 @@ def fake_tiny_imagenet(root: Path, per_class: int = 3, seed: int = 0) -> Path:
     wnids = list(IMAGENET_WNIDS)
     root.mkdir(parents=True, exist_ok=True)
     (root / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")
-    (root / "words.txt").write_text("n01440764\ttench, Tinca tinca\nn01443537\tgoldfish, Carassius auratus\n"
-                                    "n00001740\tentity\n")
+    (root / "words.txt").write_text(
+        "n01440764\ttench, Tinca tinca\nn01443537\tgoldfish, Carassius auratus\nn00001740\tentity\n"
+    )
     lines = []
     for c, wnid in enumerate(wnids):
         for i in range(per_class):
@@ -207,6 +227,8 @@ def wordnet_reader(tmp_path_factory):
     from negatives.data import wordnet as wnmod
 
     if wnmod._missing_debian_files(wnmod.DEBIAN_DIR):
-        pytest.skip(f"Debian's WordNet is not installed in {wnmod.DEBIAN_DIR} "
-                    "(apt-get install wordnet-base wordnet-sense-index, which ./test.sh does as root)")
+        pytest.skip(
+            f"Debian's WordNet is not installed in {wnmod.DEBIAN_DIR} "
+            "(apt-get install wordnet-base wordnet-sense-index, which ./test.sh does as root)"
+        )
     return wnmod.load_wordnet(wnmod.wordnet_dir(tmp_path_factory.mktemp("results"), download=False))

@@ -22,9 +22,8 @@ from test_figures_analysis import fig4_runs, write_pairs
 
 from negatives import figure_registry as registry
 from negatives import grid
-from negatives.figure_registry import build
 from negatives.config import ConfigError, check_config
-from negatives.figure_registry import REGISTRY, Figure, check_records, record, register
+from negatives.figure_registry import REGISTRY, Figure, build, check_records, record, register
 
 
 def default_config() -> dict:
@@ -62,8 +61,11 @@ def test_a_record_without_its_caption_or_schema_section_is_named(tmp_path):
     sections = schema["properties"]["figures"]["properties"]
     sections["fig99"] = sections.pop("simclr")
     schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
-    with pytest.raises(ValueError, match=r"^figure simclr: workflow/schemas/config.schema.yaml has no figures.simclr "
-                                         r"section \(its settings, temperatures at least, with default: \{\}\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^figure simclr: workflow/schemas/config.schema.yaml has no figures.simclr "
+        r"section \(its settings, temperatures at least, with default: \{\}\)$",
+    ):
         check_records(root)
     sections["simclr"] = sections.pop("fig99")
     sections["fig99"] = {"type": "object", "default": {}}
@@ -76,15 +78,18 @@ def _draw(paths, out, section):
     return pd.DataFrame()
 
 
-@pytest.mark.parametrize("fig, message", [
-    (Figure("fig2", "again", _draw), "declared twice"),
-    (Figure("2fig", "x", _draw), "a name is a letter"),
-    (Figure("fig-9", "x", _draw), "a name is a letter"),
-    (Figure("fig9", "x", _draw, source="pairs"), "source 'pairs'; allowed: probes, analyses"),
-    (Figure("fig9", "x", _draw, source="analyses", policy_keys=("removed",)), "has no policy_keys"),
-    (Figure("fig9", "x", _draw, similarity=True), "only a figure drawn from analyses reads the similarity file"),
-    (Figure("fig9", "x", "fig2"), "draw must be a function"),
-])
+@pytest.mark.parametrize(
+    "fig, message",
+    [
+        (Figure("fig2", "again", _draw), "declared twice"),
+        (Figure("2fig", "x", _draw), "a name is a letter"),
+        (Figure("fig-9", "x", _draw), "a name is a letter"),
+        (Figure("fig9", "x", _draw, source="pairs"), "source 'pairs'; allowed: probes, analyses"),
+        (Figure("fig9", "x", _draw, source="analyses", policy_keys=("removed",)), "has no policy_keys"),
+        (Figure("fig9", "x", _draw, similarity=True), "only a figure drawn from analyses reads the similarity file"),
+        (Figure("fig9", "x", "fig2"), "draw must be a function"),
+    ],
+)
 def test_register_refuses_a_record_that_cannot_be_built(fig, message):
     before = dict(REGISTRY)
     with pytest.raises(ValueError, match=f"^figure record '{fig.name}': .*{re.escape(message)}"):
@@ -141,7 +146,9 @@ def test_an_analysis_figure_with_its_own_temperatures_draws(tmp_path):
     paths = [write_pairs(tmp_path / f"seed{s}.parquet", cols, t, s) for (t, s), cols in fig4_runs().items()]
     table = build("fig4", paths, str(tmp_path / "a"), {"figures": {"fig4": {"hard_cut": 95, "temperatures": [0.2]}}})
     assert len(table) == 2 * 2 and (table["n"] == 3).all()
-    pd.testing.assert_frame_equal(table, build("fig4", paths, str(tmp_path / "b"), {"figures": {"fig4": {"hard_cut": 95}}}))
+    pd.testing.assert_frame_equal(
+        table, build("fig4", paths, str(tmp_path / "b"), {"figures": {"fig4": {"hard_cut": 95}}})
+    )
 
 
 def _probe_files(folder: Path, cfg: dict, name: str) -> list[str]:
@@ -150,11 +157,25 @@ def _probe_files(folder: Path, cfg: dict, name: str) -> list[str]:
     runs = [(p, 0.2) for p in grid.figure_policies(cfg, name)] + [("random-init", None)]
     for i, (policy, t) in enumerate(runs):
         for seed in (0, 1):
-            probe = {"dataset": "fashion-mnist", "method": grid.figure_method(cfg, name), "policy": policy,
-                     "temperature": t, "seed": seed, "uses_labels": False, "epochs": 0 if t is None else 4,
-                     "train_images_per_s": 1000.0 + i, "fewshot_labels_per_class": 10, "fewshot_draws": 5,
-                     "evaluation": {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1,
-                                    "fewshot_labels_per_class": 10, "fewshot_draws": 5}}
+            probe = {
+                "dataset": "fashion-mnist",
+                "method": grid.figure_method(cfg, name),
+                "policy": policy,
+                "temperature": t,
+                "seed": seed,
+                "uses_labels": False,
+                "epochs": 0 if t is None else 4,
+                "train_images_per_s": 1000.0 + i,
+                "fewshot_labels_per_class": 10,
+                "fewshot_draws": 5,
+                "evaluation": {
+                    "probe": "fast",
+                    "knn_k": 200,
+                    "knn_temperature": 0.1,
+                    "fewshot_labels_per_class": 10,
+                    "fewshot_draws": 5,
+                },
+            }
             probe.update({f"{e}_{k}": 50.0 + i + seed for e in ("linear", "fewshot", "knn") for k in ("top1", "top5")})
             paths.append(folder / f"{i}-{seed}.json")
             paths[-1].write_text(json.dumps(probe))
@@ -173,11 +194,13 @@ def test_each_probe_figure_draws_its_section_as_its_science_function_does(tmp_pa
     paths = _probe_files(tmp_path, cfg, name)
     table = build(name, paths, str(tmp_path / "built"), cfg)
     df = load_probes(paths, extra_metrics=("train_images_per_s",) if name == "fig_methods" else ())
-    direct = {"fig2": lambda out: probe_figures.fig2(df, out, fig["segments"], fig["easiest"]),
-              "fig3": lambda out: probe_figures.fig3(df, out, fig["removed"]),
-              "table1": lambda out: probe_figures.table1(df, out, fig["removed"]),
-              "simclr": lambda out: probe_figures.simclr(df, out, fig["policies"]),
-              "fig_methods": lambda out: probe_figures.fig_methods(df, out, fig["policies"], fig["band"])}[name]
+    direct = {
+        "fig2": lambda out: probe_figures.fig2(df, out, fig["segments"], fig["easiest"]),
+        "fig3": lambda out: probe_figures.fig3(df, out, fig["removed"]),
+        "table1": lambda out: probe_figures.table1(df, out, fig["removed"]),
+        "simclr": lambda out: probe_figures.simclr(df, out, fig["policies"]),
+        "fig_methods": lambda out: probe_figures.fig_methods(df, out, fig["policies"], fig["band"]),
+    }[name]
     expected = direct(str(tmp_path / "direct"))
     pd.testing.assert_frame_equal(table, expected)
     assert (tmp_path / "built.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
@@ -189,7 +212,7 @@ def test_each_probe_figure_draws_its_section_as_its_science_function_does(tmp_pa
 NEW = "baseline_knn"
 
 #: appended to the copy's figure_registry.py: its drawing function and its record
-NEW_RECORD = '''
+NEW_RECORD = """
 
 def _baseline_knn(paths, out, fig):
     import matplotlib.pyplot as plt
@@ -203,7 +226,7 @@ def _baseline_knn(paths, out, fig):
 
 
 register(Figure("baseline_knn", "Baseline kNN", _baseline_knn))
-'''
+"""
 
 CAPTION = 'kNN top-1 of the baseline runs on {{ snakemake.config["dataset"] }}: one bar a policy.\n'
 
@@ -225,8 +248,11 @@ def add_a_figure(tmp_path: Path) -> Path:
     schema_path = copy / registry.SCHEMA_FILE
     schema = yaml.safe_load(schema_path.read_text())
     schema["properties"]["figures"]["properties"][NEW] = {
-        "type": "object", "additionalProperties": False, "default": {},
-        "properties": {"temperatures": {"$ref": "#/$defs/figure_temperatures"}}}
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "properties": {"temperatures": {"$ref": "#/$defs/figure_temperatures"}},
+    }
     schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
     return copy
 
@@ -247,8 +273,11 @@ def planned_job(out: str, rule: str) -> dict:
     blocks = [b for b in re.split(r"\n(?=\[[^\]]+\]\n)", out) if re.search(rf"^(?:local)?rule {rule}:$", b, re.M)]
     assert len(blocks) == 1, out[-3000:]
     fields = dict(re.findall(r"^    (input|output): (.*)$", blocks[0], re.M))
-    return {"input": fields["input"].split(", "), "output": fields["output"].split(", "),
-            "shell": re.search(r"^Shell command: (.*)$", blocks[0], re.M)[1]}
+    return {
+        "input": fields["input"].split(", "),
+        "output": fields["output"].split(", "),
+        "shell": re.search(r"^Shell command: (.*)$", blocks[0], re.M)[1],
+    }
 
 
 def test_a_figure_added_as_one_record_is_planned(tmp_path):
@@ -268,7 +297,9 @@ def test_a_figure_added_as_one_record_is_planned(tmp_path):
     assert job["input"] == probes and set(probes) < set(grid.figure_probes(cfg, "fig3"))
     assert job["output"] == [f"results/figures/{NEW}.{e}" for e in ("pdf", "png", "csv")]
     assert job["shell"].startswith(f"python -m negatives figure {NEW} --config-json '{{")
-    assert job["shell"].endswith(f" --probes {' '.join(probes)} --out results/figures/{NEW} > logs/figures/{NEW}.log 2>&1")
+    assert job["shell"].endswith(
+        f" --probes {' '.join(probes)} --out results/figures/{NEW} > logs/figures/{NEW}.log 2>&1"
+    )
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1].split("total", 1)[0], re.M))
     assert counts == {"prepare": "1", "pretrain": "3", "random_init": "3", "evaluate": "6", NEW: "1"}
 
@@ -299,8 +330,10 @@ def test_a_figure_added_as_one_record_is_built_and_reported(tmp_path):
     res = run_snakemake(copy, workdir, "--cores", "2", NEW)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     table = pd.read_csv(workdir / "results" / "figures" / f"{NEW}.csv")
-    probes = [json.loads((workdir / "results" / "fashion-mnist" / "moco" / p / "probe.json").read_text())
-              for p in ("all/t0.2/seed0", "random-init/seed0")]
+    probes = [
+        json.loads((workdir / "results" / "fashion-mnist" / "moco" / p / "probe.json").read_text())
+        for p in ("all/t0.2/seed0", "random-init/seed0")
+    ]
     assert table["policy"].tolist() == ["all", "random-init"] and table["n"].tolist() == [1, 1]
     assert table["mean"].tolist() == [p["knn_top1"] for p in probes]
     for ext in ("pdf", "png"):

@@ -24,6 +24,7 @@ MAX_PARAMETERS = 8
 
 def modules_under(src: Path) -> dict[str, Path]:
     """``{dotted name: file}`` of every module of the ``negatives`` package under ``src``."""
+
     def name(path: Path) -> str:
         parts = path.relative_to(src).with_suffix("").parts
         return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -50,7 +51,7 @@ def imports(module: str, modules: dict[str, Path] | None = None) -> list[tuple[s
                 if node.level > len(parts):  # above negatives: Python refuses it; name it as a missing module
                     out.append(("." * node.level + (node.module or ""), "", node.lineno))
                     continue
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
             if not base.startswith("negatives"):
@@ -81,8 +82,10 @@ def import_graph(modules: dict[str, Path], node=lambda module: module) -> dict[s
         for target, _, line in imports(m, modules):
             if node(target) != node(m):
                 edges[node(m)].setdefault(node(target), set()).add((m, line, target))
-    return {a: {b: [f"{m}:{line} imports {target}" for m, line, target in sorted(why)] for b, why in out.items()}
-            for a, out in edges.items()}
+    return {
+        a: {b: [f"{m}:{line} imports {target}" for m, line, target in sorted(why)] for b, why in out.items()}
+        for a, out in edges.items()
+    }
 
 
 def circles(graph: dict[str, dict[str, list[str]]]) -> list[str]:
@@ -98,12 +101,13 @@ def circles(graph: dict[str, dict[str, list[str]]]) -> list[str]:
         path.append(n)
         for t in sorted(graph.get(n, {})):  # a missing module has no node: the walk test names it
             if state.get(t) == 1:
-                loop = path[path.index(t):]
+                loop = path[path.index(t) :]
                 first = loop.index(min(loop))
                 loop = loop[first:] + loop[:first]
                 edges = zip(loop, loop[1:] + loop[:1])
-                found[tuple(loop)] = (" -> ".join(loop + loop[:1]) + " ("
-                                      + "; ".join(", ".join(graph[a][b]) for a, b in edges) + ")")
+                found[tuple(loop)] = (
+                    " -> ".join(loop + loop[:1]) + " (" + "; ".join(", ".join(graph[a][b]) for a, b in edges) + ")"
+                )
             elif t not in state:
                 visit(t)
         path.pop()
@@ -151,23 +155,41 @@ CLEAN = {
 #: one file of CLEAN changed, and the circle the checks then report
 PLANTED = {
     "a function-local import": (
-        "low/base.py", "class Base:\n    def f(self):\n        from .util import Base\n",
-        ("negatives.low.base -> negatives.low.util -> negatives.low.base (negatives.low.base:3 imports "
-         "negatives.low.util; negatives.low.util:1 imports negatives.low.base)"), None),
+        "low/base.py",
+        "class Base:\n    def f(self):\n        from .util import Base\n",
+        (
+            "negatives.low.base -> negatives.low.util -> negatives.low.base (negatives.low.base:3 imports "
+            "negatives.low.util; negatives.low.util:1 imports negatives.low.base)"
+        ),
+        None,
+    ),
     "an import under TYPE_CHECKING": (
-        "low/base.py", "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .util import Base\n",
-        ("negatives.low.base -> negatives.low.util -> negatives.low.base (negatives.low.base:4 imports "
-         "negatives.low.util; negatives.low.util:1 imports negatives.low.base)"), None),
+        "low/base.py",
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .util import Base\n",
+        (
+            "negatives.low.base -> negatives.low.util -> negatives.low.base (negatives.low.base:4 imports "
+            "negatives.low.util; negatives.low.util:1 imports negatives.low.base)"
+        ),
+        None,
+    ),
     "packages whose modules make no circle": (
-        "low/util.py", "from .base import Base\n\n\ndef g():\n    from ..high.other import x\n",
+        "low/util.py",
+        "from .base import Base\n\n\ndef g():\n    from ..high.other import x\n",
         None,
-        ("negatives.high -> negatives.low -> negatives.high (negatives.high.run:1 imports negatives.low.util, "
-         "negatives.high.run:6 imports negatives.low.base; negatives.low.util:5 imports negatives.high.other)")),
+        (
+            "negatives.high -> negatives.low -> negatives.high (negatives.high.run:1 imports negatives.low.util, "
+            "negatives.high.run:6 imports negatives.low.base; negatives.low.util:5 imports negatives.high.other)"
+        ),
+    ),
     "a package and a top-level module": (
-        "low/util.py", "from .base import Base\nimport negatives.top\n",
+        "low/util.py",
+        "from .base import Base\nimport negatives.top\n",
         None,
-        ("negatives.low -> negatives.top -> negatives.low (negatives.low.util:2 imports negatives.top; "
-         "negatives.top:1 imports negatives.low.base)")),
+        (
+            "negatives.low -> negatives.top -> negatives.low (negatives.low.util:2 imports negatives.top; "
+            "negatives.top:1 imports negatives.low.base)"
+        ),
+    ),
 }
 
 
@@ -181,11 +203,17 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
 def test_the_circle_checks_pass_a_tree_without_circles(tmp_path):
     modules = _tree(tmp_path, CLEAN)
     assert import_graph(modules, package_of) == {
-        "negatives": {}, "negatives.top": {"negatives.low": ["negatives.top:1 imports negatives.low.base"]},
-        "negatives.low": {}, "negatives.high": {
-            "negatives.low": ["negatives.high.run:1 imports negatives.low.util",
-                              "negatives.high.run:6 imports negatives.low.base"],
-            "negatives.top": ["negatives.high.run:2 imports negatives.top"]}}
+        "negatives": {},
+        "negatives.top": {"negatives.low": ["negatives.top:1 imports negatives.low.base"]},
+        "negatives.low": {},
+        "negatives.high": {
+            "negatives.low": [
+                "negatives.high.run:1 imports negatives.low.util",
+                "negatives.high.run:6 imports negatives.low.base",
+            ],
+            "negatives.top": ["negatives.high.run:2 imports negatives.top"],
+        },
+    }
     assert circles(import_graph(modules)) == circles(import_graph(modules, package_of)) == []
 
 
@@ -199,8 +227,10 @@ def test_the_circle_checks_find_a_planted_circle(tmp_path, monkeypatch, plant):
     if package_circle:
         assert circles(import_graph(modules, package_of)) == [package_circle]
     monkeypatch.setitem(globals(), "MODULES", modules)
-    for test, circle in ((test_no_import_circle_between_modules, module_circle),
-                         (test_no_import_circle_between_packages, package_circle)):
+    for test, circle in (
+        (test_no_import_circle_between_modules, module_circle),
+        (test_no_import_circle_between_packages, package_circle),
+    ):
         if circle:
             with pytest.raises(pytest.fail.Exception, match=re.escape(circle)):
                 test()
@@ -267,28 +297,46 @@ def test_the_function_check_counts_lines_and_parameters(tmp_path):
     """The check itself, on a made-up module: the limits are inclusive, self
     and cls are free, keyword-only parameters, *args and **kwargs count, and
     methods and nested functions are seen."""
-    source = ["def eighty():", *[f"    x = {i}" for i in range(79)],             # lines 1-80
-              "def eighty_one():", *[f"    x = {i}" for i in range(80)],         # lines 81-161
-              "class C:",
-              "    def eight(self, a, b, c, d, e, f, g, h): pass",
-              "    @classmethod",
-              "    def nine(cls, a, b, c, d, e, f, g, *, h, i): pass",               # line 165
-              "def nine_with_stars(a, b, c, d, e, f, g, *args, **kwargs):",
-              "    def inner(a, b, c, d, e, f, g, h, i): pass",
-              "def eight_alone(a, b, /, c, d, e, f, *, g, h): pass"]
+    source = [
+        "def eighty():",
+        *[f"    x = {i}" for i in range(79)],  # lines 1-80
+        "def eighty_one():",
+        *[f"    x = {i}" for i in range(80)],  # lines 81-161
+        "class C:",
+        "    def eight(self, a, b, c, d, e, f, g, h): pass",
+        "    @classmethod",
+        "    def nine(cls, a, b, c, d, e, f, g, *, h, i): pass",  # line 165
+        "def nine_with_stars(a, b, c, d, e, f, g, *args, **kwargs):",
+        "    def inner(a, b, c, d, e, f, g, h, i): pass",
+        "def eight_alone(a, b, /, c, d, e, f, *, g, h): pass",
+    ]
     path = tmp_path / "made_up.py"
     path.write_text("\n".join(source) + "\n")
     assert long_or_wide_functions([path]) == [
-        f"{path}:81 eighty_one (81 lines / 0 params)", f"{path}:165 nine (1 lines / 9 params)",
-        f"{path}:166 nine_with_stars (2 lines / 9 params)", f"{path}:167 inner (1 lines / 9 params)"]
+        f"{path}:81 eighty_one (81 lines / 0 params)",
+        f"{path}:165 nine (1 lines / 9 params)",
+        f"{path}:166 nine_with_stars (2 lines / 9 params)",
+        f"{path}:167 inner (1 lines / 9 params)",
+    ]
 
 
 def test_the_project_speaks_of_the_product_not_its_history():
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "benchmarks").glob("*")),
-             *MODULES.values(), *sorted((ROOT / "workflow").rglob("*.smk")), ROOT / "Snakefile", ROOT / "config.yaml"]
+    files = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "benchmarks").glob("*")),
+        *MODULES.values(),
+        *sorted((ROOT / "workflow").rglob("*.smk")),
+        ROOT / "Snakefile",
+        ROOT / "config.yaml",
+    ]
     history = re.compile(r"\bissues? #?\d+|\bthis session\b|\bsessions? \d|\bin this PR\b", re.IGNORECASE)
-    hits = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in files if p.is_file() and p.suffix != ".pyc"
-            for m in history.finditer(p.read_text(errors="ignore"))]
+    hits = [
+        f"{p.relative_to(ROOT)}: {m.group(0)!r}"
+        for p in files
+        if p.is_file() and p.suffix != ".pyc"
+        for m in history.finditer(p.read_text(errors="ignore"))
+    ]
     assert not hits, hits
 
 
@@ -306,8 +354,10 @@ def test_settings_classes_take_every_default_from_the_schema():
 
     assert SCHEMA.resolve() == (ROOT / "workflow" / "schemas" / "config.schema.yaml").resolve()
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    for cls, section, library_only in ((PretrainSettings, ("pretrain",), {"max_steps"}),
-                                       (FaithfulSettings, ("evaluate", "faithful"), set())):
+    for cls, section, library_only in (
+        (PretrainSettings, ("pretrain",), {"max_steps"}),
+        (FaithfulSettings, ("evaluate", "faithful"), set()),
+    ):
         schema = schema_defaults(*section)
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
         assert set(fields) - library_only == set(schema), cls
@@ -315,7 +365,7 @@ def test_settings_classes_take_every_default_from_the_schema():
             assert fields[key] == (tuple(value) if isinstance(value, list) else value), (cls, key)
     assert {k: ANALYSIS_DEFAULTS[k] for k in schema_defaults("analysis")} == schema_defaults("analysis")
     # config.yaml, the user's copy, says what the schema says wherever it sets a schema key of pretrain
-    for key, value in config["pretrain"].items():
+    for key in config["pretrain"]:
         assert key in schema_defaults("pretrain"), key
 
 
@@ -364,8 +414,15 @@ def test_the_probes_the_library_runs_are_the_schemas():
 
 #: the files a reader opens to follow one MoCo step with a band policy, from
 #: MoCo.forward to the back-propagated number: the method, the queue, the policy, the loss
-ONE_STEP = ["methods/moco.py", "methods/base.py", "queues/fifo.py", "policies/base.py", "policies/candidates.py",
-            "policies/bands.py", "losses/info_nce.py"]
+ONE_STEP = [
+    "methods/moco.py",
+    "methods/base.py",
+    "queues/fifo.py",
+    "policies/base.py",
+    "policies/candidates.py",
+    "policies/bands.py",
+    "losses/info_nce.py",
+]
 
 
 def test_one_moco_step_with_a_band_policy_reads_in_at_most_700_lines():
@@ -378,17 +435,33 @@ def test_the_loss_is_one_call_from_forward():
     for path in ("methods/moco.py", "methods/simclr.py"):
         tree = ast.parse((SRC / "negatives" / path).read_text())
         forward = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "forward")
-        calls = [n for n in ast.walk(forward) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                 and n.func.attr == "loss" and isinstance(n.func.value, ast.Name) and n.func.value.id == "self"]
+        calls = [
+            n
+            for n in ast.walk(forward)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "loss"
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == "self"
+        ]
         assert len(calls) == 1, path
 
 
 #: every public science object: the losses, the policies, the methods, the queues
-SCIENCE = ["negatives.losses.info_nce:info_nce", "negatives.losses.reweighted:reweighted_nce",
-           "negatives.policies.bands:Band", "negatives.policies.classes:ClassFilter",
-           "negatives.policies.replace:Replace", "negatives.policies.mixing:MoCHi", "negatives.policies.ring:Ring",
-           "negatives.policies.ring:Curriculum", "negatives.methods.moco:MoCo", "negatives.methods.simclr:SimCLR",
-           "negatives.queues.fifo:KeyQueue", "negatives.queues.retaining:RetainingQueue"]
+SCIENCE = [
+    "negatives.losses.info_nce:info_nce",
+    "negatives.losses.reweighted:reweighted_nce",
+    "negatives.policies.bands:Band",
+    "negatives.policies.classes:ClassFilter",
+    "negatives.policies.replace:Replace",
+    "negatives.policies.mixing:MoCHi",
+    "negatives.policies.ring:Ring",
+    "negatives.policies.ring:Curriculum",
+    "negatives.methods.moco:MoCo",
+    "negatives.methods.simclr:SimCLR",
+    "negatives.queues.fifo:KeyQueue",
+    "negatives.queues.retaining:RetainingQueue",
+]
 
 
 @pytest.mark.parametrize("target", SCIENCE)
@@ -399,9 +472,11 @@ def test_each_science_object_says_its_paper_its_arguments_and_shows_an_example(t
     doc = getattr(modules.import_module(module), name).__doc__ or ""
     lines = doc.splitlines()
     assert lines and lines[0].rstrip().endswith("."), f"{target}: no one-line summary"
-    assert re.search(r"[A-Z][a-z]+ et al\.,? (19|20)\d\d, arXiv:\d{4}\.\d{4,5}", doc), f"{target}: no paper (authors, year, arXiv id)"
+    assert re.search(r"[A-Z][a-z]+ et al\.,? (19|20)\d\d, arXiv:\d{4}\.\d{4,5}", doc), (
+        f"{target}: no paper (authors, year, arXiv id)"
+    )
     assert "Args:" in doc, f"{target}: no Args"
-    if ".queues." not in module:     # a queue is not called: its methods say what they return
+    if ".queues." not in module:  # a queue is not called: its methods say what they return
         assert "Returns:" in doc or "Called with" in doc, f"{target}: no Returns"
     assert re.search(r"\[[BK][,\]]", doc), f"{target}: no shapes"
     assert ">>> " in doc, f"{target}: no example"
@@ -413,8 +488,11 @@ def private_fields_in_assertions(root: Path) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Assert):
-                found += [f"{path.relative_to(root)}:{node.lineno} .{a.attr}" for a in ast.walk(node)
-                          if isinstance(a, ast.Attribute) and a.attr.startswith("_") and not a.attr.startswith("__")]
+                found += [
+                    f"{path.relative_to(root)}:{node.lineno} .{a.attr}"
+                    for a in ast.walk(node)
+                    if isinstance(a, ast.Attribute) and a.attr.startswith("_") and not a.attr.startswith("__")
+                ]
     return found
 
 
@@ -435,4 +513,4 @@ def test_the_tests_are_laid_out_like_the_library():
     assert folders <= packages | {"models", "workflow", "benchmarks"}, folders - packages
     assert {"policies", "losses", "methods", "queues", "training", "workflow"} <= folders
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
-    assert len(names) == len(set(names)), "two test files of one name"     # they import one another by name
+    assert len(names) == len(set(names)), "two test files of one name"  # they import one another by name

@@ -71,8 +71,10 @@ def _check_settings(a) -> None:
             setattr(a, name, _plain(getattr(a, name)))
     for key in LIBRARY_ONLY.get(SECTIONS.get(a.command), ()):
         if key in a.settings:
-            raise ConfigError(f"pretrain.{key}: not a config key (the Python API's step limit for tests and "
-                              f"benchmarks): a run it stops would be written as finished; leave it out")
+            raise ConfigError(
+                f"pretrain.{key}: not a config key (the Python API's step limit for tests and "
+                f"benchmarks): a run it stops would be written as finished; leave it out"
+            )
 
 
 def _positive(text: str) -> int:
@@ -98,8 +100,11 @@ def _with_threads(a) -> dict:
     how the workflow passes the settings outside a run's identity, which its
     jobs' params leave out (negatives.training.identity)."""
     compile_ = getattr(a, "compile", None)
-    apart = {"threads": a.threads, "compile": None if compile_ is None else bool(compile_),
-             **{k: getattr(a, k, None) for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every")}}
+    apart = {
+        "threads": a.threads,
+        "compile": None if compile_ is None else bool(compile_),
+        **{k: getattr(a, k, None) for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every")},
+    }
     return {**a.settings, **{k: v for k, v in apart.items() if v is not None}}
 
 
@@ -127,8 +132,8 @@ def cmd_evaluate(a) -> None:
 
 def cmd_figure(a) -> None:
     from .config import check_partial
-    from .figure_registry import build
     from .defaults import schema
+    from .figure_registry import build
 
     # the config's values as the workflow checks them (its keys are the figure's to name)
     check_partial({k: v for k, v in a.config_json.items() if k in schema()["properties"]})
@@ -158,14 +163,27 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.add_argument("--train-images", type=int, default=0)
     q.add_argument("--test-images", type=int, default=0)
-    q.add_argument("--download", type=int, choices=(0, 1), nargs="?", const=1, default=0,
-                   help="fetch missing files where the format allows (alone or 1; 0: no)")
-    q.add_argument("--settings", type=_json, default={},
-                   help="JSON of the dataset's other keys in datasets.NAME (storage, stream_above_gb, labels, ...)")
+    q.add_argument(
+        "--download",
+        type=int,
+        choices=(0, 1),
+        nargs="?",
+        const=1,
+        default=0,
+        help="fetch missing files where the format allows (alone or 1; 0: no)",
+    )
+    q.add_argument(
+        "--settings",
+        type=_json,
+        default={},
+        help="JSON of the dataset's other keys in datasets.NAME (storage, stream_above_gb, labels, ...)",
+    )
     q.set_defaults(func=cmd_prepare)
 
-    for name, func, help_ in (("pretrain", cmd_pretrain, "pretrain one run"),
-                              ("init", cmd_init, "write the random-init encoder of a seed")):
+    for name, func, help_ in (
+        ("pretrain", cmd_pretrain, "pretrain one run"),
+        ("init", cmd_init, "write the random-init encoder of a seed"),
+    ):
         q = sub.add_parser(name, help=help_)
         q.add_argument("--data", required=True)
         q.add_argument("--method", default="moco")
@@ -174,14 +192,25 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--temperature", type=float, required=True)
         q.add_argument("--seed", type=int, required=True)
         q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
-        q.add_argument("--threads", type=int, help="torch threads of the run, shared by its processes "
-                                                    "(pretrain.threads; part of the run)")
+        q.add_argument(
+            "--threads",
+            type=int,
+            help="torch threads of the run, shared by its processes (pretrain.threads; part of the run)",
+        )
         if name == "pretrain":
-            q.add_argument("--processes", type=int, help="processes that train the run together, one per GPU "
-                                                         "(pretrain.processes, on each machine; part of the run)")
+            q.add_argument(
+                "--processes",
+                type=int,
+                help="processes that train the run together, one per GPU "
+                "(pretrain.processes, on each machine; part of the run)",
+            )
             q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; part of the run)")
-            q.add_argument("--compile", type=int, choices=(0, 1), help="1: torch.compile the encoders "
-                                                                       "(pretrain.compile; part of the run)")
+            q.add_argument(
+                "--compile",
+                type=int,
+                choices=(0, 1),
+                help="1: torch.compile the encoders (pretrain.compile; part of the run)",
+            )
             q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="pretrain.device")
             q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
             q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
@@ -206,7 +235,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output prefix (writes .pdf, .png, .csv)")
     q.set_defaults(func=cmd_figure)
 
-    q = sub.add_parser("similarity", help="WordNet similarity (depth of the lowest common hypernym) of every class pair")
+    q = sub.add_parser(
+        "similarity", help="WordNet similarity (depth of the lowest common hypernym) of every class pair"
+    )
     q.add_argument("--classes", required=True, help="classes.tsv (index, name, synset)")
     q.add_argument("--out", required=True, help="wordnet_similarity.tsv")
     q.set_defaults(func=cmd_similarity)
@@ -250,13 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # an allocation the checks before the work did not foresee
         if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate" in str(e)):
             raise
-        print(f"negatives {args.command}: error: out of memory ({(str(e).strip().splitlines() or ['-'])[-1][:160]}); "
-              "lower the sizes in its settings, or run it where there is more memory", file=sys.stderr, flush=True)
+        print(
+            f"negatives {args.command}: error: out of memory ({(str(e).strip().splitlines() or ['-'])[-1][:160]}); "
+            "lower the sizes in its settings, or run it where there is more memory",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     except KeyboardInterrupt:
         again = " to resume from its last checkpoint" if args.command == "pretrain" else ""
-        print(f"negatives {args.command}: interrupted; nothing more was written: run the same command again{again}",
-              file=sys.stderr, flush=True)
+        print(
+            f"negatives {args.command}: interrupted; nothing more was written: run the same command again{again}",
+            file=sys.stderr,
+            flush=True,
+        )
         return INTERRUPTED
     except SystemExit as e:  # the trainer's stop on Ctrl-C, after saving (its message says where)
         if e.code != INTERRUPTED:

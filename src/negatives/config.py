@@ -15,15 +15,32 @@ import os
 import warnings
 from numbers import Real
 
-from .defaults import (ConfigError, check_finite, check_integers, check_partial, check_section, check_subset_size,
-                       not_an_integer)
+from .defaults import (
+    ConfigError,
+    check_finite,
+    check_integers,
+    check_partial,
+    check_section,
+    check_subset_size,
+    not_an_integer,
+)
 from .figure_registry import REGISTRY
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
 
-__all__ = ["ConfigError", "check_config", "check_finite", "check_partial", "check_section", "check_run",
-           "check_pretrain_sizes", "check_milestones", "check_knn_k", "check_subset_size"]
+__all__ = [
+    "ConfigError",
+    "check_config",
+    "check_finite",
+    "check_partial",
+    "check_section",
+    "check_run",
+    "check_pretrain_sizes",
+    "check_milestones",
+    "check_knn_k",
+    "check_subset_size",
+]
 
 
 def _get(cfg: dict, key: str, kind: type | tuple[type, ...]):
@@ -71,16 +88,21 @@ def _check_dataset_entry(name: str, entry: dict) -> None:
     for key in entry:
         if key not in COMMON_DATASET_KEYS and key not in spec.options:
             owners = [n for n, d in DATASETS.items() if key in d.options]
-            raise ConfigError(f"datasets.{name}.{key}: does not apply to {name} (only to {', '.join(owners) or 'none'}); "
-                              f"allowed keys: {', '.join(COMMON_DATASET_KEYS + spec.options)}")
+            raise ConfigError(
+                f"datasets.{name}.{key}: does not apply to {name} (only to {', '.join(owners) or 'none'}); "
+                f"allowed keys: {', '.join(COMMON_DATASET_KEYS + spec.options)}"
+            )
     if entry.get("download", False) and spec.downloader is None:
-        raise ConfigError(f"datasets.{name}.download: {name} cannot be downloaded automatically; allowed: false "
-                          f"({spec.hint})")
+        raise ConfigError(
+            f"datasets.{name}.download: {name} cannot be downloaded automatically; allowed: false ({spec.hint})"
+        )
     storage = entry.get("storage", "auto")
     allowed = STORAGES if spec.is_folder else tuple(s for s in STORAGES if s != "stream")
     if storage not in allowed:
-        raise ConfigError(f"datasets.{name}.storage: {storage!r}; allowed: {', '.join(allowed)}"
-                          + ("" if spec.is_folder else " (stream is only for image folders)"))
+        raise ConfigError(
+            f"datasets.{name}.storage: {storage!r}; allowed: {', '.join(allowed)}"
+            + ("" if spec.is_folder else " (stream is only for image folders)")
+        )
     if "labels" in entry and entry["labels"] not in ("fine", "coarse"):
         raise ConfigError(f"datasets.{name}.labels: {entry['labels']!r}; allowed: fine, coarse")
     if "unlabeled" in entry:
@@ -102,7 +124,7 @@ def _check_dataset(cfg: dict, check_data: bool | None = None) -> None:
         raise ConfigError(f"dataset: unknown dataset {name!r}; allowed: {allowed}")
     if name not in datasets:
         raise ConfigError(f"dataset: {name!r} has no entry under datasets (has: {', '.join(datasets) or 'none'})")
-    for other, entry in datasets.items():
+    for other in datasets:
         _check_dataset_entry(other, _get(cfg, f"datasets.{other}", dict))
     root = _get(cfg, f"datasets.{name}.root", str)
     entry = datasets[name]
@@ -137,15 +159,18 @@ def check_milestones(faithful: dict) -> None:
     before its last (``faithful``: the ``evaluate.faithful`` section, defaults filled in)."""
     epochs, milestones = faithful["epochs"], list(faithful["milestones"])
     if any(not 0 < m < epochs for m in milestones) or milestones != sorted(set(milestones)):
-        raise ConfigError(f"evaluate.faithful.milestones: {milestones} must be increasing epochs in 1..{epochs - 1} "
-                          f"(evaluate.faithful.epochs is {epochs})")
+        raise ConfigError(
+            f"evaluate.faithful.milestones: {milestones} must be increasing epochs in 1..{epochs - 1} "
+            f"(evaluate.faithful.epochs is {epochs})"
+        )
 
 
 def check_knn_k(knn_k: int, train: int, where: str) -> None:
     """The kNN probe's neighbours are at most the ``train`` training images (``where`` says whose)."""
     if knn_k > train:
-        raise ConfigError(f"evaluate.knn_k: {knn_k} neighbours, but {where} holds {train} training images; "
-                          f"allowed: at most {train}")
+        raise ConfigError(
+            f"evaluate.knn_k: {knn_k} neighbours, but {where} holds {train} training images; allowed: at most {train}"
+        )
 
 
 def _check_pretrain(cfg: dict) -> None:
@@ -170,8 +195,10 @@ def check_pretrain_sizes(pretrain: dict) -> None:
         raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
     processes = _world(pretrain)
     if processes > 1 and splits % processes:
-        raise ConfigError(f"pretrain.processes: {_world_text(pretrain)} must divide pretrain.bn_splits ({splits}): "
-                          "each process normalises whole batch-norm splits of its slice of the batch")
+        raise ConfigError(
+            f"pretrain.processes: {_world_text(pretrain)} must divide pretrain.bn_splits ({splits}): "
+            "each process normalises whole batch-norm splits of its slice of the batch"
+        )
 
 
 def _world(pretrain: dict) -> int:
@@ -181,8 +208,11 @@ def _world(pretrain: dict) -> int:
 
 def _world_text(pretrain: dict) -> str:
     nodes = pretrain.get("nodes", 1)
-    return str(pretrain.get("processes", 1)) if nodes == 1 else \
-        f"{pretrain.get('processes', 1)} x pretrain.nodes {nodes} = {_world(pretrain)}"
+    return (
+        str(pretrain.get("processes", 1))
+        if nodes == 1
+        else f"{pretrain.get('processes', 1)} x pretrain.nodes {nodes} = {_world(pretrain)}"
+    )
 
 
 def _check_temperatures(cfg: dict, where: str = "temperatures") -> None:
@@ -238,8 +268,10 @@ def _check_queue_fits(cfg: dict) -> None:
     train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split, whose size is not known here
     queue = _get(cfg, "pretrain.queue_size", int)
     if train and queue > train:
-        raise ConfigError(f"pretrain.queue_size: {queue} is larger than the {train} training images of "
-                          f"datasets.{name}.train_images: the queue would hold several keys of one image")
+        raise ConfigError(
+            f"pretrain.queue_size: {queue} is larger than the {train} training images of "
+            f"datasets.{name}.train_images: the queue would hold several keys of one image"
+        )
 
 
 def _check_analysis(cfg: dict) -> None:
@@ -250,20 +282,26 @@ def _check_analysis(cfg: dict) -> None:
     name = _get(cfg, "dataset", str)  # checked by _check_dataset
     train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split
     if train and queries + negatives > train:
-        raise ConfigError(f"analysis.queries: {queries} queries + {negatives} negatives (disjoint images) do not "
-                          f"fit in the {train} training images of datasets.{name}.train_images")
+        raise ConfigError(
+            f"analysis.queries: {queries} queries + {negatives} negatives (disjoint images) do not "
+            f"fit in the {train} training images of datasets.{name}.train_images"
+        )
     for fig in ("fig4", "fig6"):
         key = f"figures.{fig}.hard_cut"
         cut = _get(cfg, key, Real)
         hard = negatives - math.ceil(cut * negatives / 100)
         if not 0 < cut < 100 or not 0 < hard < negatives:
-            raise ConfigError(f"{key}: {cut} leaves {max(hard, 0)} of the {negatives} negatives (analysis.negatives) "
-                              "hard; allowed: a percentile in (0, 100) leaving at least one hard and one easy negative")
+            raise ConfigError(
+                f"{key}: {cut} leaves {max(hard, 0)} of the {negatives} negatives (analysis.negatives) "
+                "hard; allowed: a percentile in (0, 100) leaving at least one hard and one easy negative"
+            )
     key = "figures.fig5.inset_percentile"
     width = _get(cfg, key, Real)
     if not 0 < width <= 10 or width * negatives / 100 < 1:
-        raise ConfigError(f"{key}: {width} must hold at least one of the {negatives} negatives (analysis.negatives) "
-                          f"and fit in the easiest decile; allowed: {100 / negatives:g} to 10")
+        raise ConfigError(
+            f"{key}: {width} must hold at least one of the {negatives} negatives (analysis.negatives) "
+            f"and fit in the easiest decile; allowed: {100 / negatives:g} to 10"
+        )
 
 
 def _check_subsets(cfg: dict) -> None:
@@ -293,9 +331,11 @@ def _check_fewshot(cfg: dict) -> None:
     train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split
     classes = known_classes(name, cfg["datasets"][name])
     if train and classes and per_class > train // classes:
-        raise ConfigError(f"evaluate.fewshot_labels_per_class: {per_class} labels per class do not fit in the "
-                          f"{train} training images of datasets.{name}.train_images ({train // classes} per class "
-                          f"of {classes}); allowed: at most {train // classes}")
+        raise ConfigError(
+            f"evaluate.fewshot_labels_per_class: {per_class} labels per class do not fit in the "
+            f"{train} training images of datasets.{name}.train_images ({train // classes} per class "
+            f"of {classes}); allowed: at most {train // classes}"
+        )
 
 
 def pretrain_has_labels(cfg: dict) -> bool:
@@ -311,7 +351,7 @@ def _check_runs(cfg: dict) -> None:
     only where the dataset has them, and uses replace mode only with a queue
     that has room for it."""
     for key in ("epochs", "batch_size", "queue_size"):
-        _get(cfg, f"pretrain.{key}", int)            # their types, when called without the schema
+        _get(cfg, f"pretrain.{key}", int)  # their types, when called without the schema
     for figure in FIGURES:
         if figure in ANALYSES:  # their runs are the baseline, 'all'
             continue
@@ -340,20 +380,27 @@ def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True,
         what = f"{queue} queued negatives" if method == "moco" else f"2 x {batch} - 2 in-batch negatives"
         raise ConfigError(f"{key} with {method} ({what}): {e}") from None
     if pol.uses_labels and not has_labels:
-        raise ConfigError(f"{key} removes negatives by class, but the pretraining images include unlabeled ones; "
-                          "use a label-free policy or a labeled split")
+        raise ConfigError(
+            f"{key} removes negatives by class, but the pretraining images include unlabeled ones; "
+            "use a label-free policy or a labeled split"
+        )
     if pol.needs_queue and method != "moco":
         if pol.replace:
-            raise ConfigError(f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none "
-                              "(use the drop form)")
+            raise ConfigError(
+                f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none (use the drop form)"
+            )
         raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
     processes = _world(pretrain)
     if method == "simclr" and processes % 2 and processes > 1:
-        raise ConfigError(f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes: half of them "
-                          "train on the first views, half on the second, so their number must be even (or 1)")
+        raise ConfigError(
+            f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes: half of them "
+            "train on the first views, half on the second, so their number must be even (or 1)"
+        )
     if pol.replace and (extra <= 0 or extra % batch):
-        raise ConfigError(f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
-                          f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else ""))
+        raise ConfigError(
+            f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
+            f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else "")
+        )
     return pol
 
 
@@ -361,9 +408,11 @@ def check_gpu_sharing(jobs_per_gpu: int, pretrain: dict) -> None:
     """Runs of several processes on GPUs take a GPU each (NCCL refuses two
     processes of one run on one device), so they cannot share GPUs."""
     if jobs_per_gpu > 1 and _world(pretrain) > 1 and pretrain.get("device") in ("cuda", "auto"):
-        raise ConfigError(f"jobs_per_gpu: {jobs_per_gpu} jobs sharing a GPU are for small runs of one process; "
-                          f"this config trains each run on {_world_text(pretrain)} processes, one GPU each: set "
-                          "jobs_per_gpu: 1, or pretrain.processes: 1")
+        raise ConfigError(
+            f"jobs_per_gpu: {jobs_per_gpu} jobs sharing a GPU are for small runs of one process; "
+            f"this config trains each run on {_world_text(pretrain)} processes, one GPU each: set "
+            "jobs_per_gpu: 1, or pretrain.processes: 1"
+        )
 
 
 def check_config(cfg: dict, check_data: bool | None = None) -> None:
@@ -376,7 +425,7 @@ def check_config(cfg: dict, check_data: bool | None = None) -> None:
     """
     if not isinstance(cfg, dict):
         raise ConfigError(f"config: must be a mapping, got {type(cfg).__name__}")
-    check_finite(cfg)            # first: NaN passes every range below
+    check_finite(cfg)  # first: NaN passes every range below
     _check_figures(cfg)
     _check_temperatures(cfg)
     _check_pretrain(cfg)

@@ -39,8 +39,12 @@ def _strict_loader():
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); "
-                        "YAML would keep only the last one: merge the two", key_node.start_mark)
+                        None,
+                        None,
+                        f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); "
+                        "YAML would keep only the last one: merge the two",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark.line
             return super().construct_mapping(node, deep=deep)
 
@@ -70,8 +74,10 @@ def check_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         held = "nothing" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(f"{path}: holds {held}, not a mapping of config keys "
-                          "(a config file writes keys such as 'pretrain: {epochs: 10}')")
+        raise ConfigError(
+            f"{path}: holds {held}, not a mapping of config keys "
+            "(a config file writes keys such as 'pretrain: {epochs: 10}')"
+        )
     unknown = _unknown_key(data)
     if unknown is not None:
         raise ConfigError(f"{path}: {schema_message(unknown)}")
@@ -161,8 +167,10 @@ def _allowed(schema: dict) -> str:
     if "$ref" in schema:  # "#/$defs/NAME" of the config schema
         from .defaults import schema as config_schema
 
-        schema = {**config_schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]],
-                  **{k: v for k, v in schema.items() if k != "$ref"}}
+        schema = {
+            **config_schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]],
+            **{k: v for k, v in schema.items() if k != "$ref"},
+        }
     if "enum" in schema:
         return "one of " + ", ".join(map(repr, schema["enum"]))
     if "properties" in schema and schema.get("additionalProperties") is False:
@@ -182,8 +190,9 @@ def schema_message(error) -> str:
     import jsonschema
 
     # Snakemake's WorkflowError keeps only the text; the error it was raised in handling is its context
-    found = next((x for x in (error, error.__cause__, error.__context__) if isinstance(x, jsonschema.ValidationError)),
-                 None)
+    found = next(
+        (x for x in (error, error.__cause__, error.__context__) if isinstance(x, jsonschema.ValidationError)), None
+    )
     if found is None:
         return (str(error).strip().splitlines() or ["the config does not match its schema"])[0]
     e = found

@@ -18,8 +18,20 @@ import functools
 import math
 from pathlib import Path
 
-__all__ = ["SCHEMA", "ConfigError", "schema", "schema_defaults", "speed_only", "log_only", "check_finite",
-           "check_partial", "check_section", "check_integers", "check_subset_size", "not_an_integer"]
+__all__ = [
+    "SCHEMA",
+    "ConfigError",
+    "schema",
+    "schema_defaults",
+    "speed_only",
+    "log_only",
+    "check_finite",
+    "check_partial",
+    "check_section",
+    "check_integers",
+    "check_subset_size",
+    "not_an_integer",
+]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
@@ -61,8 +73,11 @@ def schema_defaults(*section: str) -> dict:
     for name in section:
         node = _resolve(node, root)["properties"][name]
     props = _resolve(node, root).get("properties", {})
-    return {key: copy.deepcopy(_resolve(spec, root)["default"]) for key, spec in props.items()
-            if "default" in _resolve(spec, root)}
+    return {
+        key: copy.deepcopy(_resolve(spec, root)["default"])
+        for key, spec in props.items()
+        if "default" in _resolve(spec, root)
+    }
 
 
 def speed_only(section: str | None = None) -> tuple[str, ...]:
@@ -153,8 +168,12 @@ def check_partial(fragment: dict, library_only: dict[str, tuple[str, ...]] | Non
     (16.0) are refused too.  Raises :class:`ConfigError` naming the key."""
     check_finite(fragment)
     library_only = library_only or {}
-    fragment = {section: {k: v for k, v in value.items() if k not in library_only[section]}
-                if section in library_only and isinstance(value, dict) else value for section, value in fragment.items()}
+    fragment = {
+        section: {k: v for k, v in value.items() if k not in library_only[section]}
+        if section in library_only and isinstance(value, dict)
+        else value
+        for section, value in fragment.items()
+    }
     errors = _errors(fragment)
     if errors:
         e = errors[0]
@@ -174,8 +193,9 @@ def _errors(fragment: dict) -> list:
 
 
 def _key(e, fragment: dict) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".") \
-        or next(iter(fragment))
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".") or next(
+        iter(fragment)
+    )
 
 
 def check_integers(fragment: dict) -> None:
@@ -190,8 +210,10 @@ def check_integers(fragment: dict) -> None:
 def check_subset_size(key: str, n: int, classes: int) -> None:
     """A class-balanced subset of ``n`` images (0: all) holds at least one image of each of ``classes``."""
     if 0 < n < classes:
-        raise ConfigError(f"{key}: {n} images are fewer than the {classes} classes: a class-balanced subset holds "
-                          f"at least one of each; allowed: 0 (all) or at least {classes}")
+        raise ConfigError(
+            f"{key}: {n} images are fewer than the {classes} classes: a class-balanced subset holds "
+            f"at least one of each; allowed: 0 (all) or at least {classes}"
+        )
 
 
 def check_section(section: str, settings: dict, library_only: tuple[str, ...] = ()) -> None:

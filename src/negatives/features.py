@@ -32,8 +32,11 @@ def _fuse_conv_bn(module: nn.Module) -> nn.Module:
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         kids = list(seq)
         for i in range(len(kids) - 1):
-            if (isinstance(kids[i], nn.Conv2d) and isinstance(kids[i + 1], nn.BatchNorm2d)
-                    and kids[i + 1].track_running_stats):
+            if (
+                isinstance(kids[i], nn.Conv2d)
+                and isinstance(kids[i + 1], nn.BatchNorm2d)
+                and kids[i + 1].track_running_stats
+            ):
                 seq[i] = fuse_conv_bn_eval(kids[i], kids[i + 1])
                 seq[i + 1] = nn.Identity()
     return module
@@ -57,7 +60,7 @@ def extract_features(encoder: nn.Module, images, mean, std, batch_size: int = 20
     net = _fuse_conv_bn(encoder).to(memory_format=torch.channels_last)
     feats = []
     if isinstance(images, Tensor):
-        batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
     else:
         batches = (x for x, _, _ in images.batches(torch.arange(images.num_images), batch_size))
     with torch.inference_mode():
@@ -68,8 +71,15 @@ def extract_features(encoder: nn.Module, images, mean, std, batch_size: int = 20
 
 
 @torch.no_grad()
-def knn_classify(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
-                 k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
+def knn_classify(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:
     """Weighted kNN scores ``[M, num_classes]`` (float64).
 
     train_feats ``[N, F]``, train_labels ``[N]``, test_feats ``[M, F]``.  For
@@ -90,7 +100,7 @@ def knn_classify(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
         return torch.zeros(len(test_feats), num_classes, dtype=torch.float64)
     scores = []
     for q in F.normalize(test_feats.float(), dim=1).split(chunk):
-        sim, idx = (q @ bank.T).topk(k, dim=1, sorted=False)         # [m, k]
+        sim, idx = (q @ bank.T).topk(k, dim=1, sorted=False)  # [m, k]
         sim = sim.double()
         # exp(sim / t) in float32 is inf for t < 0.0113 (1/t > 88.7): shift each row to a top of 0
         weights = sim.sub_(sim.amax(1, keepdim=True)).div_(temperature).exp_()

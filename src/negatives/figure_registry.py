@@ -22,8 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Figure", "REGISTRY", "SOURCES", "CAPTIONS", "FIGURE_EXTENSIONS", "SCHEMA_FILE", "register", "record",
-           "check_records", "build"]
+__all__ = [
+    "Figure",
+    "REGISTRY",
+    "SOURCES",
+    "CAPTIONS",
+    "FIGURE_EXTENSIONS",
+    "SCHEMA_FILE",
+    "register",
+    "record",
+    "check_records",
+    "build",
+]
 
 #: what a figure is drawn from: the runs' ``probe.json``, or their ``analysis/pairs.parquet``
 SOURCES = ("probes", "analyses")
@@ -119,8 +129,10 @@ def check_records(root) -> None:
         if not (root / fig.caption).is_file():
             raise ValueError(f"figure {name}: its report caption {fig.caption} is missing")
         if name not in sections:
-            raise ValueError(f"figure {name}: {SCHEMA_FILE} has no figures.{name} section (its settings, "
-                             "temperatures at least, with default: {})")
+            raise ValueError(
+                f"figure {name}: {SCHEMA_FILE} has no figures.{name} section (its settings, "
+                "temperatures at least, with default: {})"
+            )
     for name in sections:
         if name not in REGISTRY:
             raise ValueError(f"{SCHEMA_FILE}: figures.{name} names no figure (negatives.figure_registry)")

@@ -14,9 +14,23 @@ from dataclasses import dataclass
 from .figure_registry import REGISTRY, record
 from .policies.registry import parse_policy
 
-__all__ = ["FIGURES", "ANALYSES", "Run", "figure_policies", "runs_for", "random_init_seeds", "random_init_dir",
-           "figure_method", "figure_temperatures", "figure_probes", "figure_pairs", "figure_inputs",
-           "similarity_file", "figure_prefix", "figure_outputs"]
+__all__ = [
+    "FIGURES",
+    "ANALYSES",
+    "Run",
+    "figure_policies",
+    "runs_for",
+    "random_init_seeds",
+    "random_init_dir",
+    "figure_method",
+    "figure_temperatures",
+    "figure_probes",
+    "figure_pairs",
+    "figure_inputs",
+    "similarity_file",
+    "figure_prefix",
+    "figure_outputs",
+]
 
 #: every figure target the project builds (``rule all`` builds them all), in the registry's order
 FIGURES = tuple(REGISTRY)

@@ -30,7 +30,7 @@ class _SplitBatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running: tuple[Tensor, Tensor], s: int, momentum: float, eps: float):
-        running_mean, running_var = running                   # read only: one argument, no gradient
+        running_mean, running_var = running  # read only: one argument, no gradient
         out = torch.empty_like(x)
         c = x.shape[1]
         means = running_mean.detach().expand(s, c).clone()
@@ -38,8 +38,19 @@ class _SplitBatchNormFn(torch.autograd.Function):
         save_mean = x.new_empty((s, c), dtype=running_mean.dtype)
         save_invstd = x.new_empty((s, c), dtype=running_mean.dtype)
         for i, (xc, oc) in enumerate(zip(x.chunk(s), out.chunk(s))):
-            torch.ops.aten.native_batch_norm.out(xc, weight, bias, means[i], vars_[i], True, momentum, eps,
-                                                 out=oc, save_mean=save_mean[i], save_invstd=save_invstd[i])
+            torch.ops.aten.native_batch_norm.out(
+                xc,
+                weight,
+                bias,
+                means[i],
+                vars_[i],
+                True,
+                momentum,
+                eps,
+                out=oc,
+                save_mean=save_mean[i],
+                save_invstd=save_invstd[i],
+            )
         ctx.save_for_backward(x, weight, save_mean, save_invstd)
         ctx.s, ctx.eps = s, eps
         ctx.mark_non_differentiable(means, vars_)
@@ -58,8 +69,20 @@ class _SplitBatchNormFn(torch.autograd.Function):
         gx_chunks = gx.chunk(s) if need_x else [None] * s
         for i, (g, xc, gxc) in enumerate(zip(grad_out.chunk(s), x.chunk(s), gx_chunks)):
             torch.ops.aten.native_batch_norm_backward.out(
-                g, xc, weight, None, None, save_mean[i], save_invstd[i], True, ctx.eps,
-                [need_x, need_w, need_b], out0=gxc if need_x else xc.new_empty(0), out1=dw, out2=db)
+                g,
+                xc,
+                weight,
+                None,
+                None,
+                save_mean[i],
+                save_invstd[i],
+                True,
+                ctx.eps,
+                [need_x, need_w, need_b],
+                out0=gxc if need_x else xc.new_empty(0),
+                out1=dw,
+                out2=db,
+            )
             if need_w:
                 gw += dw
             if need_b:
@@ -94,12 +117,12 @@ class _SplitGroupNormFn(torch.autograd.Function):
         xg = torch.empty((s, c, n, h, w), dtype=weight.dtype, device=x.device)
         xg.copy_(x.unflatten(0, (s, n)).transpose(1, 2))
         out, mean, rstd = torch.native_group_norm(xg, weight, bias, s, c, n * h * w, c, eps)
-        y = torch.empty_like(x)                                  # x's dtype and memory format
+        y = torch.empty_like(x)  # x's dtype and memory format
         y.unflatten(0, (s, n)).copy_(out.transpose(1, 2))
         ctx.save_for_backward(xg, weight, mean, rstd)
         ctx.x_dtype, ctx.x_format = x.dtype, _format_of(x)
         ctx.mark_non_differentiable(mean, rstd)
-        ctx.set_materialize_grads(False)                         # no zero gradients for the statistics
+        ctx.set_materialize_grads(False)  # no zero gradients for the statistics
         return y, mean, rstd
 
     @staticmethod
@@ -110,8 +133,9 @@ class _SplitGroupNormFn(torch.autograd.Function):
             return None, None, None, None, None
         gg = torch.empty_like(xg)
         gg.copy_(grad_y.unflatten(0, (s, n)).transpose(1, 2))
-        gxg, gw, gb = torch.ops.aten.native_group_norm_backward(gg, xg, mean, rstd, weight, s, c, n * h * w, c,
-                                                                list(ctx.needs_input_grad[:3]))
+        gxg, gw, gb = torch.ops.aten.native_group_norm_backward(
+            gg, xg, mean, rstd, weight, s, c, n * h * w, c, list(ctx.needs_input_grad[:3])
+        )
         gx = None
         if ctx.needs_input_grad[0]:
             gx = torch.empty((s * n, c, h, w), dtype=ctx.x_dtype, device=xg.device, memory_format=ctx.x_format)
@@ -179,7 +203,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             ones = self.split_weights
             self.running_mean.view(1, c).addmm_(ones, mean, beta=1 - m, alpha=m / s)
             self.running_var.view(1, c).addmm_(ones, rstd.pow(-2), beta=1 - m, alpha=m * unbias / s).sub_(
-                m * unbias * self.eps)
+                m * unbias * self.eps
+            )
             self.num_batches_tracked.add_(1)
         return out
 
@@ -190,8 +215,11 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         outs, ms, vs = [], [], []
         for chunk in x.chunk(self.num_splits):
             mean, var = self.running_mean.clone(), self.running_var.clone()
-            outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias,
-                                     training=True, momentum=self.momentum, eps=self.eps))
+            outs.append(
+                F.batch_norm(
+                    chunk, mean, var, self.weight, self.bias, training=True, momentum=self.momentum, eps=self.eps
+                )
+            )
             ms.append(mean)
             vs.append(var)
         self._update_running(torch.stack(ms), torch.stack(vs))
@@ -228,7 +256,7 @@ class MaxPool2x2(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return super().forward(x)
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2                  # floor, as MaxPool2d
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor, as MaxPool2d
         x = x[..., :h, :w]
         rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
         return torch.maximum(rows[..., 0::2], rows[..., 1::2])

@@ -33,7 +33,7 @@ import torch
 
 __all__ = ["avoid_dynamo_import", "SGD"]
 
-_CACHE = "__dynamo_disable"          # where torch._compile._disable_dynamo caches the disabled function
+_CACHE = "__dynamo_disable"  # where torch._compile._disable_dynamo caches the disabled function
 _METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 

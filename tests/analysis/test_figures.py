@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import written
+
 from negatives.analysis.figures import against_baseline, fig2, load_probes, summarize
 from negatives.figure_registry import build
 
@@ -14,11 +14,24 @@ METRICS = [f"{e}_{k}" for e in ("linear", "fewshot", "knn") for k in ("top1", "t
 
 
 def _probe(policy, temperature, seed, rng):
-    p = {"dataset": "fashion-mnist", "method": "moco", "policy": policy, "temperature": temperature, "seed": seed,
-         "uses_labels": False, "epochs": 0 if policy == "random-init" else 20,
-         "fewshot_labels_per_class": 10, "fewshot_draws": 5,
-         "evaluation": {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1, "fewshot_labels_per_class": 10,
-                        "fewshot_draws": 5}}
+    p = {
+        "dataset": "fashion-mnist",
+        "method": "moco",
+        "policy": policy,
+        "temperature": temperature,
+        "seed": seed,
+        "uses_labels": False,
+        "epochs": 0 if policy == "random-init" else 20,
+        "fewshot_labels_per_class": 10,
+        "fewshot_draws": 5,
+        "evaluation": {
+            "probe": "fast",
+            "knn_k": 200,
+            "knn_temperature": 0.1,
+            "fewshot_labels_per_class": 10,
+            "fewshot_draws": 5,
+        },
+    }
     p.update({m: float(rng.uniform(40, 99)) for m in METRICS})
     return p
 
@@ -123,13 +136,15 @@ def test_against_baseline_p_values_match_scipy():
 
     base = [70.1, 70.5, 69.8]
     drop = [70.9, 71.2, 70.6]
+
     def row(policy, seed, value, uses_labels=False):
         return {"policy": policy, "temperature": 0.2, "seed": seed, "linear_top1": value, "uses_labels": uses_labels}
 
     rows = [row("all", s, v) for s, v in enumerate(base)] + [row("drop[99.9_100)", s, v) for s, v in enumerate(drop)]
     rows += [row("drop-same-class@replace", s, v, uses_labels=True) for s, v in enumerate([71.0, 71.1])]
-    table = against_baseline(pd.DataFrame(rows), {"drop[99.9_100)": "hardest 0.1%",
-                                                  "drop-same-class@replace": "same class"})
+    table = against_baseline(
+        pd.DataFrame(rows), {"drop[99.9_100)": "hardest 0.1%", "drop-same-class@replace": "same class"}
+    )
     r = table.set_index("policy")
     assert r.loc["drop[99.9_100)", "p_value"] == pytest.approx(ttest_ind(drop, base).pvalue, rel=1e-12)
     assert r.loc["drop[99.9_100)", "delta"] == pytest.approx(np.mean(drop) - np.mean(base))

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import written
 from scipy.stats import ttest_ind
 
-from conftest import written
 from negatives.analysis import pairs as analysis
-from negatives.cli import main
 from negatives.analysis.figures import fig4, fig5, fig6, tables_a4_a6
+from negatives.cli import main
 from negatives.figure_registry import build
 
 SEEDS = (0, 1, 2)
@@ -51,6 +51,7 @@ def assert_files(tmp_path, name):
 
 # ------------------------------------------------------------------ figure 4
 
+
 def fig4_runs(seeds=SEEDS, temperature=0.2):
     """20 negatives per query, cut 95: the hardest one per query is always
     same-class with WordNet 6 + seed; of the 19 easy ones, seed + 1 are
@@ -59,8 +60,12 @@ def fig4_runs(seeds=SEEDS, temperature=0.2):
     runs = {}
     for s in seeds:
         r = ranks(q, n, s)
-        runs[(temperature, s)] = dict(percentile=100 * r / n, same_class=(r == n - 1) | (r < s + 1),
-                                      wordnet=np.where(r == n - 1, 6.0 + s, 2.0), difficulty=r / n)
+        runs[(temperature, s)] = dict(
+            percentile=100 * r / n,
+            same_class=(r == n - 1) | (r < s + 1),
+            wordnet=np.where(r == n - 1, 6.0 + s, 2.0),
+            difficulty=r / n,
+        )
     return runs
 
 
@@ -111,14 +116,16 @@ def test_missing_columns_are_named(tmp_path):
 
 # ------------------------------------------------------------------ figure 5
 
+
 def test_fig5_decile_means_by_hand(tmp_path):
     """20 negatives: two per decile per query (ranks 2k, 2k+1)."""
     q, n = 6, 20
     runs = {}
     for s in SEEDS:
         r = ranks(q, n, s)
-        runs[(0.2, s)] = dict(percentile=100 * r / n, difficulty=(r - 10) / 10, wordnet=r + s,
-                              same_class=(r == 0) | (r % 4 == 1))
+        runs[(0.2, s)] = dict(
+            percentile=100 * r / n, difficulty=(r - 10) / 10, wordnet=r + s, same_class=(r == 0) | (r % 4 == 1)
+        )
     table = fig5(pairs_table(runs), tmp_path / "fig5", inset_percentile=5)
     assert_files(tmp_path, "fig5")
     dec = {p: table[table.panel == p].reset_index(drop=True) for p in ("a", "b", "c")}
@@ -126,8 +133,8 @@ def test_fig5_decile_means_by_hand(tmp_path):
         assert dec[p].x.tolist() == [f"{10 * k}-{10 * k + 10}%" for k in range(10)]
     k = np.arange(10)
     assert dec["c"]["mean"].to_numpy() == pytest.approx((2 * k + 0.5 - 10) / 10)
-    assert dec["b"]["mean"].to_numpy() == pytest.approx(2 * k + 0.5 + 1)   # + mean seed
-    assert dec["b"]["std"].to_numpy() == pytest.approx(np.ones(10))         # std of seeds 0, 1, 2
+    assert dec["b"]["mean"].to_numpy() == pytest.approx(2 * k + 0.5 + 1)  # + mean seed
+    assert dec["b"]["std"].to_numpy() == pytest.approx(np.ones(10))  # std of seeds 0, 1, 2
     # same class: rank 0, and ranks 1, 5, 9, ... (odd ranks 2k+1 with k even)
     expect_a = [1.0 if j == 0 else 0.5 if j % 2 == 0 else 0.0 for j in k]
     assert dec["a"]["mean"].tolist() == pytest.approx(expect_a)
@@ -148,6 +155,7 @@ def test_fig5_inset_resolves_the_easiest_negatives(tmp_path):
 
 
 # ------------------------------------------------------------------ figure 6
+
 
 def fig6_runs(planted: int, q=200, n=100):
     """Random difficulties; the first ``planted`` negatives are the hardest for every query."""
@@ -174,8 +182,8 @@ def test_fig6_planted_hard_negatives_broaden_the_real_distribution(tmp_path):
     mean = spread.xs("mean over negatives (% of queries)")
     assert mean["mean"].tolist() == pytest.approx([5.0, 5.0])
     hist = table[table.panel == "histogram"]
-    for model, h in hist.groupby("model"):
-        assert h["mean"].sum() == pytest.approx(100.0)       # % of negatives
+    for _, h in hist.groupby("model"):
+        assert h["mean"].sum() == pytest.approx(100.0)  # % of negatives
     trained = hist[hist.model == "trained"]
     assert trained["mean"].iloc[0] == pytest.approx(95.0) and trained["mean"].iloc[-1] == pytest.approx(5.0)
     assert trained.hi.iloc[-1] == 100.0 and trained.lo.iloc[0] == 0.0
@@ -216,8 +224,20 @@ def test_fig6_needs_every_pair(tmp_path):
 # ------------------------------------------------------------------ tables A4-A6
 
 #: mean dot product of a query of class a with a negative of class b (a != b)
-DOT = {(0, 1): -0.4, (1, 0): -0.6, (0, 2): 0.3, (2, 0): 0.3, (0, 3): 0.01, (3, 0): 0.01,
-       (1, 2): 0.9, (2, 1): 0.9, (1, 3): -0.02, (3, 1): -0.02, (2, 3): -0.2, (3, 2): -0.2}
+DOT = {
+    (0, 1): -0.4,
+    (1, 0): -0.6,
+    (0, 2): 0.3,
+    (2, 0): 0.3,
+    (0, 3): 0.01,
+    (3, 0): 0.01,
+    (1, 2): 0.9,
+    (2, 1): 0.9,
+    (1, 3): -0.02,
+    (3, 1): -0.02,
+    (2, 3): -0.2,
+    (3, 2): -0.2,
+}
 
 
 #: WordNet similarity of the classes
@@ -229,9 +249,14 @@ def tables_runs():
     runs = {}
     for s in SEEDS:
         d = np.array([[0.99 if a == b else DOT[a, b] + 0.01 * (s - 1) for b in n_lab] for a in q_lab])
-        runs[(0.2, s)] = dict(query_label=np.repeat(q_lab[:, None], 12, 1), negative_label=np.tile(n_lab, (8, 1)),
-                              difficulty=d, percentile=ranks(8, 12) * 100 / 12, wordnet=SIM[np.ix_(q_lab, n_lab)],
-                              same_class=q_lab[:, None] == n_lab[None])
+        runs[(0.2, s)] = dict(
+            query_label=np.repeat(q_lab[:, None], 12, 1),
+            negative_label=np.tile(n_lab, (8, 1)),
+            difficulty=d,
+            percentile=ranks(8, 12) * 100 / 12,
+            wordnet=SIM[np.ix_(q_lab, n_lab)],
+            same_class=q_lab[:, None] == n_lab[None],
+        )
     return runs
 
 
@@ -248,17 +273,21 @@ def test_tables_pick_class_pairs_by_mean_dot_product(tmp_path):
     assert a4.name_a.tolist() == ["cat", "car"] and a4.name_b.tolist() == ["dog", "ship"]
     assert table.wordnet.tolist() == [SIM[a, b] for a, b in zip(table.class_a, table.class_b)]
     assert table["rank"].tolist() == [1, 2] * 3 and (table["n"] == 3).all()
-    assert set(table.title) == {"most anti-correlated class pairs", "most correlated class pairs",
-                                "most orthogonal class pairs"}
+    assert set(table.title) == {
+        "most anti-correlated class pairs",
+        "most correlated class pairs",
+        "most orthogonal class pairs",
+    }
 
 
 def test_tables_without_names_use_indices(tmp_path):
     table = tables_a4_a6(pairs_table(tables_runs()), tmp_path / "t", rows=10)
-    assert len(table) == 3 * 6                       # every pair of 4 classes, at most rows each
+    assert len(table) == 3 * 6  # every pair of 4 classes, at most rows each
     assert table.name_a.iloc[0] == str(table.class_a.iloc[0])
 
 
 # ------------------------------------------------------------------ through files
+
 
 def write_pairs(path, cols, temperature, seed):
     df = pairs_table({(temperature, seed): cols}).drop(columns=["run_seed", "temperature", "policy"])
@@ -270,8 +299,14 @@ def write_pairs(path, cols, temperature, seed):
 
 
 # 12 negatives per query: the hardest 10% is one of them
-FIGURE_CONFIG = {"figures": {"fig4": {"hard_cut": 90}, "fig5": {"inset_percentile": 5},
-                             "fig6": {"hard_cut": 90, "null_seed": 0}, "tables_a4_a6": {"rows": 2}}}
+FIGURE_CONFIG = {
+    "figures": {
+        "fig4": {"hard_cut": 90},
+        "fig5": {"inset_percentile": 5},
+        "fig6": {"hard_cut": 90, "null_seed": 0},
+        "tables_a4_a6": {"rows": 2},
+    }
+}
 
 
 def test_build_and_cli_draw_every_analysis_figure(tmp_path):
@@ -284,9 +319,24 @@ def test_build_and_cli_draw_every_analysis_figure(tmp_path):
         table = build(name, paths, tmp_path / "out" / name, FIGURE_CONFIG)
         assert len(pd.read_csv(tmp_path / "out" / f"{name}.csv")) == len(table)
         assert (table["n"] == 3).all()
-    assert main(["figure", "tables_a4_a6", "--config-json", json.dumps(FIGURE_CONFIG),
-                 "--probes", *paths, str(sim), "--out", str(tmp_path / "out" / "tables_a4_a6")]) == 0
+    assert (
+        main(
+            [
+                "figure",
+                "tables_a4_a6",
+                "--config-json",
+                json.dumps(FIGURE_CONFIG),
+                "--probes",
+                *paths,
+                str(sim),
+                "--out",
+                str(tmp_path / "out" / "tables_a4_a6"),
+            ]
+        )
+        == 0
+    )
     csv = pd.read_csv(tmp_path / "out" / "tables_a4_a6.csv")
     assert csv[csv.table == "A4"].name_a.tolist() == ["cat", "car"]
     assert written(tmp_path / "out") == sorted(
-        f"{f}.{e}" for f in ("fig4", "fig5", "fig6", "tables_a4_a6") for e in ("csv", "pdf", "png"))
+        f"{f}.{e}" for f in ("fig4", "fig5", "fig6", "tables_a4_a6") for e in ("csv", "pdf", "png")
+    )

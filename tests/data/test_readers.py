@@ -14,15 +14,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import (
+    CIFAR10_CLASSES,
+    IMAGENET_WNIDS,
+    STL10_CLASSES,
+    cifar100_class_names,
+    fake_cifar10,
+    fake_cifar100,
+    fake_imagenet,
+    fake_stl10,
+    fake_tiny_imagenet,
+)
 from PIL import Image
 
 from negatives import data
-from negatives.data import folders, readers
 from negatives.config import ConfigError, check_config
+from negatives.data import folders, readers
 from negatives.data.wordnet import check_synsets
-
-from conftest import (CIFAR10_CLASSES, IMAGENET_WNIDS, STL10_CLASSES, cifar100_class_names, fake_cifar10,
-                      fake_cifar100, fake_imagenet, fake_stl10, fake_tiny_imagenet)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "src" / "negatives" / "data" / "resources"
@@ -124,9 +132,9 @@ def test_stl10_pixels_labels_classes(tmp_path):
     written = fake_stl10(tmp_path)
     raw = readers.read_stl10(tmp_path)
     assert raw.train_images.shape == (5, 3, 96, 96) and raw.train_images.flags["C_CONTIGUOUS"]
-    assert np.array_equal(raw.train_images, written["train_images"])      # column-major on disk, row-major here
+    assert np.array_equal(raw.train_images, written["train_images"])  # column-major on disk, row-major here
     assert np.array_equal(raw.test_images, written["test_images"])
-    assert np.array_equal(raw.train_labels, written["train_labels"])      # 1..10 on disk -> 0..9
+    assert np.array_equal(raw.train_labels, written["train_labels"])  # 1..10 on disk -> 0..9
     assert np.array_equal(raw.test_labels, written["test_labels"])
     assert raw.classes == STL10_CLASSES and raw.unlabeled_images is None
     raw = readers.read_stl10(tmp_path, unlabeled=True)
@@ -138,9 +146,9 @@ def test_stl10_column_major(tmp_path):
     fake_stl10(tmp_path)
     path = tmp_path / "stl10_binary" / "test_X.bin"
     raw = np.fromfile(path, dtype=np.uint8)
-    raw[:96 * 96] = 0
-    raw[1] = 7     # row 1, column 0
-    raw[96] = 9    # row 0, column 1
+    raw[: 96 * 96] = 0
+    raw[1] = 7  # row 1, column 0
+    raw[96] = 9  # row 0, column 1
     raw.tofile(path)
     img = readers.read_stl10_images(path)[0, 0]
     assert img[1, 0] == 7 and img[0, 1] == 9 and img.sum() == 16
@@ -150,8 +158,11 @@ def test_stl10_truncated_binary_is_named(tmp_path):
     fake_stl10(tmp_path)
     path = tmp_path / "stl10_binary" / "train_X.bin"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"train_X.bin: truncated STL-10 image binary \(138140 bytes, not a "
-                                         r"multiple of 27648"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_X.bin: truncated STL-10 image binary \(138140 bytes, not a "
+        r"multiple of 27648",
+    ):
         readers.read_stl10(tmp_path)
     with pytest.raises(ValueError, match=r"train_X.bin: truncated"):
         data.check_root("stl10", tmp_path)
@@ -190,16 +201,16 @@ def test_imagenet_folder_index(tmp_path):
 
 def test_decode_image_exact_pixels_resize_and_crop(tmp_path):
     fake_imagenet(tmp_path)
-    path = tmp_path / "train" / "n01440764" / "n01440764_0.JPEG"       # 20 wide, 16 high
+    path = tmp_path / "train" / "n01440764" / "n01440764_0.JPEG"  # 20 wide, 16 high
     x = folders.decode_image(path, 16)
     assert x.dtype == torch.uint8 and x.shape == (3, 16, 16)
-    assert np.array_equal(x.numpy(), _decoded(path)[:, :, 2:18])        # shorter side already 16: centre crop only
-    tall = tmp_path / "train" / "n01440764" / "n01440764_2.JPEG"        # 16 wide, 24 high
+    assert np.array_equal(x.numpy(), _decoded(path)[:, :, 2:18])  # shorter side already 16: centre crop only
+    tall = tmp_path / "train" / "n01440764" / "n01440764_2.JPEG"  # 16 wide, 24 high
     assert np.array_equal(folders.decode_image(tall, 16).numpy(), _decoded(tall)[:, 4:20, :])
-    assert folders.decode_image(path, 8).shape == (3, 8, 8)             # resized, then cropped
+    assert folders.decode_image(path, 8).shape == (3, 8, 8)  # resized, then cropped
     gray = tmp_path / "gray.png"
     Image.fromarray(np.full((10, 10), 77, dtype=np.uint8)).save(gray)
-    assert folders.decode_image(gray, 10).unique().tolist() == [77]     # grayscale -> RGB
+    assert folders.decode_image(gray, 10).unique().tolist() == [77]  # grayscale -> RGB
     bad = tmp_path / "bad.JPEG"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"bad.JPEG: cannot decode the image"):
@@ -209,7 +220,9 @@ def test_decode_image_exact_pixels_resize_and_crop(tmp_path):
 def test_imagenet_class_without_synset_is_named(tmp_path, wordnet_reader):
     fake_imagenet(tmp_path)
     shutil.copytree(tmp_path / "train" / "n01440764", tmp_path / "train" / "goldfish")
-    with pytest.raises(ValueError, match=r"train/goldfish: class folder not named by an ImageNet wnid .*no WordNet synset"):
+    with pytest.raises(
+        ValueError, match=r"train/goldfish: class folder not named by an ImageNet wnid .*no WordNet synset"
+    ):
         data.check_root("imagenet", tmp_path, wordnet=wordnet_reader)
     shutil.rmtree(tmp_path / "train" / "goldfish")
     shutil.copytree(tmp_path / "train" / "n01440764", tmp_path / "train" / "n00000001")  # wnid format, no synset
@@ -238,7 +251,7 @@ def test_tiny_imagenet_index(tmp_path):
     assert ix.train_files[:2] == ["train/n01440764/images/n01440764_0.JPEG", "train/n01440764/images/n01440764_1.JPEG"]
     assert ix.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert ix.test_files == [f"val/images/val_{i}.JPEG" for i in range(6)]
-    assert ix.test_labels.tolist() == [0, 0, 0, 1, 1, 1]                 # from val_annotations.txt
+    assert ix.test_labels.tolist() == [0, 0, 0, 1, 1, 1]  # from val_annotations.txt
     x = folders.decode_image(tmp_path / ix.test_files[4], 64)
     assert np.array_equal(x.numpy(), _decoded(tmp_path / ix.test_files[4]))
 
@@ -263,14 +276,17 @@ def test_tiny_imagenet_errors_name_the_file(tmp_path, wordnet_reader):
 # --------------------------------------------------- prepare and class maps
 
 
-@pytest.mark.parametrize("name,make,options,n_classes", [
-    ("cifar10", fake_cifar10, {}, 10),
-    ("cifar100", fake_cifar100, {}, 100),
-    ("cifar100", fake_cifar100, {"labels": "coarse"}, 20),
-    ("stl10", fake_stl10, {"unlabeled": True}, 10),
-    ("imagenet", fake_imagenet, {"image_size": 16}, 2),
-    ("tiny-imagenet", fake_tiny_imagenet, {}, 2),
-])
+@pytest.mark.parametrize(
+    "name,make,options,n_classes",
+    [
+        ("cifar10", fake_cifar10, {}, 10),
+        ("cifar100", fake_cifar100, {}, 100),
+        ("cifar100", fake_cifar100, {"labels": "coarse"}, 20),
+        ("stl10", fake_stl10, {"unlabeled": True}, 10),
+        ("imagenet", fake_imagenet, {"image_size": 16}, 2),
+        ("tiny-imagenet", fake_tiny_imagenet, {}, 2),
+    ],
+)
 def test_prepare_maps_every_class_to_a_synset(tmp_path, wordnet_reader, name, make, options, n_classes):
     make(tmp_path / "raw")
     path = data.prepare(name, tmp_path / "raw", tmp_path / "out", wordnet=wordnet_reader, workers=0, **options)
@@ -296,7 +312,7 @@ def test_every_class_map_is_on_wordnet(wordnet_reader):
         assert [r[0] for r in rows] == list(range(len(classes))) and [r[1] for r in rows] == classes, name
         check_synsets([r[2] for r in rows], wordnet=wordnet_reader)
     assert coarse[:3] == ["aquatic_mammals", "fish", "flowers"] and coarse[-1] == "vehicles_2"
-    assert len({r[2] for r in data.class_map("cifar100-coarse")}) == 20   # no two superclasses share a synset
+    assert len({r[2] for r in data.class_map("cifar100-coarse")}) == 20  # no two superclasses share a synset
     for path in RESOURCES.glob("*.tsv"):
         check_synsets([r[2] for r in data.class_map(path.stem)], wordnet=wordnet_reader)
 
@@ -305,8 +321,19 @@ def test_prepare_cli_takes_the_dataset_settings(tmp_path, wordnet_reader, monkey
     from negatives.cli import main
 
     fake_cifar100(tmp_path / "raw")
-    main(["prepare", "--dataset", "cifar100", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
-          "--settings", json.dumps({"labels": "coarse", "storage": "auto", "stream_above_gb": 8})])
+    main(
+        [
+            "prepare",
+            "--dataset",
+            "cifar100",
+            "--root",
+            str(tmp_path / "raw"),
+            "--out",
+            str(tmp_path / "out"),
+            "--settings",
+            json.dumps({"labels": "coarse", "storage": "auto", "stream_above_gb": 8}),
+        ]
+    )
     assert len(data.load_prepared(tmp_path / "out" / "data.pt")["classes"]) == 20
     with pytest.raises(ValueError, match=r"datasets.cifar10: unknown option\(s\) labels; allowed: none"):
         data.prepare("cifar10", tmp_path / "raw", tmp_path / "out", labels="coarse")
@@ -315,8 +342,19 @@ def test_prepare_cli_takes_the_dataset_settings(tmp_path, wordnet_reader, monkey
 def test_fashion_mnist_prepared_format_unchanged(tmp_path, fashion_root):
     path = data.prepare("fashion-mnist", fashion_root, tmp_path / "out", 40, 20)
     d = data.load_prepared(path)
-    assert set(d) == {"dataset", "storage", "settings", "digest", "train_images", "train_labels", "test_images", "test_labels",
-                      "classes", "mean", "std"}
+    assert set(d) == {
+        "dataset",
+        "storage",
+        "settings",
+        "digest",
+        "train_images",
+        "train_labels",
+        "test_images",
+        "test_labels",
+        "classes",
+        "mean",
+        "std",
+    }
     xf = d["train_images"].float().div(255.0)
     assert d["mean"] == xf.mean(dim=(0, 2, 3)).tolist() and d["std"] == xf.std(dim=(0, 2, 3)).tolist()
     assert d["train_images"].shape == (40, 1, 28, 28) and torch.bincount(d["train_labels"]).tolist() == [4] * 10
@@ -357,13 +395,18 @@ def test_memory_and_stream_give_identical_batches(tmp_path, wordnet_reader, work
 def test_storage_auto_follows_the_threshold(tmp_path, wordnet_reader):
     fake_tiny_imagenet(tmp_path / "raw")
     # 12 images of 3x64x64 bytes = 147,456 bytes
-    small = data.prepare("tiny-imagenet", tmp_path / "raw", tmp_path / "a", stream_above_gb=147456e-9,
-                         wordnet=wordnet_reader, workers=0)
-    big = data.prepare("tiny-imagenet", tmp_path / "raw", tmp_path / "b", stream_above_gb=147455e-9,
-                       wordnet=wordnet_reader, workers=0)
+    small = data.prepare(
+        "tiny-imagenet", tmp_path / "raw", tmp_path / "a", stream_above_gb=147456e-9, wordnet=wordnet_reader, workers=0
+    )
+    big = data.prepare(
+        "tiny-imagenet", tmp_path / "raw", tmp_path / "b", stream_above_gb=147455e-9, wordnet=wordnet_reader, workers=0
+    )
     assert data.load_prepared(small)["storage"] == "memory" and data.load_prepared(big)["storage"] == "stream"
-    with pytest.raises(ValueError, match=r"datasets.cifar10.storage: stream is only for image folders "
-                                         r"\(imagenet, tiny-imagenet\); allowed: auto, memory"):
+    with pytest.raises(
+        ValueError,
+        match=r"datasets.cifar10.storage: stream is only for image folders "
+        r"\(imagenet, tiny-imagenet\); allowed: auto, memory",
+    ):
         fake_cifar10(tmp_path / "c10")
         data.prepare("cifar10", tmp_path / "c10", tmp_path / "c", storage="stream")
 
@@ -375,7 +418,7 @@ def test_train_source_appends_unlabeled_images(tmp_path):
     assert src.num_images == 7 and src.labels.tolist() == written["train_labels"].tolist() + [-1, -1]
     ((x, y, i),) = _batches(src, torch.tensor([6, 0]), 2)
     assert torch.equal(x[0], torch.from_numpy(written["unlabeled_images"][1])) and y.tolist()[0] == -1
-    assert data.open_source(d, "train").num_images == 5                 # probes see labelled images only
+    assert data.open_source(d, "train").num_images == 5  # probes see labelled images only
     with pytest.raises(ValueError, match="split 'val'; allowed: train, test"):
         data.open_source(d, "val")
 
@@ -386,23 +429,55 @@ def test_train_source_appends_unlabeled_images(tmp_path):
 def _config(name: str, root: Path, **entry) -> dict:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["dataset"] = name
-    cfg["datasets"] = {name: {"root": str(root), "download": False, "train_images": 0, "test_images": 0,
-                              "storage": "auto", "stream_above_gb": 8, **entry}}
+    cfg["datasets"] = {
+        name: {
+            "root": str(root),
+            "download": False,
+            "train_images": 0,
+            "test_images": 0,
+            "storage": "auto",
+            "stream_above_gb": 8,
+            **entry,
+        }
+    }
     if entry.get("unlabeled") is True:  # no labels for the oracle policies of Table 1
         cfg["figures"]["table1"]["removed"] = []
     return cfg
 
 
-@pytest.mark.parametrize("name,make,entry,spoil,needles", [
-    ("cifar10", fake_cifar10, {}, lambda r: (r / "cifar-10-batches-py" / "batches.meta").unlink(),
-     ["datasets.cifar10.root:", "lacks batches.meta"]),
-    ("stl10", fake_stl10, {"unlabeled": True}, lambda r: (r / "stl10_binary" / "unlabeled_X.bin").write_bytes(b"\0" * 9),
-     ["datasets.stl10.root:", "unlabeled_X.bin: truncated STL-10 image binary (9 bytes"]),
-    ("imagenet", fake_imagenet, {}, lambda r: (r / "train" / "n00000001").mkdir(),
-     ["datasets.imagenet.root:", "train/n00000001: class n00000001 has no WordNet 3.0 synset"]),
-    ("imagenet", fake_imagenet, {}, lambda r: (r / "train" / "tinca").mkdir(),
-     ["datasets.imagenet.root:", "train/tinca: class folder not named by an ImageNet wnid"]),
-])
+@pytest.mark.parametrize(
+    "name,make,entry,spoil,needles",
+    [
+        (
+            "cifar10",
+            fake_cifar10,
+            {},
+            lambda r: (r / "cifar-10-batches-py" / "batches.meta").unlink(),
+            ["datasets.cifar10.root:", "lacks batches.meta"],
+        ),
+        (
+            "stl10",
+            fake_stl10,
+            {"unlabeled": True},
+            lambda r: (r / "stl10_binary" / "unlabeled_X.bin").write_bytes(b"\0" * 9),
+            ["datasets.stl10.root:", "unlabeled_X.bin: truncated STL-10 image binary (9 bytes"],
+        ),
+        (
+            "imagenet",
+            fake_imagenet,
+            {},
+            lambda r: (r / "train" / "n00000001").mkdir(),
+            ["datasets.imagenet.root:", "train/n00000001: class n00000001 has no WordNet 3.0 synset"],
+        ),
+        (
+            "imagenet",
+            fake_imagenet,
+            {},
+            lambda r: (r / "train" / "tinca").mkdir(),
+            ["datasets.imagenet.root:", "train/tinca: class folder not named by an ImageNet wnid"],
+        ),
+    ],
+)
 def test_check_config_names_the_bad_file(tmp_path, wordnet_reader, name, make, entry, spoil, needles):
     make(tmp_path)
     cfg = _config(name, tmp_path, **entry)
@@ -414,16 +489,28 @@ def test_check_config_names_the_bad_file(tmp_path, wordnet_reader, name, make, e
         assert needle in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("name,entry,needle", [
-    ("cifar10", {"labels": "coarse"}, "datasets.cifar10.labels: does not apply to cifar10 (only to cifar100)"),
-    ("fashion-mnist", {"image_size": 32}, "datasets.fashion-mnist.image_size: does not apply to fashion-mnist "
-                                          "(only to imagenet, tiny-imagenet)"),
-    ("cifar10", {"storage": "stream"}, "datasets.cifar10.storage: 'stream'; allowed: auto, memory "
-                                       "(stream is only for image folders)"),
-    ("imagenet", {"download": True}, "datasets.imagenet.download: imagenet cannot be downloaded automatically; "
-                                     "allowed: false"),
-    ("stl10", {"unlabeled": "yes"}, "datasets.stl10.unlabeled: must be bool"),
-])
+@pytest.mark.parametrize(
+    "name,entry,needle",
+    [
+        ("cifar10", {"labels": "coarse"}, "datasets.cifar10.labels: does not apply to cifar10 (only to cifar100)"),
+        (
+            "fashion-mnist",
+            {"image_size": 32},
+            "datasets.fashion-mnist.image_size: does not apply to fashion-mnist (only to imagenet, tiny-imagenet)",
+        ),
+        (
+            "cifar10",
+            {"storage": "stream"},
+            "datasets.cifar10.storage: 'stream'; allowed: auto, memory (stream is only for image folders)",
+        ),
+        (
+            "imagenet",
+            {"download": True},
+            "datasets.imagenet.download: imagenet cannot be downloaded automatically; allowed: false",
+        ),
+        ("stl10", {"unlabeled": "yes"}, "datasets.stl10.unlabeled: must be bool"),
+    ],
+)
 def test_check_config_dataset_keys(tmp_path, name, entry, needle):
     cfg = _config(name, tmp_path, **entry)
     with pytest.raises(ConfigError) as err:
@@ -440,4 +527,4 @@ def test_missing_root_is_a_warning_when_data_checks_are_skipped(tmp_path, monkey
     monkeypatch.setenv("NEGATIVES_SKIP_DATA_CHECK", "1")
     with pytest.warns(UserWarning, match="NEGATIVES_SKIP_DATA_CHECK"):
         check_config(cfg)
-    check_config(_config("cifar10", tmp_path / "absent", download=True))   # fetched by the prepare job
+    check_config(_config("cifar10", tmp_path / "absent", download=True))  # fetched by the prepare job

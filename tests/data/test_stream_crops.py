@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import fake_imagenet
 from PIL import Image
 
 from negatives import data
@@ -18,8 +19,6 @@ from negatives.data.augment import boxes_from_draws, crop_draws
 from negatives.data.folders import decode_views
 from negatives.data.sources import loader_workers, open_train_source
 from negatives.training.pretrain import pretrain
-
-from conftest import fake_imagenet
 
 
 def reference_box(draws: torch.Tensor, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
@@ -49,8 +48,10 @@ def reference_box(draws: torch.Tensor, height: int, width: int, scale, ratio) ->
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-@pytest.mark.parametrize("height, width, scale", [(375, 500, (0.2, 1.0)), (500, 333, (0.08, 1.0)),
-                                                  (20, 400, (0.9, 1.0)), (64, 64, (0.2, 1.0))])
+@pytest.mark.parametrize(
+    "height, width, scale",
+    [(375, 500, (0.2, 1.0)), (500, 333, (0.08, 1.0)), (20, 400, (0.9, 1.0)), (64, 64, (0.2, 1.0))],
+)
 def test_boxes_on_the_full_image_are_torchvisions(height, width, scale):
     draws = crop_draws(500, generator=torch.Generator().manual_seed(height + width))
     boxes = boxes_from_draws(draws, height, width, scale)
@@ -75,8 +76,15 @@ def test_a_view_is_the_resized_crop_of_the_full_image_and_reaches_its_borders(tm
     assert views.shape == (2, 3, 16, 16) and views.dtype == torch.uint8
     with Image.open(path) as im:
         for view, box in zip(views, boxes[[edge, 0]]):
-            want = TF.pil_to_tensor(TF.resized_crop(im.convert("RGB"), *box.tolist(), [16, 16],
-                                                    interpolation=TF.InterpolationMode.BILINEAR, antialias=True))
+            want = TF.pil_to_tensor(
+                TF.resized_crop(
+                    im.convert("RGB"),
+                    *box.tolist(),
+                    [16, 16],
+                    interpolation=TF.InterpolationMode.BILINEAR,
+                    antialias=True,
+                )
+            )
             assert torch.equal(view, want)
 
 
@@ -84,8 +92,9 @@ def test_a_view_is_the_resized_crop_of_the_full_image_and_reaches_its_borders(tm
 def streamed(tmp_path_factory, wordnet_reader):
     tmp = tmp_path_factory.mktemp("streamed")
     fake_imagenet(tmp / "raw", per_class=8)
-    return data.prepare("imagenet", tmp / "raw", tmp / "out", storage="stream", image_size=16,
-                        wordnet=wordnet_reader, workers=0)
+    return data.prepare(
+        "imagenet", tmp / "raw", tmp / "out", storage="stream", image_size=16, wordnet=wordnet_reader, workers=0
+    )
 
 
 def test_only_the_given_images_are_decoded(streamed, monkeypatch):
@@ -104,10 +113,33 @@ def test_only_the_given_images_are_decoded(streamed, monkeypatch):
 
 
 def test_a_streamed_run_on_two_processes_is_the_run_on_one(streamed, tmp_path):
-    settings = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=8, queue_size=16, bn_splits=2,
-                    knn_monitor=0, threads=2)
-    runs = {n: torch.load(pretrain(streamed, "moco", "drop[75_100)", 0.2, 0, {**settings, "processes": n},
-                                   tmp_path / str(n), log=lambda m: None), weights_only=False) for n in (1, 2)}
+    settings = dict(
+        backbone="small-cnn",
+        width=4,
+        dim=8,
+        epochs=2,
+        batch_size=8,
+        queue_size=16,
+        bn_splits=2,
+        knn_monitor=0,
+        threads=2,
+    )
+    runs = {
+        n: torch.load(
+            pretrain(
+                streamed,
+                "moco",
+                "drop[75_100)",
+                0.2,
+                0,
+                {**settings, "processes": n},
+                tmp_path / str(n),
+                log=lambda m: None,
+            ),
+            weights_only=False,
+        )
+        for n in (1, 2)
+    }
     for name, value in runs[1]["model"].items():
         if value.is_floating_point():
             torch.testing.assert_close(runs[2]["model"][name], value, rtol=1e-5, atol=1e-5, msg=name)
@@ -129,7 +161,7 @@ def test_a_view_cropped_as_decoded_is_only_mirrored_on_the_device():
     plain = aug.normalize(x.float().mul_(1.0 / 255.0))
     flipped = [bool(torch.equal(y[i], plain[i].flip(2))) for i in range(64)]
     assert all(flipped[i] or torch.equal(y[i], plain[i]) for i in range(64))
-    assert 10 < sum(flipped) < 54                   # p = 0.5 of 64
+    assert 10 < sum(flipped) < 54  # p = 0.5 of 64
 
 
 @pytest.mark.parametrize("threads, workers", [(3, 2), (1, 0)])
@@ -141,10 +173,20 @@ def test_a_training_process_decodes_within_the_jobs_cpus(streamed, tmp_path, mon
 
     seen = []
     real = trainer.open_train_source
-    monkeypatch.setattr(trainer, "open_train_source",
-                        lambda d, workers=None: (seen.append(workers), real(d, workers=workers))[1])
-    settings = dict(backbone="small-cnn", width=4, dim=8, epochs=1, batch_size=8, queue_size=16, bn_splits=2,
-                    knn_monitor=0, threads=threads)
+    monkeypatch.setattr(
+        trainer, "open_train_source", lambda d, workers=None: (seen.append(workers), real(d, workers=workers))[1]
+    )
+    settings = dict(
+        backbone="small-cnn",
+        width=4,
+        dim=8,
+        epochs=1,
+        batch_size=8,
+        queue_size=16,
+        bn_splits=2,
+        knn_monitor=0,
+        threads=threads,
+    )
     pretrain(streamed, "moco", "all", 0.2, 0, settings, tmp_path, log=lambda m: None)
-    assert seen == [workers]             # the source it trains from (pretrain counts the images apart)
-    assert [loader_workers(c) for c in (1, 2, 4, 16)] == [0, 1, 3, 15]    # 16 CPUs over 2 processes: 8 each
+    assert seen == [workers]  # the source it trains from (pretrain counts the images apart)
+    assert [loader_workers(c) for c in (1, 2, 4, 16)] == [0, 1, 3, 15]  # 16 CPUs over 2 processes: 8 each

@@ -28,8 +28,10 @@ needs_debian = pytest.mark.skipif(
 def prepared(tmp_path_factory):
     """``results/wordnet`` prepared from Debian's files, in a scratch results root."""
     if wnmod._missing_debian_files(DEBIAN):
-        pytest.skip(f"Debian's WordNet is not installed in {DEBIAN} "
-                    "(apt-get install wordnet-base wordnet-sense-index, which ./test.sh does as root)")
+        pytest.skip(
+            f"Debian's WordNet is not installed in {DEBIAN} "
+            "(apt-get install wordnet-base wordnet-sense-index, which ./test.sh does as root)"
+        )
     return wnmod.wordnet_dir(tmp_path_factory.mktemp("results"), download=False)
 
 
@@ -39,6 +41,7 @@ def wn(prepared):
 
 
 # ----------------------------------------------------------------- lexnames
+
 
 def test_lexnames_are_the_45_lexicographer_files():
     lines = wnmod.lexnames_text().splitlines()
@@ -75,6 +78,7 @@ def test_prepared_dir_has_every_reader_file(prepared):
 
 
 # ------------------------------------------------------------------ lookups
+
 
 def test_dog_and_cat_meet_at_carnivore(wn):
     assert wn.get_version() == "3.0"
@@ -130,6 +134,7 @@ def test_bad_names_raise_naming_them(wn):
 
 
 # ---------------------------------------------------------------- fallbacks
+
 
 @pytest.fixture
 def no_nltk_data(monkeypatch, tmp_path):
@@ -209,10 +214,20 @@ def test_new_class_maps_list_torchvisions_classes():
         assert [r[1] for r in _rows(name)] == classes, name
     c100 = [r[1] for r in _rows("cifar100")]
     assert len(c100) == 100 == len(set(c100)) and c100 == sorted(c100)  # CIFAR-100's fine labels are alphabetical
-    assert c100[:10] == ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle",
-                         "bicycle", "bottle"]
+    assert c100[:10] == [
+        "apple",
+        "aquarium_fish",
+        "baby",
+        "bear",
+        "beaver",
+        "bed",
+        "bee",
+        "beetle",
+        "bicycle",
+        "bottle",
+    ]
     assert c100[-3:] == ["wolf", "woman", "worm"]
-    assert len({r[2] for r in _rows("cifar100")}) == 100          # no two classes share a synset
+    assert len({r[2] for r in _rows("cifar100")}) == 100  # no two classes share a synset
 
 
 def test_lch_depth_dog_and_cat_meet_at_carnivore(wn):
@@ -242,22 +257,25 @@ def test_cifar_synsets_mean_the_classes(wn):
     names = list(c10)
     m = wnmod.similarity_matrix([c10[n].name() for n in names], wn)
     at = {n: i for i, n in enumerate(names)}
-    assert m[at["cat"], at["dog"]] == 11                          # carnivore.n.01
+    assert m[at["cat"], at["dog"]] == 11  # carnivore.n.01
     assert m[at["automobile"], at["truck"]] == wn.synset("motor_vehicle.n.01").max_depth()
     assert m[at["cat"], at["dog"]] > m[at["cat"], at["frog"]] > m[at["cat"], at["ship"]]
     c100 = {r[1]: wn.synset(r[2]) for r in _rows("cifar100")}
     superclasses = {  # CIFAR-100 superclasses whose members WordNet also puts under one hypernym
-        "carnivore.n.01": "bear leopard lion tiger wolf", "person.n.01": "baby boy girl man woman",
+        "carnivore.n.01": "bear leopard lion tiger wolf",
+        "person.n.01": "baby boy girl man woman",
         "tree.n.01": "maple_tree oak_tree palm_tree pine_tree willow_tree",
-        "reptile.n.01": "crocodile dinosaur lizard snake turtle", "furniture.n.01": "bed chair couch table wardrobe",
-        "produce.n.01": "apple mushroom orange pear sweet_pepper", "invertebrate.n.01": "crab lobster snail spider worm",
+        "reptile.n.01": "crocodile dinosaur lizard snake turtle",
+        "furniture.n.01": "bed chair couch table wardrobe",
+        "produce.n.01": "apple mushroom orange pear sweet_pepper",
+        "invertebrate.n.01": "crab lobster snail spider worm",
         "fish.n.01": "flatfish ray shark trout",
     }
     for hypernym, members in superclasses.items():
         h = wn.synset(hypernym)
         for cls in members.split():
             assert h in c100[cls].closure(lambda s: s.hypernyms()), (cls, hypernym)
-    assert c100["aquarium_fish"] == wn.synset("fish.n.01")       # many species: the class is "fish"
+    assert c100["aquarium_fish"] == wn.synset("fish.n.01")  # many species: the class is "fish"
 
 
 def test_similarity_tsv_round_trip_through_the_cli(prepared, tmp_path, monkeypatch):
@@ -272,7 +290,7 @@ def test_similarity_tsv_round_trip_through_the_cli(prepared, tmp_path, monkeypat
     assert names == CLASSES["cifar10"]
     wn = wnmod.load_wordnet()
     assert np.array_equal(m, wnmod.similarity_matrix([r[2] for r in _rows("cifar10")], wn))
-    assert m[3, 5] == 11 and not list(out.parent.glob("*.tmp"))           # no temporary file left
+    assert m[3, 5] == 11 and not list(out.parent.glob("*.tmp"))  # no temporary file left
 
 
 def test_similarity_rejects_bad_synsets(wn, tmp_path):

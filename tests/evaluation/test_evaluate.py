@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
-
 from conftest import written as outputs_in
-from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluate_checkpoint, fewshot_indices, linear_probe
+
 from negatives.data.augment import Normalize
 from negatives.data.sources import data_digest, load_prepared
 from negatives.evaluation import probes
+from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluate_checkpoint, fewshot_indices, linear_probe
 from negatives.features import extract_features, knn_classify, topk_accuracy
 from negatives.models import build_encoder
 
@@ -28,8 +28,9 @@ def test_knn_exact_scores_k3():
 def test_knn_normalises_features_and_clamps_k():
     # features scaled arbitrarily: cosine, not dot product; k=200 > N=4 -> all four vote
     s = knn_classify(TRAIN * torch.tensor([[3.0], [0.5], [2.0], [7.0]]), TRAIN_Y, QUERY * 5, 3, k=200, temperature=0.1)
-    expected = torch.tensor([[math.exp(8.0 - 9.6) + math.exp(-8.0 - 9.6), 1.0 + math.exp(6.0 - 9.6), 0.0]],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[math.exp(8.0 - 9.6) + math.exp(-8.0 - 9.6), 1.0 + math.exp(6.0 - 9.6), 0.0]], dtype=torch.float64
+    )
     torch.testing.assert_close(s, expected, rtol=1e-5, atol=0)
 
 
@@ -44,12 +45,14 @@ def test_knn_k1_is_nearest_neighbour_and_chunking():
 
 
 def test_topk_accuracy_exact():
-    scores = torch.tensor([
-        [9.0, 1, 2, 3, 4, 5],   # label 0: rank 1
-        [1.0, 2, 3, 4, 5, 9],   # label 4: rank 2
-        [6.0, 5, 4, 3, 2, 1],   # label 5: rank 6 (last)
-        [1.0, 2, 3, 4, 5, 6],   # label 1: rank 5
-    ])
+    scores = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5],  # label 0: rank 1
+            [1.0, 2, 3, 4, 5, 9],  # label 4: rank 2
+            [6.0, 5, 4, 3, 2, 1],  # label 5: rank 6 (last)
+            [1.0, 2, 3, 4, 5, 6],  # label 1: rank 5
+        ]
+    )
     labels = torch.tensor([0, 4, 5, 1])
     assert topk_accuracy(scores, labels) == {1: 25.0, 5: 75.0}
     assert topk_accuracy(scores, labels, ks=(1, 2, 6)) == {1: 25.0, 2: 50.0, 6: None}
@@ -116,17 +119,36 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     ytr, yte = torch.arange(6).repeat(12), torch.arange(6).repeat(4)
+
     # class c is a bright square at a class-specific place: easy for any encoder
     def images(y):
         x = torch.randint(0, 40, (len(y), 1, 12, 12), generator=g, dtype=torch.uint8)
         for i, c in enumerate(y.tolist()):
-            x[i, 0, 2 * c:2 * c + 2, :] = 255
+            x[i, 0, 2 * c : 2 * c + 2, :] = 255
         return x
-    data = dict(train_images=images(ytr), train_labels=ytr, test_images=images(yte), test_labels=yte,
-                classes=[f"c{i}" for i in range(6)], mean=[0.2], std=[0.3], dataset="toy")
+
+    data = dict(
+        train_images=images(ytr),
+        train_labels=ytr,
+        test_images=images(yte),
+        test_labels=yte,
+        classes=[f"c{i}" for i in range(6)],
+        mean=[0.2],
+        std=[0.3],
+        dataset="toy",
+    )
     torch.save(data, tmp_path / "data.pt")
-    meta = dict(dataset="toy", method="moco", policy="keep[95_100)", temperature=0.2, seed=1, uses_labels=False,
-                epochs=3, settings={}, in_channels=1)
+    meta = dict(
+        dataset="toy",
+        method="moco",
+        policy="keep[95_100)",
+        temperature=0.2,
+        seed=1,
+        uses_labels=False,
+        epochs=3,
+        settings={},
+        in_channels=1,
+    )
     enc = build_encoder("small-cnn", 1, dim=8, width=4)
     monkeypatch.setattr(probes, "load_encoder", lambda path: (enc, meta))
     settings = dict(probe="fast", knn_k=72, knn_temperature=0.1, fewshot_labels_per_class=2, threads=1)  # every image
@@ -134,15 +156,39 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     res = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", settings, out)
     written = json.loads(out.read_text())
     assert written == res
-    assert list(written) == ["dataset", "method", "policy", "temperature", "seed", "uses_labels", "epochs",
-                             "train_images_per_s",
-                             "linear_top1", "linear_top5", "fewshot_top1", "fewshot_top5",
-                             "fewshot_labels_per_class", "fewshot_draws", "knn_top1", "knn_top5",
-                             "evaluation", "ran_with", "versions"]
-    assert written["evaluation"] == {**probes.evaluation_record(settings), "data": data_digest(load_prepared(
-        tmp_path / "data.pt"))} == {"probe": "fast", "knn_k": settings["knn_k"], "knn_temperature": 0.1,
-                                    "fewshot_labels_per_class": 2, "fewshot_draws": FEWSHOT_DRAWS,
-                                    "data": written["evaluation"]["data"]}
+    assert list(written) == [
+        "dataset",
+        "method",
+        "policy",
+        "temperature",
+        "seed",
+        "uses_labels",
+        "epochs",
+        "train_images_per_s",
+        "linear_top1",
+        "linear_top5",
+        "fewshot_top1",
+        "fewshot_top5",
+        "fewshot_labels_per_class",
+        "fewshot_draws",
+        "knn_top1",
+        "knn_top5",
+        "evaluation",
+        "ran_with",
+        "versions",
+    ]
+    assert (
+        written["evaluation"]
+        == {**probes.evaluation_record(settings), "data": data_digest(load_prepared(tmp_path / "data.pt"))}
+        == {
+            "probe": "fast",
+            "knn_k": settings["knn_k"],
+            "knn_temperature": 0.1,
+            "fewshot_labels_per_class": 2,
+            "fewshot_draws": FEWSHOT_DRAWS,
+            "data": written["evaluation"]["data"],
+        }
+    )
     assert set(written["evaluation"]["data"]) == {"train", "test"}
     assert written["ran_with"] == {"device": "cpu", "threads": 1}
     assert set(written["versions"]) == {"negatives", "torch", "torchvision", "python"}
@@ -160,6 +206,7 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
         evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {**settings, "knn_k": 200}, out)  # the default
     # a key left out takes the schema's default, as in the workflow
     out.unlink()
-    partial = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", {"fewshot_labels_per_class": 2, "threads": 1,
-                                                                     "knn_k": 72}, out)
+    partial = evaluate_checkpoint(
+        "ckpt.pt", tmp_path / "data.pt", {"fewshot_labels_per_class": 2, "threads": 1, "knn_k": 72}, out
+    )
     assert partial["knn_top1"] == res["knn_top1"] and partial["linear_top1"] == res["linear_top1"]

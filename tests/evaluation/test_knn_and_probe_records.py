@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
+from negatives.analysis.plotting import load_probes
 from negatives.cli import main
 from negatives.config import ConfigError, check_section
 from negatives.evaluation.probes import FEWSHOT_DRAWS, evaluation_record
 from negatives.features import KNN_MIN_TEMPERATURE, knn_classify
-from negatives.analysis.plotting import load_probes
 
 TEMPERATURES = [1.0, 0.5, 0.2, 0.1, 0.07, 0.05, 0.02, 0.01, KNN_MIN_TEMPERATURE]
 
@@ -35,6 +35,7 @@ def reference_votes(train, labels, test, num_classes, k, t):
 
 # ------------------------------------------------------------------ the kNN vote
 
+
 def test_the_schema_bound_is_where_every_float64_weight_is_exact():
     # the smallest weight, exp((-1 - 1) / t), is a normal float64 down to the bound ...
     assert math.exp(-2 / KNN_MIN_TEMPERATURE) >= sys.float_info.min
@@ -52,16 +53,23 @@ def test_knn_hand_example_is_exact(t):
     labels = torch.tensor([0, 1, 1, 2, 0])
     queries = torch.tensor([[5.0, 0.0], [0.0, -1.0]])
     e1, e2 = math.exp(-1 / t), math.exp(-2 / t)  # each vote divided by exp(top / t), top = 1
-    expected = torch.tensor([[2.0, 2 * e1, e2],           # sims 1, 0, 0, -1, 1
-                             [2 * e1, 1.0 + e2, e1]],     # sims 0, -1, 1, 0, 0
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [2.0, 2 * e1, e2],  # sims 1, 0, 0, -1, 1
+            [2 * e1, 1.0 + e2, e1],
+        ],  # sims 0, -1, 1, 0, 0
+        dtype=torch.float64,
+    )
     scores = knn_classify(train, labels, queries, 3, k=5, temperature=t)
     assert scores.dtype == torch.float64 and torch.isfinite(scores).all() and (scores > 0).all()
     torch.testing.assert_close(scores, expected, rtol=1e-14, atol=0)
     # k = 4 leaves out the least similar train row of each query (-1)
-    torch.testing.assert_close(knn_classify(train, labels, queries, 3, k=4, temperature=t),
-                               expected * torch.tensor([[1.0, 1, 0], [1, 0, 1]]) + torch.tensor([[0, 0, 0], [0, 1, 0]]),
-                               rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        knn_classify(train, labels, queries, 3, k=4, temperature=t),
+        expected * torch.tensor([[1.0, 1, 0], [1, 0, 1]]) + torch.tensor([[0, 0, 0], [0, 1, 0]]),
+        rtol=1e-14,
+        atol=0,
+    )
 
 
 def _random_features():
@@ -69,8 +77,9 @@ def _random_features():
     centres = torch.randn(7, 32, generator=g)
     labels = torch.randint(0, 7, (300,), generator=g)
     train = centres[labels] + 1.5 * torch.randn(300, 32, generator=g)
-    test = torch.cat([centres[torch.randint(0, 7, (40,), generator=g)] + 1.5 * torch.randn(40, 32, generator=g),
-                      train[:10] * 3.0])  # ten queries at a train image: a similarity of 1, exp(1 / t) as written
+    test = torch.cat(
+        [centres[torch.randint(0, 7, (40,), generator=g)] + 1.5 * torch.randn(40, 32, generator=g), train[:10] * 3.0]
+    )  # ten queries at a train image: a similarity of 1, exp(1 / t) as written
     return train, labels, test
 
 
@@ -83,8 +92,9 @@ def test_knn_matches_a_float64_reference_down_to_the_schema_bound(t):
         assert torch.isfinite(scores).all()
         # each class's share of the vote; the float32 similarities (about 1e-7 off)
         # set the tolerance: 1e-7 / t relative on each weight
-        torch.testing.assert_close(scores / scores.sum(1, keepdim=True), ref / ref.sum(1, keepdim=True),
-                                   rtol=4e-6 / t, atol=0)
+        torch.testing.assert_close(
+            scores / scores.sum(1, keepdim=True), ref / ref.sum(1, keepdim=True), rtol=4e-6 / t, atol=0
+        )
         assert torch.equal(scores.argmax(1), ref.argmax(1))
 
 
@@ -92,10 +102,12 @@ def test_knn_matches_a_float64_reference_down_to_the_schema_bound(t):
 def test_knn_scores_are_the_vote_divided_by_exp_of_each_rows_top_similarity(t):
     train, labels, test = _random_features()
     ref = reference_votes(train, labels, test, 7, 20, t)
-    top = (torch.nn.functional.normalize(test.double(), dim=1)
-           @ torch.nn.functional.normalize(train.double(), dim=1).T).amax(1, keepdim=True)
-    torch.testing.assert_close(knn_classify(train, labels, test, 7, k=20, temperature=t), ref * torch.exp(-top / t),
-                               rtol=2e-6 / t, atol=0)
+    top = (
+        torch.nn.functional.normalize(test.double(), dim=1) @ torch.nn.functional.normalize(train.double(), dim=1).T
+    ).amax(1, keepdim=True)
+    torch.testing.assert_close(
+        knn_classify(train, labels, test, 7, k=20, temperature=t), ref * torch.exp(-top / t), rtol=2e-6 / t, atol=0
+    )
 
 
 def test_the_training_monitor_votes_with_the_same_function():
@@ -108,28 +120,60 @@ def test_the_training_monitor_votes_with_the_same_function():
 
 # ------------------------------------------------------------------ probe.json's record
 
+
 def test_the_evaluation_record_holds_what_changes_the_numbers_only():
-    fast = evaluation_record({"knn_k": 50, "knn_temperature": 1, "threads": 8, "device": "cpu",
-                              "faithful": {"epochs": 3, "milestones": [1, 2]}})
-    assert fast == {"probe": "fast", "knn_k": 50, "knn_temperature": 1.0, "fewshot_labels_per_class": 10,
-                    "fewshot_draws": FEWSHOT_DRAWS}
+    fast = evaluation_record(
+        {
+            "knn_k": 50,
+            "knn_temperature": 1,
+            "threads": 8,
+            "device": "cpu",
+            "faithful": {"epochs": 3, "milestones": [1, 2]},
+        }
+    )
+    assert fast == {
+        "probe": "fast",
+        "knn_k": 50,
+        "knn_temperature": 1.0,
+        "fewshot_labels_per_class": 10,
+        "fewshot_draws": FEWSHOT_DRAWS,
+    }
     faithful = evaluation_record({"probe": "faithful", "faithful": {"epochs": 3, "milestones": [1, 2]}})
     assert faithful["probe"] == "faithful" and faithful["faithful"]["epochs"] == 3
     assert faithful["faithful"]["lr"] == 30.0 and faithful["faithful"]["gamma"] == 0.1  # defaults filled in
-    assert evaluation_record({"probe": "faithful"})["faithful"] == evaluation_record(
-        {"probe": "faithful", "faithful": {"lr": 30.0}})["faithful"]  # a default said or left out: one setting
+    assert (
+        evaluation_record({"probe": "faithful"})["faithful"]
+        == evaluation_record({"probe": "faithful", "faithful": {"lr": 30.0}})["faithful"]
+    )  # a default said or left out: one setting
 
 
 # ------------------------------------------------------------------ figures refuse what they cannot compare
 
+
 def _probe(policy="all", seed=0, **evaluation):
-    record = {"probe": "fast", "knn_k": 200, "knn_temperature": 0.1, "fewshot_labels_per_class": 10,
-              "fewshot_draws": 5, **evaluation}
-    p = {"dataset": "fashion-mnist", "method": "moco", "policy": policy, "temperature": 0.2, "seed": seed,
-         "uses_labels": False, "epochs": 20, "train_images_per_s": 1000.0,
-         "fewshot_labels_per_class": record["fewshot_labels_per_class"], "fewshot_draws": 5,
-         "evaluation": record, "ran_with": {"device": "cpu", "threads": 1 + seed},
-         "versions": {"negatives": None, "torch": f"2.{seed}", "torchvision": None, "python": "3.11"}}
+    record = {
+        "probe": "fast",
+        "knn_k": 200,
+        "knn_temperature": 0.1,
+        "fewshot_labels_per_class": 10,
+        "fewshot_draws": 5,
+        **evaluation,
+    }
+    p = {
+        "dataset": "fashion-mnist",
+        "method": "moco",
+        "policy": policy,
+        "temperature": 0.2,
+        "seed": seed,
+        "uses_labels": False,
+        "epochs": 20,
+        "train_images_per_s": 1000.0,
+        "fewshot_labels_per_class": record["fewshot_labels_per_class"],
+        "fewshot_draws": 5,
+        "evaluation": record,
+        "ran_with": {"device": "cpu", "threads": 1 + seed},
+        "versions": {"negatives": None, "torch": f"2.{seed}", "torchvision": None, "python": "3.11"},
+    }
     p.update({f"{e}_{k}": 50.0 + seed for e in ("linear", "fewshot", "knn") for k in ("top1", "top5")})
     return p
 
@@ -156,17 +200,29 @@ def _rest(probe, key):
 
 
 REFUSED = [  # (id, the second probe, the message; the first is _probe())
-    ("another kNN temperature", _probe(seed=1, knn_temperature=0.05),
-     "were evaluated differently (evaluation.knn_temperature: 0.1 vs 0.05)"),
+    (
+        "another kNN temperature",
+        _probe(seed=1, knn_temperature=0.05),
+        "were evaluated differently (evaluation.knn_temperature: 0.1 vs 0.05)",
+    ),
     ("another k", _probe(seed=1, knn_k=20), "(evaluation.knn_k: 200 vs 20)"),
     ("another few-label count", _probe(seed=1, fewshot_labels_per_class=5), "(evaluation.fewshot_labels_per_class:"),
-    ("another linear probe", _probe(seed=1, probe="faithful", faithful={"epochs": 100}),
-     '(evaluation.probe: "fast" vs "faithful")'),
-    ("a probe.json without its record", _rest(_probe(seed=1), "evaluation"),
-     "does not record how it was evaluated (no 'evaluation'"),
+    (
+        "another linear probe",
+        _probe(seed=1, probe="faithful", faithful={"epochs": 100}),
+        '(evaluation.probe: "fast" vs "faithful")',
+    ),
+    (
+        "a probe.json without its record",
+        _rest(_probe(seed=1), "evaluation"),
+        "does not record how it was evaluated (no 'evaluation'",
+    ),
     ("a probe.json without a metric", _rest(_probe(seed=1), "knn_top5"), "lacks the metric knn_top5"),
-    ("a probe.json without the top-1 of its linear probe", _rest(_probe(seed=1), "linear_top1"),
-     "lacks the metric linear_top1"),
+    (
+        "a probe.json without the top-1 of its linear probe",
+        _rest(_probe(seed=1), "linear_top1"),
+        "lacks the metric linear_top1",
+    ),
 ]
 
 
@@ -184,8 +240,10 @@ def test_a_figure_refuses_probes_it_cannot_compare_and_writes_nothing(tmp_path, 
 
 
 def test_two_faithful_probes_with_different_settings_are_refused(tmp_path, capsys):
-    paths = [_write(tmp_path, "a.json", _probe(probe="faithful", faithful={"epochs": 100, "lr": 30.0})),
-             _write(tmp_path, "b.json", _probe(seed=1, probe="faithful", faithful={"epochs": 100, "lr": 10.0}))]
+    paths = [
+        _write(tmp_path, "a.json", _probe(probe="faithful", faithful={"epochs": 100, "lr": 30.0})),
+        _write(tmp_path, "b.json", _probe(seed=1, probe="faithful", faithful={"epochs": 100, "lr": 10.0})),
+    ]
     assert _figure("table1", paths, tmp_path / "figures" / "table1") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "(evaluation.faithful.lr: 30.0 vs 10.0)" in err, err
@@ -193,7 +251,10 @@ def test_two_faithful_probes_with_different_settings_are_refused(tmp_path, capsy
 
 
 def test_the_methods_figure_refuses_a_probe_without_its_training_speed(tmp_path, capsys):
-    paths = [_write(tmp_path, "a.json", _probe()), _write(tmp_path, "b.json", _rest(_probe(seed=1), "train_images_per_s"))]
+    paths = [
+        _write(tmp_path, "a.json", _probe()),
+        _write(tmp_path, "b.json", _rest(_probe(seed=1), "train_images_per_s")),
+    ]
     assert _figure("fig_methods", paths, tmp_path / "figures" / "fig_methods") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{paths[1]} lacks the metric train_images_per_s" in err, err

@@ -14,11 +14,11 @@ import yaml
 from torch import nn
 
 from negatives import data
-from negatives.optim import SGD
+from negatives.evaluation.faithful import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
 from negatives.evaluation.probes import evaluate_checkpoint
 from negatives.features import topk_accuracy
 from negatives.models import Encoder, MLPHead
-from negatives.evaluation.faithful import FaithfulSettings, ProbeAugment, faithful_linear_probe, faithful_probe, frozen
+from negatives.optim import SGD
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,9 +62,9 @@ def test_learns_a_separable_problem_with_the_backbone_frozen():
     after = enc.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats, num_batches_tracked
     assert enc.training and all(p.requires_grad for p in enc.parameters())  # restored
-    assert torch.equal(torch.get_rng_state(), rng)                  # the global generator is left as it was
+    assert torch.equal(torch.get_rng_state(), rng)  # the global generator is left as it was
     again = faithful_linear_probe(enc, train, test, 3, [0.5] * 3, [0.25] * 3, SMALL)
-    assert torch.equal(scores, again)                               # a function of the inputs and the seed
+    assert torch.equal(scores, again)  # a function of the inputs and the seed
 
 
 def test_frozen_is_eval_mode_without_gradients():
@@ -84,7 +84,7 @@ def test_learning_rate_steps_at_the_milestones(monkeypatch):
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(SGD, "step", step)
-    train = data.TensorSource(*colour_images(4, 0))                  # 12 images, batch 16: one step an epoch
+    train = data.TensorSource(*colour_images(4, 0))  # 12 images, batch 16: one step an epoch
     s = FaithfulSettings(epochs=4, lr=30.0, milestones=(1, 3), gamma=0.1, batch_size=16)
     faithful_linear_probe(tiny_encoder(), train, train, 3, [0.5] * 3, [0.25] * 3, s)
     assert seen == pytest.approx([30.0, 3.0, 3.0, 0.3])
@@ -96,7 +96,7 @@ def test_augment_crops_and_flips_per_image():
     x = torch.arange(8 * 3 * 8 * 8, dtype=torch.float32).reshape(8, 3, 8, 8) / (8 * 3 * 64)
     y = aug(x)
     assert y.shape == x.shape
-    assert len({tuple(v.flatten().tolist()) for v in y}) == 8     # every image gets its own crop
+    assert len({tuple(v.flatten().tolist()) for v in y}) == 8  # every image gets its own crop
 
 
 def test_settings_defaults_are_the_config_defaults():
@@ -111,8 +111,17 @@ def test_probe_on_a_streamed_folder(tmp_path, wordnet_reader):
     from conftest import fake_imagenet
 
     fake_imagenet(tmp_path / "raw", per_class=4)
-    d = data.load_prepared(data.prepare("imagenet", tmp_path / "raw", tmp_path / "out", storage="stream",
-                                        image_size=16, wordnet=wordnet_reader, workers=0))
+    d = data.load_prepared(
+        data.prepare(
+            "imagenet",
+            tmp_path / "raw",
+            tmp_path / "out",
+            storage="stream",
+            image_size=16,
+            wordnet=wordnet_reader,
+            workers=0,
+        )
+    )
     scores = faithful_probe(tiny_encoder(), d, {"epochs": 2, "milestones": [1], "batch_size": 4}, workers=0)
     assert scores.shape == (8, 2) and torch.isfinite(scores).all()
 

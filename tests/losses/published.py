@@ -68,6 +68,7 @@ def hcl_loss_kept(l_pos: Tensor, sim: Tensor, keep: Tensor, tau_plus: float, bet
     """The same formula one query at a time over the negatives it keeps
     (``N`` its own count): what the authors' code computes for a batch whose
     negatives are those.  Every row must keep one at least."""
-    rows = [_hard(torch.exp(l_pos[b] / t), torch.exp(sim[b][keep[b]] / t), tau_plus, beta, t)
-            for b in range(sim.shape[0])]
+    rows = [
+        _hard(torch.exp(l_pos[b] / t), torch.exp(sim[b][keep[b]] / t), tau_plus, beta, t) for b in range(sim.shape[0])
+    ]
     return torch.stack(rows).mean()

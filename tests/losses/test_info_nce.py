@@ -29,7 +29,7 @@ def plain_info_nce(l_pos, sim, keep, t, extra=None):
     over the kept columns picked out of ``sim`` (no mask, no ``-inf``)."""
     rows = []
     for b in range(sim.shape[0]):
-        terms = [l_pos[b:b + 1], sim[b] if keep is None else sim[b][keep[b]]]
+        terms = [l_pos[b : b + 1], sim[b] if keep is None else sim[b][keep[b]]]
         if extra is not None:
             terms.append(extra[b])
         rows.append(torch.logsumexp(torch.cat(terms) / t, 0) - l_pos[b] / t)
@@ -38,11 +38,17 @@ def plain_info_nce(l_pos, sim, keep, t, extra=None):
 
 # ------------------------------------------------------------------ values by hand
 
+
 def test_info_nce_of_a_hand_example():
     t = 0.5
     l_pos, rows = [0.8, 0.1], [[0.2, -0.4, 0.6], [0.3, 0.0, -1.0]]
-    want = sum(-math.log(math.exp(p / t) / (math.exp(p / t) + sum(math.exp(s / t) for s in row)))
-               for p, row in zip(l_pos, rows)) / 2
+    want = (
+        sum(
+            -math.log(math.exp(p / t) / (math.exp(p / t) + sum(math.exp(s / t) for s in row)))
+            for p, row in zip(l_pos, rows)
+        )
+        / 2
+    )
     got = info_nce(torch.tensor(l_pos, dtype=torch.float64), torch.tensor(rows, dtype=torch.float64), None, t)
     assert float(got) == pytest.approx(want, rel=1e-15)
     assert float(info_nce(torch.tensor(l_pos), torch.tensor(rows), None, t)) == pytest.approx(want, rel=1e-6)
@@ -75,9 +81,12 @@ def test_a_query_keeping_no_negative_has_zero_loss_and_gradient():
 
 # ------------------------------------------------------------------ MoCo's builder.py form
 
+
 @pytest.mark.parametrize("tau", [0.2, 0.07])
-@pytest.mark.parametrize("policy", ["all", "keep[95_100)", "keep[0_95)", "keep[40_60)", "drop[99.9_100)",
-                                    "drop[0_90)", "drop[10_20)", "keep[5_100)"])
+@pytest.mark.parametrize(
+    "policy",
+    ["all", "keep[95_100)", "keep[0_95)", "keep[40_60)", "drop[99.9_100)", "drop[0_90)", "drop[10_20)", "keep[5_100)"],
+)
 def test_info_nce_equals_the_reference_cross_entropy(policy, tau):
     """logits ``[B, 1 + K]`` (removed ones ``-inf``), label 0: loss and gradient."""
     q, key, queue = _unit(16, 12), _unit(16, 12, seed=1), _unit(200, 12, seed=2)
@@ -89,8 +98,10 @@ def test_info_nce_equals_the_reference_cross_entropy(policy, tau):
     torch.testing.assert_close(ours, reference_loss(q, key, queue, tau, keep), rtol=1e-6, atol=1e-6)
     ours.backward()
     s_ref = sim.clone().requires_grad_(True)
-    logits = torch.cat([(q * key).sum(1, keepdim=True), s_ref if keep is None else s_ref.masked_fill(~keep, -math.inf)],
-                       1) / tau
+    logits = (
+        torch.cat([(q * key).sum(1, keepdim=True), s_ref if keep is None else s_ref.masked_fill(~keep, -math.inf)], 1)
+        / tau
+    )
     F.cross_entropy(logits, torch.zeros(16, dtype=torch.long)).backward()
     torch.testing.assert_close(s.grad, s_ref.grad, rtol=1e-5, atol=1e-7)
     if keep is not None:
@@ -105,8 +116,10 @@ def test_info_nce_with_every_negative_is_builder_pys_loss_and_gradient_from_the_
         if form == "ours":
             loss = info_nce((q * k).sum(1), q @ queue.T, None, 0.07)
         else:
-            logits = torch.cat([torch.einsum("nc,nc->n", q, k).unsqueeze(-1), torch.einsum("nc,ck->nk", q, queue.T)],
-                               1) / 0.07
+            logits = (
+                torch.cat([torch.einsum("nc,nc->n", q, k).unsqueeze(-1), torch.einsum("nc,ck->nk", q, queue.T)], 1)
+                / 0.07
+            )
             loss = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
         grads.append((loss, *torch.autograd.grad(loss, [q, k])))
     for ours, builder in zip(*grads):
@@ -114,6 +127,7 @@ def test_info_nce_with_every_negative_is_builder_pys_loss_and_gradient_from_the_
 
 
 # ------------------------------------------------------------------ the mask
+
 
 def _shifted_info_nce(l_pos, sim, keep, t):
     """The form the earlier fused loss computed (``m + log(e^{p/t - m} + Σ_kept e^{s/t - m}) - p/t``,
@@ -131,11 +145,15 @@ def _shifted_info_nce(l_pos, sim, keep, t):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_info_nce_gives_the_earlier_fused_forms_loss_and_gradient(form, dtype):
     g = torch.Generator().manual_seed(3)
-    sim0 = (torch.rand(32, 300, generator=g, dtype=dtype) * 2 - 1)
+    sim0 = torch.rand(32, 300, generator=g, dtype=dtype) * 2 - 1
     pos0 = torch.rand(32, generator=g, dtype=dtype) * 2 - 1
-    keep = {"all": None, "keep": torch.rand(32, 300, generator=g) > 0.3,
-            "drop a few": torch.ones(32, 300, dtype=torch.bool).scatter(1, torch.rand(32, 300, generator=g)
-                                                                        .argsort(1)[:, :9], False)}[form]
+    keep = {
+        "all": None,
+        "keep": torch.rand(32, 300, generator=g) > 0.3,
+        "drop a few": torch.ones(32, 300, dtype=torch.bool).scatter(
+            1, torch.rand(32, 300, generator=g).argsort(1)[:, :9], False
+        ),
+    }[form]
     out = []
     for loss_fn in (_shifted_info_nce, info_nce):
         sim, pos = sim0.clone().requires_grad_(), pos0.clone().requires_grad_()
@@ -154,7 +172,7 @@ def test_a_band_as_a_mask_is_infonce_over_the_gathered_band_and_removed_values_d
     sim = q @ queue.T
     keep = parse_policy("keep[90_95)").policy(sim, Candidates()).keep
     assert (keep.sum(1) == 5).all()
-    band = sim.topk(10, dim=1).indices[:, 5:]                             # ranks 5..9 from the hardest
+    band = sim.topk(10, dim=1).indices[:, 5:]  # ranks 5..9 from the hardest
     assert torch.equal(keep, torch.zeros_like(keep).scatter(1, band, True))
     results = []
     for s0, mask in ((sim, keep), (sim.gather(1, band), None), (sim.masked_fill(~keep, 0.99), keep)):
@@ -165,10 +183,11 @@ def test_a_band_as_a_mask_is_infonce_over_the_gathered_band_and_removed_values_d
     for loss, grad in results[1:]:
         torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(grad, results[0][1], rtol=1e-5, atol=1e-7)
-    assert torch.equal(results[2][0], results[0][0])          # a removed value never enters the sum
+    assert torch.equal(results[2][0], results[0][0])  # a removed value never enters the sum
 
 
 # ------------------------------------------------------------------ synthetic negatives
+
 
 def test_synthetic_negatives_are_counted_like_kept_ones():
     g = torch.Generator().manual_seed(0)
@@ -188,11 +207,12 @@ def test_the_synthetic_logits_a_selection_adds_are_q_dot_the_materialised_mixes(
     torch.manual_seed(0)
     cand = Candidates(keys=keys, queries=q)
     sel = pol(q @ keys.T, cand, 0.0)
-    h = pol.embeddings(cand)                                                     # [3, 5, 8]
+    h = pol.embeddings(cand)  # [3, 5, 8]
     torch.testing.assert_close(sel.synthetic(q, q @ keys.T), torch.einsum("bd,bsd->bs", q, h))
     got = info_nce(l_pos, q @ keys.T, sel.keep, 0.2, sel.synthetic(q, q @ keys.T))
-    torch.testing.assert_close(got, info_nce(l_pos, torch.cat([q @ keys.T, torch.einsum("bd,bsd->bs", q, h)], 1),
-                                             None, 0.2))
+    torch.testing.assert_close(
+        got, info_nce(l_pos, torch.cat([q @ keys.T, torch.einsum("bd,bsd->bs", q, h)], 1), None, 0.2)
+    )
     assert float(sel.kept_per_query(20)) == 25
 
 
@@ -211,10 +231,12 @@ def test_mochis_closed_form_gives_the_loss_and_gradient_of_the_materialised_mixe
     cand = Candidates(keys=keys, queries=q.detach())
     mix = pol(sim.detach(), cand, 0.0).mix
     h = pol.embeddings(cand)
-    keep = {"all": None, "keep": torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7,
-            "band": torch.zeros(b, k, dtype=torch.bool).index_fill(1, torch.arange(5, 30), True),
-            "drop a few": torch.ones(b, k, dtype=torch.bool).scatter(1, torch.tensor([[0, 3], [5, 1], [2, 39]]),
-                                                                     False)}[real]
+    keep = {
+        "all": None,
+        "keep": torch.rand(b, k, generator=torch.Generator().manual_seed(9)) < 0.7,
+        "band": torch.zeros(b, k, dtype=torch.bool).index_fill(1, torch.arange(5, 30), True),
+        "drop a few": torch.ones(b, k, dtype=torch.bool).scatter(1, torch.tensor([[0, 3], [5, 1], [2, 39]]), False),
+    }[real]
     sel = Selection(keep=keep, mix=mix)
     fast = info_nce(l_pos, sim, sel.keep, 0.2, sel.synthetic(q, sim))
     plain = plain_info_nce(l_pos, sim, keep, 0.2, torch.einsum("bd,bsd->bs", q, h))
@@ -260,10 +282,13 @@ def test_mix_logits_by_hand():
     sim = q @ torch.eye(3, dtype=torch.float64).T
     # |0.25 e1 + 0.75 e2|^2 = 0.625;  |0.4 q + 0.6 e3|^2 = 0.16 + 0.36 (q . e3 = 0) = 0.52
     r, r_q = math.sqrt(0.625), math.sqrt(0.52)
-    mix = Mix(i=torch.tensor([[0, 2]]), j=torch.tensor([[1, 2]]),
-              a=torch.tensor([[0.25 / r, 0.0]], dtype=torch.float64),
-              c=torch.tensor([[0.75 / r, 0.6 / r_q]], dtype=torch.float64),
-              d=torch.tensor([[0.0, 0.4 / r_q]], dtype=torch.float64))
+    mix = Mix(
+        i=torch.tensor([[0, 2]]),
+        j=torch.tensor([[1, 2]]),
+        a=torch.tensor([[0.25 / r, 0.0]], dtype=torch.float64),
+        c=torch.tensor([[0.75 / r, 0.6 / r_q]], dtype=torch.float64),
+        d=torch.tensor([[0.0, 0.4 / r_q]], dtype=torch.float64),
+    )
     got = Selection(mix=mix).synthetic(q, sim)
     # q . h = (0.25 * 0.6 + 0.75 * 0.8) / r;  q . h' = 0.4 / r_q
     torch.testing.assert_close(got, torch.tensor([[0.75 / r, 0.4 / r_q]], dtype=torch.float64), rtol=1e-14, atol=1e-14)
@@ -285,8 +310,10 @@ def test_mochis_synthetic_cosines_by_hand():
     assert sorted(hard) == [0, 1]
     pairs = [(hard[i], hard[j], a) for i, j, a in zip(m["i"][0].tolist(), m["j"][0].tolist(), m["alpha"][0].tolist())]
     assert any(i != j for i, j, _ in pairs)
-    want = [(a * qc[i] + (1 - a) * qc[j]) / math.sqrt(a * a + (1 - a) ** 2 + (2 * a * (1 - a) if i == j else 0))
-            for i, j, a in pairs]
+    want = [
+        (a * qc[i] + (1 - a) * qc[j]) / math.sqrt(a * a + (1 - a) ** 2 + (2 * a * (1 - a) if i == j else 0))
+        for i, j, a in pairs
+    ]
     for j, b in zip(m["jq"][0].tolist(), m["beta"][0].tolist()):
         n = hard[j]
         want.append((b + (1 - b) * qc[n]) / math.sqrt(b * b + (1 - b) ** 2 + 2 * b * (1 - b) * qc[n]))
@@ -295,10 +322,26 @@ def test_mochis_synthetic_cosines_by_hand():
 
 # ------------------------------------------------------------------ every policy's loss
 
-POLICIES = ["all", "keep[90_100)", "keep[0_75)", "keep[40_60)", "drop[90_100)", "drop[5_95)", "drop-same-class",
-            "drop[75_100)&same-class", "drop[90_100)&other-class", "drop[90_100)@replace",
-            "drop[90_100)&same-class@replace", "drop-same-class@replace", "mochi[16_8_4]", "mochi[16_8_0]",
-            "ring[100->10_10_linear_50]", "ring[20_0]", "curriculum[0_100->90_100_linear]", "retain-hard[0.1]"]
+POLICIES = [
+    "all",
+    "keep[90_100)",
+    "keep[0_75)",
+    "keep[40_60)",
+    "drop[90_100)",
+    "drop[5_95)",
+    "drop-same-class",
+    "drop[75_100)&same-class",
+    "drop[90_100)&other-class",
+    "drop[90_100)@replace",
+    "drop[90_100)&same-class@replace",
+    "drop-same-class@replace",
+    "mochi[16_8_4]",
+    "mochi[16_8_0]",
+    "ring[100->10_10_linear_50]",
+    "ring[20_0]",
+    "curriculum[0_100->90_100_linear]",
+    "retain-hard[0.1]",
+]
 B, K, EXTRA, D = 6, 64, 32, 8
 
 
@@ -317,9 +360,14 @@ def test_every_policys_loss_equals_its_plain_definition(name):
     keys = F.normalize(torch.randn(n, D, dtype=torch.float64, generator=g) + 0.5 * raw0[:1], dim=1)
     positive = _unit(B, D, seed=1, dtype=torch.float64)
     q0 = F.normalize(raw0, dim=1)
-    cands = Candidates(labels=torch.randint(0, 3, (n,), generator=g), indices=torch.arange(n), keys=keys,
-                       query_labels=torch.randint(0, 3, (B,), generator=g), queries=q0,
-                       newest_first=torch.randperm(n, generator=g))
+    cands = Candidates(
+        labels=torch.randint(0, 3, (n,), generator=g),
+        indices=torch.arange(n),
+        keys=keys,
+        query_labels=torch.randint(0, 3, (B,), generator=g),
+        queries=q0,
+        newest_first=torch.randperm(n, generator=g),
+    )
     sel = recipe.policy(q0 @ keys.T, cands, 0.5)
     h = recipe.policy.embeddings(cands) if sel.mix is not None else None
     assert (h is not None) == name.startswith("mochi")

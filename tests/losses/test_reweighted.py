@@ -27,7 +27,7 @@ def _unit(*shape, seed=0, dtype=torch.float32):
 PUBLISHED = [
     ("debiased[0]", lambda a, b, t: dcl_loss(a, b, 0.0, t, debiased=False)),
     ("debiased[0.1]", lambda a, b, t: dcl_loss(a, b, 0.1, t)),
-    ("debiased[0.3]", lambda a, b, t: dcl_loss(a, b, 0.3, t)),             # the clamp acts on some rows
+    ("debiased[0.3]", lambda a, b, t: dcl_loss(a, b, 0.3, t)),  # the clamp acts on some rows
     ("hard[1_0.1]", lambda a, b, t: hcl_loss(a, b, 0.1, 1.0, t)),
     ("hard[0.5_0.05]", lambda a, b, t: hcl_loss(a, b, 0.05, 0.5, t)),
     ("hard[2_0.3]", lambda a, b, t: hcl_loss(a, b, 0.3, 2.0, t)),
@@ -45,7 +45,7 @@ def test_the_loss_is_the_authors_loss_on_simclrs_views(name, published, t):
     b, d = 8, 16
     g = torch.Generator().manual_seed(1)
     raw = torch.randn(2 * b, d, dtype=torch.float64, generator=g)
-    raw[b:] = raw[:b] + 0.7 * raw[b:]                                        # twins alike, as augmented views
+    raw[b:] = raw[:b] + 0.7 * raw[b:]  # twins alike, as augmented views
     results = []
     for form in ("ours", "published"):
         x = raw.clone().requires_grad_(True)
@@ -69,7 +69,7 @@ def test_the_clamp_acts_on_some_rows_of_the_published_comparison():
     z = F.normalize(raw, dim=1)
     s = z @ z.T
     n = 2 * b - 2
-    for t, tau_plus in ((0.5, 0.3), (0.2, 0.1)):                            # debiased[0.3], debiased[0.1]
+    for t, tau_plus in ((0.5, 0.3), (0.2, 0.1)):  # debiased[0.3], debiased[0.1]
         pos = torch.exp(s.gather(1, twin_index(b).unsqueeze(1)).squeeze(1) / t)
         estimate = (torch.exp(s.gather(1, candidate_index(b)) / t).sum(1) - tau_plus * n * pos) / (1 - tau_plus)
         clamped = estimate < n * math.exp(-1 / t)
@@ -87,7 +87,7 @@ def test_with_a_keep_mask_the_loss_is_the_authors_formula_over_the_kept_negative
     positive = _unit(b, 8, seed=4, dtype=torch.float64)
     keep = torch.rand(b, k, generator=g) > 0.4
     keep[0] = False
-    keep[0, 7] = True                                                       # a query keeping one
+    keep[0, 7] = True  # a query keeping one
     results = []
     for form in ("ours", "published"):
         x = raw0.clone().requires_grad_(True)
@@ -137,8 +137,9 @@ def _hand(l_pos, sims, t, tau_plus, beta):
 
 @pytest.mark.parametrize("tau_plus", [0.0, 0.1, 0.3])
 def test_debiased_loss_by_hand(tau_plus):
-    got = reweighted_nce(torch.tensor(L_POS, dtype=torch.float64), torch.tensor(SIM, dtype=torch.float64), None, 0.5,
-                         tau_plus=tau_plus)
+    got = reweighted_nce(
+        torch.tensor(L_POS, dtype=torch.float64), torch.tensor(SIM, dtype=torch.float64), None, 0.5, tau_plus=tau_plus
+    )
     assert float(got) == pytest.approx(_hand(L_POS, SIM, 0.5, tau_plus, 0.0), rel=1e-14)
 
 
@@ -153,14 +154,15 @@ def test_the_clamp_by_hand():
     p, row, t = 0.8, SIM[0], 0.5
     assert (sum(math.exp(s / t) for s in row) - 0.5 * 3 * math.exp(p / t)) / 0.5 < 0
     want = -math.log(math.exp(p / t) / (math.exp(p / t) + 3 * math.exp(-1 / t)))
-    got = reweighted_nce(torch.tensor([p], dtype=torch.float64), torch.tensor([row], dtype=torch.float64), None, t,
-                         tau_plus=0.5)
+    got = reweighted_nce(
+        torch.tensor([p], dtype=torch.float64), torch.tensor([row], dtype=torch.float64), None, t, tau_plus=0.5
+    )
     assert float(got) == pytest.approx(want, rel=1e-14)
 
 
 def test_the_keep_mask_by_hand():
     keep = torch.tensor([[True, False, True], [False, True, True]])
-    kept = [[0.2, 0.6], [0.0, -1.0]]                                    # N = 2 for each query
+    kept = [[0.2, 0.6], [0.0, -1.0]]  # N = 2 for each query
     for beta, tau_plus in ((0.0, 0.1), (1.0, 0.1), (3.0, 0.2)):
         got = reweighted_nce(torch.tensor(L_POS), torch.tensor(SIM), keep, 0.5, tau_plus=tau_plus, beta=beta)
         assert float(got) == pytest.approx(_hand(L_POS, kept, 0.5, tau_plus, beta), rel=1e-6)
@@ -185,16 +187,25 @@ def test_a_query_keeping_no_negative_adds_zero():
     assert (grad[0] == 0).all() and torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("kwargs,message", [({"tau_plus": 1.0}, "tau_plus"), ({"tau_plus": -0.1}, "tau_plus"),
-                                            ({"beta": -1.0}, "beta")])
+@pytest.mark.parametrize(
+    "kwargs,message", [({"tau_plus": 1.0}, "tau_plus"), ({"tau_plus": -0.1}, "tau_plus"), ({"beta": -1.0}, "beta")]
+)
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         reweighted_nce(torch.tensor(L_POS), torch.tensor(SIM), None, 0.5, **kwargs)
 
 
-@pytest.mark.parametrize("text,fragment", [("debiased[1]", "[0, 1)"), ("debiased[-0.1]", "[0, 1)"),
-                                           ("hard[-1,0.1]", "beta must be >= 0"), ("hard[1]", "malformed"),
-                                           ("debiased", "malformed"), ("hard[1,0.1,2]", "malformed")])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("debiased[1]", "[0, 1)"),
+        ("debiased[-0.1]", "[0, 1)"),
+        ("hard[-1,0.1]", "beta must be >= 0"),
+        ("hard[1]", "malformed"),
+        ("debiased", "malformed"),
+        ("hard[1,0.1,2]", "malformed"),
+    ],
+)
 def test_loss_policies_reject_bad_settings(text, fragment):
     with pytest.raises(PolicyError) as e:
         parse_policy(text)
@@ -202,6 +213,7 @@ def test_loss_policies_reject_bad_settings(text, fragment):
 
 
 # ------------------------------------------------------------------ neutral settings, the earlier form
+
 
 def test_neutral_settings_are_info_nce():
     g = torch.Generator().manual_seed(0)
@@ -221,8 +233,10 @@ def test_neutral_settings_are_info_nce():
                     torch.testing.assert_close(got[0], out[0][0], **tol)
                     torch.testing.assert_close(got[1], out[0][1], **tol)
     # beta = 0 is the debiased loss
-    assert torch.equal(parse_policy("hard[0,0.1]").loss(l_pos, sim0, keep, 0.2),
-                       parse_policy("debiased[0.1]").loss(l_pos, sim0, keep, 0.2))
+    assert torch.equal(
+        parse_policy("hard[0,0.1]").loss(l_pos, sim0, keep, 0.2),
+        parse_policy("debiased[0.1]").loss(l_pos, sim0, keep, 0.2),
+    )
 
 
 def _earlier_reweighted(l_pos, sim, keep, t, beta, tau_plus):
@@ -261,8 +275,8 @@ def test_the_loss_gives_the_earlier_fused_forms_numbers(beta, masked, dtype):
     l_pos = (q * _unit(12, 16, seed=6)).sum(1).to(dtype)
     keep = (torch.rand(12, 150, generator=g) > 0.4) if masked else None
     if masked:
-        keep[0] = False                                   # a query with no negative left
-        sim0[1, ~keep[1]] = 0.99                          # removed negatives above every kept one
+        keep[0] = False  # a query with no negative left
+        sim0[1, ~keep[1]] = 0.99  # removed negatives above every kept one
     out = []
     for loss_fn in (_earlier_reweighted, lambda *a: reweighted_nce(*a[:4], beta=a[4], tau_plus=a[5])):
         s = sim0.clone().requires_grad_(True)

@@ -24,8 +24,14 @@ SETTINGS = PretrainSettings(dim=8, queue_size=40, queue_extra=12, momentum=0.9, 
 def _build(method, name, settings=SETTINGS, seed=3):
     recipe = parse_policy(name)
     recipe.policy.start(4, num_candidates(method, settings.queue_size, settings.batch_size))
-    return build_method(method, build_encoder("small-cnn", 1, dim=settings.dim, width=4), recipe, settings, 0.2,
-                        generator=torch.Generator().manual_seed(seed))
+    return build_method(
+        method,
+        build_encoder("small-cnn", 1, dim=settings.dim, width=4),
+        recipe,
+        settings,
+        0.2,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_num_candidates_is_the_queue_or_the_other_views():
@@ -41,11 +47,18 @@ def test_an_unknown_method_is_refused_naming_the_allowed_ones():
         _build("byol", "all")
 
 
-@pytest.mark.parametrize("name,queue,size", [("all", KeyQueue, 40), ("drop[90_100)", KeyQueue, 40),
-                                             ("mochi[8_4_4]", KeyQueue, 40), ("debiased[0.1]", KeyQueue, 40),
-                                             ("drop[90_100)@replace", KeyQueue, 52),
-                                             ("drop-same-class@replace", KeyQueue, 52),
-                                             ("retain-hard[0.25]", RetainingQueue, 40)])
+@pytest.mark.parametrize(
+    "name,queue,size",
+    [
+        ("all", KeyQueue, 40),
+        ("drop[90_100)", KeyQueue, 40),
+        ("mochi[8_4_4]", KeyQueue, 40),
+        ("debiased[0.1]", KeyQueue, 40),
+        ("drop[90_100)@replace", KeyQueue, 52),
+        ("drop-same-class@replace", KeyQueue, 52),
+        ("retain-hard[0.25]", RetainingQueue, 40),
+    ],
+)
 def test_the_queue_a_name_chooses(name, queue, size):
     """K keys; K + queue_extra for @replace; a retaining queue for retain-hard."""
     model = _build("moco", name)
@@ -75,9 +88,13 @@ def test_the_start_up_keys_come_from_the_generator():
 
 
 #: a name -> the loss it trains with
-LOSSES = {"all": info_nce, "keep[95_100)": info_nce, "mochi[8_4_4]": info_nce,
-          "debiased[0.1]": functools.partial(reweighted_nce, tau_plus=0.1),
-          "hard[1_0.1]": functools.partial(reweighted_nce, tau_plus=0.1, beta=1.0)}
+LOSSES = {
+    "all": info_nce,
+    "keep[95_100)": info_nce,
+    "mochi[8_4_4]": info_nce,
+    "debiased[0.1]": functools.partial(reweighted_nce, tau_plus=0.1),
+    "hard[1_0.1]": functools.partial(reweighted_nce, tau_plus=0.1, beta=1.0),
+}
 
 
 @pytest.mark.parametrize("method", ["moco", "simclr"])
@@ -91,8 +108,9 @@ def test_the_model_takes_the_recipes_policy_and_loss(method, name):
     assert torch.equal(model.loss(l_pos, sim, None, 0.5), LOSSES[name](l_pos, sim, None, 0.5))
 
 
-@pytest.mark.parametrize("name", ["drop[90_100)@replace", "drop-same-class@replace",
-                                  "drop[80_100)&other-class@replace", "retain-hard[0.25]"])
+@pytest.mark.parametrize(
+    "name", ["drop[90_100)@replace", "drop-same-class@replace", "drop[80_100)&other-class@replace", "retain-hard[0.25]"]
+)
 def test_simclr_refuses_the_names_that_need_moco_s_queue(name):
     with pytest.raises(ValueError) as e:
         _build("simclr", name)

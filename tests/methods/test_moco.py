@@ -28,9 +28,14 @@ def _moco(policy="all", k=40, dim=8, extra=8, momentum=0.9, seed=1):
     recipe = parse_policy(policy)
     recipe.policy.start(4, k)
     torch.manual_seed(seed)
-    return build_method("moco", build_encoder("small-cnn", 1, dim=dim, width=4), recipe,
-                        PretrainSettings(dim=dim, queue_size=k, queue_extra=extra, momentum=momentum), 0.2,
-                        generator=torch.Generator().manual_seed(3))
+    return build_method(
+        "moco",
+        build_encoder("small-cnn", 1, dim=dim, width=4),
+        recipe,
+        PretrainSettings(dim=dim, queue_size=k, queue_extra=extra, momentum=momentum),
+        0.2,
+        generator=torch.Generator().manual_seed(3),
+    )
 
 
 def test_momentum_update_is_the_formula():
@@ -47,7 +52,7 @@ def test_a_step_enqueues_the_key_encoders_keys_and_trains_only_the_query_encoder
     x = torch.randn(4, 1, 12, 12)
     before = model.queue.keys.clone()
     loss, stats = model(x, x, torch.tensor([1, 2, 3, 4]), torch.tensor([7, 8, 9, 10]))
-    assert torch.isfinite(loss) and float(stats["kept"]) == 2                  # round(40 * 5 / 100)
+    assert torch.isfinite(loss) and float(stats["kept"]) == 2  # round(40 * 5 / 100)
     keys, labels, indices = model.queue.ordered()
     assert labels[-4:].tolist() == [1, 2, 3, 4] and indices[-4:].tolist() == [7, 8, 9, 10]
     assert (labels[:-4] == -1).all() and int(model.queue.ptr) == 4
@@ -73,9 +78,19 @@ def test_mochi_enqueues_only_the_keys():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_q.parameters())
 
 
-POLICIES = ["all", "keep[90_100)", "drop[50_100)", "drop-same-class", "drop[50_100)@replace",
-            "drop-same-class@replace", "mochi[8_4_4]", "ring[50_10]", "debiased[0.1]", "hard[1_0.1]",
-            "retain-hard[0.25]"]
+POLICIES = [
+    "all",
+    "keep[90_100)",
+    "drop[50_100)",
+    "drop-same-class",
+    "drop[50_100)@replace",
+    "drop-same-class@replace",
+    "mochi[8_4_4]",
+    "ring[50_10]",
+    "debiased[0.1]",
+    "hard[1_0.1]",
+    "retain-hard[0.25]",
+]
 
 
 @pytest.mark.parametrize("name", POLICIES)
@@ -87,19 +102,25 @@ def test_a_steps_loss_is_the_recipes_loss_of_the_steps_cosines(name):
     recipe = parse_policy(name)
     model = _moco(name, k=16, extra=8).eval()
     g = torch.Generator().manual_seed(5)
-    for step in range(2):                                       # the second step: a queue not in slot order
+    for step in range(2):  # the second step: a queue not in slot order
         queue = copy.deepcopy(model.queue)
         x_q, x_k = torch.rand(4, 1, 12, 12, generator=g), torch.rand(4, 1, 12, 12, generator=g)
         labels, indices = torch.randint(0, 3, (4,), generator=g), torch.arange(4) + 4 * step
-        torch.manual_seed(10 + step)                            # MoCHi's draws
+        torch.manual_seed(10 + step)  # MoCHi's draws
         loss, stats = model(x_q, x_k, labels, indices, progress=0.5)
         grads = torch.autograd.grad(loss, list(model.encoder_q.parameters()))
         q = F.normalize(model.encoder_q(x_q), dim=1)
         with torch.no_grad():
             k = F.normalize(model.encoder_k(x_k), dim=1)
         sim = q @ queue.keys.T
-        cands = Candidates(labels=queue.labels, indices=queue.indices, keys=queue.keys, query_labels=labels,
-                           queries=q.detach(), newest_first=queue.newest_first())
+        cands = Candidates(
+            labels=queue.labels,
+            indices=queue.indices,
+            keys=queue.keys,
+            query_labels=labels,
+            queries=q.detach(),
+            newest_first=queue.newest_first(),
+        )
         torch.manual_seed(10 + step)
         sel = model.policy(sim.detach(), cands, 0.5)
         want = recipe.loss((q * k).sum(1), sim, sel.keep, 0.2, sel.synthetic(q, sim))
@@ -124,8 +145,10 @@ def test_a_retaining_queue_counts_the_steps_hardest_keys():
     assert int(model.queue.clock) == 12
 
 
-@pytest.mark.parametrize("policy,kept", [("keep[0_95)", 3891), ("drop[99.9_100)", 4092), ("drop[10_20)", 4096 - 410),
-                                         ("drop[90_100)@replace", 4096)])
+@pytest.mark.parametrize(
+    "policy,kept",
+    [("keep[0_95)", 3891), ("drop[99.9_100)", 4092), ("drop[10_20)", 4096 - 410), ("drop[90_100)@replace", 4096)],
+)
 def test_the_kept_count_is_exact(policy, kept):
     model = _moco(policy, k=4096, extra=512)
     x = torch.randn(8, 1, 12, 12)
@@ -146,14 +169,25 @@ def test_a_step_is_builder_pys_step(policy):
     queue after the step is its queue."""
     torch.manual_seed(0)
     recipe = parse_policy(policy)
-    ours = MoCo(build_encoder("small-cnn", 1, dim=8, width=4, num_splits=2),
-                KeyQueue(40, 8, generator=torch.Generator().manual_seed(3)), recipe.policy, recipe.loss, 0.9, 0.2)
+    ours = MoCo(
+        build_encoder("small-cnn", 1, dim=8, width=4, num_splits=2),
+        KeyQueue(40, 8, generator=torch.Generator().manual_seed(3)),
+        recipe.policy,
+        recipe.loss,
+        0.9,
+        0.2,
+    )
     ref = ReferenceMoCo(build_encoder("small-cnn", 1, dim=8, width=4, num_splits=2), 8, 40, 0.9, 0.2)
-    ref.load_state_dict({**{k: v for k, v in ref.state_dict().items() if not k.startswith("encoder")},
-                         **{k: v for k, v in ours.state_dict().items() if k.startswith("encoder")}}, strict=True)
+    ref.load_state_dict(
+        {
+            **{k: v for k, v in ref.state_dict().items() if not k.startswith("encoder")},
+            **{k: v for k, v in ours.state_dict().items() if k.startswith("encoder")},
+        },
+        strict=True,
+    )
     ref.queue.copy_(ours.queue.keys.T)
     x_q, x_k = torch.randn(4, 1, 12, 12), torch.randn(4, 1, 12, 12)
-    torch.manual_seed(1)                                     # the same key shuffle for both
+    torch.manual_seed(1)  # the same key shuffle for both
     loss, _ = ours(x_q, x_k, torch.zeros(4, dtype=torch.long), torch.arange(4))
     torch.manual_seed(1)
     logits, labels = ref(x_q, x_k, None if policy == "all" else parse_policy(policy).policy)
@@ -172,13 +206,15 @@ def test_moco_takes_a_queue_a_policy_and_a_loss():
     model = MoCo(enc, KeyQueue(12, 8), parse_policy("drop[50_100)").policy, loss, momentum=0.5, temperature=0.3)
     x = torch.randn(4, 1, 12, 12)
     model(x, x, torch.zeros(4, dtype=torch.long), torch.arange(4))
-    (shape, keep, temperature, synthetic), = seen
+    ((shape, keep, temperature, synthetic),) = seen
     assert shape == (4, 12) and keep.shape == (4, 12) and (keep.sum(1) == 6).all()
     assert temperature == 0.3 and synthetic is None
 
 
-@pytest.mark.parametrize("policy", ["all", "keep[95_100)", "drop[90_100)&other-class", "mochi[16_8_4]",
-                                    "drop[90_100)@replace", "hard[1_0.1]"])
+@pytest.mark.parametrize(
+    "policy",
+    ["all", "keep[95_100)", "drop[90_100)&other-class", "mochi[16_8_4]", "drop[90_100)@replace", "hard[1_0.1]"],
+)
 def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_step(policy):
     """The GPU path's precision, on CPU: under a bf16 autocast only the
     encoders and the [B, K] matmul run in bf16; the loss is float32 and the
@@ -186,9 +222,14 @@ def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_st
     recipe = parse_policy(policy)
     recipe.policy.start(4, 256)
     torch.manual_seed(0)
-    model = build_method("moco", build_encoder("small-cnn", 1, dim=16, num_splits=2, width=8), recipe,
-                         PretrainSettings(dim=16, queue_size=256, queue_extra=64, momentum=0.99), 0.2,
-                         generator=torch.Generator().manual_seed(1))
+    model = build_method(
+        "moco",
+        build_encoder("small-cnn", 1, dim=16, num_splits=2, width=8),
+        recipe,
+        PretrainSettings(dim=16, queue_size=256, queue_extra=64, momentum=0.99),
+        0.2,
+        generator=torch.Generator().manual_seed(1),
+    )
     x = torch.rand(32, 1, 16, 16)
     views = (x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1))
     labels, idx = torch.arange(32) % 4, torch.arange(32)
@@ -196,7 +237,7 @@ def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_st
     losses = {}
     for precision in ("fp32", "bf16"):
         model.load_state_dict(state)
-        torch.manual_seed(2)                      # the same shuffle and MoCHi draws
+        torch.manual_seed(2)  # the same shuffle and MoCHi draws
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             losses[precision], _ = model(*views, labels, idx, progress=0.5)
     assert losses["fp32"].dtype == losses["bf16"].dtype == torch.float32

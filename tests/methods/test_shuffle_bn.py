@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from negatives.models import SplitBatchNorm2d, build_encoder
 from negatives.methods.moco import MoCo
 from negatives.methods.simclr import SimCLR
+from negatives.models import SplitBatchNorm2d, build_encoder
 from negatives.queues.fifo import KeyQueue
 
 B, K, DIM, T, M = 8, 32, 16, 0.2, 0.9
@@ -34,8 +34,9 @@ class DemoSplitBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
         grouped = x.reshape(s, n // s, c, h, w).transpose(0, 1).reshape(n // s, s * c, h, w)
-        out = F.batch_norm(grouped, mean, var, self.weight.repeat(s), self.bias.repeat(s), True, self.momentum,
-                           self.eps)
+        out = F.batch_norm(
+            grouped, mean, var, self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps
+        )
         self.running_mean.data.copy_(mean.view(s, c).mean(0))
         self.running_var.data.copy_(var.view(s, c).mean(0))
         self.num_batches_tracked.add_(1)
@@ -44,7 +45,7 @@ class DemoSplitBatchNorm(nn.BatchNorm2d):
 
 def _demo_copy(encoder: nn.Module) -> nn.Module:
     ref = copy.deepcopy(encoder)
-    for name, module in list(ref.named_modules()):
+    for _, module in list(ref.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, SplitBatchNorm2d):
                 setattr(module, child_name, DemoSplitBatchNorm(child))
@@ -58,7 +59,7 @@ class Official:
     def __init__(self, model: MoCo):
         self.encoder_q = _demo_copy(model.encoder_q)
         self.encoder_k = _demo_copy(model.encoder_k)
-        self.queue = model.queue.keys.T.clone()                       # [D, K]
+        self.queue = model.queue.keys.T.clone()  # [D, K]
         self.ptr = 0
 
     def step(self, im_q, im_k):
@@ -74,7 +75,7 @@ class Official:
         l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())
         logits = torch.cat([l_pos, l_neg], dim=1) / T
         loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
-        self.queue[:, self.ptr:self.ptr + k.shape[0]] = k.T
+        self.queue[:, self.ptr : self.ptr + k.shape[0]] = k.T
         self.ptr = (self.ptr + k.shape[0]) % self.queue.shape[1]
         return loss
 
@@ -91,8 +92,10 @@ def _model(splits=4, seed=0):
 
 def _views(step):
     g = torch.Generator().manual_seed(100 + step)
-    return (torch.randn(B, 1, 8, 8, generator=g, dtype=torch.float64),
-            torch.randn(B, 1, 8, 8, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(B, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(B, 1, 8, 8, generator=g, dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("splits", [2, 4])
@@ -101,11 +104,11 @@ def test_our_step_is_the_official_step_with_the_same_permutation(splits):
     ref = Official(ours)
     opt_ours = torch.optim.SGD(ours.encoder_q.parameters(), lr=0.5)
     opt_ref = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.5)
-    for step in range(3):                                   # the queue wraps no batch; three pointer positions
+    for step in range(3):  # the queue wraps no batch; three pointer positions
         x_q, x_k = _views(step)
         torch.manual_seed(step)
         loss, _ = ours(x_q, x_k, torch.zeros(B, dtype=torch.long), torch.arange(B))
-        torch.manual_seed(step)                             # the same permutation
+        torch.manual_seed(step)  # the same permutation
         loss_ref = ref.step(x_q, x_k)
         assert abs(loss.item() - loss_ref.item()) < 1e-12, step
         for opt, lo in ((opt_ours, loss), (opt_ref, loss_ref)):
@@ -128,7 +131,7 @@ class Reveal(nn.Module):
     def __init__(self):
         super().__init__()
         self.seen = []
-        self.scale = nn.Parameter(torch.ones(()))        # a parameter for the momentum update
+        self.scale = nn.Parameter(torch.ones(()))  # a parameter for the momentum update
 
     def forward(self, x):
         self.seen.append(x.detach().clone())
@@ -137,11 +140,11 @@ class Reveal(nn.Module):
 
 def test_each_enqueued_key_is_the_key_of_its_own_querys_image():
     model = MoCo(Reveal(), _queue(0), momentum=M, temperature=T).train()
-    x = torch.eye(DIM)[:B].view(B, 1, 4, 4)                  # image i: pixel i lit
+    x = torch.eye(DIM)[:B].view(B, 1, 4, 4)  # image i: pixel i lit
     torch.manual_seed(0)
     model(x, x, torch.arange(B) + 100, torch.arange(B) + 200)
     keys = model.queue.keys[:B]
-    assert torch.equal(keys, torch.eye(DIM)[:B])             # key i from image i
+    assert torch.equal(keys, torch.eye(DIM)[:B])  # key i from image i
     assert model.queue.labels[:B].tolist() == list(range(100, 100 + B))
     assert model.queue.indices[:B].tolist() == list(range(200, 200 + B))
     # the key encoder saw the batch shuffled, the query encoder in order
@@ -156,7 +159,7 @@ def test_no_shuffle_in_eval_mode():
     state = torch.get_rng_state()
     model(x, x, torch.arange(B), torch.arange(B))
     assert model.encoder_k.seen[-1].flatten(1).argmax(1).tolist() == list(range(B))
-    assert torch.equal(torch.get_rng_state(), state)         # no draw either
+    assert torch.equal(torch.get_rng_state(), state)  # no draw either
 
 
 def test_the_permutation_comes_from_the_seeded_global_generator():
@@ -164,8 +167,9 @@ def test_the_permutation_comes_from_the_seeded_global_generator():
     for _ in range(2):
         model = MoCo(Reveal(), _queue(0), momentum=M, temperature=T).train()
         torch.manual_seed(7)
-        model(torch.eye(DIM)[:B].view(B, 1, 4, 4), torch.eye(DIM)[:B].view(B, 1, 4, 4),
-              torch.arange(B), torch.arange(B))
+        model(
+            torch.eye(DIM)[:B].view(B, 1, 4, 4), torch.eye(DIM)[:B].view(B, 1, 4, 4), torch.arange(B), torch.arange(B)
+        )
         outs.append(model.encoder_k.seen[-1].flatten(1).argmax(1))
     torch.manual_seed(7)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], torch.randperm(B))
@@ -182,6 +186,6 @@ def test_simclr_never_normalises_both_views_of_an_image_in_one_split(splits):
     b = 8
     images = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, 8, 8)
     model(images, images + 0.0, torch.zeros(b, dtype=torch.long), torch.arange(b))
-    ids = seen[-1][:, 0, 0, 0].round().long()               # the image of each row of the encoder's batch
-    for chunk in ids.chunk(splits):                          # SplitBatchNorm2d's contiguous splits
+    ids = seen[-1][:, 0, 0, 0].round().long()  # the image of each row of the encoder's batch
+    for chunk in ids.chunk(splits):  # SplitBatchNorm2d's contiguous splits
         assert len(set(chunk.tolist())) == len(chunk), (splits, chunk.tolist())

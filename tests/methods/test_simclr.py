@@ -31,7 +31,7 @@ def test_simclr_candidates_exclude_the_view_and_its_positive():
     idx = candidate_index(3)
     assert idx.shape == (6, 4)
     for i in range(6):
-        assert idx[i].tolist() == sorted(set(range(6)) - {i, (i + 3) % 6})        # in order
+        assert idx[i].tolist() == sorted(set(range(6)) - {i, (i + 3) % 6})  # in order
 
 
 def test_simclr_loss_is_nt_xent_and_policies_apply():
@@ -49,17 +49,23 @@ def test_simclr_loss_is_nt_xent_and_policies_apply():
     loss, stats = same(x1, x2, labels, torch.arange(4))
     # each view: 6 candidates; same class: both views of the other image of its class
     assert float(stats["kept"]) == 4
-    other = (labels.repeat(2).unsqueeze(0) != labels.repeat(2).unsqueeze(1)) | torch.eye(8, dtype=torch.bool) \
-        | torch.eye(8, dtype=torch.bool).roll(4, 1)                            # the view and its twin: columns kept
+    other = (
+        (labels.repeat(2).unsqueeze(0) != labels.repeat(2).unsqueeze(1))
+        | torch.eye(8, dtype=torch.bool)
+        | torch.eye(8, dtype=torch.bool).roll(4, 1)
+    )  # the view and its twin: columns kept
     logits = (z @ z.T / 0.5).masked_fill(~other, float("-inf")).fill_diagonal_(float("-inf"))
     torch.testing.assert_close(loss, F.cross_entropy(logits, twin_index(4)), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,published", [
-    ("debiased[0.1]", lambda a, b, t: dcl_loss(a, b, 0.1, t)),
-    ("hard[1_0.1]", lambda a, b, t: hcl_loss(a, b, 0.1, 1.0, t)),
-    ("hard[0.5_0]", lambda a, b, t: hcl_loss(a, b, 0.0, 0.5, t)),
-])
+@pytest.mark.parametrize(
+    "name,published",
+    [
+        ("debiased[0.1]", lambda a, b, t: dcl_loss(a, b, 0.1, t)),
+        ("hard[1_0.1]", lambda a, b, t: hcl_loss(a, b, 0.1, 1.0, t)),
+        ("hard[0.5_0]", lambda a, b, t: hcl_loss(a, b, 0.0, 0.5, t)),
+    ],
+)
 def test_a_reweighted_simclr_step_is_the_authors_training_step(name, published):
     """The authors trained SimCLR: the step's loss and the encoder's gradient
     are their criterion's on the same encoder outputs."""
@@ -93,8 +99,9 @@ def test_mochi_on_simclr_gives_the_gradient_of_detached_mixes():
     torch.manual_seed(7)
     sel = model.policy(s.detach().gather(1, pool), Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool))
     h = model.policy.embeddings(Candidates(keys=z.detach(), queries=z.detach(), pool_index=pool))
-    logits = torch.cat([s.gather(1, twin_index(b).unsqueeze(1)), s.gather(1, pool), torch.einsum("bd,bsd->bs", z, h)],
-                       1)
+    logits = torch.cat(
+        [s.gather(1, twin_index(b).unsqueeze(1)), s.gather(1, pool), torch.einsum("bd,bsd->bs", z, h)], 1
+    )
     want = F.cross_entropy(logits / 0.5, torch.zeros(2 * b, dtype=torch.long))
     assert sel.keep is None
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
@@ -112,7 +119,7 @@ def test_simclr_takes_a_policy_and_a_loss():
 
     model = SimCLR(_linear(), parse_policy("keep[50_100)").policy, loss, temperature=0.3)
     model(*_views(), torch.zeros(4, dtype=torch.long), torch.arange(4))
-    (pos_shape, shape, keep, temperature, synthetic), = seen
+    ((pos_shape, shape, keep, temperature, synthetic),) = seen
     assert pos_shape == (8,) and shape == (8, 6) and (keep.sum(1) == 3).all()
     assert temperature == 0.3 and synthetic is None
 
@@ -125,8 +132,9 @@ def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_st
     recipe = parse_policy(policy)
     recipe.policy.start(4, 62)
     torch.manual_seed(0)
-    model = build_method("simclr", build_encoder("small-cnn", 1, dim=16, num_splits=2, width=8), recipe,
-                         PretrainSettings(dim=16), 0.2)
+    model = build_method(
+        "simclr", build_encoder("small-cnn", 1, dim=16, num_splits=2, width=8), recipe, PretrainSettings(dim=16), 0.2
+    )
     x = torch.rand(32, 1, 16, 16)
     views = (x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1))
     labels, idx = torch.arange(32) % 4, torch.arange(32)
@@ -134,7 +142,7 @@ def test_bf16_autocast_step_computes_the_loss_in_float32_close_to_the_float32_st
     losses = {}
     for precision in ("fp32", "bf16"):
         model.load_state_dict(state)
-        torch.manual_seed(2)                      # the same MoCHi draws
+        torch.manual_seed(2)  # the same MoCHi draws
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             losses[precision], _ = model(*views, labels, idx, progress=0.5)
     assert losses["fp32"].dtype == losses["bf16"].dtype == torch.float32

@@ -87,7 +87,7 @@ def test_maxpool_without_gradient_equals_the_indexed_kernel(shape, channels_last
     from negatives.models import MaxPool2x2
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(-3, 4, shape, generator=g).float()          # many ties
+    x = torch.randint(-3, 4, shape, generator=g).float()  # many ties
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -168,8 +168,12 @@ def test_split_batchnorm_off_the_cpu_makes_as_many_calls_whatever_the_splits():
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not func.is_view and func.overloadpacket.__name__ not in ("empty", "empty_like", "empty_strided",
-                                                                         "detach"):
+            if not func.is_view and func.overloadpacket.__name__ not in (
+                "empty",
+                "empty_like",
+                "empty_strided",
+                "detach",
+            ):
                 Count.n += 1
             return func(*args, **(kwargs or {}))
 

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from negatives.data.augment import MoCoV2Augment, blur, blur_kernel_size, crop_params, gaussian_kernels, resized_crop_flip
+from negatives.data.augment import (
+    MoCoV2Augment,
+    blur,
+    blur_kernel_size,
+    crop_params,
+    gaussian_kernels,
+    resized_crop_flip,
+)
 from negatives.models import SplitBatchNorm2d, build_encoder
 
 
@@ -74,8 +81,9 @@ def test_identity_crop_reproduces_input_and_flip_is_exact():
     x = torch.rand(3, 2, 10, 14)
     full = torch.tensor([[0, 0, 10, 14]] * 3)
     torch.testing.assert_close(resized_crop_flip(x, full, torch.zeros(3, dtype=torch.bool)), x, rtol=0, atol=1e-6)
-    torch.testing.assert_close(resized_crop_flip(x, full, torch.ones(3, dtype=torch.bool)), x.flip(-1),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        resized_crop_flip(x, full, torch.ones(3, dtype=torch.bool)), x.flip(-1), rtol=0, atol=1e-6
+    )
 
 
 def test_output_is_normalised_and_unit_draws_are_identity():
@@ -152,7 +160,7 @@ def test_blur_kernels_are_discrete_gaussians():
     k = gaussian_kernels(sigma, 17).double()
     n = np.arange(-8, 9)
     for row, s in zip(k, sigma.tolist()):
-        want = ive(np.abs(n), s * s)                  # e^{-t} I_n(t), t = sigma^2
+        want = ive(np.abs(n), s * s)  # e^{-t} I_n(t), t = sigma^2
         np.testing.assert_allclose(row.numpy(), want / want.sum(), rtol=1e-6, atol=1e-9)
         assert row.sum().item() == pytest.approx(1.0, abs=1e-6) and torch.equal(row, row.flip(0))
 
@@ -171,9 +179,9 @@ def _blur_by_taps(x, kernels):
     r = k // 2
     wts = kernels.to(x.dtype).view(x.shape[0], 1, 1, 1, k)
     xp = F.pad(x, (r, r, 0, 0), mode="reflect")
-    y = sum(wts[..., t] * xp[..., t:t + x.shape[3]] for t in range(k))
+    y = sum(wts[..., t] * xp[..., t : t + x.shape[3]] for t in range(k))
     yp = F.pad(y, (0, 0, r, r), mode="reflect")
-    return sum(wts[..., t] * yp[..., t:t + x.shape[2], :] for t in range(k))
+    return sum(wts[..., t] * yp[..., t : t + x.shape[2], :] for t in range(k))
 
 
 @pytest.mark.parametrize("shape", [(6, 1, 28, 28), (4, 3, 20, 13), (3, 2, 9, 30)])
@@ -185,7 +193,7 @@ def test_blur_equals_the_plain_tap_by_tap_form(shape):
     torch.testing.assert_close(blur(x, k), _blur_by_taps(x, k), rtol=0, atol=1e-12)
     delta = torch.zeros_like(k)
     delta[:, size // 2] = 1
-    assert torch.equal(blur(x, delta), x)                    # a skipped image is left exactly as it was
+    assert torch.equal(blur(x, delta), x)  # a skipped image is left exactly as it was
 
 
 def test_split_batchnorm_normalises_each_split_separately():
@@ -193,14 +201,16 @@ def test_split_batchnorm_normalises_each_split_separately():
 
     torch.manual_seed(0)
     x = torch.randn(8, 3, 4, 4)
-    x[4:] += 5.0                                              # the second split with another mean
+    x[4:] += 5.0  # the second split with another mean
     bn = SplitBatchNorm2d(3, num_splits=2).train()
     y = bn(x)
     torch.testing.assert_close(y[:4], F.batch_norm(x[:4], None, None, training=True), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y[4:], F.batch_norm(x[4:], None, None, training=True), rtol=1e-5, atol=1e-5)
     # the running mean: the average of the splits' updates
-    torch.testing.assert_close(bn.running_mean, 0.1 * (x[:4].mean((0, 2, 3)) + x[4:].mean((0, 2, 3))) / 2,
-                               rtol=1e-5, atol=1e-5)
-    bn.eval()                                                 # one normalisation by the running statistics
-    torch.testing.assert_close(bn(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        bn.running_mean, 0.1 * (x[:4].mean((0, 2, 3)) + x[4:].mean((0, 2, 3))) / 2, rtol=1e-5, atol=1e-5
+    )
+    bn.eval()  # one normalisation by the running statistics
+    torch.testing.assert_close(
+        bn(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False), rtol=1e-6, atol=1e-6
+    )

@@ -20,17 +20,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT, fake_fashion_mnist
 
 from negatives.config import ConfigError, check_config
 from negatives.grid import Run, figure_policies
 from negatives.policies import Candidates, NegativePolicy, PolicyError, registry
 from negatives.policies.registry import parse_policy, plugins
 
-from conftest import ROOT, fake_fashion_mnist
-
 DOC = ROOT / "docs" / "your-policy.md"
-SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2,
-                knn_monitor=0, threads=1)
+SETTINGS = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2, knn_monitor=0, threads=1
+)
 
 
 def doc_blocks() -> dict[str, str]:
@@ -96,9 +96,26 @@ def pip_install(project: dict[str, str], folder: Path) -> Path:
     for name, text in project.items():
         (src / name).write_text(text)
     site = folder / "site"
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                          "--no-cache-dir", "--disable-pip-version-check", "-q", "--target", str(site), str(src)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-q",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return site
 
@@ -161,21 +178,22 @@ def test_the_installed_policy_is_found_by_name_and_keeps_the_hardest_plus_random
     assert isinstance(policy, NegativePolicy) and type(policy).__name__ == "HardPlusRandom"
     assert type(policy).__module__ == "hard_plus_random" and policy.n == 20.0
     assert policy.name == "hard-plus-random[20]" == parse_policy("hard-plus-random[20]").name
-    assert str(parse_policy("hard-plus-random[10]")) == "hard-plus-random[10]"   # as the page says
+    assert str(parse_policy("hard-plus-random[10]")) == "hard-plus-random[10]"  # as the page says
     assert (recipe.replace, recipe.uses_labels, recipe.needs_queue) == (False, False, False)
     # 10 candidates, n = 20%: the 2 hardest and 2 of the other 8, drawn from torch's generator
-    sim = torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.3, 0.0, 0.4, 0.5, 0.6, 0.7],
-                        [0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.0]])
+    sim = torch.tensor(
+        [[0.1, 0.9, 0.2, 0.8, 0.3, 0.0, 0.4, 0.5, 0.6, 0.7], [0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.0]]
+    )
     masks = []
     for seed in (0, 0, 1, 2, 3):
         torch.manual_seed(seed)
         keep = policy(sim, Candidates(), 0.0).keep
         assert keep.dtype == torch.bool and keep.shape == (2, 10)
         assert keep.sum(dim=1).tolist() == [4, 4]
-        assert keep[0, [1, 3]].all() and keep[1, [0, 2]].all()          # the hardest two, always
+        assert keep[0, [1, 3]].all() and keep[1, [0, 2]].all()  # the hardest two, always
         masks.append(keep)
-    assert torch.equal(masks[0], masks[1])                               # one seed, one draw
-    assert any(not torch.equal(masks[0], m) for m in masks[2:])          # the rest is drawn, not fixed
+    assert torch.equal(masks[0], masks[1])  # one seed, one draw
+    assert any(not torch.equal(masks[0], m) for m in masks[2:])  # the rest is drawn, not fixed
     policy.validate(10)
     with pytest.raises(PolicyError, match=r"^policy 'hard-plus-random\[20\]': 20% of 4 negatives is none; raise n$"):
         policy.validate(4)
@@ -186,19 +204,28 @@ def test_numbers_and_the_canonical_name(tutorial_site, on_path):
     assert parse_policy("hard-plus-random[12.50]").name == "hard-plus-random[12.5]"
     assert parse_policy("hard-plus-random[0.001]").name == "hard-plus-random[0.001]"
     with pytest.raises(PolicyError) as e:
-        parse_policy("hard-plus-random[60]")                 # the constructor's own refusal, with the package
-    assert str(e.value) == ("policy 'hard-plus-random[60]' (the plugin family 'hard-plus-random' of package "
-                            "'hard-plus-random'): n must lie in (0, 50], got 60")
+        parse_policy("hard-plus-random[60]")  # the constructor's own refusal, with the package
+    assert str(e.value) == (
+        "policy 'hard-plus-random[60]' (the plugin family 'hard-plus-random' of package "
+        "'hard-plus-random'): n must lie in (0, 50], got 60"
+    )
     with pytest.raises(PolicyError) as e:
-        parse_policy("hard-plus-random[5_5]")                # two numbers for a constructor of one
-    assert str(e.value).startswith("policy 'hard-plus-random[5_5]' (the plugin family 'hard-plus-random' of package "
-                                   "'hard-plus-random'): HardPlusRandom(5, 5) failed (TypeError: ")
+        parse_policy("hard-plus-random[5_5]")  # two numbers for a constructor of one
+    assert str(e.value).startswith(
+        "policy 'hard-plus-random[5_5]' (the plugin family 'hard-plus-random' of package "
+        "'hard-plus-random'): HardPlusRandom(5, 5) failed (TypeError: "
+    )
     for text in ("hard-plus-random[5", "hard-plus-random[]", "hard-plus-random[five]", "hard-plus-random(5)"):
-        with pytest.raises(PolicyError, match=r"malformed( plugin policy \(.* is not a number\))?; allowed: "
-                                              r"'hard-plus-random' or 'hard-plus-random\[x,y"):
+        with pytest.raises(
+            PolicyError,
+            match=r"malformed( plugin policy \(.* is not a number\))?; allowed: "
+            r"'hard-plus-random' or 'hard-plus-random\[x,y",
+        ):
             parse_policy(text)
-    with pytest.raises(PolicyError, match=r"'@replace' applies to a removal policy \(drop...\), got 'hard-plus-random\[5\]'"):
-        parse_policy("hard-plus-random[5]@replace")           # replace mode: the family is no removal
+    with pytest.raises(
+        PolicyError, match=r"'@replace' applies to a removal policy \(drop...\), got 'hard-plus-random\[5\]'"
+    ):
+        parse_policy("hard-plus-random[5]@replace")  # replace mode: the family is no removal
 
 
 def test_entry_points_are_read_once_per_process(tutorial_site, on_path, monkeypatch):
@@ -221,8 +248,12 @@ def test_the_config_check_validates_it_as_ours(tutorial_site, on_path, cfg):
     cfg["figures"]["fig_methods"].update(overlay["figures"]["fig_methods"])
     validate(copy.deepcopy(cfg), str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     check_config(cfg)
-    assert figure_policies(cfg, "fig_methods") == ["all", "drop[99.9_100)", "hard-plus-random[10]",
-                                                   "ring[100->10_10_linear_50]"]
+    assert figure_policies(cfg, "fig_methods") == [
+        "all",
+        "drop[99.9_100)",
+        "hard-plus-random[10]",
+        "ring[100->10_10_linear_50]",
+    ]
     cfg["figures"]["fig_methods"]["policies"] = ["hard-plus-random[0.01]"]
     with pytest.raises(ConfigError) as e:
         check_config(cfg)
@@ -230,7 +261,7 @@ def test_the_config_check_validates_it_as_ours(tutorial_site, on_path, cfg):
 
 
 def test_an_unregistered_name_is_refused_with_the_allowed_forms(tutorial_site, on_path, cfg):
-    on_path()                                                 # nothing installed
+    on_path()  # nothing installed
     cfg["figures"]["fig_methods"]["policies"] = ["hard-plus-random[10]"]
     with pytest.raises(ConfigError) as e:
         check_config(cfg)
@@ -238,11 +269,12 @@ def test_an_unregistered_name_is_refused_with_the_allowed_forms(tutorial_site, o
     assert msg.startswith("figures.fig_methods.policies[0]: unknown policy 'hard-plus-random[10]'; allowed: 'all', ")
     assert msg.endswith("; no plugin families are installed (entry-point group 'negatives.policies')")
     assert "retain-hard[r]" in msg and "\n" not in msg
-    on_path(tutorial_site)                                    # installed: a misspelling lists it
+    on_path(tutorial_site)  # installed: a misspelling lists it
     with pytest.raises(PolicyError) as e:
         parse_policy("hard-plus-randm[10]")
-    assert str(e.value).endswith("; and from installed plugins: 'hard-plus-random' or 'hard-plus-random[x,y,...]' "
-                                 "(package 'hard-plus-random')")
+    assert str(e.value).endswith(
+        "; and from installed plugins: 'hard-plus-random' or 'hard-plus-random[x,y,...]' (package 'hard-plus-random')"
+    )
 
 
 def test_the_refusals_name_the_policy_and_the_package(bad_site, on_path):
@@ -250,38 +282,50 @@ def test_the_refusals_name_the_policy_and_the_package(bad_site, on_path):
     where = "(the plugin family {0!r} of package 'bad-policies')"
     with pytest.raises(PolicyError) as e:
         parse_policy("broken-import[1]")
-    assert str(e.value) == (f"policy 'broken-import[1]' {where.format('broken-import')}: its entry point "
-                            "'bad_broken:Fine' failed to load (ModuleNotFoundError: No module named "
-                            "'a_module_this_environment_lacks')")
+    assert str(e.value) == (
+        f"policy 'broken-import[1]' {where.format('broken-import')}: its entry point "
+        "'bad_broken:Fine' failed to load (ModuleNotFoundError: No module named "
+        "'a_module_this_environment_lacks')"
+    )
     with pytest.raises(PolicyError) as e:
         parse_policy("not-a-class")
-    assert str(e.value) == (f"policy 'not-a-class' {where.format('not-a-class')}: its entry point "
-                            "'bad_policies:not_a_class' is 42, not a subclass of negatives.policies.NegativePolicy")
+    assert str(e.value) == (
+        f"policy 'not-a-class' {where.format('not-a-class')}: its entry point "
+        "'bad_policies:not_a_class' is 42, not a subclass of negatives.policies.NegativePolicy"
+    )
     with pytest.raises(PolicyError) as e:
         parse_policy("crashes[0]")
-    assert str(e.value) == (f"policy 'crashes[0]' {where.format('crashes')}: Crashes(0) failed "
-                            "(ZeroDivisionError: float division by zero)")
+    assert str(e.value) == (
+        f"policy 'crashes[0]' {where.format('crashes')}: Crashes(0) failed (ZeroDivisionError: float division by zero)"
+    )
     # a built-in family's name: refused where that family is read, every other policy as before
     for text in ("keep[95_100)", "keep[95_100)@replace"):
         with pytest.raises(PolicyError) as e:
             parse_policy(text)
-        assert str(e.value) == (f"policy {text!r}: the plugin family 'keep' of package 'bad-policies' takes the "
-                                "name of a built-in family; rename its entry point in group 'negatives.policies'")
+        assert str(e.value) == (
+            f"policy {text!r}: the plugin family 'keep' of package 'bad-policies' takes the "
+            "name of a built-in family; rename its entry point in group 'negatives.policies'"
+        )
     assert parse_policy("drop[99_100)").name == "drop[99_100)" and parse_policy("all").name == "all"
     # a name no policy string can spell is said to be ignored, naming its package
-    with pytest.raises(PolicyError, match=r"; the entry point 'Upper_Case' of package 'bad-policies' is ignored: "
-                                          r"a family's name is lowercase letters, digits and '-'$"):
+    with pytest.raises(
+        PolicyError,
+        match=r"; the entry point 'Upper_Case' of package 'bad-policies' is ignored: "
+        r"a family's name is lowercase letters, digits and '-'$",
+    ):
         parse_policy("upper-case")
-    assert parse_policy("hard-plus-random[3]").policy.numbers == (3.0,)   # alone, its hard-plus-random is a policy
+    assert parse_policy("hard-plus-random[3]").policy.numbers == (3.0,)  # alone, its hard-plus-random is a policy
 
 
 def test_one_name_in_two_packages_is_refused(tutorial_site, bad_site, on_path):
     on_path(tutorial_site, bad_site)
     with pytest.raises(PolicyError) as e:
         parse_policy("hard-plus-random[10]")
-    assert str(e.value) == ("policy 'hard-plus-random[10]' (the plugin family 'hard-plus-random' of package "
-                            "'hard-plus-random' and 'bad-policies'): one family declared by several packages; "
-                            "uninstall all but one")
+    assert str(e.value) == (
+        "policy 'hard-plus-random[10]' (the plugin family 'hard-plus-random' of package "
+        "'hard-plus-random' and 'bad-policies'): one family declared by several packages; "
+        "uninstall all but one"
+    )
 
 
 def test_the_figures_label_it_by_its_name(tutorial_site, on_path):
@@ -289,8 +333,9 @@ def test_the_figures_label_it_by_its_name(tutorial_site, on_path):
     from negatives.analysis.probe_figures import _simclr_label
 
     on_path(tutorial_site)
-    assert [_simclr_label(p) for p in ("hard-plus-random[10.0]", "mochi[8_4_2]", "keep[95,100)", "drop-same-class")] \
-        == ["hard-plus-random[10]", "mochi[8_4_2]", "keep 95-100%", "remove same-class [labels]"]
+    assert [
+        _simclr_label(p) for p in ("hard-plus-random[10.0]", "mochi[8_4_2]", "keep[95,100)", "drop-same-class")
+    ] == ["hard-plus-random[10]", "mochi[8_4_2]", "keep 95-100%", "remove same-class [labels]"]
 
 
 # --------------------------------------------------- the command line and the workflow
@@ -299,10 +344,30 @@ def test_the_figures_label_it_by_its_name(tutorial_site, on_path):
 def test_the_command_line_trains_it_into_its_own_folder(tutorial_site, data_path, tmp_path):
     run = Run("fashion-mnist", "moco", "hard-plus-random[10]", 0.2, 0).dir(str(tmp_path / "results"))
     assert run.endswith("/results/fashion-mnist/moco/hard-plus-random[10]/t0.2/seed0")
-    out = subprocess.run([sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--policy",
-                          "hard-plus-random[10]", "--temperature", "0.2", "--seed", "0", "--settings",
-                          json.dumps(SETTINGS), "--out", run], capture_output=True, text=True, timeout=600,
-                         env=env_with(tutorial_site))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "negatives",
+            "pretrain",
+            "--data",
+            str(data_path),
+            "--policy",
+            "hard-plus-random[10]",
+            "--temperature",
+            "0.2",
+            "--seed",
+            "0",
+            "--settings",
+            json.dumps(SETTINGS),
+            "--out",
+            run,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env_with(tutorial_site),
+    )
     assert out.returncode == 0, out.stderr
     log = pd.read_csv(Path(run) / "train_log.csv")
     # 32 queued negatives, n = 10%: the 3 hardest and 3 drawn, every step of both epochs
@@ -313,10 +378,30 @@ def test_the_command_line_trains_it_into_its_own_folder(tutorial_site, data_path
 
 def test_the_command_line_refuses_a_plugin_that_fails_to_import(bad_site, data_path, tmp_path):
     run = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--policy",
-                          "broken-import[1]", "--temperature", "0.2", "--seed", "0", "--settings",
-                          json.dumps(SETTINGS), "--out", str(run)], capture_output=True, text=True, timeout=600,
-                         env=env_with(bad_site))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "negatives",
+            "pretrain",
+            "--data",
+            str(data_path),
+            "--policy",
+            "broken-import[1]",
+            "--temperature",
+            "0.2",
+            "--seed",
+            "0",
+            "--settings",
+            json.dumps(SETTINGS),
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env_with(bad_site),
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "policy 'broken-import[1]'" in lines[0] and "package 'bad-policies'" in lines[0]
@@ -325,8 +410,19 @@ def test_the_command_line_refuses_a_plugin_that_fails_to_import(bad_site, data_p
 
 
 def _snakemake(workdir: Path, env: dict, *args: str) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "override.yaml"), str(workdir / "my-policy.yaml"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "override.yaml"),
+        str(workdir / "my-policy.yaml"),
+        *args,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     return out.returncode, out.stdout + out.stderr
 
@@ -339,12 +435,14 @@ def test_the_workflow_plans_it_from_the_pages_overlay(tutorial_site, tmp_path):
     rc, out = _snakemake(tmp_path, env_with(tutorial_site), "-n", "-p", "fig_methods")
     assert rc == 0, out
     for seed in (0, 1, 2):
-        assert (f"--policy 'hard-plus-random[10]' --temperature 0.2 --seed {seed} --settings '{{" in out)
+        assert f"--policy 'hard-plus-random[10]' --temperature 0.2 --seed {seed} --settings '{{" in out
         assert f"--out 'results/fashion-mnist/moco/hard-plus-random[10]/t0.2/seed{seed}'" in out
     # all, the band, the plugin and ring at 3 seeds
     assert re.search(r"^pretrain\s+12\s*$", out, re.M), out
     # the same overlay without the package: refused before any job, with the allowed forms
     rc, out = _snakemake(tmp_path, env_with(), "-n", "fig_methods")
     assert rc != 0 and "Building DAG" not in out and "Job stats" not in out, out
-    assert ("invalid config: figures.fig_methods.policies[0]: unknown policy 'hard-plus-random[10]'; allowed: 'all', "
-            in out), out
+    assert (
+        "invalid config: figures.fig_methods.policies[0]: unknown policy 'hard-plus-random[10]'; allowed: 'all', "
+        in out
+    ), out

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import ROOT, fake_fashion_mnist
 
 from negatives.data import prepare
 from negatives.data.augment import MoCoV2Augment
@@ -33,15 +34,23 @@ from negatives.runtime.checkpoint import REQUEUE_EXIT_CODE, load_verified
 from negatives.training.pretrain import pretrain
 from negatives.training.settings import PretrainSettings
 
-from conftest import ROOT, fake_fashion_mnist
-
 B, SPLITS, K, EXTRA, STEPS, SIDE = 16, 8, 32, 16, 4, 16
 
 #: (method, policy): every family whose selection reads the whole queue or batch
-CASES = [("moco", "all"), ("moco", "keep[75_100)"), ("moco", "drop-same-class@replace"),
-         ("moco", "ring[100->10_10_linear_50]"), ("moco", "hard[1_0.1]"), ("moco", "retain-hard[0.25]"),
-         ("moco", "debiased[0.1]"), ("moco", "mochi[16_8_4]"), ("simclr", "all"), ("simclr", "keep[75_100)"),
-         ("simclr", "hard[1_0.1]"), ("simclr", "mochi[8_4_2]")]
+CASES = [
+    ("moco", "all"),
+    ("moco", "keep[75_100)"),
+    ("moco", "drop-same-class@replace"),
+    ("moco", "ring[100->10_10_linear_50]"),
+    ("moco", "hard[1_0.1]"),
+    ("moco", "retain-hard[0.25]"),
+    ("moco", "debiased[0.1]"),
+    ("moco", "mochi[16_8_4]"),
+    ("simclr", "all"),
+    ("simclr", "keep[75_100)"),
+    ("simclr", "hard[1_0.1]"),
+    ("simclr", "mochi[8_4_2]"),
+]
 
 
 def _data():
@@ -80,8 +89,11 @@ def run_steps(method: str, policy: str) -> dict:
         distributed.average_buffers_(model)
         losses.append(distributed.mean_(loss.detach().clone()))
         kept.append(distributed.mean_(torch.as_tensor(stats["kept"], dtype=torch.float64).clone()))
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "losses": torch.stack(losses),
-            "kept": torch.stack(kept)}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "losses": torch.stack(losses),
+        "kept": torch.stack(kept),
+    }
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -110,8 +122,9 @@ def single():
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 processes", "4 processes"])
 def ranks(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"ranks{request.param}")
-    mp.start_processes(_worker, args=(request.param, _free_port(), str(out)), nprocs=request.param,
-                       start_method="spawn")
+    mp.start_processes(
+        _worker, args=(request.param, _free_port(), str(out)), nprocs=request.param, start_method="spawn"
+    )
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(request.param)]
 
 
@@ -126,7 +139,7 @@ def test_a_run_across_processes_equals_the_run_in_one(single, ranks, case):
         for name, value in one["state"].items():
             if value.is_floating_point():
                 torch.testing.assert_close(got["state"][name], value, rtol=1e-5, atol=1e-5, msg=name)
-            else:                                   # queue labels, indices, pointer, retain-hard counts
+            else:  # queue labels, indices, pointer, retain-hard counts
                 assert torch.equal(got["state"][name], value), name
         for name, value in ranks[0][case]["state"].items():
             assert torch.equal(got["state"][name], value), f"rank {rank} differs from rank 0 in {name}"
@@ -143,8 +156,9 @@ def test_one_process_is_the_identity():
 
 # ------------------------------------------------------------------ the trainer
 
-RUN = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=4,
-           knn_monitor=0, threads=1)
+RUN = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=4, knn_monitor=0, threads=1
+)
 
 
 def _checkpoint(path):
@@ -153,8 +167,12 @@ def _checkpoint(path):
 
 @pytest.mark.parametrize("method, policy", [("moco", "drop[90_100)"), ("simclr", "all")])
 def test_pretraining_with_two_processes_equals_one(tmp_path, data_path, method, policy):
-    runs = {n: _checkpoint(pretrain(data_path, method, policy, 0.2, 0, {**RUN, "processes": n}, tmp_path / str(n),
-                                    log=lambda m: None)) for n in (1, 2)}
+    runs = {
+        n: _checkpoint(
+            pretrain(data_path, method, policy, 0.2, 0, {**RUN, "processes": n}, tmp_path / str(n), log=lambda m: None)
+        )
+        for n in (1, 2)
+    }
     one, two = runs[1], runs[2]
     for name, value in one["model"].items():
         if value.is_floating_point():
@@ -165,7 +183,9 @@ def test_pretraining_with_two_processes_equals_one(tmp_path, data_path, method, 
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["negatives_kept"] == b["negatives_kept"]
     assert one["meta"]["settings"]["processes"] == 1 and two["meta"]["settings"]["processes"] == 2
     assert sorted(p.name for p in (tmp_path / "2").iterdir() if not p.name.startswith(".")) == [
-        "checkpoint.pt", "train_log.csv"]
+        "checkpoint.pt",
+        "train_log.csv",
+    ]
 
 
 LONG = {**RUN, "epochs": 4, "processes": 2}
@@ -180,9 +200,30 @@ def long_data(tmp_path_factory):
 
 def _cli(data, out, settings) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "negatives", "pretrain", "--data", str(data), "--policy",
-                             "drop[90_100)", "--temperature", "0.2", "--seed", "0", "--settings", json.dumps(settings),
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "negatives",
+            "pretrain",
+            "--data",
+            str(data),
+            "--policy",
+            "drop[90_100)",
+            "--temperature",
+            "0.2",
+            "--seed",
+            "0",
+            "--settings",
+            json.dumps(settings),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def _workers(parent: int) -> list[int]:
@@ -217,8 +258,7 @@ def uninterrupted(long_data, tmp_path_factory):
     return _checkpoint(pretrain(long_data, "moco", "drop[90_100)", 0.2, 0, LONG, out, log=lambda m: None))
 
 
-def test_a_stop_on_one_process_stops_all_and_the_run_resumes_to_the_same_weights(tmp_path, long_data,
-                                                                              uninterrupted):
+def test_a_stop_on_one_process_stops_all_and_the_run_resumes_to_the_same_weights(tmp_path, long_data, uninterrupted):
     run = tmp_path / "run"
     proc = _cli(long_data, run, LONG)
     said = _after_first_epoch(proc, lambda p: os.kill(_workers(p.pid)[-1], signal.SIGTERM))
@@ -241,7 +281,7 @@ def test_a_killed_process_ends_the_run_and_a_rerun_finishes_it(tmp_path, long_da
     said = _after_first_epoch(proc, lambda p: os.kill(_workers(p.pid)[-1], signal.SIGKILL))
     assert proc.returncode not in (0, REQUEUE_EXIT_CODE) and time.monotonic() - start < 120, said
     assert "training process 1 of 2 exited with status -9" in said, said
-    assert not _workers(proc.pid) and (run / "last.pt").exists()       # nobody left waiting in a collective
+    assert not _workers(proc.pid) and (run / "last.pt").exists()  # nobody left waiting in a collective
     resumed = _checkpoint(pretrain(long_data, "moco", "drop[90_100)", 0.2, 0, LONG, run, log=lambda m: None))
     for name, value in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], value), name

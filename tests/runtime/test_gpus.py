@@ -14,10 +14,9 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT
 
 from negatives.runtime import gpus
-
-from conftest import ROOT
 
 # a process that asks for one of 2 GPUs, says which it got, and holds it
 # until its stdin closes
@@ -32,10 +31,19 @@ HOLDER = textwrap.dedent("""
 
 
 def _holder(lock_dir, timeout="none", env=None):
-    env = {**os.environ, **(env or {}),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), timeout], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock_dir), timeout],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _line(proc, seconds=60.0) -> str | None:
@@ -138,15 +146,25 @@ def test_no_visible_gpu_is_a_clear_error(tmp_path):
 
 # ------------------------------------------------------------ GPUs shared by jobs
 
-SLOT_HOLDER = HOLDER.replace('print(f"got {lease.index} {lease.ident}", flush=True)',
-                             'print(f"got {lease.index} {lease.path.name}", flush=True)')
+SLOT_HOLDER = HOLDER.replace(
+    'print(f"got {lease.index} {lease.ident}", flush=True)', 'print(f"got {lease.index} {lease.path.name}", flush=True)'
+)
 
 
 def _slot_holder(lock_dir, slots: int):
-    env = {**os.environ, "NEGATIVES_JOBS_PER_GPU": str(slots),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, str(lock_dir), "none"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "NEGATIVES_JOBS_PER_GPU": str(slots),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOT_HOLDER, str(lock_dir), "none"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_jobs_share_a_gpu_up_to_its_slots_spread_over_the_gpus_first(tmp_path):
@@ -161,10 +179,11 @@ def test_jobs_share_a_gpu_up_to_its_slots_spread_over_the_gpus_first(tmp_path):
         assert got == ["got 0 gpu-0.lock", "got 1 gpu-1.lock", "got 0 gpu-0.slot1.lock", "got 1 gpu-1.slot1.lock"]
         fifth = _slot_holder(tmp_path, 2)
         holders.append(fifth)
-        assert _line(fifth) == (f"all 2 GPUs (2 jobs each) are taken by other processes ({tmp_path}); waiting for one "
-                                "to be free")
+        assert _line(fifth) == (
+            f"all 2 GPUs (2 jobs each) are taken by other processes ({tmp_path}); waiting for one to be free"
+        )
         assert _line(fifth, 2.0) is None
-        holders[2].stdin.close()       # the job in GPU 0's second slot ends
+        holders[2].stdin.close()  # the job in GPU 0's second slot ends
         holders[2].wait(timeout=30)
         assert _line(fifth) == "got 0 gpu-0.slot1.lock"
         assert all(h.poll() is None for i, h in enumerate(holders) if i != 2)
@@ -174,8 +193,14 @@ def test_jobs_share_a_gpu_up_to_its_slots_spread_over_the_gpus_first(tmp_path):
 
 def test_the_slots_order_spreads_jobs_over_the_gpus(tmp_path):
     order = [(i, p.name) for i, _, p in gpus.slot_paths(["3", "5"], tmp_path, 3)]
-    assert order == [(0, "gpu-3.lock"), (1, "gpu-5.lock"), (0, "gpu-3.slot1.lock"), (1, "gpu-5.slot1.lock"),
-                     (0, "gpu-3.slot2.lock"), (1, "gpu-5.slot2.lock")]
+    assert order == [
+        (0, "gpu-3.lock"),
+        (1, "gpu-5.lock"),
+        (0, "gpu-3.slot1.lock"),
+        (1, "gpu-5.slot1.lock"),
+        (0, "gpu-3.slot2.lock"),
+        (1, "gpu-5.slot2.lock"),
+    ]
     assert [p.name for _, _, p in gpus.slot_paths(["0"], tmp_path, 1)] == ["gpu-0.lock"]
 
 
@@ -187,15 +212,46 @@ def test_a_run_beside_another_trains_the_run_alone(tmp_path, fashion_root):
     from negatives.data import prepare
 
     data = prepare("fashion-mnist", fashion_root, tmp_path / "prepared")
-    settings = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2,
-                    knn_monitor=0, threads=1)
+    settings = dict(
+        backbone="small-cnn",
+        width=4,
+        dim=8,
+        epochs=2,
+        batch_size=16,
+        queue_size=32,
+        bn_splits=2,
+        knn_monitor=0,
+        threads=1,
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
     def start(out, seed):
-        return subprocess.Popen([sys.executable, "-m", "negatives", "pretrain", "--data", str(data), "--policy",
-                                 "drop[90_100)", "--temperature", "0.2", "--seed", str(seed), "--settings",
-                                 json.dumps(settings), "--jobs-per-gpu", "2", "--out", str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "negatives",
+                "pretrain",
+                "--data",
+                str(data),
+                "--policy",
+                "drop[90_100)",
+                "--temperature",
+                "0.2",
+                "--seed",
+                str(seed),
+                "--settings",
+                json.dumps(settings),
+                "--jobs-per-gpu",
+                "2",
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
 
     alone = start(tmp_path / "alone", 0)
     assert alone.wait(timeout=300) == 0, alone.stdout.read()

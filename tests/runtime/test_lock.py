@@ -28,8 +28,11 @@ LOCKS = sorted((ROOT / "requirements").glob("*.txt"))
 
 def _pyproject_requirements() -> list[Requirement]:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    names = [*meta["project"]["dependencies"], *meta["project"]["optional-dependencies"]["test"],
-             *meta["build-system"]["requires"]]
+    names = [
+        *meta["project"]["dependencies"],
+        *meta["project"]["optional-dependencies"]["test"],
+        *meta["build-system"]["requires"],
+    ]
     return [Requirement(r) for r in names]
 
 
@@ -73,16 +76,23 @@ def test_the_lock_covers_pyproject(lock):
     entries = _parse_lock(lock)
     for req in _pyproject_requirements():
         name = canonicalize_name(req.name)
-        assert name in entries, f"{lock.name} lacks {req.name} (pyproject.toml); refresh it: bash workflow/scripts/lock.sh"
+        assert name in entries, (
+            f"{lock.name} lacks {req.name} (pyproject.toml); refresh it: bash workflow/scripts/lock.sh"
+        )
         version = next(iter(Requirement(entries[name][0]).specifier)).version
         assert req.specifier.contains(version, prereleases=True), (
             f"{lock.name} pins {name}=={version}, outside pyproject.toml's {req}; "
-            "refresh it: bash workflow/scripts/lock.sh")
+            "refresh it: bash workflow/scripts/lock.sh"
+        )
 
 
 def _platform_key() -> str:
-    out = subprocess.run(["bash", "-c", f'source "{BOOTSTRAP}"; neg_platform_key "$1"', "_", sys.executable],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", f'source "{BOOTSTRAP}"; neg_platform_key "$1"', "_", sys.executable],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -92,9 +102,11 @@ def _fake_venv(tmp_path: Path) -> tuple[Path, Path]:
     (venv / "bin").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
     python = venv / "bin" / "python"
-    python.write_text('#!/usr/bin/env bash\n'
-                      f'if [ "$1" = -m ] && [ "$2" = pip ]; then echo "${{*:3}}" >>"{log}"; exit 0; fi\n'
-                      f'exec "{sys.executable}" "$@"\n')
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [ "$1" = -m ] && [ "$2" = pip ]; then echo "${{*:3}}" >>"{log}"; exit 0; fi\n'
+        f'exec "{sys.executable}" "$@"\n'
+    )
     python.chmod(0o755)
     return venv, log
 
@@ -102,8 +114,9 @@ def _fake_venv(tmp_path: Path) -> tuple[Path, Path]:
 def _install(root: Path, venv: Path, **env: str) -> subprocess.CompletedProcess:
     script = f'set -euo pipefail; source "{root}/workflow/scripts/bootstrap.sh"; _neg_ensure_installed'
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEGATIVES_")}
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                          env={**clean, "NEGATIVES_VENV": str(venv), **env})
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={**clean, "NEGATIVES_VENV": str(venv), **env}
+    )
 
 
 def test_bootstrap_installs_from_the_lock_with_hashes(tmp_path):
@@ -114,8 +127,9 @@ def test_bootstrap_installs_from_the_lock_with_hashes(tmp_path):
     out = _install(ROOT, venv)
     assert out.returncode == 0, out.stderr
     calls = log.read_text().splitlines()
-    assert calls[1:] == [f"install --require-hashes -r {lock}",
-                         f"install --no-deps --no-build-isolation -e {ROOT}"], calls
+    assert calls[1:] == [f"install --require-hashes -r {lock}", f"install --no-deps --no-build-isolation -e {ROOT}"], (
+        calls
+    )
     stamp = (venv / ".negatives-installed").read_text()
     assert f"lock {lock} sha256 {hashlib.sha256(lock.read_bytes()).hexdigest()}" in stamp
     # installed: a second run installs nothing
@@ -135,7 +149,8 @@ def test_a_changed_lock_reinstalls(tmp_path):
     lock.write_text("six==1.17.0 --hash=sha256:" + "1" * 64 + "\n")
     assert _install(root, venv).returncode == 0
     assert [c for c in log.read_text().splitlines() if "--require-hashes" in c] == [
-        f"install --require-hashes -r {lock}"] * 2
+        f"install --require-hashes -r {lock}"
+    ] * 2
 
 
 def test_without_a_lock_for_the_platform_it_installs_pyproject_ranges(tmp_path):

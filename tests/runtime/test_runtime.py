@@ -35,7 +35,7 @@ print(faults() - before)
     for mode in ("plain", "keep"):
         out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True)
         counts[mode] = int(out.stdout.strip())
-    one = 256 * 16 * 28 * 28 * 4 // 4096           # the pages of one temporary: 3136
+    one = 256 * 16 * 28 * 28 * 4 // 4096  # the pages of one temporary: 3136
     # glibc's default faults in several temporaries' worth per 40 steps (how
     # many depends on the machine); with the setting none, or now and then one
     # temporary's worth (the heap's top moved)

@@ -13,15 +13,23 @@ import textwrap
 
 import pytest
 import torch
-
-from negatives.runtime.checkpoint import (REQUEUE_EXIT_CODE, CorruptCheckpoint, Preempted, StopSignals, load_latest,
-                                  load_verified, previous_path, save_rolling)
-from negatives.training.pretrain import pretrain
-
 from conftest import ROOT
 
-SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, queue_size=32,
-                bn_splits=2, knn_monitor=0, threads=1)
+from negatives.runtime.checkpoint import (
+    REQUEUE_EXIT_CODE,
+    CorruptCheckpoint,
+    Preempted,
+    StopSignals,
+    load_latest,
+    load_verified,
+    previous_path,
+    save_rolling,
+)
+from negatives.training.pretrain import pretrain
+
+SETTINGS = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, queue_size=32, bn_splits=2, knn_monitor=0, threads=1
+)
 POLICY, SEED = "drop[90_100)", 0
 STEPS = 3 * 64 // 16  # 3 epochs of 4 steps over the 64 fake images
 
@@ -46,7 +54,8 @@ def _assert_same(a, b):
 # the child: a real training process that, at step STOP_AT (1-based count of
 # MoCo forward calls), sends itself SIGNAL, or dies by SIGKILL halfway
 # through writing a checkpoint when SIGNAL is "KILL_IN_SAVE"
-CHILD = textwrap.dedent("""
+CHILD = textwrap.dedent(
+    """
     import os, signal, sys
     import negatives.runtime.checkpoint as ck
     from negatives.methods.moco import MoCo
@@ -70,13 +79,20 @@ CHILD = textwrap.dedent("""
         write(data_bytes, path)
     ck._write_durably = dying_write
     pretrain(data, "moco", %r, 0.2, %d, settings, out, log=lambda m: print(m, flush=True))
-""" % (POLICY, SEED))
+"""  # noqa: UP031 -- a code template formatted by %: its braces are its own
+    % (POLICY, SEED)
+)
 
 
 def _run_child(data_path, out, stop_at: int, how: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", CHILD, str(data_path), str(out), repr(SETTINGS), str(stop_at), how],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(data_path), str(out), repr(SETTINGS), str(stop_at), how],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 # ------------------------------------------------------------ file format
@@ -94,13 +110,16 @@ def test_rolling_save_keeps_the_previous_checkpoint(tmp_path):
     assert load_latest(tmp_path / "none.pt") is None
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda b: b[: len(b) - 7], "truncated"),
-    (lambda b: b[:20], "shorter than the 48-byte header"),
-    (lambda b: b[:-100] + bytes([b[-100] ^ 1]) + b[-99:], "SHA-256 of the payload does not match"),
-    (lambda b: b"PK" + b[2:], "not a negatives checkpoint"),
-    (lambda b: b"", "truncated"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda b: b[: len(b) - 7], "truncated"),
+        (lambda b: b[:20], "shorter than the 48-byte header"),
+        (lambda b: b[:-100] + bytes([b[-100] ^ 1]) + b[-99:], "SHA-256 of the payload does not match"),
+        (lambda b: b"PK" + b[2:], "not a negatives checkpoint"),
+        (lambda b: b"", "truncated"),
+    ],
+)
 def test_a_damaged_checkpoint_is_detected_and_the_previous_used(tmp_path, damage, reason):
     last = tmp_path / "last.pt"
     save_rolling({"epoch": 1, "w": torch.arange(100.0)}, last)
@@ -186,8 +205,7 @@ def test_stop_signal_in_process_raises_preempted(tmp_path, data_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_corrupt_newest_checkpoint_falls_back_and_still_gives_identical_weights(tmp_path, data_path, reference,
-                                                                                damage):
+def test_corrupt_newest_checkpoint_falls_back_and_still_gives_identical_weights(tmp_path, data_path, reference, damage):
     class Killed(Exception):
         pass
 
@@ -199,9 +217,12 @@ def test_corrupt_newest_checkpoint_falls_back_and_still_gives_identical_weights(
         pretrain(data_path, "moco", POLICY, 0.2, SEED, SETTINGS, tmp_path, log=kill_after_epoch_2)
     last = tmp_path / "last.pt"
     data = last.read_bytes()
-    last.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    last.write_bytes(
+        data[: len(data) // 2] if damage == "truncate" else data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
+    )
     said = []
-    _assert_same(reference, _weights(pretrain(data_path, "moco", POLICY, 0.2, SEED, SETTINGS, tmp_path,
-                                              log=said.append)))
+    _assert_same(
+        reference, _weights(pretrain(data_path, "moco", POLICY, 0.2, SEED, SETTINGS, tmp_path, log=said.append))
+    )
     assert said[0].startswith(f"checkpoint {last} is unusable")
     assert said[1] == f"resuming from {tmp_path / 'last.prev.pt'} at epoch 1 step 0"

@@ -54,11 +54,25 @@ from negatives.runtime.transfer import to_device_async
 from negatives.training.settings import PretrainSettings
 from negatives.training.step import train_step
 
-POLICIES = ["all", "keep[95_100)", "keep[0_95)", "keep[40_60)", "drop[99_100)", "drop-same-class",
-            "drop[95_100)&same-class", "drop[99_100)@replace", "drop-same-class@replace",
-            "drop[95_100)&other-class@replace", "mochi[16_8_4]",
-            "ring[100->10_10_linear_50]", "ring[50->10_0_linear]", "curriculum[0_100->90_100_linear]", "debiased[0.1]", "hard[1_0.1]",
-            "retain-hard[0.1]"]
+POLICIES = [
+    "all",
+    "keep[95_100)",
+    "keep[0_95)",
+    "keep[40_60)",
+    "drop[99_100)",
+    "drop-same-class",
+    "drop[95_100)&same-class",
+    "drop[99_100)@replace",
+    "drop-same-class@replace",
+    "drop[95_100)&other-class@replace",
+    "mochi[16_8_4]",
+    "ring[100->10_10_linear_50]",
+    "ring[50->10_0_linear]",
+    "curriculum[0_100->90_100_linear]",
+    "debiased[0.1]",
+    "hard[1_0.1]",
+    "retain-hard[0.1]",
+]
 
 CHANNELS, SIDE, BATCH, QUEUE, EXTRA, DIM, STEPS = 3, 16, 32, 256, 64, 16, 2
 
@@ -66,6 +80,7 @@ aten = torch.ops.aten
 
 
 # ------------------------------------------------------------------ the check
+
 
 class HostSync(AssertionError):
     """A host read or a blocking host-to-device copy inside :func:`no_host_sync`."""
@@ -95,8 +110,16 @@ class _Found:
 
 
 #: Tensor methods that read a value back to the host
-_READS = {Tensor.item: "item()", Tensor.tolist: "tolist()", Tensor.__bool__: "bool()", Tensor.__int__: "int()",
-          Tensor.__float__: "float()", Tensor.__index__: "__index__()", Tensor.cpu: "cpu()", Tensor.numpy: "numpy()"}
+_READS = {
+    Tensor.item: "item()",
+    Tensor.tolist: "tolist()",
+    Tensor.__bool__: "bool()",
+    Tensor.__int__: "int()",
+    Tensor.__float__: "float()",
+    Tensor.__index__: "__index__()",
+    Tensor.cpu: "cpu()",
+    Tensor.numpy: "numpy()",
+}
 
 
 class _PythonCalls(TorchFunctionMode):
@@ -128,9 +151,20 @@ class _PythonCalls(TorchFunctionMode):
 
 
 #: ops whose output size depends on the values (a host read on a GPU)
-_DATA_DEPENDENT = {aten.nonzero, aten.argwhere, aten._unique, aten._unique2, aten.unique_dim,
-                   aten.unique_consecutive, aten.bincount, aten.masked_select, aten.equal, aten.is_nonzero,
-                   aten.allclose, aten._local_scalar_dense}
+_DATA_DEPENDENT = {
+    aten.nonzero,
+    aten.argwhere,
+    aten._unique,
+    aten._unique2,
+    aten.unique_dim,
+    aten.unique_consecutive,
+    aten.bincount,
+    aten.masked_select,
+    aten.equal,
+    aten.is_nonzero,
+    aten.allclose,
+    aten._local_scalar_dense,
+}
 _COPIES = {aten._to_copy, aten.copy_, aten._copy_from, aten._copy_from_and_resize}
 _INDEX_PUTS = {aten.index_put_, aten.index_put, aten._index_put_impl_}
 
@@ -187,7 +221,7 @@ def no_host_sync():
         with _PythonCalls(found), _Ops(found):
             yield found
     except BaseException as e:
-        if found.items and not isinstance(e, HostSync):   # raised, then wrapped or swallowed on the way
+        if found.items and not isinstance(e, HostSync):  # raised, then wrapped or swallowed on the way
             raise HostSync("; ".join(found.items)) from e
         raise
     if found.items:
@@ -195,6 +229,7 @@ def no_host_sync():
 
 
 # ------------------------------------------------------------ the step checked
+
 
 @contextlib.contextmanager
 def _processes(world: int):
@@ -235,7 +270,7 @@ def _steps(method: str, policy: str, device: torch.device, cropped: bool = False
     loss_sum, kept_sum = torch.zeros((), device=device), 0.0
     with no_host_sync():
         for step in range(STEPS):
-            assert not distributed.any_rank(False, device)                   # the stop vote
+            assert not distributed.any_rank(False, device)  # the stop vote
             x, y, idx = (t.to(device, non_blocking=True) for t in batch)
             loss, stats = train_step(model, aug, opt, x, y, idx, progress=Fraction(1 + step, 4), split=(BATCH, rows))
             loss_sum += loss
@@ -264,12 +299,13 @@ def test_a_step_on_views_cropped_as_decoded_has_no_host_sync(method, world):
 
 
 def test_every_policy_family_is_checked():
-    bases = [p.replace(SEP, ",").partition("@")[0] for p in POLICIES]        # as parse_policy reads them
+    bases = [p.replace(SEP, ",").partition("@")[0] for p in POLICIES]  # as parse_policy reads them
     families = {name for name, parse in PARSERS.items() if any(parse(b) for b in bases if b != "all")}
     assert families == set(PARSERS)
 
 
 # ------------------------------------------------------------- the check works
+
 
 def _grad_read(dev):
     class Read(torch.autograd.Function):
@@ -294,7 +330,8 @@ PLANTED = {
     "blocking copy_ from the host": lambda dev: torch.empty(4, device=dev).copy_(torch.arange(4.0)),
     "a CPU index into a device tensor": lambda dev: torch.zeros(4, device=dev)[torch.tensor([0, 2])],
     "a number assigned at an index tensor": lambda dev: torch.zeros(4, device=dev).__setitem__(
-        torch.zeros(2, dtype=torch.long, device=dev), 0),
+        torch.zeros(2, dtype=torch.long, device=dev), 0
+    ),
     "item()": lambda dev: torch.zeros(3, device=dev).sum().item(),
     "tolist()": lambda dev: torch.zeros(3, device=dev).tolist(),
     "bool()": lambda dev: bool(torch.zeros((), device=dev)),
@@ -333,14 +370,22 @@ ALLOWED = {
     "non-blocking .to": lambda dev: torch.arange(4).to(dev, non_blocking=True),
     "to_device_async": lambda dev: to_device_async(torch.randperm(4), dev),
     "non-blocking copy_": lambda dev: torch.empty(4, device=dev).copy_(torch.arange(4.0), non_blocking=True),
-    "host reads of host tensors": lambda dev: (torch.randperm(4).tolist(), torch.ones(()).item(),
-                                               bool(torch.ones(())), torch.arange(3).numpy()),
-    "factories on the device": lambda dev: (torch.full((2,), 3.0, device=dev), torch.arange(3, device=dev),
-                                            torch.ones((), device=dev)),
+    "host reads of host tensors": lambda dev: (
+        torch.randperm(4).tolist(),
+        torch.ones(()).item(),
+        bool(torch.ones(())),
+        torch.arange(3).numpy(),
+    ),
+    "factories on the device": lambda dev: (
+        torch.full((2,), 3.0, device=dev),
+        torch.arange(3, device=dev),
+        torch.ones((), device=dev),
+    ),
     "a CPU scalar operand": lambda dev: torch.zeros(3, device=dev) * torch.tensor(2.0),
     "a number assigned to a slice": lambda dev: torch.zeros(3, 3, device=dev).__setitem__((slice(None), 0), 1.0),
     "index_fill_ of a number": lambda dev: torch.zeros(4, device=dev).index_fill_(
-        0, torch.zeros(2, dtype=torch.long, device=dev), 0),
+        0, torch.zeros(2, dtype=torch.long, device=dev), 0
+    ),
     "the stop vote in one process": lambda dev: distributed.any_rank(False, dev),
 }
 
@@ -365,6 +410,7 @@ def test_to_device_async_keeps_the_values():
 
 
 # ---------------------------------------------- the stop vote on an NCCL-like group
+
 
 def _vote(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)

@@ -11,8 +11,9 @@ from negatives.optim import SGD
 
 def _model(seed):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                               torch.nn.Linear(4 * 6 * 6, 3))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
+    )
 
 
 @pytest.mark.parametrize("momentum,wd", [(0.9, 5e-4), (0.0, 0.0), (0.9, 0.0), (0.0, 1e-3)])
@@ -25,7 +26,7 @@ def test_sgd_is_bit_identical_to_torch_sgd_over_steps_with_a_changing_lr(momentu
         x = torch.randn(5, 2, 8, 8, generator=g)
         for model, opt in ((ours, o), (ref, r)):
             for group in opt.param_groups:
-                group["lr"] = 0.1 * (0.5 ** step)
+                group["lr"] = 0.1 * (0.5**step)
             opt.zero_grad(set_to_none=True)
             model(x).square().mean().backward()
             opt.step()
@@ -67,7 +68,7 @@ def test_sgd_skips_parameters_without_gradient_and_rejects_sparse():
     assert torch.equal(a.detach(), torch.tensor([0.5, 0.0])) and torch.equal(b.detach(), torch.ones(2))
     assert b not in opt.state or "momentum_buffer" not in opt.state[b]
     a.grad = torch.tensor([1.0, 2.0])
-    opt.step()                        # b = 0.9 * b + g = [1.9, 3.8]
+    opt.step()  # b = 0.9 * b + g = [1.9, 3.8]
     assert torch.allclose(a.detach(), torch.tensor([0.5 - 0.95, 0.0 - 1.9]))
     e = torch.nn.Parameter(torch.ones(3))
     opt = SGD([e], lr=0.1)

@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ROOT
+from test_end_to_end import tiny_config
 
 from negatives.cli import main
 from negatives.data import prepare
 from negatives.data.sources import data_digest, load_prepared
 from negatives.training.pretrain import pretrain
-from negatives.training.settings import (OUTSIDE_IDENTITY, PretrainSettings, meta_differences, run_identity)
+from negatives.training.settings import OUTSIDE_IDENTITY, PretrainSettings, meta_differences, run_identity
 
-from conftest import ROOT, fake_fashion_mnist
-from test_end_to_end import tiny_config
-
-TINY = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2,
-            knn_monitor=0, threads=1)
+TINY = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2, knn_monitor=0, threads=1
+)
 RUN = "results/fashion-mnist/moco/all/t0.2/seed0"
 
 
@@ -36,18 +36,39 @@ def test_the_identity_leaves_out_the_speed_log_and_device_keys():
     every = asdict(PretrainSettings())
     assert set(every) - set(run_identity(every)) == set(OUTSIDE_IDENTITY)
     assert set(OUTSIDE_IDENTITY) == {"knn_monitor", "knn_monitor_every", "device"}  # threads & co change bits
-    assert set(run_identity(every, untrained=True)) == {"backbone", "width", "small_stem", "dim", "hidden_dim",
-                                                        "bn_splits"}
+    assert set(run_identity(every, untrained=True)) == {
+        "backbone",
+        "width",
+        "small_stem",
+        "dim",
+        "hidden_dim",
+        "bn_splits",
+    }
 
 
 def test_meta_differences_name_the_settings_the_device_and_the_data():
-    saved = {"settings": {"lr": 0.06, "knn_monitor": 1000, "device": "auto", "threads": 1},
-             "device_type": "cpu", "data_digest": "aaaa", "train_images": 300, "versions": {"torch": "1"}}
-    same = {"settings": {"lr": 0.06, "knn_monitor": 0, "device": "cpu", "threads": 1},
-            "device_type": "cpu", "data_digest": "aaaa", "train_images": 300, "versions": {"torch": "2"}}
+    saved = {
+        "settings": {"lr": 0.06, "knn_monitor": 1000, "device": "auto", "threads": 1},
+        "device_type": "cpu",
+        "data_digest": "aaaa",
+        "train_images": 300,
+        "versions": {"torch": "1"},
+    }
+    same = {
+        "settings": {"lr": 0.06, "knn_monitor": 0, "device": "cpu", "threads": 1},
+        "device_type": "cpu",
+        "data_digest": "aaaa",
+        "train_images": 300,
+        "versions": {"torch": "2"},
+    }
     assert meta_differences(saved, same) == []
-    other = {**same, "settings": {**same["settings"], "lr": 0.1}, "device_type": "cuda", "data_digest": "bbbb",
-             "train_images": 200}
+    other = {
+        **same,
+        "settings": {**same["settings"], "lr": 0.1},
+        "device_type": "cuda",
+        "data_digest": "bbbb",
+        "train_images": 200,
+    }
     assert meta_differences(saved, other) == [
         "the training images (their pixels, labels or order; digest aaaa -> bbbb)",
         "the device: cpu -> cuda (pretrain.device)",
@@ -64,11 +85,11 @@ def test_the_data_digest_is_the_images_their_labels_and_order(fashion_root, tmp_
     digest = data_digest(data)
     assert digest == data["digest"] and set(digest) == {"train", "test"}
     again = load_prepared(prepare("fashion-mnist", fashion_root, tmp_path / "b", train_images=40, test_images=20))
-    assert data_digest(again) == digest                        # prepared again: the same
+    assert data_digest(again) == digest  # prepared again: the same
     fewer = load_prepared(prepare("fashion-mnist", fashion_root, tmp_path / "c", train_images=30, test_images=20))
     assert data_digest(fewer)["train"] != digest["train"] and data_digest(fewer)["test"] == digest["test"]
     swapped = {k: v for k, v in data.items() if k != "digest"}
-    swapped["train_images"] = data["train_images"].flip(0)     # the same images in another order
+    swapped["train_images"] = data["train_images"].flip(0)  # the same images in another order
     assert data_digest(swapped)["train"] != digest["train"]
     pixel = {k: v for k, v in data.items() if k != "digest"}
     pixel["train_images"] = data["train_images"].clone()
@@ -78,15 +99,18 @@ def test_the_data_digest_is_the_images_their_labels_and_order(fashion_root, tmp_
 
 def _files(folder: Path) -> dict[str, bytes]:
     """Every file's bytes, but the run lock's (it names the latest process that took it)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def test_an_interrupted_run_is_not_resumed_on_other_data(fashion_root, tmp_path, capsys):
     data = prepare("fashion-mnist", fashion_root, tmp_path / "data", train_images=64, test_images=20)
     out = tmp_path / "run"
 
-    def killed(message):                                        # after the first epoch's last.pt
+    def killed(message):  # after the first epoch's last.pt
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -94,8 +118,23 @@ def test_an_interrupted_run_is_not_resumed_on_other_data(fashion_root, tmp_path,
     assert (out / "last.pt").exists() and not (out / "checkpoint.pt").exists()
     prepare("fashion-mnist", fashion_root, tmp_path / "data", train_images=48, test_images=20)  # edited since
     before = _files(out)
-    argv = ["pretrain", "--data", str(data), "--method", "moco", "--policy", "all", "--temperature", "0.2",
-            "--seed", "0", "--settings", json.dumps(TINY), "--out", str(out)]
+    argv = [
+        "pretrain",
+        "--data",
+        str(data),
+        "--method",
+        "moco",
+        "--policy",
+        "all",
+        "--temperature",
+        "0.2",
+        "--seed",
+        "0",
+        "--settings",
+        json.dumps(TINY),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "last.pt is an interrupted run of other settings or data" in err[0], err
@@ -108,9 +147,17 @@ def test_a_checkpoint_is_evaluated_only_on_the_data_it_was_trained_on(fashion_ro
     out = tmp_path / "run"
     pretrain(data, "moco", "all", 0.2, 0, {**TINY, "epochs": 1}, out, log=lambda m: None)
     other = prepare("fashion-mnist", fashion_root, tmp_path / "other", train_images=48, test_images=20)
-    argv = ["evaluate", "--data", str(other), "--checkpoint", str(out / "checkpoint.pt"),
-            "--settings", json.dumps({"knn_k": 5, "fewshot_labels_per_class": 1}),
-            "--out", str(tmp_path / "probe.json")]
+    argv = [
+        "evaluate",
+        "--data",
+        str(other),
+        "--checkpoint",
+        str(out / "checkpoint.pt"),
+        "--settings",
+        json.dumps({"knn_k": 5, "fewshot_labels_per_class": 1}),
+        "--out",
+        str(tmp_path / "probe.json"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was trained on other 'fashion-mnist' images than" in err[0], err
@@ -122,10 +169,27 @@ def test_a_checkpoint_is_evaluated_only_on_the_data_it_was_trained_on(fashion_ro
 
 def _snakemake(work: Path, target: str, *options) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", target, "--snakefile", str(ROOT / "Snakefile"),
-                           "--directory", str(work), "--cores", "1", *options,
-                           "--configfile", str(work / "config.yaml")],
-                          capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            target,
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "--cores",
+            "1",
+            *options,
+            "--configfile",
+            str(work / "config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 def _planned(result: subprocess.CompletedProcess) -> set[str]:
@@ -162,7 +226,8 @@ NOT_IDENTITY = {
     "download true, the files there": lambda c: c["datasets"]["fashion-mnist"].update(download=True),
     "stream_above_gb": lambda c: c["datasets"]["fashion-mnist"].update(stream_above_gb=1),
     "the data root through a symbolic link": lambda c: c["datasets"]["fashion-mnist"].update(
-        root=str(Path(c["datasets"]["fashion-mnist"]["root"]).parent / "link")),
+        root=str(Path(c["datasets"]["fashion-mnist"]["root"]).parent / "link")
+    ),
 }
 
 
@@ -171,8 +236,11 @@ def _all_at_once(cfg: dict) -> None:
         edit(cfg)
 
 
-@pytest.mark.parametrize("edit", [_all_at_once, *(pytest.param(e, marks=pytest.mark.slow) for e in NOT_IDENTITY.values())],
-                         ids=["all at once", *NOT_IDENTITY])
+@pytest.mark.parametrize(
+    "edit",
+    [_all_at_once, *(pytest.param(e, marks=pytest.mark.slow) for e in NOT_IDENTITY.values())],
+    ids=["all at once", *NOT_IDENTITY],
+)
 def test_an_edit_outside_the_identity_never_reruns_a_finished_run(finished, edit):
     work, cfg = finished
     link = Path(cfg["datasets"]["fashion-mnist"]["root"]).parent / "link"
@@ -191,15 +259,22 @@ IDENTITY = {
     "pretrain.lr": (lambda c: c["pretrain"].update(lr=0.03), r"pretrain\.lr 0\.06 there, 0\.03 in the config"),
     "pretrain.epochs": (lambda c: c["pretrain"].update(epochs=2), r"pretrain\.epochs 1 there, 2 in the config"),
     "pretrain.threads": (lambda c: c["pretrain"].update(threads=2), r"pretrain\.threads 1 there, 2 in the config"),
-    "pretrain.device cpu -> cuda": (lambda c: c["pretrain"].update(device="cuda"),
-                                    r"pretrain\.device 'cpu' there, 'cuda' in the config"),
-    "train_images": (lambda c: c["datasets"]["fashion-mnist"].update(train_images=250),
-                     r"datasets\.fashion-mnist\.train_images 300 there, 250 in the config"),
+    "pretrain.device cpu -> cuda": (
+        lambda c: c["pretrain"].update(device="cuda"),
+        r"pretrain\.device 'cpu' there, 'cuda' in the config",
+    ),
+    "train_images": (
+        lambda c: c["datasets"]["fashion-mnist"].update(train_images=250),
+        r"datasets\.fashion-mnist\.train_images 300 there, 250 in the config",
+    ),
 }
 
 
-@pytest.mark.parametrize("edit, message", [pytest.param(*case, marks=[pytest.mark.slow] * (key != "pretrain.lr"))
-                                            for key, case in IDENTITY.items()], ids=IDENTITY.keys())
+@pytest.mark.parametrize(
+    "edit, message",
+    [pytest.param(*case, marks=[pytest.mark.slow] * (key != "pretrain.lr")) for key, case in IDENTITY.items()],
+    ids=IDENTITY.keys(),
+)
 def test_an_edit_of_the_identity_is_refused_before_any_job_and_deletes_nothing(finished, edit, message):
     work, cfg = finished
     before = _files(work / "results")
@@ -228,14 +303,14 @@ def test_a_run_snakemake_runs_again_is_put_back_not_trained_again(finished):
     run = work / RUN
     before = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "train_log.csv")}
     inode = (run / "checkpoint.pt").stat().st_ino
-    shutil.rmtree(run / ".finished")              # as a run finished by an older version: planning keeps it
+    shutil.rmtree(run / ".finished")  # as a run finished by an older version: planning keeps it
     forced = _snakemake(work, f"{RUN}/probe.json", "--forcerun", "pretrain")
     assert forced.returncode == 0, (forced.stdout + forced.stderr)[-3000:]
     assert "pretrain" in _planned(forced)
     log = (work / "logs" / RUN[8:] / "pretrain.log").read_text()
     assert "restored its checkpoint.pt and train_log.csv" in log and "epoch" not in log, log
     assert {name: (run / name).read_bytes() for name in before} == before
-    assert (run / "checkpoint.pt").stat().st_ino == inode          # the same file, not a copy trained again
+    assert (run / "checkpoint.pt").stat().st_ino == inode  # the same file, not a copy trained again
     assert torch.load(run / "checkpoint.pt", weights_only=False)["meta"]["versions"]["torch"] == torch.__version__
 
 
@@ -249,15 +324,28 @@ def test_every_setting_outside_the_identity_reaches_the_job_as_a_flag():
 def test_the_training_data_settings_that_count_are_compared():
     from negatives.training.identity import run_differences
 
-    cfg = {"pretrain": {}, "datasets": {"folders": {"root": "/a", "train_images": 300, "test_images": 100,
-                                                    "storage": "auto", "stream_above_gb": 8, "download": False}}}
+    cfg = {
+        "pretrain": {},
+        "datasets": {
+            "folders": {
+                "root": "/a",
+                "train_images": 300,
+                "test_images": 100,
+                "storage": "auto",
+                "stream_above_gb": 8,
+                "download": False,
+            }
+        },
+    }
     meta = {"settings": {}, "dataset": "folders", "data_settings": {"train_images": 300, "storage": "memory"}}
-    assert run_differences(meta, cfg) == []                      # auto: whichever it chose
+    assert run_differences(meta, cfg) == []  # auto: whichever it chose
     moved = json.loads(json.dumps(cfg))
     moved["datasets"]["folders"].update(root="/b", test_images=50, stream_above_gb=1, download=True)
     assert run_differences(meta, moved) == []
     streamed = json.loads(json.dumps(cfg))
     streamed["datasets"]["folders"].update(storage="stream", train_images=200)
-    assert run_differences(meta, streamed) == [("datasets.folders.storage", "memory", "stream"),
-                                               ("datasets.folders.train_images", 300, 200)]
+    assert run_differences(meta, streamed) == [
+        ("datasets.folders.storage", "memory", "stream"),
+        ("datasets.folders.train_images", 300, 200),
+    ]
     assert run_differences(meta, streamed, untrained=True) == []  # an untrained encoder sees no image

@@ -18,15 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, written
+from test_distributed import RUN, _workers
 
 from negatives.cli import main
 from negatives.runtime import distributed
 from negatives.runtime.locks import RankLock, RunLock, RunLocked
 
-from conftest import ROOT, written
-from test_distributed import RUN, _workers
-
-SETTINGS = {**RUN, "epochs": 20, "processes": 2}      # epochs to spare after the first: it is stopped then
+SETTINGS = {**RUN, "epochs": 20, "processes": 2}  # epochs to spare after the first: it is stopped then
 
 #: every write of a file named checkpoint.pt by any process (workers included), one pid a line
 HOOK = """
@@ -46,13 +45,33 @@ def _env(tmp_path: Path) -> dict:
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOOK)
     path = os.pathsep.join([str(hook), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1",
-            "CHECKPOINT_WRITES": str(tmp_path / "checkpoint-writes")}
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "PYTHONUNBUFFERED": "1",
+        "CHECKPOINT_WRITES": str(tmp_path / "checkpoint-writes"),
+    }
 
 
 def _pretrain(data, out, settings=SETTINGS) -> list[str]:
-    return [sys.executable, "-m", "negatives", "pretrain", "--data", str(data), "--policy", "drop[90_100)",
-            "--temperature", "0.2", "--seed", "0", "--settings", json.dumps(settings), "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "negatives",
+        "pretrain",
+        "--data",
+        str(data),
+        "--policy",
+        "drop[90_100)",
+        "--temperature",
+        "0.2",
+        "--seed",
+        "0",
+        "--settings",
+        json.dumps(settings),
+        "--out",
+        str(out),
+    ]
 
 
 def _in_background(command: list[str], log: Path, env: dict) -> int:
@@ -88,11 +107,17 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def _hold(lock: str, run: Path) -> subprocess.Popen:
     """Another process holding ``lock`` (``run`` or ``rank1``) of ``run``."""
     take = "RunLock(run)" if lock == "run" else "RankLock(run, 1)"
-    run.mkdir(parents=True, exist_ok=True)       # a worker's launcher made it
-    code = (f"import sys, time\nfrom negatives.runtime.locks import RankLock, RunLock\nrun = {str(run)!r}\n"
-            f"with {take}:\n    print('held', flush=True)\n    time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    run.mkdir(parents=True, exist_ok=True)  # a worker's launcher made it
+    code = (
+        f"import sys, time\nfrom negatives.runtime.locks import RankLock, RunLock\nrun = {str(run)!r}\n"
+        f"with {take}:\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.stdout.readline() == "held\n"
     return proc
 
@@ -109,9 +134,9 @@ def test_a_start_is_refused_while_any_lock_of_the_run_is_held_naming_every_holde
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("negatives pretrain: error: "), err
         assert f"is being trained by pid {worker.pid} on " in err[0] and "(lock .pretrain.rank1.lock)" in err[0]
-        assert _snapshot(run) == before and not (run / RunLock.NAME).exists()   # not even the run's lock made
+        assert _snapshot(run) == before and not (run / RunLock.NAME).exists()  # not even the run's lock made
         other = tmp_path / "other"
-        launcher, rank1 = _hold("run", other), _hold("rank1", other)     # a launcher and its worker, both alive
+        launcher, rank1 = _hold("run", other), _hold("rank1", other)  # a launcher and its worker, both alive
         try:
             with pytest.raises(RunLocked) as refused:
                 with RunLock(other):
@@ -129,7 +154,7 @@ def test_a_start_is_refused_while_any_lock_of_the_run_is_held_naming_every_holde
     finally:
         worker.kill()
         worker.wait()
-    with RunLock(run):                                  # all gone: the run is free
+    with RunLock(run):  # all gone: the run is free
         assert (run / RunLock.NAME).read_text().split()[0] == str(os.getpid())
     assert not (run / RunLock.NAME).exists()
 
@@ -144,17 +169,30 @@ def test_ranks_started_by_torchrun_are_all_refused_when_rank_0_is(tmp_path, data
         before = _snapshot(run)
         env = {k: v for k, v in _env(tmp_path).items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))}
         port = str(distributed.free_port())
-        procs = [subprocess.Popen(_pretrain(data_path, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env={**env, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r),
-                                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-                 for r in range(2)]
+        procs = [
+            subprocess.Popen(
+                _pretrain(data_path, run),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={
+                    **env,
+                    "RANK": str(r),
+                    "WORLD_SIZE": "2",
+                    "LOCAL_RANK": str(r),
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": port,
+                },
+            )
+            for r in range(2)
+        ]
         said = [p.communicate(timeout=120)[1].strip().splitlines() for p in procs]
         assert [p.returncode for p in procs] == [2, 2], said
         assert len(said[0]) == 1 and f"is being trained by pid {holder.pid} on " in said[0][0], said
         assert len(said[1]) == 1 and "rank 0 of this run was refused it" in said[1][0], said
         assert _snapshot(run) == before
     finally:
-        for proc in (holder, *procs):                   # a rank left waiting for the other, were it to wait
+        for proc in (holder, *procs):  # a rank left waiting for the other, were it to wait
             proc.kill()
             proc.wait()
 
@@ -185,14 +223,15 @@ def test_spawned_workers_keep_the_run_locked_after_their_launcher_is_killed_and_
     run, marks = tmp_path / "run", tmp_path / "marks"
     marks.mkdir()
     (tmp_path / "launcher.py").write_text(LAUNCHER)
-    launcher = _in_background([sys.executable, str(tmp_path / "launcher.py"), str(run), str(marks)],
-                              tmp_path / "launcher.log", _env(tmp_path))
+    launcher = _in_background(
+        [sys.executable, str(tmp_path / "launcher.py"), str(run), str(marks)], tmp_path / "launcher.log", _env(tmp_path)
+    )
     workers = []
     try:
         _wait(lambda: len(list(marks.glob("started*"))) == 2, 120, "no workers started")
         workers = _workers(launcher)
         assert len(workers) == 2, workers
-        for pid in workers:                              # held still, so that they outlive the check below
+        for pid in workers:  # held still, so that they outlive the check below
             os.kill(pid, signal.SIGSTOP)
         os.kill(launcher, signal.SIGKILL)
         _wait(lambda: not _alive(launcher), 30, "the launcher lives")
@@ -203,7 +242,7 @@ def test_spawned_workers_keep_the_run_locked_after_their_launcher_is_killed_and_
         assert all(f"pid {pid} on " in str(refused.value) for pid in workers), refused.value
         assert "stop those processes" in str(refused.value) and _snapshot(run) == before
         for pid in workers:
-            os.kill(pid, signal.SIGCONT)                 # the kernel's SIGTERM waits for them
+            os.kill(pid, signal.SIGCONT)  # the kernel's SIGTERM waits for them
         _wait(lambda: not any(map(_alive, workers)), 60, "the workers live on")
         assert sorted(p.read_text() for p in marks.glob("stopped*")) == ["SIGTERM", "SIGTERM"]
         with RunLock(run):
@@ -238,12 +277,12 @@ def test_a_run_whose_launcher_was_killed_is_refused_until_its_workers_stop_then_
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "is being trained by" in lines[0], lines
         assert all(f"pid {pid} on " in lines[0] for pid in workers), lines
-        assert _snapshot(run) == before                  # the refusal changed nothing
+        assert _snapshot(run) == before  # the refusal changed nothing
 
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
         _wait(lambda: not any(map(_alive, workers)), 60, "the workers live on")
-        assert "SIGTERM: saved" in log.read_text(), log.read_text()   # stopped as on a preemption
+        assert "SIGTERM: saved" in log.read_text(), log.read_text()  # stopped as on a preemption
         assert (run / "last.pt").exists() and not (run / "checkpoint.pt").exists() and not writes.exists()
 
         third = subprocess.run(_pretrain(data_path, run), capture_output=True, text=True, env=env)
@@ -253,13 +292,13 @@ def test_a_run_whose_launcher_was_killed_is_refused_until_its_workers_stop_then_
         assert len(writes.read_text().splitlines()) == 1
         epochs = (run / "train_log.csv").read_text().splitlines()[1:]
         assert [int(e.split(",")[0]) for e in epochs] == list(range(1, SETTINGS["epochs"] + 1))
-        assert written(run) == ["checkpoint.pt", "train_log.csv"]      # no lock file left
+        assert written(run) == ["checkpoint.pt", "train_log.csv"]  # no lock file left
 
         fourth = subprocess.run(_pretrain(data_path, run), capture_output=True, text=True, env=env)
         assert fourth.returncode == 2 and "the run is finished" in fourth.stderr, fourth.stderr
         after = (run / "checkpoint.pt").stat()
         assert (after.st_ino, after.st_mtime_ns) == (final.st_ino, final.st_mtime_ns)
-        assert len(writes.read_text().splitlines()) == 1                # written once, by one process
+        assert len(writes.read_text().splitlines()) == 1  # written once, by one process
     finally:
         for pid in [launcher, *workers]:
             if _alive(pid):

@@ -44,8 +44,9 @@ from negatives.runtime.checkpoint import Preempted, load_verified
 from negatives.training.pretrain import pretrain
 from negatives.training.settings import load_encoder, meta_differences
 
-SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, queue_size=32,
-                bn_splits=2, knn_monitor=0, threads=1)
+SETTINGS = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, queue_size=32, bn_splits=2, knn_monitor=0, threads=1
+)
 POLICY = "drop[90_100)"
 #: train_log columns that measure time, not the run
 TIMING = {"images_per_s", "seconds"}
@@ -73,8 +74,9 @@ def _assert_same_run(a: dict, b: dict) -> None:
     differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert not differ, f"tensors differ: {differ}"
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
-    numbers = [json.dumps([{k: v for k, v in row.items() if k not in TIMING} for row in ckpt["log"]])
-               for ckpt in (a, b)]                                       # JSON: exact floats, NaN equal to NaN
+    numbers = [
+        json.dumps([{k: v for k, v in row.items() if k not in TIMING} for row in ckpt["log"]]) for ckpt in (a, b)
+    ]  # JSON: exact floats, NaN equal to NaN
     assert numbers[0] == numbers[1]
 
 
@@ -91,14 +93,21 @@ def trained(data_path, tmp_path_factory):
 def test_evaluate_threads_give_the_same_probe_json(tmp_path, data_path, trained, keep_threads, probe):
     from negatives.evaluation.probes import evaluate_checkpoint
 
-    settings = {"probe": probe, "knn_k": 5, "fewshot_labels_per_class": 2,
-                "faithful": {"epochs": 2, "batch_size": 16, "milestones": [1]}}
+    settings = {
+        "probe": probe,
+        "knn_k": 5,
+        "fewshot_labels_per_class": 2,
+        "faithful": {"epochs": 2, "batch_size": 16, "milestones": [1]},
+    }
     written = {}
     for threads in (1, 2):
         evaluate_checkpoint(trained, data_path, {**settings, "threads": threads}, tmp_path / f"{threads}.json")
         written[threads] = json.loads((tmp_path / f"{threads}.json").read_text())
     # every number and record bit for bit (JSON writes floats exactly), but ran_with, which says how it ran
-    assert [written[t].pop("ran_with") for t in (1, 2)] == [{"device": "cpu", "threads": 1}, {"device": "cpu", "threads": 2}]
+    assert [written[t].pop("ran_with") for t in (1, 2)] == [
+        {"device": "cpu", "threads": 1},
+        {"device": "cpu", "threads": 2},
+    ]
     assert json.dumps(written[1]) == json.dumps(written[2]), (written[1], written[2])
     assert written[1]["linear_top1"] is not None
 
@@ -118,8 +127,12 @@ def test_evaluate_threads_give_the_same_features_and_scores(data_path, trained, 
         torch.set_num_threads(threads)
         train = extract_features(encoder, data["train_images"], data["mean"], data["std"])
         test = extract_features(encoder, data["test_images"], data["mean"], data["std"])
-        got[threads] = (train, test, linear_probe(train, data["train_labels"], test, 10),
-                        knn_classify(train, data["train_labels"], test, 10, k=5))
+        got[threads] = (
+            train,
+            test,
+            linear_probe(train, data["train_labels"], test, 10),
+            knn_classify(train, data["train_labels"], test, 10, k=5),
+        )
     assert all(torch.equal(a, b) for a, b in zip(got[1], got[2]))
 
 
@@ -141,8 +154,25 @@ def _stop_at(monkeypatch, call: int) -> None:
 
 
 def _cli_pretrain(data_path, out, jobs_per_gpu: int) -> int:
-    return main(["pretrain", "--data", str(data_path), "--policy", POLICY, "--temperature", "0.2", "--seed", "0",
-                 "--settings", json.dumps(SETTINGS), "--jobs-per-gpu", str(jobs_per_gpu), "--out", str(out)])
+    return main(
+        [
+            "pretrain",
+            "--data",
+            str(data_path),
+            "--policy",
+            POLICY,
+            "--temperature",
+            "0.2",
+            "--seed",
+            "0",
+            "--settings",
+            json.dumps(SETTINGS),
+            "--jobs-per-gpu",
+            str(jobs_per_gpu),
+            "--out",
+            str(out),
+        ]
+    )
 
 
 def test_jobs_per_gpu_changed_mid_epoch_leaves_the_run_bit_identical(tmp_path, data_path, monkeypatch, capsys):
@@ -154,19 +184,21 @@ def test_jobs_per_gpu_changed_mid_epoch_leaves_the_run_bit_identical(tmp_path, d
     timing them, as ``torch.backends.cudnn.benchmark`` is left off).  On CPU:
     a run stopped mid-epoch with 1 and resumed with 3 is the run straight
     through with 1."""
-    monkeypatch.setenv("NEGATIVES_JOBS_PER_GPU", "1")          # main() sets it: put back after the test
+    monkeypatch.setenv("NEGATIVES_JOBS_PER_GPU", "1")  # main() sets it: put back after the test
     assert _cli_pretrain(data_path, tmp_path / "straight", 1) == 0
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        _stop_at(m, 6)                                          # epoch 1, its 2nd step
+        _stop_at(m, 6)  # epoch 1, its 2nd step
         with pytest.raises(Preempted):
             _cli_pretrain(data_path, run, 1)
     state = load_verified(run / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
     assert _cli_pretrain(data_path, run, 3) == 0
     assert "resuming from" in capsys.readouterr().out
-    _assert_same_run(torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False),
-                     torch.load(run / "checkpoint.pt", weights_only=False))
+    _assert_same_run(
+        torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False),
+        torch.load(run / "checkpoint.pt", weights_only=False),
+    )
 
 
 def test_jobs_per_gpu_changed_at_an_epoch_boundary_leaves_the_run_bit_identical(tmp_path, data_path, monkeypatch):
@@ -174,13 +206,15 @@ def test_jobs_per_gpu_changed_at_an_epoch_boundary_leaves_the_run_bit_identical(
     assert _cli_pretrain(data_path, tmp_path / "straight", 1) == 0
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        _stop_at(m, 4)                                          # epoch 0's last step: stops before epoch 1's first
+        _stop_at(m, 4)  # epoch 0's last step: stops before epoch 1's first
         with pytest.raises(Preempted):
             _cli_pretrain(data_path, run, 2)
     assert load_verified(run / "last.pt")["step_in_epoch"] == 0
     assert _cli_pretrain(data_path, run, 1) == 0
-    _assert_same_run(torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False),
-                     torch.load(run / "checkpoint.pt", weights_only=False))
+    _assert_same_run(
+        torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False),
+        torch.load(run / "checkpoint.pt", weights_only=False),
+    )
 
 
 # ------------------------------------------------- not speed only: part of the run
@@ -199,11 +233,14 @@ def _kill_after_epoch_1(message: str) -> None:
 def test_a_resume_with_other_threads_or_compile_is_refused_naming_the_key(tmp_path, data_path, key, value):
     with pytest.raises(Killed):
         pretrain(data_path, "moco", POLICY, 0.2, 0, SETTINGS, tmp_path, log=_kill_after_epoch_1)
-    with pytest.raises(ValueError, match=rf"interrupted run of other settings or data \(pretrain\.{key}: {SETTINGS.get(key, False)!r} "
-                                         rf"-> {value!r}\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"interrupted run of other settings or data \(pretrain\.{key}: {SETTINGS.get(key, False)!r} "
+        rf"-> {value!r}\)",
+    ):
         pretrain(data_path, "moco", POLICY, 0.2, 0, {**SETTINGS, key: value}, tmp_path, log=lambda m: None)
     assert not (tmp_path / "checkpoint.pt").exists()
-    pretrain(data_path, "moco", POLICY, 0.2, 0, SETTINGS, tmp_path, log=lambda m: None)   # set back: it goes on
+    pretrain(data_path, "moco", POLICY, 0.2, 0, SETTINGS, tmp_path, log=lambda m: None)  # set back: it goes on
     assert (tmp_path / "checkpoint.pt").exists()
 
 

@@ -20,10 +20,22 @@ from step_ops import count_step  # noqa: E402
 
 BUDGET = 1000
 #: every MoCo policy family, as the figures use them, at a progress past any warm-up
-POLICIES = ["keep[95_100)", "keep[0_95)", "drop[99.9_100)", "drop-same-class", "drop[95_100)&same-class",
-            "drop[99.9_100)@replace", "drop[99.9_100)&other-class@replace", "mochi[256_128_64_1]",
-            "ring[100->10_10_linear_50]", "ring[100->10_0_linear_50]", "curriculum[0_100->95_100_linear]",
-            "debiased[0.1]", "hard[1_0.1]", "retain-hard[0.1]"]
+POLICIES = [
+    "keep[95_100)",
+    "keep[0_95)",
+    "drop[99.9_100)",
+    "drop-same-class",
+    "drop[95_100)&same-class",
+    "drop[99.9_100)@replace",
+    "drop[99.9_100)&other-class@replace",
+    "mochi[256_128_64_1]",
+    "ring[100->10_10_linear_50]",
+    "ring[100->10_0_linear_50]",
+    "curriculum[0_100->95_100_linear]",
+    "debiased[0.1]",
+    "hard[1_0.1]",
+    "retain-hard[0.1]",
+]
 
 
 def _total(policy: str, **kw) -> int:
@@ -61,8 +73,9 @@ def test_every_policy_launches_at_most_5_percent_more_than_all(baseline, policy)
     assert n <= limit, f"{policy}: {n} calls, all: {baseline} (+{n / baseline - 1:.1%}; limit {limit:.0f})"
 
 
-@pytest.mark.parametrize("policy", ["mochi[256_128_64_1]", "ring[100->10_10_linear_50]",
-                                    "curriculum[0_100->95_100_linear]"])
+@pytest.mark.parametrize(
+    "policy", ["mochi[256_128_64_1]", "ring[100->10_10_linear_50]", "curriculum[0_100->95_100_linear]"]
+)
 @pytest.mark.parametrize("progress", [0.0, 0.9])
 def test_scheduled_policies_stay_within_their_limit_as_training_goes(baseline, policy, progress):
     """A warm-up (MoCHi's) or a moving window (ring, curriculum) changes the

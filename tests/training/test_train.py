@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_idx
 
 from negatives.data import check_root, read_idx
 from negatives.training.pretrain import init_checkpoint, pretrain
 from negatives.training.settings import load_encoder
 
-from conftest import write_idx
-
-SETTINGS = dict(backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32,
-                bn_splits=2, knn_monitor=0, threads=1)
+SETTINGS = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=2, batch_size=16, queue_size=32, bn_splits=2, knn_monitor=0, threads=1
+)
 
 
 def test_idx_round_trip_and_prepared_format(tmp_path, data_path):
@@ -99,7 +99,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, data_pat
         pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "lr": 0.1}, tmp_path, log=lambda m: None)
     with pytest.raises(ValueError, match=r"interrupted run of other settings or data \(pretrain.threads: 1 -> 2\)"):
         pretrain(data_path, "moco", "all", 0.2, 0, {**SETTINGS, "threads": 2}, tmp_path, log=lambda m: None)
-    pretrain(data_path, "moco", "all", 0.2, 0, SETTINGS, tmp_path, log=lambda m: None)   # set back: the run goes on
+    pretrain(data_path, "moco", "all", 0.2, 0, SETTINGS, tmp_path, log=lambda m: None)  # set back: the run goes on
     assert (tmp_path / "checkpoint.pt").exists()
 
 
@@ -129,20 +129,37 @@ def test_pretrain_and_evaluate_on_a_streamed_image_folder(tmp_path, wordnet_read
     """ImageNet-style folders too large for memory are streamed: training,
     the kNN monitor and the evaluation read the JPEGs batch by batch."""
     from conftest import fake_imagenet
+
     from negatives import data
     from negatives.evaluation.probes import evaluate_checkpoint
 
     fake_imagenet(tmp_path / "raw", per_class=4)
-    path = data.prepare("imagenet", tmp_path / "raw", tmp_path / "out", storage="stream", image_size=16,
-                        wordnet=wordnet_reader, workers=0)
+    path = data.prepare(
+        "imagenet",
+        tmp_path / "raw",
+        tmp_path / "out",
+        storage="stream",
+        image_size=16,
+        wordnet=wordnet_reader,
+        workers=0,
+    )
     assert "train_images" not in data.load_prepared(path)
-    settings = {"backbone": "small-cnn", "width": 4, "dim": 8, "epochs": 2, "batch_size": 4, "queue_size": 8,
-                "bn_splits": 1, "knn_monitor": 8}
+    settings = {
+        "backbone": "small-cnn",
+        "width": 4,
+        "dim": 8,
+        "epochs": 2,
+        "batch_size": 4,
+        "queue_size": 8,
+        "bn_splits": 1,
+        "knn_monitor": 8,
+    }
     ckpt = pretrain(path, "moco", "keep[50_100)", 0.2, 0, settings, tmp_path / "run", log=lambda m: None)
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
     assert list(log.epoch) == [1, 2] and (log.negatives_kept == 4).all() and log.knn_top1.notna().iloc[-1]
-    res = evaluate_checkpoint(ckpt, path, {"knn_k": 3, "knn_temperature": 0.1, "fewshot_labels_per_class": 1},
-                              tmp_path / "probe.json")
+    res = evaluate_checkpoint(
+        ckpt, path, {"knn_k": 3, "knn_temperature": 0.1, "fewshot_labels_per_class": 1}, tmp_path / "probe.json"
+    )
     assert 0 <= res["linear_top1"] <= 100 and res["policy"] == "keep[50_100)"
 
 
@@ -155,9 +172,17 @@ def test_compiled_encoders_train_like_eager_ones(tmp_path, data_path, monkeypatc
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: (compiled.append(self), real(self, *a, **k)))
     one_epoch = {**SETTINGS, "epochs": 1}
     eager = pretrain(data_path, "moco", "keep[50_100)", 0.2, 0, one_epoch, tmp_path / "eager", log=lambda m: None)
-    fast = pretrain(data_path, "moco", "keep[50_100)", 0.2, 0, {**one_epoch, "compile": True}, tmp_path / "compiled",
-                    log=lambda m: None)
-    assert len(compiled) == 2                      # both encoders, in the second run only
+    fast = pretrain(
+        data_path,
+        "moco",
+        "keep[50_100)",
+        0.2,
+        0,
+        {**one_epoch, "compile": True},
+        tmp_path / "compiled",
+        log=lambda m: None,
+    )
+    assert len(compiled) == 2  # both encoders, in the second run only
     le = pd.read_csv(tmp_path / "eager" / "train_log.csv")["loss"]
     lc = pd.read_csv(tmp_path / "compiled" / "train_log.csv")["loss"]
     assert np.allclose(le, lc, rtol=1e-4, atol=1e-5), (le.tolist(), lc.tolist())
@@ -175,12 +200,31 @@ def test_a_run_another_process_trains_is_refused_naming_the_holder(tmp_path, dat
 
     run = tmp_path / "run"
     with RunLock(run):
-        out = subprocess.run([sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--policy",
-                              "all", "--temperature", "0.2", "--seed", "0", "--settings", json.dumps(SETTINGS),
-                              "--out", str(run)], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "negatives",
+                "pretrain",
+                "--data",
+                str(data_path),
+                "--policy",
+                "all",
+                "--temperature",
+                "0.2",
+                "--seed",
+                "0",
+                "--settings",
+                json.dumps(SETTINGS),
+                "--out",
+                str(run),
+            ],
+            capture_output=True,
+            text=True,
+        )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"is being trained by pid {os.getpid()}" in out.stderr and "wait for it" in out.stderr
-    assert not (run / "checkpoint.pt").exists() and not (run / "last.pt").exists()   # nothing trained
+    assert not (run / "checkpoint.pt").exists() and not (run / "last.pt").exists()  # nothing trained
 
 
 def test_two_concurrent_pretrains_of_one_run_train_it_once(tmp_path, data_path):
@@ -191,10 +235,27 @@ def test_two_concurrent_pretrains_of_one_run_train_it_once(tmp_path, data_path):
     import sys
 
     settings = json.dumps({**SETTINGS, "epochs": 3})
-    cmd = [sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--policy", "all",
-           "--temperature", "0.2", "--seed", "0", "--settings", settings, "--out"]
-    procs = [subprocess.Popen(cmd + [str(tmp_path / "shared")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "negatives",
+        "pretrain",
+        "--data",
+        str(data_path),
+        "--policy",
+        "all",
+        "--temperature",
+        "0.2",
+        "--seed",
+        "0",
+        "--settings",
+        settings,
+        "--out",
+    ]
+    procs = [
+        subprocess.Popen(cmd + [str(tmp_path / "shared")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(), p.stdout.read(), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _, _ in results) == [0, 2], results
     loser = next(err for rc, _, err in results if rc == 2)

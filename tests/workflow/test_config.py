@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import fake_fashion_mnist
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from negatives.config import ConfigError, check_config
 
-from conftest import fake_fashion_mnist
-
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
 
 @pytest.fixture
 def cfg(tmp_path):
@@ -205,8 +205,10 @@ def test_schema_rejects(patch):
         _validate(c)
 
 
-@pytest.mark.parametrize("section,key,value", [("analysis", "negatives", 0), ("fig4", "hard_cut", 0),
-                                               ("fig6", "hard_cut", 100.5), ("tables_a4_a6", "rows", 1.5)])
+@pytest.mark.parametrize(
+    "section,key,value",
+    [("analysis", "negatives", 0), ("fig4", "hard_cut", 0), ("fig6", "hard_cut", 100.5), ("tables_a4_a6", "rows", 1.5)],
+)
 def test_schema_error_names_the_key(section, key, value):
     c = yaml.safe_load((ROOT / "config.yaml").read_text())
     (c if section == "analysis" else c["figures"])[section][key] = value
@@ -221,13 +223,13 @@ def _runs_error(cfg) -> str:
 
 
 def test_band_combination_that_is_empty_for_the_queue(cfg):
-    cfg["figures"]["table1"]["removed"] = ["drop[99.99_100)&same-class@replace"]   # round(4096 x 0.01%) = 0
+    cfg["figures"]["table1"]["removed"] = ["drop[99.99_100)&same-class@replace"]  # round(4096 x 0.01%) = 0
     msg = _runs_error(cfg)
     assert msg.startswith("figures.table1") and "holds no negative" in msg and "4096" in msg
 
 
 def test_band_that_is_empty_for_simclr_batch(cfg):
-    cfg["figures"]["simclr"]["policies"] = ["keep[99.95_100)"]   # 0.05% of 2 x 256 - 2 = 510: round(0.255) = 0
+    cfg["figures"]["simclr"]["policies"] = ["keep[99.95_100)"]  # 0.05% of 2 x 256 - 2 = 510: round(0.255) = 0
     msg = _runs_error(cfg)
     assert msg.startswith("figures.simclr") and "510" in msg and "holds no negative" in msg
 
@@ -264,12 +266,16 @@ def test_replace_mode_with_simclr(cfg):
     assert msg.startswith("figures.simclr") and "replace mode" in msg
 
 
-@pytest.mark.parametrize("policy, needles", [
-    ("mochi[16_300_8]", ["s = 300", "16"]),                 # more mixes than pairs of the 16 hardest
-    ("mochi[256_128_64_8]", ["warm-up", "8"]),              # warm-up as long as training (8 epochs)
-    ("curriculum[60_40->50_90_linear]", ["lower", "upper"]),  # a band upside down
-    ("ring[100->0.01_10_linear]", ["end of training", "no negative"]),  # floor(4096 x 0.01 / 100) = 0
-], ids=["mochi-s-over-N2", "mochi-warmup", "curriculum-inverted", "ring-empty"])
+@pytest.mark.parametrize(
+    "policy, needles",
+    [
+        ("mochi[16_300_8]", ["s = 300", "16"]),  # more mixes than pairs of the 16 hardest
+        ("mochi[256_128_64_8]", ["warm-up", "8"]),  # warm-up as long as training (8 epochs)
+        ("curriculum[60_40->50_90_linear]", ["lower", "upper"]),  # a band upside down
+        ("ring[100->0.01_10_linear]", ["end of training", "no negative"]),  # floor(4096 x 0.01 / 100) = 0
+    ],
+    ids=["mochi-s-over-N2", "mochi-warmup", "curriculum-inverted", "ring-empty"],
+)
 def test_method_settings_that_make_no_sense(cfg, policy, needles):
     cfg["figures"]["fig_methods"]["policies"] = [policy]
     with pytest.raises(ConfigError) as err:

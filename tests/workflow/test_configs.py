@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import fake_imagenet, fake_tiny_imagenet
 from snakemake.utils import validate
 
 from negatives.config import ConfigError, check_config
 from negatives.config_files import base_config, check_config_file, merge_config, numbers_as_numbers, read_config
-
-from conftest import fake_imagenet, fake_tiny_imagenet
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -70,8 +69,9 @@ def effective(cfg: dict) -> dict:
 
 def test_every_config_is_listed():
     assert [p.name for p in CONFIGS] == sorted(EXPECTED_JOBS)
-    assert sorted(p.name for p in EFFECTIVE.glob("*.json")) == sorted(["config.json"] + [
-        p.stem + ".json" for p in CONFIGS])
+    assert sorted(p.name for p in EFFECTIVE.glob("*.json")) == sorted(
+        ["config.json"] + [p.stem + ".json" for p in CONFIGS]
+    )
 
 
 @pytest.mark.parametrize("path", [ROOT / "config.yaml", *CONFIGS], ids=lambda p: p.name)
@@ -141,7 +141,9 @@ def test_a_repeated_default_is_found(tmp_path):
     overlay = tmp_path / "repeat.yaml"
     overlay.write_text("pretrain: {epochs: 4, lr: 0.1}\ndatasets: {cifar10: {root: x, storage: auto}}\n")
     assert _repeats(read_config(base=ROOT / "config.yaml"), check_config_file(overlay)) == [
-        "pretrain.epochs", "datasets.cifar10.storage"]
+        "pretrain.epochs",
+        "datasets.cifar10.storage",
+    ]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -154,14 +156,18 @@ def test_layering_is_snakemakes(path):
     assert load(path) == base
 
 
-@pytest.mark.parametrize("base, overlay, want", [
-    ({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}}, {"a": {"b": 1, "c": [3]}}),   # lists replace
-    ({"a": {"b": {"c": 1, "d": 2}}}, {"a": {"b": {"d": 3}}}, {"a": {"b": {"c": 1, "d": 3}}}),
-    ({"a": 1}, {"a": {"b": 2}}, {"a": {"b": 2}}),
-    ({"a": 1}, {"a": {}}, {"a": 1}),
-    ({"a": {"b": 1}}, {"a": None}, {"a": None}),
-    ({}, {"a": {}}, {"a": {}}),
-], ids=["a list", "nested", "a mapping over a number", "an empty mapping", "null", "a new empty mapping"])
+@pytest.mark.parametrize(
+    "base, overlay, want",
+    [
+        ({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}}, {"a": {"b": 1, "c": [3]}}),  # lists replace
+        ({"a": {"b": {"c": 1, "d": 2}}}, {"a": {"b": {"d": 3}}}, {"a": {"b": {"c": 1, "d": 3}}}),
+        ({"a": 1}, {"a": {"b": 2}}, {"a": {"b": 2}}),
+        ({"a": 1}, {"a": {}}, {"a": 1}),
+        ({"a": {"b": 1}}, {"a": None}, {"a": None}),
+        ({}, {"a": {}}, {"a": {}}),
+    ],
+    ids=["a list", "nested", "a mapping over a number", "an empty mapping", "null", "a new empty mapping"],
+)
 def test_merge_matches_snakemake(base, overlay, want):
     from snakemake.utils import update_config
 
@@ -177,12 +183,16 @@ def test_a_typo_in_an_overlay_names_the_key_and_the_file(tmp_path):
     overlay.write_text("pretrain:\n  epoch: 10\n")
     with pytest.raises(ConfigError) as err:
         read_config(overlay, base=ROOT / "config.yaml")
-    assert str(err.value) == (f"{overlay}: pretrain: Additional properties are not allowed ('epoch' was unexpected); "
-                              "allowed: " + ", ".join(sorted(yaml.safe_load(SCHEMA.read_text())["properties"]
-                                                            ["pretrain"]["properties"])))
+    assert str(err.value) == (
+        f"{overlay}: pretrain: Additional properties are not allowed ('epoch' was unexpected); "
+        "allowed: " + ", ".join(sorted(yaml.safe_load(SCHEMA.read_text())["properties"]["pretrain"]["properties"]))
+    )
     overlay.write_text("datasets:\n  cifar10:\n    root: x\n    downlaod: true\n")
-    with pytest.raises(ConfigError, match=rf"^{overlay}: datasets\.cifar10: Additional properties are not allowed "
-                                          r"\('downlaod' was unexpected\); allowed: .*download"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{overlay}: datasets\.cifar10: Additional properties are not allowed "
+        r"\('downlaod' was unexpected\); allowed: .*download",
+    ):
         read_config(overlay, base=ROOT / "config.yaml")
     overlay.write_text("- pretrain\n")
     with pytest.raises(ConfigError, match=rf"^{overlay}: holds a list, not a mapping of config keys"):
@@ -208,8 +218,18 @@ def test_config_passes_check_config(path, tmp_path, wordnet_reader):
 def dry_run(workdir: Path, configfiles, env=None) -> subprocess.CompletedProcess:
     """``snakemake -n`` in ``workdir`` holding config.yaml (as in the checkout), the overlays on top."""
     shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-n",
-           "--configfile", *map(str, configfiles)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "-n",
+        "--configfile",
+        *map(str, configfiles),
+    ]
     environ = {k: v for k, v in os.environ.items() if k != "NEGATIVES_SKIP_DATA_CHECK"}
     environ.update(PYTHONPATH=str(ROOT / "src"), **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=environ)
@@ -260,11 +280,17 @@ def _pretrain_resources(out: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("layout, want", [
-    ({}, {"gpu=8", "mpi=srun", "nodes=1", "tasks_per_node=8", "cpus_per_task=4"}),
-    ({"processes": 4, "nodes": 2}, {"gpu=0", "gres=gpu:4", "mpi=srun", "nodes=2", "tasks_per_node=4",
-                                    "cpus_per_task=8"}),
-], ids=["8 GPUs", "2 nodes of 4"])
+@pytest.mark.parametrize(
+    "layout, want",
+    [
+        ({}, {"gpu=8", "mpi=srun", "nodes=1", "tasks_per_node=8", "cpus_per_task=4"}),
+        (
+            {"processes": 4, "nodes": 2},
+            {"gpu=0", "gres=gpu:4", "mpi=srun", "nodes=2", "tasks_per_node=4", "cpus_per_task=8"},
+        ),
+    ],
+    ids=["8 GPUs", "2 nodes of 4"],
+)
 def test_the_paper_config_asks_for_the_gpus_of_one_run(tmp_path, layout, want):
     """configs/imagenet-paper.yaml trains each run on 8 GPUs (MoCo v2's
     setting); processes 4 x nodes 2 asks SLURM for 2 machines of 4."""
@@ -287,10 +313,23 @@ def test_the_gpu_config_plans_figure_2_on_one_gpu(tmp_path):
     assert (entry["train_images"], entry["test_images"], entry["download"]) == (0, 0, False)
     assert cfg["pretrain"]["backbone"] == "resnet18" and cfg["pretrain"]["device"] == "cuda"
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "fig2",
-           "--configfile", str(ROOT / "configs" / "fashion-mnist-gpu.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "-n",
+        "fig2",
+        "--configfile",
+        str(ROOT / "configs" / "fashion-mnist-gpu.yaml"),
+    ]
     environ = {k: v for k, v in os.environ.items() if k != "NEGATIVES_SKIP_DATA_CHECK"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**environ, "PYTHONPATH": str(ROOT / "src")})
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**environ, "PYTHONPATH": str(ROOT / "src")}
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert job_table(out) == {"prepare": 1, "pretrain": 18, "random_init": 3, "evaluate": 21, "fig2": 1, "total": 44}

@@ -96,9 +96,13 @@ def test_device_all_smoke_on_the_bundle_in_a_fresh_environment(tmp_path):
         pytest.skip(f"PyPI is unreachable ({why}): device_bundle.sh downloads the wheels from it")
     wheels = tmp_path / "whl"
     pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    build = subprocess.run(["bash", str(BENCH / "device_bundle.sh"), "--python-version", pyver, "--dest", str(wheels),
-                            "--no-data"], env=clean_env(NEGATIVES_BUNDLE_PYTHON=sys.executable),
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        ["bash", str(BENCH / "device_bundle.sh"), "--python-version", pyver, "--dest", str(wheels), "--no-data"],
+        env=clean_env(NEGATIVES_BUNDLE_PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     assert "==> sizes: wheels" in build.stdout
     manifest = (wheels / "bundle.txt").read_text().splitlines()
@@ -114,11 +118,17 @@ def test_device_all_smoke_on_the_bundle_in_a_fresh_environment(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, env=clean_env())
     linked = expose(provided | {"pip", "pillow"}, tmp_path / "image")
     py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    ).stdout.strip()
     Path(purelib, "gpu_image.pth").write_text(f"{tmp_path / 'image'}\n")
-    probe = subprocess.run([str(py), "-c", "import torch, pandas, pip\nimport snakemake"],
-                           capture_output=True, text=True, env=clean_env())
+    probe = subprocess.run(
+        [str(py), "-c", "import torch, pandas, pip\nimport snakemake"], capture_output=True, text=True, env=clean_env()
+    )
     assert "No module named 'snakemake'" in probe.stderr, (linked, probe.stderr[-2000:])  # only through the bundle
 
     summary, out = smoke(tmp_path, py, wheels)
@@ -146,10 +156,19 @@ def smoke(tmp_path: Path, py: Path, wheels: Path) -> tuple[str, Path]:
 
     data = fake_fashion_mnist(tmp_path / "fmnist", n_train=1220, n_test=200)
     out = tmp_path / "out"
-    env = clean_env(NEGATIVES_GPU_PYTHON=str(py), NEGATIVES_WHEELS=str(wheels),
-                    NEGATIVES_GPU_SITE=str(tmp_path / "site"), NEGATIVES_FASHION_MNIST=str(data))
-    run = subprocess.run(["bash", str(BENCH / "device_all.sh"), "--smoke", str(out)],
-                         env=env, capture_output=True, text=True, timeout=1500)
+    env = clean_env(
+        NEGATIVES_GPU_PYTHON=str(py),
+        NEGATIVES_WHEELS=str(wheels),
+        NEGATIVES_GPU_SITE=str(tmp_path / "site"),
+        NEGATIVES_FASHION_MNIST=str(data),
+    )
+    run = subprocess.run(
+        ["bash", str(BENCH / "device_all.sh"), "--smoke", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else "(no summary.txt)"
     assert run.returncode == 0, summary + "\n--- output:\n" + run.stdout[-3000:] + run.stderr[-2000:]
     return summary, out
@@ -163,7 +182,8 @@ def check_smoke(summary: str, out: Path) -> None:
     assert re.search(r"^checks: ok \(exit 0\) in \d+ s", summary, re.M), summary
     assert re.search(r"^figure2: ok \(exit 0\) in \d+ s", summary, re.M), summary
     assert "cut after" not in summary and summary.rstrip().endswith(
-        "exit status: 0 (failed or cut: the bundle's install, the imports, the parts)")
+        "exit status: 0 (failed or cut: the bundle's install, the imports, the parts)"
+    )
     for ext in ("png", "pdf", "csv"):
         assert (out / f"fig2.{ext}").stat().st_size > 0
 
@@ -216,11 +236,21 @@ def test_a_part_that_overruns_is_cut_with_its_children_and_the_next_still_runs(t
     figure.write_text(FAKE_FIGURE.format())
     (tmp_path / "whl").mkdir()
     out = tmp_path / "out"
-    env = clean_env(NEGATIVES_GPU_PYTHON=sys.executable, NEGATIVES_WHEELS=str(tmp_path / "whl"),
-                    NEGATIVES_CHECKS_SCRIPT=str(slow), NEGATIVES_FIGURE_SCRIPT=str(figure), OUT=str(out))
+    env = clean_env(
+        NEGATIVES_GPU_PYTHON=sys.executable,
+        NEGATIVES_WHEELS=str(tmp_path / "whl"),
+        NEGATIVES_CHECKS_SCRIPT=str(slow),
+        NEGATIVES_FIGURE_SCRIPT=str(figure),
+        OUT=str(out),
+    )
     env.pop("NEGATIVES_GPU_SITE", None)
-    run = subprocess.run(["bash", str(BENCH / "device_all.sh"), "--checks-limit", "2", "--figure-limit", "60"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        ["bash", str(BENCH / "device_all.sh"), "--checks-limit", "2", "--figure-limit", "60"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     summary = (out / "summary.txt").read_text()
     assert run.returncode == 1, summary
     assert re.search(r"^checks: cut after [23] s \(limit 2 s\)$", summary, re.M), summary

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from conftest import ROOT, fake_fashion_mnist
 
 from negatives.grid import ANALYSES
-
-from conftest import ROOT, fake_fashion_mnist
 
 
 def tiny_config(tmp_path):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["datasets"]["fashion-mnist"].update(root=str(fake_fashion_mnist(tmp_path / "fmnist", 320, 100)),
-                                            train_images=300, test_images=100)
+    cfg["datasets"]["fashion-mnist"].update(
+        root=str(fake_fashion_mnist(tmp_path / "fmnist", 320, 100)), train_images=300, test_images=100
+    )
     cfg["seeds"] = [0, 1]
     cfg["pretrain"].update(epochs=1, batch_size=32, queue_size=128, width=4, dim=16, knn_monitor=100)
     cfg["evaluate"].update(fewshot_labels_per_class=2, knn_k=20)
@@ -39,8 +39,19 @@ def tiny_config(tmp_path):
 def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     cfg = tiny_config(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", "fig2", *ANALYSES]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "fig2",
+        *ANALYSES,
+    ]
     # the jobs call `python`: the interpreter running the tests
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -61,8 +72,9 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     assert probe["policy"] == "keep[95_100)" and probe["seed"] == 1 and 0 <= probe["knn_top1"] <= 100
 
     # the Section 4 analyses: the baseline runs, 100 queries x 120 negatives each
-    pairs = pd.read_parquet(tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed1" / "analysis"
-                            / "pairs.parquet")
+    pairs = pd.read_parquet(
+        tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed1" / "analysis" / "pairs.parquet"
+    )
     assert len(pairs) == 100 * 120
     for name in ANALYSES:
         for ext in ("pdf", "png", "csv"):
@@ -70,8 +82,18 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     fig4 = pd.read_csv(figures / "fig4.csv")
     assert set(fig4.group) == {"hardest 5%", "easiest 95%"} and (fig4.n == 2).all() and fig4.p_value.notna().all()
     tables = pd.read_csv(figures / "tables_a4_a6.csv")
-    assert set(tables.name_a) <= {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                                  "Sneaker", "Bag", "Ankle boot"}
+    assert set(tables.name_a) <= {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
 
     # a second invocation has nothing to do: nothing computed is redone
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, timeout=300, env=env)
@@ -88,14 +110,20 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
     # a damaged input (a truncated probe.json, a pairs table cut short) stops the workflow
     # before any job: the figures built from them keep their previous files
     built = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in figures.iterdir()}
-    for damaged in (run / "probe.json", tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed0"
-                    / "analysis" / "pairs.parquet"):
+    for damaged in (
+        run / "probe.json",
+        tmp_path / "results" / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed0" / "analysis" / "pairs.parquet",
+    ):
         intact = damaged.read_bytes()
         damaged.write_bytes(intact[: len(intact) // 2])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         out = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and f"{damaged.relative_to(tmp_path)} is damaged: {len(intact) // 2} bytes, but {len(intact)} were " \
-            "written" in out and "delete it and run the workflow again" in out, out[-3000:]
+        assert (
+            proc.returncode != 0
+            and f"{damaged.relative_to(tmp_path)} is damaged: {len(intact) // 2} bytes, but {len(intact)} were written"
+            in out
+            and "delete it and run the workflow again" in out
+        ), out[-3000:]
         assert "Building DAG" not in out and "Traceback" not in out, out[-3000:]
         assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in figures.iterdir()} == built
         damaged.write_bytes(intact)
@@ -104,8 +132,21 @@ def test_tiny_workflow_builds_fig2_and_the_analyses(tmp_path):
 def test_tiny_workflow_builds_fig3_table1_simclr_and_methods(tmp_path):
     cfg = tiny_config(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", "fig3", "table1", "simclr", "fig_methods"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "fig3",
+        "table1",
+        "simclr",
+        "fig_methods",
+    ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import ROOT
 from test_end_to_end import tiny_config
 
@@ -22,15 +21,31 @@ PRETRAINS = ("all", "keep[95_100)", "keep[0_95)")
 
 
 def _snakemake(tmp_path, *extra):
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-            "--profile", str(ROOT / "profiles" / "local"), "--cores", "1", "fig2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--profile",
+        str(ROOT / "profiles" / "local"),
+        "--cores",
+        "1",
+        "fig2",
+        *extra,
+    ]
 
 
 def _outputs(results: Path) -> dict[Path, int]:
     """Every finished file under results/ and its mtime (ns); last.pt and
     .tmp files are a run's working state, not outputs."""
-    return {p: p.stat().st_mtime_ns for p in results.rglob("*")
-            if p.is_file() and not p.name.startswith("last.") and not p.name.endswith(".tmp")}
+    return {
+        p: p.stat().st_mtime_ns
+        for p in results.rglob("*")
+        if p.is_file() and not p.name.startswith("last.") and not p.name.endswith(".tmp")
+    }
 
 
 def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
@@ -42,8 +57,14 @@ def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     runs = tmp_path / "results" / "fashion-mnist" / "moco"
 
-    first = subprocess.Popen(_snakemake(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env, start_new_session=True)
+    first = subprocess.Popen(
+        _snakemake(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     try:  # kill once snakemake has recorded a pretraining job as finished
         for line in first.stdout:
@@ -72,13 +93,19 @@ def test_a_killed_workflow_reruns_only_what_was_unfinished(tmp_path):
     ran = collections.Counter(re.findall(r"^(?:local)?rule (\w+):$", log, re.M))
     probes = [runs / f"{p}/t0.2/seed0/probe.json" for p in PRETRAINS] + [runs / "random-init/seed0/probe.json"]
     data = tmp_path / "results" / "data" / "fashion-mnist" / "data.pt"
-    assert ran == collections.Counter({
-        "prepare": data not in finished,
-        "random_init": runs / "random-init/seed0/checkpoint.pt" not in finished,
-        "pretrain": len(PRETRAINS) - len(done),
-        "evaluate": sum(p not in finished for p in probes),
-        "fig2": 1,
-    }) - collections.Counter(), log[-3000:]
+    assert (
+        ran
+        == collections.Counter(
+            {
+                "prepare": data not in finished,
+                "random_init": runs / "random-init/seed0/checkpoint.pt" not in finished,
+                "pretrain": len(PRETRAINS) - len(done),
+                "evaluate": sum(p not in finished for p in probes),
+                "fig2": 1,
+            }
+        )
+        - collections.Counter()
+    ), log[-3000:]
 
 
 def test_changing_speed_only_settings_over_finished_runs_retrains_nothing(tmp_path):
@@ -91,8 +118,18 @@ def test_changing_speed_only_settings_over_finished_runs_retrains_nothing(tmp_pa
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     target = "results/fashion-mnist/moco/all/t0.2/seed0/probe.json"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "1", target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "1",
+        target,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     cfg["evaluate"]["threads"] = 2

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
+from test_bad_inputs import TINY, _snapshot, files  # noqa: F401 -- the shared prepared data and finished run
 
 from negatives.runtime.atomic import verify
-
-from conftest import ROOT
-
-from test_bad_inputs import TINY, _snapshot, files  # noqa: F401 -- the shared prepared data and finished run
 
 
 def _figure_inputs(out: Path) -> list[str]:
@@ -31,8 +29,11 @@ def _figure_inputs(out: Path) -> list[str]:
     from test_knn_and_probe_records import _probe, _write
 
     (out / "probes").mkdir(exist_ok=True)
-    paths = [_write(out / "probes", f"{policy}-{seed}.json", _probe(policy=policy, seed=seed))
-             for policy in ("all", "keep[95_100)") for seed in (0, 1)]
+    paths = [
+        _write(out / "probes", f"{policy}-{seed}.json", _probe(policy=policy, seed=seed))
+        for policy in ("all", "keep[95_100)")
+        for seed in (0, 1)
+    ]
     untrained = {**_probe(policy="random-init"), "epochs": 0, "temperature": None}
     return [*map(str, paths), str(_write(out / "probes", "random-init.json", untrained))]
 
@@ -44,30 +45,90 @@ def _jobs(root: Path, data: Path, out: Path) -> dict[str, tuple[list[str], Path]
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["figures"]["fig2"] = {"segments": ["keep[95_100)"], "easiest": []}
     return {
-        "figure": (lambda: ["figure", "fig2", "--probes", *_figure_inputs(out), "--config-json", json.dumps(cfg),
-                            "--out", str(out / "figures" / "fig2")], out / "figures" / "fig2.png"),
-        "prepare": (["prepare", "--dataset", "fashion-mnist", "--root", str(root.parent / f"{root.name}-source"),
-                     "--out", str(out / "data")], out / "data" / "data.pt"),
-        "init": (["init", "--data", str(data), "--seed", "0", "--settings", json.dumps(TINY), "--out",
-                  str(out / "init")], out / "init" / "checkpoint.pt"),
-        "evaluate": (["evaluate", "--data", str(data), "--checkpoint", checkpoint, "--settings",
-                      json.dumps({"knn_k": 5, "fewshot_labels_per_class": 1}), "--out", str(out / "probe.json")],
-                     out / "probe.json"),
-        "similarity": (["similarity", "--classes", str(root / "data" / "classes.tsv"), "--out",
-                        str(out / "similarity.tsv")], out / "similarity.tsv"),
-        "analyze": (["analyze", "--data", str(data), "--checkpoint", checkpoint, "--similarity",
-                     str(root / "data" / "similarity.tsv"), "--settings", json.dumps({"queries": 20, "negatives": 20}),
-                     "--out", str(out / "pairs.parquet")], out / "pairs.parquet"),
+        "figure": (
+            lambda: [
+                "figure",
+                "fig2",
+                "--probes",
+                *_figure_inputs(out),
+                "--config-json",
+                json.dumps(cfg),
+                "--out",
+                str(out / "figures" / "fig2"),
+            ],
+            out / "figures" / "fig2.png",
+        ),
+        "prepare": (
+            [
+                "prepare",
+                "--dataset",
+                "fashion-mnist",
+                "--root",
+                str(root.parent / f"{root.name}-source"),
+                "--out",
+                str(out / "data"),
+            ],
+            out / "data" / "data.pt",
+        ),
+        "init": (
+            ["init", "--data", str(data), "--seed", "0", "--settings", json.dumps(TINY), "--out", str(out / "init")],
+            out / "init" / "checkpoint.pt",
+        ),
+        "evaluate": (
+            [
+                "evaluate",
+                "--data",
+                str(data),
+                "--checkpoint",
+                checkpoint,
+                "--settings",
+                json.dumps({"knn_k": 5, "fewshot_labels_per_class": 1}),
+                "--out",
+                str(out / "probe.json"),
+            ],
+            out / "probe.json",
+        ),
+        "similarity": (
+            ["similarity", "--classes", str(root / "data" / "classes.tsv"), "--out", str(out / "similarity.tsv")],
+            out / "similarity.tsv",
+        ),
+        "analyze": (
+            [
+                "analyze",
+                "--data",
+                str(data),
+                "--checkpoint",
+                checkpoint,
+                "--similarity",
+                str(root / "data" / "similarity.tsv"),
+                "--settings",
+                json.dumps({"queries": 20, "negatives": 20}),
+                "--out",
+                str(out / "pairs.parquet"),
+            ],
+            out / "pairs.parquet",
+        ),
     }
 
 
 def _run(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "negatives", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "negatives", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
-@pytest.mark.parametrize("job", ["prepare", "evaluate", *(pytest.param(j, marks=pytest.mark.slow)
-                                                         for j in ("init", "similarity", "analyze", "figure"))])
+@pytest.mark.parametrize(
+    "job",
+    [
+        "prepare",
+        "evaluate",
+        *(pytest.param(j, marks=pytest.mark.slow) for j in ("init", "similarity", "analyze", "figure")),
+    ],
+)
 def test_a_job_killed_at_any_moment_leaves_no_partial_output_and_runs_again(files, tmp_path, job):  # noqa: F811
     root, data = files
     argv, output = _jobs(root, Path(data), tmp_path)[job]
@@ -84,11 +145,11 @@ def test_a_job_killed_at_any_moment_leaves_no_partial_output_and_runs_again(file
         time.sleep(fraction * took)
         killed.send_signal(sig)
         status = killed.wait(timeout=120)
-        assert status in (0, -sig), (status, killed.stderr.read())      # finished first, or killed
-        for written in output.parent.iterdir():                         # what a reader would take: whole
+        assert status in (0, -sig), (status, killed.stderr.read())  # finished first, or killed
+        for written in output.parent.iterdir():  # what a reader would take: whole
             if written.is_file() and not written.name.startswith("."):  # (a SIGKILL may leave a hidden,
-                verify(written, job, "run it again")                    # per-process .tmp, never read)
-        assert _snapshot(root) == before                                # nothing else touched
+                verify(written, job, "run it again")  # per-process .tmp, never read)
+        assert _snapshot(root) == before  # nothing else touched
         for p in list(output.parent.iterdir()):
             if p.is_file():
                 p.unlink()

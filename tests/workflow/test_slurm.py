@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
 from test_end_to_end import tiny_config
 
@@ -53,8 +52,11 @@ def cluster(tmp_path_factory):
     pids = []
     try:
         start = subprocess.run([str(SCRIPT), "start", str(directory)], capture_output=True, text=True, timeout=900)
-        pids = [int(line.split()[1]) for line in (directory / "pids").read_text().splitlines()] \
-            if (directory / "pids").exists() else []
+        pids = (
+            [int(line.split()[1]) for line in (directory / "pids").read_text().splitlines()]
+            if (directory / "pids").exists()
+            else []
+        )
         assert start.returncode == 0, start.stderr[-3000:]
         yield directory / "slurm.conf"
     finally:
@@ -66,13 +68,30 @@ def cluster(tmp_path_factory):
 def _snakemake(cluster, directory, targets, pretrain_resources):
     """``snakemake --profile slurm`` on the test cluster; the time it started, for sacct."""
     light = "mem_mb=1000 slurm_partition=ci"
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--directory", str(directory), *targets,
-           # the test site: its partitions and account, and small jobs on a small node
-           "--default-resources", "slurm_partition=ci", "slurm_account=negatives", "mem_mb=1000",
-           "--set-resources", *[f"{rule}:{kv}" for rule in ("prepare", "random_init", "evaluate")
-                                for kv in light.split()],
-           *[f"pretrain:{kv}" for kv in pretrain_resources],
-           "--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "slurm",
+        "--directory",
+        str(directory),
+        *targets,
+        # the test site: its partitions and account, and small jobs on a small node
+        "--default-resources",
+        "slurm_partition=ci",
+        "slurm_account=negatives",
+        "mem_mb=1000",
+        "--set-resources",
+        *[f"{rule}:{kv}" for rule in ("prepare", "random_init", "evaluate") for kv in light.split()],
+        *[f"pretrain:{kv}" for kv in pretrain_resources],
+        "--jobs",
+        "4",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--seconds-between-status-checks",
+        "2",
+    ]
     env = _env(cluster)
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
@@ -81,8 +100,11 @@ def _snakemake(cluster, directory, targets, pretrain_resources):
 
 
 def _env(cluster):
-    return {**os.environ, "SLURM_CONF": str(cluster),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/sbin{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "SLURM_CONF": str(cluster),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/sbin{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def test_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
@@ -98,8 +120,13 @@ def test_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
     assert not list((tmp_path / "results").rglob("last*.pt"))
 
     # every job went through sbatch, and accounting saw it finish
-    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "--starttime", started, "-o", "JobID,Comment,State,AllocTRES,Partition"],
-                           capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    sacct = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "--starttime", started, "-o", "JobID,Comment,State,AllocTRES,Partition"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.splitlines()
     jobs = [line.split("|") for line in sacct if line]
     rules = {}
     for _, comment, state, tres, partition in jobs:
@@ -122,11 +149,16 @@ def test_a_run_of_two_processes_is_one_job_of_two_srun_tasks(cluster, tmp_path):
     started = _snakemake(cluster, tmp_path, [target], ["mem_mb=3000"])
     run = torch.load(tmp_path / target, weights_only=False)
     assert run["meta"]["settings"]["processes"] == 2 and len(run["log"]) == 1
-    sacct = subprocess.run(["sacct", "-n", "-P", "--starttime", started, "-o", "JobID,Comment,NTasks,State"],
-                           capture_output=True, text=True, env=_env(cluster), check=True).stdout.splitlines()
+    sacct = subprocess.run(
+        ["sacct", "-n", "-P", "--starttime", started, "-o", "JobID,Comment,NTasks,State"],
+        capture_output=True,
+        text=True,
+        env=_env(cluster),
+        check=True,
+    ).stdout.splitlines()
     rows = [line.split("|") for line in sacct if line]
     job = next(jid for jid, comment, _, _ in rows if comment.startswith("rule_pretrain"))
     steps = {jid: (tasks, state) for jid, _, tasks, state in rows if jid.startswith(f"{job}.")}
-    trained = [s for jid, s in steps.items() if jid.split(".")[1].isdigit()]   # srun's steps, not batch or extern
+    trained = [s for jid, s in steps.items() if jid.split(".")[1].isdigit()]  # srun's steps, not batch or extern
     assert trained == [("2", "COMPLETED")], rows
     assert all(state == "COMPLETED" for _, state in steps.values()), rows

@@ -15,11 +15,10 @@ from types import SimpleNamespace
 import jinja2
 import pytest
 import yaml
+from conftest import fake_fashion_mnist
 
 from negatives import grid
 from negatives.policies import PolicyError
-
-from conftest import fake_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEFILE = ROOT / "Snakefile"
@@ -72,8 +71,7 @@ def test_analysis_figures_use_the_baseline_runs():
     cfg.update(temperatures=[0.07, 0.2], seeds=[0, 1])
     for figure in grid.ANALYSES:
         runs = grid.runs_for(cfg, figure)
-        assert {(r.policy, r.temperature, r.seed) for r in runs} == {
-            ("all", t, s) for t in (0.07, 0.2) for s in (0, 1)}
+        assert {(r.policy, r.temperature, r.seed) for r in runs} == {("all", t, s) for t in (0.07, 0.2) for s in (0, 1)}
         pairs = grid.figure_pairs(cfg, figure)
         assert pairs == [f"{r.dir()}/analysis/pairs.parquet" for r in runs]
         extra = ["results/data/fashion-mnist/wordnet_similarity.tsv"] if figure == "tables_a4_a6" else []
@@ -106,8 +104,10 @@ def test_fig2_caption_renders():
     assert f"**{cfg['pretrain']['epochs']}** epochs" in out
 
 
-@pytest.mark.parametrize("figure,paper", [("fig4", "p = 5.1e-7"), ("fig5", "easiest ~50%"),
-                                          ("fig6", "broader"), ("tables_a4_a6", "breeds of dog")])
+@pytest.mark.parametrize(
+    "figure,paper",
+    [("fig4", "p = 5.1e-7"), ("fig5", "easiest ~50%"), ("fig6", "broader"), ("tables_a4_a6", "breeds of dog")],
+)
 def test_analysis_captions_render_setting_and_paper(figure, paper):
     cfg = default_config()
     cfg["figures"]["fig4"]["hard_cut"] = 99.9
@@ -138,8 +138,18 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subproce
     if config is not None:
         (workdir / "extra.yaml").write_text(yaml.safe_dump(config))
         configfiles.append(str(workdir / "extra.yaml"))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
-           "--configfile", *configfiles, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "-d",
+        str(workdir),
+        "--configfile",
+        *configfiles,
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -160,8 +170,14 @@ def expected_jobs(cfg: dict, figures) -> Counter:
             probes.update(grid.figure_probes(cfg, figure))
     random_init = {p for p in probes if "/random-init/" in p}
     assert len(random_init) == (len(cfg["seeds"]) if probes else 0)
-    counts = Counter(prepare=1, pretrain=len(trained), random_init=len(random_init), evaluate=len(probes),
-                     analyze=len(pairs), similarity=1 if pairs else 0)
+    counts = Counter(
+        prepare=1,
+        pretrain=len(trained),
+        random_init=len(random_init),
+        evaluate=len(probes),
+        analyze=len(pairs),
+        similarity=1 if pairs else 0,
+    )
     counts.update({figure: 1 for figure in figures})
     return +counts  # without the zeros
 
@@ -179,7 +195,10 @@ def test_dry_run_all_plans_every_figure(workdir):
     # matrix, one job per figure
     assert expected["pretrain"] == 69 and expected["evaluate"] == 72
     assert expected["analyze"] == 3 and expected["similarity"] == 1
-    assert all(expected[f] == 1 for f in ("fig2", "fig3", "table1", "simclr", "fig_methods", "fig4", "fig5", "fig6", "tables_a4_a6"))
+    assert all(
+        expected[f] == 1
+        for f in ("fig2", "fig3", "table1", "simclr", "fig_methods", "fig4", "fig5", "fig6", "tables_a4_a6")
+    )
 
 
 def test_dry_run_fig2_and_its_commands(workdir):
@@ -208,8 +227,10 @@ def test_dry_run_analysis_figures_and_their_commands(workdir):
     assert f"python -m negatives similarity --classes results/data/fashion-mnist/classes.tsv --out {sim} >" in out
     run = "results/fashion-mnist/moco/all/t0.2/seed2"
     settings = json.dumps(cfg["analysis"], sort_keys=True)
-    assert (f"python -m negatives analyze --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
-            f" --similarity {sim} --settings '{settings}' --jobs-per-gpu 1 --out {run}/analysis/pairs.parquet >") in out
+    assert (
+        f"python -m negatives analyze --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
+        f" --similarity {sim} --settings '{settings}' --jobs-per-gpu 1 --out {run}/analysis/pairs.parquet >"
+    ) in out
     assert f"{run}/analysis/pairs.parquet {sim} --out results/figures/tables_a4_a6 >" in out
     assert "python -m negatives figure fig4 --config-json '{" in out
 
@@ -266,24 +287,43 @@ def test_speed_only_settings_stay_out_of_the_jobs_params(workdir):
     encoder they do not change."""
     lines = {}
     for value in (False, True):
-        res = snakemake(workdir, "-n", "-p", "--cores", "4", "fig2",
-                        config={"pretrain": {"compile": value, "threads": 1 + value, "processes": 1 + value},
-                                "evaluate": {"threads": 1 + value}, "jobs_per_gpu": 1 if value else 3})
+        res = snakemake(
+            workdir,
+            "-n",
+            "-p",
+            "--cores",
+            "4",
+            "fig2",
+            config={
+                "pretrain": {"compile": value, "threads": 1 + value, "processes": 1 + value},
+                "evaluate": {"threads": 1 + value},
+                "jobs_per_gpu": 1 if value else 3,
+            },
+        )
         out = res.stdout + res.stderr
         assert res.returncode == 0, out
-        lines[value] = {rule: [line for line in out.splitlines() if f"python -m negatives {rule} " in line]
-                        for rule in ("pretrain", "init", "evaluate")}
+        lines[value] = {
+            rule: [line for line in out.splitlines() if f"python -m negatives {rule} " in line]
+            for rule in ("pretrain", "init", "evaluate")
+        }
         assert all(lines[value].values()), out[-3000:]
         assert all(f"--jobs-per-gpu {1 if value else 3} --out" in line for line in lines[value]["pretrain"])
         assert all(f"--threads {1 + value} --jobs-per-gpu" in line for line in lines[value]["evaluate"])
         assert not any("--threads" in line or "--compile" in line for line in lines[value]["pretrain"])
-    settings = {rule: [[re.search(r"--settings '(\{.*?\})'", line)[1] for line in lines[v][rule]] for v in (False, True)]
-                for rule in ("pretrain", "init", "evaluate")}
+    settings = {
+        rule: [[re.search(r"--settings '(\{.*?\})'", line)[1] for line in lines[v][rule]] for v in (False, True)]
+        for rule in ("pretrain", "init", "evaluate")
+    }
     assert settings["init"][0] == settings["init"][1] and settings["evaluate"][0] == settings["evaluate"][1]
     assert all('"threads"' not in s for s in settings["evaluate"][0] + settings["init"][0])
     for value in (False, True):
-        assert all(f'"compile": {str(value).lower()}' in s and f'"threads": {1 + value}' in s
-                   and f'"processes": {1 + value}' in s and '"nodes": 1' in s for s in settings["pretrain"][value])
+        assert all(
+            f'"compile": {str(value).lower()}' in s
+            and f'"threads": {1 + value}' in s
+            and f'"processes": {1 + value}' in s
+            and '"nodes": 1' in s
+            for s in settings["pretrain"][value]
+        )
 
 
 def test_config_file_traps_are_named_or_read_right(workdir):
@@ -293,8 +333,11 @@ def test_config_file_traps_are_named_or_read_right(workdir):
     (workdir / "config.yaml").write_text(base + "\npretrain:\n  epochs: 9\n")
     res = snakemake(workdir, "-n", "fig2")
     out = res.stdout + res.stderr
-    assert res.returncode != 0 and re.search(r"config\.yaml:\d+:1: key 'pretrain' appears twice in one mapping "
-                                             r"\(first on line \d+\)", out), out[-2000:]
+    assert res.returncode != 0 and re.search(
+        r"config\.yaml:\d+:1: key 'pretrain' appears twice in one mapping "
+        r"\(first on line \d+\)",
+        out,
+    ), out[-2000:]
     (workdir / "config.yaml").write_text(base.replace("  lr: 0.06 ", "  lr: [0.06 ", 1))
     res = snakemake(workdir, "-n", "fig2")
     out = res.stdout + res.stderr

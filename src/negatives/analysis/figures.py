@@ -17,6 +17,20 @@ from .hardness_figures import fig4, fig5, fig6, load_analyses, tables_a4_a6
 from .plotting import EVALUATIONS, RANDOM_INIT, load_probes, summarize
 from .probe_figures import against_baseline, fig2, fig3, fig_methods, simclr, table1
 
-__all__ = ["EVALUATIONS", "RANDOM_INIT", "load_probes", "summarize", "fig2", "against_baseline", "fig3", "table1",
-           "simclr", "fig_methods", "load_analyses", "fig4", "fig5", "fig6", "tables_a4_a6"]
-
+__all__ = [
+    "EVALUATIONS",
+    "RANDOM_INIT",
+    "load_probes",
+    "summarize",
+    "fig2",
+    "against_baseline",
+    "fig3",
+    "table1",
+    "simclr",
+    "fig_methods",
+    "load_analyses",
+    "fig4",
+    "fig5",
+    "fig6",
+    "tables_a4_a6",
+]

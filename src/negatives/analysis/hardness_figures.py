@@ -25,12 +25,24 @@ __all__ = ["PAIRS_COLUMNS", "MEASURES", "load_analyses", "fig4", "fig5", "fig6",
 # std with ddof=1, n), one group per temperature.
 
 #: the pairs columns these figures read
-PAIRS_COLUMNS = ("query", "negative", "query_label", "negative_label", "difficulty", "percentile",
-                 "same_class", "wordnet", "temperature", "run_seed")
+PAIRS_COLUMNS = (
+    "query",
+    "negative",
+    "query_label",
+    "negative_label",
+    "difficulty",
+    "percentile",
+    "same_class",
+    "wordnet",
+    "temperature",
+    "run_seed",
+)
 #: pairs column -> (panel title, axis label) in figures 4 and 5
-MEASURES = {"same_class": ("shared labels", "P(same class as the query)"),
-            "wordnet": ("WordNet similarity", "depth of the lowest common hypernym\n(higher: more similar)"),
-            "difficulty": ("dot product", "mean dot product (cosine)")}
+MEASURES = {
+    "same_class": ("shared labels", "P(same class as the query)"),
+    "wordnet": ("WordNet similarity", "depth of the lowest common hypernym\n(higher: more similar)"),
+    "difficulty": ("dot product", "mean dot product (cosine)"),
+}
 
 
 def load_analyses(paths) -> tuple[pd.DataFrame, list[str] | None]:
@@ -65,10 +77,11 @@ def _runs(pairs: pd.DataFrame, figure: str) -> list[tuple[float, int, pd.DataFra
 
 def _over_seeds(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean, std (ddof=1; NaN for one seed) and n of ``value`` over seeds, per ``keys`` (in order of appearance)."""
-    return (per_seed.groupby(keys, sort=False, dropna=False)["value"]
-            .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index())
-
-
+    return (
+        per_seed.groupby(keys, sort=False, dropna=False)["value"]
+        .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count")
+        .reset_index()
+    )
 
 
 def _binned(bins: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
@@ -87,11 +100,8 @@ def _setting(pairs: pd.DataFrame, runs) -> str:
     return " / ".join([*parts, f"{g['query'].nunique()} queries x {g['negative'].nunique()} negatives"])
 
 
-
-
-
-
 # ------------------------------------------------------------------ figure 4
+
 
 def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFrame:
     """Paper Figure 4: the hardest ``100 - hard_cut`` % of each query's negatives
@@ -109,12 +119,22 @@ def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFram
             v = g[col].to_numpy(np.float64)
             for is_hard, group in groups.items():
                 sel = v[hard == is_hard]
-                rows.append(dict(panel=panel, measure=col, temperature=t, group=group, seed=seed,
-                                 value=sel.mean() if sel.size else np.nan))
+                rows.append(
+                    dict(
+                        panel=panel,
+                        measure=col,
+                        temperature=t,
+                        group=group,
+                        seed=seed,
+                        value=sel.mean() if sel.size else np.nan,
+                    )
+                )
     per_seed = pd.DataFrame(rows)
     table = _over_seeds(per_seed, ["panel", "measure", "temperature", "group"])
-    p = {k: ttest_p(d.value[d.group == groups[True]], d.value[d.group == groups[False]])
-         for k, d in per_seed.groupby(["panel", "temperature"])}
+    p = {
+        k: ttest_p(d.value[d.group == groups[True]], d.value[d.group == groups[False]])
+        for k, d in per_seed.groupby(["panel", "temperature"])
+    }
     table["p_value"] = [p[k] for k in zip(table.panel, table.temperature)]
 
     temps = sorted(table.temperature.unique())
@@ -127,8 +147,7 @@ def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFram
         for k, t in enumerate(temps):
             d = table[(table.panel == panel) & (table.temperature == t)].set_index("group").reindex(groups.values())
             x = np.arange(2) + (k - (len(temps) - 1) / 2) * width
-            ax.bar(x, d["mean"], width * 0.9, yerr=d["std"].fillna(0), capsize=4, color=colours[t],
-                   label=f"t={t:g}")
+            ax.bar(x, d["mean"], width * 0.9, yerr=d["std"].fillna(0), capsize=4, color=colours[t], label=f"t={t:g}")
             text.append((f"t={t:g}: " if len(temps) > 1 else "") + p_text(d.p_value.iloc[0]))
         ax.text(0.5, 0.97, "\n".join(text), transform=ax.transAxes, ha="center", va="top", fontsize=9)
         top = (table["mean"] + table["std"].fillna(0))[table.panel == panel].max()
@@ -137,13 +156,17 @@ def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFram
         ax.set_title(f"({panel}) {MEASURES[col][0]}", fontsize=10)
         ax.set_ylabel(MEASURES[col][1], fontsize=9)
     axes[0].legend(fontsize=8, title="temperature", title_fontsize=8, loc="upper left")
-    fig.suptitle(f"Figure 4 - {_setting(pairs, runs)}\nhard vs easy negatives: mean $\\pm$ std over "
-                 f"{seed_range(table)} seeds, unpaired t-test across seeds", fontsize=10)
+    fig.suptitle(
+        f"Figure 4 - {_setting(pairs, runs)}\nhard vs easy negatives: mean $\\pm$ std over "
+        f"{seed_range(table)} seeds, unpaired t-test across seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     return write_figure(fig, table, out_prefix)
 
 
 # ------------------------------------------------------------------ figure 5
+
 
 def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.DataFrame:
     """Paper Figure 5, by decile of difficulty (percentile [0,10), ..., [90,100)):
@@ -169,8 +192,19 @@ def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.D
                 parts.append(("a inset", "inset", _binned(inset, n_inset, v[easiest])))
             for name, kind, means in parts:
                 e = edges[kind]
-                rows += [dict(panel=name, measure=col, temperature=t, x=f"{fmt_pct(e[i])}-{fmt_pct(e[i + 1])}%",
-                              lo=e[i], hi=e[i + 1], seed=seed, value=m) for i, m in enumerate(means)]
+                rows += [
+                    dict(
+                        panel=name,
+                        measure=col,
+                        temperature=t,
+                        x=f"{fmt_pct(e[i])}-{fmt_pct(e[i + 1])}%",
+                        lo=e[i],
+                        hi=e[i + 1],
+                        seed=seed,
+                        value=m,
+                    )
+                    for i, m in enumerate(means)
+                ]
     table = _over_seeds(pd.DataFrame(rows), ["panel", "measure", "temperature", "x", "lo", "hi"])
 
     temps = sorted(table.temperature.unique())
@@ -182,12 +216,23 @@ def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.D
     for ax, panel in ((axes[0], "a"), (axes[1], "b"), (axes[2], "c"), (inset_ax, "a inset")):
         for t in temps:
             d = table[(table.panel == panel) & (table.temperature == t)]
-            ax.errorbar(np.arange(len(d)), d["mean"], yerr=d["std"], color=colours[t], marker=markers[t],
-                        capsize=3, ms=4 if panel != "a inset" else 3, label=f"t={t:g}")
+            ax.errorbar(
+                np.arange(len(d)),
+                d["mean"],
+                yerr=d["std"],
+                color=colours[t],
+                marker=markers[t],
+                capsize=3,
+                ms=4 if panel != "a inset" else 3,
+                label=f"t={t:g}",
+            )
         labels = list(d.x)
         if panel == "a inset":
-            ax.set_xticks(range(len(labels)), [lab if i in (0, len(labels) - 1) else "" for i, lab in
-                                               enumerate(labels)], fontsize=7)
+            ax.set_xticks(
+                range(len(labels)),
+                [lab if i in (0, len(labels) - 1) else "" for i, lab in enumerate(labels)],
+                fontsize=7,
+            )
             ax.tick_params(labelsize=7)
             ax.set_title(f"easiest 10% in bins of {fmt_pct(inset_percentile)}%", fontsize=7)
             continue
@@ -202,13 +247,16 @@ def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.D
         axes[0].set_ylim(lo - 0.05 * (hi - lo) - 1e-3, hi + 1.3 * (hi - lo) + 1e-3)
     axes[2].axhline(0, color="0.4", lw=0.8)
     axes[2].legend(fontsize=8, title="temperature", title_fontsize=8)
-    fig.suptitle(f"Figure 5 - {_setting(pairs, runs)}: by decile of difficulty, mean $\\pm$ std over "
-                 f"{seed_range(table)} seeds", fontsize=10)
+    fig.suptitle(
+        f"Figure 5 - {_setting(pairs, runs)}: by decile of difficulty, mean $\\pm$ std over {seed_range(table)} seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     return write_figure(fig, table, out_prefix)
 
 
 # ------------------------------------------------------------------ figure 6
+
 
 def _matrices(g: pd.DataFrame, *cols: str) -> list[torch.Tensor]:
     """``[Q, N]`` float32 tensor of each column (queries and negatives in id order); every pair exactly once."""
@@ -216,8 +264,10 @@ def _matrices(g: pd.DataFrame, *cols: str) -> list[torch.Tensor]:
     ni, ns = pd.factorize(g["negative"], sort=True)
     flat = qi.astype(np.int64) * len(ns) + ni
     if len(g) != len(qs) * len(ns) or np.bincount(flat, minlength=len(g)).max() != 1:
-        raise ValueError(f"figure 6 needs every (query, negative) pair once: {len(g)} rows for "
-                         f"{len(qs)} queries x {len(ns)} negatives")
+        raise ValueError(
+            f"figure 6 needs every (query, negative) pair once: {len(g)} rows for "
+            f"{len(qs)} queries x {len(ns)} negatives"
+        )
     out = []
     for col in cols:
         m = np.empty(len(qs) * len(ns), np.float32)
@@ -257,20 +307,42 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
     top = max(c.max() for *_, c in freqs)
     width = max(1, int(np.ceil((top + 1) / 40)))  # about 40 bins of whole counts of queries
     lo = np.arange(0, top + 1, width)
-    hi = np.minimum(lo + width - 1, top)            # a bin holds counts lo..hi
+    hi = np.minimum(lo + width - 1, top)  # a bin holds counts lo..hi
     rows = []
     for t, seed, model, counts in freqs:
         share = np.bincount(counts // width, minlength=len(lo)) * 100.0 / len(counts)
-        rows += [dict(panel="histogram", measure="% of negatives", temperature=t, model=model,
-                      x=(a + b) / 2 * 100 / q, lo=a * 100 / q, hi=b * 100 / q, seed=seed, value=v)
-                 for a, b, v in zip(lo, hi, share)]
+        rows += [
+            dict(
+                panel="histogram",
+                measure="% of negatives",
+                temperature=t,
+                model=model,
+                x=(a + b) / 2 * 100 / q,
+                lo=a * 100 / q,
+                hi=b * 100 / q,
+                seed=seed,
+                value=v,
+            )
+            for a, b, v in zip(lo, hi, share)
+        ]
         pct = counts * 100.0 / q
-        rows += [dict(panel="spread", measure=f"{name} over negatives (% of queries)", temperature=t, model=model,
-                      seed=seed, value=float(f(pct))) for name, f in (("mean", np.mean), ("std", np.std))]
+        rows += [
+            dict(
+                panel="spread",
+                measure=f"{name} over negatives (% of queries)",
+                temperature=t,
+                model=model,
+                seed=seed,
+                value=float(f(pct)),
+            )
+            for name, f in (("mean", np.mean), ("std", np.std))
+        ]
     per_seed = pd.DataFrame(rows)
     table = _over_seeds(per_seed, ["panel", "measure", "temperature", "model", "x", "lo", "hi"])
     spread = per_seed[per_seed.measure == "std over negatives (% of queries)"]
-    p = {t: ttest_p(d.value[d.model == "trained"], d.value[d.model == "null"]) for t, d in spread.groupby("temperature")}
+    p = {
+        t: ttest_p(d.value[d.model == "trained"], d.value[d.model == "null"]) for t, d in spread.groupby("temperature")
+    }
     table["p_value"] = np.where(table.measure.str.startswith("std"), table.temperature.map(p), np.nan)
 
     temps = sorted(table.temperature.unique())
@@ -289,14 +361,25 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
             text.append(f"{model} {sp['mean']:.2f}" + ("" if np.isnan(sp["std"]) else f" $\\pm$ {sp['std']:.2f}"))
         text.append(p_text(p[t]))
         ax.axvline(100 - hard_cut, color="0.4", ls=":", lw=1)
-        ax.text(0.97, 0.95, "\n".join(text), transform=ax.transAxes, ha="right", va="top", fontsize=9,
-                bbox=dict(facecolor="white", alpha=0.85, edgecolor="0.7"))
+        ax.text(
+            0.97,
+            0.95,
+            "\n".join(text),
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=9,
+            bbox=dict(facecolor="white", alpha=0.85, edgecolor="0.7"),
+        )
         ax.set_xlabel(f"% of queries for which the negative is in their hardest {fmt_pct(100 - hard_cut)}%", fontsize=9)
         ax.set_ylabel("% of negatives", fontsize=9)
         ax.set_title(f"t={t:g}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"Figure 6 - {_setting(pairs, runs)}\nhow often each negative is hard: per seed, "
-                 f"mean $\\pm$ std over {seed_range(table)} seeds", fontsize=10)
+    fig.suptitle(
+        f"Figure 6 - {_setting(pairs, runs)}\nhow often each negative is hard: per seed, "
+        f"mean $\\pm$ std over {seed_range(table)} seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     return write_figure(fig, table, out_prefix)
 
@@ -304,9 +387,11 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
 # ------------------------------------------------------------------ tables A4-A6
 
 #: table -> (title, sort key of the mean dot product; smallest first)
-TABLES = {"A4": ("most anti-correlated class pairs", lambda m: m),
-          "A5": ("most correlated class pairs", lambda m: -m),
-          "A6": ("most orthogonal class pairs", lambda m: m.abs())}
+TABLES = {
+    "A4": ("most anti-correlated class pairs", lambda m: m),
+    "A5": ("most correlated class pairs", lambda m: -m),
+    "A6": ("most orthogonal class pairs", lambda m: m.abs()),
+}
 
 
 def _both_ways(sums: np.ndarray, c: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -333,37 +418,68 @@ def tables_a4_a6(pairs: pd.DataFrame, out_prefix, rows: int = 5, class_names=Non
     for t, seed, g in runs:
         flat = g["query_label"].to_numpy(np.int64) * c + g["negative_label"].to_numpy(np.int64)
         k = _both_ways(np.bincount(flat, minlength=c * c), c, a, b)
-        dot, wordnet = (_both_ways(np.bincount(flat, weights=g[col].to_numpy(np.float64), minlength=c * c), c, a, b)
-                        / np.maximum(k, 1) for col in ("difficulty", "wordnet"))
-        per_seed.append(pd.DataFrame(dict(temperature=t, class_a=a, class_b=b, wordnet=wordnet, seed=seed,
-                                          value=dot))[k > 0])
+        dot, wordnet = (
+            _both_ways(np.bincount(flat, weights=g[col].to_numpy(np.float64), minlength=c * c), c, a, b)
+            / np.maximum(k, 1)
+            for col in ("difficulty", "wordnet")
+        )
+        per_seed.append(
+            pd.DataFrame(dict(temperature=t, class_a=a, class_b=b, wordnet=wordnet, seed=seed, value=dot))[k > 0]
+        )
     per_seed = pd.concat(per_seed, ignore_index=True)
     stats = _over_seeds(per_seed, ["temperature", "class_a", "class_b", "wordnet"])  # wordnet: one per pair
     name = (lambda i: class_names[i]) if class_names is not None else str
     parts = []
-    for t, d in stats.groupby("temperature", sort=True):
+    for _, d in stats.groupby("temperature", sort=True):
         for table, (title, key) in TABLES.items():
             top = d.assign(key=key(d["mean"])).sort_values(["key", "class_a", "class_b"], kind="stable").head(rows)
             parts.append(top.drop(columns="key").assign(table=table, title=title, rank=np.arange(1, len(top) + 1)))
     out = pd.concat(parts, ignore_index=True)
     out["name_a"], out["name_b"] = out.class_a.map(name), out.class_b.map(name)
-    out = out[["table", "title", "temperature", "rank", "class_a", "class_b", "name_a", "name_b", "mean", "std", "n",
-               "wordnet"]]
+    out = out[
+        [
+            "table",
+            "title",
+            "temperature",
+            "rank",
+            "class_a",
+            "class_b",
+            "name_a",
+            "name_b",
+            "mean",
+            "std",
+            "n",
+            "wordnet",
+        ]
+    ]
 
     blocks = list(out.groupby(["temperature", "table"], sort=True))
     heights = [len(d) + 1.8 for _, d in blocks]
-    fig, axes = plt.subplots(len(blocks), 1, figsize=(8, 0.26 * sum(heights) + 0.5), squeeze=False,
-                             gridspec_kw=dict(height_ratios=heights))
+    fig, axes = plt.subplots(
+        len(blocks), 1, figsize=(8, 0.26 * sum(heights) + 0.5), squeeze=False, gridspec_kw=dict(height_ratios=heights)
+    )
     for ax, ((t, table), d) in zip(axes[:, 0], blocks):
         ax.axis("off")
-        cells = [[r.rank, r.name_a, r.name_b, f"{r.mean:+.3f}" + ("" if np.isnan(r.std) else f" $\\pm$ {r.std:.3f}"),
-                  f"{r.wordnet:g}"] for r in d.itertuples()]
-        tab = ax.table(cellText=cells, colLabels=["#", "class", "class", "mean dot product", "WordNet similarity"],
-                       loc="upper center", cellLoc="left", colWidths=[0.05, 0.27, 0.27, 0.23, 0.18])
+        cells = [
+            [
+                r.rank,
+                r.name_a,
+                r.name_b,
+                f"{r.mean:+.3f}" + ("" if np.isnan(r.std) else f" $\\pm$ {r.std:.3f}"),
+                f"{r.wordnet:g}",
+            ]
+            for r in d.itertuples()
+        ]
+        tab = ax.table(
+            cellText=cells,
+            colLabels=["#", "class", "class", "mean dot product", "WordNet similarity"],
+            loc="upper center",
+            cellLoc="left",
+            colWidths=[0.05, 0.27, 0.27, 0.23, 0.18],
+        )
         tab.auto_set_font_size(False)
         tab.set_fontsize(9)
         ax.set_title(f"Table {table} - {d.title.iloc[0]} (t={t:g})", fontsize=10, loc="left")
-    fig.suptitle(f"Tables A4-A6 - {_setting(pairs, runs)}: mean over {seed_range(out)} seeds $\\pm$ std",
-                 fontsize=10)
+    fig.suptitle(f"Tables A4-A6 - {_setting(pairs, runs)}: mean over {seed_range(out)} seeds $\\pm$ std", fontsize=10)
     fig.tight_layout()
     return write_figure(fig, out, out_prefix)

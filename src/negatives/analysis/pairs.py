@@ -24,7 +24,7 @@ tensor function, vectorised over whole ``[Q, N]`` matrices (timed at 10,000 x
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,17 +37,36 @@ from ..defaults import schema_defaults
 from ..runtime.atomic import verify
 
 __all__ = [
-    "ANALYSIS_DEFAULTS", "COLUMNS", "IDENTITY", "embed_views", "select_images", "difficulty",
-    "percentile_ranks", "deciles", "hard_frequency", "shuffle_within_queries", "pair_table",
-    "PAIR_BYTES", "read_identity", "load_pairs",
+    "ANALYSIS_DEFAULTS",
+    "COLUMNS",
+    "IDENTITY",
+    "embed_views",
+    "select_images",
+    "difficulty",
+    "percentile_ranks",
+    "deciles",
+    "hard_frequency",
+    "shuffle_within_queries",
+    "pair_table",
+    "PAIR_BYTES",
+    "read_identity",
+    "load_pairs",
 ]
 
 #: The config's ``analysis`` section (the schema's defaults), plus ``batch_size``
 #: and ``device``, which are not config keys (for direct calls).
 ANALYSIS_DEFAULTS = {**schema_defaults("analysis"), "batch_size": 512, "device": "auto"}
 #: Columns of ``pairs.parquet`` and their dtypes.
-COLUMNS = {"query": "int32", "negative": "int32", "query_label": "int16", "negative_label": "int16",
-           "difficulty": "float32", "percentile": "float32", "same_class": "bool", "wordnet": "float32"}
+COLUMNS = {
+    "query": "int32",
+    "negative": "int32",
+    "query_label": "int16",
+    "negative_label": "int16",
+    "difficulty": "float32",
+    "percentile": "float32",
+    "same_class": "bool",
+    "wordnet": "float32",
+}
 #: Run identity copied from the checkpoint's meta into the parquet metadata (values as JSON).
 IDENTITY = ("dataset", "method", "policy", "temperature", "seed")
 
@@ -56,9 +75,18 @@ _CHUNK = 1024  # rows of a [Q, N] matrix handled at once: bounds the temporaries
 
 # ---------------------------------------------------------------- embedding
 
+
 @torch.no_grad()
-def embed_views(encoder: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float], seed: int,
-                batch_size: int = 512, crop_scale_min: float = 0.2, blur: bool = True) -> Tensor:
+def embed_views(
+    encoder: nn.Module,
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    batch_size: int = 512,
+    crop_scale_min: float = 0.2,
+    blur: bool = True,
+) -> Tensor:
     """uint8 images ``[N, C, H, W]`` -> ``[N, D]`` float32 on CPU: one MoCo v2
     augmented view of each image, through ``encoder`` in eval mode, L2-normalised
     (contrastive space).
@@ -80,7 +108,7 @@ def embed_views(encoder: nn.Module, images: Tensor, mean: Sequence[float], std: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for i in range(0, n, batch_size):
-                views = augment(images[i:i + batch_size])
+                views = augment(images[i : i + batch_size])
                 out.append(F.normalize(encoder(views.to(device)).float(), dim=1).cpu())
     finally:
         encoder.train(was_training)
@@ -98,22 +126,25 @@ def select_images(labels, queries: int, negatives: int, seed: int) -> tuple[np.n
     """
     labels = np.asarray(labels)
     if queries + negatives > len(labels):
-        raise ValueError(f"analysis.queries: {queries} queries + {negatives} negatives (analysis.negatives) do not "
-                         f"fit in the {len(labels)} training images; allowed: at most {len(labels)} together")
+        raise ValueError(
+            f"analysis.queries: {queries} queries + {negatives} negatives (analysis.negatives) do not "
+            f"fit in the {len(labels)} training images; allowed: at most {len(labels)} together"
+        )
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))                      # random order within each class
+    order = rng.permutation(len(labels))  # random order within each class
     lab = labels[order]
     classes, inverse = np.unique(lab, return_inverse=True)
-    first = np.argsort(inverse, kind="stable")                # images grouped by class, shuffled within
+    first = np.argsort(inverse, kind="stable")  # images grouped by class, shuffled within
     counts = np.bincount(inverse)
-    rank = np.empty(len(lab), dtype=np.int64)                 # position of each image within its class
+    rank = np.empty(len(lab), dtype=np.int64)  # position of each image within its class
     rank[first] = np.arange(len(lab)) - np.repeat(np.cumsum(counts) - counts, counts)
     class_order = rng.permutation(len(classes))[inverse]
-    dealt = order[np.lexsort((class_order, rank))]            # round 0 of every class, round 1, ...
-    return np.sort(dealt[:queries]), np.sort(dealt[queries:queries + negatives])
+    dealt = order[np.lexsort((class_order, rank))]  # round 0 of every class, round 1, ...
+    return np.sort(dealt[:queries]), np.sort(dealt[queries : queries + negatives])
 
 
 # ---------------------------------------------------------------- pairs
+
 
 def difficulty(q: Tensor, n: Tensor) -> Tensor:
     """Cosine of every (query, negative): ``q [Q, D]``, ``n [N, D]`` -> ``[Q, N]`` float32."""
@@ -128,8 +159,8 @@ def percentile_ranks(d: Tensor) -> Tensor:
     out = torch.empty(q, n, dtype=torch.float32, device=d.device)
     scale = torch.arange(n, dtype=torch.float64).mul_(100.0 / n).float().to(d.device)  # < 100 for N < 1e7
     for i in range(0, q, _CHUNK):
-        order = torch.sort(d[i:i + _CHUNK], dim=1, stable=True).indices
-        out[i:i + _CHUNK].scatter_(1, order, scale.expand(len(order), n))
+        order = torch.sort(d[i : i + _CHUNK], dim=1, stable=True).indices
+        out[i : i + _CHUNK].scatter_(1, order, scale.expand(len(order), n))
     return out
 
 
@@ -161,7 +192,7 @@ def shuffle_within_queries(d: Tensor, seed: int) -> Tensor:
     out = torch.empty_like(d)
     for i in range(0, q, _CHUNK):
         perm = torch.stack([torch.randperm(n, generator=g) for _ in range(min(_CHUNK, q - i))])
-        out[i:i + _CHUNK] = d[i:i + _CHUNK].gather(1, perm.to(d.device))
+        out[i : i + _CHUNK] = d[i : i + _CHUNK].gather(1, perm.to(d.device))
     return out
 
 
@@ -188,19 +219,22 @@ def pair_table(d, pct, query_labels, negative_labels, similarity, query_idx, neg
     if pct.shape != (q, n) or ql.shape != (q,) or nl.shape != (n,):
         raise ValueError(f"shapes disagree: d {d.shape}, pct {pct.shape}, labels {ql.shape} / {nl.shape}")
     qlab, nlab = np.repeat(ql, n), np.tile(nl, q)
-    return pd.DataFrame({
-        "query": np.repeat(_np(query_idx), n).astype(np.int32),
-        "negative": np.tile(_np(negative_idx), q).astype(np.int32),
-        "query_label": qlab.astype(np.int16),
-        "negative_label": nlab.astype(np.int16),
-        "difficulty": d.reshape(-1).astype(np.float32),
-        "percentile": pct.reshape(-1).astype(np.float32),
-        "same_class": qlab == nlab,
-        "wordnet": _np(similarity)[qlab, nlab].astype(np.float32),
-    })
+    return pd.DataFrame(
+        {
+            "query": np.repeat(_np(query_idx), n).astype(np.int32),
+            "negative": np.tile(_np(negative_idx), q).astype(np.int32),
+            "query_label": qlab.astype(np.int16),
+            "negative_label": nlab.astype(np.int16),
+            "difficulty": d.reshape(-1).astype(np.float32),
+            "percentile": pct.reshape(-1).astype(np.float32),
+            "same_class": qlab == nlab,
+            "wordnet": _np(similarity)[qlab, nlab].astype(np.float32),
+        }
+    )
 
 
 # ---------------------------------------------------------------- reading the tables
+
 
 def read_identity(path) -> dict:
     """The run identity of a ``pairs.parquet`` (``dataset, method, policy,

@@ -18,8 +18,23 @@ import seaborn as sns  # noqa: E402
 from ..policies.registry import parse_policy  # noqa: E402
 from ..runtime.atomic import atomic_write, verify  # noqa: E402
 
-__all__ = ["EVALUATIONS", "METRICS", "RANDOM_INIT", "GROUP", "read_probe", "load_probes", "summarize", "canonical",
-           "fmt_pct", "write_figure", "single_value", "seed_range", "ttest_p", "temperature_colours", "p_text"]
+__all__ = [
+    "EVALUATIONS",
+    "METRICS",
+    "RANDOM_INIT",
+    "GROUP",
+    "read_probe",
+    "load_probes",
+    "summarize",
+    "canonical",
+    "fmt_pct",
+    "write_figure",
+    "single_value",
+    "seed_range",
+    "ttest_p",
+    "temperature_colours",
+    "p_text",
+]
 
 
 #: probe.json metric prefix -> row label
@@ -53,20 +68,27 @@ def load_probes(paths, extra_metrics=()) -> pd.DataFrame:
     for path, probe in zip(paths, probes):
         missing = [m for m in (*METRICS, *extra_metrics) if m not in probe]
         if missing:
-            raise ValueError(f"{path} lacks the metric {missing[0]}; delete it and evaluate the run again "
-                             f"(snakemake {path})")
+            raise ValueError(
+                f"{path} lacks the metric {missing[0]}; delete it and evaluate the run again (snakemake {path})"
+            )
         if not isinstance(probe.get("evaluation"), dict):
-            raise ValueError(f"{path} does not record how it was evaluated (no 'evaluation': a probe.json from an "
-                             f"older version); evaluate the runs again (snakemake --forcerun evaluate)")
+            raise ValueError(
+                f"{path} does not record how it was evaluated (no 'evaluation': a probe.json from an "
+                f"older version); evaluate the runs again (snakemake --forcerun evaluate)"
+            )
     for path, probe in zip(paths[1:], probes[1:]):
         key = _first_difference(probes[0]["evaluation"], probe["evaluation"])
         if key is not None:
             a, b = (_lookup(p["evaluation"], key) for p in (probes[0], probe))
-            raise ValueError(f"{paths[0]} and {path} were evaluated differently (evaluation.{key}: {a} vs {b}); "
-                             f"a figure compares runs evaluated alike: evaluate them with the same evaluate settings "
-                             f"(snakemake --forcerun evaluate)")
-    rows = [{**{k: v for k, v in probe.items() if not isinstance(v, dict)}, "path": str(p)}
-            for p, probe in zip(paths, probes)]
+            raise ValueError(
+                f"{paths[0]} and {path} were evaluated differently (evaluation.{key}: {a} vs {b}); "
+                f"a figure compares runs evaluated alike: evaluate them with the same evaluate settings "
+                f"(snakemake --forcerun evaluate)"
+            )
+    rows = [
+        {**{k: v for k, v in probe.items() if not isinstance(v, dict)}, "path": str(p)}
+        for p, probe in zip(paths, probes)
+    ]
     df = pd.DataFrame(rows)
     for col in df.columns:
         if col.endswith(("_top1", "_top5")) or col == "temperature":
@@ -108,8 +130,11 @@ def read_probe(path) -> dict:
         probe = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a complete probe.json ({e}); {rebuild}") from None
-    missing = [k for k in ("dataset", "method", "policy", "temperature", "seed") if not isinstance(probe, dict)
-               or k not in probe]
+    missing = [
+        k
+        for k in ("dataset", "method", "policy", "temperature", "seed")
+        if not isinstance(probe, dict) or k not in probe
+    ]
     if missing:
         raise ValueError(f"{path} is not a probe.json (it lacks {', '.join(missing)}); {rebuild}")
     return probe
@@ -123,12 +148,19 @@ def summarize(df: pd.DataFrame, metrics) -> pd.DataFrame:
     """
     dup = df.duplicated(["policy", "temperature", "seed"], keep=False)
     if dup.any():
-        raise ValueError(f"duplicate runs (policy, temperature, seed):\n{df.loc[dup, ['policy', 'temperature', 'seed']]}")
+        raise ValueError(
+            f"duplicate runs (policy, temperature, seed):\n{df.loc[dup, ['policy', 'temperature', 'seed']]}"
+        )
     long = df.melt(id_vars=["policy", "temperature", "seed"], value_vars=list(metrics), var_name="metric")
-    return (long.groupby(GROUP, dropna=False, sort=False)["value"]
-            .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index())
+    return (
+        long.groupby(GROUP, dropna=False, sort=False)["value"]
+        .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count")
+        .reset_index()
+    )
+
 
 # ------------------------------------------------------------------ helpers
+
 
 def canonical(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every policy under its canonical name (random-init as is)."""
@@ -144,7 +176,9 @@ def write_figure(fig, table: pd.DataFrame, out_prefix) -> pd.DataFrame:
     prefix = Path(out_prefix)
     try:
         for ext in ("pdf", "png"):
-            atomic_write(prefix.with_name(prefix.name + "." + ext), lambda tmp: fig.savefig(tmp, format=ext, dpi=150))
+            atomic_write(
+                prefix.with_name(prefix.name + "." + ext), lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150)
+            )
     finally:
         plt.close(fig)
     atomic_write(prefix.with_name(prefix.name + ".csv"), lambda tmp: table.to_csv(tmp, index=False))
@@ -156,7 +190,6 @@ def single_value(df: pd.DataFrame, col: str):
     if len(vals) != 1:
         raise ValueError(f"a figure shows one {col}; the probes have {list(vals)}")
     return vals[0]
-
 
 
 def seed_range(table: pd.DataFrame) -> str:

@@ -18,8 +18,19 @@ from ..policies.bands import Band  # noqa: E402
 from ..policies.classes import ClassFilter  # noqa: E402
 from ..policies.registry import parse_policy  # noqa: E402
 from ..policies.ring import Ring  # noqa: E402
-from .plotting import (EVALUATIONS, RANDOM_INIT, canonical, fmt_pct, p_text, seed_range, temperature_colours,  # noqa: E402
-                       single_value, summarize, ttest_p, write_figure)
+from .plotting import (  # noqa: E402
+    EVALUATIONS,
+    RANDOM_INIT,
+    canonical,
+    fmt_pct,
+    p_text,
+    seed_range,
+    single_value,
+    summarize,
+    temperature_colours,
+    ttest_p,
+    write_figure,
+)
 
 __all__ = ["fig2", "against_baseline", "fig3", "table1", "simclr", "fig_methods"]
 
@@ -31,8 +42,8 @@ def _keep_band(name: str) -> Band:
     return p
 
 
-
 # ------------------------------------------------------------------ figure 2
+
 
 def fig2(df: pd.DataFrame, out_prefix, segments: list[str], easiest: list[str], baseline: str = "all") -> pd.DataFrame:
     """Paper Figure 2 for each evaluation; returns the table written to CSV.
@@ -76,12 +87,27 @@ def fig2(df: pd.DataFrame, out_prefix, segments: list[str], easiest: list[str], 
             s = stats[stats.metric == f"{ev}_{top}"]
             for policy, x in [*labels.items(), (canon[baseline], "baseline"), (RANDOM_INIT, "random init")]:
                 for r in s[s.policy == policy].itertuples():
-                    rows.append(dict(panel=panel, evaluation=ev, metric=r.metric, policy=policy,
-                                     temperature=r.temperature, x=x, mean=r.mean, std=r.std, n=r.n))
-    table = pd.DataFrame(rows, columns=["panel", "evaluation", "metric", "policy", "temperature", "x", "mean", "std", "n"])
+                    rows.append(
+                        dict(
+                            panel=panel,
+                            evaluation=ev,
+                            metric=r.metric,
+                            policy=policy,
+                            temperature=r.temperature,
+                            x=x,
+                            mean=r.mean,
+                            std=r.std,
+                            n=r.n,
+                        )
+                    )
+    table = pd.DataFrame(
+        rows, columns=["panel", "evaluation", "metric", "policy", "temperature", "x", "mean", "std", "n"]
+    )
 
-    title = (f"Figure 2 - {single_value(df, 'dataset')} / {single_value(df, 'method')} / {single_value(trained, 'epochs'):g} epochs: "
-             f"mean $\\pm$ std over {seed_range(table)} seeds")
+    title = (
+        f"Figure 2 - {single_value(df, 'dataset')} / {single_value(df, 'method')} / {single_value(trained, 'epochs'):g} epochs: "
+        f"mean $\\pm$ std over {seed_range(table)} seeds"
+    )
     names = dict(EVALUATIONS)
     if "fewshot_labels_per_class" in df:
         names["fewshot"] += f" ({single_value(trained, 'fewshot_labels_per_class'):g}/class)"
@@ -93,16 +119,22 @@ def _draw_fig2(table: pd.DataFrame, panels: dict, temps: list, title: str, names
     markers = dict(zip(temps, "osD^vP*X"))
     xlabel = {"a": "segment of negatives used (difficulty percentile)", "c": "easiest negatives used (percentile)"}
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(names), len(panels), figsize=(4.2 * len(panels), 3.3 * len(names)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(names), len(panels), figsize=(4.2 * len(panels), 3.3 * len(names)), squeeze=False)
     for i, ev in enumerate(names):
         for j, (panel, (labels, top)) in enumerate(panels.items()):
             ax = axes[i, j]
             t = table[(table.panel == panel) & (table.evaluation == ev)]
             ax.set_title(f"({panel}) {names[ev]}, top-{top[-1]}", fontsize=10)
             if t["mean"].isna().all():
-                ax.text(0.5, 0.5, f"top-{top[-1]} not reported\n(too few classes)" if top == "top5" else "no data",
-                        ha="center", va="center", transform=ax.transAxes, color="grey")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"top-{top[-1]} not reported\n(too few classes)" if top == "top5" else "no data",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="grey",
+                )
                 ax.set_xticks([])
                 continue
             ref = t[t.x == "random init"]
@@ -117,8 +149,16 @@ def _draw_fig2(table: pd.DataFrame, panels: dict, temps: list, title: str, names
                         ax.axhspan(r.mean - r.std, r.mean + r.std, color=c, alpha=0.15, lw=0)
                 pts = t[t.policy.isin(labels) & (t.temperature == temp)].set_index("policy").reindex(list(labels))
                 dx = (k - (len(temps) - 1) / 2) * 0.12
-                ax.errorbar(np.arange(len(labels)) + dx, pts["mean"], yerr=pts["std"], color=c, marker=markers[temp],
-                            ls="none", capsize=3, ms=5)
+                ax.errorbar(
+                    np.arange(len(labels)) + dx,
+                    pts["mean"],
+                    yerr=pts["std"],
+                    color=c,
+                    marker=markers[temp],
+                    ls="none",
+                    capsize=3,
+                    ms=5,
+                )
             ax.set_xticks(range(len(labels)), list(labels.values()), fontsize=8)
             ax.set_xlim(-0.5, len(labels) - 0.5)
             if j == 0 or j == 2:
@@ -127,8 +167,10 @@ def _draw_fig2(table: pd.DataFrame, panels: dict, temps: list, title: str, names
                 ax.set_xlabel(xlabel.get(panel, xlabel["a" if panel == "b" else "c"]), fontsize=8)
     handles = [Line2D([], [], color=colours[t], marker=markers[t], ls="none", label=f"runs, t={t:g}") for t in temps]
     handles += [Line2D([], [], color=colours[t], label=f"baseline (all negatives), t={t:g}") for t in temps]
-    handles += [Patch(color="0.6", alpha=0.3, label="baseline $\\pm$ std"),
-                Line2D([], [], color="0.35", ls="--", label="random-init encoder")]
+    handles += [
+        Patch(color="0.6", alpha=0.3, label="baseline $\\pm$ std"),
+        Line2D([], [], color="0.35", ls="--", label="random-init encoder"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
@@ -137,8 +179,10 @@ def _draw_fig2(table: pd.DataFrame, panels: dict, temps: list, title: str, names
 
 # ------------------------------------------------------------------ fig3, table1, simclr: runs against the baseline
 
-def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "all",
-                     extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
+
+def against_baseline(
+    df: pd.DataFrame, labels: dict[str, str], baseline: str = "all", extra_metrics: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Each policy of ``labels`` (policy -> row label) and the baseline, per
     temperature and metric: mean, std, n over seeds, the difference of means
     to the baseline at the same temperature, and the two-sided unpaired t-test
@@ -170,14 +214,37 @@ def against_baseline(df: pd.DataFrame, labels: dict[str, str], baseline: str = "
             for policy, label in labels.items():
                 st = stats.loc[(policy, t, metric)]
                 same = policy == baseline
-                rows.append(dict(evaluation=metric.rsplit("_", 1)[0] if metric not in extra_metrics else metric,
-                                 metric=metric, policy=policy, label=label,
-                                 uses_labels=bool(oracle.get(policy, False)), temperature=t,
-                                 mean=st["mean"], std=st["std"], n=int(st["n"]),
-                                 delta=0.0 if same else st["mean"] - base.mean(),
-                                 p_value=np.nan if same else ttest_p(at.loc[at.policy == policy, metric].dropna(), base)))
-    return pd.DataFrame(rows, columns=["evaluation", "metric", "policy", "label", "uses_labels", "temperature",
-                                       "mean", "std", "n", "delta", "p_value"])
+                rows.append(
+                    dict(
+                        evaluation=metric.rsplit("_", 1)[0] if metric not in extra_metrics else metric,
+                        metric=metric,
+                        policy=policy,
+                        label=label,
+                        uses_labels=bool(oracle.get(policy, False)),
+                        temperature=t,
+                        mean=st["mean"],
+                        std=st["std"],
+                        n=int(st["n"]),
+                        delta=0.0 if same else st["mean"] - base.mean(),
+                        p_value=np.nan if same else ttest_p(at.loc[at.policy == policy, metric].dropna(), base),
+                    )
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "evaluation",
+            "metric",
+            "policy",
+            "label",
+            "uses_labels",
+            "temperature",
+            "mean",
+            "std",
+            "n",
+            "delta",
+            "p_value",
+        ],
+    )
 
 
 def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel: str, names: dict):
@@ -190,9 +257,12 @@ def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel:
     evals = [e for e in names if (table.evaluation == e).any()]
     speed = table[table.metric == "train_images_per_s"]
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(evals) + (not speed.empty), len(tops),
-                                 figsize=(1.3 * len(labels) * len(tops) + 3, 3.2 * (len(evals) + (not speed.empty))),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(evals) + (not speed.empty),
+            len(tops),
+            figsize=(1.3 * len(labels) * len(tops) + 3, 3.2 * (len(evals) + (not speed.empty))),
+            squeeze=False,
+        )
     base_label = table.loc[table.delta.eq(0) & table.p_value.isna(), "label"].iloc[0]
     points = [x for x in labels if x != base_label]
     for i, ev in enumerate(evals):
@@ -213,8 +283,15 @@ def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel:
                 ax.errorbar(x, pts["mean"], yerr=pts["std"], color=c, marker=markers[temp], ls="none", capsize=3, ms=5)
                 for xi, (m, sd, pv) in zip(x, pts[["mean", "std", "p_value"]].to_numpy()):
                     if np.isfinite(m):
-                        ax.annotate(p_text(pv).replace("p = ", "p="), (xi, m - (sd if np.isfinite(sd) else 0)),
-                                    textcoords="offset points", xytext=(0, -11), ha="center", fontsize=6, color=c)
+                        ax.annotate(
+                            p_text(pv).replace("p = ", "p="),
+                            (xi, m - (sd if np.isfinite(sd) else 0)),
+                            textcoords="offset points",
+                            xytext=(0, -11),
+                            ha="center",
+                            fontsize=6,
+                            color=c,
+                        )
             ax.set_xticks(range(len(points)), points, fontsize=8, rotation=15)
             ax.set_xlim(-0.6, len(points) - 0.4)
             ax.set_ylabel("accuracy (%)", fontsize=9)
@@ -239,13 +316,16 @@ def _draw_comparison(table: pd.DataFrame, labels: list[str], title: str, xlabel:
     return fig
 
 
-def _comparison_figure(df: pd.DataFrame, out_prefix, labels: dict[str, str], name: str, xlabel: str,
-                       extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
+def _comparison_figure(
+    df: pd.DataFrame, out_prefix, labels: dict[str, str], name: str, xlabel: str, extra_metrics: tuple[str, ...] = ()
+) -> pd.DataFrame:
     table = against_baseline(df, labels, extra_metrics=extra_metrics)
     trained = df[df.policy != RANDOM_INIT]
-    title = (f"{name} - {single_value(trained, 'dataset')} / {single_value(trained, 'method')} / "
-             f"{single_value(trained, 'epochs'):g} epochs: mean $\\pm$ std over {seed_range(table)} seeds, "
-             "p: unpaired t-test against the baseline")
+    title = (
+        f"{name} - {single_value(trained, 'dataset')} / {single_value(trained, 'method')} / "
+        f"{single_value(trained, 'epochs'):g} epochs: mean $\\pm$ std over {seed_range(table)} seeds, "
+        "p: unpaired t-test against the baseline"
+    )
     order = list(dict.fromkeys(table.label))
     names = dict(EVALUATIONS)
     return write_figure(_draw_comparison(table, order, title, xlabel, names), table, out_prefix)
@@ -266,8 +346,9 @@ def fig3(df: pd.DataFrame, out_prefix, removed: list[str]) -> pd.DataFrame:
     bands = sorted((_removed_band(p) for p in removed), key=lambda b: b.lo_pct)
     labels = {b.name: f"up to {fmt_pct(b.lo_pct)}%" for b in bands}
     labels["all"] = "baseline (all negatives)"
-    return _comparison_figure(df, out_prefix, labels, "Figure 3",
-                              "most difficult negatives included (percentile); the hardest are removed")
+    return _comparison_figure(
+        df, out_prefix, labels, "Figure 3", "most difficult negatives included (percentile); the hardest are removed"
+    )
 
 
 def _removal_label(name: str) -> str:
@@ -292,8 +373,9 @@ def table1(df: pd.DataFrame, out_prefix, removed: list[str]) -> pd.DataFrame:
     temperature, against the baseline; p-values of each difference."""
     labels = {p: _removal_label(p) for p in removed}
     labels["all"] = "baseline (all negatives)"
-    return _comparison_figure(df, out_prefix, labels, "Table 1",
-                              "negatives removed ([labels]: an oracle run that reads class labels)")
+    return _comparison_figure(
+        df, out_prefix, labels, "Table 1", "negatives removed ([labels]: an oracle run that reads class labels)"
+    )
 
 
 def _simclr_label(name: str) -> str:
@@ -303,7 +385,7 @@ def _simclr_label(name: str) -> str:
         return f"{p.action} {fmt_pct(p.lo_pct)}-{fmt_pct(p.hi_pct)}%"
     if isinstance(getattr(p, "inner", p), (Band, ClassFilter)):
         return _removal_label(p.name)
-    return recipe.name                # another method, or a plugin's policy: its name says what it is
+    return recipe.name  # another method, or a plugin's policy: its name says what it is
 
 
 def simclr(df: pd.DataFrame, out_prefix, policies: list[str]) -> pd.DataFrame:

@@ -13,6 +13,23 @@ from .prepare import STORAGES, balanced_subset, channel_stats, prepare
 from .readers import FolderIndex, RawDataset
 from .sources import FolderSource, TensorSource, load_prepared, open_source, open_train_source, read_images
 
-__all__ = ["DATASETS", "Dataset", "STORAGES", "RawDataset", "FolderIndex", "read_idx", "read_fashion_mnist",
-           "check_root", "class_map", "balanced_subset", "channel_stats", "prepare", "load_prepared",
-           "TensorSource", "FolderSource", "open_source", "open_train_source", "read_images"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "STORAGES",
+    "RawDataset",
+    "FolderIndex",
+    "read_idx",
+    "read_fashion_mnist",
+    "check_root",
+    "class_map",
+    "balanced_subset",
+    "channel_stats",
+    "prepare",
+    "load_prepared",
+    "TensorSource",
+    "FolderSource",
+    "open_source",
+    "open_train_source",
+    "read_images",
+]

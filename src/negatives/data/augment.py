@@ -44,14 +44,23 @@ the draws are made in a fixed order, so a seed fixes the views.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MoCoV2Augment", "Normalize", "blur_kernel_size", "crop_params", "crop_draws", "boxes_from_draws",
-           "resized_crop_flip", "gaussian_kernels", "blur"]
+__all__ = [
+    "MoCoV2Augment",
+    "Normalize",
+    "blur_kernel_size",
+    "crop_params",
+    "crop_draws",
+    "boxes_from_draws",
+    "resized_crop_flip",
+    "gaussian_kernels",
+    "blur",
+]
 
 
 def blur_kernel_size(side: int, sigma_max: float = 2.0) -> int:
@@ -75,6 +84,7 @@ class Normalize(nn.Module):
 
 
 # ----------------------------------------------------------------- crop + flip
+
 
 def crop_draws(batch: int, attempts: int = 10, generator: torch.Generator | None = None, device=None) -> Tensor:
     """The uniform draws of ``batch`` RandomResizedCrop boxes, ``[B, 2 attempts + 2]``
@@ -104,9 +114,9 @@ def boxes_from_draws(draws: Tensor, height: int, width: int, scale=(0.2, 1.0), r
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
     w = torch.round(torch.sqrt(target * aspect)).long()
     h = torch.round(torch.sqrt(target / aspect)).long()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)                       # [B, attempts]
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # [B, attempts]
     found = ok.any(1)
-    first = torch.where(found, ok.long().argmax(1), 0)                         # first fitting attempt
+    first = torch.where(found, ok.long().argmax(1), 0)  # first fitting attempt
     w = w.gather(1, first[:, None]).squeeze(1)
     h = h.gather(1, first[:, None]).squeeze(1)
     # fallback: torchvision's central crop
@@ -124,8 +134,16 @@ def boxes_from_draws(draws: Tensor, height: int, width: int, scale=(0.2, 1.0), r
     return torch.stack([top, left, h, w], dim=1)
 
 
-def crop_params(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
-                generator: torch.Generator | None = None, device=None, attempts: int = 10) -> Tensor:
+def crop_params(
+    batch: int,
+    height: int,
+    width: int,
+    scale=(0.2, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    device=None,
+    attempts: int = 10,
+) -> Tensor:
     """Per-sample RandomResizedCrop boxes ``[B, 4]`` int64 ``(top, left, h, w)``
     of images of ``height x width``: :func:`boxes_from_draws` of fresh
     :func:`crop_draws`."""
@@ -162,14 +180,15 @@ def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, i
     oh, ow = size or (hgt, wid)
     boxes, flip = boxes.to(x.device).float(), flip.to(x.device)
     centres = torch.arange(max(oh, ow), device=x.device, dtype=torch.float32) + 0.5
-    gx = _sample_coords(boxes[:, 1], boxes[:, 3], ow, wid, centres[:ow])     # [B, ow]
+    gx = _sample_coords(boxes[:, 1], boxes[:, 3], ow, wid, centres[:ow])  # [B, ow]
     gx = torch.where(flip.unsqueeze(1), gx.flip(1), gx)
-    gy = _sample_coords(boxes[:, 0], boxes[:, 2], oh, hgt, centres[:oh])     # [B, oh]
+    gy = _sample_coords(boxes[:, 0], boxes[:, 2], oh, hgt, centres[:oh])  # [B, oh]
     grid = torch.stack(torch.broadcast_tensors(gx.unsqueeze(1), gy.unsqueeze(2)), dim=-1)  # [B, oh, ow, 2]
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 # ------------------------------------------------------------------ colour ops
+
 
 def _gray(x: Tensor) -> Tensor:
     """ITU-R 601-2 luma ``[B, 1, H, W]`` of RGB ``[B, 3, H, W]`` (torchvision's weights)."""
@@ -238,12 +257,12 @@ def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
     is ``t`` and its sum 1 over all integers ``n``.
     """
     r = (size - 1) // 2
-    t = sigma.double().pow(2).view(-1, 1, 1)                                     # [B, 1, 1]
+    t = sigma.double().pow(2).view(-1, 1, 1)  # [B, 1, 1]
     n = torch.arange(r + 1, device=sigma.device, dtype=torch.float64).view(1, -1, 1)
     m = torch.arange(_BESSEL_TERMS, device=sigma.device, dtype=torch.float64).view(1, 1, -1)
     log_terms = (2 * m + n) * torch.log(t / 2) - torch.lgamma(m + 1) - torch.lgamma(m + n + 1) - t
-    half = log_terms.exp().sum(2)                                                # [B, r + 1]: n = 0 .. r
-    k = torch.cat([half[:, 1:].flip(1), half], dim=1)                            # n = -r .. r
+    half = log_terms.exp().sum(2)  # [B, r + 1]: n = 0 .. r
+    k = torch.cat([half[:, 1:].flip(1), half], dim=1)  # n = -r .. r
     return (k / k.sum(1, keepdim=True)).float()
 
 
@@ -274,17 +293,25 @@ def blur(x: Tensor, kernels: Tensor) -> Tensor:
     b, c, h, w = x.shape
     mw = _blur_matrices(kernels, w, x.dtype)
     mh = mw if h == w else _blur_matrices(kernels, h, x.dtype)
-    y = x.reshape(b, c * h, w) @ mw.transpose(1, 2)                                  # along W
-    return mh.unsqueeze(1) @ y.view(b, c, h, w)                                      # along H
+    y = x.reshape(b, c * h, w) @ mw.transpose(1, 2)  # along W
+    return mh.unsqueeze(1) @ y.view(b, c, h, w)  # along H
 
 
 # --------------------------------------------------------------------- module
 
+
 class MoCoV2Augment(nn.Module):
     """Batched MoCo v2 augmentation; see the module docstring."""
 
-    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float],
-                 crop_scale: tuple[float, float] = (0.2, 1.0), blur: bool = True):
+    def __init__(
+        self,
+        size: int,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        blur: bool = True,
+    ):
         super().__init__()
         self.size = size
         self.channels = channels
@@ -310,8 +337,14 @@ class MoCoV2Augment(nn.Module):
         self.register_buffer("hsv_offsets", _hsv_offsets(), persistent=False)
 
     @torch.no_grad()
-    def forward(self, x: Tensor, generator: torch.Generator | None = None, batch: int | None = None,
-                rows: slice | None = None, cropped: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        batch: int | None = None,
+        rows: slice | None = None,
+        cropped: bool = False,
+    ) -> Tensor:
         """Two calls, two views.  ``x [b, C, H, W]``: a batch, or the ``rows``
         of a ``batch`` of images (a process's slice of the global batch): the
         draws are then the whole batch's, so every process augments its
@@ -329,8 +362,9 @@ class MoCoV2Augment(nn.Module):
             return torch.rand(n, *shape, generator=g, device=dev)[pick]
 
         # every draw, in a fixed order
-        boxes = None if cropped else crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g,
-                                                  device=dev)[pick]
+        boxes = (
+            None if cropped else crop_params(n, h, w, self.crop_scale, self.crop_ratio, generator=g, device=dev)[pick]
+        )
         flip = rand() < self.flip_p
         bri, con, sat, hue = self.jitter
         jit = rand() < self.jitter_p
@@ -351,16 +385,18 @@ class MoCoV2Augment(nn.Module):
             x = x.float()
             scale = 1.0
         # a view cropped as it was decoded is only mirrored (exactly, no resampling)
-        y = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x) if cropped else \
-            resized_crop_flip(x, boxes, flip, (self.size, self.size))
+        y = (
+            torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+            if cropped
+            else resized_crop_flip(x, boxes, flip, (self.size, self.size))
+        )
         if scale != 1.0:
             y.mul_(scale)
 
         view = (b, 1, 1, 1)
         # brightness, contrast, saturation, hue factors [B, 4]
         jitter = torch.where(jit.unsqueeze(1), self.jitter_lo + self.jitter_span * f, self.jitter_identity)
-        factors = {0: jitter[:, 0].view(view), 1: jitter[:, 1].view(view), 2: jitter[:, 2].view(view),
-                   3: jitter[:, 3]}
+        factors = {0: jitter[:, 0].view(view), 1: jitter[:, 1].view(view), 2: jitter[:, 2].view(view), 3: jitter[:, 3]}
         if self.jitter_p > 0:
             for op in order:
                 if op == 0 and bri:

@@ -14,17 +14,36 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .folders import check_imagenet, check_tiny_imagenet, index_imagenet, index_tiny_imagenet
-from .readers import (FolderIndex, RawDataset, check_cifar10, check_cifar100, check_stl10, read_cifar10, read_cifar100,
-                      read_stl10)
+from .readers import (
+    FolderIndex,
+    RawDataset,
+    check_cifar10,
+    check_cifar100,
+    check_stl10,
+    read_cifar10,
+    read_cifar100,
+    read_stl10,
+)
 
-__all__ = ["Dataset", "DATASETS", "read_idx", "read_fashion_mnist", "check_root", "class_map", "folder_synsets",
-           "dataset_spec", "reader_options", "RESOURCES"]
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "read_idx",
+    "read_fashion_mnist",
+    "check_root",
+    "class_map",
+    "folder_synsets",
+    "dataset_spec",
+    "reader_options",
+    "RESOURCES",
+]
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -67,8 +86,18 @@ FASHION_MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _idx_path(root: Path, stem: str) -> Path | None:
@@ -88,18 +117,26 @@ def read_fashion_mnist(root: str | os.PathLike) -> RawDataset:
     for key, array in arrays.items():  # image and label files swapped, or another IDX file under the name
         want = "images [N, 28, 28]" if key.endswith("images") else "labels [N]"
         if array.ndim != (3 if key.endswith("images") else 1) or array.dtype != np.uint8:
-            swapped = " (it holds labels: are the image and label files swapped?)" if array.ndim == 1 else \
-                " (it holds images: are the image and label files swapped?)" if array.ndim == 3 else ""
-            raise ValueError(f"{paths[key]}: {array.ndim}-d {array.dtype} IDX data {list(array.shape)}, expected "
-                             f"uint8 {want}{swapped}; put the Fashion-MNIST files under their own names")
+            swapped = (
+                " (it holds labels: are the image and label files swapped?)"
+                if array.ndim == 1
+                else " (it holds images: are the image and label files swapped?)"
+                if array.ndim == 3
+                else ""
+            )
+            raise ValueError(
+                f"{paths[key]}: {array.ndim}-d {array.dtype} IDX data {list(array.shape)}, expected "
+                f"uint8 {want}{swapped}; put the Fashion-MNIST files under their own names"
+            )
     for split in ("train", "test"):
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise ValueError(f"{root}: {split} split has {n_img} images but {n_lab} labels")
         labels = arrays[f"{split}_labels"]
         if n_lab and labels.max() >= len(FASHION_MNIST_CLASSES):
-            raise ValueError(f"{paths[f'{split}_labels']}: label {labels.max()} outside 0..9; it is not a "
-                             "Fashion-MNIST label file")
+            raise ValueError(
+                f"{paths[f'{split}_labels']}: label {labels.max()} outside 0..9; it is not a Fashion-MNIST label file"
+            )
     return RawDataset(
         train_images=arrays["train_images"][:, None].copy(),
         train_labels=arrays["train_labels"].astype(np.int64),
@@ -119,8 +156,9 @@ def _download_fashion_mnist(root: Path) -> None:
 def _check_fashion_mnist(root: Path) -> None:
     missing = [stem for stem in FASHION_MNIST_FILES.values() if _idx_path(root, stem) is None]
     if missing:
-        raise FileNotFoundError(f"data directory {root} for dataset 'fashion-mnist' lacks "
-                                f"{', '.join(s + '[.gz]' for s in missing)}")
+        raise FileNotFoundError(
+            f"data directory {root} for dataset 'fashion-mnist' lacks {', '.join(s + '[.gz]' for s in missing)}"
+        )
 
 
 def _torchvision_download(cls_name: str, **kw) -> Callable[[Path], None]:
@@ -160,35 +198,55 @@ _TORCHVISION = "or set datasets.{name}.download: true to fetch it with torchvisi
 #: dataset name -> its format
 DATASETS: dict[str, Dataset] = {
     "fashion-mnist": Dataset(
-        read_fashion_mnist, _download_fashion_mnist, _check_fashion_mnist,
+        read_fashion_mnist,
+        _download_fashion_mnist,
+        _check_fashion_mnist,
         "install Debian's dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist), "
-        "or set datasets.fashion-mnist.download: true to fetch it with torchvision"),
+        "or set datasets.fashion-mnist.download: true to fetch it with torchvision",
+    ),
     "cifar10": Dataset(
-        read_cifar10, _torchvision_download("CIFAR10"), check_cifar10,
+        read_cifar10,
+        _torchvision_download("CIFAR10"),
+        check_cifar10,
         "put data_batch_1..5, test_batch and batches.meta (cifar-10-python.tar.gz from "
         "https://www.cs.toronto.edu/~kriz/cifar.html, unpacked) in ROOT/cifar-10-batches-py/, "
-        + _TORCHVISION.format(name="cifar10")),
+        + _TORCHVISION.format(name="cifar10"),
+    ),
     "cifar100": Dataset(
-        read_cifar100, _torchvision_download("CIFAR100"), check_cifar100,
+        read_cifar100,
+        _torchvision_download("CIFAR100"),
+        check_cifar100,
         "put train, test and meta (cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
         "unpacked) in ROOT/cifar-100-python/, " + _TORCHVISION.format(name="cifar100"),
-        options=("labels",)),
+        options=("labels",),
+    ),
     "stl10": Dataset(
-        read_stl10, _torchvision_download("STL10", split="train+unlabeled"), check_stl10,
+        read_stl10,
+        _torchvision_download("STL10", split="train+unlabeled"),
+        check_stl10,
         "put train_X.bin, train_y.bin, test_X.bin, test_y.bin, class_names.txt (and unlabeled_X.bin) "
         "(stl10_binary.tar.gz from https://cs.stanford.edu/~acoates/stl10/, unpacked) in ROOT/stl10_binary/, "
         + _TORCHVISION.format(name="stl10"),
-        options=("unlabeled",)),
+        options=("unlabeled",),
+    ),
     "imagenet": Dataset(
-        index_imagenet, None, check_imagenet,
+        index_imagenet,
+        None,
+        check_imagenet,
         "put ILSVRC-2012 in ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (the validation images "
         "sorted into wnid folders, e.g. with the usual valprep.sh); it cannot be downloaded automatically",
-        options=("image_size",), image_size=224),
+        options=("image_size",),
+        image_size=224,
+    ),
     "tiny-imagenet": Dataset(
-        index_tiny_imagenet, None, check_tiny_imagenet,
+        index_tiny_imagenet,
+        None,
+        check_tiny_imagenet,
         "unpack tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) so that ROOT holds "
         "wnids.txt, words.txt, train/<wnid>/images/ and val/images/ with val/val_annotations.txt",
-        options=("image_size",), image_size=64),
+        options=("image_size",),
+        image_size=64,
+    ),
 }
 
 
@@ -274,5 +332,3 @@ def class_map(name: str) -> list[tuple[int, str, str]]:
                 i, cls, syn = line.rstrip("\n").split("\t")
                 rows.append((int(i), cls, syn))
     return rows
-
-

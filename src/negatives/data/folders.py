@@ -20,9 +20,16 @@ import numpy as np
 
 from .readers import FolderIndex
 
-__all__ = ["IMAGE_SUFFIXES", "UnreadableImage",
-           "index_imagenet", "index_tiny_imagenet", "decode_image", "is_wnid", "check_imagenet",
-           "check_tiny_imagenet"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "UnreadableImage",
+    "index_imagenet",
+    "index_tiny_imagenet",
+    "decode_image",
+    "is_wnid",
+    "check_imagenet",
+    "check_tiny_imagenet",
+]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -50,8 +57,10 @@ def _wnid_dirs(folder: Path) -> list[str]:
         raise FileNotFoundError(f"{folder}: no class folders (expected one per wnid, e.g. n01440764/)")
     bad = [n for n in names if not is_wnid(n)]
     if bad:
-        raise ValueError(f"{folder / bad[0]}: class folder not named by an ImageNet wnid "
-                         "('n' and 8 digits, e.g. n01440764): it has no WordNet synset")
+        raise ValueError(
+            f"{folder / bad[0]}: class folder not named by an ImageNet wnid "
+            "('n' and 8 digits, e.g. n01440764): it has no WordNet synset"
+        )
     return names
 
 
@@ -101,8 +110,9 @@ def index_imagenet(root: str | os.PathLike) -> FolderIndex:
             files += found
             labels += [i] * len(found)
         split[name] = _relative(files, root), np.asarray(labels, dtype=np.int64)
-    return FolderIndex(root, *split["train"], *split["val"], wnids=wnids,
-                       classes=_words(root / "LOC_synset_mapping.txt", wnids))
+    return FolderIndex(
+        root, *split["train"], *split["val"], wnids=wnids, classes=_words(root / "LOC_synset_mapping.txt", wnids)
+    )
 
 
 def _tiny_wnids(root: Path) -> list[str]:
@@ -159,9 +169,15 @@ def index_tiny_imagenet(root: str | os.PathLike) -> FolderIndex:
         test_labels.append(index[wnid])
     if not test:
         raise ValueError(f"{annotations}: no labelled images")
-    return FolderIndex(root, _relative(train, root), np.asarray(train_labels, dtype=np.int64),
-                       _relative(test, root), np.asarray(test_labels, dtype=np.int64),
-                       wnids=wnids, classes=_words(root / "words.txt", wnids))
+    return FolderIndex(
+        root,
+        _relative(train, root),
+        np.asarray(train_labels, dtype=np.int64),
+        _relative(test, root),
+        np.asarray(test_labels, dtype=np.int64),
+        wnids=wnids,
+        classes=_words(root / "words.txt", wnids),
+    )
 
 
 class UnreadableImage(ValueError):
@@ -187,13 +203,17 @@ def _open_rgb(path: str | os.PathLike):
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
-        raise UnreadableImage(f"{path}: no such image; the folder changed after the dataset was prepared: put the "
-                              "file back, or prepare the dataset again") from None
+        raise UnreadableImage(
+            f"{path}: no such image; the folder changed after the dataset was prepared: put the "
+            "file back, or prepare the dataset again"
+        ) from None
     except PermissionError as e:
         raise UnreadableImage(f"{path}: cannot be read ({e.strerror}); make it readable (chmod a+r)") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise UnreadableImage(f"{path}: cannot decode the image ({e}); replace it with a good copy, or remove it "
-                              "and prepare the dataset again") from None
+        raise UnreadableImage(
+            f"{path}: cannot decode the image ({e}); replace it with a good copy, or remove it "
+            "and prepare the dataset again"
+        ) from None
 
 
 def decode_image(path: str | os.PathLike, size: int):
@@ -228,6 +248,13 @@ def decode_views(path: str | os.PathLike, size: int, draws, scale=(0.2, 1.0), ra
     im = _open_rgb(path)
     width, height = im.size
     boxes = boxes_from_draws(torch.as_tensor(draws, dtype=torch.float64), height, width, scale, ratio)
-    return torch.stack([TF.pil_to_tensor(TF.resized_crop(im, *box.tolist(), [size, size],
-                                                         interpolation=TF.InterpolationMode.BILINEAR,
-                                                         antialias=True)) for box in boxes])
+    return torch.stack(
+        [
+            TF.pil_to_tensor(
+                TF.resized_crop(
+                    im, *box.tolist(), [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+                )
+            )
+            for box in boxes
+        ]
+    )

@@ -43,6 +43,7 @@ STATS_ELEMENTS = 2**28
 
 # ---------------------------------------------------------- prepared format
 
+
 def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Indices of a class-balanced subset of size ``n`` (all when ``n`` is 0
     or not smaller than the set), sorted, fixed by ``seed``.  Classes get
@@ -57,7 +58,9 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         members = np.flatnonzero(labels == c)
         want = per + (1 if j < extra else 0)
         if want > len(members):
-            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {want} a balanced subset of {n} needs")
+            raise ValueError(
+                f"class {c} has {len(members)} examples, fewer than the {want} a balanced subset of {n} needs"
+            )
         picks.append(rng.choice(members, size=want, replace=False))
     return np.sort(np.concatenate(picks))
 
@@ -80,7 +83,6 @@ def _stats_sample(n: int, per_image: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)))
 
 
-
 # ------------------------------------------------------------------ prepare
 
 
@@ -90,7 +92,7 @@ def _decode_all(source: FolderSource, indices=None, batch_size: int = 256) -> to
     out = torch.empty((len(order), *source.shape), dtype=torch.uint8)
     at = 0
     for x, _, _ in source.batches(order, batch_size):
-        out[at:at + len(x)] = x
+        out[at : at + len(x)] = x
         at += len(x)
     return out
 
@@ -105,8 +107,10 @@ def _choose_storage(storage: str, num_bytes: int, stream_above_gb: float) -> str
 
 def _prepare_arrays(name: str, raw: RawDataset, train_images: int, test_images: int, storage: str) -> dict:
     if storage == "stream":
-        raise ValueError(f"datasets.{name}.storage: stream is only for image folders "
-                         f"({', '.join(n for n, d in DATASETS.items() if d.is_folder)}); allowed: auto, memory")
+        raise ValueError(
+            f"datasets.{name}.storage: stream is only for image folders "
+            f"({', '.join(n for n, d in DATASETS.items() if d.is_folder)}); allowed: auto, memory"
+        )
     tr = balanced_subset(raw.train_labels, train_images, seed=0)
     te = balanced_subset(raw.test_labels, test_images, seed=1)
     x = torch.from_numpy(raw.train_images[tr])
@@ -127,8 +131,16 @@ def _prepare_arrays(name: str, raw: RawDataset, train_images: int, test_images: 
     return data
 
 
-def _prepare_folder(name: str, index: FolderIndex, train_images: int, test_images: int, storage: str,
-                    image_size: int, stream_above_gb: float, workers: int | None) -> dict:
+def _prepare_folder(
+    name: str,
+    index: FolderIndex,
+    train_images: int,
+    test_images: int,
+    storage: str,
+    image_size: int,
+    stream_above_gb: float,
+    workers: int | None,
+) -> dict:
     tr = balanced_subset(index.train_labels, train_images, seed=0)
     te = balanced_subset(index.test_labels, test_images, seed=1)
     train = FolderSource(index.root, [index.train_files[i] for i in tr], index.train_labels[tr], image_size, workers)
@@ -139,12 +151,18 @@ def _prepare_folder(name: str, index: FolderIndex, train_images: int, test_image
     _check_memory(name, storage, train.num_images, test.num_images, image_size)
     if storage == "stream":
         sample = _decode_all(train, _stats_sample(train.num_images, per_image))
-        data.update(root=str(index.root.resolve()), train_files=train.files, train_labels=train.labels,
-                    test_files=test.files, test_labels=test.labels)
+        data.update(
+            root=str(index.root.resolve()),
+            train_files=train.files,
+            train_labels=train.labels,
+            test_files=test.files,
+            test_labels=test.labels,
+        )
     else:
         sample = _decode_all(train)
-        data.update(train_images=sample, train_labels=train.labels,
-                    test_images=_decode_all(test), test_labels=test.labels)
+        data.update(
+            train_images=sample, train_labels=train.labels, test_images=_decode_all(test), test_labels=test.labels
+        )
     data["mean"], data["std"] = channel_stats(sample)
     return data
 
@@ -174,14 +192,19 @@ def _check_memory(name: str, storage: str, n_train: int, n_test: int, image_size
     sample = len(_stats_sample(n_train, per_image))
     stats = sample * per_image * 4
     if storage == "memory":
-        check_fits((n_train + n_test) * per_image + stats,
-                   f"datasets.{name}.storage memory: {n_train + n_test:,} decoded images of 3x{image_size}x"
-                   f"{image_size} (datasets.{name}.image_size {image_size})",
-                   f"use datasets.{name}.storage: stream, or lower image_size or train_images / test_images")
+        check_fits(
+            (n_train + n_test) * per_image + stats,
+            f"datasets.{name}.storage memory: {n_train + n_test:,} decoded images of 3x{image_size}x"
+            f"{image_size} (datasets.{name}.image_size {image_size})",
+            f"use datasets.{name}.storage: stream, or lower image_size or train_images / test_images",
+        )
     else:
-        check_fits(sample * per_image + stats,
-                   f"datasets.{name}.image_size {image_size}: {sample:,} decoded images of 3x{image_size}x{image_size}"
-                   " for the channel statistics", f"lower datasets.{name}.image_size")
+        check_fits(
+            sample * per_image + stats,
+            f"datasets.{name}.image_size {image_size}: {sample:,} decoded images of 3x{image_size}x{image_size}"
+            " for the channel statistics",
+            f"lower datasets.{name}.image_size",
+        )
 
 
 def _common_settings(settings: dict) -> tuple[bool, str, float, dict]:
@@ -195,9 +218,17 @@ def _write_classes(out: Path, rows: list[tuple[int, str, str]]) -> None:
     atomic_write(out / "classes.tsv", lambda tmp: tmp.write_text(text))
 
 
-def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
-            train_images: int = 0, test_images: int = 0, *, workers: int | None = None,
-            wordnet=None, **settings) -> Path:
+def prepare(
+    name: str,
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    train_images: int = 0,
+    test_images: int = 0,
+    *,
+    workers: int | None = None,
+    wordnet=None,
+    **settings,
+) -> Path:
     """Read dataset ``name`` from ``root`` and write ``out_dir/data.pt`` and
     ``out_dir/classes.tsv``.  Returns the path of ``data.pt``.
 
@@ -213,13 +244,26 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     """
     download, storage, stream_above_gb, options = _common_settings(settings)
     spec = dataset_spec(name)
-    check_partial({"datasets": {name: {"root": str(root), "download": download, "train_images": train_images,
-                                       "test_images": test_images, "storage": storage,
-                                       "stream_above_gb": stream_above_gb, **options}}})
+    check_partial(
+        {
+            "datasets": {
+                name: {
+                    "root": str(root),
+                    "download": download,
+                    "train_images": train_images,
+                    "test_images": test_images,
+                    "storage": storage,
+                    "stream_above_gb": stream_above_gb,
+                    **options,
+                }
+            }
+        }
+    )
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        raise ValueError(f"datasets.{name}: unknown option(s) {', '.join(unknown)}; "
-                         f"allowed: {', '.join(spec.options) or 'none'}")
+        raise ValueError(
+            f"datasets.{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(spec.options) or 'none'}"
+        )
     root = Path(root)
     if download and spec.downloader is not None:
         try:
@@ -241,8 +285,16 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     if isinstance(raw, FolderIndex):
         synsets = folder_synsets(name, root, raw.wnids, wordnet)
         rows = [(i, c, s) for i, (c, s) in enumerate(zip(raw.classes, synsets))]
-        data = _prepare_folder(name, raw, train_images, test_images, storage,
-                               int(options.get("image_size") or spec.image_size), stream_above_gb, workers)
+        data = _prepare_folder(
+            name,
+            raw,
+            train_images,
+            test_images,
+            storage,
+            int(options.get("image_size") or spec.image_size),
+            stream_above_gb,
+            workers,
+        )
     else:
         data = _prepare_arrays(name, raw, train_images, test_images, storage)
         resource = raw.class_map or name
@@ -252,7 +304,7 @@ def prepare(name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_classes(out, rows)
-    data["digest"] = data_digest(data)                          # what a run trained on it records
+    data["digest"] = data_digest(data)  # what a run trained on it records
     # the storage as chosen: streamed images are cropped from the full file, so it changes a run
     data["settings"] = {**training_data_settings({"train_images": train_images, **options}), "storage": data["storage"]}
     path = out / "data.pt"

@@ -32,10 +32,18 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "RawDataset", "FolderIndex",
-    "CIFAR10_FILES", "CIFAR100_FILES", "STL10_FILES",
-    "read_cifar10", "read_cifar100", "read_stl10", "read_stl10_images",
-    "check_cifar10", "check_cifar100", "check_stl10",
+    "RawDataset",
+    "FolderIndex",
+    "CIFAR10_FILES",
+    "CIFAR100_FILES",
+    "STL10_FILES",
+    "read_cifar10",
+    "read_cifar100",
+    "read_stl10",
+    "read_stl10_images",
+    "check_cifar10",
+    "check_cifar100",
+    "check_stl10",
 ]
 
 
@@ -47,11 +55,11 @@ class RawDataset:
 
     train_images: np.ndarray  # uint8 [N, C, H, W]
     train_labels: np.ndarray  # int64 [N]
-    test_images: np.ndarray   # uint8 [M, C, H, W]
-    test_labels: np.ndarray   # int64 [M]
+    test_images: np.ndarray  # uint8 [M, C, H, W]
+    test_labels: np.ndarray  # int64 [M]
     classes: list[str]
     unlabeled_images: np.ndarray | None = None  # uint8 [U, C, H, W]: pretraining only (label -1)
-    class_map: str | None = None                # resources/{class_map}.tsv; None: the dataset's name
+    class_map: str | None = None  # resources/{class_map}.tsv; None: the dataset's name
     synsets: list[str] | None = None
 
 
@@ -63,8 +71,8 @@ class FolderIndex:
     train_files: list[str]
     train_labels: np.ndarray  # int64 [N]
     test_files: list[str]
-    test_labels: np.ndarray   # int64 [M]
-    wnids: list[str]          # class i is wnids[i]
+    test_labels: np.ndarray  # int64 [M]
+    wnids: list[str]  # class i is wnids[i]
     classes: list[str] = field(default_factory=list)  # readable names (words.txt), else the wnids
 
 
@@ -92,9 +100,15 @@ CIFAR100_FILES = ["train", "test", "meta"]
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays, lists and dicts only: a CIFAR file cannot run code."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -178,8 +192,12 @@ def read_cifar100(root: str | os.PathLike, labels: str = "fine") -> RawDataset:
         batch = _unpickle(p)
         images = _cifar_images(p, batch)
         split[name] = images, _cifar_labels(p, batch, f"{labels}_labels", len(images), len(classes))
-    return RawDataset(*split["train"], *split["test"], classes=classes,
-                      class_map="cifar100" if labels == "fine" else "cifar100-coarse")
+    return RawDataset(
+        *split["train"],
+        *split["test"],
+        classes=classes,
+        class_map="cifar100" if labels == "fine" else "cifar100-coarse",
+    )
 
 
 # ------------------------------------------------------------------- STL-10
@@ -199,8 +217,10 @@ def _check_stl10_sizes(x: Path, y: Path | None) -> int:
     """Number of images in ``x``; raises ``ValueError`` naming a truncated file."""
     size = x.stat().st_size
     if size % _STL10_IMAGE_BYTES:
-        raise ValueError(f"{x}: truncated STL-10 image binary ({size} bytes, not a multiple of "
-                         f"{_STL10_IMAGE_BYTES} = 3x96x96 bytes per image)")
+        raise ValueError(
+            f"{x}: truncated STL-10 image binary ({size} bytes, not a multiple of "
+            f"{_STL10_IMAGE_BYTES} = 3x96x96 bytes per image)"
+        )
     n = size // _STL10_IMAGE_BYTES
     if y is not None and y.stat().st_size != n:
         raise ValueError(f"{y}: {y.stat().st_size} labels (one byte each) for the {n} images of {x.name}")
@@ -238,8 +258,10 @@ def read_stl10(root: str | os.PathLike, unlabeled: bool = False) -> RawDataset:
     check_stl10(root, unlabeled)
     classes = [line.strip() for line in paths[4].read_text().splitlines() if line.strip()]
     return RawDataset(
-        train_images=read_stl10_images(paths[0]), train_labels=_stl10_labels(paths[1], len(classes)),
-        test_images=read_stl10_images(paths[2]), test_labels=_stl10_labels(paths[3], len(classes)),
+        train_images=read_stl10_images(paths[0]),
+        train_labels=_stl10_labels(paths[1], len(classes)),
+        test_images=read_stl10_images(paths[2]),
+        test_labels=_stl10_labels(paths[3], len(classes)),
         classes=classes,
         unlabeled_images=read_stl10_images(paths[5]) if unlabeled else None,
     )

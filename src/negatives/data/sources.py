@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -17,8 +17,18 @@ from ..runtime.atomic import torch_load
 from ..runtime.memory import check_fits
 from .folders import decode_image, decode_views
 
-__all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "read_images", "default_workers",
-           "loader_workers", "load_prepared", "data_digest", "split_digest"]
+__all__ = [
+    "TensorSource",
+    "FolderSource",
+    "open_source",
+    "open_train_source",
+    "read_images",
+    "default_workers",
+    "loader_workers",
+    "load_prepared",
+    "data_digest",
+    "split_digest",
+]
 
 
 # ------------------------------------------------------------------ sources
@@ -27,7 +37,7 @@ __all__ = ["TensorSource", "FolderSource", "open_source", "open_train_source", "
 def _chunks(order, batch_size: int, drop_last: bool, device=None) -> list[torch.Tensor]:
     order = torch.as_tensor(order, dtype=torch.long, device=device)
     n = len(order) - (len(order) % batch_size if drop_last else 0)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 class TensorSource:
@@ -48,8 +58,9 @@ class TensorSource:
         """``(C, H, W)`` of every image."""
         return tuple(self.images.shape[1:])
 
-    def batches(self, order, batch_size: int, drop_last: bool = False
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, order, batch_size: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """For each run of ``batch_size`` indices of ``order`` (a permutation,
         or any index sequence; the last short batch is dropped with
         ``drop_last``): ``(images uint8 [B, C, H, W], labels [B], indices [B])``."""
@@ -122,8 +133,7 @@ class FolderSource:
     (shorter side) and centre-cropped to ``image_size`` (:func:`decode_image`)
     in ``workers`` DataLoader processes (0: in this process)."""
 
-    def __init__(self, root: str | os.PathLike, files: list[str], labels, image_size: int,
-                 workers: int | None = None):
+    def __init__(self, root: str | os.PathLike, files: list[str], labels, image_size: int, workers: int | None = None):
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         self.root, self.files, self.image_size = Path(root), list(files), int(image_size)
@@ -138,21 +148,26 @@ class FolderSource:
     def shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def batches(self, order, batch_size: int, drop_last: bool = False
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, order, batch_size: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """As :meth:`TensorSource.batches`, on the CPU (pinned when CUDA is
         available), in order; the workers decode ahead."""
         chunks = [c.tolist() for c in _chunks(order, batch_size, drop_last)]
         if not chunks:
             return
         loader = torch.utils.data.DataLoader(
-            _Decode(self.root, self.files, self.labels, self.image_size), batch_sampler=chunks,
-            num_workers=min(self.workers, len(chunks)), pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_ignore_interrupt)
+            _Decode(self.root, self.files, self.labels, self.image_size),
+            batch_sampler=chunks,
+            num_workers=min(self.workers, len(chunks)),
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_interrupt,
+        )
         yield from loader
 
-    def view_batches(self, order, batch_size: int, draws, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def view_batches(
+        self, order, batch_size: int, draws, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Training views, cropped as they are decoded: for each full batch of
         ``order``, ``(uint8 views [B, V, 3, S, S], labels [B], indices [B])``,
         each image's ``V`` random-resized crops taken on the full decoded
@@ -164,8 +179,11 @@ class FolderSource:
             return
         loader = torch.utils.data.DataLoader(
             _DecodeViews(self.root, self.files, self.labels, self.image_size, scale, ratio),
-            batch_sampler=_WithDraws(chunks, iter(draws)), num_workers=min(self.workers, len(chunks)),
-            pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_interrupt)
+            batch_sampler=_WithDraws(chunks, iter(draws)),
+            num_workers=min(self.workers, len(chunks)),
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_interrupt,
+        )
         yield from loader
 
 
@@ -183,8 +201,7 @@ def open_source(prepared, split: str = "train", unlabeled: bool = False, workers
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}; allowed: train, test")
     if data.get("storage", "memory") == "stream":
-        return FolderSource(data["root"], data[f"{split}_files"], data[f"{split}_labels"], data["image_size"],
-                            workers)
+        return FolderSource(data["root"], data[f"{split}_files"], data[f"{split}_labels"], data["image_size"], workers)
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
     extra = data.get("unlabeled_images")
     if split == "train" and unlabeled and extra is not None and len(extra):
@@ -220,12 +237,15 @@ def load_prepared(path: str | os.PathLike) -> dict:
     one error naming it and how to rebuild it."""
     if os.path.isfile(path):  # torch.load reads it whole
         size = os.path.getsize(path)
-        check_fits(size, f"{path} ({size:,} bytes)", "run this where there is more memory, or prepare the dataset "
-                   "with storage: stream (image folders) or fewer train_images / test_images")
+        check_fits(
+            size,
+            f"{path} ({size:,} bytes)",
+            "run this where there is more memory, or prepare the dataset "
+            "with storage: stream (image folders) or fewer train_images / test_images",
+        )
     data = torch_load(path, "prepared dataset (data.pt)", f"build it again (snakemake {path})")
     if not isinstance(data, dict) or "classes" not in data:
-        raise ValueError(f"{path} is not a prepared dataset (data.pt); delete it and build it again "
-                         f"(snakemake {path})")
+        raise ValueError(f"{path} is not a prepared dataset (data.pt); delete it and build it again (snakemake {path})")
     return data
 
 
@@ -233,8 +253,10 @@ def load_prepared(path: str | os.PathLike) -> dict:
 
 #: what :func:`split_digest` hashes of each split: the images (or, streamed,
 #: the image files' names) and the labels, in their order
-_SPLIT_KEYS = {"train": ("train_images", "train_files", "train_labels", "unlabeled_images"),
-               "test": ("test_images", "test_files", "test_labels")}
+_SPLIT_KEYS = {
+    "train": ("train_images", "train_files", "train_labels", "unlabeled_images"),
+    "test": ("test_images", "test_files", "test_labels"),
+}
 
 
 def _feed(h, key: str, value) -> None:

@@ -21,8 +21,9 @@ def read_classes(classes_tsv: str | os.PathLike) -> tuple[list[str], list[str]]:
     what, rebuild = "class list (classes.tsv)", f"prepare the dataset again (snakemake {classes_tsv})"
     rows = read_table(classes_tsv, what, rebuild)
     if rows[0] != ["index", "name", "synset"]:
-        raise ValueError(f"{classes_tsv}: its first line is not the header 'index<TAB>name<TAB>synset' of a {what}; "
-                         f"{rebuild}")
+        raise ValueError(
+            f"{classes_tsv}: its first line is not the header 'index<TAB>name<TAB>synset' of a {what}; {rebuild}"
+        )
     for n, r in enumerate(rows[1:], 2):
         if len(r) != 3 or not all(r):
             raise ValueError(f"{classes_tsv}:{n}: {len(r)} columns, expected 3 (index, name, synset); {rebuild}")
@@ -39,12 +40,15 @@ def read_similarity(tsv: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if rows[0][0] != "class" or not names:
         raise ValueError(f"{tsv}: its first line is not the header 'class' + the class names of a {what}; {rebuild}")
     if [r[0] for r in rows[1:]] != names:
-        raise ValueError(f"{tsv}: the rows' class names differ from the header's ({len(rows) - 1} rows for "
-                         f"{len(names)} classes); {rebuild}")
+        raise ValueError(
+            f"{tsv}: the rows' class names differ from the header's ({len(rows) - 1} rows for "
+            f"{len(names)} classes); {rebuild}"
+        )
     for n, r in enumerate(rows[1:], 2):
         if len(r) != len(names) + 1:
-            raise ValueError(f"{tsv}:{n}: {len(r) - 1} values after the class name, expected {len(names)} (one per "
-                             f"class); {rebuild}")
+            raise ValueError(
+                f"{tsv}:{n}: {len(r) - 1} values after the class name, expected {len(names)} (one per class); {rebuild}"
+            )
         bad = next((v for v in r[1:] if not v.isdigit()), None)
         if bad is not None:
             raise ValueError(f"{tsv}:{n}: {bad!r} is not a whole number (a WordNet depth); {rebuild}")

@@ -38,8 +38,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -76,33 +76,74 @@ DOWNLOAD_HINT = (
 
 #: The files NLTK's WordNetCorpusReader opens (its ``_FILES``).
 READER_FILES = (
-    "cntlist.rev", "lexnames", "index.sense",
-    "index.adj", "index.adv", "index.noun", "index.verb",
-    "data.adj", "data.adv", "data.noun", "data.verb",
-    "adj.exc", "adv.exc", "noun.exc", "verb.exc",
+    "cntlist.rev",
+    "lexnames",
+    "index.sense",
+    "index.adj",
+    "index.adv",
+    "index.noun",
+    "index.verb",
+    "data.adj",
+    "data.adv",
+    "data.noun",
+    "data.verb",
+    "adj.exc",
+    "adv.exc",
+    "noun.exc",
+    "verb.exc",
 )
 #: Which Debian package ships each file (``lexnames`` is generated).
-_PACKAGE_OF = {f: ("wordnet-sense-index" if f == "index.sense" else "wordnet-base")
-               for f in READER_FILES if f != "lexnames"}
+_PACKAGE_OF = {
+    f: ("wordnet-sense-index" if f == "index.sense" else "wordnet-base") for f in READER_FILES if f != "lexnames"
+}
 
 #: The lexicographer files of WordNet 3.0, from the lexnames(5WN) manual page:
 #: (file number, name, syntactic category: 1 noun, 2 verb, 3 adjective, 4 adverb).
 LEXNAMES: tuple[tuple[int, str, int], ...] = (
-    (0, "adj.all", 3), (1, "adj.pert", 3), (2, "adv.all", 4),
-    (3, "noun.Tops", 1), (4, "noun.act", 1), (5, "noun.animal", 1),
-    (6, "noun.artifact", 1), (7, "noun.attribute", 1), (8, "noun.body", 1),
-    (9, "noun.cognition", 1), (10, "noun.communication", 1), (11, "noun.event", 1),
-    (12, "noun.feeling", 1), (13, "noun.food", 1), (14, "noun.group", 1),
-    (15, "noun.location", 1), (16, "noun.motive", 1), (17, "noun.object", 1),
-    (18, "noun.person", 1), (19, "noun.phenomenon", 1), (20, "noun.plant", 1),
-    (21, "noun.possession", 1), (22, "noun.process", 1), (23, "noun.quantity", 1),
-    (24, "noun.relation", 1), (25, "noun.shape", 1), (26, "noun.state", 1),
-    (27, "noun.substance", 1), (28, "noun.time", 1),
-    (29, "verb.body", 2), (30, "verb.change", 2), (31, "verb.cognition", 2),
-    (32, "verb.communication", 2), (33, "verb.competition", 2), (34, "verb.consumption", 2),
-    (35, "verb.contact", 2), (36, "verb.creation", 2), (37, "verb.emotion", 2),
-    (38, "verb.motion", 2), (39, "verb.perception", 2), (40, "verb.possession", 2),
-    (41, "verb.social", 2), (42, "verb.stative", 2), (43, "verb.weather", 2),
+    (0, "adj.all", 3),
+    (1, "adj.pert", 3),
+    (2, "adv.all", 4),
+    (3, "noun.Tops", 1),
+    (4, "noun.act", 1),
+    (5, "noun.animal", 1),
+    (6, "noun.artifact", 1),
+    (7, "noun.attribute", 1),
+    (8, "noun.body", 1),
+    (9, "noun.cognition", 1),
+    (10, "noun.communication", 1),
+    (11, "noun.event", 1),
+    (12, "noun.feeling", 1),
+    (13, "noun.food", 1),
+    (14, "noun.group", 1),
+    (15, "noun.location", 1),
+    (16, "noun.motive", 1),
+    (17, "noun.object", 1),
+    (18, "noun.person", 1),
+    (19, "noun.phenomenon", 1),
+    (20, "noun.plant", 1),
+    (21, "noun.possession", 1),
+    (22, "noun.process", 1),
+    (23, "noun.quantity", 1),
+    (24, "noun.relation", 1),
+    (25, "noun.shape", 1),
+    (26, "noun.state", 1),
+    (27, "noun.substance", 1),
+    (28, "noun.time", 1),
+    (29, "verb.body", 2),
+    (30, "verb.change", 2),
+    (31, "verb.cognition", 2),
+    (32, "verb.communication", 2),
+    (33, "verb.competition", 2),
+    (34, "verb.consumption", 2),
+    (35, "verb.contact", 2),
+    (36, "verb.creation", 2),
+    (37, "verb.emotion", 2),
+    (38, "verb.motion", 2),
+    (39, "verb.perception", 2),
+    (40, "verb.possession", 2),
+    (41, "verb.social", 2),
+    (42, "verb.stative", 2),
+    (43, "verb.weather", 2),
     (44, "adj.ppl", 3),
 )
 
@@ -124,6 +165,7 @@ def downloads_allowed() -> bool:
 
 
 # ------------------------------------------------------------------ sources
+
 
 def _missing_debian_files(debian_dir: Path) -> list[str]:
     return [f for f in _PACKAGE_OF if not (debian_dir / f).is_file()]
@@ -182,6 +224,7 @@ def _source(download: bool | None, debian_dir: Path):
 
 # ------------------------------------------------------------ prepared dirs
 
+
 def _complete(path: Path) -> bool:
     return (path / _DONE).is_file() and all((path / f).is_file() for f in READER_FILES)
 
@@ -199,8 +242,9 @@ def _populate(tmp: Path, kind: str, source) -> None:
     (tmp / _DONE).write_text(f"{kind}: {source}\n")
 
 
-def wordnet_dir(results_root: str | os.PathLike, *, download: bool | None = None,
-                debian_dir: str | os.PathLike = DEBIAN_DIR) -> Path:
+def wordnet_dir(
+    results_root: str | os.PathLike, *, download: bool | None = None, debian_dir: str | os.PathLike = DEBIAN_DIR
+) -> Path:
     """Prepare ``{results_root}/wordnet/`` once and return it.
 
     It holds copies of the files NLTK's reader opens (from Debian's packages,
@@ -240,6 +284,7 @@ def _cache_root() -> Path:
 
 
 # ------------------------------------------------------------------ reading
+
 
 def _reader_class():
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
@@ -305,8 +350,7 @@ def check_synsets(names: Iterable[str], wordnet=None) -> None:
             bad.append(name)
     if bad:
         raise ValueError(
-            f"not WordNet 3.0 noun synsets: {', '.join(repr(b) for b in bad)} "
-            "(expected names like 'dog.n.01')"
+            f"not WordNet 3.0 noun synsets: {', '.join(repr(b) for b in bad)} (expected names like 'dog.n.01')"
         )
 
 
@@ -324,6 +368,7 @@ def synset_from_wnid(wnid: str, wordnet=None) -> str:
 
 
 # --------------------------------------------------------------- similarity
+
 
 def _synset(x, wn):
     if isinstance(x, str):

@@ -12,8 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analysis.pairs import (ANALYSIS_DEFAULTS, IDENTITY, PAIR_BYTES, difficulty, embed_views, pair_table,
-                              percentile_ranks, select_images)
+from ..analysis.pairs import (
+    ANALYSIS_DEFAULTS,
+    IDENTITY,
+    PAIR_BYTES,
+    difficulty,
+    embed_views,
+    pair_table,
+    percentile_ranks,
+    select_images,
+)
 from ..config import check_section
 from ..runtime.atomic import atomic_write, check_writable
 
@@ -48,14 +56,18 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
 
     s = _settings(settings)
     pairs = s["queries"] * s["negatives"]
-    check_fits(pairs * PAIR_BYTES, f"analysis.queries {s['queries']} x analysis.negatives {s['negatives']} "
-               f"({pairs:,} pairs, {PAIR_BYTES} bytes each)", "lower analysis.queries or analysis.negatives")
+    check_fits(
+        pairs * PAIR_BYTES,
+        f"analysis.queries {s['queries']} x analysis.negatives {s['negatives']} "
+        f"({pairs:,} pairs, {PAIR_BYTES} bytes each)",
+        "lower analysis.queries or analysis.negatives",
+    )
     device = resolve_device(s["device"], "analysis device")
     check_writable(out_path)
     encoder, meta = load_encoder(checkpoint)
     encoder.to(device)
     data = load_prepared(data_path)
-    check_matches(meta, data, checkpoint, data_path)             # the images the run was trained on
+    check_matches(meta, data, checkpoint, data_path)  # the images the run was trained on
     names, sim = read_similarity(similarity_tsv)
     if names != list(data["classes"]):
         raise ValueError(f"{similarity_tsv} lists classes {names}, {data_path} has {data['classes']}")
@@ -63,15 +75,25 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     labels = train.labels
     qi, ni = select_images(labels.numpy(), s["queries"], s["negatives"], s["seed"])
     idx = torch.from_numpy(np.concatenate([qi, ni]))
-    run = PretrainSettings.from_dict(meta["settings"])           # the run's own crop and blur
-    z = embed_views(encoder, read_images(train, idx)[0], data["mean"], data["std"], s["seed"], s["batch_size"],
-                    run.crop_scale_min, run.blur)
-    zq, zn = z[:len(qi)], z[len(qi):]
+    run = PretrainSettings.from_dict(meta["settings"])  # the run's own crop and blur
+    z = embed_views(
+        encoder,
+        read_images(train, idx)[0],
+        data["mean"],
+        data["std"],
+        s["seed"],
+        s["batch_size"],
+        run.crop_scale_min,
+        run.blur,
+    )
+    zq, zn = z[: len(qi)], z[len(qi) :]
     d = difficulty(zq, zn)
     table = pair_table(d, percentile_ranks(d), labels[qi], labels[ni], sim, qi, ni)
 
     at = pa.Table.from_pandas(table, preserve_index=False)
     extra = {k: json.dumps(meta.get(k)) for k in IDENTITY}
     extra["analysis"] = json.dumps({k: s[k] for k in ("queries", "negatives", "seed")})
-    at = at.replace_schema_metadata({**(at.schema.metadata or {}), **{k.encode(): v.encode() for k, v in extra.items()}})
+    at = at.replace_schema_metadata(
+        {**(at.schema.metadata or {}), **{k.encode(): v.encode() for k, v in extra.items()}}
+    )
     return atomic_write(out_path, lambda tmp: pq.write_table(at, tmp))

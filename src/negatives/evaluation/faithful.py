@@ -17,8 +17,8 @@ on prepared datasets held in memory and on streamed image folders alike.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,15 @@ from ..data.augment import Normalize
 from ..defaults import schema_defaults
 from ..optim import SGD
 
-__all__ = ["FaithfulSettings", "ProbeAugment", "frozen", "train_linear_classifier", "classifier_scores",
-           "faithful_linear_probe", "faithful_probe"]
+__all__ = [
+    "FaithfulSettings",
+    "ProbeAugment",
+    "frozen",
+    "train_linear_classifier",
+    "classifier_scores",
+    "faithful_linear_probe",
+    "faithful_probe",
+]
 
 
 #: the schema's defaults of ``evaluate.faithful``
@@ -52,11 +59,13 @@ class FaithfulSettings:
     seed: int = _DEFAULTS["seed"]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FaithfulSettings":
+    def from_dict(cls, d: dict) -> FaithfulSettings:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise KeyError(f"unknown evaluate.faithful key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+            raise KeyError(
+                f"unknown evaluate.faithful key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+            )
         d = dict(d)
         if "milestones" in d:
             d["milestones"] = tuple(int(m) for m in d["milestones"])
@@ -105,8 +114,9 @@ def _feature_dim(backbone: nn.Module, shape, device) -> int:
     return backbone(torch.zeros((2, *shape), device=device)).shape[1]
 
 
-def train_linear_classifier(backbone: nn.Module, source, num_classes: int, mean, std,
-                            settings: FaithfulSettings, device="cpu") -> nn.Linear:
+def train_linear_classifier(
+    backbone: nn.Module, source, num_classes: int, mean, std, settings: FaithfulSettings, device="cpu"
+) -> nn.Linear:
     """Train ``Linear(F, num_classes)`` on ``backbone(augment(x))`` for the
     images of ``source`` (:func:`negatives.data.sources.open_source`, labels
     ``0..num_classes-1``); the backbone must already be frozen (:func:`frozen`).
@@ -122,8 +132,7 @@ def train_linear_classifier(backbone: nn.Module, source, num_classes: int, mean,
     classifier = nn.Linear(_feature_dim(backbone, source.shape, device), num_classes).to(device)
     nn.init.normal_(classifier.weight, std=0.01)
     nn.init.zeros_(classifier.bias)
-    opt = SGD(classifier.parameters(), lr=settings.lr, momentum=settings.momentum,
-              weight_decay=settings.weight_decay)
+    opt = SGD(classifier.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(settings.milestones), gamma=settings.gamma)
     order_gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(settings.epochs):
@@ -131,7 +140,7 @@ def train_linear_classifier(backbone: nn.Module, source, num_classes: int, mean,
         for x, y, _ in source.batches(order, settings.batch_size):
             x = augment(x.to(device, non_blocking=True))
             with torch.no_grad():
-                feats = backbone(x).float()                                   # [B, F]
+                feats = backbone(x).float()  # [B, F]
             loss = F.cross_entropy(classifier(feats), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,18 +150,22 @@ def train_linear_classifier(backbone: nn.Module, source, num_classes: int, mean,
 
 
 @torch.no_grad()
-def classifier_scores(backbone: nn.Module, classifier: nn.Linear, source, mean, std, device="cpu",
-                      batch_size: int = 256) -> Tensor:
+def classifier_scores(
+    backbone: nn.Module, classifier: nn.Linear, source, mean, std, device="cpu", batch_size: int = 256
+) -> Tensor:
     """Logits ``[M, num_classes]`` (float32, CPU) of every image of ``source``,
     in order, unaugmented (the prepared, centre-cropped images)."""
     normalize = Normalize(mean, std).to(device)
-    out = [classifier(backbone(normalize(x.to(device))).float()).cpu()
-           for x, _, _ in source.batches(torch.arange(source.num_images), batch_size)]
+    out = [
+        classifier(backbone(normalize(x.to(device))).float()).cpu()
+        for x, _, _ in source.batches(torch.arange(source.num_images), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0, classifier.out_features)
 
 
-def faithful_linear_probe(encoder: nn.Module, train, test, num_classes: int, mean, std,
-                          settings: FaithfulSettings, device="cpu") -> Tensor:
+def faithful_linear_probe(
+    encoder: nn.Module, train, test, num_classes: int, mean, std, settings: FaithfulSettings, device="cpu"
+) -> Tensor:
     """Train the probe on the sources ``train`` and score ``test``: logits
     ``[M, num_classes]``.  ``encoder``: a :class:`negatives.models.Encoder`
     (its backbone is probed; the head is not used).  The global generator is
@@ -173,5 +186,13 @@ def faithful_probe(encoder: nn.Module, data: dict, settings: dict, device="cpu",
 
     train = open_source(data, "train", workers=workers)
     test = open_source(data, "test", workers=workers)
-    return faithful_linear_probe(encoder, train, test, len(data["classes"]), data["mean"], data["std"],
-                                 FaithfulSettings.from_dict(settings), device)
+    return faithful_linear_probe(
+        encoder,
+        train,
+        test,
+        len(data["classes"]),
+        data["mean"],
+        data["std"],
+        FaithfulSettings.from_dict(settings),
+        device,
+    )

@@ -30,8 +30,7 @@ from ..optim import avoid_dynamo_import
 from ..runtime.atomic import atomic_write, check_writable
 from ..runtime.gpus import resolve_device
 from ..runtime.versions import versions
-from ..training.settings import check_matches
-from ..training.settings import load_encoder
+from ..training.settings import check_matches, load_encoder
 
 __all__ = [
     "FEWSHOT_DRAWS",
@@ -51,8 +50,16 @@ PROBES = ("fast", "faithful")
 RAN_WITH = (*speed_only("evaluate"), "device")
 
 
-def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
-                 epochs: int = 100, lr: float = 1.0, weight_decay: float = 1e-4, seed: int = 0) -> Tensor:
+def linear_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 1.0,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> Tensor:
     """Fast linear probe; returns test scores (logits) ``[M, num_classes]``.
 
     train_feats ``[N, F]``, train_labels ``[N]``, test_feats ``[M, F]``
@@ -70,8 +77,15 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
     w = (0.01 * torch.randn(x.shape[1], num_classes, generator=g)).requires_grad_()
     b = torch.zeros(num_classes, requires_grad=True)
     avoid_dynamo_import()
-    opt = torch.optim.LBFGS([w, b], lr=lr, max_iter=epochs, history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=lr,
+        max_iter=epochs,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -98,8 +112,9 @@ def fewshot_indices(labels: Tensor, per_class: int, seed: int, num_classes: int 
     for c in classes:
         idx = (labels == c).nonzero().squeeze(1)
         if len(idx) < per_class:
-            raise ValueError(f"few-label probe needs {per_class} labelled images per class, "
-                             f"class {c} has only {len(idx)}")
+            raise ValueError(
+                f"few-label probe needs {per_class} labelled images per class, class {c} has only {len(idx)}"
+            )
         picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     return torch.cat(picks)
 
@@ -122,9 +137,11 @@ def _check_fewshot(per_class: int, data: dict, data_path) -> None:
     counts = torch.bincount(labels[labels >= 0], minlength=len(data["classes"]))
     if per_class > int(counts.min()):
         c = int(counts.argmin())
-        raise ValueError(f"evaluate.fewshot_labels_per_class: {per_class} labels per class, but class {c} "
-                         f"({data['classes'][c]}) has {int(counts[c])} training images in {data_path}; "
-                         f"allowed: at most {int(counts.min())}")
+        raise ValueError(
+            f"evaluate.fewshot_labels_per_class: {per_class} labels per class, but class {c} "
+            f"({data['classes'][c]}) has {int(counts[c])} training images in {data_path}; "
+            f"allowed: at most {int(counts.min())}"
+        )
 
 
 def evaluation_record(settings: dict) -> dict:
@@ -198,15 +215,29 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
         draws.append(topk_accuracy(linear_probe(x_train[idx], y_train[idx], x_test, num_classes), y_test))
     fewshot = {k: None if draws[0][k] is None else sum(d[k] for d in draws) / len(draws) for k in draws[0]}
 
-    knn = topk_accuracy(knn_classify(x_train, y_train, x_test, num_classes,
-                                     k=int(settings["knn_k"]), temperature=float(settings["knn_temperature"])), y_test)
+    knn = topk_accuracy(
+        knn_classify(
+            x_train,
+            y_train,
+            x_test,
+            num_classes,
+            k=int(settings["knn_k"]),
+            temperature=float(settings["knn_temperature"]),
+        ),
+        y_test,
+    )
 
     result = {key: meta[key] for key in ("dataset", "method", "policy", "temperature", "seed", "uses_labels", "epochs")}
     result["train_images_per_s"] = meta.get("train_images_per_s")  # None for random-init
     result.update(
-        linear_top1=linear[1], linear_top5=linear[5],
-        fewshot_top1=fewshot[1], fewshot_top5=fewshot[5], fewshot_labels_per_class=n, fewshot_draws=FEWSHOT_DRAWS,
-        knn_top1=knn[1], knn_top5=knn[5],
+        linear_top1=linear[1],
+        linear_top5=linear[5],
+        fewshot_top1=fewshot[1],
+        fewshot_top5=fewshot[5],
+        fewshot_labels_per_class=n,
+        fewshot_draws=FEWSHOT_DRAWS,
+        knn_top1=knn[1],
+        knn_top5=knn[5],
         # and the images it was evaluated on: figures refuse runs evaluated on other data
         evaluation={**evaluation_record(settings), "data": data_digest(data)},
         ran_with={"device": str(device), "threads": torch.get_num_threads()},

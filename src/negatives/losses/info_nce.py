@@ -19,8 +19,9 @@ from torch import Tensor
 __all__ = ["info_nce"]
 
 
-def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
-             synthetic: Tensor | None = None) -> Tensor:
+def info_nce(
+    l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float, synthetic: Tensor | None = None
+) -> Tensor:
     """Mean InfoNCE over the batch (van den Oord et al. 2018, arXiv:1807.03748).
 
     Args:
@@ -37,7 +38,7 @@ def info_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float
     >>> float(info_nce(l_pos, sim, torch.tensor([[True, False]]), 1.0))      # log 2
     0.6931471824645996
     """
-    negatives = sim if keep is None else sim.masked_fill(~keep, float("-inf"))    # [B, K]
+    negatives = sim if keep is None else sim.masked_fill(~keep, float("-inf"))  # [B, K]
     logits = torch.cat([l_pos.unsqueeze(1), negatives, *([] if synthetic is None else [synthetic])], dim=1)
-    labels = torch.zeros(l_pos.shape[0], dtype=torch.long, device=l_pos.device)    # the positive is column 0
+    labels = torch.zeros(l_pos.shape[0], dtype=torch.long, device=l_pos.device)  # the positive is column 0
     return F.cross_entropy(logits / temperature, labels)

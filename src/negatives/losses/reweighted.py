@@ -30,8 +30,16 @@ from torch import Tensor
 __all__ = ["reweighted_nce"]
 
 
-def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature: float,
-                   synthetic: Tensor | None = None, *, tau_plus: float = 0.0, beta: float = 0.0) -> Tensor:
+def reweighted_nce(
+    l_pos: Tensor,
+    sim: Tensor,
+    keep: Tensor | None,
+    temperature: float,
+    synthetic: Tensor | None = None,
+    *,
+    tau_plus: float = 0.0,
+    beta: float = 0.0,
+) -> Tensor:
     """Mean debiased (Chuang et al. 2020, arXiv:2007.00224) or hard-weighted (Robinson et al. 2021, arXiv:2010.04592) loss.
 
     ``-log(e^{p/t} / (e^{p/t} + Ng))`` over the batch (module docstring).
@@ -61,26 +69,26 @@ def reweighted_nce(l_pos: Tensor, sim: Tensor, keep: Tensor | None, temperature:
     if synthetic is not None:
         keep = None if keep is None else torch.cat([keep, keep.new_ones(synthetic.shape)], dim=1)
         sim = torch.cat([sim, synthetic], dim=1)
-    pos, neg = l_pos / temperature, sim / temperature                                # [B], [B, K]
+    pos, neg = l_pos / temperature, sim / temperature  # [B], [B, K]
     if keep is not None:
-        neg = neg.masked_fill(~keep, float("-inf"))               # a removed negative: e^{-inf} = 0 below
+        neg = neg.masked_fill(~keep, float("-inf"))  # a removed negative: e^{-inf} = 0 below
     with torch.no_grad():
-        top = neg.amax(dim=1, keepdim=True)                                          # [B, 1] largest kept s/t
+        top = neg.amax(dim=1, keepdim=True)  # [B, 1] largest kept s/t
         if keep is not None:
-            top = torch.where(torch.isfinite(top), top, 0.0)                         # a row keeping none
-        m = torch.maximum(top, pos.unsqueeze(1))                                     # [B, 1] the shift
-    n = float(sim.shape[1]) if keep is None else keep.sum(dim=1).to(pos.dtype)       # N per query
+            top = torch.where(torch.isfinite(top), top, 0.0)  # a row keeping none
+        m = torch.maximum(top, pos.unsqueeze(1))  # [B, 1] the shift
+    n = float(sim.shape[1]) if keep is None else keep.sum(dim=1).to(pos.dtype)  # N per query
     if beta == 0:
-        negative = torch.exp(neg - m).sum(dim=1)                                     # Σ e^{s_j/t}, times e^{-m}
+        negative = torch.exp(neg - m).sum(dim=1)  # Σ e^{s_j/t}, times e^{-m}
     else:
-        x = beta * (neg - top)                         # log w_j up to a constant: w_j <= 1, the top one 1
+        x = beta * (neg - top)  # log w_j up to a constant: w_j <= 1, the top one 1
         w = torch.exp(x).sum(dim=1)
         if keep is not None:
-            w = w.clamp(min=torch.finfo(sim.dtype).tiny)                             # a row keeping none
-        negative = torch.exp(x + neg - m).sum(dim=1) * n / w           # Σ w_j e^{s_j/t} / ((1/N) Σ_j w_j), e^{-m}
+            w = w.clamp(min=torch.finfo(sim.dtype).tiny)  # a row keeping none
+        negative = torch.exp(x + neg - m).sum(dim=1) * n / w  # Σ w_j e^{s_j/t} / ((1/N) Σ_j w_j), e^{-m}
     m = m.squeeze(1)
-    pos_e = torch.exp(pos - m)                                                       # e^{p/t} e^{-m}
+    pos_e = torch.exp(pos - m)  # e^{p/t} e^{-m}
     if tau_plus:
         negative = (negative - tau_plus * n * pos_e) / (1.0 - tau_plus)
-    floor = n * torch.exp(-1.0 / temperature - m)                                    # N e^{-1/t} e^{-m}
+    floor = n * torch.exp(-1.0 / temperature - m)  # N e^{-1/t} e^{-m}
     return (m + torch.log(pos_e + torch.maximum(negative, floor)) - pos).mean()

@@ -34,8 +34,14 @@ def num_candidates(method: str, queue_size: int, batch_size: int) -> int:
     return queue_size if method == "moco" else 2 * batch_size - 2
 
 
-def build_method(method: str, encoder: nn.Module, recipe: Recipe, settings, temperature: float,
-                 generator: torch.Generator | None = None) -> nn.Module:
+def build_method(
+    method: str,
+    encoder: nn.Module,
+    recipe: Recipe,
+    settings,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
     """The training model of a method, with a policy name's negatives.
 
     Args:
@@ -55,8 +61,10 @@ def build_method(method: str, encoder: nn.Module, recipe: Recipe, settings, temp
     _check(method)
     if method == "simclr":
         if recipe.needs_queue:
-            raise ValueError(f"policy {recipe.name!r} works through MoCo's queue of negatives (replace mode, "
-                             "retain-hard); SimCLR has none (use method moco, or the drop form of the policy)")
+            raise ValueError(
+                f"policy {recipe.name!r} works through MoCo's queue of negatives (replace mode, "
+                "retain-hard); SimCLR has none (use method moco, or the drop form of the policy)"
+            )
         return SimCLR(encoder, recipe.policy, recipe.loss, temperature)
     queue = recipe.make_queue(settings.queue_size, settings.queue_extra, settings.dim, generator)
     return MoCo(encoder, queue, recipe.policy, recipe.loss, settings.momentum, temperature)

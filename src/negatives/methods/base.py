@@ -3,7 +3,7 @@ it over processes without changing what the module saves."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -21,9 +21,6 @@ one GPU of the multi-GPU shuffle-BN.  The permutation is drawn from torch's
 global CPU generator, as ``torch.randperm(B)`` in the official code; the
 trainer seeds it per epoch and checkpoints its state, so a run stays
 deterministic and resumes bit for bit.
-
-Labels in the queue are read only by oracle policies and the analyses, never
-by the loss of a label-free run.
 """
 
 from __future__ import annotations
@@ -54,8 +51,7 @@ def momentum_update(query_encoder: nn.Module, key_encoder: nn.Module, m: float) 
     parameters-only update, i.e. left to the key encoder's own forward."""
     pk = [p.detach() for p in key_encoder.parameters()]
     pq = [p.detach() for p in query_encoder.parameters()]
-    # one fused multi-tensor update instead of two kernels per parameter
-    # (same arithmetic as pk.mul_(m).add_(pq, alpha=1 - m))
+    # one fused update of every parameter, the arithmetic of pk.mul_(m).add_(pq, alpha=1 - m)
     torch._foreach_mul_(pk, m)
     torch._foreach_add_(pk, pq, alpha=1.0 - m)
 
@@ -73,14 +69,14 @@ def shuffled_keys(key_encoder: nn.Module, x_k: Tensor) -> Tensor:
     0's permutation, each rank encoding its slice of the shuffled batch, the
     keys gathered and put back in order.  The permutation reaches the
     device without a blocking copy (:func:`~negatives.runtime.transfer.to_device_async`)."""
-    x_all, = gather_rows(x_k)                                                   # [B, C, H, W]
+    (x_all,) = gather_rows(x_k)  # [B, C, H, W]
     # drawn on the CPU as in the official code, sent through pinned memory:
     # no blocking host-to-device copy inside the step
     perm = broadcast_(to_device_async(torch.randperm(x_all.shape[0]), x_k.device))
     unshuffle = torch.argsort(perm)
     mine = perm[local_rows(perm.shape[0])]
     # x[perm] keeps a channels-last batch channels-last (index_select would not)
-    k_shuffled, = gather_rows(key_encoder(x_all[mine]))                         # [B, D], shuffled order
+    (k_shuffled,) = gather_rows(key_encoder(x_all[mine]))  # [B, D], shuffled order
     return k_shuffled.index_select(0, unshuffle)
 
 
@@ -106,8 +102,15 @@ class MoCo(ContrastiveMethod):
     (torch.Size([]), 8.0)
     """
 
-    def __init__(self, encoder: nn.Module, queue: KeyQueue, policy: NegativePolicy | None = None,
-                 loss=info_nce, momentum: float = 0.99, temperature: float = 0.2):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        queue: KeyQueue,
+        policy: NegativePolicy | None = None,
+        loss=info_nce,
+        momentum: float = 0.99,
+        temperature: float = 0.2,
+    ):
         super().__init__()
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
@@ -134,25 +137,30 @@ class MoCo(ContrastiveMethod):
         """
         # embeddings, cosines and the loss in float32 under a bf16 autocast
         # too (GPUs): only the encoders and the [B, K] matmul run in bf16
-        q = F.normalize(full_precision(self.query_encoder(x_q)), dim=1)          # [B, D] (this rank's B/R)
+        q = F.normalize(full_precision(self.query_encoder(x_q)), dim=1)  # [B, D] (this rank's B/R)
         with torch.no_grad():
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)
             # shuffle-BN in training (module docstring); the order is irrelevant in eval mode
             k_all = shuffled_keys(self.encoder_k, x_k) if self.training else gather_rows(self.encoder_k(x_k))[0]
-            k_all = F.normalize(full_precision(k_all), dim=1)                     # [B, D] every rank's keys
+            k_all = F.normalize(full_precision(k_all), dim=1)  # [B, D] every rank's keys
             labels_all, indices_all = gather_rows(labels, indices)
-        k = k_all[local_rows(k_all.shape[0])]                                     # this rank's positives
-        l_pos = (q * k).sum(dim=1)                                                # [B]
+        k = k_all[local_rows(k_all.shape[0])]  # this rank's positives
+        l_pos = (q * k).sum(dim=1)  # [B]
         # a snapshot: the queue is updated in place below, before backward
         queue = self.queue
-        keys = queue.keys.clone().to(q.dtype)                                     # [K, D]
-        sim = full_precision(q @ keys.T)                                          # [B, K]
-        candidates = Candidates(labels=queue.labels, indices=queue.indices, keys=keys, query_labels=labels,
-                                queries=q.detach(), newest_first=queue.newest_first(),
-                                query_rows=step_rows(q.shape[0]))
+        keys = queue.keys.clone().to(q.dtype)  # [K, D]
+        sim = full_precision(q @ keys.T)  # [B, K]
+        candidates = Candidates(
+            labels=queue.labels,
+            indices=queue.indices,
+            keys=keys,
+            query_labels=labels,
+            queries=q.detach(),
+            newest_first=queue.newest_first(),
+            query_rows=step_rows(q.shape[0]),
+        )
         with torch.no_grad():
             selection = self.policy(sim.detach(), candidates, progress)
         loss = self.loss(l_pos, sim, selection.keep, self.temperature, selection.synthetic(q, sim))
-        self.queue.enqueue(k_all, labels_all, indices_all, sim=sim.detach())    # the same on every rank
+        self.queue.enqueue(k_all, labels_all, indices_all, sim=sim.detach())  # the same on every rank
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
-

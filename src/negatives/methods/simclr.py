@@ -69,8 +69,9 @@ class SimCLR(ContrastiveMethod):
     6.0
     """
 
-    def __init__(self, encoder: nn.Module, policy: NegativePolicy | None = None, loss=info_nce,
-                 temperature: float = 0.2):
+    def __init__(
+        self, encoder: nn.Module, policy: NegativePolicy | None = None, loss=info_nce, temperature: float = 0.2
+    ):
         super().__init__()
         self.encoder_q = encoder
         self.policy = policy or All()
@@ -96,8 +97,10 @@ class SimCLR(ContrastiveMethod):
         if n == 1:
             return slice(0, batch)
         if n % 2 or (2 * batch) % n:
-            raise ValueError(f"SimCLR across {n} processes: each takes 2 x {batch} / {n} views of one kind, so the "
-                             "number of processes must be even and divide 2 x pretrain.batch_size")
+            raise ValueError(
+                f"SimCLR across {n} processes: each takes 2 x {batch} / {n} views of one kind, so the "
+                "number of processes must be even and divide 2 x pretrain.batch_size"
+            )
         size = 2 * batch // n
         start = (r % (n // 2)) * size
         return slice(start, start + size)
@@ -116,25 +119,32 @@ class SimCLR(ContrastiveMethod):
         # contiguous chunks, so no chunk holds both views of an image (no BN shortcut)
         views = torch.cat([x_1, x_2]) if n == 1 else (x_1 if rank() < n // 2 else x_2)
         # float32 under a bf16 autocast too (GPUs): only the encoder and the matmul in bf16
-        z = F.normalize(full_precision(self.query_encoder(views)), dim=1)               # [2B / R, D]
-        z, mine = _whole_batch(z)                 # across processes: every process's views, and this one's rows
-        q = z if n == 1 else z[mine]              # the queries (one node: autograd sums as in the plain form)
+        z = F.normalize(full_precision(self.query_encoder(views)), dim=1)  # [2B / R, D]
+        z, mine = _whole_batch(z)  # across processes: every process's views, and this one's rows
+        q = z if n == 1 else z[mine]  # the queries (one node: autograd sums as in the plain form)
         batch = z.shape[0] // 2
-        s = full_precision(q @ z.T)                                                     # [2B, 2B]
+        s = full_precision(q @ z.T)  # [2B, 2B]
         l_pos = s.gather(1, twin_index(batch, z.device)[mine].unsqueeze(1)).squeeze(1)  # [2B]
-        pool_index = self._candidates(batch, z.device)[mine]                            # [2B, 2B-2]
-        sim = s.gather(1, pool_index)                                                   # [2B, 2B-2]
+        pool_index = self._candidates(batch, z.device)[mine]  # [2B, 2B-2]
+        sim = s.gather(1, pool_index)  # [2B, 2B-2]
         # every view's label and index (across processes, gathered: the first halves', then the second's)
-        both_labels, both_indices = (torch.cat([labels, labels]), torch.cat([indices, indices])) if n == 1 \
-            else gather_rows(labels, indices)
-        candidates = Candidates(labels=both_labels, indices=both_indices, keys=z.detach(),
-                                query_labels=both_labels[mine], queries=q.detach(), pool_index=pool_index,
-                                query_rows=None if n == 1 else (mine.start, z.shape[0]))
+        both_labels, both_indices = (
+            (torch.cat([labels, labels]), torch.cat([indices, indices])) if n == 1 else gather_rows(labels, indices)
+        )
+        candidates = Candidates(
+            labels=both_labels,
+            indices=both_indices,
+            keys=z.detach(),
+            query_labels=both_labels[mine],
+            queries=q.detach(),
+            pool_index=pool_index,
+            query_rows=None if n == 1 else (mine.start, z.shape[0]),
+        )
         with torch.no_grad():
             selection = self.policy(sim.detach(), candidates, progress)
         # synthetic negatives are constants: their cosines' gradient reaches the query only
         mix_sim = None if selection.mix is None else full_precision(q @ z.detach().T).gather(1, pool_index)
-        synthetic = None if mix_sim is None else selection.synthetic(q, mix_sim)         # [2B, s]
+        synthetic = None if mix_sim is None else selection.synthetic(q, mix_sim)  # [2B, s]
         loss = self.loss(l_pos, sim, selection.keep, self.temperature, synthetic)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 

@@ -21,8 +21,10 @@ from .grammar import SEP, PolicyError, fields, fmt_number, malformed, numbers
 
 __all__ = ["Band", "band_ranks", "band_mask", "rank_window", "marked", "check_band", "parse", "GRAMMAR"]
 
-GRAMMAR = ("'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
-           "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'")
+GRAMMAR = (
+    "'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
+    "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'"
+)
 
 #: the form; the bounds are read by the shared number reader (:mod:`.grammar`)
 _BAND_RE = re.compile(r"^(keep|drop)\[([^\[\]()]*)\)$")
@@ -132,9 +134,7 @@ class Band(NegativePolicy):
         if action not in ("keep", "drop"):
             raise PolicyError(f"band action must be 'keep' or 'drop', got {action!r}")
         check_band(lo_pct, hi_pct, f"{action}[{lo_pct},{hi_pct})")
-        self.action = action
-        self.lo_pct = float(lo_pct)
-        self.hi_pct = float(hi_pct)
+        self.action, self.lo_pct, self.hi_pct = action, float(lo_pct), float(hi_pct)
         self.name = f"{action}[{fmt_number(lo_pct)}{SEP}{fmt_number(hi_pct)})"
 
     def ranks(self, num_candidates: int) -> tuple[int, int]:
@@ -147,7 +147,7 @@ class Band(NegativePolicy):
         if self.action == "keep" and lo == 0 and 0 < k - hi < hi:
             # the easiest hi: cheapest as the K - hi hardest removed
             return Selection(keep=marked(sim, top_k(sim, k - hi), False))
-        band = band_mask(sim, lo, hi)                                               # [B, K]
+        band = band_mask(sim, lo, hi)  # [B, K]
         return Selection(keep=band if self.action == "keep" else ~band)
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
@@ -155,7 +155,8 @@ class Band(NegativePolicy):
         if hi == lo:
             raise PolicyError(
                 f"policy {self.name!r}: the band holds no negative out of {num_candidates} "
-                f"(round({num_candidates} x {self.hi_pct - self.lo_pct:g} / 100) = 0); widen it or use more negatives")
+                f"(round({num_candidates} x {self.hi_pct - self.lo_pct:g} / 100) = 0); widen it or use more negatives"
+            )
         if self.action == "drop" and hi - lo == num_candidates:
             raise PolicyError(f"policy {self.name!r} removes every one of the {num_candidates} negatives")
 

@@ -53,7 +53,7 @@ class Mix:
         >>> mix.logits(q, torch.tensor([[0.2, 0.6]]))           # 0.5 * 0.2 + 0.25 * 0.6 + 0.25 * 1
         tensor([[0.5000]])
         """
-        qq = (q * q.detach()).sum(1, keepdim=True)                                     # [B, 1]
+        qq = (q * q.detach()).sum(1, keepdim=True)  # [B, 1]
         return self.a * sim.gather(1, self.i) + self.c * sim.gather(1, self.j) + self.d * qq
 
 

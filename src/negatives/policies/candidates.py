@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -43,11 +43,3 @@ class Candidates:
     pool_index: Tensor | None = None
     newest_first: Tensor | None = None
     query_rows: tuple[int, int] | None = None
-
-    def take(self, rows: Tensor) -> Candidates:
-        """The candidates at the pool rows ``rows [n]`` of a shared pool (MoCo's queue), in that order."""
-        if self.pool_index is not None:
-            raise ValueError("take() needs a shared pool (pool_index None)")
-        pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
-        return replace(self, labels=pick(self.labels), indices=pick(self.indices), keys=pick(self.keys),
-                       newest_first=None)

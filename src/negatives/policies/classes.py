@@ -45,8 +45,9 @@ class ClassFilter(NegativePolicy):
         if relation not in ("same-class", "other-class"):
             raise PolicyError(f"class relation must be 'same-class' or 'other-class', got {relation!r}")
         if band is None and relation != "same-class":
-            raise PolicyError("'drop-other-class' would remove nearly every negative; combine it with a band: "
-                              "'drop[a,b)&other-class'")
+            raise PolicyError(
+                "'drop-other-class' would remove nearly every negative; combine it with a band: 'drop[a,b)&other-class'"
+            )
         if band is not None and band.action != "drop":
             raise PolicyError(f"a class relation combines with a drop band, got {band.name!r}")
         self.relation = relation
@@ -57,14 +58,16 @@ class ClassFilter(NegativePolicy):
         """``[B, K]`` bool (``[B, n]`` at the positions ``at``): the candidate
         is of the query's class (same-class) or of another known one (other-class)."""
         if candidates.labels is None or candidates.query_labels is None:
-            raise PolicyError(f"policy {self.name!r} needs the class labels of the queries and their negatives, "
-                              "which this step does not have")
+            raise PolicyError(
+                f"policy {self.name!r} needs the class labels of the queries and their negatives, "
+                "which this step does not have"
+            )
         cand = candidates.labels.clamp(min=-1)
         if candidates.pool_index is not None:
-            cand = cand[candidates.pool_index]                                        # [B, K]
+            cand = cand[candidates.pool_index]  # [B, K]
         if at is not None:
             cand = cand[at] if cand.dim() == 1 else cand.gather(1, at)
-        q = candidates.query_labels.unsqueeze(1)                                      # [B, 1]
+        q = candidates.query_labels.unsqueeze(1)  # [B, 1]
         # an unknown query label (-1) maps to -2, which no candidate label equals
         same = cand == torch.where(q >= 0, q, -2)
         if self.relation == "same-class":

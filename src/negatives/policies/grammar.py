@@ -23,8 +23,20 @@ from decimal import Decimal
 
 from ..ranking import exact
 
-__all__ = ["NUMBER_FORMS", "SEP", "PolicyError", "exact", "fields", "fmt_number", "malformed", "match_form", "moving",
-           "number", "numbers", "refuse_non_finite"]
+__all__ = [
+    "NUMBER_FORMS",
+    "SEP",
+    "PolicyError",
+    "exact",
+    "fields",
+    "fmt_number",
+    "malformed",
+    "match_form",
+    "moving",
+    "number",
+    "numbers",
+    "refuse_non_finite",
+]
 
 #: the separator of numbers in canonical policy names (folder names): never a
 #: comma, which Snakemake cannot pass in a wildcard to a cluster job (its
@@ -51,7 +63,7 @@ def fmt_number(x: float) -> str:
 
     Shortest decimal form, every digit kept: 95.0 -> '95', 99.9 -> '99.9',
     12.3456789 -> '12.3456789' (a name must say the exact band it runs)."""
-    text = repr(float(x) + 0.0)     # + 0.0: -0 is 0, one name for one policy
+    text = repr(float(x) + 0.0)  # + 0.0: -0 is 0, one name for one policy
     if "e" in text:
         text = format(Decimal(text), "f")
     return text[:-2] if text.endswith(".0") else text
@@ -150,8 +162,9 @@ def _finite(written: str, text: str) -> float:
     v = float(written)
     if not math.isfinite(v):
         shown = written if len(written) <= 12 else f"{written[:12]}... ({len(written)} characters)"
-        raise PolicyError(f"policy {text!r}: the number {shown} is too large to be finite "
-                          "(NaN and infinity are refused)")
+        raise PolicyError(
+            f"policy {text!r}: the number {shown} is too large to be finite (NaN and infinity are refused)"
+        )
     return v + 0.0
 
 

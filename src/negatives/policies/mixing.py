@@ -81,9 +81,11 @@ from .grammar import SEP, PolicyError, fields, fmt_number, match_form, numbers
 
 __all__ = ["MoCHi", "hardest", "candidate_embeddings", "pair_dots", "mix_pairs", "mix_with_query", "parse", "GRAMMAR"]
 
-GRAMMAR = ("'mochi[N,s,s']' or 'mochi[N,s,s',w]': per query, s negatives mixed from pairs of its N hardest "
-           "and s' mixed from the query and one of them, after w warm-up epochs (integers, N >= 1, "
-           "s + s' >= 1, s <= N*N, w >= 0)")
+GRAMMAR = (
+    "'mochi[N,s,s']' or 'mochi[N,s,s',w]': per query, s negatives mixed from pairs of its N hardest "
+    "and s' mixed from the query and one of them, after w warm-up epochs (integers, N >= 1, "
+    "s + s' >= 1, s <= N*N, w >= 0)"
+)
 
 #: a tolerance on ``progress * epochs``: progress is step / total_steps, so
 #: the first step of epoch e sits at e (up to rounding)
@@ -138,9 +140,12 @@ def pair_dots(candidates: Candidates, pi: Tensor, pj: Tensor) -> Tensor:
     if pi.device.type == "cpu" and candidates.keys is not None:
         rows = max(1, (1 << 17) // max(1, s * candidates.keys.shape[1]))
     # the product in place, into the first gathered block (fresh memory)
-    blocks = [candidate_embeddings(candidates, pi[r:r + rows]).mul_(candidate_embeddings(candidates, pj[r:r + rows]))
-              .sum(2)
-              for r in range(0, b, rows)]
+    blocks = [
+        candidate_embeddings(candidates, pi[r : r + rows])
+        .mul_(candidate_embeddings(candidates, pj[r : r + rows]))
+        .sum(2)
+        for r in range(0, b, rows)
+    ]
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
@@ -188,8 +193,7 @@ class MoCHi(NegativePolicy):
     torch.Size([2, 3])
     """
 
-    def __init__(self, n_hard: int, s: int, s_query: int, warmup: int = 0,
-                 generator: torch.Generator | None = None):
+    def __init__(self, n_hard: int, s: int, s_query: int, warmup: int = 0, generator: torch.Generator | None = None):
         for label, v in (("N", n_hard), ("s", s), ("s'", s_query), ("w", warmup)):
             if int(v) != v or v < 0:
                 raise PolicyError(f"mochi: {label} must be a whole number >= 0, got {v!r}; allowed: {GRAMMAR}")
@@ -199,12 +203,15 @@ class MoCHi(NegativePolicy):
         if self.n_hard < 1:
             raise PolicyError(f"policy {self.name!r}: N must be at least 1; allowed: {GRAMMAR}")
         if self.s + self.s_query == 0:
-            raise PolicyError(f"policy {self.name!r}: s = s' = 0 mixes nothing (that is the policy 'all'); "
-                              f"allowed: {GRAMMAR}")
+            raise PolicyError(
+                f"policy {self.name!r}: s = s' = 0 mixes nothing (that is the policy 'all'); allowed: {GRAMMAR}"
+            )
         if self.s > self.n_hard * self.n_hard:
-            raise PolicyError(f"policy {self.name!r}: s = {self.s} synthetic negatives from pairs of the "
-                              f"N = {self.n_hard} hardest, but there are only N*N = {self.n_hard * self.n_hard} "
-                              f"pairs; allowed: {GRAMMAR}")
+            raise PolicyError(
+                f"policy {self.name!r}: s = {self.s} synthetic negatives from pairs of the "
+                f"N = {self.n_hard} hardest, but there are only N*N = {self.n_hard * self.n_hard} "
+                f"pairs; allowed: {GRAMMAR}"
+            )
         self.generator = generator
         self.epochs: int | None = None
         self.last_mix: dict[str, Tensor] = {}
@@ -216,11 +223,15 @@ class MoCHi(NegativePolicy):
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         if self.n_hard > num_candidates:
-            raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest negatives out of only "
-                              f"{num_candidates} candidates; allowed: N <= {num_candidates}")
+            raise PolicyError(
+                f"policy {self.name!r}: N = {self.n_hard} hardest negatives out of only "
+                f"{num_candidates} candidates; allowed: N <= {num_candidates}"
+            )
         if epochs is not None and self.warmup >= epochs:
-            raise PolicyError(f"policy {self.name!r}: a warm-up of {self.warmup} epochs leaves no mixing in a run "
-                              f"of {epochs} epochs; allowed: w < {epochs}")
+            raise PolicyError(
+                f"policy {self.name!r}: a warm-up of {self.warmup} epochs leaves no mixing in a run "
+                f"of {epochs} epochs; allowed: w < {epochs}"
+            )
 
     def mixing(self, progress: float) -> bool:
         """True once the warm-up is over: ``progress * epochs >= w``."""
@@ -237,7 +248,7 @@ class MoCHi(NegativePolicy):
         if self.n_hard > k:
             raise PolicyError(f"policy {self.name!r}: N = {self.n_hard} hardest out of only {k} candidates")
         with torch.no_grad():
-            hard = hardest(sim, self.n_hard)                                     # [B, N] positions
+            hard = hardest(sim, self.n_hard)  # [B, N] positions
             dev, g = sim.device, self.generator
             # drawn for every query of the step, this process's rows kept (candidates.query_rows)
             first, total = candidates.query_rows or (0, b)
@@ -246,22 +257,27 @@ class MoCHi(NegativePolicy):
             j = _randint(self.n_hard, (total, self.s), dev, g)[mine]
             alpha = _uniform((total, self.s), dev, g)[mine]
             jq = _randint(self.n_hard, (total, self.s_query), dev, g)[mine]
-            beta = 0.5 * _uniform((total, self.s_query), dev, g)[mine]        # [0, 0.5)
+            beta = 0.5 * _uniform((total, self.s_query), dev, g)[mine]  # [0, 0.5)
             # the parents' positions in sim, laid out as the Mix reads them
             # (i then j; the query mixes' j twice): one gather, no copies later
             n_mix, s = self.s + self.s_query, self.s
-            ij = hard.gather(1, torch.cat([i, jq, j, jq], 1))                      # [B, 2(s + s')]
-            pi, pq, pj = ij[:, :s], ij[:, s:n_mix], ij[:, n_mix:n_mix + s]
-            dot = pair_dots(candidates, pi, pj)                                    # n_i . n_j  [B, s]
+            ij = hard.gather(1, torch.cat([i, jq, j, jq], 1))  # [B, 2(s + s')]
+            pi, pq, pj = ij[:, :s], ij[:, s:n_mix], ij[:, n_mix : n_mix + s]
+            dot = pair_dots(candidates, pi, pj)  # n_i . n_j  [B, s]
             # both kinds at once, elementwise: the pairs' weights x = alpha with
             # their parents' cosine, then the query mixes' y = beta with q . n_j
-            x = torch.cat([alpha, beta], 1).to(dot.dtype)                          # [B, s + s']
-            cos = torch.cat([dot, sim.gather(1, pq).to(dot.dtype)], 1)             # [B, s + s']
+            x = torch.cat([alpha, beta], 1).to(dot.dtype)  # [B, s + s']
+            cos = torch.cat([dot, sim.gather(1, pq).to(dot.dtype)], 1)  # [B, s + s']
             u = 1 - x
-            r = (x * x + u ** 2 + 2 * x * u * cos).sqrt()      # |x n_i + (1-x) n_j|, then |y q + (1-y) n_j|
+            r = (x * x + u**2 + 2 * x * u * cos).sqrt()  # |x n_i + (1-x) n_j|, then |y q + (1-y) n_j|
             xr = x / r
-            mix = Mix(i=ij[:, :n_mix], j=ij[:, n_mix:], a=F.pad(xr[:, :s], (0, self.s_query)), c=u / r,
-                      d=F.pad(xr[:, s:], (s, 0)))
+            mix = Mix(
+                i=ij[:, :n_mix],
+                j=ij[:, n_mix:],
+                a=F.pad(xr[:, :s], (0, self.s_query)),
+                c=u / r,
+                d=F.pad(xr[:, s:], (s, 0)),
+            )
         self.last_mix = {"hard": hard, "i": i, "j": j, "alpha": alpha, "jq": jq, "beta": beta}
         return Selection(mix=mix)
 
@@ -278,8 +294,13 @@ class MoCHi(NegativePolicy):
         m = self.last_mix
         parent = lambda pos: candidate_embeddings(candidates, m["hard"].gather(1, pos))  # noqa: E731  [B, s, D]
         with torch.no_grad():
-            return torch.cat([mix_pairs(parent(m["i"]), parent(m["j"]), m["alpha"]),
-                              mix_with_query(candidates.queries, parent(m["jq"]), m["beta"])], dim=1)
+            return torch.cat(
+                [
+                    mix_pairs(parent(m["i"]), parent(m["j"]), m["alpha"]),
+                    mix_with_query(candidates.queries, parent(m["jq"]), m["beta"]),
+                ],
+                dim=1,
+            )
 
 
 #: the form; the numbers are read by the shared number reader (:mod:`.grammar`)
@@ -288,8 +309,9 @@ _RE = re.compile(r"^mochi\[([^\[\]]*)\]$")
 
 def _whole(v: float, label: str, text: str) -> int:
     if v != int(v) or v < 0:
-        raise PolicyError(f"policy {text!r}: {label} must be a whole number >= 0, got {fmt_number(v)}; "
-                          f"allowed: {GRAMMAR}")
+        raise PolicyError(
+            f"policy {text!r}: {label} must be a whole number >= 0, got {fmt_number(v)}; allowed: {GRAMMAR}"
+        )
     return int(v)
 
 
@@ -311,5 +333,6 @@ def parse(text: str) -> MoCHi | None:
     if m is None:
         return None
     n, s, sq, *w = numbers(fields(m.group(1)), text, "mochi policy", GRAMMAR, counts=(3, 4))
-    return MoCHi(_whole(n, "N", text), _whole(s, "s", text), _whole(sq, "s'", text),
-                 _whole(w[0], "w", text) if w else 0)
+    return MoCHi(
+        _whole(n, "N", text), _whole(s, "s", text), _whole(sq, "s'", text), _whole(w[0], "w", text) if w else 0
+    )

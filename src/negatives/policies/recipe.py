@@ -3,8 +3,8 @@ that turns them into a number, and MoCo's queue of negatives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -64,12 +64,15 @@ class Recipe:
         if self.check is not None:
             self.check(num_candidates)
 
-    def make_queue(self, queue_size: int, queue_extra: int, dim: int,
-                   generator: torch.Generator | None = None) -> KeyQueue:
+    def make_queue(
+        self, queue_size: int, queue_extra: int, dim: int, generator: torch.Generator | None = None
+    ) -> KeyQueue:
         """MoCo's queue: K keys, and ``queue_extra`` older ones for ``@replace``."""
         if self.replace and queue_extra <= 0:
-            raise ValueError(f"policy {self.name!r} needs pretrain.queue_extra > 0 (the older negatives that stand "
-                             "in for removed ones)")
+            raise ValueError(
+                f"policy {self.name!r} needs pretrain.queue_extra > 0 (the older negatives that stand "
+                "in for removed ones)"
+            )
         return self.queue(queue_size + (queue_extra if self.replace else 0), dim, generator=generator)
 
     def __str__(self) -> str:

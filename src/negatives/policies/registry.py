@@ -41,12 +41,12 @@ __all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "PARSERS", "POLICY_GRAMMAR", "parse_
 #: every family's parser, ``parse(text) -> NegativePolicy | Recipe | None``
 #: (None: not of this family; :class:`PolicyError`: of this family but malformed)
 PARSERS = {
-    "classes": classes.parse,        # drop-same-class, drop[a,b)&same-class (the paper's Table 1)
-    "bands": bands.parse,            # keep[a,b), drop[a,b) (the paper)
-    "mixing": mixing.parse,          # mochi[...]
-    "ring": ring.parse,              # ring[...], curriculum[...]
+    "classes": classes.parse,  # drop-same-class, drop[a,b)&same-class (the paper's Table 1)
+    "bands": bands.parse,  # keep[a,b), drop[a,b) (the paper)
+    "mixing": mixing.parse,  # mochi[...]
+    "ring": ring.parse,  # ring[...], curriculum[...]
     "reweighted": reweighted.parse,  # debiased[...], hard[...]
-    "retention": retention.parse,    # retain-hard[...]
+    "retention": retention.parse,  # retain-hard[...]
 }
 
 #: the first word of every built-in policy (what a plugin may not be named);
@@ -110,8 +110,10 @@ def _parse_base(t: str, text: str) -> NegativePolicy | Recipe:
     word = m.group(0) if m else ""
     if word in plugins():
         if word in FAMILIES:
-            raise PolicyError(f"policy {text!r}: the plugin family {word!r} of package {_packages(word)} takes the "
-                              f"name of a built-in family; rename its entry point in group {ENTRY_POINT_GROUP!r}")
+            raise PolicyError(
+                f"policy {text!r}: the plugin family {word!r} of package {_packages(word)} takes the "
+                f"name of a built-in family; rename its entry point in group {ENTRY_POINT_GROUP!r}"
+            )
         return _plugin_policy(word, t, text)
     if t == "all":
         return Recipe("all")
@@ -132,7 +134,7 @@ def plugins() -> dict[str, tuple[EntryPoint, ...]]:
     found: dict[str, list[EntryPoint]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         same = found.setdefault(ep.name, [])
-        if all(e.value != ep.value for e in same):        # one package seen twice on the path: one plugin
+        if all(e.value != ep.value for e in same):  # one package seen twice on the path: one plugin
             same.append(ep)
     return {name: tuple(eps) for name, eps in found.items()}
 
@@ -165,26 +167,34 @@ def _plugin_policy(word: str, t: str, text: str) -> NegativePolicy:
     except Exception as e:  # noqa: BLE001 -- any error of foreign code: one line naming the package
         raise PolicyError(f"{where}: its entry point {eps[0].value!r} failed to load ({_one_line(e)})") from None
     if not (isinstance(cls, type) and issubclass(cls, NegativePolicy)):
-        raise PolicyError(f"{where}: its entry point {eps[0].value!r} is {cls!r}, not a subclass of "
-                          "negatives.policies.NegativePolicy")
+        raise PolicyError(
+            f"{where}: its entry point {eps[0].value!r} is {cls!r}, not a subclass of negatives.policies.NegativePolicy"
+        )
     try:
         policy = cls(*values)
         policy.name = f"{word}[{SEP.join(fmt_number(x) for x in values)}]" if values else word
     except PolicyError as e:  # the plugin's own refusal of these numbers
         raise PolicyError(f"{where}: {' '.join(str(e).split())}") from None
     except Exception as e:  # noqa: BLE001 -- its bug, or numbers it does not take: one line either way
-        raise PolicyError(f"{where}: {cls.__name__}({', '.join(map(fmt_number, values))}) failed "
-                          f"({_one_line(e)})") from None
+        raise PolicyError(
+            f"{where}: {cls.__name__}({', '.join(map(fmt_number, values))}) failed ({_one_line(e)})"
+        ) from None
     return policy
 
 
 def _allowed() -> str:
     """The built-in forms and the installed plugin families."""
     names = sorted(name for name in plugins() if _WORD.fullmatch(name) and name not in FAMILIES)
-    text = POLICY_GRAMMAR + ("; and from installed plugins: " + ", ".join(
-        f"'{n}' or '{n}[x,y,...]' (package {_packages(n)})" for n in names) if names
-        else f"; no plugin families are installed (entry-point group {ENTRY_POINT_GROUP!r})")
+    text = POLICY_GRAMMAR + (
+        "; and from installed plugins: " + ", ".join(f"'{n}' or '{n}[x,y,...]' (package {_packages(n)})" for n in names)
+        if names
+        else f"; no plugin families are installed (entry-point group {ENTRY_POINT_GROUP!r})"
+    )
     # a name no policy string can spell (an upper-case letter, '_'): say so, or its package is a mystery
-    text += "".join(f"; the entry point {n!r} of package {_packages(n)} is ignored: a family's name is lowercase "
-                    "letters, digits and '-'" for n in sorted(plugins()) if not _WORD.fullmatch(n))
+    text += "".join(
+        f"; the entry point {n!r} of package {_packages(n)} is ignored: a family's name is lowercase "
+        "letters, digits and '-'"
+        for n in sorted(plugins())
+        if not _WORD.fullmatch(n)
+    )
     return text

@@ -4,6 +4,8 @@ arXiv:2010.06682: "we replace them with slightly older negatives")."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -11,7 +13,19 @@ from .base import NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import PolicyError
 
-__all__ = ["Replace", "replace_removed"]
+__all__ = ["Replace", "replace_removed", "taken"]
+
+
+def taken(candidates: Candidates, rows: Tensor) -> Candidates:
+    """The candidates at the queue rows ``rows [n]``, in that order."""
+    pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+    return dataclasses.replace(
+        candidates,
+        labels=pick(candidates.labels),
+        indices=pick(candidates.indices),
+        keys=pick(candidates.keys),
+        newest_first=None,
+    )
 
 
 def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
@@ -79,13 +93,13 @@ class Replace(NegativePolicy):
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
         if self.window is None or candidates.newest_first is None:
             raise PolicyError(f"policy {self.name!r} needs MoCo's queue in age order and start(epochs, K) first")
-        newest, older = candidates.newest_first[:self.window], candidates.newest_first[self.window:]
-        chosen = self.inner(sim.index_select(1, newest), candidates.take(newest), progress)
-        keep = torch.ones_like(sim[:, :self.window], dtype=torch.bool) if chosen.keep is None else chosen.keep
-        eligible = self.inner.eligible(candidates.take(older))                          # [B, E], [E] or None
+        newest, older = candidates.newest_first[: self.window], candidates.newest_first[self.window :]
+        chosen = self.inner(sim.index_select(1, newest), taken(candidates, newest), progress)
+        keep = torch.ones_like(sim[:, : self.window], dtype=torch.bool) if chosen.keep is None else chosen.keep
+        eligible = self.inner.eligible(taken(candidates, older))  # [B, E], [E] or None
         if eligible is None:
             eligible = torch.ones((1, older.shape[0]), dtype=torch.bool, device=sim.device)
-        stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))              # [B, E]
+        stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))  # [B, E]
         # back in the queue's slot order, the columns of sim
         full = torch.empty_like(sim, dtype=torch.bool).index_copy_(1, newest, keep).index_copy_(1, older, stand_in)
         return Selection(keep=full, mix=chosen.mix)

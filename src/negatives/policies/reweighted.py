@@ -15,14 +15,15 @@ from .recipe import Recipe
 __all__ = ["debiased", "hard", "parse", "GRAMMAR", "DEBIASED_GRAMMAR", "HARD_GRAMMAR"]
 
 DEBIASED_GRAMMAR = "'debiased[tau_plus]' with 0 <= tau_plus < 1 (class prior of Chuang et al. 2020)"
-HARD_GRAMMAR = ("'hard[beta,tau_plus]' with beta >= 0 (concentration) and 0 <= tau_plus < 1 "
-                "(Robinson et al. 2021)")
+HARD_GRAMMAR = "'hard[beta,tau_plus]' with beta >= 0 (concentration) and 0 <= tau_plus < 1 (Robinson et al. 2021)"
 GRAMMAR = f"{DEBIASED_GRAMMAR}; {HARD_GRAMMAR}"
 
 
 def _check(tau_plus: float, beta: float, name: str, grammar: str) -> None:
     if not (math.isfinite(tau_plus) and 0.0 <= tau_plus < 1.0):
-        raise PolicyError(f"policy {name!r}: tau_plus must lie in [0, 1), got {fmt_number(tau_plus)}; allowed: {grammar}")
+        raise PolicyError(
+            f"policy {name!r}: tau_plus must lie in [0, 1), got {fmt_number(tau_plus)}; allowed: {grammar}"
+        )
     if not (math.isfinite(beta) and beta >= 0.0):
         raise PolicyError(f"policy {name!r}: beta must be >= 0, got {fmt_number(beta)}; allowed: {grammar}")
 

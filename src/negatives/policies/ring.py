@@ -84,19 +84,35 @@ from .base import NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import SEP, PolicyError, fields, fmt_number, malformed, match_form, moving, number, numbers
 
-__all__ = ["Schedule", "ScheduledBand", "Ring", "Curriculum", "parse_schedule", "parse", "GRAMMAR",
-           "RING_GRAMMAR", "CURRICULUM_GRAMMAR", "SCHEDULE_GRAMMAR"]
+__all__ = [
+    "Schedule",
+    "ScheduledBand",
+    "Ring",
+    "Curriculum",
+    "parse_schedule",
+    "parse",
+    "GRAMMAR",
+    "RING_GRAMMAR",
+    "CURRICULUM_GRAMMAR",
+    "SCHEDULE_GRAMMAR",
+]
 
-SCHEDULE_GRAMMAR = ("'constant', 'linear', 'step' or 'stepS' (S >= 2 stages, default 10), "
-                    "'exp' or 'expL' (rate L > 0, default 5), optionally followed by ',u': the percent of "
-                    "training the move takes (0 < u <= 100, default 100)")
-RING_GRAMMAR = (f"'ring[o,i]' or 'ring[o,i,schedule]' (Wu et al.): keep a query's outer ball of the "
-                f"floor(K o / 100) hardest negatives without its inner ball, the floor(outer i / 100) hardest; "
-                f"o a percent of K in (0, 100], fixed 'x' or moving 'x->y'; i a percent of the outer ball in "
-                f"[0, 100) (0: their Ball); schedule one of {SCHEDULE_GRAMMAR}; a band of percentiles that moves "
-                f"is a curriculum")
-CURRICULUM_GRAMMAR = (f"'curriculum[a0,b0->a1,b1,schedule]': the band [a0,b0) at the start moving to [a1,b1) "
-                      f"at the end (0 <= a < b <= 100), schedule one of {SCHEDULE_GRAMMAR}")
+SCHEDULE_GRAMMAR = (
+    "'constant', 'linear', 'step' or 'stepS' (S >= 2 stages, default 10), "
+    "'exp' or 'expL' (rate L > 0, default 5), optionally followed by ',u': the percent of "
+    "training the move takes (0 < u <= 100, default 100)"
+)
+RING_GRAMMAR = (
+    f"'ring[o,i]' or 'ring[o,i,schedule]' (Wu et al.): keep a query's outer ball of the "
+    f"floor(K o / 100) hardest negatives without its inner ball, the floor(outer i / 100) hardest; "
+    f"o a percent of K in (0, 100], fixed 'x' or moving 'x->y'; i a percent of the outer ball in "
+    f"[0, 100) (0: their Ball); schedule one of {SCHEDULE_GRAMMAR}; a band of percentiles that moves "
+    f"is a curriculum"
+)
+CURRICULUM_GRAMMAR = (
+    f"'curriculum[a0,b0->a1,b1,schedule]': the band [a0,b0) at the start moving to [a1,b1) "
+    f"at the end (0 <= a < b <= 100), schedule one of {SCHEDULE_GRAMMAR}"
+)
 GRAMMAR = f"{RING_GRAMMAR}; {CURRICULUM_GRAMMAR}"
 
 _ROUND = 9  # decimals kept of an exponential schedule's value
@@ -120,13 +136,16 @@ class Schedule:
         if kind not in ("constant", "linear", "step", "exp"):
             raise PolicyError(f"unknown schedule {kind!r}; allowed: {SCHEDULE_GRAMMAR}")
         if kind == "step" and (param is None or param != int(param) or param < 2):
-            raise PolicyError(f"schedule 'step{param}': needs a whole number of stages >= 2; "
-                              f"allowed: {SCHEDULE_GRAMMAR}")
+            raise PolicyError(
+                f"schedule 'step{param}': needs a whole number of stages >= 2; allowed: {SCHEDULE_GRAMMAR}"
+            )
         if kind == "exp" and (param is None or not param > 0):
             raise PolicyError(f"schedule 'exp{param}': needs a rate > 0; allowed: {SCHEDULE_GRAMMAR}")
         if not 0 < self.until <= 100:
-            raise PolicyError(f"schedule {kind!r}: the share of training must lie in (0, 100], got "
-                              f"{fmt_number(self.until)}; allowed: {SCHEDULE_GRAMMAR}")
+            raise PolicyError(
+                f"schedule {kind!r}: the share of training must lie in (0, 100], got "
+                f"{fmt_number(self.until)}; allowed: {SCHEDULE_GRAMMAR}"
+            )
 
     @property
     def name(self) -> str:
@@ -211,9 +230,11 @@ class ScheduledBand(NegativePolicy):
         for when, p in (("start", 0), ("end", 1)):
             lo, hi = self.ranks(num_candidates, p)
             if hi == lo:
-                raise PolicyError(f"policy {self.name!r}: {self._describe(num_candidates, p)} at the {when} of "
-                                  f"training holds no negative out of {num_candidates}; widen it or use more "
-                                  "negatives")
+                raise PolicyError(
+                    f"policy {self.name!r}: {self._describe(num_candidates, p)} at the {when} of "
+                    f"training holds no negative out of {num_candidates}; widen it or use more "
+                    "negatives"
+                )
 
 
 def _moving(v: tuple[float, float]) -> str:
@@ -224,8 +245,10 @@ def _checked_schedule(schedule: Schedule, moving: bool, name: str, grammar: str)
     if not moving:
         return Schedule("constant")
     if schedule.kind == "constant":
-        raise PolicyError(f"policy {name!r}: a 'constant' schedule keeps the start value; allowed: fixed values "
-                          f"with 'constant', moving ones with a moving schedule; {grammar}")
+        raise PolicyError(
+            f"policy {name!r}: a 'constant' schedule keeps the start value; allowed: fixed values "
+            f"with 'constant', moving ones with a moving schedule; {grammar}"
+        )
     return schedule
 
 
@@ -251,16 +274,19 @@ class Ring(ScheduledBand):
     def __init__(self, outer: tuple[float, float], inner: float, schedule: Schedule):
         self.outer = (float(outer[0]), float(outer[1]))
         self.inner = float(inner)
-        self.schedule = _checked_schedule(schedule, self.outer[0] != self.outer[1], self._name(schedule),
-                                          RING_GRAMMAR)
+        self.schedule = _checked_schedule(schedule, self.outer[0] != self.outer[1], self._name(schedule), RING_GRAMMAR)
         self.name = self._name(self.schedule)
         for when, o in (("start", self.outer[0]), ("end", self.outer[1])):
             if not 0 < o <= 100:
-                raise PolicyError(f"policy {self.name!r}: the outer ball at the {when} of training must be a percent "
-                                  f"of K in (0, 100], got {fmt_number(o)}; allowed: {RING_GRAMMAR}")
+                raise PolicyError(
+                    f"policy {self.name!r}: the outer ball at the {when} of training must be a percent "
+                    f"of K in (0, 100], got {fmt_number(o)}; allowed: {RING_GRAMMAR}"
+                )
         if not 0 <= self.inner < 100:
-            raise PolicyError(f"policy {self.name!r}: the inner ball must be a percent of the outer ball in [0, 100), "
-                              f"got {fmt_number(self.inner)}; allowed: {RING_GRAMMAR}")
+            raise PolicyError(
+                f"policy {self.name!r}: the inner ball must be a percent of the outer ball in [0, 100), "
+                f"got {fmt_number(self.inner)}; allowed: {RING_GRAMMAR}"
+            )
 
     def _name(self, schedule: Schedule) -> str:
         fields = [_moving(self.outer), fmt_number(self.inner)]
@@ -280,8 +306,10 @@ class Ring(ScheduledBand):
     def _describe(self, num_candidates: int, progress) -> str:
         outer, inner = self.balls(num_candidates, progress)
         o = float(self.schedule.value(*self.outer, progress))
-        return (f"the ring (outer ball floor({num_candidates} x {fmt_number(o)} / 100) = {outer}, inner ball "
-                f"floor({outer} x {fmt_number(self.inner)} / 100) = {inner})")
+        return (
+            f"the ring (outer ball floor({num_candidates} x {fmt_number(o)} / 100) = {outer}, inner ball "
+            f"floor({outer} x {fmt_number(self.inner)} / 100) = {inner})"
+        )
 
 
 class Curriculum(ScheduledBand):
@@ -309,15 +337,21 @@ class Curriculum(ScheduledBand):
         self.name = self._name(self.schedule)
         for when, a, b in (("start", self.lo[0], self.hi[0]), ("end", self.lo[1], self.hi[1])):
             if not (0.0 <= a <= 100.0 and 0.0 <= b <= 100.0):
-                raise PolicyError(f"policy {self.name!r}: bounds at the {when} of training must lie in [0, 100], "
-                                  f"got a={fmt_number(a)}, b={fmt_number(b)}; allowed: {CURRICULUM_GRAMMAR}")
+                raise PolicyError(
+                    f"policy {self.name!r}: bounds at the {when} of training must lie in [0, 100], "
+                    f"got a={fmt_number(a)}, b={fmt_number(b)}; allowed: {CURRICULUM_GRAMMAR}"
+                )
             if not a < b:
-                raise PolicyError(f"policy {self.name!r}: the lower bound is not below the upper bound at the {when} "
-                                  f"of training (a={fmt_number(a)}, b={fmt_number(b)}); allowed: {CURRICULUM_GRAMMAR}")
+                raise PolicyError(
+                    f"policy {self.name!r}: the lower bound is not below the upper bound at the {when} "
+                    f"of training (a={fmt_number(a)}, b={fmt_number(b)}); allowed: {CURRICULUM_GRAMMAR}"
+                )
 
     def _name(self, schedule: Schedule) -> str:
-        return (f"curriculum[{fmt_number(self.lo[0])}{SEP}{fmt_number(self.hi[0])}->{fmt_number(self.lo[1])}{SEP}{fmt_number(self.hi[1])}"
-                f"{SEP}{schedule.name}]")
+        return (
+            f"curriculum[{fmt_number(self.lo[0])}{SEP}{fmt_number(self.hi[0])}->{fmt_number(self.lo[1])}{SEP}{fmt_number(self.hi[1])}"
+            f"{SEP}{schedule.name}]"
+        )
 
     def bounds(self, progress) -> tuple[Fraction, Fraction]:
         """The band ``(a, b)`` in percentiles at ``progress``, exact."""

@@ -65,8 +65,9 @@ class RetainingQueue(KeyQueue):
     (2, torch.Size([8]))
     """
 
-    def __init__(self, size: int, dim: int, retain: float, hard_pct: float = 5.0,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self, size: int, dim: int, retain: float, hard_pct: float = 5.0, generator: torch.Generator | None = None
+    ):
         super().__init__(size, dim, generator=generator)
         if not 0.0 <= retain < 1.0:
             raise ValueError(f"retain must lie in [0, 1), got {retain}")
@@ -108,7 +109,7 @@ class RetainingQueue(KeyQueue):
         if r == 0:
             return protect
         freq = self.frequency()
-        newest = torch.argsort(self.stamp, descending=True, stable=True)        # ties: newer first
+        newest = torch.argsort(self.stamp, descending=True, stable=True)  # ties: newer first
         ranked = newest[torch.argsort(freq[newest], descending=True, stable=True)]
         top = ranked[:r]
         # protect[top] = freq > 0: no boolean indexing (its shape would need a host sync)
@@ -129,17 +130,21 @@ class RetainingQueue(KeyQueue):
         """
         if sim is not None:
             if sim.shape[1] != self.size:
-                raise ValueError(f"sim has {sim.shape[1]} columns, the queue {self.size} slots; "
-                                 "the columns must be the queue's slots in order")
+                raise ValueError(
+                    f"sim has {sim.shape[1]} columns, the queue {self.size} slots; "
+                    "the columns must be the queue's slots in order"
+                )
             self.record(top_k(sim, self.hard_count(self.size, self.hard_pct)))
         b = keys.shape[0]
         if b > self.size - self.retained_slots:
-            raise ValueError(f"a batch of {b} keys does not fit in the {self.size - self.retained_slots} "
-                             f"non-retained slots of a queue of {self.size} (retain {self.retain:g}); "
-                             "lower r or enlarge the queue")
+            raise ValueError(
+                f"a batch of {b} keys does not fit in the {self.size - self.retained_slots} "
+                f"non-retained slots of a queue of {self.size} (retain {self.retain:g}); "
+                "lower r or enlarge the queue"
+            )
         protect = self.retained()
         age = self.stamp.masked_fill(protect, torch.iinfo(torch.long).max)
-        slots = torch.argsort(age, stable=True)[:b]                              # oldest first
+        slots = torch.argsort(age, stable=True)[:b]  # oldest first
         self.keys[slots] = keys.detach().to(self.keys.dtype)
         self.labels[slots] = labels
         self.indices[slots] = indices

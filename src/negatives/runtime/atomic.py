@@ -23,16 +23,29 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-__all__ = ["WriteFailed", "atomic_write", "atomic_torch_save", "check_path", "verify", "verify_existing",
-           "torch_load", "check_writable", "write_failed"]
+__all__ = [
+    "WriteFailed",
+    "atomic_write",
+    "atomic_torch_save",
+    "check_path",
+    "verify",
+    "verify_existing",
+    "torch_load",
+    "check_writable",
+    "write_failed",
+]
 
 #: errors of the place written to, not of the program: said in one line
-_PLACE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                 errno.EPERM: "permission denied"}
+_PLACE_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 class WriteFailed(OSError):
@@ -49,8 +62,11 @@ def write_failed(path: Path, error: OSError) -> OSError:
     reason = _PLACE_ERRORS.get(error.errno)
     if reason is None:
         return error
-    hint = ("free some space there and run again" if error.errno in (errno.ENOSPC, errno.EDQUOT)
-            else "write somewhere else, or make the folder writable")
+    hint = (
+        "free some space there and run again"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "write somewhere else, or make the folder writable"
+    )
     return WriteFailed(f"cannot write {path}: {reason} ({os.strerror(error.errno)}); {hint}")
 
 
@@ -156,8 +172,10 @@ def torch_load(path: str | os.PathLike, what: str, rebuild: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError, ImportError) as e:
-        raise ValueError(f"{path} is not a complete {what} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                         f"delete it and {rebuild}") from None
+        raise ValueError(
+            f"{path} is not a complete {what} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"delete it and {rebuild}"
+        ) from None
 
 
 def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
@@ -174,9 +192,13 @@ def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise WriteFailed(f"{folder} is not writable ({os.strerror(e.errno or errno.EACCES)}), so {path} cannot be "
-                          "written; choose another folder") from None
+        raise WriteFailed(
+            f"{folder} is not writable ({os.strerror(e.errno or errno.EACCES)}), so {path} cannot be "
+            "written; choose another folder"
+        ) from None
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
-        raise WriteFailed(f"{folder} has {free / 2**20:.0f} MiB free, but {path} needs about "
-                          f"{need_bytes / 2**20:.0f} MiB; free some space there and run again")
+        raise WriteFailed(
+            f"{folder} has {free / 2**20:.0f} MiB free, but {path} needs about "
+            f"{need_bytes / 2**20:.0f} MiB; free some space there and run again"
+        )

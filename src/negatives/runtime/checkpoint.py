@@ -40,9 +40,19 @@ import torch
 from .atomic import write_failed
 
 __all__ = [
-    "MAGIC", "REQUEUE_EXIT_CODE", "INTERRUPT_EXIT_CODE", "STOP_SIGNALS", "CorruptCheckpoint", "Preempted",
+    "MAGIC",
+    "REQUEUE_EXIT_CODE",
+    "INTERRUPT_EXIT_CODE",
+    "STOP_SIGNALS",
+    "CorruptCheckpoint",
+    "Preempted",
     "StopSignals",
-    "save_rolling", "load_verified", "load_latest", "previous_path", "rng_state", "set_rng_state",
+    "save_rolling",
+    "load_verified",
+    "load_latest",
+    "previous_path",
+    "rng_state",
+    "set_rng_state",
 ]
 
 MAGIC = b"NEGCKPT1"
@@ -69,14 +79,18 @@ class Preempted(SystemExit):
         return self.message
 
     @classmethod
-    def saved(cls, signal_name: str | None, path, epoch: int, step: int) -> "Preempted":
+    def saved(cls, signal_name: str | None, path, epoch: int, step: int) -> Preempted:
         """The stop after ``path`` was saved at ``epoch`` / ``step`` on
         ``signal_name`` (``None``: a stop asked of another process)."""
         if signal_name == "SIGINT":  # a user at a terminal: no requeue to speak of
-            return cls(f"interrupted: saved {path} at epoch {epoch} step {step}; run the same command again to "
-                       "resume", INTERRUPT_EXIT_CODE)
-        return cls(f"{signal_name or 'a stop on another process'}: saved {path} at epoch {epoch} step {step}; "
-                   f"start the job again to resume (exit status {REQUEUE_EXIT_CODE}: requeue)")
+            return cls(
+                f"interrupted: saved {path} at epoch {epoch} step {step}; run the same command again to resume",
+                INTERRUPT_EXIT_CODE,
+            )
+        return cls(
+            f"{signal_name or 'a stop on another process'}: saved {path} at epoch {epoch} step {step}; "
+            f"start the job again to resume (exit status {REQUEUE_EXIT_CODE}: requeue)"
+        )
 
 
 def previous_path(path: Path) -> Path:
@@ -144,7 +158,7 @@ def load_verified(path: str | os.PathLike, map_location="cpu") -> dict:
     magic, length, digest = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptCheckpoint(f"{path}: not a negatives checkpoint (magic {magic!r}, expected {MAGIC!r})")
-    payload = data[_HEADER.size:]
+    payload = data[_HEADER.size :]
     if len(payload) != length:
         raise CorruptCheckpoint(f"{path}: payload is {len(payload)} bytes, the header says {length} (truncated)")
     if hashlib.sha256(payload).digest() != digest:
@@ -174,7 +188,8 @@ def load_latest(path: str | os.PathLike, map_location="cpu", log=print) -> tuple
         return state, candidate
     if problems:
         raise CorruptCheckpoint(
-            "no usable checkpoint: " + "; ".join(problems)
+            "no usable checkpoint: "
+            + "; ".join(problems)
             + f". Delete {path} and {previous_path(path)} to start the run afresh"
         )
     return None
@@ -197,7 +212,7 @@ class StopSignals:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         try:
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -11,8 +11,10 @@ import subprocess
 __all__ = ["accounting_storage", "slurm_config", "check_status_command"]
 
 #: what to do when SLURM cannot be used from this machine
-_ELSEWHERE = "run the workflow from a machine of the cluster (its login node), or without --profile slurm " \
-             "(a workstation: --profile profiles/local)"
+_ELSEWHERE = (
+    "run the workflow from a machine of the cluster (its login node), or without --profile slurm "
+    "(a workstation: --profile profiles/local)"
+)
 
 
 def accounting_storage(scontrol_config: str) -> str | None:
@@ -29,16 +31,21 @@ def slurm_config(run=subprocess.run, which=shutil.which) -> str:
     retry its account lookups and fail every job."""
     missing = [c for c in ("sbatch", "scontrol") if which(c) is None]
     if missing:
-        raise RuntimeError(f"the slurm executor needs SLURM's commands, and this machine lacks {', '.join(missing)}; "
-                           + _ELSEWHERE)
+        raise RuntimeError(
+            f"the slurm executor needs SLURM's commands, and this machine lacks {', '.join(missing)}; " + _ELSEWHERE
+        )
     try:
         proc = run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        raise RuntimeError("SLURM's controller did not answer `scontrol show config` within 60 s; " + _ELSEWHERE) from None
+        raise RuntimeError(
+            "SLURM's controller did not answer `scontrol show config` within 60 s; " + _ELSEWHERE
+        ) from None
     if proc.returncode != 0:
         said = (proc.stderr or proc.stdout or "").strip().splitlines()
-        raise RuntimeError(f"SLURM cannot be reached from here (`scontrol show config`: "
-                           f"{said[-1] if said else f'exit status {proc.returncode}'}); " + _ELSEWHERE)
+        raise RuntimeError(
+            f"SLURM cannot be reached from here (`scontrol show config`: "
+            f"{said[-1] if said else f'exit status {proc.returncode}'}); " + _ELSEWHERE
+        )
     return proc.stdout
 
 

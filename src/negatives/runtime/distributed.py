@@ -18,9 +18,29 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["rank", "world_size", "is_distributed", "local_rows", "step_rows", "gather_rows", "gather_with_grad",
-           "broadcast_", "sum_", "mean_", "host_group", "any_rank", "average_buffers_", "data_parallel", "barrier",
-           "free_port", "spawn", "Launch", "launched", "init_launched", "destroy"]
+__all__ = [
+    "rank",
+    "world_size",
+    "is_distributed",
+    "local_rows",
+    "step_rows",
+    "gather_rows",
+    "gather_with_grad",
+    "broadcast_",
+    "sum_",
+    "mean_",
+    "host_group",
+    "any_rank",
+    "average_buffers_",
+    "data_parallel",
+    "barrier",
+    "free_port",
+    "spawn",
+    "Launch",
+    "launched",
+    "init_launched",
+    "destroy",
+]
 
 #: how long a collective waits for the other ranks before the run fails
 _TIMEOUT = datetime.timedelta(minutes=10)
@@ -88,9 +108,9 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         grad = grad.contiguous()
-        dist.all_reduce(grad)                      # every rank's gradient of every slice, summed
+        dist.all_reduce(grad)  # every rank's gradient of every slice, summed
         r = dist.get_rank()
-        return grad[r * ctx.rows:(r + 1) * ctx.rows]
+        return grad[r * ctx.rows : (r + 1) * ctx.rows]
 
 
 def gather_with_grad(t: Tensor) -> Tensor:
@@ -165,14 +185,19 @@ def average_buffers_(module: nn.Module) -> None:
     mean of those linear updates is the single-process update over all splits."""
     if not is_distributed():
         return
-    buffers = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               for b in (m.running_mean, m.running_var) if b is not None]
+    buffers = [
+        b
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var)
+        if b is not None
+    ]
     if not buffers:
         return
     flat = mean_(torch.cat([b.reshape(-1) for b in buffers]))
     offset = 0
     for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
 
 
@@ -245,15 +270,27 @@ def launched(env=None) -> Launch | None:
     if "WORLD_SIZE" in env and "RANK" in env and "MASTER_ADDR" in env:
         if int(env["WORLD_SIZE"]) < 2:
             return None
-        return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])),
-                      env["MASTER_ADDR"], int(env.get("MASTER_PORT", 29500)), "torchrun")
+        return Launch(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", env["RANK"])),
+            env["MASTER_ADDR"],
+            int(env.get("MASTER_PORT", 29500)),
+            "torchrun",
+        )
     # a step of several tasks (srun sets the SLURM_STEP_* variables; a job's batch script is not a step of them)
     if int(env.get("SLURM_STEP_NUM_TASKS", 1)) > 1 and "SLURM_PROCID" in env:
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
         addr = env.get("MASTER_ADDR") or (_first_host(nodes) if nodes else "127.0.0.1")
         port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)
-        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                      addr, port, "srun")
+        return Launch(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_STEP_NUM_TASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            addr,
+            port,
+            "srun",
+        )
     return None
 
 
@@ -261,8 +298,13 @@ def init_launched(launch: Launch, backend: str) -> None:
     """Join the process group of a launched run (see :func:`launched`)."""
     import os
 
-    os.environ.update(MASTER_ADDR=launch.master_addr, MASTER_PORT=str(launch.master_port), RANK=str(launch.rank),
-                      WORLD_SIZE=str(launch.world), LOCAL_RANK=str(launch.local_rank))
+    os.environ.update(
+        MASTER_ADDR=launch.master_addr,
+        MASTER_PORT=str(launch.master_port),
+        RANK=str(launch.rank),
+        WORLD_SIZE=str(launch.world),
+        LOCAL_RANK=str(launch.local_rank),
+    )
     dist.init_process_group(backend, rank=launch.rank, world_size=launch.world, timeout=_TIMEOUT)
     if dist.get_world_size() > 1:
         host_group()  # made by every rank now, not at the first vote
@@ -293,9 +335,11 @@ def _spawned(index: int, world: int, port: int, backend: str, fn, args, parent: 
     # the run's lock of this worker, then the launcher's death as a SIGTERM (a preemption): a launcher
     # killed with SIGKILL stops its workers, and the run stays locked until the last of them has exited
     with RankLock(lock_dir, index) if lock_dir is not None else contextlib.nullcontext():
-        if not die_with_parent(parent):          # it died before it could be asked for
-            print(f"training process {index} of {world}: the process that started it (pid {parent}) is gone; "
-                  "stopping", file=sys.stderr)
+        if not die_with_parent(parent):  # it died before it could be asked for
+            print(
+                f"training process {index} of {world}: the process that started it (pid {parent}) is gone; stopping",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
         init_launched(Launch(index, world, index, "127.0.0.1", port, "spawn"), backend)
         try:
@@ -325,9 +369,13 @@ def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None, lock_d
 
     from .checkpoint import INTERRUPT_EXIT_CODE, StopSignals
 
-    ctx = mp.start_processes(_spawned, args=(processes, free_port(), backend, fn, args, os.getpid(),
-                                            None if lock_dir is None else str(lock_dir)), nprocs=processes,
-                             start_method="spawn", join=False)
+    ctx = mp.start_processes(
+        _spawned,
+        args=(processes, free_port(), backend, fn, args, os.getpid(), None if lock_dir is None else str(lock_dir)),
+        nprocs=processes,
+        start_method="spawn",
+        join=False,
+    )
     forwarded = None
     try:
         with StopSignals() as stop:
@@ -343,8 +391,9 @@ def spawn(fn, processes: int, args: tuple, backend: str, exit_codes=None, lock_d
             p.join()
         if e.exit_code == INTERRUPT_EXIT_CODE or (exit_codes and e.exit_code in exit_codes):
             raise SystemExit(e.exit_code) from None
-        raise RuntimeError(f"training process {e.error_index} of {processes} exited with status {e.exit_code}") \
-            from None
+        raise RuntimeError(
+            f"training process {e.error_index} of {processes} exited with status {e.exit_code}"
+        ) from None
     except mp.ProcessRaisedException as e:
         for p in ctx.processes:
             p.join()

@@ -34,7 +34,17 @@ from .locks import try_lock
 if TYPE_CHECKING:  # torch is imported where a device is claimed: locking alone stays light
     import torch
 
-__all__ = ["Lease", "NoFreeGPU", "LOCK_DIR", "acquire", "slot_paths", "claim", "release", "device_ids", "resolve_device"]
+__all__ = [
+    "Lease",
+    "NoFreeGPU",
+    "LOCK_DIR",
+    "acquire",
+    "slot_paths",
+    "claim",
+    "release",
+    "device_ids",
+    "resolve_device",
+]
 
 LOCK_DIR = Path(os.environ.get("NEGATIVES_GPU_LOCK_DIR", "/tmp/negatives-gpu-locks"))
 POLL_SECONDS = 0.5
@@ -98,8 +108,11 @@ def slot_paths(ids: list[str], directory: Path, slots: int) -> list[tuple[int, s
     taken: the first slot of every GPU, then the second of every GPU, ...
     (jobs spread over the GPUs before they share one).  Slot 0 of a GPU is
     ``gpu-<id>.lock``, slot ``k`` ``gpu-<id>.slot<k>.lock``."""
-    return [(index, ident, directory / (f"gpu-{ident}.lock" if k == 0 else f"gpu-{ident}.slot{k}.lock"))
-            for k in range(slots) for index, ident in enumerate(ids)]
+    return [
+        (index, ident, directory / (f"gpu-{ident}.lock" if k == 0 else f"gpu-{ident}.slot{k}.lock"))
+        for k in range(slots)
+        for index, ident in enumerate(ids)
+    ]
 
 
 def acquire(count: int, lock_dir=None, timeout: float | None = None, log=print, slots: int | None = None) -> Lease:
@@ -142,8 +155,9 @@ def release() -> None:
         _LEASE = None
 
 
-def claim(device: "torch.device", log=print, lock_dir=None, timeout: float | None = None,
-          count: int | None = None) -> "torch.device":
+def claim(
+    device: torch.device, log=print, lock_dir=None, timeout: float | None = None, count: int | None = None
+) -> torch.device:
     """``cuda`` -> ``cuda:i`` for a GPU this process now holds alone (see the
     module's docstring); any other device is returned unchanged."""
     import torch
@@ -159,7 +173,7 @@ def claim(device: "torch.device", log=print, lock_dir=None, timeout: float | Non
     return torch.device("cuda", _LEASE.index)
 
 
-def resolve_device(name: str, key: str = "device") -> "torch.device":
+def resolve_device(name: str, key: str = "device") -> torch.device:
     """A config's ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:i``) as a
     :class:`torch.device`; ``auto`` is ``cuda`` when a GPU is visible.  A
     GPU asked for where torch sees none (or not that many) is a
@@ -172,8 +186,12 @@ def resolve_device(name: str, key: str = "device") -> "torch.device":
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index or 0) >= count:
-            why = ("this torch is built without CUDA" if torch.version.cuda is None else
-                   f"torch sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-            raise ValueError(f"{key}: {name!r} asks for a GPU, but {why}; use {key}: cpu (or auto), "
-                             "or run where a GPU is")
+            why = (
+                "this torch is built without CUDA"
+                if torch.version.cuda is None
+                else f"torch sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+            )
+            raise ValueError(
+                f"{key}: {name!r} asks for a GPU, but {why}; use {key}: cpu (or auto), or run where a GPU is"
+            )
     return device

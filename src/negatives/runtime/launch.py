@@ -38,7 +38,14 @@ import os
 import shutil
 import sys
 
-__all__ = ["pretrain_resources", "check_executor", "pretrain_command", "srun_command", "srun_starts", "STEP_WAIT_SECONDS"]
+__all__ = [
+    "pretrain_resources",
+    "check_executor",
+    "pretrain_command",
+    "srun_command",
+    "srun_starts",
+    "STEP_WAIT_SECONDS",
+]
 
 #: how long srun lets a step's other tasks run after one ended
 STEP_WAIT_SECONDS = 120
@@ -56,11 +63,11 @@ def pretrain_resources(pretrain: dict) -> dict:
     """
     processes, nodes = pretrain.get("processes", 1), pretrain.get("nodes", 1)
     cuda = pretrain.get("device") == "cuda"
-    resources = {"gpu": processes if cuda else 0}    # a local run's GPUs, counted by --resources gpu=N
+    resources = {"gpu": processes if cuda else 0}  # a local run's GPUs, counted by --resources gpu=N
     if processes * nodes == 1:
         return resources
     if cuda and nodes > 1:
-        resources.update(gpu=0, gres=f"gpu:{processes}")   # per node; --gpus would be the job's total
+        resources.update(gpu=0, gres=f"gpu:{processes}")  # per node; --gpus would be the job's total
     resources.update(mpi="srun", nodes=nodes)
     resources.update({"tasks_per_node": processes} if processes > 1 else {"tasks": processes * nodes})
     resources.update(tasks_per_gpu=0, cpus_per_task=max(1, pretrain.get("threads", 1) // processes))
@@ -77,10 +84,12 @@ def check_executor(pretrain: dict, executor: str | None) -> None:
     """
     nodes = pretrain.get("nodes", 1)
     if nodes > 1 and executor != "slurm":
-        raise ValueError(f"pretrain.nodes: {nodes} machines per run need a cluster: run the workflow with "
-                         "--profile slurm, or set pretrain.nodes: 1 (by hand: torchrun --nnodes "
-                         f"{nodes} --nproc-per-node {pretrain.get('processes', 1)} -m negatives pretrain ... on "
-                         "each machine)")
+        raise ValueError(
+            f"pretrain.nodes: {nodes} machines per run need a cluster: run the workflow with "
+            "--profile slurm, or set pretrain.nodes: 1 (by hand: torchrun --nnodes "
+            f"{nodes} --nproc-per-node {pretrain.get('processes', 1)} -m negatives pretrain ... on "
+            "each machine)"
+        )
 
 
 def srun_starts(world: int, env=None) -> bool:
@@ -103,12 +112,30 @@ def srun_starts(world: int, env=None) -> bool:
     return int(env.get("SLURM_NTASKS", world)) >= world
 
 
-def pretrain_command(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
-             out_dir) -> list[str]:
+def pretrain_command(
+    data_path, method: str, policy: str, temperature: float, seed: int, settings: dict, out_dir
+) -> list[str]:
     """The command line of :func:`pretrain` with these arguments."""
-    return [sys.executable, "-m", "negatives", "pretrain", "--data", str(data_path), "--method", method,
-            "--policy", policy, "--temperature", repr(float(temperature)), "--seed", str(seed),
-            "--settings", json.dumps(settings, sort_keys=True), "--out", str(out_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "negatives",
+        "pretrain",
+        "--data",
+        str(data_path),
+        "--method",
+        method,
+        "--policy",
+        policy,
+        "--temperature",
+        repr(float(temperature)),
+        "--seed",
+        str(seed),
+        "--settings",
+        json.dumps(settings, sort_keys=True),
+        "--out",
+        str(out_dir),
+    ]
 
 
 def srun_command(processes: int, nodes: int, threads: int, command: list[str]) -> list[str]:
@@ -117,6 +144,13 @@ def srun_command(processes: int, nodes: int, threads: int, command: list[str]) -
     >>> " ".join(srun_command(4, 2, 16, ["python", "-m", "negatives", "pretrain"]))
     'srun --kill-on-bad-exit=0 --wait=120 --nodes=2 --ntasks=8 --ntasks-per-node=4 --cpus-per-task=4 python -m negatives pretrain'
     """
-    return ["srun", "--kill-on-bad-exit=0", f"--wait={STEP_WAIT_SECONDS}", f"--nodes={nodes}",
-            f"--ntasks={processes * nodes}", f"--ntasks-per-node={processes}",
-            f"--cpus-per-task={max(1, threads // processes)}", *command]
+    return [
+        "srun",
+        "--kill-on-bad-exit=0",
+        f"--wait={STEP_WAIT_SECONDS}",
+        f"--nodes={nodes}",
+        f"--ntasks={processes * nodes}",
+        f"--ntasks-per-node={processes}",
+        f"--cpus-per-task={max(1, threads // processes)}",
+        *command,
+    ]

@@ -73,12 +73,12 @@ def _held(path: Path) -> bool:
     opened read-only and left as it is: a refused start changes nothing)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:                   # its owner finished and removed it
+    except FileNotFoundError:  # its owner finished and removed it
         return False
     try:
         return not _flock(fd)
     finally:
-        os.close(fd)                            # drops the lock if this probe took it
+        os.close(fd)  # drops the lock if this probe took it
 
 
 class RunLocked(BlockingIOError):
@@ -88,8 +88,10 @@ class RunLocked(BlockingIOError):
 def _refusal(run_dir: Path, held: list[Path]) -> RunLocked:
     """One line naming every process that holds a lock of the run."""
     who = ", ".join(f"{holder(p)} (lock {p.name})" for p in held)
-    return RunLocked(f"{run_dir} is being trained by {who}; wait for it to finish, or stop "
-                     f"{'that process' if len(held) == 1 else 'those processes'}")
+    return RunLocked(
+        f"{run_dir} is being trained by {who}; wait for it to finish, or stop "
+        f"{'that process' if len(held) == 1 else 'those processes'}"
+    )
 
 
 def _alone(refused: bool) -> bool:
@@ -132,13 +134,13 @@ class RunLock(_Held):
         super().__init__(Path(run_dir) / self.NAME)
         self.check, self.agree = check, agree
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         run = self.path.parent
         run.mkdir(parents=True, exist_ok=True)
         # the workers of a launcher that died without them: the run is theirs while they live
         ranks = [p for p in sorted(run.glob(RankLock.PATTERN)) if _held(p)]
         fd = None
-        if ranks:                               # refused: look at the run's lock, create or write nothing
+        if ranks:  # refused: look at the run's lock, create or write nothing
             held = ([self.path] if _held(self.path) else []) + ranks
         else:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -149,12 +151,12 @@ class RunLock(_Held):
         error = _refusal(run, held) if held else None
         if error is None and self.check is not None:
             try:
-                self.check()                    # e.g. finished while the lock was held by others
+                self.check()  # e.g. finished while the lock was held by others
             except Exception as e:
                 error = e
         if self.agree(error is not None):
             if fd is not None:
-                os.close(fd)                    # unsigned: the file still names its last owner
+                os.close(fd)  # unsigned: the file still names its last owner
             raise error if error is not None else RunLocked(f"{run}: another rank of this run was refused it")
         _sign(fd)
         self.fd = fd
@@ -174,7 +176,7 @@ class RankLock(_Held):
         super().__init__(Path(run_dir) / f".pretrain.rank{rank}.lock")
         self.agree = agree
 
-    def __enter__(self) -> "RankLock":
+    def __enter__(self) -> RankLock:
         if self.agree(False):
             raise RunLocked(f"{self.path.parent}: rank 0 of this run was refused it (its message says why)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,4 +198,4 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> bool:
     ``last.pt`` and exits."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    return os.getppid() == parent               # after the request: a parent gone before it is seen here
+    return os.getppid() == parent  # after the request: a parent gone before it is seen here

@@ -24,12 +24,19 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["keep_freed_memory", "TooLarge", "available_bytes", "check_fits", "size_text",
-           "pretrain_bytes", "check_pretrain"]
+__all__ = [
+    "keep_freed_memory",
+    "TooLarge",
+    "available_bytes",
+    "check_fits",
+    "size_text",
+    "pretrain_bytes",
+    "check_pretrain",
+]
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters
-_MMAP_MAX_THRESHOLD = 32 * 1024 * 1024             # glibc's upper limit on 64-bit
-_NEVER_TRIM = 2**31 - 1                            # mallopt takes an int
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MMAP_MAX_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit on 64-bit
+_NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 
 
 def keep_freed_memory() -> bool:
@@ -38,9 +45,9 @@ def keep_freed_memory() -> bool:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return False
     try:
-        libc = ctypes.CDLL(None)                   # the process's own symbols: its C library among them
+        libc = ctypes.CDLL(None)  # the process's own symbols: its C library among them
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version                  # glibc only
+        _ = libc.gnu_get_libc_version  # glibc only: musl has no such symbol
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
@@ -80,8 +87,10 @@ def available_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     v1 = "/sys/fs/cgroup/memory/memory."
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        (v1 + "limit_in_bytes", v1 + "usage_in_bytes"),
+    ):
         cap, used = _read_int(limit), _read_int(usage)
         if cap is not None and cap < 2**60 and used is not None:  # v1 writes "no limit" as a huge number
             found.append(max(0, cap - used))
@@ -94,8 +103,9 @@ def check_fits(need: int, what: str, fix: str, available: int | None = None, whe
     ``what`` names the keys and values that imply the size, ``fix`` says what to change."""
     have = available_bytes() if available is None else available
     if have is not None and need > have:
-        raise TooLarge(f"{what} need about {size_text(need)} of memory, but {size_text(have)} is available"
-                       f"{where}; {fix}")
+        raise TooLarge(
+            f"{what} need about {size_text(need)} of memory, but {size_text(have)} is available{where}; {fix}"
+        )
 
 
 def pretrain_bytes(method: str, settings, shape, processes: int = 1) -> dict[str, tuple[int, str, str]]:
@@ -111,23 +121,37 @@ def pretrain_bytes(method: str, settings, shape, processes: int = 1) -> dict[str
     c, h, w = shape
     s = settings
     with torch.device("meta"):
-        encoder = build_encoder(s.backbone, c, dim=s.dim, hidden_dim=s.hidden_dim, num_splits=s.bn_splits,
-                                width=s.width, small_stem=s.small_stem)
+        encoder = build_encoder(
+            s.backbone,
+            c,
+            dim=s.dim,
+            hidden_dim=s.hidden_dim,
+            num_splits=s.bn_splits,
+            width=s.width,
+            small_stem=s.small_stem,
+        )
     params = sum(t.numel() for t in encoder.parameters())
     copies = 4 if method == "moco" else 3  # weights, gradients, SGD momentum (and MoCo's key encoder)
-    stem = 1 if s.small_stem else 4        # the first layer's output: at full resolution, or a quarter of it
+    stem = 1 if s.small_stem else 4  # the first layer's output: at full resolution, or a quarter of it
     return {
-        "network": (params * 4 * copies * processes,
-                    f"pretrain.width {s.width}, pretrain.dim {s.dim}, pretrain.hidden_dim {s.hidden_dim} "
-                    f"(backbone {s.backbone}: {params:,} parameters, with their gradients and optimizer state)",
-                    "lower pretrain.width, pretrain.dim or pretrain.hidden_dim"),
+        "network": (
+            params * 4 * copies * processes,
+            f"pretrain.width {s.width}, pretrain.dim {s.dim}, pretrain.hidden_dim {s.hidden_dim} "
+            f"(backbone {s.backbone}: {params:,} parameters, with their gradients and optimizer state)",
+            "lower pretrain.width, pretrain.dim or pretrain.hidden_dim",
+        ),
         # queue_extra left out: only a replace-mode policy adds it
-        "queue": (s.queue_size * s.dim * 4 * processes if method == "moco" else 0,
-                  f"pretrain.queue_size {s.queue_size} x pretrain.dim {s.dim} (MoCo's queue)",
-                  "lower pretrain.queue_size or pretrain.dim"),
-        "batch": (s.batch_size * processes // s.processes * 2 * (c * h * w + s.width * h * w // stem) * 4,
-                  f"pretrain.batch_size {s.batch_size} x 2 views of {c}x{h}x{w} images (and the first layer's "
-                  f"{s.width} channels)", "lower pretrain.batch_size (or the image size)"),
+        "queue": (
+            s.queue_size * s.dim * 4 * processes if method == "moco" else 0,
+            f"pretrain.queue_size {s.queue_size} x pretrain.dim {s.dim} (MoCo's queue)",
+            "lower pretrain.queue_size or pretrain.dim",
+        ),
+        "batch": (
+            s.batch_size * processes // s.processes * 2 * (c * h * w + s.width * h * w // stem) * 4,
+            f"pretrain.batch_size {s.batch_size} x 2 views of {c}x{h}x{w} images (and the first layer's "
+            f"{s.width} channels)",
+            "lower pretrain.batch_size (or the image size)",
+        ),
     }
 
 
@@ -141,7 +165,7 @@ def check_pretrain(method: str, settings, shape) -> None:
 
     device = resolve_device(settings.device, "pretrain.device")
     available, where, sharing = None, "", settings.processes  # the machine's processes share its memory
-    if device.type == "cuda":                                  # each process has a GPU of its own
+    if device.type == "cuda":  # each process has a GPU of its own
         available, where, sharing = torch.cuda.get_device_properties(device.index or 0).total_memory, " on one GPU", 1
     parts = pretrain_bytes(method, settings, shape, sharing)
     _, what, fix = max(parts.values())

@@ -19,5 +19,9 @@ def versions() -> dict[str, str]:
 
     import negatives
 
-    return {"negatives": negatives.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version()}
+    return {
+        "negatives": negatives.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }

@@ -52,20 +52,24 @@ def run_differences(meta: dict, cfg: dict, untrained: bool = False) -> list[tupl
     train now; empty when the config would train the same weights."""
     now = run_identity(_settings(cfg), untrained)
     saved = run_identity({**_settings({"pretrain": {}}), **meta.get("settings", {})}, untrained)
-    out = [(f"pretrain.{k}", saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-           if saved.get(k) != now.get(k)]
+    out = [
+        (f"pretrain.{k}", saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+    ]
     device = cfg["pretrain"].get("device", "auto")
     if not untrained and device != "auto" and meta.get("device_type", device) != device:
         out.append(("pretrain.device", meta["device_type"], device))
     recorded = meta.get("data_settings")
-    if not untrained and isinstance(recorded, dict):   # keys one side lacks: prepared by hand, not compared
+    if not untrained and isinstance(recorded, dict):  # keys one side lacks: prepared by hand, not compared
         name = meta.get("dataset")
         dataset = cfg["datasets"].get(name, {})
         current = training_data_settings(dataset)
-        if dataset.get("storage", "auto") != "auto":                # auto: whichever it chose, it may choose again
+        if dataset.get("storage", "auto") != "auto":  # auto: whichever it chose, it may choose again
             current["storage"] = dataset["storage"]
-        out += [(f"datasets.{name}.{k}", recorded[k], current[k]) for k in sorted(set(recorded) & set(current))
-                if recorded[k] != current[k]]
+        out += [
+            (f"datasets.{name}.{k}", recorded[k], current[k])
+            for k in sorted(set(recorded) & set(current))
+            if recorded[k] != current[k]
+        ]
     return out
 
 
@@ -111,7 +115,7 @@ def check_planned_runs(cfg: dict) -> None:
             if differ:
                 found.append((folder, differ))
             elif name == "checkpoint.pt" and not untrained and not (folder / KEPT).exists():
-                keep_finished(folder)           # a run finished before runs kept their files: from now on
+                keep_finished(folder)  # a run finished before runs kept their files: from now on
             break
     if not finished and not interrupted:
         return
@@ -123,10 +127,12 @@ def check_planned_runs(cfg: dict) -> None:
         raise ConfigError(
             f"{folder}{more} finished with other settings than the config's ({keys}): an edit never replaces a "
             "finished run; to train the new settings beside it give them a results folder of their own "
-            "(--config results=NEW_FOLDER), or to retrain in place delete the finished run folders first")
+            "(--config results=NEW_FOLDER), or to retrain in place delete the finished run folders first"
+        )
     raise ConfigError(
         f"{folder}/last.pt{more} is an interrupted run of other settings than the config's ({keys}): it is not "
-        "resumed on them; set them back to resume it, or delete its last*.pt files to start it afresh")
+        "resumed on them; set them back to resume it, or delete its last*.pt files to start it afresh"
+    )
 
 
 #: where a finished run keeps a second name (a hard link) of its checkpoint
@@ -161,13 +167,17 @@ def restore_finished(out: Path, meta, log) -> bool:
     saved = torch_load(kept, "finished run's checkpoint", f"delete {out} to train the run again")["meta"]
     changed = meta_differences(saved, meta())
     if changed:
-        raise FileExistsError(f"{out} finished with other settings or data ({'; '.join(changed)}): an edit never "
-                              f"replaces a finished run; delete {out} to train it again, or give the new settings "
-                              "a results folder of their own")
+        raise FileExistsError(
+            f"{out} finished with other settings or data ({'; '.join(changed)}): an edit never "
+            f"replaces a finished run; delete {out} to train it again, or give the new settings "
+            "a results folder of their own"
+        )
     if distributed.rank() == 0:
-        for name in ("train_log.csv", "checkpoint.pt"):          # the checkpoint last: it marks the run finished
+        for name in ("train_log.csv", "checkpoint.pt"):  # the checkpoint last: it marks the run finished
             os.link(out / KEPT / name, out / name)
     distributed.barrier()
-    log(f"{out} is finished with these settings: restored its checkpoint.pt and train_log.csv from {out / KEPT} "
-        f"instead of training it again (delete {out} to train it again)")
+    log(
+        f"{out} is finished with these settings: restored its checkpoint.pt and train_log.csv from {out / KEPT} "
+        f"instead of training it again (delete {out} to train it again)"
+    )
     return True

@@ -19,8 +19,15 @@ import torch
 from ..data.sources import FolderSource
 from ..runtime import distributed
 from ..runtime.atomic import atomic_torch_save, atomic_write
-from ..runtime.checkpoint import (REQUEUE_EXIT_CODE, Preempted, StopSignals, previous_path, rng_state, save_rolling,
-                                  set_rng_state)
+from ..runtime.checkpoint import (
+    REQUEUE_EXIT_CODE,
+    Preempted,
+    StopSignals,
+    previous_path,
+    rng_state,
+    save_rolling,
+    set_rng_state,
+)
 from .build import Training
 from .identity import keep_finished
 from .settings import cosine_lr, epoch_seed, view_crop_draws
@@ -32,12 +39,13 @@ __all__ = ["train"]
 @dataclass
 class _Sums:
     """An epoch's running sums over this rank's steps (kept by a mid-epoch checkpoint)."""
+
     loss: torch.Tensor
     kept: float | torch.Tensor = 0.0
     done: int = 0
 
     def add(self, loss: torch.Tensor, kept: torch.Tensor) -> None:
-        self.loss += loss                     # in place, on the device: no host sync
+        self.loss += loss  # in place, on the device: no host sync
         self.kept = self.kept + kept
         self.done += 1
 
@@ -46,8 +54,9 @@ def train(t: Training, stop: StopSignals) -> Path:
     """Train ``t`` from where it starts to its last epoch (or ``max_steps``);
     returns the final checkpoint's path."""
     s, device, resumed = t.s, t.device, t.resumed
-    start_epoch, start_i, log_rows = ((resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed
-                                      else (0, 0, []))
+    start_epoch, start_i, log_rows = (
+        (resumed["epoch"], resumed["step_in_epoch"], resumed["log"]) if resumed else (0, 0, [])
+    )
     total_steps = t.steps_per_epoch * s.epochs
     step = start_epoch * t.steps_per_epoch + start_i
     for epoch in range(start_epoch, s.epochs):
@@ -67,8 +76,16 @@ def train(t: Training, stop: StopSignals) -> Path:
                 _save_and_stop(t, stop, epoch, i, log_rows, sums)
             x, y, idx = (v.to(device, non_blocking=True) for v in (x, y, idx))
             # progress as the exact fraction: scheduled bounds count exactly
-            loss, stats = train_step(t.model, t.aug, t.opt, x, y, idx, progress=Fraction(step, max(1, total_steps)),
-                                     split=(s.batch_size, t.rows))
+            loss, stats = train_step(
+                t.model,
+                t.aug,
+                t.opt,
+                x,
+                y,
+                idx,
+                progress=Fraction(step, max(1, total_steps)),
+                split=(s.batch_size, t.rows),
+            )
             # a host sync: every step on CPU (free there), only at the end of
             # the epoch on a GPU (a non-finite loss makes every later one
             # non-finite too, and nothing is saved before the check)
@@ -87,21 +104,26 @@ def train(t: Training, stop: StopSignals) -> Path:
 def _shuffle(t: Training, epoch: int) -> torch.Tensor:
     """The epoch's data order; the global generator (the batched augmentation's) reseeded first."""
     torch.manual_seed(epoch_seed(t.seed, epoch))
-    return torch.randperm(t.source.num_images,
-                          generator=torch.Generator().manual_seed(epoch_seed(t.seed, epoch))).to(t.device)
+    return torch.randperm(t.source.num_images, generator=torch.Generator().manual_seed(epoch_seed(t.seed, epoch))).to(
+        t.device
+    )
 
 
 def _batches(t: Training, epoch: int, order: torch.Tensor, first: int):
     """This rank's batches of the epoch in ``order``, from step ``first`` on."""
     s, rows, steps = t.s, t.rows, t.steps_per_epoch
     # this rank's images of every batch of the epoch, in order
-    mine = order[:steps * s.batch_size].view(steps, s.batch_size)[:, rows].reshape(-1)
+    mine = order[: steps * s.batch_size].view(steps, s.batch_size)[:, rows].reshape(-1)
     b = rows.stop - rows.start
-    if isinstance(t.source, FolderSource):   # cropped as decoded, on the full image (the official pipeline)
-        return t.source.view_batches(mine[first * b:].cpu(), b, view_crop_draws(t.seed, epoch, first, steps,
-                                                                                s.batch_size, rows),
-                                     scale=(s.crop_scale_min, 1.0), ratio=t.aug.crop_ratio)
-    return t.source.batches(mine[first * b:], b, drop_last=True)
+    if isinstance(t.source, FolderSource):  # cropped as decoded, on the full image (the official pipeline)
+        return t.source.view_batches(
+            mine[first * b :].cpu(),
+            b,
+            view_crop_draws(t.seed, epoch, first, steps, s.batch_size, rows),
+            scale=(s.crop_scale_min, 1.0),
+            ratio=t.aug.crop_ratio,
+        )
+    return t.source.batches(mine[first * b :], b, drop_last=True)
 
 
 def _resumed_sums(resumed: dict, device: torch.device) -> _Sums:
@@ -118,14 +140,28 @@ def _save_and_stop(t: Training, stop: StopSignals, epoch: int, i: int, log_rows:
     :class:`Preempted` (every rank, once rank 0 has written it)."""
     # every rank's own partial sums, in rank order: each rank of the resume goes on from its own, so the
     # epoch's mean is summed in the order of the run straight through (a mean of means would round otherwise)
-    loss_part, kept_part = (distributed.gather_rows(torch.as_tensor(v, device=t.device).detach().reshape(1))[0].cpu()
-                            for v in (sums.loss, sums.kept))
+    loss_part, kept_part = (
+        distributed.gather_rows(torch.as_tensor(v, device=t.device).detach().reshape(1))[0].cpu()
+        for v in (sums.loss, sums.kept)
+    )
     if distributed.rank() == 0:
-        save_rolling({"meta": t.meta, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(),
-                      "epoch": epoch, "step_in_epoch": i, "log": log_rows, "rng": rng_state(t.device),
-                      "loss_sum": loss_part, "kept_sum": kept_part, "done": sums.done,
-                      "processes": distributed.world_size()}, t.last)
-    distributed.barrier()                                # nobody exits before last.pt is written
+        save_rolling(
+            {
+                "meta": t.meta,
+                "model": t.model.state_dict(),
+                "optimizer": t.opt.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": i,
+                "log": log_rows,
+                "rng": rng_state(t.device),
+                "loss_sum": loss_part,
+                "kept_sum": kept_part,
+                "done": sums.done,
+                "processes": distributed.world_size(),
+            },
+            t.last,
+        )
+    distributed.barrier()  # nobody exits before last.pt is written
     stopped = Preempted.saved(stop.requested, t.last, epoch, i)
     if stopped.code == REQUEUE_EXIT_CODE:  # Ctrl-C: said once, on stderr, by python -m negatives
         t.log(str(stopped))
@@ -140,10 +176,13 @@ def _epoch_row(t: Training, epoch: int, lr: float, sums: _Sums, t0: float) -> di
         _non_finite(loss_sum, epoch, sums.done - 1, t.last)
     elapsed = time.perf_counter() - t0
     return {
-        "epoch": epoch + 1, "loss": float(loss_sum) / max(1, sums.done), "lr": lr,
+        "epoch": epoch + 1,
+        "loss": float(loss_sum) / max(1, sums.done),
+        "lr": lr,
         "knn_top1": t.monitor(t.model.encoder_q, epoch) if distributed.rank() == 0 else float("nan"),
         "images_per_s": sums.done * t.s.batch_size / max(elapsed, 1e-9),
-        "negatives_kept": float(kept_sum) / max(1, sums.done), "seconds": elapsed,
+        "negatives_kept": float(kept_sum) / max(1, sums.done),
+        "seconds": elapsed,
     }
 
 
@@ -151,14 +190,27 @@ def _checkpoint_and_log(t: Training, epoch: int, log_rows: list[dict]) -> None:
     """The rolling checkpoint after ``epoch``, and its log line (with a warning for a collapsed embedding)."""
     row = log_rows[-1]
     if distributed.rank() == 0:  # one writer: every rank holds the same model
-        save_rolling({"meta": t.meta, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(),
-                      "epoch": epoch + 1, "step_in_epoch": 0, "log": log_rows}, t.last)
-    t.log("epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
-          "negatives {negatives_kept:.0f}".format(**row))
+        save_rolling(
+            {
+                "meta": t.meta,
+                "model": t.model.state_dict(),
+                "optimizer": t.opt.state_dict(),
+                "epoch": epoch + 1,
+                "step_in_epoch": 0,
+                "log": log_rows,
+            },
+            t.last,
+        )
+    t.log(
+        "epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
+        "negatives {negatives_kept:.0f}".format(**row)
+    )
     if abs(row["loss"] - math.log1p(row["negatives_kept"])) < 1e-3:
         # InfoNCE with every logit equal: the positive is no closer than any negative
-        t.log(f"warning: the loss is log(1 + {row['negatives_kept']:.0f}) = {row['loss']:.4f}, the value of a "
-              "collapsed embedding (every view maps to the same point)")
+        t.log(
+            f"warning: the loss is log(1 + {row['negatives_kept']:.0f}) = {row['loss']:.4f}, the value of a "
+            "collapsed embedding (every view maps to the same point)"
+        )
 
 
 def _save_final(t: Training, log_rows: list[dict]) -> None:
@@ -167,8 +219,15 @@ def _save_final(t: Training, log_rows: list[dict]) -> None:
         _write_log(log_rows, t.out / "train_log.csv")
         # the training cost, for the methods figure: median images/s over the epochs
         speed = sorted(r["images_per_s"] for r in log_rows)[len(log_rows) // 2] if log_rows else None
-        atomic_torch_save({"meta": {**t.meta, "train_images_per_s": speed}, "encoder": t.model.encoder_q.state_dict(),
-                           "model": t.model.state_dict(), "log": log_rows}, t.final)
+        atomic_torch_save(
+            {
+                "meta": {**t.meta, "train_images_per_s": speed},
+                "encoder": t.model.encoder_q.state_dict(),
+                "model": t.model.state_dict(),
+                "log": log_rows,
+            },
+            t.final,
+        )
         keep_finished(t.out)
         t.last.unlink(missing_ok=True)
         previous_path(t.last).unlink(missing_ok=True)

@@ -23,17 +23,17 @@ from functools import partial
 from numbers import Real
 from pathlib import Path
 
-from ..data.sources import load_prepared, open_source, open_train_source
 from ..config import ConfigError, check_partial, check_run
+from ..data.sources import load_prepared, open_source, open_train_source
 from ..runtime import distributed, gpus, memory
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, check_writable
-from ..runtime.locks import RankLock, RunLock
 from ..runtime.checkpoint import REQUEUE_EXIT_CODE, StopSignals
+from ..runtime.locks import RankLock, RunLock
 from .build import build_training, run_meta
-from .settings import PretrainSettings, seeded_encoder
 from .identity import restore_finished
 from .loop import train
+from .settings import PretrainSettings, seeded_encoder
 
 __all__ = ["pretrain", "init_checkpoint"]
 
@@ -56,8 +56,9 @@ def init_checkpoint(data_path, method: str, seed: int, settings: dict, out_dir) 
     return path
 
 
-def pretrain(data_path, method: str, policy: str, temperature: float, seed: int, settings: dict,
-             out_dir, log=print) -> Path:
+def pretrain(
+    data_path, method: str, policy: str, temperature: float, seed: int, settings: dict, out_dir, log=print
+) -> Path:
     """Pretrain one run; writes ``out_dir/checkpoint.pt`` and ``out_dir/train_log.csv``.
 
     Resumes from ``out_dir/last.pt`` (or ``last.prev.pt`` when the newest is
@@ -77,20 +78,24 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
     ``srun`` of them (:mod:`negatives.runtime.launch`); otherwise it spawns
     ``processes`` workers on this machine.
     """
-    s, pol = _checked(method, policy, temperature, settings)    # bad input: an error before any work
+    s, pol = _checked(method, policy, temperature, settings)  # bad input: an error before any work
     _check_seed(seed)
-    device = gpus.resolve_device(s.device, "pretrain.device")    # a GPU asked for where there is none
+    device = gpus.resolve_device(s.device, "pretrain.device")  # a GPU asked for where there is none
     launch = None if distributed.is_distributed() else distributed.launched()
     started = distributed.world_size() if launch is None else launch.world
     if started > 1 and started != s.world:
-        raise ConfigError(f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
-                          f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree")
+        raise ConfigError(
+            f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
+            f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree"
+        )
     handover = started == 1 and s.world > 1 and launch_plan.srun_starts(s.world)
     if s.nodes > 1 and started == 1 and not handover:
-        raise ConfigError(f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
-                          "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
-                          "torchrun --nnodes; this process was started alone")
-    if launch is not None:                                       # one of the processes srun or torchrun started
+        raise ConfigError(
+            f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
+            "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
+            "torchrun --nnodes; this process was started alone"
+        )
+    if launch is not None:  # one of the processes srun or torchrun started
         distributed.init_launched(launch, "nccl" if device.type == "cuda" else "gloo")
         try:
             return pretrain(data_path, method, policy, temperature, seed, settings, out_dir, log)
@@ -98,29 +103,38 @@ def pretrain(data_path, method: str, policy: str, temperature: float, seed: int,
             distributed.destroy()
     _refuse_finished(Path(out_dir))
     check_writable(Path(out_dir) / "checkpoint.pt")
-    data = load_prepared(data_path)                              # a missing or damaged file, named
+    data = load_prepared(data_path)  # a missing or damaged file, named
     images = open_train_source(data)
     _check_fits(method, s, images.num_images)
-    memory.check_pretrain(method, s, images.shape)               # before the network is allocated
+    memory.check_pretrain(method, s, images.shape)  # before the network is allocated
     if restore_finished(Path(out_dir), partial(run_meta, data, method, pol, temperature, seed, s, device.type), log):
         return Path(out_dir) / "checkpoint.pt"
-    if handover:                                                 # in a SLURM job: srun starts every process
-        command = launch_plan.srun_command(s.processes, s.nodes, s.threads, launch_plan.pretrain_command(
-            data_path, method, policy, temperature, seed, settings, out_dir))
+    if handover:  # in a SLURM job: srun starts every process
+        command = launch_plan.srun_command(
+            s.processes,
+            s.nodes,
+            s.threads,
+            launch_plan.pretrain_command(data_path, method, policy, temperature, seed, settings, out_dir),
+        )
         log(f"starting the run's {s.world} processes: {shlex.join(command)}")
         sys.stdout.flush()
         os.execvp(command[0], command)
-    if distributed.rank() > 0:                                   # started with the others: rank 0 holds the run's lock
+    if distributed.rank() > 0:  # started with the others: rank 0 holds the run's lock
         with StopSignals() as stop, RankLock(out_dir, distributed.rank(), distributed.agree):  # and each one its own
             return train(build_training(data, method, pol, temperature, seed, s, out_dir, _silent), stop)
     # one run, one training; a run finished while another process held it is refused too (on every rank)
     with StopSignals() as stop, RunLock(out_dir, lambda: _refuse_finished(Path(out_dir)), distributed.agree):
         if s.processes > 1 and not distributed.is_distributed():  # this process starts the others
             backend = "nccl" if device.type == "cuda" else "gloo"
-            del data                                             # each process loads its own
-            distributed.spawn(_rank_main, s.processes, (data_path, method, policy, temperature, seed, settings,
-                                                        out_dir), backend, exit_codes=(REQUEUE_EXIT_CODE,),
-                              lock_dir=out_dir)                  # each worker locks the run too: it may outlive us
+            del data  # each process loads its own
+            distributed.spawn(
+                _rank_main,
+                s.processes,
+                (data_path, method, policy, temperature, seed, settings, out_dir),
+                backend,
+                exit_codes=(REQUEUE_EXIT_CODE,),
+                lock_dir=out_dir,
+            )  # each worker locks the run too: it may outlive us
             return Path(out_dir) / "checkpoint.pt"
         return train(build_training(data, method, pol, temperature, seed, s, out_dir, log), stop)
 
@@ -142,8 +156,10 @@ def _check_fits(method: str, s: PretrainSettings, n: int) -> None:
     if s.batch_size > n:
         raise ValueError(f"pretrain.batch_size {s.batch_size} is larger than the {n} training images")
     if method == "moco" and s.queue_size > n:
-        raise ValueError(f"pretrain.queue_size {s.queue_size} is larger than the {n} training images: the queue "
-                         "would hold several keys of one image; lower it or use more images")
+        raise ValueError(
+            f"pretrain.queue_size {s.queue_size} is larger than the {n} training images: the queue "
+            "would hold several keys of one image; lower it or use more images"
+        )
 
 
 def _check_seed(seed) -> None:
@@ -162,7 +178,12 @@ def _checked(method: str, policy: str, temperature: float, settings: dict):
     every run it plans (:func:`negatives.config.check_run`)."""
     s = PretrainSettings.from_dict(settings)
     if not (isinstance(temperature, Real) and temperature > 0 and math.isfinite(temperature)):
-        raise ConfigError(f"temperature: must be a positive number, got {temperature!r}"
-                          + (" (NaN and infinity are refused)" if isinstance(temperature, float)
-                             and not math.isfinite(temperature) else ""))
+        raise ConfigError(
+            f"temperature: must be a positive number, got {temperature!r}"
+            + (
+                " (NaN and infinity are refused)"
+                if isinstance(temperature, float) and not math.isfinite(temperature)
+                else ""
+            )
+        )
     return s, check_run(method, policy, asdict(s))

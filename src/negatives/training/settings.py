@@ -12,14 +12,30 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config import check_pretrain_sizes, check_section
-from ..defaults import log_only, schema_defaults, speed_only
 from ..data.augment import crop_draws
 from ..data.sources import data_digest, open_source
+from ..defaults import log_only, schema_defaults, speed_only
 from ..models import build_encoder
 from ..runtime.atomic import torch_load
 
-__all__ = ["SPEED_ONLY", "LOG_ONLY", "OUTSIDE_IDENTITY", "ARCHITECTURE", "DATA_IDENTITY", "run_identity",
-           "meta_differences", "data_identity", "check_matches", "PretrainSettings", "step_precision", "epoch_seed", "view_crop_draws", "cosine_lr", "seeded_encoder", "load_encoder"]
+__all__ = [
+    "SPEED_ONLY",
+    "LOG_ONLY",
+    "OUTSIDE_IDENTITY",
+    "ARCHITECTURE",
+    "DATA_IDENTITY",
+    "run_identity",
+    "meta_differences",
+    "data_identity",
+    "check_matches",
+    "PretrainSettings",
+    "step_precision",
+    "epoch_seed",
+    "view_crop_draws",
+    "cosine_lr",
+    "seeded_encoder",
+    "load_encoder",
+]
 
 
 #: settings that change how fast a run trains, never what it computes (bit for
@@ -79,7 +95,7 @@ class PretrainSettings:
         return self.processes * self.nodes
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PretrainSettings":
+    def from_dict(cls, d: dict) -> PretrainSettings:
         """The settings of a ``pretrain`` section, checked as the workflow checks
         the config (:func:`negatives.config.check_section`: unknown keys, types,
         ranges; the queue, batch and split sizes); a key left out takes the
@@ -121,8 +137,9 @@ def meta_differences(saved: dict, now: dict) -> list[str]:
         a, b = saved.get(key), now.get(key)
         if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
             a, b = run_identity(a), run_identity(b)
-            out += [f"pretrain.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                    if a.get(k) != b.get(k)]
+            out += [
+                f"pretrain.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
         elif key == "data_digest" and a != b:
             out.append(f"the training images (their pixels, labels or order; digest {a} -> {b})")
         elif key == "device_type" and a != b:
@@ -164,9 +181,15 @@ def seeded_encoder(settings: PretrainSettings, in_channels: int, seed: int, num_
     """The untrained encoder of run ``seed`` (initialised from the seed of epoch -1);
     ``num_splits``: its batch-norm splits (default ``bn_splits``; one process's share of them)."""
     torch.manual_seed(epoch_seed(seed, -1))
-    return build_encoder(settings.backbone, in_channels, dim=settings.dim, hidden_dim=settings.hidden_dim,
-                         num_splits=settings.bn_splits if num_splits is None else num_splits, width=settings.width,
-                         small_stem=settings.small_stem)
+    return build_encoder(
+        settings.backbone,
+        in_channels,
+        dim=settings.dim,
+        hidden_dim=settings.hidden_dim,
+        num_splits=settings.bn_splits if num_splits is None else num_splits,
+        width=settings.width,
+        small_stem=settings.small_stem,
+    )
 
 
 def load_encoder(path: str | os.PathLike):
@@ -178,9 +201,11 @@ def load_encoder(path: str | os.PathLike):
 
     rebuild = f"train the run (snakemake {path})"
     # a last.pt given by mistake is named as such and kept: the run resumes from it
-    unfinished = (f"{path} is not a finished run's checkpoint.pt: a last.pt is an unfinished run's rolling "
-                  "checkpoint, read by the trainer only and left as it is; give the run's checkpoint.pt once the run "
-                  f"is finished (snakemake {os.path.join(os.path.dirname(path), 'checkpoint.pt')})")
+    unfinished = (
+        f"{path} is not a finished run's checkpoint.pt: a last.pt is an unfinished run's rolling "
+        "checkpoint, read by the trainer only and left as it is; give the run's checkpoint.pt once the run "
+        f"is finished (snakemake {os.path.join(os.path.dirname(path), 'checkpoint.pt')})"
+    )
     with contextlib.suppress(OSError), open(path, "rb") as f:
         if f.read(len(MAGIC)) == MAGIC:
             raise ValueError(unfinished)
@@ -190,15 +215,24 @@ def load_encoder(path: str | os.PathLike):
     meta = ckpt["meta"]
     try:
         s = PretrainSettings.from_dict(meta["settings"])
-        enc = build_encoder(s.backbone, meta["in_channels"], dim=s.dim, hidden_dim=s.hidden_dim,
-                            num_splits=s.bn_splits, width=s.width, small_stem=s.small_stem)
+        enc = build_encoder(
+            s.backbone,
+            meta["in_channels"],
+            dim=s.dim,
+            hidden_dim=s.hidden_dim,
+            num_splits=s.bn_splits,
+            width=s.width,
+            small_stem=s.small_stem,
+        )
         enc.load_state_dict(ckpt["encoder"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         # the weights are not those of the network its metadata describes: one altered, or written by other code
         lines = str(e).strip().splitlines() or [repr(e)]  # torch: a heading, then one line per mismatch
-        raise ValueError(f"{path}: its weights do not fit the network its metadata describes "
-                         f"({lines[min(1, len(lines) - 1)].strip()[:200]}); "
-                         f"delete it and {rebuild}") from None
+        raise ValueError(
+            f"{path}: its weights do not fit the network its metadata describes "
+            f"({lines[min(1, len(lines) - 1)].strip()[:200]}); "
+            f"delete it and {rebuild}"
+        ) from None
     return enc.eval(), meta
 
 
@@ -210,9 +244,14 @@ def data_identity(data: dict) -> dict:
     and content)."""
     source = open_source(data, "train")
     c, h, w = source.shape
-    return {"in_channels": int(c), "image_size": [int(h), int(w)], "num_classes": len(data["classes"]),
-            "train_images": int(source.num_images), "data_digest": data_digest(data)["train"],
-            **({"data_settings": data["settings"]} if isinstance(data.get("settings"), dict) else {})}
+    return {
+        "in_channels": int(c),
+        "image_size": [int(h), int(w)],
+        "num_classes": len(data["classes"]),
+        "train_images": int(source.num_images),
+        "data_digest": data_digest(data)["train"],
+        **({"data_settings": data["settings"]} if isinstance(data.get("settings"), dict) else {}),
+    }
 
 
 def check_matches(meta: dict, data: dict, checkpoint_path, data_path) -> None:
@@ -227,10 +266,14 @@ def check_matches(meta: dict, data: dict, checkpoint_path, data_path) -> None:
     if not differ:
         return
     shape = ("dataset", "in_channels", "image_size", "num_classes")
-    if all(meta.get(k, now[k]) == now[k] for k in shape):      # the same dataset, other images of it
-        raise ValueError(f"{checkpoint_path} was trained on other {data.get('dataset')!r} images than {data_path} "
-                         f"holds ({'; '.join(differ)}): the data was prepared again with other settings or "
-                         "files since; evaluate it on the data.pt it was trained on, or train the run again")
-    raise ValueError(f"{checkpoint_path} was trained on {meta.get('dataset')!r} ({meta.get('in_channels')} "
-                     f"channels), but {data_path} holds {data.get('dataset')!r} ({now['in_channels']} channels): "
-                     f"{'; '.join(differ)}; give the checkpoint its own dataset's data.pt")
+    if all(meta.get(k, now[k]) == now[k] for k in shape):  # the same dataset, other images of it
+        raise ValueError(
+            f"{checkpoint_path} was trained on other {data.get('dataset')!r} images than {data_path} "
+            f"holds ({'; '.join(differ)}): the data was prepared again with other settings or "
+            "files since; evaluate it on the data.pt it was trained on, or train the run again"
+        )
+    raise ValueError(
+        f"{checkpoint_path} was trained on {meta.get('dataset')!r} ({meta.get('in_channels')} "
+        f"channels), but {data_path} holds {data.get('dataset')!r} ({now['in_channels']} channels): "
+        f"{'; '.join(differ)}; give the checkpoint its own dataset's data.pt"
+    )

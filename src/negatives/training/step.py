@@ -13,8 +13,16 @@ from .settings import step_precision
 __all__ = ["train_step"]
 
 
-def train_step(model: nn.Module, aug: nn.Module, opt: torch.optim.Optimizer, x: Tensor, labels: Tensor,
-               indices: Tensor, progress=0.0, split: tuple[int, slice] | None = None):
+def train_step(
+    model: nn.Module,
+    aug: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    labels: Tensor,
+    indices: Tensor,
+    progress=0.0,
+    split: tuple[int, slice] | None = None,
+):
     """One step of ``model`` (MoCo or SimCLR) on the images ``x``; returns
     ``(loss, stats)``, detached, on the device (nothing is read back).
 
