@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -51,8 +52,11 @@ B, K, D, EXTRA = 256, 4096, 64, 1024
 
 
 def _loss(pkg: str):
-    """``(policy, selection, q, l_pos, sim) -> loss`` at τ = 0.2, in either layout of the library
-    (``methods.loss.ContrastiveLoss``, or the flat ``moco.policy_loss`` of revisions before it)."""
+    """``(policy, selection, q, l_pos, sim) -> loss`` at τ = 0.2, in the layouts of revisions that had
+    one (``methods.loss.ContrastiveLoss``, or the flat ``moco.policy_loss`` before it); None for the
+    layout where a policy name's ``Recipe`` carries its loss."""
+    if importlib.util.find_spec(f"{pkg}.policies.recipe") is not None:
+        return None
     try:
         criterion = importlib.import_module(f"{pkg}.methods.loss").ContrastiveLoss
     except ModuleNotFoundError:
@@ -94,6 +98,8 @@ def main() -> None:
 
     def make_step(tag: str, name: str):
         P, M = versions[tag]
+        if M is None:
+            return _recipe_step(P, name)
         policy = P.parse_policy(name)
         policy.start(4)
         window = K if policy.mode == "replace" else None
@@ -110,6 +116,31 @@ def main() -> None:
             with torch.no_grad():
                 sel = P.select(policy, sim.detach(), cands, 0.5, window)
             M(policy, sel, q, l_pos, sim).backward()
+
+        return step
+
+    def _recipe_step(P, name: str):
+        """The step through a name's Recipe: its policy's mask and mix, its loss."""
+        recipe = P.parse_policy(name)
+        recipe.policy.start(4, K)
+        n = K + (EXTRA if recipe.replace else 0)
+        keys = keys_all[:n]
+
+        def step():
+            q = F.normalize(q_raw.clone().requires_grad_(True), dim=1)
+            l_pos = (q * q.detach().roll(1, 0)).sum(1)
+            sim = q @ keys.T
+            cands = P.Candidates(
+                labels=key_labels[:n],
+                indices=torch.arange(n),
+                keys=keys,
+                query_labels=labels,
+                queries=q.detach(),
+                newest_first=torch.arange(n),
+            )  # the first K the newest
+            with torch.no_grad():
+                sel = recipe.policy(sim.detach(), cands, 0.5)
+            recipe.loss(l_pos, sim, sel.keep, 0.2, sel.synthetic(q, sim)).backward()
 
         return step
 
