@@ -186,7 +186,7 @@ def _probe_files(folder: Path, cfg: dict, name: str) -> list[str]:
 @pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")  # equal values by construction
 def test_each_probe_figure_draws_its_section_as_its_science_function_does(tmp_path, name):
     """The record's function hands the right keys of its section to the right arguments."""
-    from negatives.analysis import probe_figures
+    from negatives.analysis import comparison_figures, probe_figures
     from negatives.analysis.plotting import load_probes
 
     cfg = default_config()
@@ -196,10 +196,10 @@ def test_each_probe_figure_draws_its_section_as_its_science_function_does(tmp_pa
     df = load_probes(paths, extra_metrics=("train_images_per_s",) if name == "fig_methods" else ())
     direct = {
         "fig2": lambda out: probe_figures.fig2(df, out, fig["segments"], fig["easiest"]),
-        "fig3": lambda out: probe_figures.fig3(df, out, fig["removed"]),
-        "table1": lambda out: probe_figures.table1(df, out, fig["removed"]),
-        "simclr": lambda out: probe_figures.simclr(df, out, fig["policies"]),
-        "fig_methods": lambda out: probe_figures.fig_methods(df, out, fig["policies"], fig["band"]),
+        "fig3": lambda out: comparison_figures.fig3(df, out, fig["removed"]),
+        "table1": lambda out: comparison_figures.table1(df, out, fig["removed"]),
+        "simclr": lambda out: comparison_figures.simclr(df, out, fig["policies"]),
+        "fig_methods": lambda out: comparison_figures.fig_methods(df, out, fig["policies"], fig["band"]),
     }[name]
     expected = direct(str(tmp_path / "direct"))
     pd.testing.assert_frame_equal(table, expected)

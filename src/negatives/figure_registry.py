@@ -164,7 +164,7 @@ def _probes(paths, extra_metrics=()):
 
 
 def _pairs(paths):
-    from .analysis.hardness_figures import load_analyses
+    from .analysis.pair_runs import load_analyses
 
     return load_analyses(paths)
 
@@ -176,25 +176,25 @@ def _fig2(paths, out, fig):
 
 
 def _fig3(paths, out, fig):
-    from .analysis.probe_figures import fig3
+    from .analysis.comparison_figures import fig3
 
     return fig3(_probes(paths), out, fig["removed"])
 
 
 def _table1(paths, out, fig):
-    from .analysis.probe_figures import table1
+    from .analysis.comparison_figures import table1
 
     return table1(_probes(paths), out, fig["removed"])
 
 
 def _simclr(paths, out, fig):
-    from .analysis.probe_figures import simclr
+    from .analysis.comparison_figures import simclr
 
     return simclr(_probes(paths), out, fig["policies"])
 
 
 def _fig_methods(paths, out, fig):
-    from .analysis.probe_figures import fig_methods
+    from .analysis.comparison_figures import fig_methods
 
     return fig_methods(_probes(paths, extra_metrics=("train_images_per_s",)), out, fig["policies"], fig["band"])
 
@@ -223,7 +223,7 @@ def _fig6(paths, out, fig):
 
 
 def _tables_a4_a6(paths, out, fig):
-    from .analysis.hardness_figures import tables_a4_a6
+    from .analysis.class_pair_tables import tables_a4_a6
 
     pairs, names = _pairs(paths)
     return tables_a4_a6(pairs, out, class_names=names, **_settings(fig))

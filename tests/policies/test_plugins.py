@@ -330,7 +330,7 @@ def test_one_name_in_two_packages_is_refused(tutorial_site, bad_site, on_path):
 
 def test_the_figures_label_it_by_its_name(tutorial_site, on_path):
     """The SimCLR figure says what a band or a removal keeps and names every other policy (a plugin's too)."""
-    from negatives.analysis.probe_figures import _simclr_label
+    from negatives.analysis.comparison_figures import _simclr_label
 
     on_path(tutorial_site)
     assert [

@@ -1,5 +1,6 @@
-"""Section 4's figures and tables: what distinguishes hard negatives from easy
-ones (Figures 4-6, Tables A4-A6)."""
+"""Section 4's figures: what distinguishes hard negatives from easy ones
+(Figures 4-6), drawn from the pairs tables of the analysed runs
+(:mod:`.pair_runs`)."""
 
 from __future__ import annotations
 
@@ -12,92 +13,17 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from .plotting import fmt_pct, p_text, seed_range, single_value, temperature_colours, ttest_p, write_figure  # noqa: E402
+from .pair_runs import describe_setting, over_seeds, split_runs  # noqa: E402
+from .plotting import fmt_pct, p_text, seed_range, temperature_colours, ttest_p, write_figure  # noqa: E402
 
-__all__ = ["PAIRS_COLUMNS", "MEASURES", "load_analyses", "fig4", "fig5", "fig6", "tables_a4_a6"]
+__all__ = ["MEASURES", "fig4", "fig5", "fig6"]
 
-
-# ------------------------------------------------------------------ Section 4: figures 4-6, tables A4-A6
-#
-# Drawn from the pairs tables of the analysed runs (``analysis.load_pairs``:
-# one row per query x negative, docs/INTERFACES.md).  Every statistic is
-# computed per run (temperature, seed) and then summarised over seeds (mean,
-# std with ddof=1, n), one group per temperature.
-
-#: the pairs columns these figures read
-PAIRS_COLUMNS = (
-    "query",
-    "negative",
-    "query_label",
-    "negative_label",
-    "difficulty",
-    "percentile",
-    "same_class",
-    "wordnet",
-    "temperature",
-    "run_seed",
-)
 #: pairs column -> (panel title, axis label) in figures 4 and 5
 MEASURES = {
     "same_class": ("shared labels", "P(same class as the query)"),
     "wordnet": ("WordNet similarity", "depth of the lowest common hypernym\n(higher: more similar)"),
     "difficulty": ("dot product", "mean dot product (cosine)"),
 }
-
-
-def load_analyses(paths) -> tuple[pd.DataFrame, list[str] | None]:
-    """``pairs.parquet`` files, and at most one ``wordnet_similarity.tsv`` whose
-    header names the classes -> (pairs of every run, class names or None)."""
-    from ..data.wordnet import read_similarity
-    from .pairs import load_pairs, read_identity
-
-    tsv = [p for p in paths if str(p).endswith(".tsv")]
-    if len(tsv) > 1:
-        raise ValueError(f"expected at most one similarity .tsv, got {tsv}")
-    parquet = [p for p in paths if not str(p).endswith(".tsv")]
-    pairs = load_pairs(parquet)
-    for key in ("dataset", "method"):  # for the titles
-        values = sorted({str(read_identity(p).get(key)) for p in parquet})
-        if len(values) > 1:
-            raise ValueError(f"a figure shows one {key}; the analyses have {values}")
-        pairs[key] = pd.Categorical.from_codes(np.zeros(len(pairs), np.int8), values)
-    return pairs, read_similarity(tsv[0])[0] if tsv else None
-
-
-def _runs(pairs: pd.DataFrame, figure: str) -> list[tuple[float, int, pd.DataFrame]]:
-    """``[(temperature, seed, its pairs)]`` of every analysed run, sorted."""
-    missing = [c for c in PAIRS_COLUMNS if c not in pairs]
-    if missing:
-        raise ValueError(f"{figure} needs pairs columns missing from the table: {', '.join(missing)}")
-    if pairs.empty:
-        raise ValueError(f"{figure}: the pairs table is empty")
-    # temperatures are float32 in the table; the config's have at most 6 significant digits
-    return [(float(f"{t:g}"), int(s), g) for (t, s), g in pairs.groupby(["temperature", "run_seed"], sort=True)]
-
-
-def _over_seeds(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean, std (ddof=1; NaN for one seed) and n of ``value`` over seeds, per ``keys`` (in order of appearance)."""
-    return (
-        per_seed.groupby(keys, sort=False, dropna=False)["value"]
-        .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count")
-        .reset_index()
-    )
-
-
-def _binned(bins: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` in each of ``n`` bins (NaN where a bin is empty)."""
-    counts = np.bincount(bins, minlength=n)
-    sums = np.bincount(bins, weights=values, minlength=n)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def _setting(pairs: pd.DataFrame, runs) -> str:
-    """``dataset / method / policy P / Q queries x N negatives`` of the analysed runs."""
-    parts = [str(single_value(pairs, c)) for c in ("dataset", "method") if c in pairs]
-    if "policy" in pairs:
-        parts.append(f"policy {single_value(pairs, 'policy')}")
-    g = runs[0][2]
-    return " / ".join([*parts, f"{g['query'].nunique()} queries x {g['negative'].nunique()} negatives"])
 
 
 # ------------------------------------------------------------------ figure 4
@@ -111,7 +37,7 @@ def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFram
     p-value is an unpaired t-test of the hard against the easy per-seed values
     (column ``p_value``, the same in both rows of a panel and temperature)."""
     groups = {False: f"easiest {fmt_pct(hard_cut)}%", True: f"hardest {fmt_pct(100 - hard_cut)}%"}
-    runs = _runs(pairs, "figure 4")
+    runs = split_runs(pairs, "figure 4")
     rows = []
     for t, seed, g in runs:
         hard = g["percentile"].to_numpy() >= hard_cut  # as analysis.hard_frequency
@@ -130,7 +56,7 @@ def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFram
                     )
                 )
     per_seed = pd.DataFrame(rows)
-    table = _over_seeds(per_seed, ["panel", "measure", "temperature", "group"])
+    table = over_seeds(per_seed, ["panel", "measure", "temperature", "group"])
     p = {
         k: ttest_p(d.value[d.group == groups[True]], d.value[d.group == groups[False]])
         for k, d in per_seed.groupby(["panel", "temperature"])
@@ -157,7 +83,7 @@ def fig4(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0) -> pd.DataFram
         ax.set_ylabel(MEASURES[col][1], fontsize=9)
     axes[0].legend(fontsize=8, title="temperature", title_fontsize=8, loc="upper left")
     fig.suptitle(
-        f"Figure 4 - {_setting(pairs, runs)}\nhard vs easy negatives: mean $\\pm$ std over "
+        f"Figure 4 - {describe_setting(pairs, runs)}\nhard vs easy negatives: mean $\\pm$ std over "
         f"{seed_range(table)} seeds, unpaired t-test across seeds",
         fontsize=10,
     )
@@ -176,9 +102,27 @@ def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.D
     of a bin; points are mean +- std over seeds.  Table columns: panel
     (``a``, ``a inset``, ``b``, ``c``), measure, temperature, x (bin), lo, hi
     (percentiles), mean, std, n."""
+    runs = split_runs(pairs, "figure 5")
+    table = _fig5_table(runs, inset_percentile)
+    title = (
+        f"Figure 5 - {describe_setting(pairs, runs)}: by decile of difficulty, "
+        f"mean $\\pm$ std over {seed_range(table)} seeds"
+    )
+    return write_figure(_draw_fig5(table, inset_percentile, title), table, out_prefix)
+
+
+def _binned(bins: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` in each of ``n`` bins (NaN where a bin is empty)."""
+    counts = np.bincount(bins, minlength=n)
+    sums = np.bincount(bins, weights=values, minlength=n)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _fig5_table(runs, inset_percentile: float) -> pd.DataFrame:
+    """Figure 5's table: per run the mean of each measure in each decile (and
+    in each inset bin of the easiest decile, panel ``a inset``), over seeds."""
     n_inset = int(np.ceil(10 / inset_percentile - 1e-9))
     edges = {"decile": (np.arange(11) * 10.0), "inset": np.minimum(np.arange(n_inset + 1) * inset_percentile, 10)}
-    runs = _runs(pairs, "figure 5")
     rows = []
     for t, seed, g in runs:
         pct = g["percentile"].to_numpy(np.float64)
@@ -205,8 +149,11 @@ def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.D
                     )
                     for i, m in enumerate(means)
                 ]
-    table = _over_seeds(pd.DataFrame(rows), ["panel", "measure", "temperature", "x", "lo", "hi"])
+    return over_seeds(pd.DataFrame(rows), ["panel", "measure", "temperature", "x", "lo", "hi"])
 
+
+def _draw_fig5(table: pd.DataFrame, inset_percentile: float, title: str):
+    """Panels a-c of Figure 5, one curve per temperature, and panel a's inset above its curve."""
     temps = sorted(table.temperature.unique())
     colours = temperature_colours(temps)
     markers = dict(zip(temps, "osD^vP*X"))
@@ -247,15 +194,39 @@ def fig5(pairs: pd.DataFrame, out_prefix, inset_percentile: float = 1.0) -> pd.D
         axes[0].set_ylim(lo - 0.05 * (hi - lo) - 1e-3, hi + 1.3 * (hi - lo) + 1e-3)
     axes[2].axhline(0, color="0.4", lw=0.8)
     axes[2].legend(fontsize=8, title="temperature", title_fontsize=8)
-    fig.suptitle(
-        f"Figure 5 - {_setting(pairs, runs)}: by decile of difficulty, mean $\\pm$ std over {seed_range(table)} seeds",
-        fontsize=10,
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return write_figure(fig, table, out_prefix)
+    return fig
 
 
 # ------------------------------------------------------------------ figure 6
+
+
+def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int = 0) -> pd.DataFrame:
+    """Paper Figure 6: for each negative, the percentage of queries for which it
+    is among their hardest ``100 - hard_cut`` % (``analysis.hard_frequency``),
+    for the trained model and for the null model: each query's difficulties
+    shuffled among its negatives (``analysis.shuffle_within_queries``, seed
+    ``null_seed`` + the run's seed), then ranked again, which keeps every
+    query's multiset of difficulties and breaks any tie to the negative.
+
+    Per seed, not pooled: each run's distribution over its negatives is
+    histogrammed on bins shared by all runs; the curves are mean +- std over
+    seeds of the percentage of negatives per bin (panel ``histogram``; lo, hi:
+    the bin's range of percentages of queries).  Panel ``spread``: each
+    distribution's std over negatives, mean +- std over seeds, with an unpaired
+    t-test across seeds of trained against null (``p_value``)."""
+    runs = split_runs(pairs, "figure 6")
+    counts = _hard_counts(runs, hard_cut, null_seed)
+    queries = {int(g["query"].nunique()) for _, _, g in runs}
+    if len(queries) != 1:
+        raise ValueError(f"figure 6 compares runs with the same number of queries, got {sorted(queries)}")
+    table, edges = _fig6_table(counts, queries.pop())
+    title = (
+        f"Figure 6 - {describe_setting(pairs, runs)}\nhow often each negative is hard: per seed, "
+        f"mean $\\pm$ std over {seed_range(table)} seeds"
+    )
+    return write_figure(_draw_fig6(table, edges, hard_cut, title), table, out_prefix)
 
 
 def _matrices(g: pd.DataFrame, *cols: str) -> list[torch.Tensor]:
@@ -276,41 +247,30 @@ def _matrices(g: pd.DataFrame, *cols: str) -> list[torch.Tensor]:
     return out
 
 
-def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int = 0) -> pd.DataFrame:
-    """Paper Figure 6: for each negative, the percentage of queries for which it
-    is among their hardest ``100 - hard_cut`` % (``analysis.hard_frequency``),
-    for the trained model and for the null model: each query's difficulties
-    shuffled among its negatives (``analysis.shuffle_within_queries``, seed
-    ``null_seed`` + the run's seed), then ranked again, which keeps every
-    query's multiset of difficulties and breaks any tie to the negative.
-
-    Per seed, not pooled: each run's distribution over its negatives is
-    histogrammed on bins shared by all runs; the curves are mean +- std over
-    seeds of the percentage of negatives per bin (panel ``histogram``; lo, hi:
-    the bin's range of percentages of queries).  Panel ``spread``: each
-    distribution's std over negatives, mean +- std over seeds, with an unpaired
-    t-test across seeds of trained against null (``p_value``)."""
+def _hard_counts(runs, hard_cut: float, null_seed: int) -> list[tuple[float, int, str, np.ndarray]]:
+    """``[(temperature, seed, model, [N] count of queries for which each negative is hard)]``, trained and null."""
     from . import pairs as analysis
 
-    runs = _runs(pairs, "figure 6")
-    freqs = []  # (temperature, seed, model, [N] count of queries for which each negative is hard)
+    counts = []
     for t, seed, g in runs:
         pct, d = _matrices(g, "percentile", "difficulty")
         null = analysis.percentile_ranks(analysis.shuffle_within_queries(d, null_seed + seed))
         for model, p in (("trained", pct), ("null", null)):
             freq = analysis.hard_frequency(p, hard_cut).double().numpy()
-            freqs.append((t, seed, model, np.rint(freq * p.shape[0]).astype(np.int64)))
-    queries = {int(g["query"].nunique()) for _, _, g in runs}
-    if len(queries) != 1:
-        raise ValueError(f"figure 6 compares runs with the same number of queries, got {sorted(queries)}")
-    q = queries.pop()
-    top = max(c.max() for *_, c in freqs)
+            counts.append((t, seed, model, np.rint(freq * p.shape[0]).astype(np.int64)))
+    return counts
+
+
+def _fig6_table(counts, q: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Figure 6's table from each run's hard counts (``q`` queries a run), and
+    the edges of its histogram's bins in % of queries."""
+    top = max(c.max() for *_, c in counts)
     width = max(1, int(np.ceil((top + 1) / 40)))  # about 40 bins of whole counts of queries
     lo = np.arange(0, top + 1, width)
     hi = np.minimum(lo + width - 1, top)  # a bin holds counts lo..hi
     rows = []
-    for t, seed, model, counts in freqs:
-        share = np.bincount(counts // width, minlength=len(lo)) * 100.0 / len(counts)
+    for t, seed, model, c in counts:
+        share = np.bincount(c // width, minlength=len(lo)) * 100.0 / len(c)
         rows += [
             dict(
                 panel="histogram",
@@ -325,7 +285,7 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
             )
             for a, b, v in zip(lo, hi, share)
         ]
-        pct = counts * 100.0 / q
+        pct = c * 100.0 / q
         rows += [
             dict(
                 panel="spread",
@@ -338,17 +298,20 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
             for name, f in (("mean", np.mean), ("std", np.std))
         ]
     per_seed = pd.DataFrame(rows)
-    table = _over_seeds(per_seed, ["panel", "measure", "temperature", "model", "x", "lo", "hi"])
+    table = over_seeds(per_seed, ["panel", "measure", "temperature", "model", "x", "lo", "hi"])
     spread = per_seed[per_seed.measure == "std over negatives (% of queries)"]
     p = {
         t: ttest_p(d.value[d.model == "trained"], d.value[d.model == "null"]) for t, d in spread.groupby("temperature")
     }
     table["p_value"] = np.where(table.measure.str.startswith("std"), table.temperature.map(p), np.nan)
+    return table, (np.append(lo, hi[-1] + 1) - 0.5) * 100 / q
 
+
+def _draw_fig6(table: pd.DataFrame, edges: np.ndarray, hard_cut: float, title: str):
+    """One panel per temperature: the trained and null histograms, their spreads and the p-value."""
     temps = sorted(table.temperature.unique())
     colours = {"trained": sns.color_palette("colorblind")[0], "null": sns.color_palette("colorblind")[1]}
     names = {"trained": "trained model", "null": "null model (shuffled within queries)"}
-    edges = (np.append(lo, hi[-1] + 1) - 0.5) * 100 / q
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(temps), figsize=(6.5 * len(temps), 4.4), squeeze=False)
     for ax, t in zip(axes[0], temps):
@@ -359,7 +322,7 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
             ax.errorbar(d.x, d["mean"], yerr=d["std"], fmt="none", color=colours[model], capsize=2, lw=0.8)
             sp = table[table.measure.str.startswith("std") & (table.temperature == t) & (table.model == model)].iloc[0]
             text.append(f"{model} {sp['mean']:.2f}" + ("" if np.isnan(sp["std"]) else f" $\\pm$ {sp['std']:.2f}"))
-        text.append(p_text(p[t]))
+        text.append(p_text(sp["p_value"]))  # the same for both models
         ax.axvline(100 - hard_cut, color="0.4", ls=":", lw=1)
         ax.text(
             0.97,
@@ -375,111 +338,6 @@ def fig6(pairs: pd.DataFrame, out_prefix, hard_cut: float = 95.0, null_seed: int
         ax.set_ylabel("% of negatives", fontsize=9)
         ax.set_title(f"t={t:g}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(
-        f"Figure 6 - {_setting(pairs, runs)}\nhow often each negative is hard: per seed, "
-        f"mean $\\pm$ std over {seed_range(table)} seeds",
-        fontsize=10,
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return write_figure(fig, table, out_prefix)
-
-
-# ------------------------------------------------------------------ tables A4-A6
-
-#: table -> (title, sort key of the mean dot product; smallest first)
-TABLES = {
-    "A4": ("most anti-correlated class pairs", lambda m: m),
-    "A5": ("most correlated class pairs", lambda m: -m),
-    "A6": ("most orthogonal class pairs", lambda m: m.abs()),
-}
-
-
-def _both_ways(sums: np.ndarray, c: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Flat ``[C * C]`` sums over (query class, negative class) -> sums over the unordered pairs {a, b}."""
-    m = sums.reshape(c, c)
-    return (m + m.T)[a, b]
-
-
-def tables_a4_a6(pairs: pd.DataFrame, out_prefix, rows: int = 5, class_names=None) -> pd.DataFrame:
-    """Paper Tables A4-A6: pairs of different classes {a, b} (a < b) with the most
-    negative (A4), most positive (A5) and closest-to-zero (A6) mean dot product
-    of a query of one class with a negative of the other (both directions
-    pooled), per run, then mean +- std over seeds; ``rows`` pairs per table and
-    temperature (ties: lower class indices first), with the pair's WordNet
-    similarity.  ``class_names[i]`` names label i (default: the index)."""
-    runs = _runs(pairs, "tables A4-A6")
-    c = 1 + max(int(pairs["query_label"].max()), int(pairs["negative_label"].max()))
-    if class_names is not None:
-        if c > len(class_names):
-            raise ValueError(f"labels up to {c - 1}, but only {len(class_names)} class names")
-        c = len(class_names)
-    a, b = np.triu_indices(c, 1)
-    per_seed = []
-    for t, seed, g in runs:
-        flat = g["query_label"].to_numpy(np.int64) * c + g["negative_label"].to_numpy(np.int64)
-        k = _both_ways(np.bincount(flat, minlength=c * c), c, a, b)
-        dot, wordnet = (
-            _both_ways(np.bincount(flat, weights=g[col].to_numpy(np.float64), minlength=c * c), c, a, b)
-            / np.maximum(k, 1)
-            for col in ("difficulty", "wordnet")
-        )
-        per_seed.append(
-            pd.DataFrame(dict(temperature=t, class_a=a, class_b=b, wordnet=wordnet, seed=seed, value=dot))[k > 0]
-        )
-    per_seed = pd.concat(per_seed, ignore_index=True)
-    stats = _over_seeds(per_seed, ["temperature", "class_a", "class_b", "wordnet"])  # wordnet: one per pair
-    name = (lambda i: class_names[i]) if class_names is not None else str
-    parts = []
-    for _, d in stats.groupby("temperature", sort=True):
-        for table, (title, key) in TABLES.items():
-            top = d.assign(key=key(d["mean"])).sort_values(["key", "class_a", "class_b"], kind="stable").head(rows)
-            parts.append(top.drop(columns="key").assign(table=table, title=title, rank=np.arange(1, len(top) + 1)))
-    out = pd.concat(parts, ignore_index=True)
-    out["name_a"], out["name_b"] = out.class_a.map(name), out.class_b.map(name)
-    out = out[
-        [
-            "table",
-            "title",
-            "temperature",
-            "rank",
-            "class_a",
-            "class_b",
-            "name_a",
-            "name_b",
-            "mean",
-            "std",
-            "n",
-            "wordnet",
-        ]
-    ]
-
-    blocks = list(out.groupby(["temperature", "table"], sort=True))
-    heights = [len(d) + 1.8 for _, d in blocks]
-    fig, axes = plt.subplots(
-        len(blocks), 1, figsize=(8, 0.26 * sum(heights) + 0.5), squeeze=False, gridspec_kw=dict(height_ratios=heights)
-    )
-    for ax, ((t, table), d) in zip(axes[:, 0], blocks):
-        ax.axis("off")
-        cells = [
-            [
-                r.rank,
-                r.name_a,
-                r.name_b,
-                f"{r.mean:+.3f}" + ("" if np.isnan(r.std) else f" $\\pm$ {r.std:.3f}"),
-                f"{r.wordnet:g}",
-            ]
-            for r in d.itertuples()
-        ]
-        tab = ax.table(
-            cellText=cells,
-            colLabels=["#", "class", "class", "mean dot product", "WordNet similarity"],
-            loc="upper center",
-            cellLoc="left",
-            colWidths=[0.05, 0.27, 0.27, 0.23, 0.18],
-        )
-        tab.auto_set_font_size(False)
-        tab.set_fontsize(9)
-        ax.set_title(f"Table {table} - {d.title.iloc[0]} (t={t:g})", fontsize=10, loc="left")
-    fig.suptitle(f"Tables A4-A6 - {_setting(pairs, runs)}: mean over {seed_range(out)} seeds $\\pm$ std", fontsize=10)
-    fig.tight_layout()
-    return write_figure(fig, out, out_prefix)
+    return fig
