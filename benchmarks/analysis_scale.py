@@ -130,7 +130,8 @@ def main() -> None:
         )
     try:
         from negatives.data import class_map
-        from negatives.data.wordnet import load_wordnet, similarity_matrix
+        from negatives.data.similarity import similarity_matrix
+        from negatives.data.wordnet import load_wordnet
 
         wn = t("load WordNet (NLTK reader)", load_wordnet)
         t("WordNet matrix of CIFAR-100 (100 x 100)", similarity_matrix, [s for _, _, s in class_map("cifar100")], wn)

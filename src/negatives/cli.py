@@ -142,7 +142,7 @@ def cmd_figure(a) -> None:
 
 
 def cmd_similarity(a) -> None:
-    from .data.wordnet import write_similarity
+    from .data.similarity import write_similarity
 
     _log(f"wrote {write_similarity(a.classes, a.out)}")
 

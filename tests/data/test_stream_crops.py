@@ -15,7 +15,7 @@ from conftest import fake_imagenet
 from PIL import Image
 
 from negatives import data
-from negatives.data.augment import boxes_from_draws, crop_draws
+from negatives.data.crops import boxes_from_draws, crop_draws
 from negatives.data.folders import decode_views
 from negatives.data.sources import loader_workers, open_train_source
 from negatives.training.pretrain import pretrain

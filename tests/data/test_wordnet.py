@@ -1,4 +1,4 @@
-"""WordNet offline through NLTK: the generated lexnames, the class maps, the fallbacks."""
+"""WordNet offline through NLTK: the generated lexnames, the class maps, the fallbacks, the classes' similarity."""
 
 import gzip
 import re
@@ -11,6 +11,7 @@ import pytest
 
 nltk = pytest.importorskip("nltk")
 
+from negatives.data import similarity as simmod  # noqa: E402
 from negatives.data import wordnet as wnmod  # noqa: E402
 
 RESOURCES = Path(wnmod.__file__).parent / "resources"
@@ -232,12 +233,12 @@ def test_new_class_maps_list_torchvisions_classes():
 
 def test_lch_depth_dog_and_cat_meet_at_carnivore(wn):
     carnivore = wn.synset("carnivore.n.01")
-    assert wnmod.lch_depth("dog.n.01", "cat.n.01", wn) == carnivore.max_depth() == 11
-    assert wnmod.lch_depth(wn.synset("cat.n.01"), wn.synset("dog.n.01")) == 11
-    assert wnmod.lch_depth("dog.n.01", "dog.n.01", wn) == wn.synset("dog.n.01").max_depth() == 13
+    assert simmod.lch_depth("dog.n.01", "cat.n.01", wn) == carnivore.max_depth() == 11
+    assert simmod.lch_depth(wn.synset("cat.n.01"), wn.synset("dog.n.01")) == 11
+    assert simmod.lch_depth("dog.n.01", "dog.n.01", wn) == wn.synset("dog.n.01").max_depth() == 13
     # longest path, not shortest: dog.n.01 is 8 edges below entity on its shortest path
     assert wn.synset("dog.n.01").min_depth() == 8
-    assert wnmod.lch_depth("dog.n.01", "airplane.n.01", wn) == wn.synset("whole.n.02").max_depth()
+    assert simmod.lch_depth("dog.n.01", "airplane.n.01", wn) == wn.synset("whole.n.02").max_depth()
 
 
 def test_similarity_matrix_matches_per_pair_lookups(wn):
@@ -245,17 +246,17 @@ def test_similarity_matrix_matches_per_pair_lookups(wn):
         names = [r[2] for r in _rows(name)]
         if name == "cifar100":
             names = names[::7]  # 15 classes from across the list
-        m = wnmod.similarity_matrix(names, wn)
+        m = simmod.similarity_matrix(names, wn)
         assert m.shape == (len(names), len(names)) and np.issubdtype(m.dtype, np.integer)
         assert (m == m.T).all()
-        ref = np.array([[wnmod.lch_depth(a, b, wn) for b in names] for a in names])
+        ref = np.array([[simmod.lch_depth(a, b, wn) for b in names] for a in names])
         assert np.array_equal(m, ref), name
 
 
 def test_cifar_synsets_mean_the_classes(wn):
     c10 = {r[1]: wn.synset(r[2]) for r in _rows("cifar10")}
     names = list(c10)
-    m = wnmod.similarity_matrix([c10[n].name() for n in names], wn)
+    m = simmod.similarity_matrix([c10[n].name() for n in names], wn)
     at = {n: i for i, n in enumerate(names)}
     assert m[at["cat"], at["dog"]] == 11  # carnivore.n.01
     assert m[at["automobile"], at["truck"]] == wn.synset("motor_vehicle.n.01").max_depth()
@@ -281,15 +282,15 @@ def test_cifar_synsets_mean_the_classes(wn):
 def test_similarity_tsv_round_trip_through_the_cli(prepared, tmp_path, monkeypatch):
     from negatives.cli import main
 
-    monkeypatch.setattr(wnmod, "load_wordnet", lambda *a, **k: wnmod._load(str(prepared.resolve())))
+    monkeypatch.setattr(simmod, "load_wordnet", lambda *a, **k: wnmod._load(str(prepared.resolve())))
     out = tmp_path / "data" / "wordnet_similarity.tsv"
     main(["similarity", "--classes", str(RESOURCES / "cifar10.tsv"), "--out", str(out)])
     lines = out.read_text().splitlines()
     assert lines[0].split("\t") == ["class", *CLASSES["cifar10"]] and len(lines) == 11
-    names, m = wnmod.read_similarity(out)
+    names, m = simmod.read_similarity(out)
     assert names == CLASSES["cifar10"]
-    wn = wnmod.load_wordnet()
-    assert np.array_equal(m, wnmod.similarity_matrix([r[2] for r in _rows("cifar10")], wn))
+    wn = wnmod.load_wordnet(prepared)
+    assert np.array_equal(m, simmod.similarity_matrix([r[2] for r in _rows("cifar10")], wn))
     assert m[3, 5] == 11 and not list(out.parent.glob("*.tmp"))  # no temporary file left
 
 
@@ -297,7 +298,7 @@ def test_similarity_rejects_bad_synsets(wn, tmp_path):
     tsv = tmp_path / "classes.tsv"
     tsv.write_text("index\tname\tsynset\n0\tdog\tdog.n.01\n1\tnothing\tnosuch.n.01\n")
     with pytest.raises(ValueError, match="nosuch.n.01"):
-        wnmod.write_similarity(tsv, tmp_path / "sim.tsv", wn=wn)
+        simmod.write_similarity(tsv, tmp_path / "sim.tsv", wn=wn)
 
 
 def test_wnids_map_to_synsets(wn):

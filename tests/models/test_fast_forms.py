@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from negatives.data.augment import MoCoV2Augment, crop_params, resized_crop_flip
+from negatives.data.augment import MoCoV2Augment
+from negatives.data.crops import crop_params, resized_crop_flip
 from negatives.models import SplitBatchNorm2d, build_encoder
 
 

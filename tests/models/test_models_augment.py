@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from negatives.data.augment import (
-    MoCoV2Augment,
-    blur,
-    blur_kernel_size,
-    crop_params,
-    gaussian_kernels,
-    resized_crop_flip,
-)
+from negatives.data.augment import MoCoV2Augment, blur, blur_kernel_size, gaussian_kernels
+from negatives.data.crops import crop_params, resized_crop_flip
 from negatives.models import SplitBatchNorm2d, build_encoder
 
 

@@ -7,8 +7,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import yaml
 
+from negatives.config_files import read_config
 from negatives.grid import ANALYSES
 from negatives.policies import (
     All,
@@ -238,7 +238,7 @@ def test_every_policy_the_configs_name_is_written_canonically():
             names.add(v)
 
     for path in [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]:
-        figures = yaml.safe_load(path.read_text())["figures"]
+        figures = read_config(path, base=REPO / "config.yaml")["figures"]  # configs/ holds overlays
         walk({k: v for k, v in figures.items() if k not in ANALYSES})
     assert {"keep[95_100)", "drop[99.9_100)&same-class@replace", "ring[100->10_10_linear_50]"} <= names
     assert len(names) >= 15

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from negatives.losses.info_nce import info_nce
 from negatives.policies import Band, Candidates, PolicyError, parse_policy
-from negatives.policies.ring import Curriculum, Ring, Schedule, parse_schedule
+from negatives.policies.ring import Curriculum, Ring
+from negatives.policies.schedules import Schedule, parse_schedule
 
 NO_INFO = Candidates()
 REPO = Path(__file__).resolve().parents[2]

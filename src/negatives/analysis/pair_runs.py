@@ -34,7 +34,7 @@ PAIRS_COLUMNS = (
 def load_analyses(paths) -> tuple[pd.DataFrame, list[str] | None]:
     """``pairs.parquet`` files, and at most one ``wordnet_similarity.tsv`` whose
     header names the classes -> (pairs of every run, class names or None)."""
-    from ..data.wordnet import read_similarity
+    from ..data.similarity import read_similarity
     from .pairs import load_pairs, read_identity
 
     tsv = [p for p in paths if str(p).endswith(".tsv")]

@@ -233,9 +233,9 @@ def decode_image(path: str | os.PathLike, size: int):
 def decode_views(path: str | os.PathLike, size: int, draws, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
     """One image file -> uint8 ``[V, 3, size, size]``: decoded as RGB at its own
     size, then for each of the ``V`` rows of ``draws`` (float64
-    ``[V, D]``, :func:`negatives.data.augment.crop_draws`) the
+    ``[V, D]``, :func:`negatives.data.crops.crop_draws`) the
     RandomResizedCrop box they give on the full image
-    (:func:`negatives.data.augment.boxes_from_draws`), resized to ``size x
+    (:func:`negatives.data.crops.boxes_from_draws`), resized to ``size x
     size`` (bilinear, antialiased) -- the official pipeline's
     ``RandomResizedCrop(size, scale)`` on the decoded image, so a crop may
     reach the image's borders.  Raises ``ValueError`` naming the file when
@@ -243,7 +243,7 @@ def decode_views(path: str | os.PathLike, size: int, draws, scale=(0.2, 1.0), ra
     import torch
     import torchvision.transforms.functional as TF
 
-    from .augment import boxes_from_draws
+    from .crops import boxes_from_draws
 
     im = _open_rgb(path)
     width, height = im.size

@@ -172,7 +172,7 @@ class FolderSource:
         ``order``, ``(uint8 views [B, V, 3, S, S], labels [B], indices [B])``,
         each image's ``V`` random-resized crops taken on the full decoded
         image (:func:`decode_views`) by the next item of ``draws`` (float64
-        ``[B, V, D]`` per batch, :func:`negatives.data.augment.crop_draws`).
+        ``[B, V, D]`` per batch, :func:`negatives.data.crops.crop_draws`).
         Only the images of ``order`` are decoded (a process's own slice)."""
         chunks = [c.tolist() for c in _chunks(order, batch_size, drop_last=True)]
         if not chunks:

@@ -48,8 +48,8 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..data.similarity import read_similarity
     from ..data.sources import load_prepared, open_source, read_images
-    from ..data.wordnet import read_similarity
     from ..runtime.gpus import resolve_device
     from ..runtime.memory import check_fits
     from ..training.settings import PretrainSettings, check_matches, load_encoder

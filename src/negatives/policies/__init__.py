@@ -72,7 +72,8 @@ from .mixing import MoCHi
 from .recipe import Recipe
 from .registry import PARSERS, POLICY_GRAMMAR, parse_policy
 from .replace import Replace, replace_removed
-from .ring import Curriculum, Ring, Schedule, ScheduledBand, parse_schedule
+from .ring import Curriculum, Ring, ScheduledBand
+from .schedules import Schedule, parse_schedule
 
 __all__ = [
     "Candidates",
