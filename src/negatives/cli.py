@@ -109,7 +109,7 @@ def _with_threads(a) -> dict:
 
 
 def cmd_pretrain(a) -> None:
-    from .config import check_gpu_sharing
+    from .run_checks import check_gpu_sharing
     from .training.pretrain import pretrain
 
     check_gpu_sharing(int(os.environ.get("NEGATIVES_JOBS_PER_GPU", 1)), _with_threads(a))  # main() set it from the flag

@@ -23,8 +23,9 @@ from functools import partial
 from numbers import Real
 from pathlib import Path
 
-from ..config import ConfigError, check_partial, check_run
+from ..config import ConfigError, check_partial
 from ..data.sources import load_prepared, open_source, open_train_source
+from ..run_checks import check_run
 from ..runtime import distributed, gpus, memory
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, check_writable
@@ -175,7 +176,7 @@ def _refuse_finished(out: Path) -> None:
 
 def _checked(method: str, policy: str, temperature: float, settings: dict):
     """``(PretrainSettings, policy)`` of a run, checked as the workflow checks
-    every run it plans (:func:`negatives.config.check_run`)."""
+    every run it plans (:func:`negatives.run_checks.check_run`)."""
     s = PretrainSettings.from_dict(settings)
     if not (isinstance(temperature, Real) and temperature > 0 and math.isfinite(temperature)):
         raise ConfigError(
