@@ -109,7 +109,7 @@ def _with_threads(a) -> dict:
 
 
 def cmd_pretrain(a) -> None:
-    from .config import check_gpu_sharing
+    from .run_checks import check_gpu_sharing
     from .training.pretrain import pretrain
 
     check_gpu_sharing(int(os.environ.get("NEGATIVES_JOBS_PER_GPU", 1)), _with_threads(a))  # main() set it from the flag
@@ -154,9 +154,20 @@ def cmd_analyze(a) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per kind of job the workflow's rules run."""
     p = argparse.ArgumentParser(prog="negatives", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_run(sub, "pretrain", cmd_pretrain, "pretrain one run")
+    _add_run(sub, "init", cmd_init, "write the random-init encoder of a seed")
+    _add_evaluate(sub)
+    _add_figure(sub)
+    _add_similarity(sub)
+    _add_analyze(sub)
+    return p
 
+
+def _add_prepare(sub) -> None:
     q = sub.add_parser("prepare", help="read a dataset from disk into results/data/NAME")
     q.add_argument("--dataset", required=True)
     q.add_argument("--root", required=True)
@@ -180,45 +191,50 @@ def parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_prepare)
 
-    for name, func, help_ in (
-        ("pretrain", cmd_pretrain, "pretrain one run"),
-        ("init", cmd_init, "write the random-init encoder of a seed"),
-    ):
-        q = sub.add_parser(name, help=help_)
-        q.add_argument("--data", required=True)
-        q.add_argument("--method", default="moco")
-        if name == "pretrain":
-            q.add_argument("--policy", required=True)
-            q.add_argument("--temperature", type=float, required=True)
-        q.add_argument("--seed", type=int, required=True)
-        q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
-        q.add_argument(
-            "--threads",
-            type=int,
-            help="torch threads of the run, shared by its processes (pretrain.threads; part of the run)",
-        )
-        if name == "pretrain":
-            q.add_argument(
-                "--processes",
-                type=int,
-                help="processes that train the run together, one per GPU "
-                "(pretrain.processes, on each machine; part of the run)",
-            )
-            q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; part of the run)")
-            q.add_argument(
-                "--compile",
-                type=int,
-                choices=(0, 1),
-                help="1: torch.compile the encoders (pretrain.compile; part of the run)",
-            )
-            q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="pretrain.device")
-            q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
-            q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
-        if name == "pretrain":
-            _jobs_per_gpu(q)
-        q.add_argument("--out", required=True, help="run directory")
-        q.set_defaults(func=func)
 
+def _add_run(sub, name: str, func, help_: str) -> None:
+    """``pretrain`` or ``init``: the options of one run (``init`` takes no policy, temperature or launch options)."""
+    q = sub.add_parser(name, help=help_)
+    q.add_argument("--data", required=True)
+    q.add_argument("--method", default="moco")
+    if name == "pretrain":
+        q.add_argument("--policy", required=True)
+        q.add_argument("--temperature", type=float, required=True)
+    q.add_argument("--seed", type=int, required=True)
+    q.add_argument("--settings", type=_json, default={}, help="JSON of the config's pretrain section")
+    q.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the run, shared by its processes (pretrain.threads; part of the run)",
+    )
+    if name == "pretrain":
+        _add_launch(q)
+        _jobs_per_gpu(q)
+    q.add_argument("--out", required=True, help="run directory")
+    q.set_defaults(func=func)
+
+
+def _add_launch(q) -> None:
+    """The pretrain options the workflow passes outside a run's identity: its processes, device and monitor."""
+    q.add_argument(
+        "--processes",
+        type=int,
+        help="processes that train the run together, one per GPU "
+        "(pretrain.processes, on each machine; part of the run)",
+    )
+    q.add_argument("--nodes", type=int, help="machines the run spans (pretrain.nodes; part of the run)")
+    q.add_argument(
+        "--compile",
+        type=int,
+        choices=(0, 1),
+        help="1: torch.compile the encoders (pretrain.compile; part of the run)",
+    )
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="pretrain.device")
+    q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
+    q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
+
+
+def _add_evaluate(sub) -> None:
     q = sub.add_parser("evaluate", help="linear probe, few-label probe and kNN of a checkpoint")
     q.add_argument("--data", required=True)
     q.add_argument("--checkpoint", required=True)
@@ -228,6 +244,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="probe.json")
     q.set_defaults(func=cmd_evaluate)
 
+
+def _add_figure(sub) -> None:
     q = sub.add_parser("figure", help="draw one figure from probe.json files")
     q.add_argument("name")
     q.add_argument("--probes", nargs="+", required=True)
@@ -235,6 +253,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output prefix (writes .pdf, .png, .csv)")
     q.set_defaults(func=cmd_figure)
 
+
+def _add_similarity(sub) -> None:
     q = sub.add_parser(
         "similarity", help="WordNet similarity (depth of the lowest common hypernym) of every class pair"
     )
@@ -242,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="wordnet_similarity.tsv")
     q.set_defaults(func=cmd_similarity)
 
+
+def _add_analyze(sub) -> None:
     q = sub.add_parser("analyze", help="difficulty, percentile, class and WordNet similarity of query/negative pairs")
     q.add_argument("--data", required=True)
     q.add_argument("--checkpoint", required=True)
@@ -250,7 +272,6 @@ def parser() -> argparse.ArgumentParser:
     _jobs_per_gpu(q)
     q.add_argument("--out", required=True, help="pairs.parquet")
     q.set_defaults(func=cmd_analyze)
-    return p
 
 
 def _jobs_per_gpu(q) -> None:

@@ -5,7 +5,9 @@ module checks what a JSON schema cannot: policy strings, relations between
 keys, the dataset registry, the keys each dataset format takes, and the data
 directory (its files, binary sizes and class folders).  Every error names the key
 and what is allowed.  :func:`check_config` also checks the types of the keys
-it reads, so it gives a clear error when called without the schema.
+it reads, so it gives a clear error when called without the schema.  The
+checks of one run alone (its sizes, its method and policy, GPU sharing) are
+:mod:`negatives.run_checks`'s, which the entry points that start a run call too.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from .defaults import (
     check_partial,
     check_section,
     check_subset_size,
-    not_an_integer,
+    check_type,
+    config_value,
 )
 from .figure_registry import REGISTRY
 from .grid import ANALYSES, FIGURES, figure_method, figure_policies
 from .policies.grammar import PolicyError
 from .policies.registry import parse_policy
+from .run_checks import check_gpu_sharing, check_pretrain_sizes, check_run
 
 __all__ = [
     "ConfigError",
@@ -35,34 +39,10 @@ __all__ = [
     "check_finite",
     "check_partial",
     "check_section",
-    "check_run",
-    "check_pretrain_sizes",
     "check_milestones",
     "check_knn_k",
     "check_subset_size",
 ]
-
-
-def _get(cfg: dict, key: str, kind: type | tuple[type, ...]):
-    """``cfg`` at dotted ``key``, which must exist and be of type ``kind``."""
-    value = cfg
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise ConfigError(f"{key}: missing")
-        value = value[part]
-    _check_type(key, value, kind)
-    return value
-
-
-def _check_type(key: str, value, kind) -> None:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # bool is an int to Python, never to a config
-    if int in kinds and isinstance(value, float) and value.is_integer() and float not in kinds:
-        raise ConfigError(f"{key}: {not_an_integer(value)}")
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = " or ".join("number" if k is Real else k.__name__ for k in kinds)
-        raise ConfigError(f"{key}: must be {names}, got {value!r}")
-
 
 #: keys every ``datasets.NAME`` entry may have; the others belong to one format
 #: (``negatives.data.DATASETS[name].options``)
@@ -106,27 +86,27 @@ def _check_dataset_entry(name: str, entry: dict) -> None:
     if "labels" in entry and entry["labels"] not in ("fine", "coarse"):
         raise ConfigError(f"datasets.{name}.labels: {entry['labels']!r}; allowed: fine, coarse")
     if "unlabeled" in entry:
-        _check_type(f"datasets.{name}.unlabeled", entry["unlabeled"], bool)
+        check_type(f"datasets.{name}.unlabeled", entry["unlabeled"], bool)
     if entry.get("image_size") is not None:
-        _check_type(f"datasets.{name}.image_size", entry["image_size"], int)
+        check_type(f"datasets.{name}.image_size", entry["image_size"], int)
 
 
 def _check_dataset(cfg: dict, check_data: bool | None = None) -> None:
     from .data.datasets import DATASETS, check_root  # lazily: numpy only when needed
 
     allowed = ", ".join(DATASETS)
-    datasets = _get(cfg, "datasets", dict)
+    datasets = config_value(cfg, "datasets", dict)
     for name in datasets:
         if name not in DATASETS:
             raise ConfigError(f"datasets.{name}: unknown dataset {name!r}; allowed: {allowed}")
-    name = _get(cfg, "dataset", str)
+    name = config_value(cfg, "dataset", str)
     if name not in DATASETS:
         raise ConfigError(f"dataset: unknown dataset {name!r}; allowed: {allowed}")
     if name not in datasets:
         raise ConfigError(f"dataset: {name!r} has no entry under datasets (has: {', '.join(datasets) or 'none'})")
     for other in datasets:
-        _check_dataset_entry(other, _get(cfg, f"datasets.{other}", dict))
-    root = _get(cfg, f"datasets.{name}.root", str)
+        _check_dataset_entry(other, config_value(cfg, f"datasets.{other}", dict))
+    root = config_value(cfg, f"datasets.{name}.root", str)
     entry = datasets[name]
     if entry.get("download", False):
         return  # the prepare job fetches what is missing
@@ -143,14 +123,14 @@ def _check_evaluate(cfg: dict) -> None:
     from .defaults import schema
 
     probes = schema()["properties"]["evaluate"]["properties"]["probe"]["enum"]
-    probe = _get(cfg, "evaluate.probe", str)
+    probe = config_value(cfg, "evaluate.probe", str)
     if probe not in probes:
         raise ConfigError(f"evaluate.probe: {probe!r}; allowed: {', '.join(probes)}")
     if probe != "faithful":
         return
-    _get(cfg, "evaluate.faithful.epochs", int)
-    for i, m in enumerate(_get(cfg, "evaluate.faithful.milestones", list)):
-        _check_type(f"evaluate.faithful.milestones[{i}]", m, int)
+    config_value(cfg, "evaluate.faithful.epochs", int)
+    for i, m in enumerate(config_value(cfg, "evaluate.faithful.milestones", list)):
+        check_type(f"evaluate.faithful.milestones[{i}]", m, int)
     check_milestones(cfg["evaluate"]["faithful"])
 
 
@@ -177,52 +157,14 @@ def _check_pretrain(cfg: dict) -> None:
     check_pretrain_sizes(cfg["pretrain"] if isinstance(cfg.get("pretrain"), dict) else {})
 
 
-def check_pretrain_sizes(pretrain: dict) -> None:
-    """The ``pretrain`` section's sizes fit each other: the queue a multiple of
-    the batch, the batch a multiple of the batch-norm splits."""
-    cfg = {"pretrain": pretrain}
-    batch = _get(cfg, "pretrain.batch_size", int)
-    queue = _get(cfg, "pretrain.queue_size", int)
-    splits = _get(cfg, "pretrain.bn_splits", int)
-    if batch < 1:
-        raise ConfigError(f"pretrain.batch_size: must be at least 1, got {batch}")
-    if queue < batch or queue % batch:
-        raise ConfigError(
-            f"pretrain.queue_size: {queue} must be a multiple of pretrain.batch_size ({batch}) "
-            f"and at least as large; allowed: {batch}, {2 * batch}, {3 * batch}, ..."
-        )
-    if splits < 1 or batch % splits:
-        raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
-    processes = _world(pretrain)
-    if processes > 1 and splits % processes:
-        raise ConfigError(
-            f"pretrain.processes: {_world_text(pretrain)} must divide pretrain.bn_splits ({splits}): "
-            "each process normalises whole batch-norm splits of its slice of the batch"
-        )
-
-
-def _world(pretrain: dict) -> int:
-    """How many processes train a run: ``processes`` on each of ``nodes``."""
-    return pretrain.get("processes", 1) * pretrain.get("nodes", 1)
-
-
-def _world_text(pretrain: dict) -> str:
-    nodes = pretrain.get("nodes", 1)
-    return (
-        str(pretrain.get("processes", 1))
-        if nodes == 1
-        else f"{pretrain.get('processes', 1)} x pretrain.nodes {nodes} = {_world(pretrain)}"
-    )
-
-
 def _check_temperatures(cfg: dict, where: str = "temperatures") -> None:
     """``temperatures`` (or a figure's own ``figures.NAME.temperatures``)."""
-    temps = _get(cfg, where, list)
+    temps = config_value(cfg, where, list)
     if not temps:
         raise ConfigError(f"{where}: must list at least one temperature")
     for i, t in enumerate(temps):
         key = f"{where}[{i}]"
-        _check_type(key, t, Real)
+        check_type(key, t, Real)
         if not t > 0:
             raise ConfigError(f"{key}: must be a positive number, got {t}")
         # the run folder is t{t:g}; it must name the temperature exactly
@@ -244,7 +186,7 @@ def _walk_policies(value, key: str, in_list: bool = False):
 
 
 def _check_figures(cfg: dict) -> None:
-    for name, section in _get(cfg, "figures", dict).items():
+    for name, section in config_value(cfg, "figures", dict).items():
         if name not in REGISTRY:
             raise ConfigError(f"figures.{name}: unknown figure; allowed: {', '.join(REGISTRY)}")
         if isinstance(section, dict) and "temperatures" in section:  # the figure's own temperatures
@@ -264,9 +206,9 @@ def _check_figures(cfg: dict) -> None:
 def _check_queue_fits(cfg: dict) -> None:
     """MoCo's queue holds at most one key per training image (when the config
     says how many there are)."""
-    name = _get(cfg, "dataset", str)
+    name = config_value(cfg, "dataset", str)
     train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split, whose size is not known here
-    queue = _get(cfg, "pretrain.queue_size", int)
+    queue = config_value(cfg, "pretrain.queue_size", int)
     if train and queue > train:
         raise ConfigError(
             f"pretrain.queue_size: {queue} is larger than the {train} training images of "
@@ -277,9 +219,9 @@ def _check_queue_fits(cfg: dict) -> None:
 def _check_analysis(cfg: dict) -> None:
     """The analysed images fit in the prepared training split, and every
     difficulty group a figure compares holds at least one negative."""
-    queries = _get(cfg, "analysis.queries", int)
-    negatives = _get(cfg, "analysis.negatives", int)
-    name = _get(cfg, "dataset", str)  # checked by _check_dataset
+    queries = config_value(cfg, "analysis.queries", int)
+    negatives = config_value(cfg, "analysis.negatives", int)
+    name = config_value(cfg, "dataset", str)  # checked by _check_dataset
     train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split
     if train and queries + negatives > train:
         raise ConfigError(
@@ -288,7 +230,7 @@ def _check_analysis(cfg: dict) -> None:
         )
     for fig in ("fig4", "fig6"):
         key = f"figures.{fig}.hard_cut"
-        cut = _get(cfg, key, Real)
+        cut = config_value(cfg, key, Real)
         hard = negatives - math.ceil(cut * negatives / 100)
         if not 0 < cut < 100 or not 0 < hard < negatives:
             raise ConfigError(
@@ -296,7 +238,7 @@ def _check_analysis(cfg: dict) -> None:
                 "hard; allowed: a percentile in (0, 100) leaving at least one hard and one easy negative"
             )
     key = "figures.fig5.inset_percentile"
-    width = _get(cfg, key, Real)
+    width = config_value(cfg, key, Real)
     if not 0 < width <= 10 or width * negatives / 100 < 1:
         raise ConfigError(
             f"{key}: {width} must hold at least one of the {negatives} negatives (analysis.negatives) "
@@ -309,16 +251,16 @@ def _check_subsets(cfg: dict) -> None:
     in its training subset (where the config says its size)."""
     from .data.datasets import known_classes
 
-    name = _get(cfg, "dataset", str)
+    name = config_value(cfg, "dataset", str)
     entry = cfg["datasets"][name]
     classes = known_classes(name, entry)
     for split in ("train_images", "test_images"):
         n = entry.get(split, 0)
-        _check_type(f"datasets.{name}.{split}", n, int)
+        check_type(f"datasets.{name}.{split}", n, int)
         if classes:
             check_subset_size(f"datasets.{name}.{split}", n, classes)
     if entry.get("train_images", 0):
-        check_knn_k(_get(cfg, "evaluate.knn_k", int), entry["train_images"], f"datasets.{name}.train_images")
+        check_knn_k(config_value(cfg, "evaluate.knn_k", int), entry["train_images"], f"datasets.{name}.train_images")
 
 
 def _check_fewshot(cfg: dict) -> None:
@@ -326,8 +268,8 @@ def _check_fewshot(cfg: dict) -> None:
     training subset (when the config says its size and the dataset its classes)."""
     from .data.datasets import known_classes
 
-    per_class = _get(cfg, "evaluate.fewshot_labels_per_class", int)
-    name = _get(cfg, "dataset", str)
+    per_class = config_value(cfg, "evaluate.fewshot_labels_per_class", int)
+    name = config_value(cfg, "dataset", str)
     train = cfg["datasets"][name].get("train_images", 0)  # 0: the whole split
     classes = known_classes(name, cfg["datasets"][name])
     if train and classes and per_class > train // classes:
@@ -351,68 +293,13 @@ def _check_runs(cfg: dict) -> None:
     only where the dataset has them, and uses replace mode only with a queue
     that has room for it."""
     for key in ("epochs", "batch_size", "queue_size"):
-        _get(cfg, f"pretrain.{key}", int)  # their types, when called without the schema
+        config_value(cfg, f"pretrain.{key}", int)  # their types, when called without the schema
     for figure in FIGURES:
         if figure in ANALYSES:  # their runs are the baseline, 'all'
             continue
         method = figure_method(cfg, figure)
         for name in figure_policies(cfg, figure):
             check_run(method, name, cfg["pretrain"], pretrain_has_labels(cfg), where=f"figures.{figure}: ")
-
-
-def check_run(method: str, policy: str, pretrain: dict, has_labels: bool = True, where: str = ""):
-    """Check that one run makes sense and return its parsed policy: the policy
-    keeps at least one negative out of the method's candidates, reads labels
-    only where the dataset has them, and needs a queue (replace mode,
-    ``retain-hard``) only with MoCo and a queue that has room for it.
-    ``where`` prefixes the message (the config key)."""
-    from .methods import METHODS, num_candidates  # lazily: torch only when needed
-
-    if method not in METHODS:
-        raise ConfigError(f"{where}method {method!r}; allowed: {', '.join(METHODS)}")
-    epochs, batch = pretrain["epochs"], pretrain["batch_size"]
-    queue, extra = pretrain["queue_size"], pretrain.get("queue_extra", 0)
-    key = f"{where}policy {policy!r}"
-    try:
-        pol = parse_policy(policy)
-        pol.validate(num_candidates(method, queue, batch), epochs)
-    except PolicyError as e:
-        what = f"{queue} queued negatives" if method == "moco" else f"2 x {batch} - 2 in-batch negatives"
-        raise ConfigError(f"{key} with {method} ({what}): {e}") from None
-    if pol.uses_labels and not has_labels:
-        raise ConfigError(
-            f"{key} removes negatives by class, but the pretraining images include unlabeled ones; "
-            "use a label-free policy or a labeled split"
-        )
-    if pol.needs_queue and method != "moco":
-        if pol.replace:
-            raise ConfigError(
-                f"{key}: replace mode needs MoCo's queue of older negatives; {method} has none (use the drop form)"
-            )
-        raise ConfigError(f"{key} works through MoCo's queue of negatives; {method} has none (use method moco)")
-    processes = _world(pretrain)
-    if method == "simclr" and processes % 2 and processes > 1:
-        raise ConfigError(
-            f"pretrain.processes: SimCLR across {_world_text(pretrain)} processes: half of them "
-            "train on the first views, half on the second, so their number must be even (or 1)"
-        )
-    if pol.replace and (extra <= 0 or extra % batch):
-        raise ConfigError(
-            f"pretrain.queue_extra: {extra} must be a positive multiple of pretrain.batch_size "
-            f"({batch}) for the replace-mode policy {policy!r}" + (f" of {where.rstrip(': ')}" if where else "")
-        )
-    return pol
-
-
-def check_gpu_sharing(jobs_per_gpu: int, pretrain: dict) -> None:
-    """Runs of several processes on GPUs take a GPU each (NCCL refuses two
-    processes of one run on one device), so they cannot share GPUs."""
-    if jobs_per_gpu > 1 and _world(pretrain) > 1 and pretrain.get("device") in ("cuda", "auto"):
-        raise ConfigError(
-            f"jobs_per_gpu: {jobs_per_gpu} jobs sharing a GPU are for small runs of one process; "
-            f"this config trains each run on {_world_text(pretrain)} processes, one GPU each: set "
-            "jobs_per_gpu: 1, or pretrain.processes: 1"
-        )
 
 
 def check_config(cfg: dict, check_data: bool | None = None) -> None:

@@ -9,13 +9,15 @@ A key marked ``speed_only: true`` in the schema changes how fast a job runs,
 not what it computes, bit for bit (tests/training/test_speed_only.py shows it for each
 one): a finished run is never redone when it changes.
 :func:`check_partial` checks the part of a config an entry point was given
-by hand against the same schema, as Snakemake's validation checks the whole."""
+by hand against the same schema, as Snakemake's validation checks the whole;
+:func:`config_value` reads one key by its dotted name, its type checked."""
 
 from __future__ import annotations
 
 import copy
 import functools
 import math
+from numbers import Real
 from pathlib import Path
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "check_integers",
     "check_subset_size",
     "not_an_integer",
+    "config_value",
+    "check_type",
 ]
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
@@ -147,6 +151,28 @@ def _wants_integer(e) -> bool:
 def not_an_integer(value: float) -> str:
     """The integer rule, for a whole float such as 16.0 given to an integer key."""
     return f"{value!r} is not an integer (integer keys take whole numbers written without a point: {int(value)})"
+
+
+def config_value(cfg: dict, key: str, kind: type | tuple[type, ...]):
+    """The value of ``cfg`` at dotted ``key``, which must exist and be of type ``kind``."""
+    value = cfg
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"{key}: missing")
+        value = value[part]
+    check_type(key, value, kind)
+    return value
+
+
+def check_type(key: str, value, kind) -> None:
+    """Raise :class:`ConfigError` unless ``value`` of ``key`` is of type ``kind`` (a type or a tuple of them)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to Python, never to a config
+    if int in kinds and isinstance(value, float) and value.is_integer() and float not in kinds:
+        raise ConfigError(f"{key}: {not_an_integer(value)}")
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join("number" if k is Real else k.__name__ for k in kinds)
+        raise ConfigError(f"{key}: must be {names}, got {value!r}")
 
 
 def _float_for_integer(e) -> bool:

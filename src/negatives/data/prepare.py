@@ -265,6 +265,31 @@ def prepare(
             f"datasets.{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(spec.options) or 'none'}"
         )
     root = Path(root)
+    raw = _read(name, root, download, options)
+    for split, n in (("train_images", train_images), ("test_images", test_images)):
+        check_subset_size(f"datasets.{name}.{split}", n, len(raw.classes))
+    if isinstance(raw, FolderIndex):
+        rows = _folder_classes(name, root, raw, wordnet)
+        data = _prepare_folder(
+            name,
+            raw,
+            train_images,
+            test_images,
+            storage,
+            int(options.get("image_size") or spec.image_size),
+            stream_above_gb,
+            workers,
+        )
+    else:
+        data = _prepare_arrays(name, raw, train_images, test_images, storage)
+        rows = _array_classes(name, raw)
+    return _write(Path(out_dir), rows, data, {"train_images": train_images, **options})
+
+
+def _read(name: str, root: Path, download: bool, options: dict) -> RawDataset | FolderIndex:
+    """Dataset ``name`` as its reader gives it, fetched first when ``download``
+    asks and files are missing (where the format allows); a missing file is named with where to get it."""
+    spec = dataset_spec(name)
     if download and spec.downloader is not None:
         try:
             check_root(name, root, **options)
@@ -279,34 +304,32 @@ def prepare(
             spec.check(root, **reader_options(spec, options))
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}; {spec.hint}") from None
-    raw = spec.reader(root, **reader_options(spec, options))
-    for split, n in (("train_images", train_images), ("test_images", test_images)):
-        check_subset_size(f"datasets.{name}.{split}", n, len(raw.classes))
-    if isinstance(raw, FolderIndex):
-        synsets = folder_synsets(name, root, raw.wnids, wordnet)
-        rows = [(i, c, s) for i, (c, s) in enumerate(zip(raw.classes, synsets))]
-        data = _prepare_folder(
-            name,
-            raw,
-            train_images,
-            test_images,
-            storage,
-            int(options.get("image_size") or spec.image_size),
-            stream_above_gb,
-            workers,
-        )
-    else:
-        data = _prepare_arrays(name, raw, train_images, test_images, storage)
-        resource = raw.class_map or name
-        rows = class_map(resource)
-        if [c for _, c, _ in rows] != raw.classes:
-            raise ValueError(f"resources/{resource}.tsv does not list the classes of {name} in order: {raw.classes}")
-    out = Path(out_dir)
+    return spec.reader(root, **reader_options(spec, options))
+
+
+def _folder_classes(name: str, root: Path, index: FolderIndex, wordnet) -> list[tuple[int, str, str]]:
+    """The rows of ``classes.tsv`` of an image folder: each class with the synset of its wnid."""
+    synsets = folder_synsets(name, root, index.wnids, wordnet)
+    return [(i, c, s) for i, (c, s) in enumerate(zip(index.classes, synsets))]
+
+
+def _array_classes(name: str, raw: RawDataset) -> list[tuple[int, str, str]]:
+    """The rows of ``classes.tsv`` of an array dataset, from its class map in ``resources/``."""
+    resource = raw.class_map or name
+    rows = class_map(resource)
+    if [c for _, c, _ in rows] != raw.classes:
+        raise ValueError(f"resources/{resource}.tsv does not list the classes of {name} in order: {raw.classes}")
+    return rows
+
+
+def _write(out: Path, rows: list[tuple[int, str, str]], data: dict, settings: dict) -> Path:
+    """Write ``out/classes.tsv`` and ``out/data.pt`` (with its digest and the
+    ``settings`` that chose its training images); returns the path of ``data.pt``."""
     out.mkdir(parents=True, exist_ok=True)
     _write_classes(out, rows)
     data["digest"] = data_digest(data)  # what a run trained on it records
     # the storage as chosen: streamed images are cropped from the full file, so it changes a run
-    data["settings"] = {**training_data_settings({"train_images": train_images, **options}), "storage": data["storage"]}
+    data["settings"] = {**training_data_settings(settings), "storage": data["storage"]}
     path = out / "data.pt"
     atomic_torch_save(data, path)
     return path

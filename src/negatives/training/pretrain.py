@@ -23,8 +23,9 @@ from functools import partial
 from numbers import Real
 from pathlib import Path
 
-from ..config import ConfigError, check_partial, check_run
+from ..config import ConfigError, check_partial
 from ..data.sources import load_prepared, open_source, open_train_source
+from ..run_checks import check_run
 from ..runtime import distributed, gpus, memory
 from ..runtime import launch as launch_plan
 from ..runtime.atomic import atomic_torch_save, check_writable
@@ -81,20 +82,7 @@ def pretrain(
     s, pol = _checked(method, policy, temperature, settings)  # bad input: an error before any work
     _check_seed(seed)
     device = gpus.resolve_device(s.device, "pretrain.device")  # a GPU asked for where there is none
-    launch = None if distributed.is_distributed() else distributed.launched()
-    started = distributed.world_size() if launch is None else launch.world
-    if started > 1 and started != s.world:
-        raise ConfigError(
-            f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
-            f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree"
-        )
-    handover = started == 1 and s.world > 1 and launch_plan.srun_starts(s.world)
-    if s.nodes > 1 and started == 1 and not handover:
-        raise ConfigError(
-            f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
-            "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
-            "torchrun --nnodes; this process was started alone"
-        )
+    launch, handover = _how_started(s)
     if launch is not None:  # one of the processes srun or torchrun started
         distributed.init_launched(launch, "nccl" if device.type == "cuda" else "gloo")
         try:
@@ -139,6 +127,28 @@ def pretrain(
         return train(build_training(data, method, pol, temperature, seed, s, out_dir, log), stop)
 
 
+def _how_started(s: PretrainSettings) -> tuple[distributed.Launch | None, bool]:
+    """``(launch, handover)``: how srun or torchrun started this process with
+    the others (None: alone, or already in a process group), and whether it
+    hands the run to srun (alone inside a SLURM job that holds the run's
+    tasks).  A start that does not match ``processes x nodes`` is refused."""
+    launch = None if distributed.is_distributed() else distributed.launched()
+    started = distributed.world_size() if launch is None else launch.world
+    if started > 1 and started != s.world:
+        raise ConfigError(
+            f"pretrain.processes {s.processes} x pretrain.nodes {s.nodes}, but this run was started "
+            f"as {started} processes ({launch.launcher if launch else 'a process group'}); make them agree"
+        )
+    handover = started == 1 and s.world > 1 and launch_plan.srun_starts(s.world)
+    if s.nodes > 1 and started == 1 and not handover:
+        raise ConfigError(
+            f"pretrain.nodes: {s.nodes} machines train this run, so its processes are started on each "
+            "of them by srun (snakemake --profile slurm, or this command inside a SLURM job) or "
+            "torchrun --nnodes; this process was started alone"
+        )
+    return launch, handover
+
+
 def _silent(message: str) -> None:
     """The log of a rank other than 0 (rank 0 says everything once)."""
 
@@ -175,7 +185,7 @@ def _refuse_finished(out: Path) -> None:
 
 def _checked(method: str, policy: str, temperature: float, settings: dict):
     """``(PretrainSettings, policy)`` of a run, checked as the workflow checks
-    every run it plans (:func:`negatives.config.check_run`)."""
+    every run it plans (:func:`negatives.run_checks.check_run`)."""
     s = PretrainSettings.from_dict(settings)
     if not (isinstance(temperature, Real) and temperature > 0 and math.isfinite(temperature)):
         raise ConfigError(

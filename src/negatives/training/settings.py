@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..config import check_pretrain_sizes, check_section
+from ..config import check_section
 from ..data.crops import crop_draws
 from ..data.sources import data_digest, open_source
 from ..defaults import log_only, schema_defaults, speed_only
 from ..models import build_encoder
+from ..run_checks import check_pretrain_sizes
 from ..runtime.atomic import torch_load
 
 __all__ = [
