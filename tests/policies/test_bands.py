@@ -1,5 +1,5 @@
 """The paper's bands of difficulty: exact counts (band_ranks), the right
-negatives (band_mask, rank_window, Band keep and drop), ties, validation."""
+negatives (band_selection, rank_window, Band keep and drop), ties, validation."""
 
 import math
 from decimal import Decimal
@@ -21,7 +21,7 @@ from negatives.policies import (
     Selection,
     parse_policy,
 )
-from negatives.policies.bands import band_mask, band_ranks, marked, rank_window
+from negatives.policies.bands import band_ranks, band_selection, marked, rank_window
 from negatives.policies.ring import Curriculum
 from negatives.queues.retaining import RetainingQueue
 
@@ -218,7 +218,7 @@ def test_ties_keep_exact_counts_deterministically(band):
         assert_is_the_band_under_ties(s, ~drop, lo, hi)
 
 
-def test_band_mask_and_rank_window_are_every_rank_interval():
+def test_band_selection_and_rank_window_are_every_rank_interval():
     g = torch.Generator().manual_seed(2)
     for k in (1, 2, 5, 9, 16):
         sim = torch.randn(4, k, generator=g)
@@ -226,7 +226,7 @@ def test_band_mask_and_rank_window_are_every_rank_interval():
         for lo in range(k + 1):
             for hi in range(lo, k + 1):
                 want = reference_band(sim, lo, hi)
-                assert torch.equal(band_mask(sim, lo, hi), want), (k, lo, hi)
+                assert torch.equal(band_selection(sim, lo, hi).keep, want), (k, lo, hi)
                 index, mask = rank_window(sim, lo, hi)
                 assert (index is None) != (mask is None)
                 if index is not None:
@@ -234,16 +234,16 @@ def test_band_mask_and_rank_window_are_every_rank_interval():
                     assert torch.equal(marked(sim, index, True), want)
                 else:
                     assert torch.equal(mask, want)
-                assert_is_the_band_under_ties(tied, band_mask(tied, lo, hi), lo, hi)
+                assert_is_the_band_under_ties(tied, band_selection(tied, lo, hi).keep, lo, hi)
 
 
 def test_rank_window_by_hand():
     sim = torch.tensor([[0.3, 0.1, 0.9, 0.5, 0.7, 0.2]])  # ranks 2, 0, 5, 3, 4, 1
-    assert band_mask(sim, 2, 4)[0].tolist() == [True, False, False, True, False, False]
-    assert band_mask(sim, 1, 5)[0].tolist() == [True, False, False, True, True, True]
-    assert band_mask(sim, 4, 6)[0].tolist() == [False, False, True, False, True, False]
-    assert band_mask(sim, 0, 1)[0].tolist() == [False, True, False, False, False, False]
-    assert not band_mask(sim, 3, 3).any()
+    assert band_selection(sim, 2, 4).keep[0].tolist() == [True, False, False, True, False, False]
+    assert band_selection(sim, 1, 5).keep[0].tolist() == [True, False, False, True, True, True]
+    assert band_selection(sim, 4, 6).keep[0].tolist() == [False, False, True, False, True, False]
+    assert band_selection(sim, 0, 1).keep[0].tolist() == [False, True, False, False, False, False]
+    assert not band_selection(sim, 3, 3).keep.any()
     index, _ = rank_window(sim, 4, 6)
     assert sorted(index[0].tolist()) == [2, 4]
 
@@ -291,3 +291,39 @@ def test_band_constructor_refusals():
         Band("keep", -1, 10)
     with pytest.raises(PolicyError, match="a < b"):
         Band("drop", 10, 10)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "keep[95_100)",
+        "keep[90_95)",
+        "keep[0_50)",
+        "keep[40_60)",
+        "ring[100->10_10_linear_50]",
+        "ring[20_10]",
+        "curriculum[0_100->95_100_linear]",
+    ],
+)
+@pytest.mark.parametrize("progress", [0.0, 0.5, 1.0])
+def test_a_bands_positions_are_the_candidates_its_mask_keeps_and_give_its_loss(name, progress):
+    """The faster form: a band also answers its kept positions (``at``), which
+    the method gathers instead of masking; they are exactly the mask's, and
+    InfoNCE over them is InfoNCE over the mask (float64, to rounding)."""
+    from negatives.losses.info_nce import info_nce
+    from negatives.policies import parse_policy
+
+    g = torch.Generator().manual_seed(3)
+    sim = torch.rand(6, 200, generator=g, dtype=torch.float64) * 2 - 1
+    l_pos = torch.rand(6, generator=g, dtype=torch.float64)
+    policy = parse_policy(name).policy
+    policy.start(4, 200)
+    sel = policy(sim, NO_INFO, progress)
+    if sel.at is None:  # a band inside the queue whose complement is cheaper: the mask alone
+        assert sel.keep is not None
+        return
+    assert torch.equal(marked(sim, sel.at, True), sel.keep)
+    assert (sel.keep.sum(1) == sel.at.shape[1]).all()
+    neg, keep = sel.negatives(sim)
+    assert keep is None and neg.shape == sel.at.shape
+    torch.testing.assert_close(info_nce(l_pos, neg, keep, 0.2), info_nce(l_pos, sim, sel.keep, 0.2), rtol=1e-12, atol=0)

@@ -21,7 +21,7 @@ from negatives.policies import (
     Recipe,
     Replace,
     Ring,
-    bands,
+    band_names,
     classes,
     mixing,
     parse_policy,
@@ -156,7 +156,7 @@ def test_each_form_is_claimed_by_one_family_in_the_registrys_order():
                 break
     assert all(claimed.values()), claimed
     assert sum(len(v) for v in claimed.values()) == len(FORMS) - 1
-    for module in (bands, classes, mixing, ring, reweighted, retention):
+    for module in (band_names, classes, mixing, ring, reweighted, retention):
         assert module.parse in PARSERS.values() and module.GRAMMAR.split(" ")[0] in POLICY_GRAMMAR
 
 

@@ -161,6 +161,7 @@ class MoCo(ContrastiveMethod):
         )
         with torch.no_grad():
             selection = self.policy(sim.detach(), candidates, progress)
-        loss = self.loss(l_pos, sim, selection.keep, self.temperature, selection.synthetic(q, sim))
+        neg, keep = selection.negatives(sim)  # [B, K] and the mask, or a band's [B, n] alone
+        loss = self.loss(l_pos, neg, keep, self.temperature, selection.synthetic(q, sim))
         self.queue.enqueue(k_all, labels_all, indices_all, sim=sim.detach())  # the same on every rank
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}

@@ -145,7 +145,8 @@ class SimCLR(ContrastiveMethod):
         # synthetic negatives are constants: their cosines' gradient reaches the query only
         mix_sim = None if selection.mix is None else full_precision(q @ z.detach().T).gather(1, pool_index)
         synthetic = None if mix_sim is None else selection.synthetic(q, mix_sim)  # [2B, s]
-        loss = self.loss(l_pos, sim, selection.keep, self.temperature, synthetic)
+        neg, keep = selection.negatives(sim)  # [2B, 2B-2] and the mask, or a band's [2B, n] alone
+        loss = self.loss(l_pos, neg, keep, self.temperature, synthetic)
         return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
 
 

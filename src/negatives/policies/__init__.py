@@ -63,7 +63,7 @@ Ties are broken by the partial selection's order (:func:`negatives.ranking.top_k
 deterministic for a given device and input.
 """
 
-from .bands import Band, band_mask, band_ranks, rank_window
+from .bands import Band, band_ranks, band_selection, rank_window
 from .base import All, Mix, NegativePolicy, Selection
 from .candidates import Candidates
 from .classes import ClassFilter
@@ -95,7 +95,7 @@ __all__ = [
     "parse_policy",
     "parse_schedule",
     "band_ranks",
-    "band_mask",
+    "band_selection",
     "rank_window",
     "fmt_number",
     "match_form",

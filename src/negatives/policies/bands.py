@@ -3,13 +3,11 @@
 ``keep[a,b)`` keeps only the negatives whose difficulty percentile lies in
 ``[a, b)`` (Figure 2), ``drop[a,b)`` removes that band (Figure 3).
 Percentiles and the exact count of a band: :func:`band_ranks` and the
-package docstring of :mod:`negatives.policies`.  The class filters of their
-Table 1 are in :mod:`.classes`.
+package docstring of :mod:`negatives.policies`.  Their names are read by
+:mod:`.band_names`; the class filters of Table 1 are in :mod:`.classes`.
 """
 
 from __future__ import annotations
-
-import re
 
 import torch
 from torch import Tensor
@@ -17,17 +15,9 @@ from torch import Tensor
 from ..ranking import exact, percent_of, top_k
 from .base import NegativePolicy, Selection
 from .candidates import Candidates
-from .grammar import SEP, PolicyError, fields, fmt_number, malformed, numbers
+from .grammar import SEP, PolicyError, fmt_number
 
-__all__ = ["Band", "band_ranks", "band_mask", "rank_window", "marked", "check_band", "parse", "GRAMMAR"]
-
-GRAMMAR = (
-    "'keep[a,b)' or 'drop[a,b)' with 0 <= a < b <= 100 (percentiles of difficulty), "
-    "'drop-same-class', 'drop[a,b)&same-class', 'drop[a,b)&other-class'"
-)
-
-#: the form; the bounds are read by the shared number reader (:mod:`.grammar`)
-_BAND_RE = re.compile(r"^(keep|drop)\[([^\[\]()]*)\)$")
+__all__ = ["Band", "band_ranks", "band_selection", "rank_window", "marked", "check_band"]
 
 
 def check_band(lo: float, hi: float, text: str) -> None:
@@ -103,10 +93,12 @@ def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | 
     return idx.gather(1, inner), None
 
 
-def band_mask(sim: Tensor, lo: int, hi: int) -> Tensor:
-    """``[B, K]`` bool: True on the candidates of ranks ``[lo, hi)`` of every row (:func:`rank_window`)."""
+def band_selection(sim: Tensor, lo: int, hi: int) -> Selection:
+    """The candidates of ranks ``[lo, hi)`` of every row (:func:`rank_window`): their mask, and their positions."""
+    if hi - lo == sim.shape[1]:  # every candidate, in its order: the loss of all
+        return Selection(keep=torch.ones_like(sim, dtype=torch.bool))
     index, mask = rank_window(sim, lo, hi)
-    return mask if index is None else marked(sim, index, True)
+    return Selection(keep=mask) if index is None else Selection(keep=marked(sim, index, True), at=index)
 
 
 def marked(sim: Tensor, index: Tensor, value) -> Tensor:
@@ -147,8 +139,8 @@ class Band(NegativePolicy):
         if self.action == "keep" and lo == 0 and 0 < k - hi < hi:
             # the easiest hi: cheapest as the K - hi hardest removed
             return Selection(keep=marked(sim, top_k(sim, k - hi), False))
-        band = band_mask(sim, lo, hi)  # [B, K]
-        return Selection(keep=band if self.action == "keep" else ~band)
+        band = band_selection(sim, lo, hi)  # [B, K], and [B, n] as positions
+        return band if self.action == "keep" else Selection(keep=~band.keep)
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         lo, hi = self.ranks(num_candidates)
@@ -159,24 +151,3 @@ class Band(NegativePolicy):
             )
         if self.action == "drop" and hi - lo == num_candidates:
             raise PolicyError(f"policy {self.name!r} removes every one of the {num_candidates} negatives")
-
-
-def parse(text: str) -> Band | None:
-    """Parse the paper's bands; None for any other form.
-
-    ``keep[a,b)``, ``drop[a,b)`` -> :class:`Band`; None when ``text`` is
-    neither; :class:`PolicyError` when it is a band but malformed (the class
-    filters, ``drop[a,b)&same-class``, are parsed first, by :mod:`.classes`).
-
-    >>> parse("keep[95,100)").name, parse("drop[9.99e1_1E2)").name
-    ('keep[95_100)', 'drop[99.9_100)')
-    """
-    t = text.strip()
-    m = _BAND_RE.match(t)
-    if not m:
-        if re.match(r"^(keep|drop)\[", t):
-            raise malformed(text, "band", GRAMMAR)
-        return None
-    lo, hi = numbers(fields(m.group(2)), text, "band", GRAMMAR, counts=(2,))
-    check_band(lo, hi, text)
-    return Band(m.group(1), lo, hi)

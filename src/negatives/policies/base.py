@@ -65,6 +65,8 @@ class Selection:
         keep: ``[B, K]`` bool, True for a candidate that is one of the query's
             negatives; None: every candidate.
         mix: synthetic negatives (MoCHi's :class:`Mix`), or None.
+        at: ``[B, n]`` the positions ``keep`` marks, when every query keeps n
+            (a band): the loss then reads n columns of ``sim``, not K.
 
     >>> Selection(keep=torch.tensor([[True, False, True]])).kept_per_query(3)
     tensor(2.)
@@ -72,6 +74,11 @@ class Selection:
 
     keep: Tensor | None = None
     mix: Mix | None = None
+    at: Tensor | None = None
+
+    def negatives(self, sim: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The cosines the loss reads and their mask: ``sim`` at :attr:`at` (all kept), else ``sim`` and ``keep``."""
+        return (sim, self.keep) if self.at is None else (sim.gather(1, self.at), None)
 
     def synthetic(self, q: Tensor, sim: Tensor) -> Tensor | None:
         """``[B, s]`` cosines of the synthetic negatives to the queries ``q

@@ -9,7 +9,8 @@ import re
 import torch
 from torch import Tensor
 
-from .bands import GRAMMAR, Band, check_band, marked, rank_window
+from .band_names import GRAMMAR
+from .bands import Band, check_band, marked, rank_window
 from .base import NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import PolicyError, fields, numbers
@@ -99,7 +100,7 @@ def parse(text: str) -> ClassFilter | None:
 
     ``drop-same-class`` and ``drop[a,b)&same-class`` / ``drop[a,b)&other-class``
     -> :class:`ClassFilter`; None when ``text`` is none of them (a malformed
-    one is then refused by :func:`negatives.policies.bands.parse`).
+    one is then refused by :func:`negatives.policies.band_names.parse`).
 
     >>> parse("drop[9.99e1_1E2) & same-class").name
     'drop[99.9_100)&same-class'

@@ -30,7 +30,7 @@ import functools
 import re
 from importlib.metadata import EntryPoint, entry_points
 
-from . import bands, classes, mixing, retention, reweighted, ring
+from . import band_names, classes, mixing, retention, reweighted, ring
 from .base import NegativePolicy
 from .grammar import NUMBER_FORMS, SEP, PolicyError, fields, fmt_number, numbers, refuse_non_finite
 from .recipe import Recipe
@@ -42,7 +42,7 @@ __all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "PARSERS", "POLICY_GRAMMAR", "parse_
 #: (None: not of this family; :class:`PolicyError`: of this family but malformed)
 PARSERS = {
     "classes": classes.parse,  # drop-same-class, drop[a,b)&same-class (the paper's Table 1)
-    "bands": bands.parse,  # keep[a,b), drop[a,b) (the paper)
+    "bands": band_names.parse,  # keep[a,b), drop[a,b) (the paper)
     "mixing": mixing.parse,  # mochi[...]
     "ring": ring.parse,  # ring[...], curriculum[...]
     "reweighted": reweighted.parse,  # debiased[...], hard[...]
@@ -57,7 +57,7 @@ FAMILIES = ("all", "keep", "drop", "drop-same-class", "mochi", "ring", "curricul
 ENTRY_POINT_GROUP = "negatives.policies"
 
 POLICY_GRAMMAR = (
-    f"'all', {bands.GRAMMAR}, "
+    f"'all', {band_names.GRAMMAR}, "
     "and any drop policy followed by '@replace' (removed negatives replaced by older ones); "
     "'mochi[N,s,s']' or 'mochi[N,s,s',w]' (hard negative mixing), "
     "'ring[o,i]' or 'ring[o,i,schedule]' (Wu et al.'s Ring: the o% hardest without the hardest i% of them; "

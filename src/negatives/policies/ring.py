@@ -59,7 +59,7 @@ from fractions import Fraction
 from torch import Tensor
 
 from ..ranking import exact
-from .bands import band_mask, band_ranks
+from .bands import band_ranks, band_selection
 from .base import NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import SEP, PolicyError, fields, fmt_number, malformed, match_form, moving, numbers
@@ -107,7 +107,7 @@ class ScheduledBand(NegativePolicy):
         raise NotImplementedError
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress=0.0) -> Selection:
-        return Selection(keep=band_mask(sim, *self.ranks(sim.shape[1], progress)))
+        return band_selection(sim, *self.ranks(sim.shape[1], progress))
 
     def validate(self, num_candidates: int, epochs: int | None = None) -> None:
         # window sizes are monotone in progress: the ends bound every step
