@@ -14,7 +14,8 @@ Every policy is a small object with one interface::
 
 and answers a :class:`Selection`: ``keep``, a ``[B, K]`` bool mask of the
 candidates that count (None: all), and for MoCHi ``mix``, its synthetic
-negatives.  The loss reads only that
+negatives (a band may add ``at``, the positions its mask marks, which the
+method gathers instead of masking K columns).  The loss reads only that
 (:func:`negatives.losses.info_nce.info_nce`); the trainer never knows which
 policy it runs.
 
