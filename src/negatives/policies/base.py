@@ -54,7 +54,9 @@ class Mix:
         tensor([[0.5000]])
         """
         qq = (q * q.detach()).sum(1, keepdim=True)  # [B, 1]
-        return self.a * sim.gather(1, self.i) + self.c * sim.gather(1, self.j) + self.d * qq
+        s = self.i.shape[1]
+        parents = sim.gather(1, torch.cat([self.i, self.j], dim=1))  # [B, 2s]: one gather, one scatter back
+        return self.a * parents[:, :s] + self.c * parents[:, s:] + self.d * qq
 
 
 @dataclass(frozen=True)
