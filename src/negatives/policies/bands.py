@@ -52,7 +52,7 @@ def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | 
     """The candidates of ranks ``[lo, hi)`` of every row, as positions or as a mask.
 
     The ranks ``[lo, hi)`` of every row of ``sim``, as ``(index [B, hi-lo], None)``
-    or, for a band inside the queue whose complement is smaller, ``(None, mask [B, K])``.
+    or, for a band inside the queue whose complement is smaller (or that is every rank), ``(None, mask [B, K])``.
 
     Never a sort: partial selections (:func:`top_k`) of whichever is
     smallest -- the band counted from the hardest end (the ``K - lo``
@@ -66,6 +66,8 @@ def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | 
     b, k = sim.shape
     if hi <= lo:
         return sim.new_zeros((b, 0), dtype=torch.long), None
+    if hi - lo == k:  # every rank: no selection to make (as positions, a whole top_k in another order)
+        return None, torch.ones((b, k), dtype=torch.bool, device=sim.device)
     from_top, from_bottom, outside = k - lo, hi, (k - hi) + lo
     # the complement only for a band inside the queue (two selections either
     # way): a band that reaches an end is one selection as an index
@@ -95,8 +97,6 @@ def rank_window(sim: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | 
 
 def band_selection(sim: Tensor, lo: int, hi: int) -> Selection:
     """The candidates of ranks ``[lo, hi)`` of every row (:func:`rank_window`): their mask, and their positions."""
-    if hi - lo == sim.shape[1]:  # every candidate, in its order: the loss of all
-        return Selection(keep=torch.ones_like(sim, dtype=torch.bool))
     index, mask = rank_window(sim, lo, hi)
     return Selection(keep=mask) if index is None else Selection(keep=marked(sim, index, True), at=index)
 

@@ -89,8 +89,8 @@ class Selection:
 
     def kept_per_query(self, num_candidates: int) -> Tensor:
         """Mean count of negatives a query sees, synthetic ones included (a 0-d tensor: no host sync)."""
-        if self.keep is None:
-            n = torch.tensor(float(num_candidates))
+        if self.keep is None or self.at is not None:  # all, or n per query: no [B, K] count
+            n = torch.tensor(float(num_candidates if self.keep is None else self.at.shape[1]))
         else:
             n = torch.count_nonzero(self.keep).float() / self.keep.shape[0]
         return n if self.mix is None else n + self.mix.i.shape[1]
