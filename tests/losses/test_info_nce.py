@@ -79,6 +79,28 @@ def test_a_query_keeping_no_negative_has_zero_loss_and_gradient():
     assert l_pos.grad[0] == 0 and (sim.grad[0] == 0).all() and sim.grad[1, 0] > 0 and sim.grad[1, 1] == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [0.07, 0.2, 1.0, 5.0])
+def test_a_removed_negative_is_exactly_a_minus_inf_logit(tau, dtype):
+    """The subtraction that removes a negative gives masked_fill's ``-inf`` loss and gradient bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    sim, l_pos = torch.rand(8, 50, generator=g, dtype=dtype) * 2 - 1, torch.rand(8, generator=g, dtype=dtype)
+    keep = torch.rand(8, 50, generator=g) > 0.3
+    keep[0] = False  # a query keeping none
+    grads = []
+    for form in ("ours", "-inf"):
+        s, p = sim.clone().requires_grad_(True), l_pos.clone().requires_grad_(True)
+        if form == "ours":
+            loss = info_nce(p, s, keep, tau)
+        else:
+            logits = torch.cat([p.unsqueeze(1), s.masked_fill(~keep, -math.inf)], 1) / tau
+            loss = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+        loss.backward()
+        grads.append((loss.detach(), s.grad, p.grad))
+    for ours, ref in zip(*grads):
+        assert torch.equal(ours, ref)
+
+
 # ------------------------------------------------------------------ MoCo's builder.py form
 
 

@@ -7,7 +7,8 @@ arXiv:2002.05709), over the negatives a query keeps and any synthetic ones
 
 As in MoCo's ``builder.py``: the logits ``[B, 1 + K]`` with the positive in
 column 0, and the cross-entropy with label 0; a removed negative's logit is
-``-inf``, so it is absent from the denominator and gets no gradient.
+pushed to the lowest float (``-inf`` once divided by τ < 1), so its
+``e^{logit}`` is exactly 0: it is absent from the denominator and gets no gradient.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def info_nce(
     >>> float(info_nce(l_pos, sim, torch.tensor([[True, False]]), 1.0))      # log 2
     0.6931471824645996
     """
-    negatives = sim if keep is None else sim.masked_fill(~keep, float("-inf"))  # [B, K]
+    negatives = sim  # [B, K]
+    if keep is not None:  # a subtraction, not masked_fill: bool kernels are scalar loops on CPU
+        removed = 1.0 - keep.view(torch.uint8).to(sim.dtype)  # [B, K] 1.0 where removed
+        negatives = sim - removed * torch.finfo(sim.dtype).max
     logits = torch.cat([l_pos.unsqueeze(1), negatives, *([] if synthetic is None else [synthetic])], dim=1)
     labels = torch.zeros(l_pos.shape[0], dtype=torch.long, device=l_pos.device)  # the positive is column 0
     return F.cross_entropy(logits / temperature, labels)

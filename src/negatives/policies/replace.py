@@ -100,6 +100,8 @@ class Replace(NegativePolicy):
         if eligible is None:
             eligible = torch.ones((1, older.shape[0]), dtype=torch.bool, device=sim.device)
         stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))  # [B, E]
-        # back in the queue's slot order, the columns of sim
-        full = torch.empty_like(sim, dtype=torch.bool).index_copy_(1, newest, keep).index_copy_(1, older, stand_in)
+        # back in the queue's slot order, the columns of sim (a scatter: index_copy_ along
+        # columns is slower on CPU)
+        order = candidates.newest_first.expand(sim.shape[0], -1)  # [B, K + E]
+        full = torch.empty_like(sim, dtype=torch.bool).scatter_(1, order, torch.cat([keep, stand_in], dim=1))
         return Selection(keep=full, mix=chosen.mix)
