@@ -111,7 +111,7 @@ def working_tree_side(x: Inputs) -> Side:
         keys=x.keys,
         query_labels=x.labels,
         queries=x.queries,
-        newest_first=torch.arange(k, device=x.sim.device),
+        age_ordered=True,
     )
 
     def build(name):

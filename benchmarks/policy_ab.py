@@ -136,7 +136,7 @@ def main() -> None:
                 keys=keys,
                 query_labels=labels,
                 queries=q.detach(),
-                newest_first=torch.arange(n),
+                age_ordered=True,
             )  # the first K the newest
             with torch.no_grad():
                 sel = recipe.policy(sim.detach(), cands, 0.5)

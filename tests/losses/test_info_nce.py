@@ -369,8 +369,8 @@ B, K, EXTRA, D = 6, 64, 32, 8
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_every_policys_loss_equals_its_plain_definition(name):
-    """As MoCo computes it (the policy's mask over the queue's K (+ E) slots in
-    slot order, its synthetic negatives, the recipe's loss) against InfoNCE
+    """As MoCo computes it (the policy's mask over the queue's K (+ E) keys,
+    newest first for ``@replace``, its synthetic negatives, the recipe's loss) against InfoNCE
     one query at a time over the kept negatives and the materialised mixes:
     value and gradient, float64."""
     g = torch.Generator().manual_seed(0)
@@ -388,7 +388,7 @@ def test_every_policys_loss_equals_its_plain_definition(name):
         keys=keys,
         query_labels=torch.randint(0, 3, (B,), generator=g),
         queries=q0,
-        newest_first=torch.randperm(n, generator=g),
+        age_ordered=recipe.replace,
     )
     sel = recipe.policy(q0 @ keys.T, cands, 0.5)
     h = recipe.policy.embeddings(cands) if sel.mix is not None else None

@@ -96,8 +96,8 @@ POLICIES = [
 @pytest.mark.parametrize("name", POLICIES)
 def test_a_steps_loss_is_the_recipes_loss_of_the_steps_cosines(name):
     """Recomputed from the encoders after the step (eval mode: no shuffle) and
-    the queue before it: the policy's selection over the queue's slots (in age
-    order for @replace), its synthetic negatives, the recipe's loss; the loss,
+    the queue before it: the policy's selection over the queue's slots (newest
+    first for @replace), its synthetic negatives, the recipe's loss; the loss,
     the query encoder's gradient, the kept count and the queue after the step."""
     recipe = parse_policy(name)
     model = _moco(name, k=16, extra=8).eval()
@@ -112,14 +112,15 @@ def test_a_steps_loss_is_the_recipes_loss_of_the_steps_cosines(name):
         q = F.normalize(model.encoder_q(x_q), dim=1)
         with torch.no_grad():
             k = F.normalize(model.encoder_k(x_k), dim=1)
-        sim = q @ queue.keys.T
+        order = queue.newest_first() if recipe.replace else torch.arange(queue.size)  # @replace: newest first
+        sim = q @ queue.keys[order].T
         cands = Candidates(
-            labels=queue.labels,
-            indices=queue.indices,
-            keys=queue.keys,
+            labels=queue.labels[order],
+            indices=queue.indices[order],
+            keys=queue.keys[order],
             query_labels=labels,
             queries=q.detach(),
-            newest_first=queue.newest_first(),
+            age_ordered=recipe.replace,
         )
         torch.manual_seed(10 + step)
         sel = model.policy(sim.detach(), cands, 0.5)

@@ -1,6 +1,6 @@
 """``<drop policy>@replace``: the removal among the K newest negatives, each
 removed one replaced by the next older one the policy allows, so every query
-sees exactly K; a mask over all K + E columns in the queue's slot order."""
+sees exactly K; a mask over all K + E columns, the queue's keys newest first."""
 
 import math
 
@@ -65,6 +65,14 @@ def reference_replace(name, sim, labels, query_labels, newest_first, k):
                 keep[i, slot] = True
                 missing -= 1
     return keep
+
+
+def in_slot_order(policy, sim, newest, labels=None, query_labels=None):
+    """The policy on the queue's keys newest first (the slots ``newest``), as
+    MoCo hands them over, its mask put back in slot order."""
+    cands = Candidates(labels=None if labels is None else labels[newest], query_labels=query_labels, age_ordered=True)
+    keep = policy(sim[:, newest], cands).keep
+    return torch.zeros_like(keep).index_copy_(1, newest, keep)
 
 
 def started(name, k):
@@ -133,13 +141,12 @@ def test_replace_by_hand_in_the_queues_slot_order():
             [0.8, 0.0, 0.3, 0.4, 0.5, 0.6],  # newest -> 0.5, 0.6, 0.8: slot 0 out
         ]
     )
-    keep = policy(sim, Candidates(newest_first=newest)).keep
+    keep = in_slot_order(policy, sim, newest)
     # each query: its 2 newest kept, and the newest older slot, 1, stands in
     assert keep.int().tolist() == [[1, 1, 0, 0, 0, 1], [0, 1, 0, 0, 1, 1]]
     # the same removal of the same-class oracle: stand-ins skip the query's own class
     policy = started("drop-same-class@replace", 3)
-    cands = Candidates(labels=torch.tensor([0, 1, 0, 2, 0, 1]), query_labels=torch.tensor([0, 1]), newest_first=newest)
-    keep = policy(sim, cands).keep
+    keep = in_slot_order(policy, sim, newest, torch.tensor([0, 1, 0, 2, 0, 1]), torch.tensor([0, 1]))
     # query 0: slots 4, 0 are class 0, slots 1 and 3 stand in (2 is class 0);
     # query 1: slot 5 out, slot 2 stands in (1 is class 1)
     assert keep.int().tolist() == [[0, 1, 0, 1, 0, 1], [1, 0, 1, 0, 1, 0]]
@@ -167,7 +174,7 @@ def test_replace_equals_the_reference(name, k, extra):
     query_labels = torch.tensor([0, 1, 2, -1, 0, 1])
     newest = torch.randperm(k + extra, generator=g)
     policy = started(name, k)
-    keep = policy(sim, Candidates(labels=labels, query_labels=query_labels, newest_first=newest)).keep
+    keep = in_slot_order(policy, sim, newest, labels, query_labels)
     want = reference_replace(name.removesuffix("@replace"), sim, labels, query_labels, newest, k)
     assert torch.equal(keep, want)
     assert (keep.sum(1) <= k).all()
@@ -191,7 +198,7 @@ def test_band_and_class_stand_ins_may_lie_far_back(name, far):
         labels[k + 600 :] = torch.arange(extra - 600) % 3 if other else 7
     newest = torch.arange(k + extra)
     policy = started(name, k)
-    keep = policy(sim, Candidates(labels=labels, query_labels=query_labels, newest_first=newest)).keep
+    keep = policy(sim, Candidates(labels=labels, query_labels=query_labels, age_ordered=True)).keep
     inner = policy.inner(sim[:, :k], Candidates(labels=labels[:k], query_labels=query_labels)).keep
     assert (~inner).sum(1).max() == 4 and (~inner).sum(1).min() < 4  # 10% of 40: a query loses up to 4
     assert torch.equal(keep[:, :k], inner)
@@ -203,20 +210,19 @@ def test_band_and_class_stand_ins_may_lie_far_back(name, far):
 
 def test_replace_mode_sees_exactly_k_negatives_all_older_than_the_removed():
     k, extra = 8, 4
-    queue = KeyQueue(k + extra, 4, generator=torch.Generator().manual_seed(0))
+    queue = KeyQueue(k + extra, 4, generator=torch.Generator().manual_seed(0), age_ordered=True)
     queue.enqueue(torch.eye(4).repeat(3, 1), torch.tensor([0, 1, 2, 0, 1, 2, 1, 0, 2, 1, 2, 0]), torch.arange(12))
     queue.ptr.fill_(0)  # the last batch ended at slot 11: newest first is 11, 10, ..., 0
-    order = queue.newest_first().tolist()
-    assert order == [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
-    labels = queue.labels
-    # newest first: window [0, 2, 1, 2, 0, 1, 2, 2], older [0, 2, 1, 0]
-    assert labels[order].tolist() == [0, 2, 1, 2, 0, 1, 2, 1, 0, 2, 1, 0]
+    assert queue.newest_first().tolist() == [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    keys, labels, indices = queue.snapshot()  # as MoCo hands them to the policy: newest first
+    assert indices.tolist() == list(range(11, -1, -1)) and torch.equal(keys, queue.keys.flip(0))
+    # window [0, 2, 1, 2, 0, 1, 2, 1], older [0, 2, 1, 0]
+    assert labels.tolist() == [0, 2, 1, 2, 0, 1, 2, 1, 0, 2, 1, 0]
     sim = torch.rand(2, k + extra, generator=torch.Generator().manual_seed(3))
     policy = started("drop-same-class@replace", k)
-    cands = Candidates(labels=labels, query_labels=torch.tensor([0, 1]), newest_first=queue.newest_first())
-    keep = policy(sim, cands).keep
+    keep = policy(sim, Candidates(labels=labels, query_labels=torch.tensor([0, 1]), age_ordered=True)).keep
     assert (keep.sum(1) == k).all()  # exactly K each
-    kept = [sorted(order.index(s) for s in row.nonzero().flatten().tolist()) for row in keep]
+    kept = [row.nonzero().flatten().tolist() for row in keep]
     # query of class 0 loses the newest-first positions 0 and 4, gets 9 and 10 (8 is class 0)
     assert kept[0] == [1, 2, 3, 5, 6, 7, 9, 10]
     # query of class 1 loses positions 2, 5 and 7 and gets 8, 9, 11 (10 is class 1)
@@ -227,7 +233,7 @@ def test_replace_mode_band_keeps_k_and_only_the_next_older_stand_ins():
     k, extra = 20, 8
     sim = torch.randn(3, k + extra, generator=torch.Generator().manual_seed(1))
     policy = started("drop[90_100)@replace", k)
-    sel = policy(sim, Candidates(newest_first=torch.arange(k + extra)))
+    sel = policy(sim, Candidates(age_ordered=True))
     keep = sel.keep
     assert (keep.sum(1) == k).all() and float(sel.kept_per_query(k + extra)) == k
     assert (keep[:, k:].sum(1) == 2).all()  # 10% of 20 replaced
@@ -238,9 +244,7 @@ def test_replace_mode_band_keeps_k_and_only_the_next_older_stand_ins():
 
 def test_a_shortfall_of_eligible_older_negatives_shows_in_the_count():
     policy = started("drop-same-class@replace", 4)
-    cands = Candidates(
-        labels=torch.tensor([0, 0, 1, 2, 0, 0]), query_labels=torch.tensor([0]), newest_first=torch.arange(6)
-    )
+    cands = Candidates(labels=torch.tensor([0, 0, 1, 2, 0, 0]), query_labels=torch.tensor([0]), age_ordered=True)
     sel = policy(torch.zeros(1, 6), cands)
     assert sel.keep.int().tolist() == [[0, 0, 1, 1, 0, 0]]  # two removed, no older one eligible
     assert float(sel.kept_per_query(6)) == 2
@@ -249,9 +253,9 @@ def test_a_shortfall_of_eligible_older_negatives_shows_in_the_count():
 def test_replace_needs_its_start_and_the_queues_order():
     policy = parse_policy("drop[90_100)@replace").policy
     with pytest.raises(PolicyError, match=r"start\(epochs, K\)"):
-        policy(torch.zeros(2, 12), Candidates(newest_first=torch.arange(12)))
+        policy(torch.zeros(2, 12), Candidates(age_ordered=True))
     policy.start(1, num_candidates=10)
-    with pytest.raises(PolicyError, match="queue in age order"):
+    with pytest.raises(PolicyError, match="queue newest first"):
         policy(torch.zeros(2, 12), Candidates())
 
 
@@ -297,8 +301,8 @@ def test_replace_mode_moco_step_uses_k_negatives_and_a_longer_queue():
     ],
 )
 def test_replace_mode_loss_is_info_nce_over_the_masks_columns(name):
-    """The loss MoCo computes reads Replace's [B, K + E] mask: the InfoNCE
-    of each query over exactly the reference's columns."""
+    """The loss MoCo computes reads Replace's [B, K + E] mask over the queue's
+    keys newest first: the InfoNCE of each query over exactly the reference's columns."""
     k, extra, tau = 8, 8, 0.2
     seen = []
 
@@ -315,7 +319,9 @@ def test_replace_mode_loss_is_info_nce_over_the_masks_columns(name):
     query_labels = torch.tensor([2, 0, 1, 1])
     loss, stats = model(x, x + 0.01, query_labels, torch.arange(4) + 100)
     l_pos, sim, keep = seen[-1]
-    want = reference_replace(name.removesuffix("@replace"), sim, queue_labels, query_labels, newest, k)
+    # sim's columns are the queue's keys newest first
+    age = torch.arange(newest.shape[0])
+    want = reference_replace(name.removesuffix("@replace"), sim, queue_labels[newest], query_labels, age, k)
     assert torch.equal(keep, want)
     terms = []
     for i in range(4):

@@ -27,6 +27,22 @@ def test_fifo_by_hand():
     assert queue.newest_first().tolist() == [1, 0, 3, 2]
 
 
+@pytest.mark.parametrize("age_ordered", [False, True])
+def test_a_snapshot_is_a_copy_in_slot_order_or_newest_first(age_ordered):
+    queue = KeyQueue(4, 2, generator=torch.Generator().manual_seed(0), age_ordered=age_ordered)
+    queue.enqueue(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3, 5]), torch.tensor([0, 1]))
+    keys, labels, indices = queue.snapshot()
+    if age_ordered:  # slots 1, 0, then the start-up keys 3, 2
+        assert labels.tolist() == [5, 3, -1, -1] and indices.tolist() == [1, 0, -1, -1]
+        assert torch.equal(keys, queue.keys[[1, 0, 3, 2]])
+    else:
+        assert labels.tolist() == [3, 5, -1, -1] and indices.tolist() == [0, 1, -1, -1]
+        assert torch.equal(keys, queue.keys)
+    before = keys.clone(), labels.clone(), indices.clone()
+    queue.enqueue(torch.tensor([[0.6, 0.8], [0.8, 0.6]]), torch.tensor([7, 8]), torch.tensor([2, 3]))
+    assert all(torch.equal(a, b) for a, b in zip(before, (keys, labels, indices)))  # not a view
+
+
 @pytest.mark.parametrize("size,batch", [(4, 1), (6, 2), (12, 4), (40, 8), (8, 8)])
 def test_fifo_equals_a_list_of_the_last_keys(size, batch):
     """The reference: a Python list, each batch appended and the oldest cut."""

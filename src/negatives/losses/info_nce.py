@@ -40,9 +40,8 @@ def info_nce(
     0.6931471824645996
     """
     negatives = sim  # [B, K]
-    if keep is not None:  # a subtraction, not masked_fill: bool kernels are scalar loops on CPU
-        removed = 1.0 - keep.view(torch.uint8).to(sim.dtype)  # [B, K] 1.0 where removed
-        negatives = sim - removed * torch.finfo(sim.dtype).max
+    if keep is not None:  # sim - max · removed, one pass (masked_fill's bool kernel is a scalar loop on CPU)
+        negatives = torch.sub(sim, (~keep).view(torch.uint8), alpha=torch.finfo(sim.dtype).max)
     logits = torch.cat([l_pos.unsqueeze(1), negatives, *([] if synthetic is None else [synthetic])], dim=1)
     labels = torch.zeros(l_pos.shape[0], dtype=torch.long, device=l_pos.device)  # the positive is column 0
     return F.cross_entropy(logits / temperature, labels)

@@ -146,17 +146,17 @@ class MoCo(ContrastiveMethod):
             labels_all, indices_all = gather_rows(labels, indices)
         k = k_all[local_rows(k_all.shape[0])]  # this rank's positives
         l_pos = (q * k).sum(dim=1)  # [B]
-        # a snapshot: the queue is updated in place below, before backward
-        queue = self.queue
-        keys = queue.keys.clone().to(q.dtype)  # [K, D]
+        # a copy (newest first for @replace): the queue is updated in place below, before backward
+        keys, cand_labels, cand_indices = self.queue.snapshot()
+        keys = keys.to(q.dtype)  # [K, D]
         sim = full_precision(q @ keys.T)  # [B, K]
         candidates = Candidates(
-            labels=queue.labels,
-            indices=queue.indices,
+            labels=cand_labels,
+            indices=cand_indices,
             keys=keys,
             query_labels=labels,
             queries=q.detach(),
-            newest_first=queue.newest_first(),
+            age_ordered=self.queue.age_ordered,
             query_rows=step_rows(q.shape[0]),
         )
         with torch.no_grad():

@@ -26,8 +26,8 @@ class Candidates:
         pool_index: ``[B, K]`` int64, the pool row of candidate ``j`` of query
             ``i`` (SimCLR: each view's candidates are the other views); None:
             every query's candidates are the whole pool in order (MoCo).
-        newest_first: ``[M]`` int64, the pool rows from the newest to the
-            oldest (MoCo's queue; for ``@replace``).
+        age_ordered: the pool rows are newest first (MoCo's queue for
+            ``@replace``, :meth:`~negatives.queues.fifo.KeyQueue.snapshot`).
         query_rows: ``(start, total)``: the queries are rows ``start ..
             start + B - 1`` of the step's ``total`` (a process's share of a
             run across processes; None: all).  A policy that draws random
@@ -41,5 +41,5 @@ class Candidates:
     query_labels: Tensor | None = None
     queries: Tensor | None = None
     pool_index: Tensor | None = None
-    newest_first: Tensor | None = None
+    age_ordered: bool = False
     query_rows: tuple[int, int] | None = None

@@ -73,7 +73,9 @@ class Recipe:
                 f"policy {self.name!r} needs pretrain.queue_extra > 0 (the older negatives that stand "
                 "in for removed ones)"
             )
-        return self.queue(queue_size + (queue_extra if self.replace else 0), dim, generator=generator)
+        queue = self.queue(queue_size + (queue_extra if self.replace else 0), dim, generator=generator)
+        queue.age_ordered = self.replace  # @replace's window: the K newest, handed over first
+        return queue
 
     def __str__(self) -> str:
         return self.name

@@ -13,18 +13,14 @@ from .base import NegativePolicy, Selection
 from .candidates import Candidates
 from .grammar import PolicyError
 
-__all__ = ["Replace", "replace_removed", "taken"]
+__all__ = ["Replace", "replace_removed", "part"]
 
 
-def taken(candidates: Candidates, rows: Tensor) -> Candidates:
-    """The candidates at the queue rows ``rows [n]``, in that order."""
-    pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+def part(candidates: Candidates, rows: slice) -> Candidates:
+    """The candidates at the pool rows ``rows`` (views)."""
+    pick = lambda t: None if t is None else t[rows]  # noqa: E731
     return dataclasses.replace(
-        candidates,
-        labels=pick(candidates.labels),
-        indices=pick(candidates.indices),
-        keys=pick(candidates.keys),
-        newest_first=None,
+        candidates, labels=pick(candidates.labels), indices=pick(candidates.indices), keys=pick(candidates.keys)
     )
 
 
@@ -54,22 +50,23 @@ class Replace(NegativePolicy):
 
     ``<drop policy>@replace``: the removal of ``inner`` among the K newest
     negatives, each removed one replaced by the next older one it allows.
-    MoCo's queue holds K + E keys (``pretrain.queue_extra`` = E); ``inner``
-    sees the K newest, and the older ones stand in, newest first, where
+    MoCo's queue holds K + E keys (``pretrain.queue_extra`` = E) and hands
+    them over newest first (its recipe builds it ``age_ordered``); ``inner``
+    sees the first K, and the older ones stand in, newest first, where
     ``inner.eligible`` allows (older negatives are not re-ranked).
 
     Args:
         inner: a removal policy (``drop...``).
 
-    Called with ``sim [B, K + E]`` and candidates whose ``newest_first``
-    orders the queue, it answers a ``[B, K + E]`` mask; :meth:`start` tells
-    it K.
+    Called with ``sim [B, K + E]`` whose columns are the candidates newest
+    first (``candidates.age_ordered``), it answers a ``[B, K + E]`` mask;
+    :meth:`start` tells it K.
 
     >>> from negatives.policies.bands import Band
     >>> policy = Replace(Band("drop", 50, 100)); policy.start(1, num_candidates=2)
-    >>> sim = torch.tensor([[0.9, 0.1, 0.5, 0.2]])              # slots 3, 2 newest, then 1, 0
-    >>> policy(sim, Candidates(newest_first=torch.tensor([3, 2, 1, 0]))).keep
-    tensor([[False,  True, False,  True]])
+    >>> sim = torch.tensor([[0.2, 0.5, 0.1, 0.9]])              # newest first: the K = 2 newest, then 2 older
+    >>> policy(sim, Candidates(age_ordered=True)).keep
+    tensor([[ True, False,  True, False]])
     """
 
     def __init__(self, inner: NegativePolicy):
@@ -91,17 +88,13 @@ class Replace(NegativePolicy):
         return self.inner.eligible(candidates)
 
     def __call__(self, sim: Tensor, candidates: Candidates, progress: float = 0.0) -> Selection:
-        if self.window is None or candidates.newest_first is None:
-            raise PolicyError(f"policy {self.name!r} needs MoCo's queue in age order and start(epochs, K) first")
-        newest, older = candidates.newest_first[: self.window], candidates.newest_first[self.window :]
-        chosen = self.inner(sim.index_select(1, newest), taken(candidates, newest), progress)
-        keep = torch.ones_like(sim[:, : self.window], dtype=torch.bool) if chosen.keep is None else chosen.keep
-        eligible = self.inner.eligible(taken(candidates, older))  # [B, E], [E] or None
+        if self.window is None or not candidates.age_ordered:
+            raise PolicyError(f"policy {self.name!r} needs MoCo's queue newest first and start(epochs, K) first")
+        k = self.window
+        chosen = self.inner(sim[:, :k], part(candidates, slice(0, k)), progress)  # the K newest
+        keep = torch.ones_like(sim[:, :k], dtype=torch.bool) if chosen.keep is None else chosen.keep
+        eligible = self.inner.eligible(part(candidates, slice(k, None)))  # [B, E], [E] or None
         if eligible is None:
-            eligible = torch.ones((1, older.shape[0]), dtype=torch.bool, device=sim.device)
+            eligible = torch.ones((1, sim.shape[1] - k), dtype=torch.bool, device=sim.device)
         stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))  # [B, E]
-        # back in the queue's slot order, the columns of sim (a scatter: index_copy_ along
-        # columns is slower on CPU)
-        order = candidates.newest_first.expand(sim.shape[0], -1)  # [B, K + E]
-        full = torch.empty_like(sim, dtype=torch.bool).scatter_(1, order, torch.cat([keep, stand_in], dim=1))
-        return Selection(keep=full, mix=chosen.mix)
+        return Selection(keep=torch.cat([keep, stand_in], dim=1), mix=chosen.mix)

@@ -29,6 +29,8 @@ class KeyQueue(nn.Module):
         size: K, the number of keys.
         dim: D, the embedding size.
         generator: for the random start-up keys.
+        age_ordered: :meth:`snapshot` hands the keys over newest first
+            (``@replace``, whose window is the newest keys); else in slot order.
 
     >>> queue = KeyQueue(4, 2)
     >>> queue.enqueue(torch.eye(2), torch.tensor([3, 5]), torch.tensor([0, 1]))
@@ -36,8 +38,9 @@ class KeyQueue(nn.Module):
     ([3, 5, -1, -1], 2)
     """
 
-    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
+    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None, age_ordered: bool = False):
         super().__init__()
+        self.age_ordered = age_ordered
         keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         self.register_buffer("keys", keys)
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
@@ -52,7 +55,7 @@ class KeyQueue(nn.Module):
     def enqueue(self, keys: Tensor, labels: Tensor, indices: Tensor, sim: Tensor | None = None) -> None:
         """Replace the ``B`` oldest entries by ``keys [B, D]`` (and their
         ``labels [B]``, ``indices [B]``).  ``sim [B, K]``, the step's cosines
-        to the queue's slots, is for queues that keep keys by difficulty
+        to the :meth:`snapshot`'s keys, is for queues that keep keys by difficulty
         (:class:`~negatives.queues.retaining.RetainingQueue`); unused here."""
         b = keys.shape[0]
         if self.size % b != 0:
@@ -64,6 +67,13 @@ class KeyQueue(nn.Module):
         self.labels.index_copy_(0, slots, labels.to(self.labels.dtype))
         self.indices.index_copy_(0, slots, indices.to(self.indices.dtype))
         self.ptr.add_(b).remainder_(self.size)
+
+    def snapshot(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A copy of ``(keys [K, D], labels [K], indices [K])`` for one step: newest first if ``age_ordered``."""
+        if not self.age_ordered:
+            return self.keys.clone(), self.labels.clone(), self.indices.clone()
+        order = self.newest_first()
+        return self.keys.index_select(0, order), self.labels.index_select(0, order), self.indices.index_select(0, order)
 
     def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(keys [K, D], labels [K], indices [K])`` oldest first."""
