@@ -7,8 +7,10 @@ or, with ``--before REV``, of each policy against itself as built by the package
     python benchmarks/band_overhead.py --all-policies --rounds 3   # each raced 3 times: median and range
     python benchmarks/band_overhead.py --all-policies --device cuda --queue 65536 --batch 256 \
         --backbone resnet18 --image-size 32 --channels 3   # the GPU figure (bf16 autocast)
-    python benchmarks/band_overhead.py --before fbecef0 --all-policies --rounds 5
-        # each policy of the working tree against itself at fbecef0
+    python benchmarks/band_overhead.py --before fbecef0 --all-policies --rounds 5 --share-queries 0
+        # each policy of the working tree against itself at fbecef0 (without the log's gradient shares)
+    python benchmarks/band_overhead.py --shares-cost --all-policies --rounds 3
+        # each policy against itself with pretrain.share_queries 0: what the log's gradient shares cost
 
 Each policy races `all` (the first policy) on its own: their steps are
 interleaved (A, B, A, B, ...) on identically built models and the same
@@ -297,6 +299,14 @@ def main() -> None:
     p.add_argument(
         "--before", metavar="REV", help="race each policy against itself as built by the package at this git revision"
     )
+    p.add_argument(
+        "--share-queries", type=int, help="pretrain.share_queries of the working tree's models (default: the config's)"
+    )
+    p.add_argument(
+        "--shares-cost",
+        action="store_true",
+        help="race each policy against itself with pretrain.share_queries 0 (the log's gradient shares off)",
+    )
     p.add_argument("--steps", type=int, default=30)
     p.add_argument(
         "--warmup",
@@ -329,6 +339,10 @@ def main() -> None:
     cfg = read_config(args.config)
     scale = {"queue_size": args.queue, "batch_size": args.batch, "backbone": args.backbone}
     settings = {**cfg["pretrain"], **{key: v for key, v in scale.items() if v}}
+    if args.share_queries is not None:
+        settings["share_queries"] = args.share_queries
+    if args.shares_cost and args.before:
+        p.error("--shares-cost races the working tree against itself; it takes no --before")
     try:
         s = PretrainSettings.from_dict(settings)
     except ValueError as e:
@@ -362,7 +376,10 @@ def main() -> None:
     x = Inputs(settings, args.channels, args.image_size, dev, images, labels, idx, sim, cand_labels, keys, queries)
 
     sides = {"the working tree": working_tree_side(x)}
-    if args.before:
+    if args.shares_cost:  # the same package, its gradient shares off: "before" is share_queries 0
+        args.before = "share_queries 0"
+        sides[args.before] = working_tree_side(x._replace(settings={**settings, "share_queries": 0}))
+    elif args.before:
         try:
             pkg = load_before(args.before)
             atexit.register(shutil.rmtree, Path(pkg.__file__).parents[2], ignore_errors=True)  # its extracted copy

@@ -42,7 +42,12 @@ def reference(data_path, tmp_path_factory):
 
 
 def _weights(path):
-    return torch.load(path, weights_only=False)["encoder"]
+    """The encoder's weights, and the log's per-epoch loss and gradient shares (what a resume must repeat)."""
+    state = torch.load(path, weights_only=False)
+    columns = [k for k in state["log"][0] if k == "loss" or k.startswith("share_")]
+    assert len(columns) == 7  # the loss and the six shares
+    log = torch.tensor([[row[k] for k in columns] for row in state["log"]], dtype=torch.float64)
+    return {**state["encoder"], "log: loss and gradient shares": log}
 
 
 def _assert_same(a, b):

@@ -267,7 +267,7 @@ def _steps(method: str, policy: str, device: torch.device, cropped: bool = False
     shape = (BATCH, 2, CHANNELS, SIDE, SIDE) if cropped else (BATCH, CHANNELS, SIDE, SIDE)
     batch = (torch.zeros(shape, dtype=torch.uint8)[rows], (torch.arange(BATCH) % 4)[rows], torch.arange(BATCH)[rows])
     model.train()
-    loss_sum, kept_sum = torch.zeros((), device=device), 0.0
+    loss_sum, kept_sum, shares_sum = torch.zeros((), device=device), 0.0, 0.0
     with no_host_sync():
         for step in range(STEPS):
             assert not distributed.any_rank(False, device)  # the stop vote
@@ -275,6 +275,7 @@ def _steps(method: str, policy: str, device: torch.device, cropped: bool = False
             loss, stats = train_step(model, aug, opt, x, y, idx, progress=Fraction(1 + step, 4), split=(BATCH, rows))
             loss_sum += loss
             kept_sum = kept_sum + stats["kept"]
+            shares_sum = stats["shares"].double() + shares_sum  # the gradient shares, caught in backward
     return loss, stats
 
 
@@ -287,7 +288,7 @@ def test_a_training_step_has_no_host_sync(method, policy, world):
     with _processes(world):
         loss, stats = _steps(method, policy, torch.device("meta"))
     assert loss.device.type == "meta" and loss.shape == ()
-    assert all(v.shape == () for v in stats.values())
+    assert stats.pop("shares").shape == (7,) and all(v.shape == () for v in stats.values())
 
 
 @pytest.mark.parametrize("world", [1, 2], ids=["1 process", "2 processes"])

@@ -87,6 +87,29 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, data_path):
     assert not (run / "last.pt").exists()
 
 
+def test_the_log_shows_the_gradient_shares_and_a_run_resumed_with_them_on_logs_them_from_then_on(tmp_path, data_path):
+    """``pretrain.share_queries`` is log only: a run started without the
+    shares (a run of an earlier version) resumes with them, and its log has
+    every row, the earlier ones with the shares empty."""
+    settings = {**SETTINGS, "epochs": 3, "share_queries": 0}
+
+    def kill_after_epoch_1(msg):
+        if msg.startswith("epoch   1"):
+            raise Killed
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        pretrain(data_path, "moco", "keep[90_100)", 0.2, 0, settings, run, log=kill_after_epoch_1)
+    said = []
+    pretrain(data_path, "moco", "keep[90_100)", 0.2, 0, {**settings, "share_queries": 8}, run, log=said.append)
+    log = pd.read_csv(run / "train_log.csv")
+    assert log["epoch"].tolist() == [1, 2, 3] and log["share_hardest_5"].isna().tolist() == [True, False, False]
+    # keep[90_100): every negative it learns from is among the hardest 10%, a part of them among the hardest 5%
+    assert (log["share_hardest_10"][1:] > 0.999).all() and (log["share_easiest_50"][1:] == 0).all()
+    assert ((0 < log["share_hardest_5"][1:]) & (log["share_hardest_5"][1:] < 1)).all()
+    assert said[-1].startswith("epoch   3") and "gradient to the hardest 5% 0." in said[-1]
+
+
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, data_path):
     def kill(msg):
         raise Killed

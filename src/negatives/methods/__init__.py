@@ -15,6 +15,7 @@ from torch import nn
 
 from ..policies.recipe import Recipe
 from .moco import MoCo
+from .shares import GradientShares
 from .simclr import SimCLR
 
 __all__ = ["METHODS", "num_candidates", "build_method"]
@@ -65,6 +66,9 @@ def build_method(
                 f"policy {recipe.name!r} works through MoCo's queue of negatives (replace mode, "
                 "retain-hard); SimCLR has none (use method moco, or the drop form of the policy)"
             )
-        return SimCLR(encoder, recipe.policy, recipe.loss, temperature)
-    queue = recipe.make_queue(settings.queue_size, settings.queue_extra, settings.dim, generator)
-    return MoCo(encoder, queue, recipe.policy, recipe.loss, settings.momentum, temperature)
+        model = SimCLR(encoder, recipe.policy, recipe.loss, temperature)
+    else:
+        queue = recipe.make_queue(settings.queue_size, settings.queue_extra, settings.dim, generator)
+        model = MoCo(encoder, queue, recipe.policy, recipe.loss, settings.momentum, temperature)
+    model.gradient_shares = GradientShares(settings.share_queries)
+    return model

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..runtime.distributed import local_rows
+from .shares import GradientShares
 
 __all__ = ["ContrastiveMethod", "full_precision"]
 
@@ -30,6 +31,8 @@ class ContrastiveMethod(nn.Module):
     checkpoints are those of a single process."""
 
     encoder_q: nn.Module
+    #: log only: the gradient's share by difficulty of each step's first queries (``pretrain.share_queries``)
+    gradient_shares = GradientShares(0)
 
     @property
     def query_encoder(self) -> nn.Module:

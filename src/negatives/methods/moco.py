@@ -162,6 +162,9 @@ class MoCo(ContrastiveMethod):
         with torch.no_grad():
             selection = self.policy(sim.detach(), candidates, progress)
         neg, keep = selection.negatives(sim)  # [B, K] and the mask, or a band's [B, n] alone
-        loss = self.loss(l_pos, neg, keep, self.temperature, selection.synthetic(q, sim))
+        synthetic = selection.synthetic(q, sim)
+        # log only: which negatives the gradient goes to, caught in the backward pass ({}: not measured)
+        neg, synthetic, shares = self.gradient_shares.watch(sim, selection.at, neg, synthetic)
+        loss = self.loss(l_pos, neg, keep, self.temperature, synthetic)
         self.queue.enqueue(k_all, labels_all, indices_all, sim=sim.detach())  # the same on every rank
-        return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
+        return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1]), **shares}

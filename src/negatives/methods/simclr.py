@@ -146,8 +146,10 @@ class SimCLR(ContrastiveMethod):
         mix_sim = None if selection.mix is None else full_precision(q @ z.detach().T).gather(1, pool_index)
         synthetic = None if mix_sim is None else selection.synthetic(q, mix_sim)  # [2B, s]
         neg, keep = selection.negatives(sim)  # [2B, 2B-2] and the mask, or a band's [2B, n] alone
+        # log only: which negatives the gradient goes to, caught in the backward pass ({}: not measured)
+        neg, synthetic, shares = self.gradient_shares.watch(sim, selection.at, neg, synthetic)
         loss = self.loss(l_pos, neg, keep, self.temperature, synthetic)
-        return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1])}
+        return loss, {"l_pos": l_pos.detach().mean(), "kept": selection.kept_per_query(sim.shape[1]), **shares}
 
 
 def _whole_batch(z: Tensor) -> tuple[Tensor, slice]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.sources import FolderSource
+from ..methods.shares import GROUPS
 from ..runtime import distributed
 from ..runtime.atomic import atomic_torch_save, atomic_write
 from ..runtime.checkpoint import (
@@ -43,10 +44,14 @@ class _Sums:
     loss: torch.Tensor
     kept: float | torch.Tensor = 0.0
     done: int = 0
+    #: the gradient shares' sums and their count (:class:`~negatives.methods.shares.GradientShares`), if measured
+    shares: torch.Tensor | None = None
 
-    def add(self, loss: torch.Tensor, kept: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, stats: dict) -> None:
         self.loss += loss  # in place, on the device: no host sync
-        self.kept = self.kept + kept
+        self.kept = self.kept + stats["kept"]
+        if "shares" in stats:
+            self.shares = stats["shares"].double() + (0 if self.shares is None else self.shares)
         self.done += 1
 
 
@@ -91,7 +96,7 @@ def train(t: Training, stop: StopSignals) -> Path:
             # non-finite too, and nothing is saved before the check)
             if device.type == "cpu" and distributed.any_rank(not torch.isfinite(loss)):
                 _non_finite(loss, epoch, i, t.last)
-            sums.add(loss, stats["kept"])
+            sums.add(loss, stats)
             step += 1
         log_rows.append(_epoch_row(t, epoch, lr, sums, t0))
         _checkpoint_and_log(t, epoch, log_rows)
@@ -129,10 +134,11 @@ def _batches(t: Training, epoch: int, order: torch.Tensor, first: int):
 def _resumed_sums(resumed: dict, device: torch.device) -> _Sums:
     """This rank's partial sums of a mid-epoch checkpoint (one per rank, in rank order; a checkpoint of
     an earlier version holds their mean, a 0-d tensor and a float)."""
-    loss, kept = resumed["loss_sum"], resumed["kept_sum"]
+    loss, kept, shares = resumed["loss_sum"], resumed["kept_sum"], resumed.get("shares_sum")
     if loss.dim():
         loss, kept = loss[distributed.rank()], kept[distributed.rank()].to(device)
-    return _Sums(loss.to(device), kept, resumed["done"])
+    shares = None if shares is None else shares[distributed.rank()].to(device)
+    return _Sums(loss.to(device), kept, resumed["done"], shares)
 
 
 def _save_and_stop(t: Training, stop: StopSignals, epoch: int, i: int, log_rows: list, sums: _Sums):
@@ -144,6 +150,7 @@ def _save_and_stop(t: Training, stop: StopSignals, epoch: int, i: int, log_rows:
         distributed.gather_rows(torch.as_tensor(v, device=t.device).detach().reshape(1))[0].cpu()
         for v in (sums.loss, sums.kept)
     )
+    shares_part = None if sums.shares is None else distributed.gather_rows(sums.shares.unsqueeze(0))[0].cpu()
     if distributed.rank() == 0:
         save_rolling(
             {
@@ -156,6 +163,7 @@ def _save_and_stop(t: Training, stop: StopSignals, epoch: int, i: int, log_rows:
                 "rng": rng_state(t.device),
                 "loss_sum": loss_part,
                 "kept_sum": kept_part,
+                "shares_sum": shares_part,
                 "done": sums.done,
                 "processes": distributed.world_size(),
             },
@@ -183,7 +191,17 @@ def _epoch_row(t: Training, epoch: int, lr: float, sums: _Sums, t0: float) -> di
         "images_per_s": sums.done * t.s.batch_size / max(elapsed, 1e-9),
         "negatives_kept": float(kept_sum) / max(1, sums.done),
         "seconds": elapsed,
+        **_share_columns(t, sums),
     }
+
+
+def _share_columns(t: Training, sums: _Sums) -> dict:
+    """The epoch's mean gradient share of each difficulty group over the measured queries (none: not measured)."""
+    if not t.model.gradient_shares.queries:
+        return {}
+    total = torch.zeros(len(GROUPS) + 1, dtype=torch.float64, device=t.device) if sums.shares is None else sums.shares
+    total = distributed.mean_(total.clone()).cpu()  # the ranks' sums and counts (their ratio: all queries')
+    return {f"share_{g}": float(total[i] / total[-1]) if total[-1] else math.nan for i, g in enumerate(GROUPS)}
 
 
 def _checkpoint_and_log(t: Training, epoch: int, log_rows: list[dict]) -> None:
@@ -204,6 +222,7 @@ def _checkpoint_and_log(t: Training, epoch: int, log_rows: list[dict]) -> None:
     t.log(
         "epoch {epoch:3d}  loss {loss:.4f}  knn {knn_top1:.2f}  {images_per_s:.0f} img/s  lr {lr:.4f}  "
         "negatives {negatives_kept:.0f}".format(**row)
+        + ("  gradient to the hardest 5% {:.2f}".format(row["share_hardest_5"]) if "share_hardest_5" in row else "")
     )
     if abs(row["loss"] - math.log1p(row["negatives_kept"])) < 1e-3:
         # InfoNCE with every logit equal: the positive is no closer than any negative
@@ -244,7 +263,9 @@ def _non_finite(loss, epoch: int, step: int, last: Path):
 def _write_log(rows: list[dict], path: Path) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
+            # every row's columns (a run resumed from an older version's checkpoint logs more than its first rows)
+            columns = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]
+            wr = csv.DictWriter(f, fieldnames=columns, restval="")
             wr.writeheader()
             wr.writerows(rows)
 

@@ -87,6 +87,7 @@ class PretrainSettings:
     blur: bool = _DEFAULTS["blur"]
     knn_monitor: int = _DEFAULTS["knn_monitor"]
     knn_monitor_every: int = _DEFAULTS["knn_monitor_every"]
+    share_queries: int = _DEFAULTS["share_queries"]
     #: not a config key: stop after this many steps in total (0: no limit; for tests and benchmarks)
     max_steps: int = 0
 
