@@ -35,8 +35,8 @@ __all__ = [
     "build",
 ]
 
-#: what a figure is drawn from: the runs' ``probe.json``, or their ``analysis/pairs.parquet``
-SOURCES = ("probes", "analyses")
+#: what a figure is drawn from: the runs' ``probe.json``, their ``analysis/pairs.parquet``, or their training logs
+SOURCES = ("probes", "analyses", "training")
 
 #: the folder of the report captions, relative to the repository root
 CAPTIONS = "workflow/report"
@@ -60,7 +60,8 @@ class Figure:
     ``out_prefix`` + each of ``extensions``, and returns the table of the CSV.
     ``policy_keys`` name the keys of its section that hold policy strings
     (a string or a list of them): its runs train those and the baseline
-    ``all``, at each of its temperatures and the config's seeds.
+    ``all``, at each of its temperatures and the config's seeds; ``runs_of``
+    names another figure whose runs (policies and temperatures) it draws.
     """
 
     name: str
@@ -72,6 +73,7 @@ class Figure:
     similarity: bool = False  # also reads the dataset's WordNet similarity file (the class names)
     mem_mb: int = 2000  # the figure job's memory in MB (times the attempt on a retry)
     extensions: tuple[str, ...] = FIGURE_EXTENSIONS
+    runs_of: str | None = None  # the figure whose runs it draws (its own section then holds no policies)
 
     @property
     def caption(self) -> str:
@@ -104,6 +106,8 @@ def register(fig: Figure) -> Figure:
         raise ValueError(f"{where}: a figure drawn from analyses uses the baseline runs only; it has no policy_keys")
     if fig.similarity and fig.source != "analyses":
         raise ValueError(f"{where}: only a figure drawn from analyses reads the similarity file")
+    if fig.runs_of is not None and (fig.runs_of not in REGISTRY or fig.policy_keys):
+        raise ValueError(f"{where}: runs_of names a figure declared before it, and then it has no policy_keys")
     if not callable(fig.draw):
         raise ValueError(f"{where}: draw must be a function (paths, out_prefix, section) -> table")
     REGISTRY[fig.name] = fig
@@ -199,6 +203,12 @@ def _fig_methods(paths, out, fig):
     return fig_methods(_probes(paths, extra_metrics=("train_images_per_s",)), out, fig["policies"], fig["band"])
 
 
+def _fig_dynamics(paths, out, fig):
+    from .analysis.dynamics_figures import fig_dynamics, load_training
+
+    return fig_dynamics(load_training(paths), out)
+
+
 # an analysis figure's keyword arguments are its section's keys (its temperatures chose its runs)
 def _settings(fig):
     return {k: v for k, v in fig.items() if k != "temperatures"}
@@ -243,3 +253,5 @@ register(Figure("tables_a4_a6", "Tables A4-A6", _tables_a4_a6, source="analyses"
 register(Figure("simclr", "Appendix A.2 (SimCLR)", _simclr, policy_keys=("policies",), method="simclr"))
 # the neighbouring methods beside our best band and the baseline
 register(Figure("fig_methods", "Methods", _fig_methods, policy_keys=("band", "policies")))
+# beyond the paper: which negatives the loss learns from as training goes, for Figure 2's runs
+register(Figure("fig_dynamics", "Training dynamics", _fig_dynamics, source="training", runs_of="fig2"))

@@ -55,7 +55,8 @@ class Run:
 
 def figure_policies(cfg: dict, figure: str) -> list[str]:
     """Canonical names of the policies a figure trains, baseline first, no duplicates."""
-    texts = record(figure).policies(cfg["figures"].get(figure, {}))
+    owner = _owner(figure)
+    texts = record(owner).policies(cfg["figures"].get(owner, {}))
     names = (parse_policy(t).name for t in texts)
     return list(dict.fromkeys(names))
 
@@ -66,10 +67,14 @@ def figure_method(cfg: dict, figure: str) -> str:
 
 
 def figure_temperatures(cfg: dict, figure: str) -> list[float]:
-    """The temperatures a figure's runs train at: its own
-    ``figures.NAME.temperatures`` when given, else the config's."""
-    record(figure)
-    return list(cfg["figures"].get(figure, {}).get("temperatures", cfg["temperatures"]))
+    """The temperatures a figure's runs train at: its own (or, with
+    ``runs_of``, that figure's) ``figures.NAME.temperatures`` when given, else the config's."""
+    return list(cfg["figures"].get(_owner(figure), {}).get("temperatures", cfg["temperatures"]))
+
+
+def _owner(figure: str) -> str:
+    """The figure whose runs ``figure`` draws: its ``runs_of``, else itself."""
+    return record(figure).runs_of or figure
 
 
 def runs_for(cfg: dict, figure: str) -> list[Run]:
@@ -116,10 +121,13 @@ def figure_pairs(cfg: dict, figure: str) -> list[str]:
 
 def figure_inputs(cfg: dict, figure: str) -> list[str]:
     """The files ``python -m negatives figure`` draws a figure from: its probes,
-    or its analyses (and, where its record says so, the similarity file naming the classes)."""
+    its runs' training logs, or its analyses (and, where its record says so,
+    the similarity file naming the classes)."""
     fig = record(figure)
     if fig.source == "probes":
         return figure_probes(cfg, figure)
+    if fig.source == "training":
+        return [f"{run.dir(cfg.get('results', 'results'))}/train_log.csv" for run in runs_for(cfg, figure)]
     return figure_pairs(cfg, figure) + ([similarity_file(cfg)] if fig.similarity else [])
 
 

@@ -1,0 +1,83 @@
+"""fig_dynamics (negatives.analysis.dynamics_figures): every run's every
+epoch in its table, the summary over seeds equal to the runs' own numbers,
+the runs of Figure 2, and a damaged input refused naming it."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from negatives import grid
+from negatives.analysis.dynamics_figures import dynamics_table, fig_dynamics, load_training
+from negatives.config_files import read_config
+from negatives.training.pretrain import pretrain
+
+SETTINGS = dict(
+    backbone="small-cnn", width=4, dim=8, epochs=3, batch_size=16, queue_size=32, bn_splits=2, knn_monitor=0, threads=1
+)
+POLICIES, SEEDS = ("all", "keep[50_100)"), (0, 1)
+
+
+@pytest.fixture(scope="module")
+def logs(data_path, tmp_path_factory):
+    """The train_log.csv of tiny real runs, where the workflow puts them."""
+    root = tmp_path_factory.mktemp("results")
+    out = []
+    for policy in POLICIES:
+        for seed in SEEDS:
+            run = root / "fashion-mnist" / "moco" / policy / "t0.2" / f"seed{seed}"
+            pretrain(data_path, "moco", policy, 0.2, seed, {**SETTINGS, "share_queries": 4}, run, log=lambda m: None)
+            out.append(run / "train_log.csv")
+    return out
+
+
+def test_the_table_holds_every_run_and_epoch_and_their_summary(logs, tmp_path):
+    runs = load_training(logs)
+    assert sorted(set(zip(runs.policy, runs.seed))) == sorted((p, s) for p in POLICIES for s in SEEDS)
+    table = fig_dynamics(runs, tmp_path / "fig_dynamics")
+    assert all((tmp_path / f"fig_dynamics.{ext}").stat().st_size > 0 for ext in ("pdf", "png", "csv"))
+    written = pd.read_csv(tmp_path / "fig_dynamics.csv")
+    assert list(written.columns) == list(table.columns) and len(written) == len(table)
+    pd.testing.assert_series_equal(written["value"], table["value"].astype(float), check_names=False)
+    every = table[table.seed.notna()]
+    quantities = {"share_hardest_5", "share_hardest_1", "share_easiest_50", "loss"}  # kNN monitor off
+    assert set(every.quantity) == quantities
+    for q in quantities:  # every run, every epoch, a number
+        part = every[every.quantity == q]
+        assert len(part) == len(POLICIES) * len(SEEDS) * 3 and part.value.notna().all()
+    summary = table[table.seed.isna()].set_index(["quantity", "policy", "epoch"]).sort_index()
+    for (q, policy, epoch), row in summary.iterrows():
+        values = every[(every.quantity == q) & (every.policy == policy) & (every.epoch == epoch)].value
+        assert row["mean"] == pytest.approx(values.mean()) and row["n"] == 2
+        assert row["min"] == values.min() and row["max"] == values.max()
+    # keep[50_100): its gradient goes to the hardest half only
+    easy = summary.loc[("share_easiest_50", "keep[50_100)")]
+    assert (easy["max"] == 0).all() and (summary.loc[("share_easiest_50", "all")]["min"] > 0).all()
+
+
+def test_the_summary_by_hand():
+    runs = pd.DataFrame(
+        {"policy": ["all"] * 3, "temperature": 0.2, "seed": [0, 1, 0], "epoch": [1, 1, 2], "x": [0.2, 0.4, None]}
+    )
+    got = dynamics_table(runs, ["x"])
+    assert got[["epoch", "mean", "min", "max", "n"]].values.tolist() == [[1, pytest.approx(0.3), 0.2, 0.4, 2]]
+
+
+def test_a_path_that_is_no_runs_log_is_refused_naming_it(logs, tmp_path):
+    bad = tmp_path / "notes.csv"
+    bad.write_text("epoch\n1\n")
+    with pytest.raises(ValueError, match=f"^{bad}: not a run's train_log.csv"):
+        load_training([*logs, bad])
+    damaged = tmp_path / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed9" / "train_log.csv"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b'"epoch\n\x00')
+    with pytest.raises(ValueError, match=f"^{damaged}: cannot be read as a table"):
+        load_training([damaged])
+
+
+def test_the_figure_draws_figure_2s_runs():
+    cfg = read_config(Path(grid.__file__).parents[2] / "config.yaml")
+    assert grid.figure_policies(cfg, "fig_dynamics") == grid.figure_policies(cfg, "fig2")
+    assert grid.figure_temperatures(cfg, "fig_dynamics") == grid.figure_temperatures(cfg, "fig2")
+    inputs = grid.figure_inputs(cfg, "fig_dynamics")
+    assert inputs == [f"{run.dir()}/train_log.csv" for run in grid.runs_for(cfg, "fig2")]
