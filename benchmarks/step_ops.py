@@ -30,6 +30,7 @@ from negatives.methods import moco as moco_module
 from negatives.models import build_encoder
 from negatives.optim import SGD
 from negatives.policies import parse_policy
+from negatives.training.settings import PretrainSettings
 from negatives.training.step import train_step
 
 PHASES = ("aug", "query fwd", "key fwd", "momentum", "glue", "selection", "loss", "enqueue", "backward", "opt step")
@@ -132,7 +133,10 @@ def build_step(
     pol = parse_policy(policy)
     pol.policy.start(epochs, num_candidates(method, queue, batch))
     enc = build_encoder(backbone, channels, dim=128, num_splits=bn_splits, width=width)
-    settings = SimpleNamespace(dim=128, queue_size=queue, queue_extra=1024, momentum=0.99)
+    # the log's gradient shares as a run measures them by default (pretrain.share_queries)
+    settings = SimpleNamespace(
+        dim=128, queue_size=queue, queue_extra=1024, momentum=0.99, share_queries=PretrainSettings().share_queries
+    )
     model = build_method(method, enc, pol, settings, 0.2).to(device, memory_format=torch.channels_last)
     aug = MoCoV2Augment(image, channels, [0.5] * channels, [0.25] * channels, blur=blur).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)

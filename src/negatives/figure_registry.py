@@ -73,7 +73,7 @@ class Figure:
     similarity: bool = False  # also reads the dataset's WordNet similarity file (the class names)
     mem_mb: int = 2000  # the figure job's memory in MB (times the attempt on a retry)
     extensions: tuple[str, ...] = FIGURE_EXTENSIONS
-    runs_of: str | None = None  # the figure whose runs it draws (its own section then holds no policies)
+    runs_of: str | None = None  # the figure whose runs it draws, with that figure's config section
 
     @property
     def caption(self) -> str:
@@ -132,7 +132,7 @@ def check_records(root) -> None:
     for name, fig in REGISTRY.items():
         if not (root / fig.caption).is_file():
             raise ValueError(f"figure {name}: its report caption {fig.caption} is missing")
-        if name not in sections:
+        if fig.runs_of is None and name not in sections:  # a figure of another's runs reads that one's section
             raise ValueError(
                 f"figure {name}: {SCHEMA_FILE} has no figures.{name} section (its settings, "
                 "temperatures at least, with default: {})"
@@ -152,9 +152,10 @@ def build(name: str, paths, out_prefix, config: dict):
     damaged one, one without a metric or without its ``evaluation`` record,
     or two evaluated with different settings are one error naming the file(s)."""
     fig = record(name)
-    section = config.get("figures", {}).get(name)
+    owner = fig.runs_of or name
+    section = config.get("figures", {}).get(owner)
     if section is None:
-        raise KeyError(f"the config has no figures.{name} section")
+        raise KeyError(f"the config has no figures.{owner} section")
     return fig.draw(paths, out_prefix, section)
 
 
@@ -255,3 +256,6 @@ register(Figure("simclr", "Appendix A.2 (SimCLR)", _simclr, policy_keys=("polici
 register(Figure("fig_methods", "Methods", _fig_methods, policy_keys=("band", "policies")))
 # beyond the paper: which negatives the loss learns from as training goes, for Figure 2's runs
 register(Figure("fig_dynamics", "Training dynamics", _fig_dynamics, source="training", runs_of="fig2"))
+# how every other probed figure's runs trained, beside it in the report
+for _name in ("fig3", "table1", "simclr", "fig_methods"):
+    register(Figure(f"{_name}_curves", REGISTRY[_name].category, _fig_dynamics, source="training", runs_of=_name))

@@ -63,7 +63,7 @@ def figure_policies(cfg: dict, figure: str) -> list[str]:
 
 def figure_method(cfg: dict, figure: str) -> str:
     """The method a figure's runs train with: its record's (``simclr`` for appendix A.2), else the config's."""
-    return record(figure).method or cfg["method"]
+    return record(_owner(figure)).method or cfg["method"]
 
 
 def figure_temperatures(cfg: dict, figure: str) -> list[float]:
@@ -104,7 +104,7 @@ def random_init_dir(cfg: dict, seed: int, results: str | None = None) -> str:
 def figure_probes(cfg: dict, figure: str) -> list[str]:
     """Paths of every probe.json a figure plots: training runs, then random init."""
     if record(figure).source != "probes":
-        raise ValueError(f"{figure} is drawn from analyses (figure_pairs), not from probes")
+        raise ValueError(f"{figure} is drawn from its runs' {record(figure).source}, not from probes")
     results = cfg.get("results", "results")
     trained = [f"{run.dir(results)}/probe.json" for run in runs_for(cfg, figure)]
     untrained = [f"{random_init_dir(cfg, s, results)}/probe.json" for s in random_init_seeds(cfg)]
@@ -114,7 +114,7 @@ def figure_probes(cfg: dict, figure: str) -> list[str]:
 def figure_pairs(cfg: dict, figure: str) -> list[str]:
     """Paths of the ``analysis/pairs.parquet`` of every run a Section 4 figure uses."""
     if record(figure).source != "analyses":
-        raise ValueError(f"{figure} is drawn from probes (figure_probes), not from analyses")
+        raise ValueError(f"{figure} is drawn from its runs' {record(figure).source}, not from analyses")
     results = cfg.get("results", "results")
     return [f"{run.dir(results)}/analysis/pairs.parquet" for run in runs_for(cfg, figure)]
 

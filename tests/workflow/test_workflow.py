@@ -18,6 +18,7 @@ import yaml
 from conftest import fake_fashion_mnist
 
 from negatives import grid
+from negatives.figure_registry import record
 from negatives.policies import PolicyError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,9 +165,10 @@ def expected_jobs(cfg: dict, figures) -> Counter:
     trained, probes, pairs = set(), set(), set()
     for figure in figures:
         trained.update(grid.runs_for(cfg, figure))
-        if figure in grid.ANALYSES:
+        source = record(figure).source
+        if source == "analyses":
             pairs.update(grid.figure_pairs(cfg, figure))
-        else:
+        elif source == "probes":
             probes.update(grid.figure_probes(cfg, figure))
     random_init = {p for p in probes if "/random-init/" in p}
     assert len(random_init) == (len(cfg["seeds"]) if probes else 0)
