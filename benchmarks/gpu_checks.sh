@@ -23,6 +23,8 @@
 #                    reference pipeline (DataLoader workers of per-image transforms). Target: >= 2x
 #   bands.txt        benchmarks/band_overhead.py at K=65536, batch 256, ResNet-18 on 32x32x3:
 #                    every policy against `all`. Target: <= 5% each
+#   shares.txt       benchmarks/band_overhead.py --shares-cost at the same scale: a few policies with the
+#                    log's gradient shares (pretrain.share_queries) against the same without. Target: <= 3%
 #   compile.txt      the epoch with torch.compile'd encoders (last: compiling takes the longest)
 #   *_profile.txt    where a figure misses its goal (or its step fails): torch.profiler's top 10
 #                    kernels of one step by GPU time (epoch_profile, bands_profile: the worst policy's
@@ -65,6 +67,7 @@ if [ "$smoke" = 1 ]; then
     dev=(--device cpu --tiny)
     epoch_goal=0 bands_goal=0   # every path taken: the profiles of missed goals too
     bands=(--steps 2 --warmup 1 --policies all 'keep[95_100)' 'mochi[16_8_4]')
+    shares=(--shares-cost --steps 2 --warmup 1 --policies all 'keep[95_100)')
     throughput=(--steps 2 --block 1 --warmup 1 --settle 0 --workers 1 --threads 1)
 else
     command -v nvidia-smi >/dev/null && step env nvidia-smi
@@ -72,6 +75,8 @@ else
     epoch_goal=3 bands_goal=1.05
     bands=(--all-policies --device cuda --queue 65536 --batch 256 --backbone resnet18 --image-size 32 --channels 3
            --steps 20)
+    shares=(--shares-cost --policies all 'keep[95_100)' 'drop[99.9_100)@replace' 'mochi[256_128_64_1]' --device cuda
+            --queue 65536 --batch 256 --backbone resnet18 --image-size 32 --channels 3 --steps 10 --warmup 3)
     # the reference with as many DataLoader workers as the public code's CIFAR demos use, and more
     throughput=(--device cuda --cifar-scale --steps 12 --block 6 --threads 4 --workers 4 8 "$(($(nproc) - 1))")
 fi
@@ -96,6 +101,7 @@ if [ -n "$worst" ]; then
             --images 5120 --profile "$out/bands_profile.txt"
     fi
 fi
+step shares "$py" benchmarks/band_overhead.py "${shares[@]}"
 # (not in --smoke: compiling on a CPU takes minutes and checks nothing of ours)
 [ "$smoke" = 1 ] || step compile "$py" benchmarks/gpu_epoch.py "${dev[@]}" --compile
 echo "==> $failed failed step(s); outputs in $out"

@@ -190,11 +190,14 @@ def check_smoke(summary: str, out: Path) -> None:
     # gpu_checks.sh: every step ran, and said what it measured
     logs = members(out / "logs.tar.gz")
     assert "==> 0 failed step(s)" in logs["logs/checks.log"].decode()
-    texts = {name: logs[f"checks/{name}.txt"].decode() for name in ("env", "epoch", "throughput", "bands")}
+    texts = {
+        name: logs[f"checks/{name}.txt"].decode() for name in ("env", "epoch", "throughput", "bands", "shares")
+    }
     assert "torch" in texts["env"]
     assert "images/s, epoch" in texts["epoch"]
     assert "ours / reference, each at its best setting" in texts["throughput"]
     assert "worst overhead over all" in texts["bands"] and "mochi[16_8_4]" in texts["bands"]
+    assert "slowest against share_queries 0" in texts["shares"] and "keep[95_100)" in texts["shares"]
     for name, text in texts.items():
         assert f"==> {name}: exit 0" in text
     assert "images/s, epoch" in summary and "ours / reference, each" in summary
