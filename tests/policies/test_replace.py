@@ -93,6 +93,9 @@ def test_replace_removed_takes_the_first_eligible_older_ones():
         [0, 0, 0, 0, 0],
         [1, 1, 0, 1, 0],  # only 3 eligible of 4 needed: a shortfall of 1
     ]
+    # every older one eligible, given as their count: the first ones, as many as removed (or all 3)
+    assert replace_removed(keep, 3).int().tolist() == [[1, 1, 0], [0, 0, 0], [1, 1, 1]]
+    assert torch.equal(replace_removed(keep, 5), replace_removed(keep, torch.ones(3, 5, dtype=torch.bool)))
 
 
 def test_stand_ins_are_the_first_eligible_older_ones_whatever_slots_were_removed():

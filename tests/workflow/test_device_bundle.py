@@ -190,9 +190,7 @@ def check_smoke(summary: str, out: Path) -> None:
     # gpu_checks.sh: every step ran, and said what it measured
     logs = members(out / "logs.tar.gz")
     assert "==> 0 failed step(s)" in logs["logs/checks.log"].decode()
-    texts = {
-        name: logs[f"checks/{name}.txt"].decode() for name in ("env", "epoch", "throughput", "bands", "shares")
-    }
+    texts = {name: logs[f"checks/{name}.txt"].decode() for name in ("env", "epoch", "throughput", "bands", "shares")}
     assert "torch" in texts["env"]
     assert "images/s, epoch" in texts["epoch"]
     assert "ours / reference, each at its best setting" in texts["throughput"]

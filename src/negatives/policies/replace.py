@@ -24,12 +24,13 @@ def part(candidates: Candidates, rows: slice) -> Candidates:
     )
 
 
-def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
+def replace_removed(keep: Tensor, eligible: Tensor | int) -> Tensor:
     """Which older negatives stand in for the removed ones.
 
     Args:
         keep: ``[B, K]`` bool, the policy's choice among the K newest negatives.
-        eligible: ``[B, E]`` bool, the E older negatives, newest first, that may stand in.
+        eligible: ``[B, E]`` bool, the E older negatives, newest first, that
+            may stand in; or E, when every one of them may.
 
     Returns:
         ``[B, E]`` bool: for each query, the first ``K - kept`` eligible older
@@ -42,6 +43,8 @@ def replace_removed(keep: Tensor, eligible: Tensor) -> Tensor:
     """
     # int32 counts: a bool sum accumulates in int64, 3-4x slower on CPU
     missing = keep.shape[1] - keep.sum(1, keepdim=True, dtype=torch.int32)
+    if isinstance(eligible, int):  # the first ``missing`` of them
+        return torch.arange(1, eligible + 1, dtype=torch.int32, device=keep.device) <= missing
     return eligible & (eligible.cumsum(1, dtype=torch.int32) <= missing)
 
 
@@ -93,8 +96,7 @@ class Replace(NegativePolicy):
         k = self.window
         chosen = self.inner(sim[:, :k], part(candidates, slice(0, k)), progress)  # the K newest
         keep = torch.ones_like(sim[:, :k], dtype=torch.bool) if chosen.keep is None else chosen.keep
-        eligible = self.inner.eligible(part(candidates, slice(k, None)))  # [B, E], [E] or None
-        if eligible is None:
-            eligible = torch.ones((1, sim.shape[1] - k), dtype=torch.bool, device=sim.device)
-        stand_in = replace_removed(keep, eligible.expand(sim.shape[0], -1))  # [B, E]
+        eligible = self.inner.eligible(part(candidates, slice(k, None)))  # [B, E], [E] or None: any
+        older = sim.shape[1] - k if eligible is None else eligible.expand(sim.shape[0], -1)
+        stand_in = replace_removed(keep, older)  # [B, E]
         return Selection(keep=torch.cat([keep, stand_in], dim=1), mix=chosen.mix)
