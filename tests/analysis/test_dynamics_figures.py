@@ -55,6 +55,24 @@ def test_the_table_holds_every_run_and_epoch_and_their_summary(logs, tmp_path):
     assert (easy["max"] == 0).all() and (summary.loc[("share_easiest_50", "all")]["min"] > 0).all()
 
 
+def test_runs_whose_logs_lack_the_shares_are_named(logs, tmp_path):
+    old = tmp_path / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed7" / "train_log.csv"
+    old.parent.mkdir(parents=True)
+    table = pd.read_csv(logs[0])
+    table.drop(columns=[c for c in table if c.startswith("share_")]).to_csv(old, index=False)
+    from negatives.analysis import dynamics_figures
+
+    runs = load_training([*logs, old])
+    said = []
+    real_text = dynamics_figures.plt.Figure.text
+    dynamics_figures.plt.Figure.text = lambda self, x, y, s, **kw: said.append(s) or real_text(self, x, y, s, **kw)
+    try:
+        fig_dynamics(runs, tmp_path / "fig")
+    finally:
+        dynamics_figures.plt.Figure.text = real_text
+    assert [s for s in said if s.startswith("no gradient")] == ["no gradient shares in the log of all/t0.2/seed7"]
+
+
 def test_the_summary_by_hand():
     runs = pd.DataFrame(
         {"policy": ["all"] * 3, "temperature": 0.2, "seed": [0, 1, 0], "epoch": [1, 1, 2], "x": [0.2, 0.4, None]}

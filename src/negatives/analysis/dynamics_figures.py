@@ -88,13 +88,22 @@ def _order(policies) -> list[str]:
     return sorted(policies, key=key)
 
 
+def _runs_without(runs: pd.DataFrame, column: str) -> list[str]:
+    """The runs (``policy/t.../seed...``) none of whose epochs has ``column``."""
+    has = runs[column].notna() if column in runs else pd.Series(False, index=runs.index)
+    per_run = has.groupby([runs.policy, runs.temperature, runs.seed]).any()
+    return [f"{p}/t{t:g}/seed{s}" for (p, t, s), ok in per_run.items() if not ok]
+
+
 def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
     """The training dynamics of every run given; returns the table written to CSV.
 
     One panel per quantity (the training log's gradient shares, loss and kNN
     monitor; then each Section 4 quantity of ``analysis/dynamics.csv`` found),
     epochs on x, one line per policy and temperature (the mean over seeds,
-    shaded from the lowest to the highest seed).  The CSV holds every run's
+    shaded from the lowest to the highest seed); runs whose logs have no
+    gradient shares (trained before the log had them) are named at the
+    bottom, not left out silently.  The CSV holds every run's
     every number (``quantity, policy, temperature, epoch, seed, value``) and
     the summary over seeds (rows with ``seed`` empty: mean, std, min, max, n).
     """
@@ -125,6 +134,9 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
     if order is not None:
         handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+    lacking = _runs_without(runs, "share_hardest_5")
+    if lacking:  # runs trained before the log had the shares: said, not silently left out
+        fig.text(0.01, 0.01, f"no gradient shares in the log of {', '.join(lacking)}", fontsize=7, color="0.3")
     seeds = runs.seed.nunique()
     fig.suptitle(
         f"Which negatives the loss learns from, as training goes ({runs.method.iloc[0]}, {runs.dataset.iloc[0]}; "
