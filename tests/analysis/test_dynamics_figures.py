@@ -10,6 +10,7 @@ import pytest
 from negatives import grid
 from negatives.analysis.dynamics_figures import dynamics_table, fig_dynamics, load_training
 from negatives.config_files import read_config
+from negatives.methods.shares import GROUPS
 from negatives.training.pretrain import pretrain
 
 SETTINGS = dict(
@@ -40,7 +41,7 @@ def test_the_table_holds_every_run_and_epoch_and_their_summary(logs, tmp_path):
     assert list(written.columns) == list(table.columns) and len(written) == len(table)
     pd.testing.assert_series_equal(written["value"], table["value"].astype(float), check_names=False)
     every = table[table.seed.notna()]
-    quantities = {"share_hardest_5", "share_hardest_1", "share_easiest_50", "loss"}  # kNN monitor off
+    quantities = {"loss"} | {f"share_{g}" for g in GROUPS}  # every share, drawn or not; kNN monitor off
     assert set(every.quantity) == quantities
     for q in quantities:  # every run, every epoch, a number
         part = every[every.quantity == q]

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..policies.registry import parse_policy  # noqa: E402
 from .plotting import write_figure  # noqa: E402
@@ -104,7 +105,7 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
     shaded from the lowest to the highest seed); runs whose logs have no
     gradient shares (trained before the log had them) are named at the
     bottom, not left out silently.  The CSV holds every run's
-    every number (``quantity, policy, temperature, epoch, seed, value``) and
+    every number, drawn or not (``quantity, policy, temperature, epoch, seed, value``) and
     the summary over seeds (rows with ``seed`` empty: mean, std, min, max, n).
     """
     known = {c for c, _ in LOG_PANELS}
@@ -114,7 +115,9 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
     ]
     if not panels:
         raise ValueError("the runs' logs have no gradient shares, loss or Section 4 columns to draw")
-    summary = dynamics_table(runs, [c for c, _ in panels])
+    # the CSV: every measured column, drawn or not (the other shares: 0.1%, 10%, synthetic)
+    columns = list(dict.fromkeys([c for c, _ in panels] + [c for c in runs if c.startswith(("share_", "s4_"))]))
+    summary = dynamics_table(runs, columns)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -127,6 +130,7 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
             ax.fill_between(line.epoch, line["min"], line["max"], color=colours[policy], alpha=0.15, linewidth=0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -144,9 +148,7 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    every = runs.melt(
-        id_vars=["policy", "temperature", "seed", "epoch"], value_vars=[c for c, _ in panels], var_name="quantity"
-    )
+    every = runs.melt(id_vars=["policy", "temperature", "seed", "epoch"], value_vars=columns, var_name="quantity")
     table = pd.concat([every, summary], ignore_index=True)[
         ["quantity", "policy", "temperature", "epoch", "seed", "value", "mean", "std", "min", "max", "n"]
     ]
