@@ -103,7 +103,10 @@ def _with_threads(a) -> dict:
     apart = {
         "threads": a.threads,
         "compile": None if compile_ is None else bool(compile_),
-        **{k: getattr(a, k, None) for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every")},
+        **{
+            k: getattr(a, k, None)
+            for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every", "log_every")
+        },
     }
     return {**a.settings, **{k: v for k, v in apart.items() if v is not None}}
 
@@ -232,6 +235,7 @@ def _add_launch(q) -> None:
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="pretrain.device")
     q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
     q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
+    q.add_argument("--log-every", type=float, help="pretrain.log_every (seconds between progress lines; 0: off)")
 
 
 def _add_evaluate(sub) -> None:

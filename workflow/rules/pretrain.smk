@@ -18,6 +18,7 @@ rule pretrain:
         device=config["pretrain"]["device"],  # outside the identity: compared as the device type it resolves to
         knn_monitor=config["pretrain"]["knn_monitor"],  # log only
         knn_monitor_every=config["pretrain"]["knn_monitor_every"],
+        log_every=config["pretrain"]["log_every"],  # log only
         jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
@@ -30,7 +31,7 @@ rule pretrain:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --device {resources.device} --knn-monitor {resources.knn_monitor}"
-        " --knn-monitor-every {resources.knn_monitor_every} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --knn-monitor-every {resources.knn_monitor_every} --log-every {resources.log_every} --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
