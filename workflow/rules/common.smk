@@ -2,6 +2,7 @@
 # place, negatives.grid; the rules only turn its answers into file names.
 import json
 import os
+import shlex
 
 from negatives import grid
 from negatives.figure_registry import REGISTRY as FIGURE_RECORDS
@@ -87,6 +88,12 @@ PRETRAIN_RESOURCES = {"cpus_per_task": cpus, **pretrain_resources(config["pretra
 
 def figure_outputs(figure):
     return grid.figure_outputs(config, figure)
+
+
+def shown_line(figure):
+    """The terminal's line for a finished figure, quoted for the shell: its heading and its image (or first file)."""
+    paths = dict(zip(figure.extensions, figure_outputs(figure.name)))
+    return shlex.quote(f"{figure.category}: {paths.get('png', next(iter(paths.values())))}")
 
 
 def figure_caption(record):

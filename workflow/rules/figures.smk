@@ -27,6 +27,9 @@ for figure in FIGURE_RECORDS.values():
             f"logs/figures/{figure.name}.log",
         conda:
             "../../envs/negatives.yaml"
+        # one line on the terminal per finished figure (the job's own stderr: shown under --quiet too, which
+        # hides a message:); written into the command, not params, so that it never reruns a finished figure
         shell:
             "python -m negatives figure {params.figure} --config-json {params.config:q} --probes {input:q}"
             " --out {params.out:q} > {log:q} 2>&1"
+            f" && echo {shown_line(figure)} >&2"
