@@ -140,6 +140,7 @@ def cmd_figure(a) -> None:
 
     # the config's values as the workflow checks them (its keys are the figure's to name)
     check_partial({k: v for k, v in a.config_json.items() if k in schema()["properties"]})
+    _log(f"drawing {a.name} from {len(a.probes)} files")
     build(a.name, a.probes, a.out, a.config_json)
     _log(f"wrote {a.out}.{{pdf,png,csv}}")
 
