@@ -54,6 +54,7 @@ def test_a_line_each_time_log_every_seconds_of_steps_have_passed():
     # after step 6: loss (0.5 + ... + 3) / 6 = 1.75, 4 steps left = 8 s, 14 steps of the run = 28 s
     assert lines[1] == "epoch   2  step 6/10  loss 1.7500  4 img/s  epoch left 0:08  run left 0:28"
     assert lines[2].startswith("epoch   2  step 9/10  loss 2.5000")
+    assert len(_run(4)) == 5  # due at 4 s, 8 s, ..., 20 s: a step that ends on time logs
 
 
 def test_a_resumed_epoch_counts_its_speed_from_the_resume():
