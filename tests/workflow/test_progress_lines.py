@@ -29,10 +29,13 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def _dry_run(workdir: Path, *targets: str) -> str:
+def _dry_run(workdir: Path, *targets: str, config: dict | None = None) -> str:
     """``snakemake -n -p TARGETS`` (targets before the options: --configfile takes every word after it)."""
     cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
     cmd += ["--configfile", str(workdir / "override.yaml")]
+    if config:
+        (workdir / "extra.yaml").write_text(yaml.safe_dump(config))
+        cmd.append(str(workdir / "extra.yaml"))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -69,3 +72,9 @@ def test_a_figure_job_says_which_file_it_wrote(workdir, tmp_path):
     assert res.returncode == 0 and res.stdout == ""
     assert res.stderr == "Figure 2: results/figures/fig2.png\n"
     assert (workdir / "logs" / "figures" / "fig2.log").read_text() == "drawing\n"  # the rest goes to the log
+
+
+def test_a_training_job_gets_log_every_as_configured(workdir):
+    out = _dry_run(workdir, "fig2", config={"pretrain": {"log_every": 0.5}})
+    commands = [line for line in out.splitlines() if "negatives pretrain" in line]
+    assert commands and all(" --log-every 0.5 " in line for line in commands)  # not rounded to 0 (off)

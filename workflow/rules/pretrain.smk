@@ -18,7 +18,7 @@ rule pretrain:
         device=config["pretrain"]["device"],  # outside the identity: compared as the device type it resolves to
         knn_monitor=config["pretrain"]["knn_monitor"],  # log only
         knn_monitor_every=config["pretrain"]["knn_monitor_every"],
-        log_every=config["pretrain"]["log_every"],  # log only
+        log_every=str(config["pretrain"]["log_every"]),  # log only; a string: Snakemake rounds a float resource
         jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
