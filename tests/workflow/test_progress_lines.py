@@ -1,5 +1,6 @@
 """What a user sees early in a long run: Figure 2 and every job it needs are
-planned first (the workflow profile's ``prioritize``), and each figure job
+planned first (a higher ``priority``; every other job waits for them, none
+joins the plan), and each figure job
 prints one line with its file on the terminal."""
 
 from __future__ import annotations
@@ -49,13 +50,21 @@ def _jobs(out: str) -> list[str]:
 
 def test_figure_2s_runs_come_before_the_others(workdir):
     blocks = _jobs(_dry_run(workdir))
-    first = {b.split("\n", 1)[0] for b in blocks if "priority: highest" in b}
-    assert first == {"rule prepare:", "rule pretrain:", "rule random_init:", "rule evaluate:", "rule fig2:"}
+    first = {b.split("\n", 1)[0] for b in blocks if "priority: 1" in b}
+    assert first == {"rule pretrain:", "rule random_init:", "rule evaluate:", "rule fig2:"}
+    assert all(re.search(r"^\s+priority: [01]$", b, re.M) for b in blocks if "priority:" in b)
     pretrain = [b for b in blocks if b.startswith("rule pretrain:")]
-    top = {re.search(r"output: (\S+)/checkpoint\.pt", b)[1] for b in pretrain if "priority: highest" in b}
+    top = {re.search(r"output: (\S+)/checkpoint\.pt", b)[1] for b in pretrain if "priority: 1" in b}
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert top == {run.dir() for run in grid.runs_for(cfg, "fig2")}
     assert len(pretrain) > 2 * len(top)  # the rest wait: Figure 2's runs are about a quarter
+    evaluate = [b for b in blocks if b.startswith("rule evaluate:") and "priority: 1" in b]
+    assert {re.search(r"output: (\S+)", b)[1] for b in evaluate} == set(grid.figure_probes(cfg, "fig2"))
+
+
+def test_asking_for_another_figure_plans_no_figure_2(workdir):
+    out = _dry_run(workdir, "fig3")
+    assert "rule fig2:" not in out  # its runs shared with Figure 3 (the baseline's) still come first
 
 
 def test_a_figure_job_says_which_file_it_wrote(workdir, tmp_path):

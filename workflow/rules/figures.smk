@@ -18,6 +18,7 @@ for figure in FIGURE_RECORDS.values():
             config=config_json(),
             out=subpath(output[0], strip_suffix=f".{figure.extensions[0]}"),
         threads: 1
+        priority: int(figure.name == FIRST_FIGURE)
         resources:
             mem_mb=per_attempt(figure.mem_mb),
             runtime=per_attempt(10),

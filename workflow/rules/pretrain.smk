@@ -12,6 +12,7 @@ rule pretrain:
         settings=identity(),
         out=subpath(output.checkpoint, parent=True),
     threads: config["pretrain"]["threads"]
+    priority: FIRST_FIGURE_PRIORITY
     resources:
         mem_mb=per_attempt(8000 * config["pretrain"]["processes"]),  # each process holds the data
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
@@ -31,7 +32,8 @@ rule pretrain:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --device {resources.device} --knn-monitor {resources.knn_monitor}"
-        " --knn-monitor-every {resources.knn_monitor_every} --log-every {resources.log_every} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --knn-monitor-every {resources.knn_monitor_every} --log-every {resources.log_every}"
+        " --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -45,6 +47,7 @@ rule random_init:
         settings=identity(untrained=True),
         out=subpath(output.checkpoint, parent=True),
     threads: 1
+    priority: FIRST_FIGURE_PRIORITY
     resources:
         mem_mb=per_attempt(4000),
         runtime=per_attempt(10),
