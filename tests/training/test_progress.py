@@ -109,3 +109,23 @@ def test_a_run_logs_progress_lines_and_trains_the_same_weights(tmp_path, data_pa
     assert not any(" step " in line for line in quiet.stdout.splitlines())
     a, b = (torch.load(p / "checkpoint.pt", weights_only=False)["model"] for p in (tmp_path / "a", tmp_path / "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class CountedReads:
+    """A device sum stand-in that counts its host reads."""
+
+    reads = 0
+
+    def __float__(self) -> float:
+        CountedReads.reads += 1
+        return 1.0
+
+
+def test_the_loss_is_read_once_per_line_and_never_otherwise():
+    clock, lines = Clock(), []
+    meter = EpochProgress(5, 10, 10, 8, lines.append, stream=io.StringIO(), clock=clock)
+    meter.start(0, 0)
+    for n in range(10):
+        clock.now += 2.0
+        meter.step(CountedReads(), n + 1)
+    assert CountedReads.reads == len(lines) == 3
