@@ -105,7 +105,7 @@ def _with_threads(a) -> dict:
         "compile": None if compile_ is None else bool(compile_),
         **{
             k: getattr(a, k, None)
-            for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every", "share_queries")
+            for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every", "share_queries", "log_every")
         },
     }
     return {**a.settings, **{k: v for k, v in apart.items() if v is not None}}
@@ -140,6 +140,7 @@ def cmd_figure(a) -> None:
 
     # the config's values as the workflow checks them (its keys are the figure's to name)
     check_partial({k: v for k, v in a.config_json.items() if k in schema()["properties"]})
+    _log(f"drawing {a.name} from {len(a.probes)} files")
     build(a.name, a.probes, a.out, a.config_json)
     _log(f"wrote {a.out}.{{pdf,png,csv}}")
 
@@ -236,6 +237,7 @@ def _add_launch(q) -> None:
     q.add_argument("--knn-monitor", type=int, help="pretrain.knn_monitor (the log's kNN line)")
     q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
     q.add_argument("--share-queries", type=int, help="pretrain.share_queries (the log's gradient shares)")
+    q.add_argument("--log-every", type=float, help="pretrain.log_every (seconds between progress lines; 0: off)")
 
 
 def _add_evaluate(sub) -> None:

@@ -215,10 +215,14 @@ def run(fashion_root, tmp_path_factory):
     return root, data, sim, ckpts
 
 
-def test_analyze_checkpoint_end_to_end(run):
+def test_analyze_checkpoint_end_to_end(run, capsys):
     root, data, sim, (ckpt, _) = run
     settings = {"queries": 20, "negatives": 30, "seed": 0}
     out = analyze_checkpoint(ckpt, data, sim, settings, root / "seed0" / "analysis" / "pairs.parquet")
+    assert capsys.readouterr().out.splitlines() == [  # what it is doing, a line per phase
+        "embedding 20 queries and 30 negatives",
+        f"ranking the 600 pairs and writing {out}",
+    ]
     assert out.is_file() and not list(out.parent.glob("*.tmp"))  # no temporary file left
     t = pd.read_parquet(out)
     assert list(t.columns) == list(A.COLUMNS) and {c: str(t[c].dtype) for c in t.columns} == A.COLUMNS

@@ -309,7 +309,7 @@ FIGURE_CONFIG = {
 }
 
 
-def test_build_and_cli_draw_every_analysis_figure(tmp_path):
+def test_build_and_cli_draw_every_analysis_figure(tmp_path, capsys):
     runs = tables_runs()
     paths = [write_pairs(tmp_path / f"seed{s}.parquet", runs[(0.2, s)], 0.2, s) for s in SEEDS]
     sim = tmp_path / "wordnet_similarity.tsv"
@@ -335,6 +335,8 @@ def test_build_and_cli_draw_every_analysis_figure(tmp_path):
         )
         == 0
     )
+    out = capsys.readouterr().out.splitlines()  # what it is doing, then what it wrote
+    assert out[0] == f"drawing tables_a4_a6 from {len(paths) + 1} files" and out[-1].startswith("wrote ")
     csv = pd.read_csv(tmp_path / "out" / "tables_a4_a6.csv")
     assert csv[csv.table == "A4"].name_a.tolist() == ["cat", "car"]
     assert written(tmp_path / "out") == sorted(

@@ -115,7 +115,7 @@ def test_extract_features_shape_eval_mode_batching():
     torch.testing.assert_close(f, ref)
 
 
-def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
+def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     ytr, yte = torch.arange(6).repeat(12), torch.arange(6).repeat(4)
@@ -154,6 +154,12 @@ def test_evaluate_checkpoint_writes_probe_json(tmp_path, monkeypatch):
     settings = dict(probe="fast", knn_k=72, knn_temperature=0.1, fewshot_labels_per_class=2, threads=1)  # every image
     out = tmp_path / "run" / "probe.json"
     res = evaluate_checkpoint("ckpt.pt", tmp_path / "data.pt", settings, out)
+    assert capsys.readouterr().out.splitlines() == [  # what it is doing, a line per phase
+        "embedding 72 training and 24 test images",
+        "fitting the fast linear probe",
+        f"fitting {FEWSHOT_DRAWS} few-label probes (2 labels per class)",
+        "kNN classification of 24 test images",
+    ]
     written = json.loads(out.read_text())
     assert written == res
     assert list(written) == [

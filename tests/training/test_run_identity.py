@@ -35,7 +35,13 @@ RUN = "results/fashion-mnist/moco/all/t0.2/seed0"
 def test_the_identity_leaves_out_the_speed_log_and_device_keys():
     every = asdict(PretrainSettings())
     assert set(every) - set(run_identity(every)) == set(OUTSIDE_IDENTITY)
-    assert set(OUTSIDE_IDENTITY) == {"knn_monitor", "knn_monitor_every", "share_queries", "device"}  # threads & co
+    assert set(OUTSIDE_IDENTITY) == {
+        "knn_monitor",
+        "knn_monitor_every",
+        "share_queries",
+        "log_every",
+        "device",
+    }  # threads & co change bits
     assert set(run_identity(every, untrained=True)) == {
         "backbone",
         "width",
@@ -222,6 +228,7 @@ NOT_IDENTITY = {
     "pretrain.knn_monitor": lambda c: c["pretrain"].update(knn_monitor=0),
     "pretrain.knn_monitor_every": lambda c: c["pretrain"].update(knn_monitor_every=1),
     "pretrain.share_queries": lambda c: c["pretrain"].update(share_queries=0),
+    "pretrain.log_every": lambda c: c["pretrain"].update(log_every=5),
     "pretrain.device auto -> cpu": lambda c: c["pretrain"].update(device="cpu"),
     "evaluate.threads": lambda c: c["evaluate"].update(threads=2),
     "download true, the files there": lambda c: c["datasets"]["fashion-mnist"].update(download=True),

@@ -2,6 +2,9 @@
 # place, negatives.grid; the rules only turn its answers into file names.
 import json
 import os
+import shlex
+
+from snakemake.rules import Rule
 
 from negatives import grid
 from negatives.figure_registry import REGISTRY as FIGURE_RECORDS
@@ -87,6 +90,29 @@ PRETRAIN_RESOURCES = {"cpus_per_task": cpus, **pretrain_resources(config["pretra
 
 def figure_outputs(figure):
     return grid.figure_outputs(config, figure)
+
+
+# Figure 2 first: its runs, their probes and the random-init ones, and the figure get priority 1, so that a
+# long run shows one figure early.  Not --prioritize: that makes its target part of every run, even
+# `snakemake fig3`.  A priority given by a function needs a recent Snakemake 9 (else every job is equal).
+FIRST_FIGURE = "fig2"
+_FIRST_PROBES = frozenset(grid.figure_probes(config, FIRST_FIGURE)) if FIRST_FIGURE in grid.FIGURES else frozenset()
+
+
+def _first_figure_priority(wildcards):
+    w = dict(wildcards.items())  # a job of evaluate names its run; of pretrain, policy, temperature and seed
+    trained = f"{w['policy']}/t{w['temperature']}" if "policy" in w else "random-init"
+    run = w.get("run") or f"{trained}/seed{w['seed']}"
+    return int(f"{R}/{w['dataset']}/{w['method']}/{run}/probe.json" in _FIRST_PROBES)
+
+
+FIRST_FIGURE_PRIORITY = _first_figure_priority if hasattr(Rule, "expand_priority") else 0
+
+
+def shown_line(figure):
+    """The terminal's line for a finished figure, quoted for the shell: its heading and its image (or first file)."""
+    paths = dict(zip(figure.extensions, figure_outputs(figure.name)))
+    return shlex.quote(f"{figure.category}: {paths.get('png', next(iter(paths.values())))}")
 
 
 def figure_caption(record):

@@ -12,6 +12,7 @@ rule evaluate:
     params:
         settings=settings("evaluate"),
     threads: config["evaluate"]["threads"]
+    priority: FIRST_FIGURE_PRIORITY
     resources:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(60),

@@ -18,6 +18,7 @@ for figure in FIGURE_RECORDS.values():
             config=config_json(),
             out=subpath(output[0], strip_suffix=f".{figure.extensions[0]}"),
         threads: 1
+        priority: int(figure.name == FIRST_FIGURE)
         resources:
             mem_mb=per_attempt(figure.mem_mb),
             runtime=per_attempt(10),
@@ -27,6 +28,9 @@ for figure in FIGURE_RECORDS.values():
             f"logs/figures/{figure.name}.log",
         conda:
             "../../envs/negatives.yaml"
+        # one line on the terminal per finished figure (the job's own stderr: shown under --quiet too, which
+        # hides a message:); written into the command, not params, so that it never reruns a finished figure
         shell:
             "python -m negatives figure {params.figure} --config-json {params.config:q} --probes {input:q}"
             " --out {params.out:q} > {log:q} 2>&1"
+            f" && echo {shown_line(figure)} >&2"

@@ -12,6 +12,7 @@ rule pretrain:
         settings=identity(),
         out=subpath(output.checkpoint, parent=True),
     threads: config["pretrain"]["threads"]
+    priority: FIRST_FIGURE_PRIORITY
     resources:
         mem_mb=per_attempt(8000 * config["pretrain"]["processes"]),  # each process holds the data
         runtime=240,  # a retry resumes from last.pt: the same time goes on from there
@@ -19,6 +20,7 @@ rule pretrain:
         knn_monitor=config["pretrain"]["knn_monitor"],  # log only
         knn_monitor_every=config["pretrain"]["knn_monitor_every"],
         share_queries=config["pretrain"]["share_queries"],  # log only
+        log_every=str(config["pretrain"]["log_every"]),  # log only; a string: Snakemake rounds a float resource
         jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
@@ -32,6 +34,7 @@ rule pretrain:
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --device {resources.device} --knn-monitor {resources.knn_monitor}"
         " --knn-monitor-every {resources.knn_monitor_every} --share-queries {resources.share_queries}"
+        " --log-every {resources.log_every}"
         " --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
@@ -46,6 +49,7 @@ rule random_init:
         settings=identity(untrained=True),
         out=subpath(output.checkpoint, parent=True),
     threads: 1
+    priority: FIRST_FIGURE_PRIORITY
     resources:
         mem_mb=per_attempt(4000),
         runtime=per_attempt(10),

@@ -52,6 +52,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     from ..data.sources import load_prepared, open_source, read_images
     from ..runtime.gpus import resolve_device
     from ..runtime.memory import check_fits
+    from ..runtime.phases import phase
     from ..training.settings import PretrainSettings, check_matches, load_encoder
 
     s = _settings(settings)
@@ -76,6 +77,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     qi, ni = select_images(labels.numpy(), s["queries"], s["negatives"], s["seed"])
     idx = torch.from_numpy(np.concatenate([qi, ni]))
     run = PretrainSettings.from_dict(meta["settings"])  # the run's own crop and blur
+    phase(f"embedding {len(qi)} queries and {len(ni)} negatives")
     z = embed_views(
         encoder,
         read_images(train, idx)[0],
@@ -87,6 +89,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
         run.blur,
     )
     zq, zn = z[: len(qi)], z[len(qi) :]
+    phase(f"ranking the {pairs:,} pairs and writing {out_path}")
     d = difficulty(zq, zn)
     table = pair_table(d, percentile_ranks(d), labels[qi], labels[ni], sim, qi, ni)
 

@@ -29,6 +29,7 @@ from ..features import extract_features, knn_classify, topk_accuracy
 from ..optim import avoid_dynamo_import
 from ..runtime.atomic import atomic_write, check_writable
 from ..runtime.gpus import resolve_device
+from ..runtime.phases import phase
 from ..runtime.versions import versions
 from ..training.settings import check_matches, load_encoder
 
@@ -165,6 +166,15 @@ def evaluation_record(settings: dict) -> dict:
     return record
 
 
+def _fewshot(x_train, y_train, x_test, y_test, n: int, num_classes: int) -> dict:
+    """The few-label probe's accuracies: the mean over :data:`FEWSHOT_DRAWS` draws of ``n`` labels per class."""
+    draws = []
+    for draw in range(FEWSHOT_DRAWS):
+        idx = fewshot_indices(y_train, n, seed=draw, num_classes=num_classes)
+        draws.append(topk_accuracy(linear_probe(x_train[idx], y_train[idx], x_test, num_classes), y_test))
+    return {k: None if draws[0][k] is None else sum(d[k] for d in draws) / len(draws) for k in draws[0]}
+
+
 def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) -> dict:
     """Evaluate one checkpoint and write ``probe.json`` to ``out_path``.
 
@@ -197,9 +207,11 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     encoder.to(device)
     num_classes = len(data["classes"])
     y_train, y_test = train.labels, test.labels
+    phase(f"embedding {len(y_train)} training and {len(y_test)} test images")
     x_train = extract_features(encoder, train, data["mean"], data["std"])
     x_test = extract_features(encoder, test, data["mean"], data["std"])
 
+    phase(f"fitting the {probe} linear probe")
     if probe == "faithful":
         from .faithful import faithful_probe  # imported here: torchvision's transforms only when asked for
 
@@ -207,14 +219,10 @@ def evaluate_checkpoint(checkpoint_path, data_path, settings: dict, out_path) ->
     else:
         scores = linear_probe(x_train, y_train, x_test, num_classes)
     linear = topk_accuracy(scores, y_test)
-
     n = int(settings["fewshot_labels_per_class"])
-    draws = []
-    for draw in range(FEWSHOT_DRAWS):
-        idx = fewshot_indices(y_train, n, seed=draw, num_classes=num_classes)
-        draws.append(topk_accuracy(linear_probe(x_train[idx], y_train[idx], x_test, num_classes), y_test))
-    fewshot = {k: None if draws[0][k] is None else sum(d[k] for d in draws) / len(draws) for k in draws[0]}
-
+    phase(f"fitting {FEWSHOT_DRAWS} few-label probes ({n} labels per class)")
+    fewshot = _fewshot(x_train, y_train, x_test, y_test, n, num_classes)
+    phase(f"kNN classification of {len(y_test)} test images")
     knn = topk_accuracy(
         knn_classify(
             x_train,

@@ -31,6 +31,7 @@ from ..runtime.checkpoint import (
 )
 from .build import Training
 from .identity import keep_finished
+from .progress import EpochProgress
 from .settings import cosine_lr, epoch_seed, view_crop_draws
 from .step import train_step
 
@@ -64,6 +65,7 @@ def train(t: Training, stop: StopSignals) -> Path:
     )
     total_steps = t.steps_per_epoch * s.epochs
     step = start_epoch * t.steps_per_epoch + start_i
+    meter = _meter(t, min(total_steps, s.max_steps or total_steps))
     for epoch in range(start_epoch, s.epochs):
         lr = cosine_lr(s.lr, epoch, s.epochs)
         for group in t.opt.param_groups:
@@ -74,6 +76,7 @@ def train(t: Training, stop: StopSignals) -> Path:
         if start_i and epoch == start_epoch:  # mid-epoch resume: the draws and sums go on where they stopped
             set_rng_state(resumed["rng"], device)
             first, sums = start_i, _resumed_sums(resumed, device)
+        meter.start(epoch, first)
         for i, (x, y, idx) in enumerate(_batches(t, epoch, order, first), start=first):
             if s.max_steps and step >= s.max_steps:
                 break
@@ -98,12 +101,20 @@ def train(t: Training, stop: StopSignals) -> Path:
                 _non_finite(loss, epoch, i, t.last)
             sums.add(loss, stats)
             step += 1
+            meter.step(sums.loss, sums.done)
+        meter.end()
         log_rows.append(_epoch_row(t, epoch, lr, sums, t0))
         _checkpoint_and_log(t, epoch, log_rows)
         if s.max_steps and step >= s.max_steps:
             break
     _save_final(t, log_rows)
     return t.final
+
+
+def _meter(t: Training, total: int) -> EpochProgress:
+    """Rank 0's progress lines (the other ranks' log is silent: they read no loss for it)."""
+    every = t.s.log_every if distributed.rank() == 0 else 0
+    return EpochProgress(every, t.steps_per_epoch, total, t.s.batch_size, t.log)
 
 
 def _shuffle(t: Training, epoch: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ __all__ = [
 #: run for them.  None at present: threads, processes, nodes and compile each
 #: change the last bits of the weights, so they are part of the run
 SPEED_ONLY = speed_only("pretrain")
-#: settings that change the training log (the kNN monitor), never the weights
+#: settings that change the training log (the kNN monitor, the progress lines), never the weights
 LOG_ONLY = log_only("pretrain")
 #: the ``pretrain`` keys that are no part of a run's identity: the speed-only
 #: and log-only ones, and ``device``, which is compared as the device type the
@@ -88,6 +88,7 @@ class PretrainSettings:
     knn_monitor: int = _DEFAULTS["knn_monitor"]
     knn_monitor_every: int = _DEFAULTS["knn_monitor_every"]
     share_queries: int = _DEFAULTS["share_queries"]
+    log_every: float = _DEFAULTS["log_every"]
     #: not a config key: stop after this many steps in total (0: no limit; for tests and benchmarks)
     max_steps: int = 0
 
