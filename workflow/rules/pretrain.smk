@@ -18,6 +18,8 @@ rule pretrain:
         device=config["pretrain"]["device"],  # outside the identity: compared as the device type it resolves to
         knn_monitor=config["pretrain"]["knn_monitor"],  # log only
         knn_monitor_every=config["pretrain"]["knn_monitor_every"],
+        # log only (snapshots/ for rule dynamics: no declared output, or every finished run would train again)
+        dynamics_epochs=json.dumps(config["pretrain"]["dynamics_epochs"], separators=(",", ":")),
         jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
@@ -30,7 +32,8 @@ rule pretrain:
         "python -m negatives pretrain --data {input.data:q} --method {wildcards.method:q}"
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --device {resources.device} --knn-monitor {resources.knn_monitor}"
-        " --knn-monitor-every {resources.knn_monitor_every} --jobs-per-gpu {resources.jobs_per_gpu}"
+        " --knn-monitor-every {resources.knn_monitor_every} --dynamics-epochs {resources.dynamics_epochs:q}"
+        " --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
