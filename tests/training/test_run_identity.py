@@ -35,7 +35,7 @@ RUN = "results/fashion-mnist/moco/all/t0.2/seed0"
 def test_the_identity_leaves_out_the_speed_log_and_device_keys():
     every = asdict(PretrainSettings())
     assert set(every) - set(run_identity(every)) == set(OUTSIDE_IDENTITY)
-    assert set(OUTSIDE_IDENTITY) == {"knn_monitor", "knn_monitor_every", "device"}  # threads & co change bits
+    assert set(OUTSIDE_IDENTITY) == {"knn_monitor", "knn_monitor_every", "dynamics_epochs", "device"}  # threads & co change bits
     assert set(run_identity(every, untrained=True)) == {
         "backbone",
         "width",
@@ -221,6 +221,8 @@ def _with(work: Path, cfg: dict) -> None:
 NOT_IDENTITY = {
     "pretrain.knn_monitor": lambda c: c["pretrain"].update(knn_monitor=0),
     "pretrain.knn_monitor_every": lambda c: c["pretrain"].update(knn_monitor_every=1),
+    "pretrain.dynamics_epochs": lambda c: c["pretrain"].update(dynamics_epochs=[]),
+    "analysis.dynamics_queries": lambda c: c["analysis"].update(dynamics_queries=7),
     "pretrain.device auto -> cpu": lambda c: c["pretrain"].update(device="cpu"),
     "evaluate.threads": lambda c: c["evaluate"].update(threads=2),
     "download true, the files there": lambda c: c["datasets"]["fashion-mnist"].update(download=True),
