@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from negatives.analysis import pairs as A
 from negatives.cli import main
@@ -71,6 +72,20 @@ def test_dynamics_point_by_hand():
     assert p["hard_spread"] == pytest.approx(float(torch.tensor([50.0, *[0.0] * 18, 50.0]).std(unbiased=False)))
     null = A.percentile_ranks(A.shuffle_within_queries(d, 3))
     assert p["hard_spread_null"] == pytest.approx(D.hard_spread(null))
+
+
+def test_the_spreads_of_fig6_by_hand_and_the_null_seeded():
+    """Eight queries, 40 negatives: the hardest 5% of a query are its two
+    closest negatives; the null shuffles each query's cosines (seeded)."""
+    g = torch.Generator().manual_seed(0)
+    zq, zn = torch.randn(8, 4, generator=g), torch.randn(40, 4, generator=g)
+    p = D.dynamics_point(zq, zn, np.zeros(8), np.zeros(40), np.ones((1, 1)), null_seed=3)
+    top2 = (F.normalize(zq, dim=1) @ F.normalize(zn, dim=1).T).topk(2, dim=1).indices.reshape(-1)
+    share = torch.bincount(top2, minlength=40).double() * 100 / 8  # % of queries for which each is hard
+    assert p["hard_spread"] == pytest.approx(float(((share - share.mean()) ** 2).mean().sqrt()))
+    d = A.difficulty(zq, zn)
+    null = [D.hard_spread(A.percentile_ranks(A.shuffle_within_queries(d, seed))) for seed in (3, 4)]
+    assert p["hard_spread_null"] == pytest.approx(null[0]) and null[0] != pytest.approx(null[1])
 
 
 # ------------------------------------------------------------ a real run

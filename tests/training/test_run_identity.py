@@ -35,7 +35,12 @@ RUN = "results/fashion-mnist/moco/all/t0.2/seed0"
 def test_the_identity_leaves_out_the_speed_log_and_device_keys():
     every = asdict(PretrainSettings())
     assert set(every) - set(run_identity(every)) == set(OUTSIDE_IDENTITY)
-    assert set(OUTSIDE_IDENTITY) == {"knn_monitor", "knn_monitor_every", "dynamics_epochs", "device"}  # threads & co change bits
+    assert set(OUTSIDE_IDENTITY) == {
+        "knn_monitor",
+        "knn_monitor_every",
+        "dynamics_epochs",
+        "device",
+    }  # threads & co change bits
     assert set(run_identity(every, untrained=True)) == {
         "backbone",
         "width",

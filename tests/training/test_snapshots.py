@@ -55,7 +55,9 @@ def test_default_epochs_are_four_points_ending_at_the_last():
 
 
 def test_snapshots_at_the_chosen_epochs_and_the_weights_unchanged(data_path, tmp_path, reference):
-    chosen = pretrain(data_path, "moco", POLICY, 0.2, SEED, {**SETTINGS, "dynamics_epochs": [2]}, tmp_path / "a", _quiet)
+    chosen = pretrain(
+        data_path, "moco", POLICY, 0.2, SEED, {**SETTINGS, "dynamics_epochs": [2]}, tmp_path / "a", _quiet
+    )
     none = pretrain(data_path, "moco", POLICY, 0.2, SEED, {**SETTINGS, "dynamics_epochs": []}, tmp_path / "b", _quiet)
     assert list(saved_snapshots(tmp_path / "a")) == [2] and saved_snapshots(tmp_path / "b") == {}
     assert list(saved_snapshots(reference.parent)) == [1, 2, 3]
@@ -73,7 +75,9 @@ def test_snapshots_at_the_chosen_epochs_and_the_weights_unchanged(data_path, tmp
 def test_the_cli_passes_the_epochs(data_path, tmp_path):
     args = ["pretrain", "--data", str(data_path), "--policy", POLICY, "--temperature", "0.2", "--seed", "0"]
     settings = {**SETTINGS, "epochs": 2}
-    rc = main([*args, "--settings", repr(settings).replace("'", '"'), "--dynamics-epochs", "[1]", "--out", str(tmp_path)])
+    rc = main(
+        [*args, "--settings", repr(settings).replace("'", '"'), "--dynamics-epochs", "[1]", "--out", str(tmp_path)]
+    )
     assert rc == 0 and list(saved_snapshots(tmp_path)) == [1]
 
 
@@ -83,33 +87,43 @@ def test_an_epoch_outside_the_run_is_refused_naming_the_key(bad):
         PretrainSettings.from_dict({**SETTINGS, "dynamics_epochs": bad})
 
 
-# the child: a real training process killed (SIGKILL) at the STOP_AT-th MoCo forward call
+# the child: a real training process killed (SIGKILL) at the STOP_AT-th MoCo
+# forward call ("step"), or while it writes the rolling checkpoint of epoch
+# STOP_AT, after that epoch's snapshot ("save")
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
+    import negatives.training.loop as loop
     from negatives.methods.moco import MoCo
     from negatives.training.pretrain import pretrain
-    data, out, settings, stop_at = sys.argv[1], sys.argv[2], eval(sys.argv[3]), int(sys.argv[4])
+    data, out, settings, stop_at, how = sys.argv[1], sys.argv[2], eval(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     calls = 0
     forward = MoCo.forward
     def counting_forward(self, *args, **kwargs):
         global calls
         calls += 1
-        if calls == stop_at:
+        if calls == stop_at and how == "step":
             os.kill(os.getpid(), signal.SIGKILL)
         return forward(self, *args, **kwargs)
     MoCo.forward = counting_forward
+    save = loop.save_rolling
+    def dying_save(state, path):
+        if how == "save" and state["epoch"] == stop_at and state["step_in_epoch"] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(state, path)
+    loop.save_rolling = dying_save
     pretrain(data, "moco", %r, 0.2, %d, settings, out, log=lambda m: None)
 """  # noqa: UP031 -- a code template formatted by %: its braces are its own
     % (POLICY, SEED)
 )
 
 
-def test_a_killed_and_resumed_run_has_the_same_snapshots(data_path, tmp_path, reference):
+@pytest.mark.parametrize("how, stop_at", [("step", 10), ("save", 2)], ids=["in epoch 3", "saving epoch 2"])
+def test_a_killed_and_resumed_run_has_the_same_snapshots(data_path, tmp_path, reference, how, stop_at):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(
-        [sys.executable, "-c", CHILD, str(data_path), str(run), repr(SETTINGS), "10"],  # epoch 3, step 2
+        [sys.executable, "-c", CHILD, str(data_path), str(run), repr(SETTINGS), str(stop_at), how],
         capture_output=True,
         text=True,
         timeout=300,
@@ -118,7 +132,7 @@ def test_a_killed_and_resumed_run_has_the_same_snapshots(data_path, tmp_path, re
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     before = {e: p.stat() for e, p in saved_snapshots(run).items()}
     assert list(before) == [1, 2] and not (run / "checkpoint.pt").exists()
-    pretrain(data_path, "moco", POLICY, 0.2, SEED, SETTINGS, run, log=_quiet)
+    pretrain(data_path, "moco", POLICY, 0.2, SEED, SETTINGS, run, log=_quiet)  # "save": epoch 2 trained again
     after = saved_snapshots(run)
     assert list(after) == [1, 2, 3]
     for e in before:  # a resumed run rewrites nothing it already has

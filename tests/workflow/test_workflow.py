@@ -242,14 +242,18 @@ def test_dry_run_of_a_runs_dynamics(workdir):
     snapshots reach the trainer as a flag, outside the run's --settings."""
     cfg = default_config()
     targets = grid.figure_dynamics(cfg, "fig2")
-    assert len(targets) == len(grid.runs_for(cfg, "fig2")) and all(t.endswith("/analysis/dynamics.csv") for t in targets)
+    assert len(targets) == len(grid.runs_for(cfg, "fig2")) and all(
+        t.endswith("/analysis/dynamics.csv") for t in targets
+    )
     res = snakemake(workdir, "-n", "-p", targets[0], config={"pretrain": {"dynamics_epochs": [1, 4]}})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert job_counts(out) == Counter(prepare=1, pretrain=1, similarity=1, dynamics=1)
     run = targets[0].removesuffix("/analysis/dynamics.csv")
     sim = "results/data/fashion-mnist/wordnet_similarity.tsv"
-    settings = json.dumps({k: v for k, v in cfg["analysis"].items() if k not in ("queries", "negatives")}, sort_keys=True)
+    settings = json.dumps(
+        {k: v for k, v in cfg["analysis"].items() if k not in ("queries", "negatives")}, sort_keys=True
+    )
     assert (
         f"python -m negatives dynamics --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
         f" --similarity {sim} --settings '{settings}' --jobs-per-gpu 1 --out {run}/analysis/dynamics.csv >"
