@@ -170,3 +170,13 @@ def test_the_cli_writes_the_table(run, tmp_path):
     assert main([*args, "--settings", '{"dynamics_queries": 20, "dynamics_negatives": 40}', "--out", str(out)]) == 0
     assert pd.read_csv(out).seed.tolist() == [1, 1]
     assert main([*args, "--settings", '{"dynamics_queries": 0}', "--out", str(out)]) == 2  # one line, no traceback
+
+
+def test_a_damaged_snapshot_is_named_with_what_to_do(run, tmp_path):
+    root, data, sim, (ckpt, _) = run
+    copy = tmp_path / "run"
+    shutil.copytree(ckpt.parent, copy, ignore=shutil.ignore_patterns("analysis"))
+    snap = copy / SNAPSHOTS / "epoch0001.pt"
+    snap.write_bytes(snap.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"^snapshot of epoch 1: .*epoch0001\.pt is damaged.*delete .*epoch0001\.pt"):
+        D.dynamics_of_run(copy / "checkpoint.pt", data, sim, ANALYSIS, copy / "d.csv")

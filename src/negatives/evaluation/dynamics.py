@@ -121,6 +121,19 @@ def _encoder_states(run_dir: Path, checkpoint) -> tuple[dict[int, Path], list[in
     return dict(sorted(states.items())), [e for e in chosen if e not in states], meta
 
 
+def _load_state(load_encoder, path: Path, epoch: int, checkpoint):
+    """The encoder saved after ``epoch``; a damaged snapshot is named with what to do (none is rebuilt)."""
+    try:
+        return load_encoder(path)[0]
+    except ValueError as e:
+        if Path(path) == Path(checkpoint):
+            raise
+        raise ValueError(
+            f"snapshot of epoch {epoch}: {e}; a snapshot is written only while its run trains: delete {path} "
+            "and this run's dynamics go without that epoch"
+        ) from None
+
+
 def dynamics_of_run(checkpoint, data_path, similarity_tsv, settings: dict, out_path, log=print) -> Path:
     """Write the run's ``dynamics.csv`` (one row per saved epoch, see the
     module) atomically and return its path.
@@ -157,7 +170,7 @@ def dynamics_of_run(checkpoint, data_path, similarity_tsv, settings: dict, out_p
     run = PretrainSettings.from_dict(meta["settings"])  # the run's own crop and blur
     rows = []
     for epoch, path in states.items():
-        encoder, _ = load_encoder(path)
+        encoder = _load_state(load_encoder, path, epoch, checkpoint)
         z = embed_views(
             encoder.to(device),
             images,
