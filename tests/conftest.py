@@ -23,9 +23,12 @@ def written(folder: Path) -> list[str]:
     """The files in ``folder``, each output's check file (``.NAME.sha256``)
     folded into it: fails on any other hidden file (a temporary one left).
     A finished run's ``.finished/`` (the second names of its checkpoint and
-    log) is part of it: its files must be those outputs, hard links to them."""
+    log) is part of it: its files must be those outputs, hard links to them.
+    A run's ``snapshots/`` is checked the same way and left out."""
     folder = Path(folder)
-    names = sorted(p.name for p in folder.iterdir() if p.name != ".finished")
+    if (folder / "snapshots").is_dir():
+        written(folder / "snapshots")
+    names = sorted(p.name for p in folder.iterdir() if p.name not in (".finished", "snapshots"))
     outputs = [n for n in names if not n.startswith(".")]
     assert [n for n in names if n.startswith(".")] == sorted(f".{n}.sha256" for n in outputs), names
     kept = folder / ".finished"

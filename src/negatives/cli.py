@@ -44,7 +44,13 @@ def _written_twice(value, key: str) -> str | None:
 
 
 #: the config section each command's ``--settings`` is
-SECTIONS = {"pretrain": "pretrain", "init": "pretrain", "evaluate": "evaluate", "analyze": "analysis"}
+SECTIONS = {
+    "pretrain": "pretrain",
+    "init": "pretrain",
+    "evaluate": "evaluate",
+    "analyze": "analysis",
+    "dynamics": "analysis",
+}
 #: keys the Python API takes that the config refuses: ``max_steps`` stops a run
 #: early and writes its checkpoint.pt as if it were finished
 LIBRARY_ONLY = {"pretrain": ("max_steps",)}
@@ -108,7 +114,10 @@ def _with_threads(a) -> dict:
             for k in ("processes", "nodes", "device", "knn_monitor", "knn_monitor_every", "share_queries", "log_every")
         },
     }
-    return {**a.settings, **{k: v for k, v in apart.items() if v is not None}}
+    out = {**a.settings, **{k: v for k, v in apart.items() if v is not None}}
+    if hasattr(a, "dynamics_epochs"):  # given: null (the default points) is a value too
+        out["dynamics_epochs"] = a.dynamics_epochs
+    return out
 
 
 def cmd_pretrain(a) -> None:
@@ -157,6 +166,23 @@ def cmd_analyze(a) -> None:
     _log(f"wrote {analyze_checkpoint(a.checkpoint, a.data, a.similarity, a.settings, a.out)}")
 
 
+def cmd_dynamics(a) -> None:
+    from .evaluation.dynamics import dynamics_of_run
+
+    _log(f"wrote {dynamics_of_run(a.checkpoint, a.data, a.similarity, a.settings, a.out, log=_log)}")
+
+
+def _epoch_list(text: str):
+    """``--dynamics-epochs``: a JSON list of epochs, or ``null``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if value is not None and not (isinstance(value, list) and all(type(v) is int for v in value)):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of epochs or null, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per kind of job the workflow's rules run."""
     p = argparse.ArgumentParser(prog="negatives", description=__doc__)
@@ -168,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     _add_figure(sub)
     _add_similarity(sub)
     _add_analyze(sub)
+    _add_dynamics(sub)
     return p
 
 
@@ -238,6 +265,12 @@ def _add_launch(q) -> None:
     q.add_argument("--knn-monitor-every", type=int, help="pretrain.knn_monitor_every")
     q.add_argument("--share-queries", type=int, help="pretrain.share_queries (the log's gradient shares)")
     q.add_argument("--log-every", type=float, help="pretrain.log_every (seconds between progress lines; 0: off)")
+    q.add_argument(
+        "--dynamics-epochs",
+        type=_epoch_list,
+        default=argparse.SUPPRESS,
+        help="pretrain.dynamics_epochs as JSON: epochs after which the query encoder is saved (null: 4 points)",
+    )
 
 
 def _add_evaluate(sub) -> None:
@@ -278,6 +311,17 @@ def _add_analyze(sub) -> None:
     _jobs_per_gpu(q)
     q.add_argument("--out", required=True, help="pairs.parquet")
     q.set_defaults(func=cmd_analyze)
+
+
+def _add_dynamics(sub) -> None:
+    q = sub.add_parser("dynamics", help="Section 4 measures at every saved epoch of a run (analysis/dynamics.csv)")
+    q.add_argument("--data", required=True)
+    q.add_argument("--checkpoint", required=True, help="the run's checkpoint.pt (its snapshots/ beside it)")
+    q.add_argument("--similarity", required=True, help="wordnet_similarity.tsv")
+    q.add_argument("--settings", type=_json, default={}, help="JSON of the config's analysis section")
+    _jobs_per_gpu(q)
+    q.add_argument("--out", required=True, help="dynamics.csv")
+    q.set_defaults(func=cmd_dynamics)
 
 
 def _jobs_per_gpu(q) -> None:

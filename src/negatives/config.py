@@ -228,6 +228,13 @@ def _check_analysis(cfg: dict) -> None:
             f"analysis.queries: {queries} queries + {negatives} negatives (disjoint images) do not "
             f"fit in the {train} training images of datasets.{name}.train_images"
         )
+    dq = config_value(cfg, "analysis.dynamics_queries", int)
+    dn = config_value(cfg, "analysis.dynamics_negatives", int)
+    if train and dq + dn > train:
+        raise ConfigError(
+            f"analysis.dynamics_queries: {dq} queries + {dn} negatives (analysis.dynamics_negatives) do not "
+            f"fit in the {train} training images of datasets.{name}.train_images"
+        )
     for fig in ("fig4", "fig6"):
         key = f"figures.{fig}.hard_cut"
         cut = config_value(cfg, key, Real)

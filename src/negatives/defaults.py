@@ -104,7 +104,7 @@ def log_only(section: str) -> tuple[str, ...]:
     part of a run's identity either.
 
     >>> log_only("pretrain")
-    ('knn_monitor_every', 'knn_monitor', 'share_queries', 'log_every')
+    ('knn_monitor_every', 'knn_monitor', 'share_queries', 'log_every', 'dynamics_epochs')
     """
     return _marked("log_only", section)
 

@@ -119,6 +119,13 @@ def figure_pairs(cfg: dict, figure: str) -> list[str]:
     return [f"{run.dir(results)}/analysis/pairs.parquet" for run in runs_for(cfg, figure)]
 
 
+def figure_dynamics(cfg: dict, figure: str) -> list[str]:
+    """Paths of the ``analysis/dynamics.csv`` (Section 4 at every saved epoch)
+    of every trained run a figure uses, whether it plots probes or analyses."""
+    results = cfg.get("results", "results")
+    return [f"{run.dir(results)}/analysis/dynamics.csv" for run in runs_for(cfg, figure)]
+
+
 def figure_inputs(cfg: dict, figure: str) -> list[str]:
     """The files ``python -m negatives figure`` draws a figure from: its probes,
     its runs' training logs, or its analyses (and, where its record says so,

@@ -30,6 +30,12 @@ def check_pretrain_sizes(pretrain: dict) -> None:
         )
     if splits < 1 or batch % splits:
         raise ConfigError(f"pretrain.bn_splits: {splits} must divide pretrain.batch_size ({batch})")
+    epochs = pretrain.get("epochs")
+    late = [e for e in pretrain.get("dynamics_epochs") or () if isinstance(epochs, int) and not 1 <= e <= epochs]
+    if late:
+        raise ConfigError(
+            f"pretrain.dynamics_epochs: {late[0]} is no epoch of the run; allowed: 1 to pretrain.epochs ({epochs})"
+        )
     processes = _world(pretrain)
     if processes > 1 and splits % processes:
         raise ConfigError(

@@ -40,6 +40,7 @@ def test_the_identity_leaves_out_the_speed_log_and_device_keys():
         "knn_monitor_every",
         "share_queries",
         "log_every",
+        "dynamics_epochs",
         "device",
     }  # threads & co change bits
     assert set(run_identity(every, untrained=True)) == {
@@ -229,6 +230,8 @@ NOT_IDENTITY = {
     "pretrain.knn_monitor_every": lambda c: c["pretrain"].update(knn_monitor_every=1),
     "pretrain.share_queries": lambda c: c["pretrain"].update(share_queries=0),
     "pretrain.log_every": lambda c: c["pretrain"].update(log_every=5),
+    "pretrain.dynamics_epochs": lambda c: c["pretrain"].update(dynamics_epochs=[]),
+    "analysis.dynamics_queries": lambda c: c["analysis"].update(dynamics_queries=7),
     "pretrain.device auto -> cpu": lambda c: c["pretrain"].update(device="cpu"),
     "evaluate.threads": lambda c: c["evaluate"].update(threads=2),
     "download true, the files there": lambda c: c["datasets"]["fashion-mnist"].update(download=True),

@@ -24,6 +24,7 @@ from test_distributed import RUN, _workers
 from negatives.cli import main
 from negatives.runtime import distributed
 from negatives.runtime.locks import RankLock, RunLock, RunLocked
+from negatives.training.settings import snapshot_epochs
 
 SETTINGS = {**RUN, "epochs": 20, "processes": 2}  # epochs to spare after the first: it is stopped then
 
@@ -293,6 +294,7 @@ def test_a_run_whose_launcher_was_killed_is_refused_until_its_workers_stop_then_
         epochs = (run / "train_log.csv").read_text().splitlines()[1:]
         assert [int(e.split(",")[0]) for e in epochs] == list(range(1, SETTINGS["epochs"] + 1))
         assert written(run) == ["checkpoint.pt", "train_log.csv"]  # no lock file left
+        assert written(run / "snapshots") == [f"epoch{e:04d}.pt" for e in snapshot_epochs(None, SETTINGS["epochs"])]
 
         fourth = subprocess.run(_pretrain(data_path, run), capture_output=True, text=True, env=env)
         assert fourth.returncode == 2 and "the run is finished" in fourth.stderr, fourth.stderr

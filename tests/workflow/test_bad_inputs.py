@@ -449,7 +449,9 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(fil
         f"negatives pretrain: error: cannot write {last}: the disk is full (No space left on device); "
         "free some space there and run again"
     )
-    assert sorted(p.name for p in (root / "full").iterdir()) == [".pretrain.lock"]  # no last.pt.tmp, no checkpoint
+    # no last.pt.tmp, no checkpoint: only the lock and epoch 1's snapshot, written whole before last.pt
+    left = sorted(p.relative_to(root / "full").as_posix() for p in (root / "full").rglob("*"))
+    assert left == [".pretrain.lock", "snapshots", "snapshots/.epoch0001.pt.sha256", "snapshots/epoch0001.pt"]
 
 
 def test_a_read_only_folder_is_named_before_any_work(files, capsys, monkeypatch):

@@ -140,6 +140,19 @@ def test_numbers_in_figures_are_not_policies(cfg):
     check_config(cfg)
 
 
+@pytest.mark.parametrize("bad", [[5], [2, 9]])
+def test_a_snapshot_epoch_after_the_last_is_refused(cfg, bad):
+    cfg["pretrain"].update(epochs=4, dynamics_epochs=bad)
+    with pytest.raises(ConfigError, match=r"^pretrain\.dynamics_epochs: (5|9) is no epoch of the run; allowed: 1 to "):
+        check_config(cfg)
+
+
+def test_the_dynamics_images_fit_the_split(cfg):
+    cfg["analysis"].update(dynamics_queries=5000, dynamics_negatives=3001)
+    with pytest.raises(ConfigError, match=r"^analysis\.dynamics_queries: 5000 queries \+ 3001 negatives"):
+        check_config(cfg)
+
+
 def test_analysis_fits_the_whole_split(cfg):
     """train_images 0 (all): the analysis cannot be checked against it here."""
     cfg["datasets"]["fashion-mnist"]["train_images"] = 0

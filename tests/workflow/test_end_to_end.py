@@ -26,7 +26,7 @@ def tiny_config(tmp_path):
     cfg["pretrain"].update(epochs=1, batch_size=32, queue_size=128, width=4, dim=16, knn_monitor=100)
     cfg["evaluate"].update(fewshot_labels_per_class=2, knn_k=20)
     cfg["figures"]["fig2"] = {"segments": ["keep[95_100)", "keep[90_95)"], "easiest": ["keep[0_95)"]}
-    cfg["analysis"].update(queries=100, negatives=120)
+    cfg["analysis"].update(queries=100, negatives=120, dynamics_queries=50, dynamics_negatives=60)
     # every figure's policies sized for K = 128 queued / 62 in-batch negatives
     cfg["pretrain"]["queue_extra"] = 64
     cfg["figures"]["fig3"] = {"removed": ["drop[99_100)", "drop[95_100)"]}

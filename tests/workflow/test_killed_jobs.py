@@ -108,6 +108,22 @@ def _jobs(root: Path, data: Path, out: Path) -> dict[str, tuple[list[str], Path]
             ],
             out / "pairs.parquet",
         ),
+        "dynamics": (
+            [
+                "dynamics",
+                "--data",
+                str(data),
+                "--checkpoint",
+                checkpoint,
+                "--similarity",
+                str(root / "data" / "similarity.tsv"),
+                "--settings",
+                json.dumps({"dynamics_queries": 20, "dynamics_negatives": 20}),
+                "--out",
+                str(out / "dynamics.csv"),
+            ],
+            out / "dynamics.csv",
+        ),
     }
 
 
@@ -126,7 +142,7 @@ def _run(argv: list[str]) -> subprocess.Popen:
     [
         "prepare",
         "evaluate",
-        *(pytest.param(j, marks=pytest.mark.slow) for j in ("init", "similarity", "analyze", "figure")),
+        *(pytest.param(j, marks=pytest.mark.slow) for j in ("init", "similarity", "analyze", "dynamics", "figure")),
     ],
 )
 def test_a_job_killed_at_any_moment_leaves_no_partial_output_and_runs_again(files, tmp_path, job):  # noqa: F811

@@ -228,13 +228,41 @@ def test_dry_run_analysis_figures_and_their_commands(workdir):
     sim = "results/data/fashion-mnist/wordnet_similarity.tsv"
     assert f"python -m negatives similarity --classes results/data/fashion-mnist/classes.tsv --out {sim} >" in out
     run = "results/fashion-mnist/moco/all/t0.2/seed2"
-    settings = json.dumps(cfg["analysis"], sort_keys=True)
+    dynamics_only = ("dynamics_queries", "dynamics_negatives")  # rule dynamics's: no reanalysis when they change
+    settings = json.dumps({k: v for k, v in cfg["analysis"].items() if k not in dynamics_only}, sort_keys=True)
     assert (
         f"python -m negatives analyze --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
         f" --similarity {sim} --settings '{settings}' --jobs-per-gpu 1 --out {run}/analysis/pairs.parquet >"
     ) in out
     assert f"{run}/analysis/pairs.parquet {sim} --out results/figures/tables_a4_a6 >" in out
     assert "python -m negatives figure fig4 --config-json '{" in out
+
+
+def test_dry_run_of_a_runs_dynamics(workdir):
+    """Every trained run's analysis/dynamics.csv is a target (its run, the
+    similarity matrix and the dynamics job), in no figure's inputs yet; the
+    snapshots reach the trainer as a flag, outside the run's --settings."""
+    cfg = default_config()
+    targets = grid.figure_dynamics(cfg, "fig2")
+    assert len(targets) == len(grid.runs_for(cfg, "fig2")) and all(
+        t.endswith("/analysis/dynamics.csv") for t in targets
+    )
+    res = snakemake(workdir, "-n", "-p", targets[0], config={"pretrain": {"dynamics_epochs": [1, 4]}})
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert job_counts(out) == Counter(prepare=1, pretrain=1, similarity=1, dynamics=1)
+    run = targets[0].removesuffix("/analysis/dynamics.csv")
+    sim = "results/data/fashion-mnist/wordnet_similarity.tsv"
+    settings = json.dumps(
+        {k: v for k, v in cfg["analysis"].items() if k not in ("queries", "negatives")}, sort_keys=True
+    )
+    assert (
+        f"python -m negatives dynamics --data results/data/fashion-mnist/data.pt --checkpoint {run}/checkpoint.pt"
+        f" --similarity {sim} --settings '{settings}' --jobs-per-gpu 1 --out {run}/analysis/dynamics.csv >"
+    ) in out
+    (line,) = [line for line in out.splitlines() if "python -m negatives pretrain " in line]
+    assert "--dynamics-epochs '[1,4]'" in line and "dynamics_epochs" not in line.split("--settings", 1)[1].split("'")[1]
+    assert not any("dynamics.csv" in p for f in grid.FIGURES for p in grid.figure_inputs(cfg, f))
 
 
 def test_dry_run_follows_the_config(workdir):
@@ -260,6 +288,8 @@ BAD_THROUGH_SNAKEMAKE = [
     ({"datasets": {"fashion-mnist": {"root": "/nonexistent/fmnist"}}}, "datasets.fashion-mnist.root"),
     ({"analysis": {"queries": 9000}}, "analysis.queries"),
     ({"figures": {"fig6": {"hard_cut": 100}}}, "figures.fig6.hard_cut: 100 is greater than or equal to the maximum"),
+    ({"pretrain": {"dynamics_epochs": [9]}}, "pretrain.dynamics_epochs: 9 is no epoch of the run"),
+    ({"pretrain": {"dynamics_epochs": [0]}}, "pretrain.dynamics_epochs"),
 ]
 
 

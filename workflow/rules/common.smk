@@ -37,9 +37,10 @@ def _results_only(section):
     return {k: v for k, v in config[section].items() if k not in SPEED_ONLY.get(section, ())}
 
 
-def settings(section):
-    """The JSON the library gets as --settings: one config section."""
-    return json.dumps(_results_only(section), sort_keys=True)
+def settings(section, leave_out=()):
+    """The JSON the library gets as --settings: one config section, less the
+    keys ``leave_out`` (another job's: a change to them reruns no job of this rule)."""
+    return json.dumps({k: v for k, v in _results_only(section).items() if k not in leave_out}, sort_keys=True)
 
 
 def identity(untrained=False):
@@ -113,6 +114,9 @@ def shown_line(figure):
     """The terminal's line for a finished figure, quoted for the shell: its heading and its image (or first file)."""
     paths = dict(zip(figure.extensions, figure_outputs(figure.name)))
     return shlex.quote(f"{figure.category}: {paths.get('png', next(iter(paths.values())))}")
+def figure_dynamics(figure):
+    """The analysis/dynamics.csv of every trained run a figure uses (rule dynamics)."""
+    return grid.figure_dynamics(config, figure)
 
 
 def figure_caption(record):

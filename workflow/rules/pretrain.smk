@@ -21,6 +21,8 @@ rule pretrain:
         knn_monitor_every=config["pretrain"]["knn_monitor_every"],
         share_queries=config["pretrain"]["share_queries"],  # log only
         log_every=str(config["pretrain"]["log_every"]),  # log only; a string: Snakemake rounds a float resource
+        # log only (snapshots/ for rule dynamics: no declared output, or every finished run would train again)
+        dynamics_epochs=json.dumps(config["pretrain"]["dynamics_epochs"], separators=(",", ":")),
         jobs_per_gpu=config["jobs_per_gpu"],  # speed only: the GPU locks' slots
         **PRETRAIN_RESOURCES,
     log:
@@ -34,7 +36,7 @@ rule pretrain:
         " --policy {wildcards.policy:q} --temperature {wildcards.temperature} --seed {wildcards.seed}"
         " --settings {params.settings:q} --device {resources.device} --knn-monitor {resources.knn_monitor}"
         " --knn-monitor-every {resources.knn_monitor_every} --share-queries {resources.share_queries}"
-        " --log-every {resources.log_every}"
+        " --log-every {resources.log_every} --dynamics-epochs {resources.dynamics_epochs:q}"
         " --jobs-per-gpu {resources.jobs_per_gpu}"
         " --out {params.out:q} > {log:q} 2>&1"
 

@@ -25,10 +25,10 @@ from ..analysis.pairs import (
 from ..config import check_section
 from ..runtime.atomic import atomic_write, check_writable
 
-__all__ = ["analyze_checkpoint"]
+__all__ = ["analyze_checkpoint", "analysis_settings"]
 
 
-def _settings(settings: dict) -> dict:
+def analysis_settings(settings: dict) -> dict:
     """The ``analysis`` section, checked as the workflow checks the config, with the defaults."""
     check_section("analysis", settings, library_only=("batch_size", "device"))
     return {**ANALYSIS_DEFAULTS, **settings}
@@ -55,7 +55,7 @@ def analyze_checkpoint(checkpoint, data_path, similarity_tsv, settings: dict, ou
     from ..runtime.phases import phase
     from ..training.settings import PretrainSettings, check_matches, load_encoder
 
-    s = _settings(settings)
+    s = analysis_settings(settings)
     pairs = s["queries"] * s["negatives"]
     check_fits(
         pairs * PAIR_BYTES,

@@ -21,7 +21,7 @@ from ..runtime.atomic import check_writable
 from ..runtime.checkpoint import load_latest
 from ..runtime.versions import versions
 from .monitor import KnnMonitor
-from .settings import PretrainSettings, data_identity, epoch_seed, meta_differences, seeded_encoder
+from .settings import PretrainSettings, data_identity, epoch_seed, meta_differences, seeded_encoder, snapshot_epochs
 
 __all__ = ["Training", "build_training", "resume", "run_meta"]
 
@@ -99,10 +99,13 @@ def build_training(
     aug = MoCoV2Augment(h, c, data["mean"], data["std"], crop_scale=(s.crop_scale_min, 1.0), blur=s.blur).to(device)
     opt = SGD(model.encoder_q.parameters(), lr=s.lr, momentum=s.sgd_momentum, weight_decay=s.weight_decay)
     meta = run_meta(data, method, pol, temperature, seed, s, device.type)
-    # room for last.pt, last.prev.pt and checkpoint.pt (model, optimiser state), known before the first step
+    # room for last.pt, last.prev.pt and checkpoint.pt (model, optimiser state) and the encoder's
+    # snapshots, known before the first step
+    snapshots = len(snapshot_epochs(s.dynamics_epochs, s.epochs)) * _tensor_bytes(model.encoder_q.state_dict().values())
     check_writable(
         out / "checkpoint.pt",
-        need_bytes=3 * (_tensor_bytes(model.state_dict().values()) + _tensor_bytes(model.encoder_q.parameters())),
+        need_bytes=3 * (_tensor_bytes(model.state_dict().values()) + _tensor_bytes(model.encoder_q.parameters()))
+        + snapshots,
     )
     resumed = resume(out / "last.pt", meta, model, opt, device, log)
     monitor = KnnMonitor(data, s.knn_monitor, device, every=s.knn_monitor_every, epochs=s.epochs)

@@ -1,7 +1,8 @@
 """The epoch loop, read as ``main_moco.py``'s ``train()``: for each batch the
 step (two views, the method's loss, backward, SGD) and its sums; after each
-epoch a log row and a rolling checkpoint; after the last the final one.  A
-stop request saves the position mid-epoch and raises
+epoch a log row, the query encoder's snapshot where one is asked for
+(:mod:`negatives.training.snapshots`) and a rolling checkpoint; after the
+last the final one.  A stop request saves the position mid-epoch and raises
 :class:`negatives.runtime.checkpoint.Preempted`; a non-finite loss raises
 before anything is saved."""
 
@@ -32,7 +33,8 @@ from ..runtime.checkpoint import (
 from .build import Training
 from .identity import keep_finished
 from .progress import EpochProgress
-from .settings import cosine_lr, epoch_seed, view_crop_draws
+from .settings import cosine_lr, epoch_seed, snapshot_epochs, view_crop_draws
+from .snapshots import save_snapshot
 from .step import train_step
 
 __all__ = ["train"]
@@ -66,6 +68,7 @@ def train(t: Training, stop: StopSignals) -> Path:
     total_steps = t.steps_per_epoch * s.epochs
     step = start_epoch * t.steps_per_epoch + start_i
     meter = _meter(t, min(total_steps, s.max_steps or total_steps))
+    snapshots = snapshot_epochs(s.dynamics_epochs, s.epochs)
     for epoch in range(start_epoch, s.epochs):
         lr = cosine_lr(s.lr, epoch, s.epochs)
         for group in t.opt.param_groups:
@@ -104,6 +107,8 @@ def train(t: Training, stop: StopSignals) -> Path:
             meter.step(sums.loss, sums.done)
         meter.end()
         log_rows.append(_epoch_row(t, epoch, lr, sums, t0))
+        if epoch + 1 in snapshots:  # before last.pt moves past the epoch: a resume never skips its snapshot
+            save_snapshot(t.out, epoch + 1, t.meta, t.model.encoder_q)
         _checkpoint_and_log(t, epoch, log_rows)
         if s.max_steps and step >= s.max_steps:
             break

@@ -34,6 +34,7 @@ __all__ = [
     "epoch_seed",
     "view_crop_draws",
     "cosine_lr",
+    "snapshot_epochs",
     "seeded_encoder",
     "load_encoder",
 ]
@@ -89,6 +90,7 @@ class PretrainSettings:
     knn_monitor_every: int = _DEFAULTS["knn_monitor_every"]
     share_queries: int = _DEFAULTS["share_queries"]
     log_every: float = _DEFAULTS["log_every"]
+    dynamics_epochs: list[int] | None = _DEFAULTS["dynamics_epochs"]
     #: not a config key: stop after this many steps in total (0: no limit; for tests and benchmarks)
     max_steps: int = 0
 
@@ -178,6 +180,20 @@ def view_crop_draws(seed: int, epoch: int, first: int, steps: int, batch: int, r
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
     """MoCo's per-epoch cosine schedule: ``base * 0.5 * (1 + cos(pi e / E))``."""
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+def snapshot_epochs(chosen: list[int] | None, epochs: int) -> tuple[int, ...]:
+    """The epochs (1-based: after epoch ``e``) after which a run saves its
+    query encoder for the Section 4 dynamics (``pretrain.dynamics_epochs``):
+    ``chosen`` sorted, or for ``None`` four points spread over training,
+    ``round(E i / 4)`` for ``i = 1..4`` without repeats (the last always in).
+
+    >>> snapshot_epochs(None, 200), snapshot_epochs(None, 2), snapshot_epochs([3, 1], 4)
+    ((50, 100, 150, 200), (1, 2), (1, 3))
+    """
+    if chosen is None:
+        chosen = [round(epochs * i / 4) for i in range(1, 5)]
+    return tuple(sorted({e for e in chosen if e >= 1}))
 
 
 def seeded_encoder(settings: PretrainSettings, in_channels: int, seed: int, num_splits: int | None = None):
