@@ -305,6 +305,7 @@ def test_a_figure_added_as_one_record_is_planned(tmp_path):
     assert job["shell"].startswith(f"python -m negatives figure {NEW} --config-json '{{")
     assert job["shell"].endswith(
         f" --probes {' '.join(probes)} --out results/figures/{NEW} > logs/figures/{NEW}.log 2>&1"
+        f" && echo 'Baseline kNN: results/figures/{NEW}.png' >&2"  # the terminal's line for a finished figure
     )
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:", 1)[1].split("total", 1)[0], re.M))
     assert counts == {"prepare": "1", "pretrain": "3", "random_init": "3", "evaluate": "6", NEW: "1"}

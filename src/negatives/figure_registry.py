@@ -74,6 +74,7 @@ class Figure:
     mem_mb: int = 2000  # the figure job's memory in MB (times the attempt on a retry)
     extensions: tuple[str, ...] = FIGURE_EXTENSIONS
     runs_of: str | None = None  # the figure whose runs it draws, with that figure's config section
+    dynamics: bool = False  # a figure of training logs that also reads its runs' analysis/dynamics.csv
 
     @property
     def caption(self) -> str:
@@ -104,6 +105,8 @@ def register(fig: Figure) -> Figure:
         raise ValueError(f"{where}: source {fig.source!r}; allowed: {', '.join(SOURCES)}")
     if fig.source == "analyses" and fig.policy_keys:
         raise ValueError(f"{where}: a figure drawn from analyses uses the baseline runs only; it has no policy_keys")
+    if fig.dynamics and fig.source != "training":
+        raise ValueError(f"{where}: only a figure drawn from training logs reads the runs' dynamics")
     if fig.similarity and fig.source != "analyses":
         raise ValueError(f"{where}: only a figure drawn from analyses reads the similarity file")
     if fig.runs_of is not None and (fig.runs_of not in REGISTRY or fig.policy_keys):
@@ -255,7 +258,7 @@ register(Figure("simclr", "Appendix A.2 (SimCLR)", _simclr, policy_keys=("polici
 # the neighbouring methods beside our best band and the baseline
 register(Figure("fig_methods", "Methods", _fig_methods, policy_keys=("band", "policies")))
 # beyond the paper: which negatives the loss learns from as training goes, for Figure 2's runs
-register(Figure("fig_dynamics", "Training dynamics", _fig_dynamics, source="training", runs_of="fig2"))
+register(Figure("fig_dynamics", "Training dynamics", _fig_dynamics, source="training", runs_of="fig2", dynamics=True))
 # how every other probed figure's runs trained, beside it in the report
 for _name in ("fig3", "table1", "simclr", "fig_methods"):
     register(Figure(f"{_name}_curves", REGISTRY[_name].category, _fig_dynamics, source="training", runs_of=_name))

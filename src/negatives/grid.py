@@ -134,7 +134,8 @@ def figure_inputs(cfg: dict, figure: str) -> list[str]:
     if fig.source == "probes":
         return figure_probes(cfg, figure)
     if fig.source == "training":
-        return [f"{run.dir(cfg.get('results', 'results'))}/train_log.csv" for run in runs_for(cfg, figure)]
+        logs = [f"{run.dir(cfg.get('results', 'results'))}/train_log.csv" for run in runs_for(cfg, figure)]
+        return logs + (figure_dynamics(cfg, figure) if fig.dynamics else [])
     return figure_pairs(cfg, figure) + ([similarity_file(cfg)] if fig.similarity else [])
 
 

@@ -74,6 +74,36 @@ def test_runs_whose_logs_lack_the_shares_are_named(logs, tmp_path):
     assert [s for s in said if s.startswith("no gradient")] == ["no gradient shares in the log of all/t0.2/seed7"]
 
 
+def test_section_4_at_the_saved_epochs_joins_each_runs_rows(logs, tmp_path):
+    run = tmp_path / "fashion-mnist" / "moco" / "all" / "t0.2" / "seed0"
+    (run / "analysis").mkdir(parents=True)
+    (run / "train_log.csv").write_bytes(logs[0].read_bytes())
+    dynamics = pd.DataFrame(
+        {
+            "dataset": "fashion-mnist",
+            "method": "moco",
+            "policy": "all",
+            "temperature": 0.2,
+            "seed": 0,
+            "epoch": [1, 3],
+            "same_class_hardest_5": [0.2, 0.3],
+            "wordnet_hardest_5": [7.0, 7.5],
+            "hard_spread": [1.1, 1.4],
+            "hard_spread_null": [0.5, 0.5],
+            **{f"cosine_decile_{d}": [d / 10, d / 9] for d in range(10)},
+        }
+    )
+    dynamics.to_csv(run / "analysis" / "dynamics.csv", index=False)
+    runs = load_training([run / "train_log.csv", run / "analysis" / "dynamics.csv"])
+    assert runs.epoch.tolist() == [1, 2, 3] and runs.policy.tolist() == ["all"] * 3
+    assert runs.s4_same_class_hardest_5.tolist()[::2] == [0.2, 0.3] and runs.s4_hard_spread.isna().tolist()[1]
+    assert runs.loss.tolist() == pd.read_csv(logs[0]).loss.tolist()  # the log's rows as they were
+    table = fig_dynamics(runs, tmp_path / "fig")
+    every = table[table.seed.notna()]
+    assert {f"s4_{c}" for c in dynamics if c.startswith(("same", "wordnet", "hard", "cosine"))} <= set(every.quantity)
+    assert every[every.quantity == "s4_wordnet_hardest_5"].value.tolist() == [7.0, 7.5]
+
+
 def test_the_summary_by_hand():
     runs = pd.DataFrame(
         {"policy": ["all"] * 3, "temperature": 0.2, "seed": [0, 1, 0], "epoch": [1, 1, 2], "x": [0.2, 0.4, None]}
@@ -99,4 +129,7 @@ def test_the_figure_draws_figure_2s_runs():
     assert grid.figure_policies(cfg, "fig_dynamics") == grid.figure_policies(cfg, "fig2")
     assert grid.figure_temperatures(cfg, "fig_dynamics") == grid.figure_temperatures(cfg, "fig2")
     inputs = grid.figure_inputs(cfg, "fig_dynamics")
-    assert inputs == [f"{run.dir()}/train_log.csv" for run in grid.runs_for(cfg, "fig2")]
+    runs = grid.runs_for(cfg, "fig2")  # their logs, then their Section 4 at the saved epochs
+    assert inputs == [f"{run.dir()}/train_log.csv" for run in runs] + [
+        f"{run.dir()}/analysis/dynamics.csv" for run in runs
+    ]

@@ -43,12 +43,12 @@ EFFECTIVE = ROOT / "tests" / "workflow" / "effective_configs"
 #: 0.2; simclr (3) and fig_methods (+6) at 0.2; x 3 seeds = 165 runs, + 3 random-init, 168 evaluations,
 #: 9 analyses, 1 similarity, prepare, 9 figures, all = 357.
 EXPECTED_JOBS = {
-    "cifar10.yaml": (305, 138),
-    "cifar100.yaml": (305, 138),
-    "fashion-mnist-gpu.yaml": (164, 69),
-    "stl10.yaml": (257, 114),
-    "tiny-imagenet.yaml": (305, 138),
-    "imagenet-paper.yaml": (368, 168),
+    "cifar10.yaml": (341, 138),
+    "cifar100.yaml": (341, 138),
+    "fashion-mnist-gpu.yaml": (182, 69),
+    "stl10.yaml": (293, 114),
+    "tiny-imagenet.yaml": (341, 138),
+    "imagenet-paper.yaml": (437, 168),
 }
 
 #: configs whose data cannot be downloaded: dry runs point them at a tiny fake root

@@ -162,9 +162,11 @@ def job_counts(out: str) -> Counter:
 
 def expected_jobs(cfg: dict, figures) -> Counter:
     """What a dry run must plan, computed from the config."""
-    trained, probes, pairs = set(), set(), set()
+    trained, probes, pairs, dynamics = set(), set(), set(), set()
     for figure in figures:
         trained.update(grid.runs_for(cfg, figure))
+        if record(figure).dynamics:  # Section 4 at the saved epochs of its runs
+            dynamics.update(grid.figure_dynamics(cfg, figure))
         source = record(figure).source
         if source == "analyses":
             pairs.update(grid.figure_pairs(cfg, figure))
@@ -178,7 +180,8 @@ def expected_jobs(cfg: dict, figures) -> Counter:
         random_init=len(random_init),
         evaluate=len(probes),
         analyze=len(pairs),
-        similarity=1 if pairs else 0,
+        dynamics=len(dynamics),
+        similarity=1 if pairs or dynamics else 0,
     )
     counts.update({figure: 1 for figure in figures})
     return +counts  # without the zeros
@@ -240,7 +243,7 @@ def test_dry_run_analysis_figures_and_their_commands(workdir):
 
 def test_dry_run_of_a_runs_dynamics(workdir):
     """Every trained run's analysis/dynamics.csv is a target (its run, the
-    similarity matrix and the dynamics job), in no figure's inputs yet; the
+    similarity matrix and the dynamics job), read by fig_dynamics alone; the
     snapshots reach the trainer as a flag, outside the run's --settings."""
     cfg = default_config()
     targets = grid.figure_dynamics(cfg, "fig2")
@@ -262,7 +265,9 @@ def test_dry_run_of_a_runs_dynamics(workdir):
     ) in out
     (line,) = [line for line in out.splitlines() if "python -m negatives pretrain " in line]
     assert "--dynamics-epochs '[1,4]'" in line and "dynamics_epochs" not in line.split("--settings", 1)[1].split("'")[1]
-    assert not any("dynamics.csv" in p for f in grid.FIGURES for p in grid.figure_inputs(cfg, f))
+    # fig_dynamics draws them, beside its runs' logs; no other figure reads them
+    readers = {f for f in grid.FIGURES if any("dynamics.csv" in p for p in grid.figure_inputs(cfg, f))}
+    assert readers == {"fig_dynamics"} and set(targets) <= set(grid.figure_inputs(cfg, "fig_dynamics"))
 
 
 def test_dry_run_follows_the_config(workdir):

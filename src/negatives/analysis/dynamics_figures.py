@@ -29,6 +29,16 @@ RUN_PATH = re.compile(
     r"(?:analysis/)?(?P<file>train_log|dynamics)\.csv$"
 )
 
+_IDENTITY = ("dataset", "method", "policy", "temperature", "seed")
+
+#: the Section 4 panels drawn from analysis/dynamics.csv, in order: (column, title)
+SECTION4_PANELS = (
+    ("s4_same_class_hardest_5", "same class, hardest 5% (Fig. 4a)"),
+    ("s4_wordnet_hardest_5", "WordNet similarity, hardest 5% (Fig. 4b)"),
+    ("s4_cosine_decile_0", "mean cosine, easiest decile (Fig. 5c)"),
+    ("s4_hard_spread", "spread of 'how often hard' (Fig. 6)"),
+)
+
 #: the panels drawn from the training log, in order: (column, title)
 LOG_PANELS = (
     ("share_hardest_5", "gradient share, hardest 5%"),
@@ -58,8 +68,9 @@ def load_training(paths) -> pd.DataFrame:
         if "train_log" not in files:
             raise ValueError(f"run {method}/{policy}/t{temperature:g}/seed{seed}: its train_log.csv is not given")
         table = files["train_log"]
-        if "dynamics" in files:
-            extra = files["dynamics"].drop(columns=[c for c in files["dynamics"] if c in table and c != "epoch"])
+        if "dynamics" in files:  # Section 4 at the saved epochs, its columns marked s4_
+            extra = files["dynamics"].drop(columns=[c for c in _IDENTITY if c in files["dynamics"]])
+            extra = extra.rename(columns=lambda c: c if c == "epoch" else f"s4_{c}")
             table = table.merge(extra, on="epoch", how="outer")
         rows.append(table.assign(dataset=dataset, method=method, policy=policy, temperature=temperature, seed=seed))
     return pd.concat(rows, ignore_index=True)
@@ -100,7 +111,10 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
     """The training dynamics of every run given; returns the table written to CSV.
 
     One panel per quantity (the training log's gradient shares, loss and kNN
-    monitor; then each Section 4 quantity of ``analysis/dynamics.csv`` found),
+    monitor; then, where ``analysis/dynamics.csv`` was read, Section 4's
+    same-class share and WordNet similarity of the hardest 5%, the easiest
+    decile's mean cosine and the hard-frequency spread; every column of it
+    in the CSV),
     epochs on x, one line per policy and temperature (the mean over seeds,
     shaded from the lowest to the highest seed); runs whose logs have no
     gradient shares (trained before the log had them) are named at the
@@ -108,11 +122,7 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
     every number, drawn or not (``quantity, policy, temperature, epoch, seed, value``) and
     the summary over seeds (rows with ``seed`` empty: mean, std, min, max, n).
     """
-    known = {c for c, _ in LOG_PANELS}
-    section4 = [c for c in runs.columns if c.startswith("s4_")]
-    panels = [(c, t) for c, t in LOG_PANELS if c in runs and runs[c].notna().any()] + [
-        (c, c.removeprefix("s4_").replace("_", " ")) for c in section4 if c not in known
-    ]
+    panels = [(c, t) for c, t in (*LOG_PANELS, *SECTION4_PANELS) if c in runs and runs[c].notna().any()]
     if not panels:
         raise ValueError("the runs' logs have no gradient shares, loss or Section 4 columns to draw")
     # the CSV: every measured column, drawn or not (the other shares: 0.1%, 10%, synthetic)
@@ -148,7 +158,9 @@ def fig_dynamics(runs: pd.DataFrame, out_prefix) -> pd.DataFrame:
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    every = runs.melt(id_vars=["policy", "temperature", "seed", "epoch"], value_vars=columns, var_name="quantity")
+    every = runs.melt(
+        id_vars=["policy", "temperature", "seed", "epoch"], value_vars=columns, var_name="quantity"
+    ).dropna(subset=["value"])  # an epoch without it (the kNN monitor, Section 4 between saved epochs)
     table = pd.concat([every, summary], ignore_index=True)[
         ["quantity", "policy", "temperature", "epoch", "seed", "value", "mean", "std", "min", "max", "n"]
     ]
