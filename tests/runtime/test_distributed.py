@@ -184,8 +184,11 @@ def test_pretraining_with_two_processes_equals_one(tmp_path, data_path, method, 
     assert one["meta"]["settings"]["processes"] == 1 and two["meta"]["settings"]["processes"] == 2
     assert sorted(p.name for p in (tmp_path / "2").iterdir() if not p.name.startswith(".")) == [
         "checkpoint.pt",
+        "snapshots",  # the query encoder at pretrain.dynamics_epochs, written once (rank 0)
         "train_log.csv",
     ]
+    snapshots = [sorted(p.name for p in (tmp_path / str(n) / "snapshots").iterdir()) for n in (1, 2)]
+    assert snapshots[0] == snapshots[1] and snapshots[0][-1] == f"epoch{RUN['epochs']:04d}.pt"
 
 
 LONG = {**RUN, "epochs": 4, "processes": 2}
