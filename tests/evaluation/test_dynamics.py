@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from negatives.analysis import pairs as A
 from negatives.cli import main
 from negatives.data import prepare
+from negatives.evaluation import analyze
 from negatives.evaluation import dynamics as D
 from negatives.training.pretrain import pretrain
 from negatives.training.snapshots import SNAPSHOTS
@@ -142,7 +143,7 @@ def test_a_run_without_snapshots_gets_its_last_epoch_from_the_checkpoint(run, tm
 def test_the_images_are_the_same_disjoint_subset_for_every_run_and_epoch(run, tmp_path, monkeypatch):
     root, data, sim, ckpts = run
     chosen, embedded = [], []
-    select, embed = D.select_images, D.embed_views
+    select, embed = analyze.select_images, analyze.embed_views  # the analysis's own choice and embedding of the images
 
     def spy_select(*args):
         chosen.append(select(*args))
@@ -153,8 +154,8 @@ def test_the_images_are_the_same_disjoint_subset_for_every_run_and_epoch(run, tm
         embedded.append(images.clone())
         return embed(encoder, images, *args)
 
-    monkeypatch.setattr(D, "select_images", spy_select)
-    monkeypatch.setattr(D, "embed_views", spy_embed)
+    monkeypatch.setattr(analyze, "select_images", spy_select)
+    monkeypatch.setattr(analyze, "embed_views", spy_embed)
     for s, ckpt in enumerate(ckpts):
         D.dynamics_of_run(ckpt, data, sim, ANALYSIS, tmp_path / f"{s}.csv")
     (q0, n0), (q1, n1) = chosen

@@ -41,14 +41,12 @@ from ..analysis.pairs import (
     IDENTITY,
     deciles,
     difficulty,
-    embed_views,
     hard_frequency,
     percentile_ranks,
-    select_images,
     shuffle_within_queries,
 )
 from ..runtime.atomic import atomic_write, check_writable
-from .analyze import analysis_settings
+from .analyze import analysis_settings, chosen_images
 
 __all__ = ["HARD_CUT", "decile_means", "masked_mean", "hard_spread", "dynamics_point", "dynamics_of_run"]
 
@@ -147,10 +145,8 @@ def dynamics_of_run(checkpoint, data_path, similarity_tsv, settings: dict, out_p
         out_path: the CSV to write.
         log: where the epochs without a snapshot are named.
     """
-    from ..data.similarity import read_similarity
-    from ..data.sources import load_prepared, open_source, read_images
     from ..runtime.gpus import resolve_device
-    from ..training.settings import PretrainSettings, check_matches, load_encoder
+    from ..training.settings import load_encoder
 
     s = analysis_settings(settings)
     device = resolve_device(s["device"], "analysis device")
@@ -158,30 +154,15 @@ def dynamics_of_run(checkpoint, data_path, similarity_tsv, settings: dict, out_p
     states, missing, meta = _encoder_states(Path(checkpoint).parent, checkpoint)
     if missing:
         log(f"{checkpoint}: no snapshot of epochs {missing} (saved by runs trained since pretrain.dynamics_epochs)")
-    data = load_prepared(data_path)
-    check_matches(meta, data, checkpoint, data_path)
-    names, sim = read_similarity(similarity_tsv)
-    if names != list(data["classes"]):
-        raise ValueError(f"{similarity_tsv} lists classes {names}, {data_path} has {data['classes']}")
-    train = open_source(data, "train")
-    labels = train.labels
-    qi, ni = select_images(labels.numpy(), s["dynamics_queries"], s["dynamics_negatives"], s["seed"])
-    images = read_images(train, torch.from_numpy(np.concatenate([qi, ni])))[0]
-    run = PretrainSettings.from_dict(meta["settings"])  # the run's own crop and blur
+    chosen = chosen_images(
+        meta, checkpoint, data_path, similarity_tsv, s["dynamics_queries"], s["dynamics_negatives"], s["seed"]
+    )
+    qi, ni, labels = chosen.qi, chosen.ni, chosen.labels
     rows = []
     for epoch, path in states.items():
         encoder = _load_state(load_encoder, path, epoch, checkpoint)
-        z = embed_views(
-            encoder.to(device),
-            images,
-            data["mean"],
-            data["std"],
-            s["seed"],
-            s["batch_size"],
-            run.crop_scale_min,
-            run.blur,
-        )
-        point = dynamics_point(z[: len(qi)], z[len(qi) :], labels[qi], labels[ni], sim, int(meta["seed"]))
+        z = chosen.embed(encoder.to(device), s["seed"], s["batch_size"])  # the same images and views every epoch
+        point = dynamics_point(z[: len(qi)], z[len(qi) :], labels[qi], labels[ni], chosen.sim, int(meta["seed"]))
         rows.append({**{k: meta.get(k) for k in IDENTITY}, "epoch": epoch, **point})
     table = pd.DataFrame(rows)
     return atomic_write(out_path, lambda tmp: table.to_csv(tmp, index=False))
